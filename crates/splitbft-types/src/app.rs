@@ -1,0 +1,28 @@
+//! The replicated application interface (SPEC §7).
+
+use crate::msg::Digest;
+
+/// Why an application refused a snapshot.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AppError {
+    /// The snapshot bytes do not decode as this application's state.
+    #[error("malformed snapshot: {0}")]
+    MalformedSnapshot(String),
+}
+
+/// A deterministic state machine replicated by SplitBFT (SPEC §7).
+///
+/// Every correct Execution enclave calls these in the same order with the same inputs and
+/// must reach the same state: no clock, no randomness, no iteration over unordered maps.
+/// `execute` never fails: an op that does not decode yields an error *result*, identically
+/// everywhere (SPEC §4.3).
+pub trait Application: Send {
+    /// Applies one operation and returns its encoded result.
+    fn execute(&mut self, op: &[u8]) -> Vec<u8>;
+    /// Serialises the whole state canonically (equal states give equal bytes).
+    fn snapshot(&self) -> Vec<u8>;
+    /// Replaces the state with a snapshot produced by [`Application::snapshot`].
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), AppError>;
+    /// Digest of the state; equal to the SHA-256 of [`Application::snapshot`].
+    fn digest(&self) -> Digest;
+}

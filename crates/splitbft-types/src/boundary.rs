@@ -1,0 +1,77 @@
+//! What crosses the enclave boundary (SPEC §5.1): encoded [`Input`]s in, encoded
+//! [`Output`]s out. Both sides decode defensively; the environment is untrusted.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{Seq, View};
+use crate::msg::Message;
+
+/// One input to a compartment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Input {
+    /// A protocol message from a peer, a client or a local compartment.
+    Message(Message),
+    /// (Preparation at the primary) order this batch: `postcard`-encoded `Vec<Request>`.
+    OrderBatch(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Report counters (answered with [`Output::Stats`]).
+    QueryStats,
+}
+
+/// One output of a compartment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Output {
+    /// A message for the environment to route (SPEC §3 last column).
+    Send(Message),
+    /// A hint for the environment's liveness machinery (flow control, timers).
+    Event(Event),
+    /// Counters, in answer to [`Input::QueryStats`].
+    Stats(Stats),
+}
+
+/// Liveness hints for the environment. Safety never depends on them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// Preparation ordered a batch of `requests` at `seq` in `view`.
+    Ordered {
+        /// View.
+        view: View,
+        /// Assigned sequence number.
+        seq: Seq,
+        /// Requests admitted into the batch.
+        requests: u32,
+    },
+    /// Preparation could not order: the log window is full (wait for a checkpoint).
+    WindowFull,
+    /// Execution executed `seq`.
+    Executed {
+        /// Sequence number.
+        seq: Seq,
+        /// Requests in it (including no-ops).
+        requests: u32,
+    },
+    /// This compartment collected a checkpoint certificate and garbage-collected up to `seq`.
+    Stable {
+        /// New low watermark.
+        seq: Seq,
+    },
+}
+
+/// A compartment's counters: accepted work and rejections by reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// `(counter name, value)`, sorted by name.
+    pub counters: Vec<(String, u64)>,
+    /// Log entries currently held (bounded by `L`).
+    pub log_entries: u64,
+    /// Low watermark `h`.
+    pub low_watermark: Seq,
+    /// Current view.
+    pub view: View,
+}
+
+impl Stats {
+    /// Value of a named counter (0 if absent).
+    pub fn get(&self, name: &str) -> u64 {
+        self.counters.iter().find(|(n, _)| n == name).map_or(0, |(_, v)| *v)
+    }
+}

@@ -1,0 +1,183 @@
+//! The static configuration loaded into every enclave (SPEC §2).
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{CryptoError, PublicKey};
+use crate::ids::{ClientId, CompartmentKind, EnclaveId, ReplicaId, View};
+
+/// Default checkpoint interval `K` (SPEC §2): a checkpoint costs a snapshot and one
+/// signature per Execution enclave, so it is amortised over many batches.
+pub const DEFAULT_CHECKPOINT_INTERVAL: u64 = 128;
+/// Default maximum batch `B` (SPEC §2): signatures cost ~100× a MAC; 200 amortises them
+/// (PERFORMANCE.md lesson 1) while keeping a batch of small requests under ~40 KiB.
+pub const DEFAULT_MAX_BATCH: u32 = 200;
+/// Default per-client window `W` (SPEC §4.3): a client may keep this many requests
+/// outstanding; the issue asks for at least 64.
+pub const DEFAULT_CLIENT_WINDOW: u64 = 64;
+/// Default limit on a request's op (SPEC §2). Large enough for KV values of 64 KiB plus
+/// framing, small enough that a batch of `B` fits the frame limit.
+pub const DEFAULT_MAX_OP_BYTES: u32 = 66 * 1024;
+
+/// Why a configuration is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `n < 3f + 1` or no replicas.
+    #[error("{n} replicas cannot tolerate f = {f} faults (need n >= 3f + 1)")]
+    TooFewReplicas {
+        /// Replica count.
+        n: usize,
+        /// Fault threshold.
+        f: u32,
+    },
+    /// A window or interval that makes no sense.
+    #[error("invalid parameter: {0}")]
+    InvalidParameter(&'static str),
+    /// A key in the configuration is not a valid public key.
+    #[error("invalid public key for {0}")]
+    InvalidKey(String),
+}
+
+/// The three public keys of one replica's enclaves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaKeys {
+    /// Preparation enclave key.
+    pub preparation: [u8; 32],
+    /// Confirmation enclave key.
+    pub confirmation: [u8; 32],
+    /// Execution enclave key.
+    pub execution: [u8; 32],
+}
+
+impl ReplicaKeys {
+    fn get(&self, kind: CompartmentKind) -> &[u8; 32] {
+        match kind {
+            CompartmentKind::Preparation => &self.preparation,
+            CompartmentKind::Confirmation => &self.confirmation,
+            CompartmentKind::Execution => &self.execution,
+        }
+    }
+}
+
+/// Protocol parameters and identities shared by every enclave and client (SPEC §2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtocolConfig {
+    /// Distinguishes clusters in every signature's domain tag.
+    pub cluster_id: u64,
+    /// Tolerated faulty enclaves of each kind.
+    pub f: u32,
+    /// Public keys per replica; `n` is the length.
+    pub replicas: Vec<ReplicaKeys>,
+    /// Client public keys, indexed by [`ClientId`].
+    pub clients: Vec<[u8; 32]>,
+    /// `K`: checkpoint every `K` sequence numbers.
+    pub checkpoint_interval: u64,
+    /// `L`: sequence numbers accepted above the stable checkpoint (default `2K`).
+    pub log_window: u64,
+    /// `B`: most requests in one batch.
+    pub max_batch: u32,
+    /// `W`: per-client deduplication window.
+    pub client_window: u64,
+    /// Largest accepted op, in bytes.
+    pub max_op_bytes: u32,
+}
+
+impl ProtocolConfig {
+    /// A configuration with the SPEC §2 defaults.
+    pub fn new(cluster_id: u64, f: u32, replicas: Vec<ReplicaKeys>, clients: Vec<[u8; 32]>) -> Self {
+        ProtocolConfig {
+            cluster_id,
+            f,
+            replicas,
+            clients,
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+            log_window: 2 * DEFAULT_CHECKPOINT_INTERVAL,
+            max_batch: DEFAULT_MAX_BATCH,
+            client_window: DEFAULT_CLIENT_WINDOW,
+            max_op_bytes: DEFAULT_MAX_OP_BYTES,
+        }
+    }
+
+    /// Number of replicas `n`.
+    pub fn n(&self) -> usize {
+        self.replicas.len()
+    }
+
+    /// Quorum `2f + 1`.
+    pub fn quorum(&self) -> usize {
+        2 * self.f as usize + 1
+    }
+
+    /// Weak quorum `f + 1`.
+    pub fn weak_quorum(&self) -> usize {
+        self.f as usize + 1
+    }
+
+    /// `primary(v) = v mod n`.
+    pub fn primary(&self, view: View) -> ReplicaId {
+        ReplicaId((view % self.n() as u64) as u32)
+    }
+
+    /// Checks the parameters and parses every key once.
+    pub fn validate(&self) -> Result<Keyring, ConfigError> {
+        let n = self.n();
+        if n == 0 || n < 3 * self.f as usize + 1 {
+            return Err(ConfigError::TooFewReplicas { n, f: self.f });
+        }
+        if self.checkpoint_interval == 0 {
+            return Err(ConfigError::InvalidParameter("checkpoint_interval must be > 0"));
+        }
+        if self.log_window < 2 * self.checkpoint_interval || self.log_window % self.checkpoint_interval != 0 {
+            return Err(ConfigError::InvalidParameter(
+                "log_window must be a multiple of checkpoint_interval and at least twice it",
+            ));
+        }
+        if self.max_batch == 0 {
+            return Err(ConfigError::InvalidParameter("max_batch must be > 0"));
+        }
+        if self.client_window == 0 {
+            return Err(ConfigError::InvalidParameter("client_window must be > 0"));
+        }
+        let parse = |bytes: &[u8; 32], what: String| {
+            PublicKey::from_bytes(bytes).map_err(|_: CryptoError| ConfigError::InvalidKey(what))
+        };
+        let mut enclaves = Vec::with_capacity(n);
+        for (i, keys) in self.replicas.iter().enumerate() {
+            let mut parsed = Vec::with_capacity(3);
+            for kind in CompartmentKind::ALL {
+                parsed.push(parse(keys.get(kind), format!("replica {i} {kind}"))?);
+            }
+            enclaves.push([parsed[0], parsed[1], parsed[2]]);
+        }
+        let clients = self
+            .clients
+            .iter()
+            .enumerate()
+            .map(|(c, k)| parse(k, format!("client {c}")))
+            .collect::<Result<_, _>>()?;
+        Ok(Keyring { enclaves, clients })
+    }
+}
+
+/// Parsed public keys of every enclave and client.
+#[derive(Clone, Debug)]
+pub struct Keyring {
+    enclaves: Vec<[PublicKey; 3]>,
+    clients: Vec<PublicKey>,
+}
+
+impl Keyring {
+    /// Key of an enclave, `None` for an unknown replica.
+    pub fn enclave(&self, id: EnclaveId) -> Option<&PublicKey> {
+        self.enclaves.get(id.replica.0 as usize).map(|k| &k[id.kind.index()])
+    }
+
+    /// Key of a client, `None` for an unknown client.
+    pub fn client(&self, id: ClientId) -> Option<&PublicKey> {
+        self.clients.get(id.0 as usize)
+    }
+
+    /// Number of configured clients.
+    pub fn clients(&self) -> usize {
+        self.clients.len()
+    }
+}

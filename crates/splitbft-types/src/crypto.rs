@@ -1,0 +1,290 @@
+//! Signatures, MAC keys and MACs (SPEC §3 signing rules, SPEC §6 first bullet).
+//!
+//! * Every signature covers a domain-separation tag — protocol name, cluster id and
+//!   message kind — followed by the canonical (`postcard`) encoding of the body.
+//! * MAC keys per (client, enclave) come from X25519 on the Ed25519 keys' Montgomery forms,
+//!   stretched with HKDF-SHA256: both sides derive them with no setup round trip.
+//! * MACs are HMAC-SHA256 from a pre-keyed state (PERFORMANCE.md lesson 5).
+
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use hkdf::Hkdf;
+use hmac::{KeyInit, Mac as _};
+use serde::Serialize;
+use sha2::Sha256;
+
+use crate::codec::append_bytes;
+use crate::ids::{ClientId, EnclaveId};
+use crate::msg::{Mac, Reply, Request, Sig};
+
+/// Prefix of every signed or MACed byte string.
+const DOMAIN: &[u8] = b"splitbft/v1";
+
+/// What a signature or MAC is for; part of its domain tag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Purpose {
+    /// PrePrepare header.
+    PrePrepare = 1,
+    /// Prepare.
+    Prepare = 2,
+    /// Commit.
+    Commit = 3,
+    /// Checkpoint.
+    Checkpoint = 4,
+    /// Client request authenticator entry.
+    Request = 5,
+    /// Reply MAC.
+    Reply = 6,
+}
+
+/// Why a signature or key was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CryptoError {
+    /// The signature does not verify under the expected key.
+    #[error("bad signature")]
+    BadSignature,
+    /// The MAC does not verify under the expected key.
+    #[error("bad MAC")]
+    BadMac,
+    /// Bytes that are not a valid (non-weak) Ed25519 public key.
+    #[error("invalid public key")]
+    InvalidPublicKey,
+}
+
+/// An enclave's or client's Ed25519 signing key; never leaves its owner.
+pub struct SecretKey(SigningKey);
+
+impl SecretKey {
+    /// Builds the key from its 32-byte seed.
+    pub fn from_seed(seed: [u8; 32]) -> SecretKey {
+        SecretKey(SigningKey::from_bytes(&seed))
+    }
+
+    /// The 32-byte seed (for key files).
+    pub fn seed(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    /// The matching public key.
+    pub fn public(&self) -> PublicKey {
+        PublicKey(self.0.verifying_key())
+    }
+
+    /// Signs `body` for `purpose` in cluster `cluster_id`.
+    pub fn sign<T: Serialize>(&self, cluster_id: u64, purpose: Purpose, body: &T) -> Sig {
+        let bytes = signed_bytes(cluster_id, purpose, body);
+        Sig(self.0.sign(&bytes).to_bytes())
+    }
+
+    /// Derives the MAC key this party shares with `peer` for the (client, enclave) pair.
+    pub fn mac_key(
+        &self,
+        peer: &PublicKey,
+        cluster_id: u64,
+        client: ClientId,
+        enclave: EnclaveId,
+    ) -> MacKey {
+        let shared = peer.0.to_montgomery().mul_clamped(self.0.to_scalar_bytes());
+        let salt = [DOMAIN, &cluster_id.to_le_bytes()].concat();
+        let info = [
+            b"mac".as_slice(),
+            &client.0.to_le_bytes(),
+            &enclave.replica.0.to_le_bytes(),
+            &[enclave.kind.index() as u8],
+        ]
+        .concat();
+        let mut okm = [0u8; 32];
+        Hkdf::<Sha256>::new(Some(&salt), shared.as_bytes())
+            .expand(&info, &mut okm)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        MacKey::new(&okm)
+    }
+}
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretKey(public={:?})", self.public())
+    }
+}
+
+/// A verified-on-load Ed25519 public key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PublicKey(VerifyingKey);
+
+impl PublicKey {
+    /// Parses and checks a public key (rejects invalid and weak points).
+    pub fn from_bytes(bytes: &[u8; 32]) -> Result<PublicKey, CryptoError> {
+        let key = VerifyingKey::from_bytes(bytes).map_err(|_| CryptoError::InvalidPublicKey)?;
+        if key.is_weak() {
+            return Err(CryptoError::InvalidPublicKey);
+        }
+        Ok(PublicKey(key))
+    }
+
+    /// The compressed 32-byte form.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    /// Verifies `sig` over `body` for `purpose` (strict: no malleable signatures).
+    pub fn verify<T: Serialize>(
+        &self,
+        cluster_id: u64,
+        purpose: Purpose,
+        body: &T,
+        sig: &Sig,
+    ) -> Result<(), CryptoError> {
+        let bytes = signed_bytes(cluster_id, purpose, body);
+        self.0
+            .verify_strict(&bytes, &Signature::from_bytes(&sig.0))
+            .map_err(|_| CryptoError::BadSignature)
+    }
+}
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b = self.0.to_bytes();
+        write!(f, "PublicKey({:02x}{:02x}{:02x}{:02x})", b[0], b[1], b[2], b[3])
+    }
+}
+
+fn signed_bytes<T: Serialize>(cluster_id: u64, purpose: Purpose, body: &T) -> Vec<u8> {
+    let mut head = Vec::with_capacity(DOMAIN.len() + 9 + 64);
+    head.extend_from_slice(DOMAIN);
+    head.extend_from_slice(&cluster_id.to_le_bytes());
+    head.push(purpose as u8);
+    append_bytes(body, head)
+}
+
+/// A pre-keyed HMAC-SHA256 state; cloning it is cheaper than re-keying per message.
+#[derive(Clone)]
+pub struct MacKey(hmac::Hmac<Sha256>);
+
+impl MacKey {
+    /// Keys the HMAC state once.
+    pub fn new(key: &[u8; 32]) -> MacKey {
+        MacKey(<hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length"))
+    }
+
+    fn state(&self, purpose: Purpose, parts: &[&[u8]]) -> hmac::Hmac<Sha256> {
+        let mut state = self.0.clone();
+        state.update(DOMAIN);
+        state.update(&[purpose as u8]);
+        for part in parts {
+            // Length-prefix each part so that different splits never collide.
+            state.update(&(part.len() as u64).to_le_bytes());
+            state.update(part);
+        }
+        state
+    }
+
+    /// MAC over `parts` for `purpose`.
+    pub fn tag(&self, purpose: Purpose, parts: &[&[u8]]) -> Mac {
+        Mac(self.state(purpose, parts).finalize().into_bytes().into())
+    }
+
+    /// Constant-time check of `mac` over `parts`.
+    pub fn verify(&self, purpose: Purpose, parts: &[&[u8]], mac: &Mac) -> Result<(), CryptoError> {
+        self.state(purpose, parts)
+            .verify_slice(&mac.0)
+            .map_err(|_| CryptoError::BadMac)
+    }
+}
+
+impl std::fmt::Debug for MacKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MacKey(..)")
+    }
+}
+
+/// The MAC a client attaches for one enclave to a request (SPEC §6): covers cluster, client,
+/// timestamp and op.
+pub fn request_mac(key: &MacKey, cluster_id: u64, req: &Request) -> Mac {
+    let [a, b, c] = request_parts(cluster_id, req);
+    key.tag(Purpose::Request, &[&a, &b, &c, &req.op])
+}
+
+/// Checks one authenticator entry of a request.
+pub fn verify_request_mac(key: &MacKey, cluster_id: u64, req: &Request, mac: &Mac) -> Result<(), CryptoError> {
+    let [a, b, c] = request_parts(cluster_id, req);
+    key.verify(Purpose::Request, &[&a, &b, &c, &req.op], mac)
+}
+
+fn request_parts(cluster_id: u64, req: &Request) -> [[u8; 8]; 3] {
+    [cluster_id.to_le_bytes(), u64::from(req.client.0).to_le_bytes(), req.timestamp.to_le_bytes()]
+}
+
+/// The MAC an Execution enclave puts on a reply: covers every field but the MAC itself.
+pub fn reply_mac(key: &MacKey, cluster_id: u64, reply: &Reply) -> Mac {
+    let [a, b, c, d, e] = reply_parts(cluster_id, reply);
+    key.tag(Purpose::Reply, &[&a, &b, &c, &d, &e, &reply.result])
+}
+
+/// Checks a reply's MAC.
+pub fn verify_reply_mac(key: &MacKey, cluster_id: u64, reply: &Reply) -> Result<(), CryptoError> {
+    let [a, b, c, d, e] = reply_parts(cluster_id, reply);
+    key.verify(Purpose::Reply, &[&a, &b, &c, &d, &e, &reply.result], &reply.mac)
+}
+
+fn reply_parts(cluster_id: u64, reply: &Reply) -> [[u8; 8]; 5] {
+    [
+        cluster_id.to_le_bytes(),
+        reply.view.to_le_bytes(),
+        u64::from(reply.client.0).to_le_bytes(),
+        reply.timestamp.to_le_bytes(),
+        u64::from(reply.replica.0).to_le_bytes(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{CompartmentKind, ReplicaId};
+    use crate::msg::{Digest, PrePrepare};
+
+    fn key(b: u8) -> SecretKey {
+        SecretKey::from_seed([b; 32])
+    }
+
+    #[test]
+    fn signatures_bind_cluster_purpose_and_body() {
+        let k = key(1);
+        let body = PrePrepare { view: 0, seq: 1, digest: Digest::of(b"x") };
+        let sig = k.sign(7, Purpose::PrePrepare, &body);
+        let pk = k.public();
+        pk.verify(7, Purpose::PrePrepare, &body, &sig).unwrap();
+        assert_eq!(pk.verify(8, Purpose::PrePrepare, &body, &sig), Err(CryptoError::BadSignature));
+        assert_eq!(pk.verify(7, Purpose::Prepare, &body, &sig), Err(CryptoError::BadSignature));
+        let other = PrePrepare { seq: 2, ..body };
+        assert_eq!(pk.verify(7, Purpose::PrePrepare, &other, &sig), Err(CryptoError::BadSignature));
+        assert_eq!(key(2).public().verify(7, Purpose::PrePrepare, &body, &sig), Err(CryptoError::BadSignature));
+    }
+
+    #[test]
+    fn both_sides_derive_the_same_mac_key() {
+        let client = key(3);
+        let enclave = key(4);
+        let id = EnclaveId { replica: ReplicaId(2), kind: CompartmentKind::Preparation };
+        let a = client.mac_key(&enclave.public(), 9, ClientId(5), id);
+        let b = enclave.mac_key(&client.public(), 9, ClientId(5), id);
+        let mac = a.tag(Purpose::Request, &[b"hello"]);
+        b.verify(Purpose::Request, &[b"hello"], &mac).unwrap();
+        assert_eq!(b.verify(Purpose::Request, &[b"hellp"], &mac), Err(CryptoError::BadMac));
+        assert_eq!(b.verify(Purpose::Reply, &[b"hello"], &mac), Err(CryptoError::BadMac));
+        // A different enclave or client gets a different key.
+        let other = EnclaveId { replica: ReplicaId(3), ..id };
+        let c = enclave.mac_key(&client.public(), 9, ClientId(5), other);
+        assert_eq!(c.verify(Purpose::Request, &[b"hello"], &mac), Err(CryptoError::BadMac));
+        // Part boundaries matter.
+        assert_ne!(a.tag(Purpose::Request, &[b"ab", b"c"]), a.tag(Purpose::Request, &[b"a", b"bc"]));
+    }
+
+    #[test]
+    fn weak_and_invalid_public_keys_are_refused() {
+        // The identity point is weak (small order).
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert_eq!(PublicKey::from_bytes(&identity), Err(CryptoError::InvalidPublicKey));
+        assert!(PublicKey::from_bytes(&key(5).public().to_bytes()).is_ok());
+    }
+}

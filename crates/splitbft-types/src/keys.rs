@@ -1,0 +1,52 @@
+//! Generating a cluster's key material (used by `splitbft keygen`, the demo and tests).
+
+use crate::config::{ProtocolConfig, ReplicaKeys};
+use crate::crypto::SecretKey;
+use crate::ids::{CompartmentKind, ReplicaId};
+use crate::msg::Digest;
+
+/// Every secret of a cluster, with its public configuration.
+#[derive(Debug)]
+pub struct ClusterSecrets {
+    /// The public configuration (SPEC §2 defaults; adjust fields before use).
+    pub config: ProtocolConfig,
+    /// `enclaves[i][kind.index()]` is the key of that enclave of replica `i`.
+    pub enclaves: Vec<[SecretKey; 3]>,
+    /// Client keys, indexed by client id.
+    pub clients: Vec<SecretKey>,
+}
+
+impl ClusterSecrets {
+    /// Generates `3f + 1` replicas and `clients` clients, drawing seeds from `seed`.
+    pub fn generate(cluster_id: u64, f: u32, clients: usize, mut seed: impl FnMut() -> [u8; 32]) -> Self {
+        let n = 3 * f as usize + 1;
+        let enclaves: Vec<[SecretKey; 3]> = (0..n)
+            .map(|_| [SecretKey::from_seed(seed()), SecretKey::from_seed(seed()), SecretKey::from_seed(seed())])
+            .collect();
+        let clients: Vec<SecretKey> = (0..clients).map(|_| SecretKey::from_seed(seed())).collect();
+        let replicas = enclaves
+            .iter()
+            .map(|k| ReplicaKeys {
+                preparation: k[0].public().to_bytes(),
+                confirmation: k[1].public().to_bytes(),
+                execution: k[2].public().to_bytes(),
+            })
+            .collect();
+        let config = ProtocolConfig::new(cluster_id, f, replicas, clients.iter().map(|c| c.public().to_bytes()).collect());
+        ClusterSecrets { config, enclaves, clients }
+    }
+
+    /// Deterministic keys from a `u64` seed: for tests and the simulator only.
+    pub fn deterministic(cluster_id: u64, f: u32, clients: usize, seed: u64) -> Self {
+        let mut counter = 0u64;
+        Self::generate(cluster_id, f, clients, move || {
+            counter += 1;
+            Digest::of(&[seed.to_le_bytes(), counter.to_le_bytes()].concat()).0
+        })
+    }
+
+    /// The secret key of one enclave.
+    pub fn enclave(&self, replica: ReplicaId, kind: CompartmentKind) -> &SecretKey {
+        &self.enclaves[replica.0 as usize][kind.index()]
+    }
+}
