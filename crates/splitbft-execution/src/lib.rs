@@ -1,1 +1,311 @@
+//! The Execution compartment (SPEC §4.3, paper Fig. 2 handlers (4) (8) (9)).
+//!
+//! It executes a batch only with a commit certificate (`2f + 1` Commits from distinct
+//! Confirmation enclaves) and the batch bytes whose SHA-256 is the certified digest
+//! (SPEC §9 C3/E1), strictly in sequence order; it replies with a MAC per client, and
+//! every `K` sequence numbers snapshots the state and signs a Checkpoint (E2).
+//! No sockets, clock, threads or randomness.
+//!
+//! Validity gap until SPEC §6 sessions land: requests in a committed batch are trusted
+//! (client MACs are checked by the primary's Preparation enclave only), so "only
+//! client-issued ops execute" holds while that enclave is correct.
 
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use splitbft_types::app::Application;
+use splitbft_types::boundary::{Compartment, Event, Input, Output, Stats};
+use splitbft_types::cert::{VoteSet, in_window, verify_signed};
+use splitbft_types::checkpoint::CheckpointLog;
+use splitbft_types::codec::{from_bytes, to_bytes};
+use splitbft_types::config::{ConfigError, Keyring};
+use splitbft_types::counters::Counters;
+use splitbft_types::crypto::{MacKey, Purpose, SecretKey, reply_mac};
+use splitbft_types::dedup::ClientWindow;
+use splitbft_types::msg::{BatchMsg, Checkpoint, Commit, Digest, Message, Reply, Request, Signed};
+use splitbft_types::{ClientId, CompartmentKind, EnclaveId, ProtocolConfig, ReplicaId, Seq, View};
+
+/// Candidate batches kept per sequence number before the commit certificate decides.
+/// A correct primary sends one; a second covers a re-proposal after a view change. More
+/// could only come from a faulty primary or environment, which may then cost this replica
+/// liveness (state transfer repairs it), never memory.
+pub const MAX_BATCH_CANDIDATES: usize = 2;
+
+/// Everything Execution holds for one sequence number.
+#[derive(Debug)]
+struct Slot {
+    /// `(digest, batch bytes)` pairs whose hash was checked on arrival.
+    batches: Vec<(Digest, Vec<u8>)>,
+    commits: VoteSet<Commit>,
+    /// Digest with a commit certificate.
+    certified: Option<Digest>,
+}
+
+/// What a checkpoint digest covers: the application and the dedup windows (so that a
+/// state transfer also restores at-most-once execution).
+#[derive(Serialize)]
+struct ExecutionState<'a> {
+    #[serde(with = "serde_bytes")]
+    app: &'a [u8],
+    clients: &'a [ClientWindow],
+}
+
+/// The Execution enclave of one replica, generic over the application.
+pub struct Execution {
+    config: ProtocolConfig,
+    keys: Keyring,
+    me: ReplicaId,
+    secret: SecretKey,
+    /// `v_e`.
+    view: View,
+    /// `s_e`: last executed sequence number.
+    executed: Seq,
+    slots: BTreeMap<Seq, Slot>,
+    app: Box<dyn Application>,
+    /// Executed timestamps per client (at most once per `(client, t)`).
+    windows: Vec<ClientWindow>,
+    /// Pre-keyed reply MAC state per client.
+    client_macs: Vec<MacKey>,
+    /// Own checkpoint snapshots `s -> (D, bytes)` not yet superseded by a stable one.
+    snapshots: BTreeMap<Seq, (Digest, Vec<u8>)>,
+    checkpoints: CheckpointLog,
+    counters: Counters,
+}
+
+impl Execution {
+    /// Creates the enclave of replica `me` around a fresh application.
+    pub fn new(config: ProtocolConfig, me: ReplicaId, secret: SecretKey, app: Box<dyn Application>) -> Result<Self, ConfigError> {
+        let keys = config.validate()?;
+        let enclave = EnclaveId { replica: me, kind: CompartmentKind::Execution };
+        assert_eq!(keys.enclave(enclave), Some(&secret.public()), "secret key does not match the configuration");
+        let client_macs = (0..keys.clients())
+            .map(|c| {
+                let client = ClientId(c as u32);
+                let pk = keys.client(client).expect("index below the client count");
+                secret.mac_key(pk, config.cluster_id, client, enclave)
+            })
+            .collect();
+        let windows = vec![ClientWindow::default(); keys.clients()];
+        let genesis = state_bytes(app.as_ref(), &windows);
+        let genesis_digest = Digest::of(&genesis);
+        let mut snapshots = BTreeMap::new();
+        snapshots.insert(0, (genesis_digest, genesis));
+        Ok(Execution {
+            keys,
+            me,
+            secret,
+            view: 0,
+            executed: 0,
+            slots: BTreeMap::new(),
+            app,
+            windows,
+            client_macs,
+            snapshots,
+            checkpoints: CheckpointLog::new(genesis_digest),
+            counters: Counters::default(),
+            config,
+        })
+    }
+
+    /// Digest of the initial state (the genesis checkpoint every compartment starts from).
+    pub fn genesis_digest(config: &ProtocolConfig, app: &dyn Application) -> Digest {
+        Digest::of(&state_bytes(app, &vec![ClientWindow::default(); config.clients.len()]))
+    }
+
+    /// Last executed sequence number `s_e`.
+    pub fn last_executed(&self) -> Seq {
+        self.executed
+    }
+
+    /// Digest of the current application state.
+    pub fn app_digest(&self) -> Digest {
+        self.app.digest()
+    }
+
+    fn slot(&mut self, seq: Seq) -> &mut Slot {
+        let n = self.config.n();
+        self.slots.entry(seq).or_insert_with(|| Slot { batches: Vec::new(), commits: VoteSet::new(n), certified: None })
+    }
+
+    /// Whether a message about `seq` can still matter: above `s_e` and inside the window.
+    fn wanted(&mut self, seq: Seq, what: [&'static str; 2]) -> bool {
+        if seq <= self.executed {
+            self.counters.bump(what[0]);
+            return false;
+        }
+        if !in_window(&self.config, self.checkpoints.low(), seq) {
+            self.counters.bump(what[1]);
+            return false;
+        }
+        true
+    }
+
+    /// Stores a batch whose bytes hash to its header's digest. The header's signature is
+    /// not needed: the commit certificate decides which digest executes.
+    pub fn on_batch(&mut self, msg: BatchMsg, out: &mut Vec<Output>) {
+        let pp = msg.pre_prepare.body;
+        if !self.wanted(pp.seq, ["batch_late", "batch_outside_window"]) {
+            return;
+        }
+        let slot = self.slot(pp.seq);
+        if slot.batches.iter().any(|(d, _)| *d == pp.digest) {
+            return self.counters.bump("batch_duplicate");
+        }
+        if slot.batches.len() >= MAX_BATCH_CANDIDATES {
+            return self.counters.bump("batch_too_many_candidates");
+        }
+        if Digest::of(&msg.batch) != pp.digest {
+            return self.counters.bump("batch_wrong_digest");
+        }
+        self.slot(pp.seq).batches.push((pp.digest, msg.batch));
+        self.try_execute(out);
+    }
+
+    /// Collects a Commit; a commit certificate for `(v, s, d)` certifies `d` at `s`.
+    pub fn on_commit(&mut self, commit: Signed<Commit>, out: &mut Vec<Output>) {
+        let body = commit.body;
+        if body.view != self.view {
+            return self.counters.bump("commit_wrong_view");
+        }
+        if !self.wanted(body.seq, ["commit_late", "commit_outside_window"]) {
+            return;
+        }
+        if body.replica.0 as usize >= self.config.n() {
+            return self.counters.bump("commit_unknown_replica");
+        }
+        let quorum = self.config.quorum();
+        let slot = self.slot(body.seq);
+        if slot.certified.is_some() {
+            return self.counters.bump("commit_after_certificate");
+        }
+        if slot.commits.has(body.replica) {
+            return self.counters.bump("commit_duplicate");
+        }
+        if verify_signed(&self.config, &self.keys, &commit).is_err() {
+            return self.counters.bump("commit_bad_signature");
+        }
+        let slot = self.slot(body.seq);
+        slot.commits.insert(body.replica, commit);
+        if slot.commits.count(|c| c.view == body.view && c.digest == body.digest) >= quorum {
+            slot.certified = Some(body.digest);
+            self.try_execute(out);
+        }
+    }
+
+    /// Handler (4): execute every certified batch in sequence order.
+    fn try_execute(&mut self, out: &mut Vec<Output>) {
+        loop {
+            let next = self.executed + 1;
+            let Some(slot) = self.slots.get(&next) else { return };
+            let Some(digest) = slot.certified else { return };
+            let Some(i) = slot.batches.iter().position(|(d, _)| *d == digest) else { return };
+            let slot = self.slots.remove(&next).expect("slot looked up above");
+            let (_, batch) = slot.batches.into_iter().nth(i).expect("index found above");
+            self.execute_batch(next, &batch, out);
+            self.executed = next;
+            if next.is_multiple_of(self.config.checkpoint_interval) {
+                self.send_checkpoint(next, out);
+            }
+        }
+    }
+
+    fn execute_batch(&mut self, seq: Seq, batch: &[u8], out: &mut Vec<Output>) {
+        // A certified batch that does not decode can only come from a faulty primary: it
+        // executes as an empty batch, identically on every correct Execution enclave.
+        let requests = from_bytes::<Vec<Request>>(batch).unwrap_or_else(|_| {
+            self.counters.bump("batch_malformed_noop");
+            Vec::new()
+        });
+        for request in &requests {
+            self.execute_request(request, out);
+        }
+        self.counters.bump("batches_executed");
+        out.push(Output::Event(Event::Executed { seq, requests: requests.len() as u32 }));
+    }
+
+    fn execute_request(&mut self, request: &Request, out: &mut Vec<Output>) {
+        let c = request.client.0 as usize;
+        let Some(window) = self.windows.get_mut(c) else {
+            return self.counters.bump("request_unknown_client_noop");
+        };
+        if window.accept(request.timestamp, self.config.client_window).is_err() {
+            return self.counters.bump("request_duplicate_noop");
+        }
+        let result = self.app.execute(&request.op);
+        let mut reply = Reply {
+            view: self.view,
+            client: request.client,
+            timestamp: request.timestamp,
+            replica: self.me,
+            result,
+            mac: Default::default(),
+        };
+        reply.mac = reply_mac(&self.client_macs[c], self.config.cluster_id, &reply);
+        self.counters.bump("requests_executed");
+        out.push(Output::Send(Message::Reply(reply)));
+    }
+
+    /// Handler (8): snapshot, keep it until a later checkpoint is stable, sign Checkpoint.
+    fn send_checkpoint(&mut self, seq: Seq, out: &mut Vec<Output>) {
+        let bytes = state_bytes(self.app.as_ref(), &self.windows);
+        let state = Digest::of(&bytes);
+        self.snapshots.insert(seq, (state, bytes));
+        let body = Checkpoint { seq, state, replica: self.me };
+        let sig = self.secret.sign(self.config.cluster_id, Purpose::Checkpoint, &body);
+        out.push(Output::Send(Message::Checkpoint(Signed { body, sig })));
+    }
+
+    /// Handler (9): on a checkpoint certificate, advance `h`, drop the log and older
+    /// snapshots.
+    pub fn on_checkpoint(&mut self, cp: Signed<Checkpoint>, out: &mut Vec<Output>) {
+        match self.checkpoints.on_checkpoint(&self.config, &self.keys, &cp) {
+            Err(reject) => self.counters.bump(reject.name()),
+            Ok(None) => {}
+            Ok(Some(stable)) => {
+                let seq = stable.seq;
+                self.slots = self.slots.split_off(&(seq + 1));
+                self.snapshots = self.snapshots.split_off(&seq);
+                if self.executed < seq {
+                    // Behind a certified state: state transfer (a later issue) fetches it.
+                    self.counters.bump("behind_stable_checkpoint");
+                }
+                self.counters.bump("checkpoints_stable");
+                out.push(Output::Event(Event::Stable { seq }));
+            }
+        }
+    }
+
+    /// Counters and log size.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            counters: self.counters.to_vec(),
+            log_entries: (self.slots.len() + self.snapshots.len() + self.checkpoints.pending_slots()) as u64,
+            low_watermark: self.checkpoints.low(),
+            view: self.view,
+        }
+    }
+}
+
+fn state_bytes(app: &dyn Application, windows: &[ClientWindow]) -> Vec<u8> {
+    to_bytes(&ExecutionState { app: &app.snapshot(), clients: windows })
+}
+
+impl Compartment for Execution {
+    fn kind(&self) -> CompartmentKind {
+        CompartmentKind::Execution
+    }
+
+    fn handle(&mut self, input: Input, out: &mut Vec<Output>) {
+        match input {
+            Input::Message(Message::Batch(b)) => self.on_batch(b, out),
+            Input::Message(Message::Commit(c)) => self.on_commit(c, out),
+            Input::Message(Message::Checkpoint(cp)) => self.on_checkpoint(cp, out),
+            Input::Message(_) | Input::OrderBatch(_) => self.counters.bump("unexpected_input"),
+            Input::QueryStats => out.push(Output::Stats(self.stats())),
+        }
+    }
+
+    fn count_malformed_input(&mut self) {
+        self.counters.bump("malformed_input");
+    }
+}

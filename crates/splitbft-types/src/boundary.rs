@@ -75,3 +75,29 @@ impl Stats {
         self.counters.iter().find(|(n, _)| n == name).map_or(0, |(_, v)| *v)
     }
 }
+
+/// A compartment: a deterministic state machine behind the enclave boundary (SPEC §4, §5.1).
+pub trait Compartment: Send {
+    /// Which compartment this is.
+    fn kind(&self) -> crate::ids::CompartmentKind;
+
+    /// Handles one decoded input, appending outputs.
+    fn handle(&mut self, input: Input, out: &mut Vec<Output>);
+
+    /// Counts an input that did not decode.
+    fn count_malformed_input(&mut self);
+
+    /// One boundary crossing: decodes each input defensively, handles it, encodes every
+    /// output. Undecodable inputs are counted and dropped.
+    fn handle_encoded(&mut self, inputs: &[bytes::Bytes], out: &mut Vec<bytes::Bytes>) {
+        let mut outputs = Vec::new();
+        for input in inputs {
+            match crate::codec::from_bytes::<Input>(input) {
+                Ok(input) => self.handle(input, &mut outputs),
+                Err(_) => self.count_malformed_input(),
+            }
+        }
+        out.extend(outputs.iter().map(|o| bytes::Bytes::from(crate::codec::to_bytes(o))));
+    }
+}
+

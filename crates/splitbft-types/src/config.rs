@@ -126,7 +126,7 @@ impl ProtocolConfig {
         if self.checkpoint_interval == 0 {
             return Err(ConfigError::InvalidParameter("checkpoint_interval must be > 0"));
         }
-        if self.log_window < 2 * self.checkpoint_interval || self.log_window % self.checkpoint_interval != 0 {
+        if self.log_window < 2 * self.checkpoint_interval || !self.log_window.is_multiple_of(self.checkpoint_interval) {
             return Err(ConfigError::InvalidParameter(
                 "log_window must be a multiple of checkpoint_interval and at least twice it",
             ));

@@ -10,13 +10,16 @@ pub mod app;
 pub mod boundary;
 pub mod cert;
 
+pub mod checkpoint;
 pub mod codec;
 pub mod config;
+pub mod counters;
 pub mod crypto;
 pub mod dedup;
 pub mod ids;
 pub mod keys;
 pub mod msg;
+pub mod wire;
 
 pub use app::{AppError, Application};
 pub use config::ProtocolConfig;

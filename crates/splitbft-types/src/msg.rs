@@ -43,7 +43,7 @@ impl std::fmt::Debug for Sig {
 }
 
 /// An HMAC-SHA256 tag.
-#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Mac(pub [u8; 32]);
 
 impl std::fmt::Debug for Mac {
