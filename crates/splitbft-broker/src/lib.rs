@@ -1,1 +1,15 @@
+//! The untrusted environment of a SplitBFT replica (SPEC §5): sockets, routing, batching
+//! at the primary, forwarding from backups, flow control, counters.
+//!
+//! * [`core`] — the sans-IO routing/batching state machine.
+//! * [`node`] — the tokio driver: TCP listeners and dialers, coalesced writes, the
+//!   compartments behind the enclave boundary.
+//! * [`local`] — an in-memory, single-threaded cluster driving the same core and the
+//!   inline compartments deterministically (tests; the simulator's seed).
 
+pub mod core;
+pub mod local;
+pub mod node;
+
+pub use core::{Action, BrokerCore, BrokerOptions};
+pub use node::{NodeConfig, NodeError, NodeHandle, NodeReport, spawn_node};

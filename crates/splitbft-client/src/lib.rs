@@ -1,1 +1,415 @@
+//! Async SplitBFT client (SPEC §3 Request/Reply, SPEC §6).
+//!
+//! A [`Client`] keeps one TCP connection per replica. Each request carries one MAC per
+//! Preparation enclave, goes first to the primary of the highest view the client has
+//! seen, and is re-sent to every replica when no result arrives within the retransmission
+//! timeout (doubling, capped). A result is accepted once `f + 1` replies from distinct
+//! replicas, each carrying a valid MAC from that replica's Execution enclave, agree on it.
+//!
+//! Nothing received from the network is trusted: every frame is decoded, checked, counted
+//! by reason when rejected ([`ClientStats`]) and dropped.
 
+mod conn;
+mod quorum;
+mod stats;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tracing::{debug, trace, warn};
+
+use splitbft_types::codec::{decode_message, encode_message};
+use splitbft_types::config::ConfigError;
+use splitbft_types::crypto::{MacKey, SecretKey, request_mac, verify_reply_mac};
+use splitbft_types::msg::{Reply, Request};
+use splitbft_types::wire::MAX_FRAME_BYTES;
+use splitbft_types::{ClientId, CompartmentKind, EnclaveId, Message, ProtocolConfig, ReplicaId, Timestamp, View};
+
+pub use stats::ClientStats;
+
+use quorum::{Outcome, PendingTable, Verdict};
+use stats::{Counters, bump};
+
+/// Default first retransmission timeout: several PBFT rounds on a LAN, so a healthy
+/// primary answers well before it fires.
+pub const DEFAULT_RETRANSMIT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Cap on the doubling retransmission timeout: keeps probing a recovering cluster.
+pub const MAX_RETRANSMIT_TIMEOUT: Duration = Duration::from_secs(8);
+/// Default overall deadline of one request: long enough to ride out a view change.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Frames queued per replica connection. A request is one frame per replica, so this is
+/// far above any valid `outstanding`; a replica that lets it fill is slow or dead, and
+/// its frames are dropped rather than blocking callers.
+const SEND_QUEUE_FRAMES: usize = 1024;
+
+/// Tuning of a [`Client`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// Requests in flight at once; must be in `1..=protocol.client_window`.
+    pub outstanding: usize,
+    /// Wait before the first retransmission to every replica; doubles up to [`MAX_RETRANSMIT_TIMEOUT`].
+    pub retransmit_timeout: Duration,
+    /// Overall deadline of one request, after which it fails with [`ClientError::Timeout`].
+    pub request_timeout: Duration,
+    /// Largest frame sent or accepted on a replica connection.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            outstanding: 1,
+            retransmit_timeout: DEFAULT_RETRANSMIT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_frame_bytes: MAX_FRAME_BYTES,
+        }
+    }
+}
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The configuration, addresses, key or options are unusable.
+    #[error("invalid client configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// No `f + 1` matching replies arrived before the request deadline.
+    #[error("request with timestamp {timestamp} timed out")]
+    Timeout {
+        /// Timestamp of the abandoned request.
+        timestamp: Timestamp,
+    },
+    /// Fewer than `f + 1` replicas accepted a connection.
+    #[error("fewer than f + 1 replicas are reachable")]
+    NoReplicaReachable,
+    /// The op (or the frame carrying it) exceeds the configured limit; nothing was sent.
+    #[error("op of {len} bytes exceeds the limit of {max} bytes")]
+    OpTooLarge {
+        /// Size of the op.
+        len: usize,
+        /// Largest op allowed.
+        max: usize,
+    },
+    /// The client was closed.
+    #[error("client closed")]
+    Closed,
+}
+
+/// State shared between the caller-facing [`Client`] and its background tasks. The tasks
+/// hold only this, so dropping the last `Client` really stops them.
+pub(crate) struct Shared {
+    config: ProtocolConfig,
+    pub(crate) id: ClientId,
+    /// `reply_keys[r]`: MAC key shared with Execution(r).
+    reply_keys: Vec<MacKey>,
+    pending: Mutex<PendingTable>,
+    pub(crate) counters: Counters,
+    /// `connected[r]`: a connection to replica `r` is up and introduced.
+    pub(crate) connected: Vec<AtomicBool>,
+    pub(crate) max_frame_bytes: usize,
+}
+
+impl Shared {
+    fn pending(&self) -> MutexGuard<'_, PendingTable> {
+        // The table stays consistent even if a holder panicked: every update is one call.
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Checks one frame received from any replica connection and counts it as a vote.
+    /// Authenticity comes from the MAC of the replica the reply names, never from the
+    /// connection it arrived on.
+    pub(crate) fn on_frame(&self, frame: &[u8]) {
+        let reply = match decode_message(frame) {
+            Ok(Message::Reply(reply)) => reply,
+            Ok(other) => {
+                trace!(kind = other.kind_name(), "unexpected message from replica");
+                return bump(&self.counters.rejected_undecodable);
+            }
+            Err(error) => {
+                trace!(%error, "undecodable frame from replica");
+                return bump(&self.counters.rejected_undecodable);
+            }
+        };
+        if reply.client != self.id {
+            return bump(&self.counters.rejected_wrong_client);
+        }
+        let Some(key) = self.reply_keys.get(reply.replica.0 as usize) else {
+            return bump(&self.counters.rejected_bad_replica);
+        };
+        if verify_reply_mac(key, self.config.cluster_id, &reply).is_err() {
+            return bump(&self.counters.rejected_bad_mac);
+        }
+        self.count_vote(reply);
+    }
+
+    fn count_vote(&self, reply: Reply) {
+        let verdict = self.pending().on_reply(reply);
+        match verdict {
+            Verdict::Counted => bump(&self.counters.replies_accepted),
+            Verdict::Completed(done, outcome) => {
+                bump(&self.counters.replies_accepted);
+                // The caller may have given up in the meantime; nothing to do then.
+                let _ = done.send(outcome);
+            }
+            Verdict::UnknownTimestamp => bump(&self.counters.rejected_unknown_timestamp),
+            Verdict::Duplicate => bump(&self.counters.rejected_duplicate),
+        }
+    }
+}
+
+/// The client proper; [`Client`] is a cheap handle to it.
+struct Inner {
+    shared: Arc<Shared>,
+    /// `request_keys[i]`: MAC key shared with Preparation(i), keyed once.
+    request_keys: Vec<MacKey>,
+    /// `senders[i]`: queue of frames for replica `i`'s writer task.
+    senders: Vec<mpsc::Sender<Bytes>>,
+    tasks: Vec<AbortHandle>,
+    permits: Semaphore,
+    next_timestamp: AtomicU64,
+    view: AtomicU64,
+    options: ClientOptions,
+}
+
+impl Inner {
+    fn shutdown(&self) {
+        self.permits.close();
+        self.shared.pending().close();
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+
+    /// Queues `frame` for replica `replica` without waiting; a full queue or a missing
+    /// connection drops it (counted): retransmission covers it.
+    fn send_to(&self, replica: usize, frame: &Bytes) {
+        if !self.shared.connected[replica].load(Ordering::Acquire) || self.senders[replica].try_send(frame.clone()).is_err() {
+            bump(&self.shared.counters.frames_dropped);
+        }
+    }
+
+    fn send_to_all(&self, frame: &Bytes) {
+        for replica in 0..self.senders.len() {
+            self.send_to(replica, frame);
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Removes a request from the pending table however `invoke` ends (including when its
+/// future is dropped).
+struct PendingGuard<'a> {
+    shared: &'a Shared,
+    timestamp: Timestamp,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.pending().remove(self.timestamp);
+    }
+}
+
+/// A connection to a SplitBFT cluster. Clones share connections, counters and the
+/// outstanding-request limit; the background tasks stop when the last clone is dropped.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("id", &self.inner.shared.id).field("view", &self.view()).finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to the cluster: succeeds once at least `f + 1` replicas accept a connection;
+    /// the others are retried in the background. `addresses[i]` is replica `i`'s address.
+    pub async fn connect(
+        protocol: ProtocolConfig,
+        addresses: Vec<SocketAddr>,
+        id: ClientId,
+        secret: SecretKey,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        let keyring = protocol.validate()?;
+        let n = protocol.n();
+        if addresses.len() != n {
+            return Err(ConfigError::InvalidParameter("need exactly one address per replica").into());
+        }
+        if keyring.client(id) != Some(&secret.public()) {
+            return Err(ConfigError::InvalidKey(format!("{id}: not configured, or the secret key does not match")).into());
+        }
+        let window = usize::try_from(protocol.client_window).unwrap_or(usize::MAX);
+        if options.outstanding == 0 || options.outstanding > window {
+            return Err(ConfigError::InvalidParameter("outstanding must be in 1..=client_window").into());
+        }
+        if options.retransmit_timeout.is_zero() || options.request_timeout.is_zero() {
+            return Err(ConfigError::InvalidParameter("timeouts must be positive").into());
+        }
+        if options.max_frame_bytes == 0 {
+            return Err(ConfigError::InvalidParameter("max_frame_bytes must be positive").into());
+        }
+
+        let key_for = |replica: usize, kind: CompartmentKind| -> Result<MacKey, ClientError> {
+            let enclave = EnclaveId { replica: ReplicaId(replica as u32), kind };
+            let public = keyring
+                .enclave(enclave)
+                .ok_or_else(|| ConfigError::InvalidKey(format!("{kind} enclave of replica {replica}")))?;
+            Ok(secret.mac_key(public, protocol.cluster_id, id, enclave))
+        };
+        let request_keys = (0..n).map(|r| key_for(r, CompartmentKind::Preparation)).collect::<Result<Vec<_>, _>>()?;
+        let reply_keys = (0..n).map(|r| key_for(r, CompartmentKind::Execution)).collect::<Result<Vec<_>, _>>()?;
+
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(PendingTable::new(n, protocol.weak_quorum())),
+            config: protocol,
+            id,
+            reply_keys,
+            counters: Counters::default(),
+            connected: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            max_frame_bytes: options.max_frame_bytes,
+        });
+
+        let attempts = addresses.iter().map(|&addr| conn::establish(&shared, addr));
+        let mut initial = futures_util::future::join_all(attempts).await;
+        let reachable = initial.iter().filter(|attempt| attempt.is_ok()).count();
+        for (replica, attempt) in initial.iter().enumerate() {
+            match attempt {
+                Ok(_) => bump(&shared.counters.connections),
+                Err(error) => {
+                    debug!(replica, addr = %addresses[replica], %error, "replica unreachable at connect");
+                    bump(&shared.counters.connection_errors);
+                }
+            }
+        }
+        if reachable < shared.config.weak_quorum() {
+            warn!(reachable, needed = shared.config.weak_quorum(), "too few replicas reachable");
+            return Err(ClientError::NoReplicaReachable);
+        }
+
+        let mut senders = Vec::with_capacity(n);
+        let mut tasks = Vec::with_capacity(n);
+        for (replica, attempt) in initial.drain(..).enumerate() {
+            let (tx, rx) = mpsc::channel(SEND_QUEUE_FRAMES);
+            let established = attempt.ok();
+            if established.is_some() {
+                shared.connected[replica].store(true, Ordering::Release);
+            }
+            let task = conn::run_connection(Arc::clone(&shared), replica, addresses[replica], rx, established);
+            tasks.push(tokio::spawn(task).abort_handle());
+            senders.push(tx);
+        }
+
+        // Start from the wall clock so a restarted client with the same id never reuses a
+        // timestamp the replicas have already seen.
+        let now_micros = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
+        let first_timestamp = u64::try_from(now_micros).unwrap_or(u64::MAX / 2).max(1);
+
+        Ok(Client {
+            inner: Arc::new(Inner {
+                shared,
+                request_keys,
+                senders,
+                tasks,
+                permits: Semaphore::new(options.outstanding),
+                next_timestamp: AtomicU64::new(first_timestamp),
+                view: AtomicU64::new(0),
+                options,
+            }),
+        })
+    }
+
+    /// Submits `op` and returns the result `f + 1` replicas agree on. At most
+    /// `outstanding` calls run at once; the others wait for a slot.
+    pub async fn invoke(&self, op: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+        let inner = &*self.inner;
+        let shared = &*inner.shared;
+        let max_op = shared.config.max_op_bytes as usize;
+        if op.len() > max_op {
+            return Err(ClientError::OpTooLarge { len: op.len(), max: max_op });
+        }
+        let _permit = inner.permits.acquire().await.map_err(|_| ClientError::Closed)?;
+
+        let timestamp = inner.next_timestamp.fetch_add(1, Ordering::Relaxed);
+        let mut request = Request { client: shared.id, timestamp, op, auth: Vec::new() };
+        let cluster_id = shared.config.cluster_id;
+        let auth = inner.request_keys.iter().map(|key| request_mac(key, cluster_id, &request)).collect();
+        request.auth = auth;
+        let op_len = request.op.len();
+        let frame = Bytes::from(encode_message(&Message::Request(request)));
+        if frame.len() > inner.options.max_frame_bytes {
+            let overhead = frame.len() - op_len;
+            return Err(ClientError::OpTooLarge { len: op_len, max: inner.options.max_frame_bytes.saturating_sub(overhead) });
+        }
+
+        let (done, mut outcome) = oneshot::channel::<Outcome>();
+        shared.pending().insert(timestamp, done).map_err(|_| ClientError::Closed)?;
+        let _guard = PendingGuard { shared, timestamp };
+        bump(&shared.counters.requests_sent);
+
+        let primary = shared.config.primary(self.view()).0 as usize;
+        if shared.connected[primary].load(Ordering::Acquire) {
+            inner.send_to(primary, &frame);
+        } else {
+            // Waiting a retransmission timeout for a primary we know is unreachable helps nobody.
+            inner.send_to_all(&frame);
+        }
+
+        let deadline = Instant::now() + inner.options.request_timeout;
+        let mut retransmit = inner.options.retransmit_timeout;
+        loop {
+            let wake = (Instant::now() + retransmit).min(deadline);
+            match tokio::time::timeout_at(wake, &mut outcome).await {
+                Ok(Ok(Outcome { result, view })) => {
+                    inner.view.fetch_max(view, Ordering::Relaxed);
+                    bump(&shared.counters.completed);
+                    return Ok(result);
+                }
+                Ok(Err(_)) => return Err(ClientError::Closed),
+                Err(_) if Instant::now() >= deadline => {
+                    bump(&shared.counters.timeouts);
+                    debug!(timestamp, "request timed out");
+                    return Err(ClientError::Timeout { timestamp });
+                }
+                Err(_) => {
+                    trace!(timestamp, ?retransmit, "retransmitting to all replicas");
+                    bump(&shared.counters.retransmissions);
+                    inner.send_to_all(&frame);
+                    retransmit = (retransmit * 2).min(MAX_RETRANSMIT_TIMEOUT.max(inner.options.retransmit_timeout));
+                }
+            }
+        }
+    }
+
+    /// A snapshot of the client's counters.
+    pub fn stats(&self) -> ClientStats {
+        self.inner.shared.counters.snapshot()
+    }
+
+    /// The highest view seen in an accepted result; requests go first to its primary.
+    pub fn view(&self) -> View {
+        self.inner.view.load(Ordering::Relaxed)
+    }
+
+    /// This client's id.
+    pub fn id(&self) -> ClientId {
+        self.inner.shared.id
+    }
+
+    /// Stops the background tasks; pending and later calls on any clone fail with
+    /// [`ClientError::Closed`].
+    pub async fn close(self) {
+        self.inner.shutdown();
+    }
+}

@@ -1,1 +1,186 @@
+//! The enclave boundary (SPEC §5.1). Every call into a compartment crosses as bytes, like
+//! an SGX ecall: a batch of encoded [`Input`](splitbft_types::boundary::Input)s in, encoded
+//! outputs out. Backends:
+//!
+//! * [`Backend::Inline`]: a function call on the caller's thread. Deterministic; used by
+//!   tests and the simulator.
+//! * [`Backend::Thread`]: one OS thread per compartment fed by a bounded queue. The
+//!   thread drains everything queued and handles it in one crossing ("switchless"
+//!   batching), so the hand-off cost is paid per batch of inputs, not per message.
+//!
+//! This crate holds no protocol logic: it instantiates compartments and moves bytes.
 
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use splitbft_confirmation::Confirmation;
+use splitbft_execution::Execution;
+use splitbft_preparation::Preparation;
+use splitbft_types::boundary::Compartment;
+use splitbft_types::config::ConfigError;
+use splitbft_types::crypto::SecretKey;
+use splitbft_types::{Application, CompartmentKind, ProtocolConfig, ReplicaId};
+
+/// Crossings queued for a thread-backed compartment before [`EnclaveHandle::submit`]
+/// blocks: enough to absorb a burst of a few thousand messages, small enough that a stuck
+/// compartment pushes back on the broker instead of growing memory.
+pub const THREAD_QUEUE_CROSSINGS: usize = 1024;
+
+/// Most crossings a compartment thread merges into one call.
+const MAX_MERGED_CROSSINGS: usize = 64;
+
+/// How compartments are hosted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// Function calls on the caller's thread.
+    #[default]
+    Inline,
+    /// One OS thread per compartment.
+    Thread,
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "inline" => Ok(Backend::Inline),
+            "thread" => Ok(Backend::Thread),
+            other => Err(format!("unknown backend {other:?} (expected inline or thread)")),
+        }
+    }
+}
+
+/// Receives outputs of thread-backed compartments (called on the compartment's thread).
+pub type OutputSink = std::sync::Arc<dyn Fn(CompartmentKind, Vec<Bytes>) + Send + Sync>;
+
+/// Why enclaves could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EnclaveError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The OS refused a thread.
+    #[error("cannot spawn compartment thread: {0}")]
+    Spawn(#[from] std::io::Error),
+}
+
+/// One compartment behind the boundary.
+pub trait EnclaveHandle: Send {
+    /// Which compartment.
+    fn kind(&self) -> CompartmentKind;
+
+    /// Crosses the boundary with `inputs`. Inline: outputs are appended to `out` before it
+    /// returns. Thread: outputs go to the [`OutputSink`] later and `out` is untouched.
+    fn submit(&mut self, inputs: Vec<Bytes>, out: &mut Vec<Bytes>);
+}
+
+/// A compartment called directly.
+pub struct InlineEnclave {
+    compartment: Box<dyn Compartment>,
+}
+
+impl InlineEnclave {
+    /// Wraps a compartment.
+    pub fn new(compartment: Box<dyn Compartment>) -> Self {
+        InlineEnclave { compartment }
+    }
+}
+
+impl EnclaveHandle for InlineEnclave {
+    fn kind(&self) -> CompartmentKind {
+        self.compartment.kind()
+    }
+
+    fn submit(&mut self, inputs: Vec<Bytes>, out: &mut Vec<Bytes>) {
+        self.compartment.handle_encoded(&inputs, out);
+    }
+}
+
+/// A compartment on its own OS thread.
+pub struct ThreadEnclave {
+    kind: CompartmentKind,
+    tx: Option<Sender<Vec<Bytes>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ThreadEnclave {
+    /// Moves `compartment` to a new thread that sends its outputs to `sink`.
+    pub fn spawn(mut compartment: Box<dyn Compartment>, sink: OutputSink) -> std::io::Result<Self> {
+        let kind = compartment.kind();
+        let (tx, rx): (Sender<Vec<Bytes>>, Receiver<Vec<Bytes>>) = crossbeam_channel::bounded(THREAD_QUEUE_CROSSINGS);
+        let thread = std::thread::Builder::new().name(format!("enclave-{kind}")).spawn(move || {
+            let mut outputs = Vec::new();
+            while let Ok(mut inputs) = rx.recv() {
+                // Merge whatever else is queued into this crossing.
+                for _ in 0..MAX_MERGED_CROSSINGS {
+                    match rx.try_recv() {
+                        Ok(more) => inputs.extend(more),
+                        Err(_) => break,
+                    }
+                }
+                compartment.handle_encoded(&inputs, &mut outputs);
+                if !outputs.is_empty() {
+                    sink(kind, std::mem::take(&mut outputs));
+                }
+            }
+        })?;
+        Ok(ThreadEnclave { kind, tx: Some(tx), thread: Some(thread) })
+    }
+}
+
+impl EnclaveHandle for ThreadEnclave {
+    fn kind(&self) -> CompartmentKind {
+        self.kind
+    }
+
+    fn submit(&mut self, inputs: Vec<Bytes>, _out: &mut Vec<Bytes>) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(inputs) {
+            Ok(()) => {}
+            // Back-pressure: the compartment is behind; wait for room.
+            Err(TrySendError::Full(inputs)) => {
+                let _ = tx.send(inputs);
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+impl Drop for ThreadEnclave {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The secret keys of one replica's three enclaves, in [`CompartmentKind::ALL`] order.
+pub type ReplicaSecrets = [SecretKey; 3];
+
+/// Builds one replica's three compartments behind `backend`, in [`CompartmentKind::ALL`] order.
+pub fn start_replica(
+    config: &ProtocolConfig,
+    me: ReplicaId,
+    secrets: ReplicaSecrets,
+    app: Box<dyn Application>,
+    backend: Backend,
+    sink: OutputSink,
+) -> Result<[Box<dyn EnclaveHandle>; 3], EnclaveError> {
+    let genesis = Execution::genesis_digest(config, app.as_ref());
+    let [prep_key, conf_key, exec_key] = secrets;
+    let compartments: [Box<dyn Compartment>; 3] = [
+        Box::new(Preparation::new(config.clone(), me, prep_key, genesis)?),
+        Box::new(Confirmation::new(config.clone(), me, conf_key, genesis)?),
+        Box::new(Execution::new(config.clone(), me, exec_key, app)?),
+    ];
+    let wrap = |c: Box<dyn Compartment>| -> Result<Box<dyn EnclaveHandle>, EnclaveError> {
+        Ok(match backend {
+            Backend::Inline => Box::new(InlineEnclave::new(c)),
+            Backend::Thread => Box::new(ThreadEnclave::spawn(c, sink.clone())?),
+        })
+    };
+    let [p, c, e] = compartments;
+    Ok([wrap(p)?, wrap(c)?, wrap(e)?])
+}

@@ -77,14 +77,16 @@ impl Preparation {
     /// PrePrepare. Only at primary(v).
     pub fn on_order_batch(&mut self, encoded: Vec<u8>, out: &mut Vec<Output>) {
         if !self.is_primary() {
-            return self.counters.bump("order_batch_not_primary");
+            self.counters.bump("order_batch_not_primary");
+            return out.push(Output::Event(Event::NotOrdered { window_full: false }));
         }
         let Ok(requests) = from_bytes::<Vec<Request>>(&encoded) else {
-            return self.counters.bump("order_batch_malformed");
+            self.counters.bump("order_batch_malformed");
+            return out.push(Output::Event(Event::NotOrdered { window_full: false }));
         };
         if !in_window(&self.config, self.checkpoints.low(), self.next_seq) {
             self.counters.bump("order_batch_window_full");
-            return out.push(Output::Event(Event::WindowFull));
+            return out.push(Output::Event(Event::NotOrdered { window_full: true }));
         }
         let offered = requests.len();
         let mut admitted = Vec::with_capacity(offered.min(self.config.max_batch as usize));
@@ -99,7 +101,7 @@ impl Preparation {
             }
         }
         if admitted.is_empty() {
-            return;
+            return out.push(Output::Event(Event::NotOrdered { window_full: false }));
         }
         // Reuse the environment's bytes when nothing was filtered: one encoding per batch.
         let batch = if admitted.len() == offered { encoded } else { to_bytes(&admitted) };

@@ -40,8 +40,12 @@ pub enum Event {
         /// Requests admitted into the batch.
         requests: u32,
     },
-    /// Preparation could not order: the log window is full (wait for a checkpoint).
-    WindowFull,
+    /// Preparation ordered nothing from an `OrderBatch` (every request was refused, or the
+    /// log window is full and the environment should wait for a checkpoint).
+    NotOrdered {
+        /// The window `(h, h + L]` has no free sequence number.
+        window_full: bool,
+    },
     /// Execution executed `seq`.
     Executed {
         /// Sequence number.

@@ -1,0 +1,356 @@
+//! The broker's routing, batching and flow-control logic as a sans-IO state machine
+//! (STYLE "sans-IO cores, thin drivers"). The tokio driver ([`crate::node`]) and the
+//! in-memory test cluster drive the same core.
+//!
+//! The broker is untrusted (SPEC §5): it decodes only what it needs to route (SPEC §3
+//! last column), and nothing it does can break safety; everything here is liveness and
+//! performance.
+
+use bytes::Bytes;
+use splitbft_types::boundary::{Event, Input, Output, Stats};
+use splitbft_types::codec::{CodecError, decode_message, encode_message, from_bytes, to_bytes};
+use splitbft_types::counters::Counters;
+use splitbft_types::msg::{Message, Request};
+use splitbft_types::{ClientId, CompartmentKind, ProtocolConfig, ReplicaId, Seq, View};
+
+/// Default batch timeout (SPEC §5: cut at `B` requests or 10 ms).
+pub const DEFAULT_BATCH_TIMEOUT_US: u64 = 10_000;
+/// Default number of batches in flight below which the primary cuts a batch at once
+/// instead of waiting for `B` requests or the timeout: an idle cluster answers a lone
+/// request without the 10 ms wait, and a busy one batches naturally while this many
+/// batches are being agreed on.
+pub const DEFAULT_EAGER_INFLIGHT: u64 = 4;
+/// Requests queued at the primary awaiting a batch; beyond it new requests are dropped
+/// (and counted): the clients retransmit. 50 full batches.
+pub const DEFAULT_MAX_PENDING_REQUESTS: usize = 10_000;
+
+/// Broker tuning (liveness and performance only).
+#[derive(Clone, Debug)]
+pub struct BrokerOptions {
+    /// Cut a batch at this many requests (`B`; at most the protocol's `max_batch`).
+    pub batch_max: usize,
+    /// Cut a batch when its oldest request waited this long.
+    pub batch_timeout_us: u64,
+    /// Cut at once while fewer batches are in flight.
+    pub eager_inflight: u64,
+    /// At most this many batches ordered but not yet executed locally.
+    pub max_inflight: u64,
+    /// Bound of the primary's request queue.
+    pub max_pending_requests: usize,
+}
+
+impl BrokerOptions {
+    /// Defaults for a protocol configuration.
+    pub fn new(protocol: &ProtocolConfig) -> Self {
+        BrokerOptions {
+            batch_max: protocol.max_batch as usize,
+            batch_timeout_us: DEFAULT_BATCH_TIMEOUT_US,
+            eager_inflight: DEFAULT_EAGER_INFLIGHT,
+            // Half the log window: the rest absorbs the lag of checkpoint certificates.
+            max_inflight: protocol.log_window / 2,
+            max_pending_requests: DEFAULT_MAX_PENDING_REQUESTS,
+        }
+    }
+}
+
+/// What the driver must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send a frame to every peer broker.
+    Broadcast(Bytes),
+    /// Send a frame to one peer broker.
+    Send(ReplicaId, Bytes),
+    /// Send a frame to a client.
+    Reply(ClientId, Bytes),
+    /// Cross into a local compartment with one encoded input.
+    Enclave(CompartmentKind, Bytes),
+}
+
+/// The broker state of one replica.
+#[derive(Debug)]
+pub struct BrokerCore {
+    me: ReplicaId,
+    protocol: ProtocolConfig,
+    options: BrokerOptions,
+    /// The view the broker believes in (for routing requests to the primary).
+    view: View,
+    /// Encoded requests waiting for a batch (primary), each without the version byte.
+    pending: Vec<Bytes>,
+    pending_since_us: Option<u64>,
+    /// OrderBatch inputs submitted but not yet answered by Preparation.
+    awaiting_order: u64,
+    last_ordered: Seq,
+    last_executed: Seq,
+    window_full: bool,
+    counters: Counters,
+    stats: [Option<Stats>; 3],
+}
+
+impl BrokerCore {
+    /// A broker for replica `me`.
+    pub fn new(protocol: ProtocolConfig, me: ReplicaId, mut options: BrokerOptions) -> Self {
+        options.batch_max = options.batch_max.clamp(1, protocol.max_batch as usize);
+        options.max_inflight = options.max_inflight.max(1);
+        BrokerCore {
+            me,
+            protocol,
+            options,
+            view: 0,
+            pending: Vec::new(),
+            pending_since_us: None,
+            awaiting_order: 0,
+            last_ordered: 0,
+            last_executed: 0,
+            window_full: false,
+            counters: Counters::default(),
+            stats: [None, None, None],
+        }
+    }
+
+    /// This replica.
+    pub fn me(&self) -> ReplicaId {
+        self.me
+    }
+
+    fn is_primary(&self) -> bool {
+        self.protocol.primary(self.view) == self.me
+    }
+
+    fn decode(&mut self, frame: &[u8], source: &'static str) -> Option<Message> {
+        match decode_message(frame) {
+            Ok(msg) => Some(msg),
+            Err(e) => {
+                self.counters.bump(match (source, e) {
+                    ("peer", CodecError::UnknownKind(_)) => "peer_unknown_kind",
+                    ("peer", CodecError::UnsupportedVersion(_)) => "peer_bad_version",
+                    ("peer", _) => "peer_malformed",
+                    (_, CodecError::UnknownKind(_)) => "client_unknown_kind",
+                    (_, CodecError::UnsupportedVersion(_)) => "client_bad_version",
+                    _ => "client_malformed",
+                });
+                None
+            }
+        }
+    }
+
+    fn to_enclave(kind: CompartmentKind, msg: Message, out: &mut Vec<Action>) {
+        out.push(Action::Enclave(kind, Bytes::from(to_bytes(&Input::Message(msg)))));
+    }
+
+    /// A frame from peer `from`'s broker (SPEC §3 routing).
+    pub fn on_peer_frame(&mut self, from: ReplicaId, frame: Bytes, now_us: u64, out: &mut Vec<Action>) {
+        let Some(msg) = self.decode(&frame, "peer") else { return };
+        use CompartmentKind::*;
+        match msg {
+            Message::Request(_) => {
+                if self.is_primary() {
+                    self.enqueue(frame, now_us, out);
+                } else {
+                    self.counters.bump("peer_request_not_primary");
+                }
+            }
+            Message::Batch(b) => {
+                Self::to_enclave(Preparation, Message::PrePrepare(b.pre_prepare), out);
+                Self::to_enclave(Confirmation, Message::PrePrepare(b.pre_prepare), out);
+                Self::to_enclave(Execution, Message::Batch(b), out);
+            }
+            Message::PrePrepare(pp) => {
+                Self::to_enclave(Preparation, Message::PrePrepare(pp), out);
+                Self::to_enclave(Confirmation, Message::PrePrepare(pp), out);
+            }
+            msg @ Message::Prepare(_) => Self::to_enclave(Confirmation, msg, out),
+            msg @ Message::Commit(_) => Self::to_enclave(Execution, msg, out),
+            Message::Checkpoint(cp) => {
+                for kind in CompartmentKind::ALL {
+                    Self::to_enclave(kind, Message::Checkpoint(cp), out);
+                }
+            }
+            Message::Reply(_) => self.counters.bump("peer_unexpected_reply"),
+        }
+        let _ = from;
+    }
+
+    /// A frame from a connected client.
+    pub fn on_client_frame(&mut self, client: ClientId, frame: Bytes, now_us: u64, out: &mut Vec<Action>) {
+        match self.decode(&frame, "client") {
+            Some(Message::Request(req)) if req.client == client => {
+                if self.is_primary() {
+                    self.enqueue(frame, now_us, out);
+                } else {
+                    // Backups forward to the primary, unchanged (SPEC §5).
+                    self.counters.bump("requests_forwarded");
+                    out.push(Action::Send(self.protocol.primary(self.view), frame));
+                }
+            }
+            Some(Message::Request(_)) => self.counters.bump("client_request_wrong_id"),
+            Some(_) => self.counters.bump("client_unexpected_message"),
+            None => {}
+        }
+    }
+
+    fn enqueue(&mut self, frame: Bytes, now_us: u64, out: &mut Vec<Action>) {
+        if self.pending.len() >= self.options.max_pending_requests {
+            return self.counters.bump("requests_dropped_queue_full");
+        }
+        // The encoded Request is the frame minus the version byte and the 1-byte kind
+        // (Request is variant 0), so a batch is built by concatenation.
+        self.pending.push(frame.slice(2..));
+        self.pending_since_us.get_or_insert(now_us);
+        self.maybe_cut(now_us, out);
+    }
+
+    fn inflight(&self) -> u64 {
+        self.awaiting_order + self.last_ordered.saturating_sub(self.last_executed)
+    }
+
+    /// Cuts batches while the rules allow (SPEC §5: `B` requests or the timeout; at once
+    /// while the pipeline is nearly idle).
+    fn maybe_cut(&mut self, now_us: u64, out: &mut Vec<Action>) {
+        while !self.pending.is_empty() && !self.window_full && self.inflight() < self.options.max_inflight {
+            let full = self.pending.len() >= self.options.batch_max;
+            let expired = self
+                .pending_since_us
+                .is_some_and(|t| now_us.saturating_sub(t) >= self.options.batch_timeout_us);
+            let idle = self.inflight() < self.options.eager_inflight;
+            if !(full || expired || idle) {
+                return;
+            }
+            let take = self.pending.len().min(self.options.batch_max);
+            let rest = self.pending.split_off(take);
+            let batch = std::mem::replace(&mut self.pending, rest);
+            self.pending_since_us = if self.pending.is_empty() { None } else { Some(now_us) };
+            out.push(Action::Enclave(
+                CompartmentKind::Preparation,
+                Bytes::from(to_bytes(&Input::OrderBatch(concat_requests(&batch)))),
+            ));
+            self.awaiting_order += 1;
+            self.counters.bump("batches_cut");
+        }
+    }
+
+    /// When [`BrokerCore::on_tick`] must run next (the batch timeout), if anything waits.
+    pub fn next_deadline_us(&self) -> Option<u64> {
+        self.pending_since_us.map(|t| t + self.options.batch_timeout_us)
+    }
+
+    /// Time passed: cut batches whose timeout expired.
+    pub fn on_tick(&mut self, now_us: u64, out: &mut Vec<Action>) {
+        self.maybe_cut(now_us, out);
+    }
+
+    /// Outputs of local compartment `from` (decoded defensively: only the compartments are
+    /// trusted, and only for safety).
+    pub fn on_enclave_outputs(&mut self, from: CompartmentKind, outputs: Vec<Bytes>, now_us: u64, out: &mut Vec<Action>) {
+        for output in outputs {
+            match from_bytes::<Output>(&output) {
+                Ok(output) => self.on_enclave_output(from, output, now_us, out),
+                Err(_) => self.counters.bump("enclave_output_malformed"),
+            }
+        }
+    }
+
+    fn on_enclave_output(&mut self, from: CompartmentKind, output: Output, now_us: u64, out: &mut Vec<Action>) {
+        use CompartmentKind::*;
+        match (from, output) {
+            (Preparation, Output::Send(Message::Batch(b))) => {
+                out.push(Action::Broadcast(Bytes::from(encode_message(&Message::Batch(b.clone())))));
+                Self::to_enclave(Confirmation, Message::PrePrepare(b.pre_prepare), out);
+                Self::to_enclave(Execution, Message::Batch(b), out);
+            }
+            (Preparation, Output::Send(msg @ Message::Prepare(_))) => {
+                out.push(Action::Broadcast(Bytes::from(encode_message(&msg))));
+                Self::to_enclave(Confirmation, msg, out);
+            }
+            (Confirmation, Output::Send(msg @ Message::Commit(_))) => {
+                out.push(Action::Broadcast(Bytes::from(encode_message(&msg))));
+                Self::to_enclave(Execution, msg, out);
+            }
+            (Execution, Output::Send(msg @ Message::Checkpoint(_))) => {
+                out.push(Action::Broadcast(Bytes::from(encode_message(&msg))));
+                for kind in CompartmentKind::ALL {
+                    Self::to_enclave(kind, msg.clone(), out);
+                }
+            }
+            (Execution, Output::Send(msg @ Message::Reply(_))) => {
+                let Message::Reply(reply) = &msg else { unreachable!("matched above") };
+                out.push(Action::Reply(reply.client, Bytes::from(encode_message(&msg))));
+            }
+            (Preparation, Output::Event(Event::Ordered { view, seq, requests })) => {
+                self.awaiting_order = self.awaiting_order.saturating_sub(1);
+                self.view = self.view.max(view);
+                self.last_ordered = self.last_ordered.max(seq);
+                self.counters.add("requests_ordered", u64::from(requests));
+                self.counters.bump("batches_ordered");
+            }
+            (Preparation, Output::Event(Event::NotOrdered { window_full })) => {
+                self.awaiting_order = self.awaiting_order.saturating_sub(1);
+                self.window_full |= window_full;
+                self.counters.bump("batches_not_ordered");
+            }
+            (Execution, Output::Event(Event::Executed { seq, requests })) => {
+                self.last_executed = self.last_executed.max(seq);
+                self.counters.add("requests_executed", u64::from(requests));
+                self.maybe_cut(now_us, out);
+            }
+            (Preparation, Output::Event(Event::Stable { .. })) => {
+                self.window_full = false;
+                self.maybe_cut(now_us, out);
+            }
+            (_, Output::Event(Event::Stable { .. })) => {}
+            (kind, Output::Stats(stats)) => self.stats[kind.index()] = Some(stats),
+            (_, _) => self.counters.bump("enclave_output_unexpected"),
+        }
+    }
+
+    /// Counts a transport-level rejection (oversize frame, bad hello…) reported by the driver.
+    pub fn count(&mut self, what: &'static str) {
+        self.counters.bump(what);
+    }
+
+    /// Broker counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Latest stats reported by a local compartment.
+    pub fn enclave_stats(&self, kind: CompartmentKind) -> Option<&Stats> {
+        self.stats[kind.index()].as_ref()
+    }
+
+    /// Inputs asking every local compartment for its counters.
+    pub fn query_stats(out: &mut Vec<Action>) {
+        for kind in CompartmentKind::ALL {
+            out.push(Action::Enclave(kind, Bytes::from(to_bytes(&Input::QueryStats))));
+        }
+    }
+}
+
+/// The `postcard` encoding of `Vec<Request>` from already-encoded requests.
+fn concat_requests(requests: &[Bytes]) -> Vec<u8> {
+    let body: usize = requests.iter().map(Bytes::len).sum();
+    let mut out = to_bytes(&(requests.len() as u64));
+    out.reserve(body);
+    for r in requests {
+        out.extend_from_slice(r);
+    }
+    debug_assert!(from_bytes::<Vec<Request>>(&out).is_ok(), "concatenated batch must decode");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use splitbft_types::msg::Mac;
+
+    #[test]
+    fn concatenated_requests_equal_the_vec_encoding() {
+        let reqs: Vec<Request> = (0..300)
+            .map(|i| Request { client: ClientId(i), timestamp: u64::from(i) * 7, op: vec![i as u8; i as usize % 13], auth: vec![Mac([i as u8; 32]); 4] })
+            .collect();
+        let frames: Vec<Bytes> = reqs
+            .iter()
+            .map(|r| Bytes::from(encode_message(&Message::Request(r.clone()))).slice(2..))
+            .collect();
+        assert_eq!(concat_requests(&frames), to_bytes(&reqs));
+    }
+}

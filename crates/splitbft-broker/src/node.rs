@@ -1,0 +1,446 @@
+//! The tokio driver of one replica: TCP to peers and clients, length-prefixed frames with a
+//! size limit, one coalescing writer per connection, and the [`BrokerCore`] plus the three
+//! compartments behind the enclave boundary.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use splitbft_enclave::{Backend, EnclaveHandle, ReplicaSecrets, start_replica};
+use splitbft_types::boundary::Stats;
+use splitbft_types::wire::{Hello, MAX_FRAME_BYTES};
+use splitbft_types::{Application, ClientId, CompartmentKind, ProtocolConfig, ReplicaId};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+
+use crate::core::{Action, BrokerCore, BrokerOptions};
+
+/// Frames queued per outgoing connection; when full, frames to that peer or client are
+/// dropped (and counted) instead of stalling the replica: a slow or dead peer must not
+/// hold up the others, and retransmission repairs the loss.
+pub const CONNECTION_QUEUE_FRAMES: usize = 16 * 1024;
+/// Network events queued for the core; readers wait when it is full (TCP back-pressure).
+pub const CORE_QUEUE_EVENTS: usize = 8 * 1024;
+/// Events the core handles before it crosses into the compartments.
+const EVENTS_PER_ROUND: usize = 512;
+/// Frames one writer coalesces into one flush.
+const FRAMES_PER_FLUSH: usize = 256;
+/// A connection must introduce itself within this time.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Reconnection back-off bounds.
+const RECONNECT_MIN: Duration = Duration::from_millis(50);
+const RECONNECT_MAX: Duration = Duration::from_secs(1);
+
+/// Static setup of one replica process.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The protocol configuration shared by all enclaves.
+    pub protocol: ProtocolConfig,
+    /// This replica.
+    pub me: ReplicaId,
+    /// Listening address of every replica, indexed by replica id.
+    pub addresses: Vec<SocketAddr>,
+    /// Broker tuning.
+    pub options: BrokerOptions,
+    /// How the compartments are hosted.
+    pub backend: Backend,
+    /// Largest frame accepted or sent.
+    pub max_frame_bytes: usize,
+}
+
+impl NodeConfig {
+    /// A node with default broker options.
+    pub fn new(protocol: ProtocolConfig, me: ReplicaId, addresses: Vec<SocketAddr>, backend: Backend) -> Self {
+        NodeConfig { options: BrokerOptions::new(&protocol), protocol, me, addresses, backend, max_frame_bytes: MAX_FRAME_BYTES }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Enclaves refused the configuration or could not start.
+    #[error(transparent)]
+    Enclave(#[from] splitbft_enclave::EnclaveError),
+    /// The address list does not match the configuration.
+    #[error("{addresses} addresses for {replicas} replicas")]
+    Addresses {
+        /// Addresses given.
+        addresses: usize,
+        /// Replicas configured.
+        replicas: usize,
+    },
+}
+
+/// What a node reports when it stops.
+#[derive(Clone, Debug, Default)]
+pub struct NodeReport {
+    /// Broker counters, sorted by name.
+    pub broker: Vec<(String, u64)>,
+    /// Compartment stats, in [`CompartmentKind::ALL`] order (missing if it did not answer).
+    pub enclaves: Vec<Option<Stats>>,
+}
+
+impl NodeReport {
+    /// Value of a broker counter.
+    pub fn broker_counter(&self, name: &str) -> u64 {
+        self.broker.iter().find(|(n, _)| n == name).map_or(0, |(_, v)| *v)
+    }
+}
+
+enum Event {
+    Peer(ReplicaId, Bytes),
+    Client(ClientId, Bytes),
+    ClientUp(ClientId, mpsc::Sender<Bytes>),
+    Count(&'static str),
+    Report(oneshot::Sender<NodeReport>),
+}
+
+/// A running replica.
+pub struct NodeHandle {
+    events: mpsc::Sender<Event>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<NodeReport>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl NodeHandle {
+    /// Current counters without stopping.
+    pub async fn report(&self) -> Option<NodeReport> {
+        let (tx, rx) = oneshot::channel();
+        self.events.send(Event::Report(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Stops the replica (its broker, connections and compartments) and returns its report.
+    pub async fn shutdown(mut self) -> NodeReport {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.task).await.unwrap_or_default()
+    }
+}
+
+impl Drop for NodeHandle {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.task.abort();
+    }
+}
+
+/// Starts a replica on `listener`: dials every peer, accepts peers and clients.
+pub async fn spawn_node(
+    config: NodeConfig,
+    listener: TcpListener,
+    secrets: ReplicaSecrets,
+    app: Box<dyn Application>,
+) -> Result<NodeHandle, NodeError> {
+    if config.addresses.len() != config.protocol.n() {
+        return Err(NodeError::Addresses { addresses: config.addresses.len(), replicas: config.protocol.n() });
+    }
+    let (out_tx, out_rx) = mpsc::unbounded_channel::<(CompartmentKind, Vec<Bytes>)>();
+    let sink: splitbft_enclave::OutputSink = Arc::new(move |kind, outputs| {
+        let _ = out_tx.send((kind, outputs));
+    });
+    let enclaves = start_replica(&config.protocol, config.me, secrets, app, config.backend, sink)?;
+    let (events_tx, events_rx) = mpsc::channel(CORE_QUEUE_EVENTS);
+    let mut tasks = Vec::new();
+    let mut peers = HashMap::new();
+    for (i, addr) in config.addresses.iter().enumerate() {
+        let peer = ReplicaId(i as u32);
+        if peer == config.me {
+            continue;
+        }
+        let (tx, rx) = mpsc::channel(CONNECTION_QUEUE_FRAMES);
+        peers.insert(peer, tx);
+        tasks.push(tokio::spawn(dial_peer(config.me, *addr, rx, config.max_frame_bytes)));
+    }
+    tasks.push(tokio::spawn(accept_loop(listener, events_tx.clone(), config.protocol.clone(), config.max_frame_bytes)));
+    let (shutdown_tx, shutdown_rx) = oneshot::channel();
+    let core = BrokerCore::new(config.protocol.clone(), config.me, config.options.clone());
+    let driver = Driver { core, enclaves, peers, clients: HashMap::new(), start: Instant::now() };
+    let task = tokio::spawn(driver.run(events_rx, out_rx, shutdown_rx));
+    Ok(NodeHandle { events: events_tx, shutdown: Some(shutdown_tx), task, tasks })
+}
+
+fn codec(max_frame_bytes: usize) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder().max_frame_length(max_frame_bytes).new_codec()
+}
+
+struct Driver {
+    core: BrokerCore,
+    enclaves: [Box<dyn EnclaveHandle>; 3],
+    peers: HashMap<ReplicaId, mpsc::Sender<Bytes>>,
+    clients: HashMap<ClientId, mpsc::Sender<Bytes>>,
+    start: Instant,
+}
+
+impl Driver {
+    fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<Event>,
+        mut outputs: mpsc::UnboundedReceiver<(CompartmentKind, Vec<Bytes>)>,
+        mut shutdown: oneshot::Receiver<()>,
+    ) -> NodeReport {
+        let mut actions = Vec::new();
+        loop {
+            let wait = self.core.next_deadline_us().map(|at| Duration::from_micros(at.saturating_sub(self.now_us())));
+            let sleep = async move {
+                match wait {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                Some((kind, outs)) = outputs.recv() => {
+                    let now = self.now_us();
+                    self.core.on_enclave_outputs(kind, outs, now, &mut actions);
+                }
+                Some(event) = events.recv() => {
+                    self.on_event(event, &mut actions);
+                    for _ in 0..EVENTS_PER_ROUND {
+                        match events.try_recv() {
+                            Ok(event) => self.on_event(event, &mut actions),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = sleep => {
+                    let now = self.now_us();
+                    self.core.on_tick(now, &mut actions);
+                }
+            }
+            self.execute(&mut actions);
+        }
+        self.final_report(&mut outputs).await
+    }
+
+    fn on_event(&mut self, event: Event, actions: &mut Vec<Action>) {
+        let now = self.now_us();
+        match event {
+            Event::Peer(from, frame) => self.core.on_peer_frame(from, frame, now, actions),
+            Event::Client(client, frame) => self.core.on_client_frame(client, frame, now, actions),
+            Event::ClientUp(client, tx) => {
+                self.clients.insert(client, tx);
+            }
+            Event::Count(what) => self.core.count(what),
+            Event::Report(tx) => {
+                let _ = tx.send(self.report());
+            }
+        }
+    }
+
+    /// Carries out actions; inline compartments answer at once, so loop until quiet.
+    fn execute(&mut self, actions: &mut Vec<Action>) {
+        while !actions.is_empty() {
+            let mut inputs: [Vec<Bytes>; 3] = Default::default();
+            for action in actions.drain(..) {
+                match action {
+                    Action::Enclave(kind, input) => inputs[kind.index()].push(input),
+                    Action::Broadcast(frame) => {
+                        for tx in self.peers.values() {
+                            if tx.try_send(frame.clone()).is_err() {
+                                self.core.count("peer_frames_dropped");
+                            }
+                        }
+                    }
+                    Action::Send(to, frame) => match self.peers.get(&to) {
+                        Some(tx) if tx.try_send(frame).is_ok() => {}
+                        _ => self.core.count("peer_frames_dropped"),
+                    },
+                    Action::Reply(to, frame) => match self.clients.get(&to) {
+                        Some(tx) if tx.try_send(frame).is_ok() => {}
+                        _ => self.core.count("client_frames_dropped"),
+                    },
+                }
+            }
+            let mut next = Vec::new();
+            for kind in CompartmentKind::ALL {
+                let batch = std::mem::take(&mut inputs[kind.index()]);
+                if batch.is_empty() {
+                    continue;
+                }
+                let mut outs = Vec::new();
+                self.enclaves[kind.index()].submit(batch, &mut outs);
+                if !outs.is_empty() {
+                    let now = self.now_us();
+                    self.core.on_enclave_outputs(kind, outs, now, &mut next);
+                }
+            }
+            *actions = next;
+        }
+    }
+
+    fn report(&self) -> NodeReport {
+        NodeReport {
+            broker: self.core.counters().to_vec(),
+            enclaves: CompartmentKind::ALL.iter().map(|k| self.core.enclave_stats(*k).cloned()).collect(),
+        }
+    }
+
+    async fn final_report(&mut self, outputs: &mut mpsc::UnboundedReceiver<(CompartmentKind, Vec<Bytes>)>) -> NodeReport {
+        let mut actions = Vec::new();
+        BrokerCore::query_stats(&mut actions);
+        // Stats answers produce no further actions; drop any protocol output now.
+        self.peers.clear();
+        self.clients.clear();
+        self.execute(&mut actions);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        while CompartmentKind::ALL.iter().any(|k| self.core.enclave_stats(*k).is_none()) {
+            match tokio::time::timeout_at(deadline, outputs.recv()).await {
+                Ok(Some((kind, outs))) => {
+                    let now = self.now_us();
+                    self.core.on_enclave_outputs(kind, outs, now, &mut actions);
+                    actions.clear();
+                }
+                _ => break,
+            }
+        }
+        self.report()
+    }
+}
+
+async fn accept_loop(listener: TcpListener, events: mpsc::Sender<Event>, protocol: ProtocolConfig, max_frame: usize) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            let _ = events.send(Event::Count("accept_errors")).await;
+            tokio::time::sleep(RECONNECT_MIN).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(stream, events.clone(), protocol.clone(), max_frame));
+    }
+}
+
+async fn serve_connection(stream: TcpStream, events: mpsc::Sender<Event>, protocol: ProtocolConfig, max_frame: usize) {
+    let (read, write) = stream.into_split();
+    let mut frames = FramedRead::new(read, codec(max_frame));
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, frames.next()).await {
+        Ok(Some(Ok(frame))) => Hello::decode(&frame),
+        _ => {
+            let _ = events.send(Event::Count("connections_without_hello")).await;
+            return;
+        }
+    };
+    let (source, mut writer) = match hello {
+        Ok(Hello::Replica(r)) if (r.0 as usize) < protocol.n() => (Source::Peer(r), None),
+        Ok(Hello::Client(c)) if (c.0 as usize) < protocol.clients.len() => {
+            let (tx, rx) = mpsc::channel(CONNECTION_QUEUE_FRAMES);
+            let _ = events.send(Event::ClientUp(c, tx)).await;
+            let sink = FramedWrite::new(write, codec(max_frame));
+            (Source::Client(c), Some(tokio::spawn(write_frames(sink, rx))))
+        }
+        _ => {
+            let _ = events.send(Event::Count("connections_bad_hello")).await;
+            return;
+        }
+    };
+    while let Some(frame) = frames.next().await {
+        let event = match frame {
+            Ok(frame) => match source {
+                Source::Peer(r) => Event::Peer(r, frame.freeze()),
+                Source::Client(c) => Event::Client(c, frame.freeze()),
+            },
+            Err(e) => {
+                // An oversize length or an I/O error: the stream cannot be resynchronised.
+                let what = if e.kind() == std::io::ErrorKind::InvalidData { "frames_oversize" } else { "connection_errors" };
+                let _ = events.send(Event::Count(what)).await;
+                break;
+            }
+        };
+        if events.send(event).await.is_err() {
+            break;
+        }
+    }
+    if let Some(writer) = writer.take() {
+        writer.abort();
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Source {
+    Peer(ReplicaId),
+    Client(ClientId),
+}
+
+type FrameSink = FramedWrite<tokio::net::tcp::OwnedWriteHalf, LengthDelimitedCodec>;
+
+/// Writes `first` and every frame already queued, then flushes once: one syscall for
+/// many frames (PERFORMANCE.md lesson 2). Returns false when the connection failed.
+async fn write_coalesced(sink: &mut FrameSink, first: Bytes, rx: &mut mpsc::Receiver<Bytes>) -> bool {
+    if sink.feed(first).await.is_err() {
+        return false;
+    }
+    for _ in 0..FRAMES_PER_FLUSH {
+        match rx.try_recv() {
+            Ok(frame) => {
+                if sink.feed(frame).await.is_err() {
+                    return false;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    SinkExt::<Bytes>::flush(sink).await.is_ok()
+}
+
+/// Writes queued frames to a client until the connection fails.
+async fn write_frames(mut sink: FrameSink, mut rx: mpsc::Receiver<Bytes>) {
+    while let Some(frame) = rx.recv().await {
+        if !write_coalesced(&mut sink, frame, &mut rx).await {
+            return;
+        }
+    }
+}
+
+/// Keeps a connection to one peer, reconnecting with back-off; frames queued while it is
+/// down are sent after reconnecting, or dropped when the queue overflows.
+async fn dial_peer(me: ReplicaId, addr: SocketAddr, mut rx: mpsc::Receiver<Bytes>, max_frame: usize) {
+    let mut backoff = RECONNECT_MIN;
+    loop {
+        let Ok(stream) = TcpStream::connect(addr).await else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(RECONNECT_MAX);
+            continue;
+        };
+        backoff = RECONNECT_MIN;
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        let mut sink = FramedWrite::new(write, codec(max_frame));
+        if sink.send(Bytes::from(Hello::Replica(me).encode())).await.is_err() {
+            continue;
+        }
+        // Detect a closed peer: it never writes on this connection, so a read returning
+        // means the connection is gone.
+        let mut closed = Box::pin(async move {
+            let mut buf = [0u8; 1];
+            let _ = tokio::io::AsyncReadExt::read(&mut tokio::io::BufReader::new(read), &mut buf).await;
+        });
+        loop {
+            tokio::select! {
+                _ = &mut closed => break,
+                frame = rx.recv() => {
+                    let Some(frame) = frame else { return };
+                    if !write_coalesced(&mut sink, frame, &mut rx).await {
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+    }
+}
