@@ -161,6 +161,7 @@ impl Confirmation {
             log_entries: (self.slots.len() + self.checkpoints.pending_slots()) as u64,
             low_watermark: self.checkpoints.low(),
             view: self.view,
+            ..Stats::default()
         }
     }
 }

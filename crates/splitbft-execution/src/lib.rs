@@ -282,6 +282,8 @@ impl Execution {
             log_entries: (self.slots.len() + self.snapshots.len() + self.checkpoints.pending_slots()) as u64,
             low_watermark: self.checkpoints.low(),
             view: self.view,
+            last_executed: self.executed,
+            app_digest: Some(self.app.digest()),
         }
     }
 }

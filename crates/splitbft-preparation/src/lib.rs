@@ -187,6 +187,7 @@ impl Preparation {
             log_entries: (self.accepted.len() + self.checkpoints.pending_slots()) as u64,
             low_watermark: self.checkpoints.low(),
             view: self.view,
+            ..Stats::default()
         }
     }
 }

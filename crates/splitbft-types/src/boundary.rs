@@ -71,6 +71,10 @@ pub struct Stats {
     pub low_watermark: Seq,
     /// Current view.
     pub view: View,
+    /// Last executed sequence number (Execution only).
+    pub last_executed: Seq,
+    /// Digest of the application state (Execution only).
+    pub app_digest: Option<crate::msg::Digest>,
 }
 
 impl Stats {

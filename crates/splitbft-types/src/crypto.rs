@@ -236,6 +236,54 @@ fn reply_parts(cluster_id: u64, reply: &Reply) -> [[u8; 8]; 5] {
     ]
 }
 
+/// A client's pre-keyed MAC states for every Preparation enclave (request authenticators)
+/// and every Execution enclave (reply MACs), derived once (SPEC §6).
+#[derive(Clone, Debug)]
+pub struct ClientKeys {
+    cluster_id: u64,
+    client: crate::ids::ClientId,
+    preparation: Vec<MacKey>,
+    execution: Vec<MacKey>,
+}
+
+impl ClientKeys {
+    /// Derives the keys of `client` with every replica's enclaves.
+    pub fn derive(secret: &SecretKey, config: &crate::config::ProtocolConfig, keys: &crate::config::Keyring, client: crate::ids::ClientId) -> Self {
+        use crate::ids::{CompartmentKind, ReplicaId};
+        let derive = |kind| {
+            (0..config.n())
+                .map(|i| {
+                    let enclave = EnclaveId { replica: ReplicaId(i as u32), kind };
+                    let pk = keys.enclave(enclave).expect("replica index below n");
+                    secret.mac_key(pk, config.cluster_id, client, enclave)
+                })
+                .collect()
+        };
+        ClientKeys {
+            cluster_id: config.cluster_id,
+            client,
+            preparation: derive(CompartmentKind::Preparation),
+            execution: derive(CompartmentKind::Execution),
+        }
+    }
+
+    /// A request with one authenticator entry per Preparation enclave.
+    pub fn request(&self, timestamp: crate::ids::Timestamp, op: Vec<u8>) -> Request {
+        let mut req = Request { client: self.client, timestamp, op, auth: Vec::new() };
+        req.auth = self.preparation.iter().map(|k| request_mac(k, self.cluster_id, &req)).collect();
+        req
+    }
+
+    /// Checks a reply's MAC against its claimed replica's Execution key.
+    pub fn verify_reply(&self, reply: &Reply) -> Result<(), CryptoError> {
+        if reply.client != self.client {
+            return Err(CryptoError::BadMac);
+        }
+        let key = self.execution.get(reply.replica.0 as usize).ok_or(CryptoError::BadMac)?;
+        verify_reply_mac(key, self.cluster_id, reply)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
