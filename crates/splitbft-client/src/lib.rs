@@ -26,10 +26,10 @@ use tracing::{debug, trace, warn};
 
 use splitbft_types::codec::{decode_message, encode_message};
 use splitbft_types::config::ConfigError;
-use splitbft_types::crypto::{MacKey, SecretKey, request_mac, verify_reply_mac};
-use splitbft_types::msg::{Reply, Request};
+use splitbft_types::crypto::{ClientKeys, SecretKey};
+use splitbft_types::msg::Reply;
 use splitbft_types::wire::MAX_FRAME_BYTES;
-use splitbft_types::{ClientId, CompartmentKind, EnclaveId, Message, ProtocolConfig, ReplicaId, Timestamp, View};
+use splitbft_types::{ClientId, Message, ProtocolConfig, Timestamp, View};
 
 pub use stats::ClientStats;
 
@@ -105,8 +105,8 @@ pub enum ClientError {
 pub(crate) struct Shared {
     config: ProtocolConfig,
     pub(crate) id: ClientId,
-    /// `reply_keys[r]`: MAC key shared with Execution(r).
-    reply_keys: Vec<MacKey>,
+    /// Pre-keyed MAC states with every Preparation (requests) and Execution (replies) enclave.
+    keys: ClientKeys,
     pending: Mutex<PendingTable>,
     pub(crate) counters: Counters,
     /// `connected[r]`: a connection to replica `r` is up and introduced.
@@ -138,10 +138,10 @@ impl Shared {
         if reply.client != self.id {
             return bump(&self.counters.rejected_wrong_client);
         }
-        let Some(key) = self.reply_keys.get(reply.replica.0 as usize) else {
+        if reply.replica.0 as usize >= self.config.n() {
             return bump(&self.counters.rejected_bad_replica);
-        };
-        if verify_reply_mac(key, self.config.cluster_id, &reply).is_err() {
+        }
+        if self.keys.verify_reply(&reply).is_err() {
             return bump(&self.counters.rejected_bad_mac);
         }
         self.count_vote(reply);
@@ -165,8 +165,6 @@ impl Shared {
 /// The client proper; [`Client`] is a cheap handle to it.
 struct Inner {
     shared: Arc<Shared>,
-    /// `request_keys[i]`: MAC key shared with Preparation(i), keyed once.
-    request_keys: Vec<MacKey>,
     /// `senders[i]`: queue of frames for replica `i`'s writer task.
     senders: Vec<mpsc::Sender<Bytes>>,
     tasks: Vec<AbortHandle>,
@@ -188,7 +186,9 @@ impl Inner {
     /// Queues `frame` for replica `replica` without waiting; a full queue or a missing
     /// connection drops it (counted): retransmission covers it.
     fn send_to(&self, replica: usize, frame: &Bytes) {
-        if !self.shared.connected[replica].load(Ordering::Acquire) || self.senders[replica].try_send(frame.clone()).is_err() {
+        if !self.shared.connected[replica].load(Ordering::Acquire)
+            || self.senders[replica].try_send(frame.clone()).is_err()
+        {
             bump(&self.shared.counters.frames_dropped);
         }
     }
@@ -228,7 +228,10 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("id", &self.inner.shared.id).field("view", &self.view()).finish_non_exhaustive()
+        f.debug_struct("Client")
+            .field("id", &self.inner.shared.id)
+            .field("view", &self.view())
+            .finish_non_exhaustive()
     }
 }
 
@@ -245,14 +248,21 @@ impl Client {
         let keyring = protocol.validate()?;
         let n = protocol.n();
         if addresses.len() != n {
-            return Err(ConfigError::InvalidParameter("need exactly one address per replica").into());
+            return Err(
+                ConfigError::InvalidParameter("need exactly one address per replica").into(),
+            );
         }
         if keyring.client(id) != Some(&secret.public()) {
-            return Err(ConfigError::InvalidKey(format!("{id}: not configured, or the secret key does not match")).into());
+            return Err(ConfigError::InvalidKey(format!(
+                "{id}: not configured, or the secret key does not match"
+            ))
+            .into());
         }
         let window = usize::try_from(protocol.client_window).unwrap_or(usize::MAX);
         if options.outstanding == 0 || options.outstanding > window {
-            return Err(ConfigError::InvalidParameter("outstanding must be in 1..=client_window").into());
+            return Err(
+                ConfigError::InvalidParameter("outstanding must be in 1..=client_window").into(),
+            );
         }
         if options.retransmit_timeout.is_zero() || options.request_timeout.is_zero() {
             return Err(ConfigError::InvalidParameter("timeouts must be positive").into());
@@ -261,21 +271,14 @@ impl Client {
             return Err(ConfigError::InvalidParameter("max_frame_bytes must be positive").into());
         }
 
-        let key_for = |replica: usize, kind: CompartmentKind| -> Result<MacKey, ClientError> {
-            let enclave = EnclaveId { replica: ReplicaId(replica as u32), kind };
-            let public = keyring
-                .enclave(enclave)
-                .ok_or_else(|| ConfigError::InvalidKey(format!("{kind} enclave of replica {replica}")))?;
-            Ok(secret.mac_key(public, protocol.cluster_id, id, enclave))
-        };
-        let request_keys = (0..n).map(|r| key_for(r, CompartmentKind::Preparation)).collect::<Result<Vec<_>, _>>()?;
-        let reply_keys = (0..n).map(|r| key_for(r, CompartmentKind::Execution)).collect::<Result<Vec<_>, _>>()?;
+        // The validated keyring holds every replica's keys, so deriving cannot fail.
+        let keys = ClientKeys::derive(&secret, &protocol, &keyring, id);
 
         let shared = Arc::new(Shared {
             pending: Mutex::new(PendingTable::new(n, protocol.weak_quorum())),
             config: protocol,
             id,
-            reply_keys,
+            keys,
             counters: Counters::default(),
             connected: (0..n).map(|_| AtomicBool::new(false)).collect(),
             max_frame_bytes: options.max_frame_bytes,
@@ -294,7 +297,11 @@ impl Client {
             }
         }
         if reachable < shared.config.weak_quorum() {
-            warn!(reachable, needed = shared.config.weak_quorum(), "too few replicas reachable");
+            warn!(
+                reachable,
+                needed = shared.config.weak_quorum(),
+                "too few replicas reachable"
+            );
             return Err(ClientError::NoReplicaReachable);
         }
 
@@ -306,20 +313,27 @@ impl Client {
             if established.is_some() {
                 shared.connected[replica].store(true, Ordering::Release);
             }
-            let task = conn::run_connection(Arc::clone(&shared), replica, addresses[replica], rx, established);
+            let task = conn::run_connection(
+                Arc::clone(&shared),
+                replica,
+                addresses[replica],
+                rx,
+                established,
+            );
             tasks.push(tokio::spawn(task).abort_handle());
             senders.push(tx);
         }
 
         // Start from the wall clock so a restarted client with the same id never reuses a
         // timestamp the replicas have already seen.
-        let now_micros = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
+        let now_micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
         let first_timestamp = u64::try_from(now_micros).unwrap_or(u64::MAX / 2).max(1);
 
         Ok(Client {
             inner: Arc::new(Inner {
                 shared,
-                request_keys,
                 senders,
                 tasks,
                 permits: Semaphore::new(options.outstanding),
@@ -337,24 +351,34 @@ impl Client {
         let shared = &*inner.shared;
         let max_op = shared.config.max_op_bytes as usize;
         if op.len() > max_op {
-            return Err(ClientError::OpTooLarge { len: op.len(), max: max_op });
+            return Err(ClientError::OpTooLarge {
+                len: op.len(),
+                max: max_op,
+            });
         }
-        let _permit = inner.permits.acquire().await.map_err(|_| ClientError::Closed)?;
+        let _permit = inner
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| ClientError::Closed)?;
 
         let timestamp = inner.next_timestamp.fetch_add(1, Ordering::Relaxed);
-        let mut request = Request { client: shared.id, timestamp, op, auth: Vec::new() };
-        let cluster_id = shared.config.cluster_id;
-        let auth = inner.request_keys.iter().map(|key| request_mac(key, cluster_id, &request)).collect();
-        request.auth = auth;
+        let request = shared.keys.request(timestamp, op);
         let op_len = request.op.len();
         let frame = Bytes::from(encode_message(&Message::Request(request)));
         if frame.len() > inner.options.max_frame_bytes {
             let overhead = frame.len() - op_len;
-            return Err(ClientError::OpTooLarge { len: op_len, max: inner.options.max_frame_bytes.saturating_sub(overhead) });
+            return Err(ClientError::OpTooLarge {
+                len: op_len,
+                max: inner.options.max_frame_bytes.saturating_sub(overhead),
+            });
         }
 
         let (done, mut outcome) = oneshot::channel::<Outcome>();
-        shared.pending().insert(timestamp, done).map_err(|_| ClientError::Closed)?;
+        shared
+            .pending()
+            .insert(timestamp, done)
+            .map_err(|_| ClientError::Closed)?;
         let _guard = PendingGuard { shared, timestamp };
         bump(&shared.counters.requests_sent);
 
@@ -386,7 +410,8 @@ impl Client {
                     trace!(timestamp, ?retransmit, "retransmitting to all replicas");
                     bump(&shared.counters.retransmissions);
                     inner.send_to_all(&frame);
-                    retransmit = (retransmit * 2).min(MAX_RETRANSMIT_TIMEOUT.max(inner.options.retransmit_timeout));
+                    retransmit = (retransmit * 2)
+                        .min(MAX_RETRANSMIT_TIMEOUT.max(inner.options.retransmit_timeout));
                 }
             }
         }

@@ -21,9 +21,9 @@ pub const DEFAULT_MAX_OP_BYTES: u32 = 66 * 1024;
 /// Why a configuration is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    /// `n < 3f + 1` or no replicas.
-    #[error("{n} replicas cannot tolerate f = {f} faults (need n >= 3f + 1)")]
-    TooFewReplicas {
+    /// `n != 3f + 1` (quorums of `2f + 1` need exactly that).
+    #[error("{n} replicas do not match f = {f} (need n = 3f + 1)")]
+    WrongReplicaCount {
         /// Replica count.
         n: usize,
         /// Fault threshold.
@@ -120,8 +120,9 @@ impl ProtocolConfig {
     /// Checks the parameters and parses every key once.
     pub fn validate(&self) -> Result<Keyring, ConfigError> {
         let n = self.n();
-        if n == 0 || n < 3 * self.f as usize + 1 {
-            return Err(ConfigError::TooFewReplicas { n, f: self.f });
+        // Quorums of 2f + 1 intersect in a correct replica only when n = 3f + 1 exactly.
+        if n != 3 * self.f as usize + 1 {
+            return Err(ConfigError::WrongReplicaCount { n, f: self.f });
         }
         if self.checkpoint_interval == 0 {
             return Err(ConfigError::InvalidParameter("checkpoint_interval must be > 0"));

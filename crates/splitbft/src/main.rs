@@ -1,1 +1,296 @@
-fn main() {}
+//! `splitbft`: Byzantine fault-tolerant replication with compartmentalised replicas.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use splitbft::clusterfile::{ClusterFile, client_key_path, enclave_key_path, read_key, write_key};
+use splitbft::demo::{self, DemoOptions};
+use splitbft_apps::kv::{KvOp, KvResult};
+use splitbft_broker::{NodeConfig, spawn_node};
+use splitbft_client::{Client, ClientOptions};
+use splitbft_enclave::Backend;
+use splitbft_types::keys::ClusterSecrets;
+use splitbft_types::{ClientId, CompartmentKind, ReplicaId};
+
+#[derive(Parser)]
+#[command(name = "splitbft", version, about = "SplitBFT: PBFT with replicas split into Preparation, Confirmation and Execution compartments")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a cluster: DIR/cluster.toml plus one key file per enclave and client.
+    Keygen {
+        /// Number of replicas (3f + 1).
+        #[arg(long, default_value_t = 4)]
+        replicas: usize,
+        /// Number of client identities.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Address the replicas listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: IpAddr,
+        /// Port of replica 0; replica i listens on base-port + i.
+        #[arg(long, default_value_t = 7400)]
+        base_port: u16,
+        /// Batch size B.
+        #[arg(long, default_value_t = 200)]
+        batch: u32,
+        /// Batch timeout in milliseconds.
+        #[arg(long, default_value_t = 10)]
+        batch_timeout_ms: u64,
+    },
+    /// Run one replica (broker + its three compartments) until SIGINT/SIGTERM.
+    Replica {
+        /// Path of cluster.toml (key files are read from keys/ beside it).
+        #[arg(long)]
+        config: PathBuf,
+        /// Replica id.
+        #[arg(long)]
+        id: u32,
+        /// Compartment hosting.
+        #[arg(long, default_value = "thread")]
+        backend: Backend,
+    },
+    /// Run one key-value operation against a running cluster.
+    Client {
+        /// Path of cluster.toml (the client key is read from keys/ beside it).
+        #[arg(long)]
+        config: PathBuf,
+        /// Client identity to use.
+        #[arg(long, default_value_t = 0)]
+        client_id: u32,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout_s: u64,
+        #[command(subcommand)]
+        op: ClientOp,
+    },
+    /// Start a local cluster in this process and run a closed-loop KV workload.
+    Demo {
+        /// Replicas (3f + 1).
+        #[arg(long, default_value_t = 4)]
+        replicas: usize,
+        /// Closed-loop clients.
+        #[arg(long, default_value_t = 10)]
+        clients: usize,
+        /// Requests each client keeps outstanding.
+        #[arg(long, default_value_t = 40)]
+        outstanding: usize,
+        /// Total requests.
+        #[arg(long, default_value_t = 20_000)]
+        requests: u64,
+        /// Payload (value) bytes per request.
+        #[arg(long, default_value_t = 10)]
+        payload: usize,
+        /// Batch size B (1 = unbatched).
+        #[arg(long, default_value_t = 200)]
+        batch: u32,
+        /// Batch timeout in milliseconds.
+        #[arg(long, default_value_t = 10)]
+        batch_timeout_ms: u64,
+        /// Compartment hosting: inline (function calls) or thread (one OS thread each).
+        #[arg(long, default_value = "inline")]
+        backend: Backend,
+        /// Print one JSON object as the last line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientOp {
+    /// Store VALUE under KEY.
+    Put { key: String, value: String },
+    /// Print the value under KEY.
+    Get { key: String },
+    /// Remove KEY.
+    Delete { key: String },
+    /// List keys starting with PREFIX.
+    Scan {
+        prefix: String,
+        /// At most this many entries (0 = the server's maximum).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Keygen { replicas, clients, out, host, base_port, batch, batch_timeout_ms } => {
+            keygen(replicas, clients, &out, host, base_port, batch, batch_timeout_ms)
+        }
+        Command::Replica { config, id, backend } => replica(&config, id, backend).await,
+        Command::Client { config, client_id, timeout_s, op } => client(&config, client_id, timeout_s, op).await,
+        Command::Demo { replicas, clients, outstanding, requests, payload, batch, batch_timeout_ms, backend, json } => {
+            let summary = demo::run(DemoOptions {
+                replicas,
+                clients,
+                outstanding,
+                requests,
+                payload,
+                batch,
+                batch_timeout_ms,
+                backend,
+                progress: !json && demo::stderr_is_terminal(),
+            })
+            .await?;
+            demo::print_summary(&summary);
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            }
+            if summary.errors > 0 {
+                bail!("{} requests failed", summary.errors);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn keygen(replicas: usize, clients: usize, out: &Path, host: IpAddr, base_port: u16, batch: u32, batch_timeout_ms: u64) -> anyhow::Result<()> {
+    if replicas < 4 || (replicas - 1) % 3 != 0 {
+        bail!("--replicas must be 3f + 1 with f >= 1 (4, 7, 10, ...), got {replicas}");
+    }
+    if clients == 0 {
+        bail!("--clients must be at least 1");
+    }
+    let f = ((replicas - 1) / 3) as u32;
+    let cluster_id = u64::from_le_bytes(splitbft::os_seed()[..8].try_into()?);
+    let mut secrets = ClusterSecrets::generate(cluster_id, f, clients, splitbft::os_seed);
+    secrets.config.max_batch = batch.max(1);
+    let addresses = (0..replicas)
+        .map(|i| {
+            let port = base_port.checked_add(i as u16).context("--base-port too high for this many replicas")?;
+            Ok(SocketAddr::new(host, port))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let file = ClusterFile::new(&secrets, addresses, batch_timeout_ms);
+    for r in 0..replicas {
+        for kind in CompartmentKind::ALL {
+            let replica = ReplicaId(r as u32);
+            write_key(&enclave_key_path(out, replica, kind), secrets.enclave(replica, kind))?;
+        }
+    }
+    for (c, key) in secrets.clients.iter().enumerate() {
+        write_key(&client_key_path(out, ClientId(c as u32)), key)?;
+    }
+    let path = out.join("cluster.toml");
+    file.save(&path)?;
+    println!("wrote {} ({replicas} replicas, f = {f}, {clients} clients) and keys in {}", path.display(), out.join("keys").display());
+    Ok(())
+}
+
+fn config_dir(config: &Path) -> PathBuf {
+    config.parent().map(Path::to_owned).unwrap_or_default()
+}
+
+async fn replica(config_path: &Path, id: u32, backend: Backend) -> anyhow::Result<()> {
+    let file = ClusterFile::load(config_path)?;
+    let protocol = file.protocol(config_path)?;
+    let me = ReplicaId(id);
+    let Some(entry) = file.replicas.get(id as usize) else {
+        bail!("replica id {id} is not in {} ({} replicas)", config_path.display(), file.replicas.len());
+    };
+    let dir = config_dir(config_path);
+    let keys = &protocol.replicas[id as usize];
+    let secrets = [
+        read_key(&enclave_key_path(&dir, me, CompartmentKind::Preparation), &keys.preparation)?,
+        read_key(&enclave_key_path(&dir, me, CompartmentKind::Confirmation), &keys.confirmation)?,
+        read_key(&enclave_key_path(&dir, me, CompartmentKind::Execution), &keys.execution)?,
+    ];
+    let listener = tokio::net::TcpListener::bind(entry.address)
+        .await
+        .with_context(|| format!("listening on {}", entry.address))?;
+    let mut node_config = NodeConfig::new(protocol, me, file.addresses(), backend);
+    node_config.options.batch_timeout_us = file.batch_timeout_ms * 1000;
+    let node = spawn_node(node_config, listener, secrets, Box::new(splitbft_apps::kv::KvStore::new())).await?;
+    eprintln!("replica {id} listening on {} ({backend:?} backend); SIGINT or SIGTERM stops it", entry.address);
+    wait_for_signal().await?;
+    let report = node.shutdown().await;
+    eprintln!(
+        "replica {id} stopped: {} requests ordered, {} executed",
+        report.broker_counter("requests_ordered"),
+        report.broker_counter("requests_executed")
+    );
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+async fn client(config_path: &Path, client_id: u32, timeout_s: u64, op: ClientOp) -> anyhow::Result<()> {
+    let file = ClusterFile::load(config_path)?;
+    let protocol = file.protocol(config_path)?;
+    let id = ClientId(client_id);
+    let Some(public) = protocol.clients.get(client_id as usize) else {
+        bail!("client id {client_id} is not in {} ({} clients)", config_path.display(), protocol.clients.len());
+    };
+    let secret = read_key(&client_key_path(&config_dir(config_path), id), public)?;
+    let options = ClientOptions { request_timeout: std::time::Duration::from_secs(timeout_s), ..ClientOptions::default() };
+    let client = Client::connect(protocol, file.addresses(), id, secret, options).await?;
+    let op = match op {
+        ClientOp::Put { key, value } => KvOp::Put { key: key.into_bytes(), value: value.into_bytes() },
+        ClientOp::Get { key } => KvOp::Get { key: key.into_bytes() },
+        ClientOp::Delete { key } => KvOp::Delete { key: key.into_bytes() },
+        ClientOp::Scan { prefix, limit } => KvOp::Scan { prefix: prefix.into_bytes(), limit },
+    };
+    let result = KvResult::decode(&client.invoke(op.encode()).await?).context("the cluster returned an undecodable result")?;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    match result {
+        KvResult::Value(Some(v)) => println!("{}", text(&v)),
+        KvResult::Value(None) => bail!("key not found"),
+        KvResult::Stored { previous } => println!("OK{}", previous.map(|p| format!(" (was {})", text(&p))).unwrap_or_default()),
+        KvResult::Deleted { previous: Some(p) } => println!("deleted (was {})", text(&p)),
+        KvResult::Deleted { previous: None } => println!("deleted (was absent)"),
+        KvResult::Cas { swapped, .. } => println!("{}", if swapped { "swapped" } else { "not swapped" }),
+        KvResult::Entries(entries) => {
+            for (k, v) in entries {
+                println!("{}\t{}", text(&k), text(&v));
+            }
+        }
+        KvResult::Error(e) => bail!("the cluster refused the operation: {e}"),
+    }
+    Ok(())
+}

@@ -1,0 +1,340 @@
+//! The Confirmation compartment (SPEC §4.2 handler (3), §9 C1/C2/L1): it signs one Commit
+//! for `(v, s)` exactly when it holds a prepare certificate — the PrePrepare of
+//! Preparation(primary(v)) plus `2f` Prepares with the same `(v, s, d)` from distinct
+//! Preparation enclaves other than the primary's (SPEC §3) — and never otherwise.
+
+#![allow(clippy::unwrap_used, reason = "test helpers: a failed setup step aborts the test")]
+
+use bytes::Bytes;
+use serde::Serialize;
+use splitbft_confirmation::Confirmation;
+use splitbft_types::boundary::{Compartment, Input, Output, Stats};
+use splitbft_types::cert::verify_signed;
+use splitbft_types::config::Keyring;
+use splitbft_types::crypto::{Purpose, SecretKey};
+use splitbft_types::keys::ClusterSecrets;
+use splitbft_types::msg::{BatchMsg, Commit, Digest, Message, PrePrepare, Prepare, Signed};
+use splitbft_types::{CompartmentKind, ReplicaId, Seq, View};
+
+use CompartmentKind::Preparation;
+
+const K: u64 = 4;
+const L: u64 = 8;
+
+struct Harness {
+    secrets: ClusterSecrets,
+    keys: Keyring,
+    conf: Confirmation,
+}
+
+impl Harness {
+    /// The Confirmation enclave of replica `me` in a 4-replica cluster with K = 4, L = 8.
+    fn new(me: u32) -> Harness {
+        let mut secrets = ClusterSecrets::deterministic(3, 1, 1, 17);
+        secrets.config.checkpoint_interval = K;
+        secrets.config.log_window = L;
+        let keys = secrets.config.validate().unwrap();
+        let secret = SecretKey::from_seed(secrets.enclave(ReplicaId(me), CompartmentKind::Confirmation).seed());
+        // Confirmation never compares the genesis state digest with anything.
+        let conf = Confirmation::new(secrets.config.clone(), ReplicaId(me), secret, Digest::of(b"genesis")).unwrap();
+        Harness { secrets, keys, conf }
+    }
+
+    fn sign<T: Serialize>(&self, r: u32, kind: CompartmentKind, purpose: Purpose, body: T) -> Signed<T> {
+        let sig = self.secrets.enclave(ReplicaId(r), kind).sign(self.secrets.config.cluster_id, purpose, &body);
+        Signed { body, sig }
+    }
+
+    fn pp(&self, view: View, seq: Seq, digest: Digest) -> Message {
+        let primary = self.secrets.config.primary(view).0;
+        Message::PrePrepare(self.sign(primary, Preparation, Purpose::PrePrepare, PrePrepare { view, seq, digest }))
+    }
+
+    fn prepare(&self, r: u32, view: View, seq: Seq, digest: Digest) -> Message {
+        Message::Prepare(self.sign(r, Preparation, Purpose::Prepare, Prepare { view, seq, digest, replica: ReplicaId(r) }))
+    }
+
+    /// Feeds one message; returns the Commits it produced (checking their signatures).
+    fn feed(&mut self, msg: Message) -> Vec<Commit> {
+        let mut out = Vec::new();
+        self.conf.handle(Input::Message(msg), &mut out);
+        out.into_iter()
+            .filter_map(|o| match o {
+                Output::Send(Message::Commit(c)) => {
+                    assert_eq!(verify_signed(&self.secrets.config, &self.keys, &c), Ok(c.body.replica));
+                    Some(c.body)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn feed_all(&mut self, msgs: impl IntoIterator<Item = Message>) -> Vec<Commit> {
+        msgs.into_iter().flat_map(|m| self.feed(m)).collect()
+    }
+
+    fn stats(&mut self) -> Stats {
+        let mut out = Vec::new();
+        self.conf.handle(Input::QueryStats, &mut out);
+        match out.pop() {
+            Some(Output::Stats(s)) => s,
+            other => panic!("no stats: {other:?}"),
+        }
+    }
+
+    fn counter(&mut self, name: &str) -> u64 {
+        self.stats().get(name)
+    }
+}
+
+fn d(tag: &str) -> Digest {
+    Digest::of(tag.as_bytes())
+}
+
+fn flip_sig(msg: Message) -> Message {
+    match msg {
+        Message::Prepare(mut p) => {
+            p.sig.0[5] ^= 0x20;
+            Message::Prepare(p)
+        }
+        Message::PrePrepare(mut p) => {
+            p.sig.0[50] ^= 0x01;
+            Message::PrePrepare(p)
+        }
+        other => other,
+    }
+}
+
+/// Every permutation of `items` (Heap's algorithm).
+fn permutations<T: Clone>(items: &[T]) -> Vec<Vec<T>> {
+    fn go<T: Clone>(k: usize, a: &mut Vec<T>, out: &mut Vec<Vec<T>>) {
+        if k <= 1 {
+            out.push(a.clone());
+            return;
+        }
+        for i in 0..k {
+            go(k - 1, a, out);
+            let j = if k.is_multiple_of(2) { i } else { 0 };
+            a.swap(j, k - 1);
+        }
+    }
+    let mut out = Vec::new();
+    go(items.len(), &mut items.to_vec(), &mut out);
+    out
+}
+
+/// SPEC §4.2 (3): PrePrepare + `2f` Prepares → exactly one Commit for `(v, s, d)` signed by
+/// this Confirmation enclave; later Prepares and repeated PrePrepares add nothing.
+#[test]
+fn commits_exactly_once_after_pre_prepare_and_2f_prepares() {
+    let mut h = Harness::new(1);
+    assert!(h.feed(h.pp(0, 1, d("a"))).is_empty());
+    assert!(h.feed(h.prepare(1, 0, 1, d("a"))).is_empty(), "PrePrepare + 1 Prepare is not a certificate");
+    let commits = h.feed(h.prepare(2, 0, 1, d("a")));
+    assert_eq!(commits, vec![Commit { view: 0, seq: 1, digest: d("a"), replica: ReplicaId(1) }]);
+    // Nothing more for the same slot, whatever arrives afterwards.
+    assert!(h.feed(h.prepare(3, 0, 1, d("a"))).is_empty());
+    assert!(h.feed(h.prepare(2, 0, 1, d("a"))).is_empty());
+    assert!(h.feed(h.pp(0, 1, d("a"))).is_empty());
+    let batch = BatchMsg {
+        pre_prepare: match h.pp(0, 1, d("a")) {
+            Message::PrePrepare(p) => p,
+            _ => unreachable!(),
+        },
+        batch: Vec::new(),
+    };
+    assert!(h.feed(Message::Batch(batch)).is_empty());
+    let s = h.stats();
+    assert_eq!(s.get("commits_sent"), 1);
+    assert_eq!(s.get("prepare_late"), 2);
+    assert_eq!(s.get("pre_prepare_duplicate"), 2);
+}
+
+/// The order of arrival does not matter: for every permutation of the PrePrepare and the
+/// three backups' Prepares (Prepares may overtake the PrePrepare), exactly one Commit is
+/// sent, at the first moment a certificate is complete.
+#[test]
+fn commits_once_in_every_arrival_order() {
+    let proto = Harness::new(2);
+    let msgs = vec![proto.pp(0, 5, d("a")), proto.prepare(1, 0, 5, d("a")), proto.prepare(2, 0, 5, d("a")), proto.prepare(3, 0, 5, d("a"))];
+    let orders = permutations(&msgs);
+    assert_eq!(orders.len(), 24);
+    for order in orders {
+        let mut h = Harness::new(2);
+        let (mut have_pp, mut prepares, mut sent) = (false, 0, 0);
+        for msg in order {
+            match &msg {
+                Message::PrePrepare(_) => have_pp = true,
+                _ => prepares += 1,
+            }
+            let commits = h.feed(msg);
+            let complete = have_pp && prepares >= 2;
+            let expected = usize::from(complete && sent == 0);
+            assert_eq!(commits.len(), expected, "pp={have_pp} prepares={prepares}");
+            sent += commits.len();
+            for c in commits {
+                assert_eq!((c.view, c.seq, c.digest, c.replica), (0, 5, d("a"), ReplicaId(2)));
+            }
+        }
+        assert_eq!(sent, 1);
+    }
+}
+
+/// SPEC §9 L1: a Prepare whose signature does not verify under the claimed sender's
+/// Preparation key is not counted, and does not block the real Prepare of that sender.
+#[test]
+fn forged_prepare_signatures_do_not_count() {
+    let mut h = Harness::new(1);
+    h.feed(h.pp(0, 1, d("a")));
+    h.feed(h.prepare(1, 0, 1, d("a")));
+    // One byte flipped.
+    assert!(h.feed(flip_sig(h.prepare(2, 0, 1, d("a")))).is_empty());
+    // Claims replica 2, signed by replica 3's Preparation enclave.
+    let body = Prepare { view: 0, seq: 1, digest: d("a"), replica: ReplicaId(2) };
+    assert!(h.feed(Message::Prepare(h.sign(3, Preparation, Purpose::Prepare, body))).is_empty());
+    // Signed by replica 2's Confirmation enclave instead of its Preparation enclave.
+    let wrong_kind = h.sign(2, CompartmentKind::Confirmation, Purpose::Prepare, body);
+    assert!(h.feed(Message::Prepare(wrong_kind)).is_empty());
+    // A Commit signature of the same body replayed as a Prepare.
+    assert!(h.feed(Message::Prepare(h.sign(2, Preparation, Purpose::Commit, body))).is_empty());
+    assert_eq!(h.counter("prepare_bad_signature"), 4);
+    assert_eq!(h.counter("commits_sent"), 0);
+    // The genuine Prepare of replica 2 still completes the certificate.
+    assert_eq!(h.feed(h.prepare(2, 0, 1, d("a"))).len(), 1);
+}
+
+/// A forged PrePrepare (not signed by Preparation(primary(v))) is not stored: Prepares
+/// alone never make a certificate, and the real PrePrepare still counts afterwards.
+#[test]
+fn forged_pre_prepare_is_not_stored() {
+    let mut h = Harness::new(1);
+    h.feed_all([h.prepare(1, 0, 1, d("a")), h.prepare(2, 0, 1, d("a")), h.prepare(3, 0, 1, d("a"))]);
+    assert!(h.feed(flip_sig(h.pp(0, 1, d("a")))).is_empty());
+    let by_backup = h.sign(2, Preparation, Purpose::PrePrepare, PrePrepare { view: 0, seq: 1, digest: d("a") });
+    assert!(h.feed(Message::PrePrepare(by_backup)).is_empty());
+    assert_eq!(h.counter("pre_prepare_bad_signature"), 2);
+    assert_eq!(h.counter("commits_sent"), 0);
+    assert_eq!(h.feed(h.pp(0, 1, d("a"))).len(), 1);
+}
+
+/// Two Prepares from the same replica are one vote (SPEC §3 "distinct"), even when the
+/// second is a separately signed message or names another digest.
+#[test]
+fn duplicate_prepares_from_one_replica_count_once() {
+    let mut h = Harness::new(1);
+    h.feed(h.pp(0, 1, d("a")));
+    assert!(h.feed_all([h.prepare(3, 0, 1, d("a")), h.prepare(3, 0, 1, d("a")), h.prepare(3, 0, 1, d("a"))]).is_empty());
+    assert_eq!(h.counter("prepare_duplicate"), 2);
+    // A Byzantine replica 2 first votes for another digest: its later vote for `a` is a duplicate.
+    assert!(h.feed_all([h.prepare(2, 0, 1, d("b")), h.prepare(2, 0, 1, d("a"))]).is_empty());
+    assert_eq!(h.counter("prepare_duplicate"), 3);
+    assert_eq!(h.counter("commits_sent"), 0);
+    assert_eq!(h.feed(h.prepare(1, 0, 1, d("a"))).len(), 1);
+}
+
+/// Prepares for another digest than the PrePrepare's are no certificate (SPEC §3 "same
+/// `(v, s, d)`"), whether they arrive before or after the PrePrepare.
+#[test]
+fn prepares_with_another_digest_do_not_make_a_certificate() {
+    let mut h = Harness::new(1);
+    h.feed_all([h.prepare(1, 0, 1, d("b")), h.prepare(2, 0, 1, d("b")), h.prepare(3, 0, 1, d("b"))]);
+    assert!(h.feed(h.pp(0, 1, d("a"))).is_empty());
+    let mut h = Harness::new(1);
+    h.feed(h.pp(0, 2, d("a")));
+    assert!(h.feed_all([h.prepare(1, 0, 2, d("b")), h.prepare(2, 0, 2, d("b")), h.prepare(3, 0, 2, d("c"))]).is_empty());
+    assert_eq!(h.counter("commits_sent"), 0);
+}
+
+/// Messages of another view than `v_c = 0` are refused and counted (view change is not
+/// implemented: the view stays 0).
+#[test]
+fn prepares_and_pre_prepares_of_a_wrong_view_are_refused() {
+    let mut h = Harness::new(2);
+    // View 1: primary 1; its PrePrepare and the other backups' Prepares are well signed.
+    let msgs = [h.pp(1, 1, d("a")), h.prepare(0, 1, 1, d("a")), h.prepare(2, 1, 1, d("a")), h.prepare(3, 1, 1, d("a"))];
+    assert!(h.feed_all(msgs).is_empty());
+    let s = h.stats();
+    assert_eq!(s.get("pre_prepare_wrong_view"), 1);
+    assert_eq!(s.get("prepare_wrong_view"), 3);
+    // View-1 Prepares do not help a view-0 PrePrepare either.
+    assert!(h.feed(h.pp(0, 1, d("a"))).is_empty());
+    assert!(h.feed(h.prepare(1, 0, 1, d("a"))).is_empty());
+    assert_eq!(h.counter("commits_sent"), 0);
+}
+
+/// SPEC §3: the primary sends only the PrePrepare; a Prepare from it is no vote.
+#[test]
+fn prepare_from_the_primary_is_refused() {
+    let mut h = Harness::new(1);
+    h.feed_all([h.pp(0, 1, d("a")), h.prepare(1, 0, 1, d("a"))]);
+    assert!(h.feed(h.prepare(0, 0, 1, d("a"))).is_empty());
+    assert_eq!(h.counter("prepare_from_primary"), 1);
+    assert_eq!(h.counter("commits_sent"), 0);
+    // A replica id outside 0..n.
+    let body = Prepare { view: 0, seq: 1, digest: d("a"), replica: ReplicaId(4) };
+    assert!(h.feed(Message::Prepare(h.sign(1, Preparation, Purpose::Prepare, body))).is_empty());
+    assert_eq!(h.counter("prepare_unknown_replica"), 1);
+    assert_eq!(h.feed(h.prepare(3, 0, 1, d("a"))).len(), 1);
+}
+
+/// SPEC §4.2 (3): only `s` in `(h, h + L]` commits: 0 and `h + L + 1` are refused,
+/// `h + L` is accepted.
+#[test]
+fn sequence_numbers_outside_the_window_never_commit() {
+    let mut h = Harness::new(1);
+    for seq in [0, L + 1, L + 100, u64::MAX] {
+        let msgs = [h.pp(0, seq, d("a")), h.prepare(1, 0, seq, d("a")), h.prepare(2, 0, seq, d("a")), h.prepare(3, 0, seq, d("a"))];
+        assert!(h.feed_all(msgs).is_empty(), "seq {seq}");
+    }
+    let s = h.stats();
+    assert_eq!(s.get("pre_prepare_outside_window"), 4);
+    assert_eq!(s.get("prepare_outside_window"), 12);
+    assert_eq!(s.get("commits_sent"), 0);
+    assert_eq!(s.log_entries, 0, "refused messages must not allocate slots");
+    let at_bound = [h.pp(0, L, d("a")), h.prepare(1, 0, L, d("a")), h.prepare(2, 0, L, d("a"))];
+    assert_eq!(h.feed_all(at_bound).len(), 1, "s = h + L is inside the window");
+}
+
+/// SPEC §9 C1: an equivocating primary signs two PrePrepares for one `(v, s)`: the second
+/// is ignored and counted, and at most one Commit is ever sent for `(v, s)`, even when a
+/// full set of Prepares for the second digest arrives.
+#[test]
+fn conflicting_pre_prepare_is_ignored_and_at_most_one_commit_per_slot() {
+    let mut h = Harness::new(1);
+    h.feed(h.pp(0, 1, d("a")));
+    assert!(h.feed(h.pp(0, 1, d("b"))).is_empty());
+    assert_eq!(h.counter("pre_prepare_conflicting"), 1);
+    let mut commits = h.feed_all([h.prepare(2, 0, 1, d("b")), h.prepare(3, 0, 1, d("b"))]);
+    assert!(commits.is_empty(), "Prepares for the rejected digest must not commit");
+    // Replicas 2 and 3 voted for `b`, so replica 1's vote for `a` is the only one: no
+    // certificate for either digest.
+    commits.extend(h.feed(h.prepare(1, 0, 1, d("a"))));
+    assert!(commits.is_empty());
+
+    // Second run: the certificate for `a` completes first; `b` never commits afterwards.
+    let mut h = Harness::new(1);
+    let mut all = h.feed_all([h.pp(0, 2, d("a")), h.prepare(1, 0, 2, d("a")), h.prepare(2, 0, 2, d("a"))]);
+    all.extend(h.feed_all([h.pp(0, 2, d("b")), h.prepare(3, 0, 2, d("b"))]));
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].digest, d("a"));
+    assert_eq!(h.counter("commits_sent"), 1);
+}
+
+/// Inputs a Confirmation enclave has no business with, and bytes that do not decode,
+/// are counted and dropped (SPEC §5.1: decode defensively).
+#[test]
+fn unexpected_and_malformed_inputs_are_counted() {
+    let mut h = Harness::new(1);
+    let mut out = Vec::new();
+    h.conf.handle(Input::OrderBatch(vec![1, 2, 3]), &mut out);
+    let commit = h.sign(2, CompartmentKind::Confirmation, Purpose::Commit, Commit { view: 0, seq: 1, digest: d("a"), replica: ReplicaId(2) });
+    h.conf.handle(Input::Message(Message::Commit(commit)), &mut out);
+    assert!(out.is_empty());
+    let mut encoded = Vec::new();
+    let junk = [Bytes::from_static(&[]), Bytes::from_static(&[0xff; 9]), Bytes::from_static(&[0, 3, 1])];
+    h.conf.handle_encoded(&junk, &mut encoded);
+    assert!(encoded.is_empty());
+    let s = h.stats();
+    assert_eq!(s.get("unexpected_input"), 2);
+    assert_eq!(s.get("malformed_input"), 3);
+}

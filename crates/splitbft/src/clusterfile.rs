@@ -1,0 +1,237 @@
+//! `cluster.toml` and key files: what `splitbft keygen` writes and `replica`/`client` read.
+//!
+//! Layout of a key directory:
+//! * `cluster.toml` — cluster id, `f`, protocol parameters, every replica's address and
+//!   its three enclaves' public keys, every client's public key;
+//! * `keys/replica-<i>-<compartment>.key` — one enclave's Ed25519 seed (hex), readable by
+//!   the owner only;
+//! * `keys/client-<c>.key` — one client's seed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use splitbft_types::config::{ProtocolConfig, ReplicaKeys};
+use splitbft_types::crypto::SecretKey;
+use splitbft_types::keys::ClusterSecrets;
+use splitbft_types::{ClientId, CompartmentKind, ReplicaId};
+
+/// Why a cluster file or key file is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterFileError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or has wrong fields.
+    #[error("{path}: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The contents parse but do not make a valid cluster.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// File.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// One replica's entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaEntry {
+    /// Replica id (`0..n`, in order).
+    pub id: u32,
+    /// Listening address for peers and clients.
+    pub address: SocketAddr,
+    /// Preparation enclave public key (hex).
+    pub preparation: String,
+    /// Confirmation enclave public key (hex).
+    pub confirmation: String,
+    /// Execution enclave public key (hex).
+    pub execution: String,
+}
+
+/// One client's entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientEntry {
+    /// Client id (`0..clients`, in order).
+    pub id: u32,
+    /// Ed25519 public key (hex).
+    pub public_key: String,
+}
+
+/// The contents of `cluster.toml`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// Distinguishes this cluster in every signature.
+    pub cluster_id: u64,
+    /// Tolerated faults per compartment kind; `n = 3f + 1`.
+    pub f: u32,
+    /// Checkpoint interval `K`.
+    pub checkpoint_interval: u64,
+    /// Log window `L`.
+    pub log_window: u64,
+    /// Most requests per batch `B`.
+    pub max_batch: u32,
+    /// Primary's batch timeout in milliseconds.
+    pub batch_timeout_ms: u64,
+    /// Per-client window `W`.
+    pub client_window: u64,
+    /// Largest op in bytes.
+    pub max_op_bytes: u32,
+    /// Replicas, in id order.
+    pub replicas: Vec<ReplicaEntry>,
+    /// Clients, in id order.
+    pub clients: Vec<ClientEntry>,
+}
+
+fn hex32(s: &str, what: &str, path: &Path) -> Result<[u8; 32], ClusterFileError> {
+    let invalid = |m: String| ClusterFileError::Invalid { path: path.to_owned(), message: m };
+    let bytes = hex::decode(s.trim()).map_err(|e| invalid(format!("{what}: not hex: {e}")))?;
+    bytes.try_into().map_err(|b: Vec<u8>| invalid(format!("{what}: {} bytes, expected 32", b.len())))
+}
+
+impl ClusterFile {
+    /// Describes `secrets` with replicas listening on `host:base_port + i`.
+    pub fn new(secrets: &ClusterSecrets, addresses: Vec<SocketAddr>, batch_timeout_ms: u64) -> Self {
+        let c = &secrets.config;
+        ClusterFile {
+            cluster_id: c.cluster_id,
+            f: c.f,
+            checkpoint_interval: c.checkpoint_interval,
+            log_window: c.log_window,
+            max_batch: c.max_batch,
+            batch_timeout_ms,
+            client_window: c.client_window,
+            max_op_bytes: c.max_op_bytes,
+            replicas: c
+                .replicas
+                .iter()
+                .zip(addresses)
+                .enumerate()
+                .map(|(i, (k, address))| ReplicaEntry {
+                    id: i as u32,
+                    address,
+                    preparation: hex::encode(k.preparation),
+                    confirmation: hex::encode(k.confirmation),
+                    execution: hex::encode(k.execution),
+                })
+                .collect(),
+            clients: c
+                .clients
+                .iter()
+                .enumerate()
+                .map(|(i, k)| ClientEntry { id: i as u32, public_key: hex::encode(k) })
+                .collect(),
+        }
+    }
+
+    /// Reads and validates `cluster.toml`.
+    pub fn load(path: &Path) -> Result<Self, ClusterFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ClusterFileError::Io { path: path.to_owned(), source })?;
+        let file: ClusterFile =
+            toml::from_str(&text).map_err(|e| ClusterFileError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        file.protocol(path)?;
+        Ok(file)
+    }
+
+    /// Writes `cluster.toml`.
+    pub fn save(&self, path: &Path) -> Result<(), ClusterFileError> {
+        let text = toml::to_string_pretty(self).map_err(|e| ClusterFileError::Invalid { path: path.to_owned(), message: e.to_string() })?;
+        std::fs::write(path, text).map_err(|source| ClusterFileError::Io { path: path.to_owned(), source })
+    }
+
+    /// The protocol configuration, validated.
+    pub fn protocol(&self, path: &Path) -> Result<ProtocolConfig, ClusterFileError> {
+        let invalid = |m: String| ClusterFileError::Invalid { path: path.to_owned(), message: m };
+        for (i, r) in self.replicas.iter().enumerate() {
+            if r.id as usize != i {
+                return Err(invalid(format!("replica entry {i} has id {}; ids must be 0..n in order", r.id)));
+            }
+        }
+        for (i, c) in self.clients.iter().enumerate() {
+            if c.id as usize != i {
+                return Err(invalid(format!("client entry {i} has id {}; ids must be 0..clients in order", c.id)));
+            }
+        }
+        let replicas = self
+            .replicas
+            .iter()
+            .map(|r| {
+                Ok(ReplicaKeys {
+                    preparation: hex32(&r.preparation, &format!("replica {} preparation", r.id), path)?,
+                    confirmation: hex32(&r.confirmation, &format!("replica {} confirmation", r.id), path)?,
+                    execution: hex32(&r.execution, &format!("replica {} execution", r.id), path)?,
+                })
+            })
+            .collect::<Result<_, ClusterFileError>>()?;
+        let clients = self
+            .clients
+            .iter()
+            .map(|c| hex32(&c.public_key, &format!("client {}", c.id), path))
+            .collect::<Result<_, _>>()?;
+        let mut config = ProtocolConfig::new(self.cluster_id, self.f, replicas, clients);
+        config.checkpoint_interval = self.checkpoint_interval;
+        config.log_window = self.log_window;
+        config.max_batch = self.max_batch;
+        config.client_window = self.client_window;
+        config.max_op_bytes = self.max_op_bytes;
+        config.validate().map_err(|e| invalid(e.to_string()))?;
+        Ok(config)
+    }
+
+    /// Replica addresses in id order.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.replicas.iter().map(|r| r.address).collect()
+    }
+}
+
+/// Path of an enclave's key file.
+pub fn enclave_key_path(dir: &Path, replica: ReplicaId, kind: CompartmentKind) -> PathBuf {
+    dir.join("keys").join(format!("replica-{}-{}.key", replica.0, kind.name()))
+}
+
+/// Path of a client's key file.
+pub fn client_key_path(dir: &Path, client: ClientId) -> PathBuf {
+    dir.join("keys").join(format!("client-{}.key", client.0))
+}
+
+/// Writes a secret key file readable by its owner only.
+pub fn write_key(path: &Path, key: &SecretKey) -> Result<(), ClusterFileError> {
+    let io = |source| ClusterFileError::Io { path: path.to_owned(), source };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    std::fs::write(path, format!("{}\n", hex::encode(key.seed()))).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Reads a secret key file and checks it matches the expected public key.
+pub fn read_key(path: &Path, expected_public: &[u8; 32]) -> Result<SecretKey, ClusterFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ClusterFileError::Io { path: path.to_owned(), source })?;
+    let key = SecretKey::from_seed(hex32(&text, "key", path)?);
+    if &key.public().to_bytes() != expected_public {
+        return Err(ClusterFileError::Invalid {
+            path: path.to_owned(),
+            message: "key does not match the public key in cluster.toml".into(),
+        });
+    }
+    Ok(key)
+}

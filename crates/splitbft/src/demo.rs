@@ -1,0 +1,253 @@
+//! `splitbft demo`: a local cluster in one process over real loopback TCP, driven by a
+//! closed-loop key-value workload (the paper's: 10 clients × 40 outstanding, 10-byte
+//! payloads).
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use splitbft_apps::kv::{KvOp, KvResult, KvStore};
+use splitbft_broker::{NodeConfig, NodeHandle, NodeReport, spawn_node};
+use splitbft_client::{Client, ClientOptions};
+use splitbft_enclave::Backend;
+use splitbft_types::crypto::SecretKey;
+use splitbft_types::keys::ClusterSecrets;
+use splitbft_types::{ClientId, CompartmentKind, ReplicaId};
+use tokio::net::TcpListener;
+
+/// Demo parameters (the CLI flags).
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    /// Replicas, `3f + 1`.
+    pub replicas: usize,
+    /// Closed-loop clients.
+    pub clients: usize,
+    /// Requests each client keeps outstanding.
+    pub outstanding: usize,
+    /// Total requests.
+    pub requests: u64,
+    /// Value bytes per PUT.
+    pub payload: usize,
+    /// Batch size `B`.
+    pub batch: u32,
+    /// Batch timeout.
+    pub batch_timeout_ms: u64,
+    /// Compartment hosting.
+    pub backend: Backend,
+    /// Show progress on a terminal.
+    pub progress: bool,
+}
+
+/// The demo's result (printed as JSON with `--json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct DemoSummary {
+    /// `splitbft`.
+    pub protocol: &'static str,
+    /// `kv`.
+    pub app: &'static str,
+    /// Compartment backend.
+    pub backend: String,
+    /// Replicas.
+    pub replicas: usize,
+    /// Clients.
+    pub clients: usize,
+    /// Outstanding per client.
+    pub outstanding: usize,
+    /// Requests issued.
+    pub requests: u64,
+    /// Requests answered with a non-error result.
+    pub completed: u64,
+    /// Requests that failed (timeout or error result).
+    pub errors: u64,
+    /// Wall-clock seconds of the workload.
+    pub seconds: f64,
+    /// Completed requests per second.
+    pub throughput_ops_s: f64,
+    /// Median latency.
+    pub p50_us: u64,
+    /// 99th percentile latency.
+    pub p99_us: u64,
+    /// Requests per batch at the primary.
+    pub avg_batch: f64,
+    /// Client retransmissions.
+    pub retransmissions: u64,
+    /// Inputs rejected by any broker or compartment (counters whose name says so).
+    pub rejected_inputs: u64,
+}
+
+/// A running in-process cluster.
+pub struct LocalTcpCluster {
+    /// Replica nodes (None once stopped).
+    pub nodes: Vec<Option<NodeHandle>>,
+    /// Listening addresses.
+    pub addresses: Vec<SocketAddr>,
+    /// All keys.
+    pub secrets: ClusterSecrets,
+}
+
+impl LocalTcpCluster {
+    /// Starts `replicas` replicas on loopback ports chosen by the OS.
+    pub async fn start(replicas: usize, clients: usize, batch: u32, batch_timeout_ms: u64, backend: Backend) -> anyhow::Result<Self> {
+        if replicas < 4 || (replicas - 1) % 3 != 0 {
+            bail!("--replicas must be 3f + 1 with f >= 1 (4, 7, 10, ...), got {replicas}");
+        }
+        let f = ((replicas - 1) / 3) as u32;
+        let mut secrets = ClusterSecrets::generate(u64::from_le_bytes(crate::os_seed()[..8].try_into()?), f, clients, crate::os_seed);
+        secrets.config.max_batch = batch.max(1);
+        let mut listeners = Vec::new();
+        for _ in 0..replicas {
+            listeners.push(TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port")?);
+        }
+        let addresses: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
+        let mut nodes = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let me = ReplicaId(i as u32);
+            let mut config = NodeConfig::new(secrets.config.clone(), me, addresses.clone(), backend);
+            config.options.batch_timeout_us = batch_timeout_ms * 1000;
+            let keys = CompartmentKind::ALL.map(|k| SecretKey::from_seed(secrets.enclave(me, k).seed()));
+            nodes.push(Some(spawn_node(config, listener, keys, Box::new(KvStore::new())).await?));
+        }
+        Ok(LocalTcpCluster { nodes, addresses, secrets })
+    }
+
+    /// Connects client `id`.
+    pub async fn client(&self, id: usize, options: ClientOptions) -> anyhow::Result<Client> {
+        let secret = SecretKey::from_seed(self.secrets.clients[id].seed());
+        Ok(Client::connect(self.secrets.config.clone(), self.addresses.clone(), ClientId(id as u32), secret, options).await?)
+    }
+
+    /// Stops every replica and collects their reports.
+    pub async fn shutdown(self) -> Vec<NodeReport> {
+        let mut reports = Vec::new();
+        for node in self.nodes.into_iter().flatten() {
+            reports.push(node.shutdown().await);
+        }
+        reports
+    }
+}
+
+/// Runs the demo and returns its summary.
+pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
+    if opts.clients == 0 || opts.outstanding == 0 {
+        bail!("--clients and --outstanding must be at least 1");
+    }
+    let cluster = LocalTcpCluster::start(opts.replicas, opts.clients, opts.batch, opts.batch_timeout_ms, opts.backend).await?;
+    let window = cluster.secrets.config.client_window as usize;
+    if opts.outstanding > window {
+        bail!("--outstanding {} exceeds the per-client window W = {window}", opts.outstanding);
+    }
+    let issued = Arc::new(AtomicU64::new(0));
+    let completed = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    let mut workers = Vec::new();
+    for c in 0..opts.clients {
+        let options = ClientOptions { outstanding: opts.outstanding, ..ClientOptions::default() };
+        let client = Arc::new(cluster.client(c, options).await.with_context(|| format!("connecting client {c}"))?);
+        clients.push(client.clone());
+        for lane in 0..opts.outstanding {
+            let (client, issued, completed, errors) = (client.clone(), issued.clone(), completed.clone(), errors.clone());
+            let (total, payload) = (opts.requests, opts.payload);
+            workers.push(tokio::spawn(async move {
+                let mut latencies = hdrhistogram::Histogram::<u64>::new(3).expect("3 significant figures is valid");
+                let mut i = 0u64;
+                while issued.fetch_add(1, Ordering::Relaxed) < total {
+                    // Alternate PUT and GET of this lane's keys (1,000 keys per lane).
+                    let key = format!("c{c}-l{lane}-k{}", (i / 2) % 1000).into_bytes();
+                    let op = if i % 2 == 0 {
+                        KvOp::Put { key, value: vec![b'v'; payload] }
+                    } else {
+                        KvOp::Get { key }
+                    };
+                    i += 1;
+                    let t0 = Instant::now();
+                    let ok = match client.invoke(op.encode()).await {
+                        Ok(result) => !matches!(KvResult::decode(&result), Err(_) | Ok(KvResult::Error(_))),
+                        Err(_) => false,
+                    };
+                    let _ = latencies.record(t0.elapsed().as_micros() as u64);
+                    if ok { &completed } else { &errors }.fetch_add(1, Ordering::Relaxed);
+                }
+                latencies
+            }));
+        }
+    }
+    let progress = opts.progress.then(|| {
+        let (completed, total) = (completed.clone(), opts.requests);
+        tokio::spawn(async move {
+            let mut stderr = std::io::stderr();
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let done = completed.load(Ordering::Relaxed);
+                let secs = started.elapsed().as_secs_f64();
+                let _ = write!(stderr, "\r  {done:>9}/{total} requests  {:>9.0} ops/s  {secs:>6.1} s", done as f64 / secs);
+                let _ = stderr.flush();
+            }
+        })
+    });
+    let mut latencies = hdrhistogram::Histogram::<u64>::new(3).expect("valid histogram");
+    for worker in workers {
+        latencies.add(worker.await.context("a workload task panicked")?).context("merging latencies")?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(progress) = progress {
+        progress.abort();
+        eprintln!();
+    }
+    let retransmissions = clients.iter().map(|c| c.stats().retransmissions).sum();
+    drop(clients);
+    let reports = cluster.shutdown().await;
+    let primary = &reports[0];
+    let batches = primary.broker_counter("batches_ordered").max(1);
+    let rejected_inputs = reports
+        .iter()
+        .flat_map(|r| r.broker.iter().chain(r.enclaves.iter().flatten().flat_map(|s| s.counters.iter())))
+        .filter(|(name, _)| is_rejection(name))
+        .map(|(_, v)| v)
+        .sum();
+    let completed = completed.load(Ordering::Relaxed);
+    Ok(DemoSummary {
+        protocol: "splitbft",
+        app: "kv",
+        backend: format!("{:?}", opts.backend).to_lowercase(),
+        replicas: opts.replicas,
+        clients: opts.clients,
+        outstanding: opts.outstanding,
+        requests: opts.requests,
+        completed,
+        errors: errors.load(Ordering::Relaxed),
+        seconds,
+        throughput_ops_s: completed as f64 / seconds,
+        p50_us: latencies.value_at_quantile(0.5),
+        p99_us: latencies.value_at_quantile(0.99),
+        avg_batch: primary.broker_counter("requests_ordered") as f64 / batches as f64,
+        retransmissions,
+        rejected_inputs,
+    })
+}
+
+/// Counter names that record refused input (as opposed to work done).
+fn is_rejection(name: &str) -> bool {
+    ["malformed", "bad_", "unknown", "oversize", "unexpected", "wrong"].iter().any(|p| name.contains(p))
+}
+
+/// Human-readable summary.
+pub fn print_summary(s: &DemoSummary) {
+    println!("splitbft demo: {} replicas ({} backend), kv store", s.replicas, s.backend);
+    println!("  workload     {} clients x {} outstanding, {} requests", s.clients, s.outstanding, s.requests);
+    println!("  completed    {} ({} errors) in {:.2} s", s.completed, s.errors, s.seconds);
+    println!("  throughput   {:.0} ops/s", s.throughput_ops_s);
+    println!("  latency      p50 {:.3} ms, p99 {:.3} ms", s.p50_us as f64 / 1000.0, s.p99_us as f64 / 1000.0);
+    println!("  batching     {:.1} requests per batch at the primary", s.avg_batch);
+    println!("  retransmits  {}, rejected inputs {}", s.retransmissions, s.rejected_inputs);
+}
+
+/// Whether progress should be drawn (stderr is a terminal).
+pub fn stderr_is_terminal() -> bool {
+    std::io::stderr().is_terminal()
+}
