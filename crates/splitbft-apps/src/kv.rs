@@ -186,19 +186,13 @@ fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, KvDecodeError> {
 mod pairs {
     use super::*;
 
-    pub(super) fn serialize<S: Serializer>(
-        pairs: &[(Vec<u8>, Vec<u8>)],
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(pairs: &[(Vec<u8>, Vec<u8>)], s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(pairs.iter().map(|(k, v)| (Bytes::new(k), Bytes::new(v))))
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Pairs, D::Error> {
         let raw = Vec::<(ByteBuf, ByteBuf)>::deserialize(d)?;
-        Ok(raw
-            .into_iter()
-            .map(|(k, v)| (k.into_vec(), v.into_vec()))
-            .collect())
+        Ok(raw.into_iter().map(|(k, v)| (k.into_vec(), v.into_vec())).collect())
     }
 }
 
@@ -218,10 +212,7 @@ struct SnapshotOwned {
     entries: Pairs,
 }
 
-fn serialize_map<S: Serializer>(
-    map: &&BTreeMap<Vec<u8>, Vec<u8>>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
+fn serialize_map<S: Serializer>(map: &&BTreeMap<Vec<u8>, Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(map.iter().map(|(k, v)| (Bytes::new(k), Bytes::new(v))))
 }
 
@@ -280,25 +271,18 @@ impl KvStore {
                 check_key(&key)?;
                 check_value(&value)?;
                 self.check_room_for(&key)?;
-                KvResult::Stored {
-                    previous: self.entries.insert(key, value),
-                }
+                KvResult::Stored { previous: self.entries.insert(key, value) }
             }
             KvOp::Delete { key } => {
                 check_key(&key)?;
-                KvResult::Deleted {
-                    previous: self.entries.remove(&key),
-                }
+                KvResult::Deleted { previous: self.entries.remove(&key) }
             }
             KvOp::Cas { key, expected, new } => {
                 check_key(&key)?;
                 new.as_deref().map_or(Ok(()), check_value)?;
                 let current = self.entries.get(&key);
                 if current != expected.as_ref() {
-                    return Ok(KvResult::Cas {
-                        swapped: false,
-                        current: current.cloned(),
-                    });
+                    return Ok(KvResult::Cas { swapped: false, current: current.cloned() });
                 }
                 match &new {
                     Some(value) => {
@@ -309,10 +293,7 @@ impl KvStore {
                         self.entries.remove(&key);
                     }
                 }
-                KvResult::Cas {
-                    swapped: true,
-                    current: new,
-                }
+                KvResult::Cas { swapped: true, current: new }
             }
             KvOp::Scan { prefix, limit } => {
                 check_key(&prefix)?;
@@ -336,9 +317,7 @@ impl KvStore {
     /// Refuses to insert `key` if it is new and the store is full.
     fn check_room_for(&self, key: &[u8]) -> Result<(), KvError> {
         if self.entries.len() >= MAX_KEYS && !self.entries.contains_key(key) {
-            return Err(KvError::TooManyKeys {
-                max: MAX_KEYS as u64,
-            });
+            return Err(KvError::TooManyKeys { max: MAX_KEYS as u64 });
         }
         Ok(())
     }
@@ -351,16 +330,11 @@ fn decode_snapshot(bytes: &[u8]) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, String> {
         return Err(format!("unsupported snapshot version {}", snapshot.version));
     }
     if snapshot.entries.len() > MAX_KEYS {
-        return Err(format!(
-            "{} entries exceed the maximum of {MAX_KEYS}",
-            snapshot.entries.len()
-        ));
+        return Err(format!("{} entries exceed the maximum of {MAX_KEYS}", snapshot.entries.len()));
     }
     let mut previous: Option<&[u8]> = None;
     for (i, (key, value)) in snapshot.entries.iter().enumerate() {
-        check_key(key)
-            .and_then(|()| check_value(value))
-            .map_err(|e| format!("entry {i}: {e}"))?;
+        check_key(key).and_then(|()| check_value(value)).map_err(|e| format!("entry {i}: {e}"))?;
         if previous.is_some_and(|p| p >= key.as_slice()) {
             return Err(format!("entry {i}: keys not strictly increasing"));
         }
@@ -379,10 +353,7 @@ impl Application for KvStore {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        let snapshot = SnapshotRef {
-            version: SNAPSHOT_VERSION,
-            entries: &self.entries,
-        };
+        let snapshot = SnapshotRef { version: SNAPSHOT_VERSION, entries: &self.entries };
         postcard::to_allocvec(&snapshot).expect("serialising a snapshot into a Vec cannot fail")
     }
 
@@ -410,37 +381,22 @@ mod tests {
         KvOp::Get { key: v(key) }
     }
     fn put(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> KvOp {
-        KvOp::Put {
-            key: v(key),
-            value: v(value),
-        }
+        KvOp::Put { key: v(key), value: v(value) }
     }
     fn del(key: impl AsRef<[u8]>) -> KvOp {
         KvOp::Delete { key: v(key) }
     }
     fn cas(key: &str, expected: Option<&str>, new: Option<&str>) -> KvOp {
-        KvOp::Cas {
-            key: v(key),
-            expected: o(expected),
-            new: o(new),
-        }
+        KvOp::Cas { key: v(key), expected: o(expected), new: o(new) }
     }
     fn scan(prefix: impl AsRef<[u8]>, limit: u32) -> KvOp {
-        KvOp::Scan {
-            prefix: v(prefix),
-            limit,
-        }
+        KvOp::Scan { prefix: v(prefix), limit }
     }
     fn stored(previous: Option<&str>) -> KvResult {
-        KvResult::Stored {
-            previous: o(previous),
-        }
+        KvResult::Stored { previous: o(previous) }
     }
     fn swapped(swapped: bool, current: Option<&str>) -> KvResult {
-        KvResult::Cas {
-            swapped,
-            current: o(current),
-        }
+        KvResult::Cas { swapped, current: o(current) }
     }
 
     /// Runs `op` through the byte interface, as an Execution enclave does.
@@ -449,13 +405,8 @@ mod tests {
     }
 
     fn scan_keys(store: &mut KvStore, prefix: &str, limit: u32) -> Vec<String> {
-        let KvResult::Entries(entries) = run(store, scan(prefix, limit)) else {
-            panic!()
-        };
-        entries
-            .into_iter()
-            .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
-            .collect()
+        let KvResult::Entries(entries) = run(store, scan(prefix, limit)) else { panic!() };
+        entries.into_iter().map(|(k, _)| String::from_utf8_lossy(&k).into_owned()).collect()
     }
 
     #[test]
@@ -466,9 +417,7 @@ mod tests {
         assert_eq!(run(&mut s, put("k", "2")), stored(Some("1")));
         assert_eq!(run(&mut s, get("k")), KvResult::Value(o(Some("2"))));
         assert_eq!(s.len(), 1);
-        let deleted = |previous| KvResult::Deleted {
-            previous: o(previous),
-        };
+        let deleted = |previous| KvResult::Deleted { previous: o(previous) };
         assert_eq!(run(&mut s, del("k")), deleted(Some("2")));
         assert_eq!(run(&mut s, del("k")), deleted(None));
         assert!(s.is_empty());
@@ -478,37 +427,13 @@ mod tests {
     fn cas_semantics() {
         let mut s = KvStore::new();
         let mut check = |op, expected, why| assert_eq!(run(&mut s, op), expected, "{why}");
-        check(
-            cas("k", Some("x"), Some("1")),
-            swapped(false, None),
-            "absent, expected a value",
-        );
-        check(
-            cas("k", None, Some("1")),
-            swapped(true, Some("1")),
-            "insert if absent",
-        );
-        check(
-            cas("k", None, Some("2")),
-            swapped(false, Some("1")),
-            "present, expected absent",
-        );
-        check(
-            cas("k", Some("0"), Some("2")),
-            swapped(false, Some("1")),
-            "wrong value",
-        );
-        check(
-            cas("k", Some("1"), Some("2")),
-            swapped(true, Some("2")),
-            "swap",
-        );
+        check(cas("k", Some("x"), Some("1")), swapped(false, None), "absent, expected a value");
+        check(cas("k", None, Some("1")), swapped(true, Some("1")), "insert if absent");
+        check(cas("k", None, Some("2")), swapped(false, Some("1")), "present, expected absent");
+        check(cas("k", Some("0"), Some("2")), swapped(false, Some("1")), "wrong value");
+        check(cas("k", Some("1"), Some("2")), swapped(true, Some("2")), "swap");
         check(cas("k", Some("2"), None), swapped(true, None), "delete");
-        check(
-            cas("k", None, None),
-            swapped(true, None),
-            "absent stays absent",
-        );
+        check(cas("k", None, None), swapped(true, None), "absent stays absent");
         assert!(s.is_empty());
     }
 
@@ -521,14 +446,9 @@ mod tests {
         assert_eq!(scan_keys(&mut s, "a", 0), ["a", "aa", "ab", "abc", "ac"]);
         assert_eq!(scan_keys(&mut s, "a", 2), ["a", "aa"]);
         assert_eq!(scan_keys(&mut s, "ab", 10), ["ab", "abc"]);
-        assert_eq!(
-            scan_keys(&mut s, "", 0),
-            ["", "a", "aa", "ab", "abc", "ac", "b"]
-        );
+        assert_eq!(scan_keys(&mut s, "", 0), ["", "a", "aa", "ab", "abc", "ac", "b"]);
         assert!(scan_keys(&mut s, "c", 0).is_empty());
-        let KvResult::Entries(entries) = run(&mut s, scan("ab", 1)) else {
-            panic!()
-        };
+        let KvResult::Entries(entries) = run(&mut s, scan("ab", 1)) else { panic!() };
         assert_eq!(entries, [(v("ab"), v("ab"))]);
     }
 
@@ -539,18 +459,8 @@ mod tests {
             s.apply(put(i.to_be_bytes(), ""));
         }
         let max = MAX_SCAN_ENTRIES as u32;
-        for (limit, len) in [
-            (0, max),
-            (max - 1, max - 1),
-            (max, max),
-            (max + 1, max),
-            (u32::MAX, max),
-        ] {
-            assert_eq!(
-                scan_keys(&mut s, "", limit).len(),
-                len as usize,
-                "limit {limit}"
-            );
+        for (limit, len) in [(0, max), (max - 1, max - 1), (max, max), (max + 1, max), (u32::MAX, max)] {
+            assert_eq!(scan_keys(&mut s, "", limit).len(), len as usize, "limit {limit}");
         }
     }
 
@@ -568,10 +478,7 @@ mod tests {
             assert_eq!(result, KvResult::Error(KvError::MalformedOp), "{bad:?}");
             assert_eq!(s.digest(), digest);
         }
-        assert_eq!(
-            KvOp::decode(&trailing),
-            Err(KvDecodeError::TrailingBytes(1))
-        );
+        assert_eq!(KvOp::decode(&trailing), Err(KvDecodeError::TrailingBytes(1)));
     }
 
     #[test]
@@ -581,33 +488,16 @@ mod tests {
         assert_eq!(run(&mut s, put(&key, &value)), stored(None));
         let digest = s.digest();
         let (max_key, max_value) = (MAX_KEY_BYTES as u64, MAX_VALUE_BYTES as u64);
-        let key_err = KvResult::Error(KvError::KeyTooLarge {
-            len: max_key + 1,
-            max: max_key,
-        });
-        let value_err = KvResult::Error(KvError::ValueTooLarge {
-            len: max_value + 1,
-            max: max_value,
-        });
+        let key_err = KvResult::Error(KvError::KeyTooLarge { len: max_key + 1, max: max_key });
+        let value_err = KvResult::Error(KvError::ValueTooLarge { len: max_value + 1, max: max_value });
         let (long_key, long_value) = (vec![7; MAX_KEY_BYTES + 1], vec![8; MAX_VALUE_BYTES + 1]);
-        let long_cas = KvOp::Cas {
-            key: key.clone(),
-            expected: Some(value),
-            new: Some(v(&long_value)),
-        };
+        let long_cas = KvOp::Cas { key: key.clone(), expected: Some(value), new: Some(v(&long_value)) };
         for (op, expected) in [
             (put(&long_key, ""), &key_err),
             (get(&long_key), &key_err),
             (del(&long_key), &key_err),
             (scan(&long_key, 0), &key_err),
-            (
-                KvOp::Cas {
-                    key: long_key,
-                    expected: None,
-                    new: None,
-                },
-                &key_err,
-            ),
+            (KvOp::Cas { key: long_key, expected: None, new: None }, &key_err),
             (put(&key, &long_value), &value_err),
             (long_cas, &value_err),
         ] {
@@ -619,14 +509,10 @@ mod tests {
     #[test]
     fn key_count_at_and_past_the_bound() {
         let mut s = KvStore::new();
-        s.entries = (0..MAX_KEYS as u32 - 1)
-            .map(|i| (v(i.to_be_bytes()), vec![]))
-            .collect();
+        s.entries = (0..MAX_KEYS as u32 - 1).map(|i| (v(i.to_be_bytes()), vec![])).collect();
         assert_eq!(run(&mut s, put("last", "")), stored(None));
         assert_eq!(s.len(), MAX_KEYS);
-        let full = KvResult::Error(KvError::TooManyKeys {
-            max: MAX_KEYS as u64,
-        });
+        let full = KvResult::Error(KvError::TooManyKeys { max: MAX_KEYS as u64 });
         assert_eq!(run(&mut s, put("one more", "")), full);
         assert_eq!(run(&mut s, cas("new", None, Some(""))), full);
         assert_eq!(run(&mut s, put("last", "again")), stored(Some("")));
@@ -681,9 +567,7 @@ mod tests {
             assert_eq!(s.digest(), digest, "{err}");
         }
         let mut other = KvStore::new();
-        other
-            .restore(&encode(1, &[(b"a", b"1"), (b"b", b"2")]))
-            .unwrap();
+        other.restore(&encode(1, &[(b"a", b"1"), (b"b", b"2")])).unwrap();
         assert_eq!(other, s);
     }
 }

@@ -6,6 +6,5 @@
 pub mod kv;
 
 pub use kv::{
-    KvDecodeError, KvError, KvOp, KvResult, KvStore, MAX_KEY_BYTES, MAX_KEYS, MAX_SCAN_ENTRIES,
-    MAX_VALUE_BYTES,
+    KvDecodeError, KvError, KvOp, KvResult, KvStore, MAX_KEY_BYTES, MAX_KEYS, MAX_SCAN_ENTRIES, MAX_VALUE_BYTES,
 };

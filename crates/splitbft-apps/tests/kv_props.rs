@@ -14,14 +14,12 @@ fn op() -> impl Strategy<Value = KvOp> {
         bytes().prop_map(|key| KvOp::Get { key }),
         (bytes(), bytes()).prop_map(|(key, value)| KvOp::Put { key, value }),
         bytes().prop_map(|key| KvOp::Delete { key }),
-        (
-            bytes(),
-            prop::option::of(bytes()),
-            prop::option::of(bytes())
-        )
-            .prop_map(|(key, expected, new)| KvOp::Cas { key, expected, new }),
-        (bytes(), prop_oneof![0..5u32, any::<u32>()])
-            .prop_map(|(prefix, limit)| KvOp::Scan { prefix, limit }),
+        (bytes(), prop::option::of(bytes()), prop::option::of(bytes())).prop_map(|(key, expected, new)| KvOp::Cas {
+            key,
+            expected,
+            new
+        }),
+        (bytes(), prop_oneof![0..5u32, any::<u32>()]).prop_map(|(prefix, limit)| KvOp::Scan { prefix, limit }),
     ]
 }
 

@@ -38,9 +38,7 @@ pub(crate) struct Established {
 }
 
 fn codec(max_frame_bytes: usize) -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .max_frame_length(max_frame_bytes)
-        .new_codec()
+    LengthDelimitedCodec::builder().max_frame_length(max_frame_bytes).new_codec()
 }
 
 /// Connects to `addr` and introduces the client, all within [`CONNECT_TIMEOUT`].
@@ -51,18 +49,13 @@ pub(crate) async fn establish(shared: &Shared, addr: SocketAddr) -> std::io::Res
         stream.set_nodelay(true)?;
         let (read, write) = stream.into_split();
         let mut writer = FramedWrite::new(write, codec(shared.max_frame_bytes));
-        writer
-            .send(Bytes::from(Hello::Client(shared.id).encode()))
-            .await?;
+        writer.send(Bytes::from(Hello::Client(shared.id).encode())).await?;
         let reader = FramedRead::new(read, codec(shared.max_frame_bytes));
         Ok(Established { reader, writer })
     };
     match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
         Ok(result) => result,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "connect timed out",
-        )),
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
     }
 }
 
@@ -115,11 +108,7 @@ pub(crate) async fn run_connection(
         };
         backoff = RECONNECT_MIN;
         let Established { reader, mut writer } = connection;
-        let mut reader = AbortOnDrop(tokio::spawn(read_loop(
-            Arc::clone(&shared),
-            replica,
-            reader,
-        )));
+        let mut reader = AbortOnDrop(tokio::spawn(read_loop(Arc::clone(&shared), replica, reader)));
         shared.connected[replica].store(true, Ordering::Release);
         if reconnected {
             bump(&shared.counters.connections);
@@ -188,11 +177,7 @@ async fn discard_for(shared: &Shared, queue: &mut mpsc::Receiver<Bytes>, pause: 
 }
 
 /// The reader task of one connection: every frame is untrusted bytes to check and count.
-async fn read_loop(
-    shared: Arc<Shared>,
-    replica: usize,
-    mut reader: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
-) {
+async fn read_loop(shared: Arc<Shared>, replica: usize, mut reader: FramedRead<OwnedReadHalf, LengthDelimitedCodec>) {
     while let Some(frame) = reader.next().await {
         match frame {
             Ok(frame) => shared.on_frame(&frame),

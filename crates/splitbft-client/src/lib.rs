@@ -228,10 +228,7 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client")
-            .field("id", &self.inner.shared.id)
-            .field("view", &self.view())
-            .finish_non_exhaustive()
+        f.debug_struct("Client").field("id", &self.inner.shared.id).field("view", &self.view()).finish_non_exhaustive()
     }
 }
 
@@ -248,21 +245,16 @@ impl Client {
         let keyring = protocol.validate()?;
         let n = protocol.n();
         if addresses.len() != n {
-            return Err(
-                ConfigError::InvalidParameter("need exactly one address per replica").into(),
-            );
+            return Err(ConfigError::InvalidParameter("need exactly one address per replica").into());
         }
         if keyring.client(id) != Some(&secret.public()) {
-            return Err(ConfigError::InvalidKey(format!(
-                "{id}: not configured, or the secret key does not match"
-            ))
-            .into());
+            return Err(
+                ConfigError::InvalidKey(format!("{id}: not configured, or the secret key does not match")).into()
+            );
         }
         let window = usize::try_from(protocol.client_window).unwrap_or(usize::MAX);
         if options.outstanding == 0 || options.outstanding > window {
-            return Err(
-                ConfigError::InvalidParameter("outstanding must be in 1..=client_window").into(),
-            );
+            return Err(ConfigError::InvalidParameter("outstanding must be in 1..=client_window").into());
         }
         if options.retransmit_timeout.is_zero() || options.request_timeout.is_zero() {
             return Err(ConfigError::InvalidParameter("timeouts must be positive").into());
@@ -297,11 +289,7 @@ impl Client {
             }
         }
         if reachable < shared.config.weak_quorum() {
-            warn!(
-                reachable,
-                needed = shared.config.weak_quorum(),
-                "too few replicas reachable"
-            );
+            warn!(reachable, needed = shared.config.weak_quorum(), "too few replicas reachable");
             return Err(ClientError::NoReplicaReachable);
         }
 
@@ -313,22 +301,14 @@ impl Client {
             if established.is_some() {
                 shared.connected[replica].store(true, Ordering::Release);
             }
-            let task = conn::run_connection(
-                Arc::clone(&shared),
-                replica,
-                addresses[replica],
-                rx,
-                established,
-            );
+            let task = conn::run_connection(Arc::clone(&shared), replica, addresses[replica], rx, established);
             tasks.push(tokio::spawn(task).abort_handle());
             senders.push(tx);
         }
 
         // Start from the wall clock so a restarted client with the same id never reuses a
         // timestamp the replicas have already seen.
-        let now_micros = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros());
+        let now_micros = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
         let first_timestamp = u64::try_from(now_micros).unwrap_or(u64::MAX / 2).max(1);
 
         Ok(Client {
@@ -351,16 +331,9 @@ impl Client {
         let shared = &*inner.shared;
         let max_op = shared.config.max_op_bytes as usize;
         if op.len() > max_op {
-            return Err(ClientError::OpTooLarge {
-                len: op.len(),
-                max: max_op,
-            });
+            return Err(ClientError::OpTooLarge { len: op.len(), max: max_op });
         }
-        let _permit = inner
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| ClientError::Closed)?;
+        let _permit = inner.permits.acquire().await.map_err(|_| ClientError::Closed)?;
 
         let timestamp = inner.next_timestamp.fetch_add(1, Ordering::Relaxed);
         let request = shared.keys.request(timestamp, op);
@@ -375,10 +348,7 @@ impl Client {
         }
 
         let (done, mut outcome) = oneshot::channel::<Outcome>();
-        shared
-            .pending()
-            .insert(timestamp, done)
-            .map_err(|_| ClientError::Closed)?;
+        shared.pending().insert(timestamp, done).map_err(|_| ClientError::Closed)?;
         let _guard = PendingGuard { shared, timestamp };
         bump(&shared.counters.requests_sent);
 
@@ -410,8 +380,7 @@ impl Client {
                     trace!(timestamp, ?retransmit, "retransmitting to all replicas");
                     bump(&shared.counters.retransmissions);
                     inner.send_to_all(&frame);
-                    retransmit = (retransmit * 2)
-                        .min(MAX_RETRANSMIT_TIMEOUT.max(inner.options.retransmit_timeout));
+                    retransmit = (retransmit * 2).min(MAX_RETRANSMIT_TIMEOUT.max(inner.options.retransmit_timeout));
                 }
             }
         }

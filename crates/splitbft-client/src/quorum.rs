@@ -67,32 +67,16 @@ pub(crate) struct TableClosed;
 impl PendingTable {
     /// An empty table for `n` replicas that decides on `weak_quorum` matching replies.
     pub(crate) fn new(n: usize, weak_quorum: usize) -> Self {
-        assert!(
-            weak_quorum >= 1 && weak_quorum <= n,
-            "weak quorum {weak_quorum} out of 1..={n}"
-        );
-        PendingTable {
-            n,
-            weak_quorum,
-            closed: false,
-            map: HashMap::new(),
-        }
+        assert!(weak_quorum >= 1 && weak_quorum <= n, "weak quorum {weak_quorum} out of 1..={n}");
+        PendingTable { n, weak_quorum, closed: false, map: HashMap::new() }
     }
 
     /// Registers a request; its outcome is sent on `done`.
-    pub(crate) fn insert(
-        &mut self,
-        timestamp: Timestamp,
-        done: oneshot::Sender<Outcome>,
-    ) -> Result<(), TableClosed> {
+    pub(crate) fn insert(&mut self, timestamp: Timestamp, done: oneshot::Sender<Outcome>) -> Result<(), TableClosed> {
         if self.closed {
             return Err(TableClosed);
         }
-        let pending = Pending {
-            seen: vec![false; self.n],
-            votes: Vec::new(),
-            done,
-        };
+        let pending = Pending { seen: vec![false; self.n], votes: Vec::new(), done };
         let previous = self.map.insert(timestamp, pending);
         assert!(previous.is_none(), "timestamp {timestamp} issued twice");
         Ok(())
@@ -119,10 +103,7 @@ impl PendingTable {
     /// is below `n`, and the MAC.
     pub(crate) fn on_reply(&mut self, reply: Reply) -> Verdict {
         let replica = reply.replica.0 as usize;
-        assert!(
-            replica < self.n,
-            "caller must range-check the replica index"
-        );
+        assert!(replica < self.n, "caller must range-check the replica index");
         let Some(pending) = self.map.get_mut(&reply.timestamp) else {
             return Verdict::UnknownTimestamp;
         };
@@ -133,11 +114,7 @@ impl PendingTable {
         let index = match pending.votes.iter().position(|v| v.result == reply.result) {
             Some(index) => index,
             None => {
-                pending.votes.push(Vote {
-                    result: reply.result,
-                    replicas: 0,
-                    min_view: reply.view,
-                });
+                pending.votes.push(Vote { result: reply.result, replicas: 0, min_view: reply.view });
                 pending.votes.len() - 1
             }
         };
@@ -151,13 +128,7 @@ impl PendingTable {
             unreachable!("entry was just borrowed");
         };
         let vote = pending.votes.swap_remove(index);
-        Verdict::Completed(
-            pending.done,
-            Outcome {
-                result: vote.result,
-                view: vote.min_view,
-            },
-        )
+        Verdict::Completed(pending.done, Outcome { result: vote.result, view: vote.min_view })
     }
 }
 
@@ -183,22 +154,10 @@ mod tests {
         let mut table = PendingTable::new(4, 2);
         let (tx, _rx) = oneshot::channel();
         table.insert(7, tx).expect("open");
-        assert!(matches!(
-            table.on_reply(reply(7, 0, 3, b"a")),
-            Verdict::Counted
-        ));
-        assert!(matches!(
-            table.on_reply(reply(7, 0, 3, b"a")),
-            Verdict::Duplicate
-        ));
-        assert!(matches!(
-            table.on_reply(reply(7, 1, 9, b"b")),
-            Verdict::Counted
-        ));
-        assert!(matches!(
-            table.on_reply(reply(7, 2, 9, b"c")),
-            Verdict::Counted
-        ));
+        assert!(matches!(table.on_reply(reply(7, 0, 3, b"a")), Verdict::Counted));
+        assert!(matches!(table.on_reply(reply(7, 0, 3, b"a")), Verdict::Duplicate));
+        assert!(matches!(table.on_reply(reply(7, 1, 9, b"b")), Verdict::Counted));
+        assert!(matches!(table.on_reply(reply(7, 2, 9, b"c")), Verdict::Counted));
         match table.on_reply(reply(7, 3, 5, b"a")) {
             Verdict::Completed(_, outcome) => {
                 assert_eq!(outcome.result, b"a");
@@ -207,10 +166,7 @@ mod tests {
             other => panic!("expected completion, got {other:?}"),
         }
         assert_eq!(table.len(), 0);
-        assert!(matches!(
-            table.on_reply(reply(7, 1, 0, b"a")),
-            Verdict::UnknownTimestamp
-        ));
+        assert!(matches!(table.on_reply(reply(7, 1, 0, b"a")), Verdict::UnknownTimestamp));
     }
 
     #[test]

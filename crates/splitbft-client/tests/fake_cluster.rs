@@ -5,10 +5,7 @@
 //! "Ordering" is faked by a sequencer: a request that reaches any non-silent fake is
 //! executed once, after `exec_delay`, and every fake then answers it according to its mode.
 
-#![allow(
-    clippy::unwrap_used,
-    reason = "test harness helpers: a failed setup step aborts the test"
-)]
+#![allow(clippy::unwrap_used, reason = "test harness helpers: a failed setup step aborts the test")]
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -60,25 +57,15 @@ struct Spec {
 }
 
 fn spec(mode: Mode) -> Spec {
-    Spec {
-        mode,
-        delay: Duration::ZERO,
-        down: false,
-    }
+    Spec { mode, delay: Duration::ZERO, down: false }
 }
 
 fn late(mode: Mode, millis: u64) -> Spec {
-    Spec {
-        delay: Duration::from_millis(millis),
-        ..spec(mode)
-    }
+    Spec { delay: Duration::from_millis(millis), ..spec(mode) }
 }
 
 fn down() -> Spec {
-    Spec {
-        down: true,
-        ..spec(Mode::Silent)
-    }
+    Spec { down: true, ..spec(Mode::Silent) }
 }
 
 fn honest_result(op: &[u8]) -> Vec<u8> {
@@ -148,24 +135,14 @@ impl Cluster {
         let secrets = ClusterSecrets::deterministic(CLUSTER, 1, 1, 7);
         let client_pk = secrets.clients[0].public();
         let (executed, _) = broadcast::channel(1024);
-        let sequencer = Arc::new(Sequencer {
-            view,
-            exec_delay,
-            ordered: Mutex::default(),
-            in_flight: Mutex::default(),
-            executed,
-        });
+        let sequencer =
+            Arc::new(Sequencer { view, exec_delay, ordered: Mutex::default(), in_flight: Mutex::default(), executed });
         let mut addrs = Vec::new();
         let mut fakes = Vec::new();
         for (i, spec) in specs.into_iter().enumerate() {
             let key = |kind| {
-                let enclave = EnclaveId {
-                    replica: ReplicaId(i as u32),
-                    kind,
-                };
-                secrets
-                    .enclave(enclave.replica, kind)
-                    .mac_key(&client_pk, CLUSTER, CLIENT, enclave)
+                let enclave = EnclaveId { replica: ReplicaId(i as u32), kind };
+                secrets.enclave(enclave.replica, kind).mac_key(&client_pk, CLUSTER, CLIENT, enclave)
             };
             let fake = Arc::new(Fake {
                 index: i as u32,
@@ -187,12 +164,7 @@ impl Cluster {
             addrs.push(addr);
             fakes.push(fake);
         }
-        Cluster {
-            secrets,
-            addrs,
-            fakes,
-            sequencer,
-        }
+        Cluster { secrets, addrs, fakes, sequencer }
     }
 
     /// Brings up a replica that was down, at its configured address.
@@ -208,11 +180,7 @@ impl Cluster {
             bad_request_macs: AtomicU64::new(0),
             hellos: AtomicU64::new(0),
         });
-        tokio::spawn(serve(
-            listener,
-            Arc::clone(&fake),
-            Arc::clone(&self.sequencer),
-        ));
+        tokio::spawn(serve(listener, Arc::clone(&fake), Arc::clone(&self.sequencer)));
         fake
     }
 
@@ -227,14 +195,7 @@ impl Cluster {
 
     async fn try_client(&self, options: ClientOptions) -> Result<Client, ClientError> {
         let secret = SecretKey::from_seed(self.secrets.clients[0].seed());
-        Client::connect(
-            self.secrets.config.clone(),
-            self.addrs.clone(),
-            CLIENT,
-            secret,
-            options,
-        )
-        .await
+        Client::connect(self.secrets.config.clone(), self.addrs.clone(), CLIENT, secret, options).await
     }
 
     fn received(&self, index: usize) -> Vec<Timestamp> {
@@ -243,12 +204,7 @@ impl Cluster {
 
     fn assert_request_macs_valid(&self) {
         for fake in &self.fakes {
-            assert_eq!(
-                fake.bad_request_macs.load(Ordering::SeqCst),
-                0,
-                "replica {} saw a bad request MAC",
-                fake.index
-            );
+            assert_eq!(fake.bad_request_macs.load(Ordering::SeqCst), 0, "replica {} saw a bad request MAC", fake.index);
         }
     }
 }
@@ -256,10 +212,7 @@ impl Cluster {
 async fn wait_until(mut condition: impl FnMut() -> bool) {
     let give_up = tokio::time::Instant::now() + Duration::from_secs(3);
     while !condition() {
-        assert!(
-            tokio::time::Instant::now() < give_up,
-            "condition not reached in time"
-        );
+        assert!(tokio::time::Instant::now() < give_up, "condition not reached in time");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -319,9 +272,10 @@ async fn handle(stream: TcpStream, fake: Arc<Fake>, sequencer: Arc<Sequencer>) {
             fake.bad_request_macs.fetch_add(1, Ordering::SeqCst);
             continue;
         };
-        let mac_ok = request.auth.get(fake.index as usize).is_some_and(|mac| {
-            verify_request_mac(&fake.request_key, CLUSTER, &request, mac).is_ok()
-        });
+        let mac_ok = request
+            .auth
+            .get(fake.index as usize)
+            .is_some_and(|mac| verify_request_mac(&fake.request_key, CLUSTER, &request, mac).is_ok());
         if !mac_ok || request.client != CLIENT {
             fake.bad_request_macs.fetch_add(1, Ordering::SeqCst);
             continue;
@@ -333,12 +287,7 @@ async fn handle(stream: TcpStream, fake: Arc<Fake>, sequencer: Arc<Sequencer>) {
     }
 }
 
-fn reply_frame(
-    fake: &Fake,
-    request: &Request,
-    view: u64,
-    edit: impl FnOnce(&mut Reply),
-) -> Vec<u8> {
+fn reply_frame(fake: &Fake, request: &Request, view: u64, edit: impl FnOnce(&mut Reply)) -> Vec<u8> {
     let mut reply = Reply {
         view,
         client: request.client,
@@ -358,21 +307,14 @@ fn replies(fake: &Fake, request: &Request, view: u64) -> Vec<Vec<u8>> {
         Mode::Honest => vec![honest],
         Mode::Silent => vec![],
         // Each wrong replica lies differently: two identical lies would be f + 1 = 2 faults.
-        Mode::Wrong => vec![reply_frame(fake, request, view, |r| {
-            r.result = vec![b'!', fake.index as u8]
-        })],
+        Mode::Wrong => vec![reply_frame(fake, request, view, |r| r.result = vec![b'!', fake.index as u8])],
         Mode::BadMac => {
-            let Ok(Message::Reply(mut reply)) = decode_message(&honest) else {
-                unreachable!()
-            };
+            let Ok(Message::Reply(mut reply)) = decode_message(&honest) else { unreachable!() };
             reply.mac = Mac([7; 32]);
             vec![encode_message(&Message::Reply(reply))]
         }
         Mode::Forge(as_replica) => {
-            vec![
-                honest,
-                reply_frame(fake, request, view, |r| r.replica = ReplicaId(as_replica)),
-            ]
+            vec![honest, reply_frame(fake, request, view, |r| r.replica = ReplicaId(as_replica))]
         }
         Mode::Junk => vec![
             vec![0xff, 0, 1],
@@ -402,10 +344,7 @@ async fn assert_waits_then_completes(client: &Client, op: &[u8]) {
         tokio::spawn(async move { client.invoke(op).await })
     };
     tokio::time::sleep(Duration::from_millis(150)).await;
-    assert!(
-        !task.is_finished(),
-        "accepted a result without f + 1 matching authentic replies"
-    );
+    assert!(!task.is_finished(), "accepted a result without f + 1 matching authentic replies");
     assert_eq!(task.await.unwrap().unwrap(), honest_result(op));
 }
 
@@ -419,33 +358,19 @@ async fn accepts_f_plus_one_matching_replies_and_sends_to_primary_first() {
     }
     let at_primary = cluster.received(0);
     assert_eq!(at_primary.len(), 3);
-    assert!(
-        at_primary.windows(2).all(|w| w[0] < w[1]),
-        "timestamps strictly increase"
-    );
+    assert!(at_primary.windows(2).all(|w| w[0] < w[1]), "timestamps strictly increase");
     for backup in 1..4 {
-        assert!(
-            cluster.received(backup).is_empty(),
-            "backup {backup} got a request before any retransmission"
-        );
+        assert!(cluster.received(backup).is_empty(), "backup {backup} got a request before any retransmission");
     }
     let stats = client.stats();
-    assert_eq!(
-        (stats.requests_sent, stats.completed, stats.retransmissions),
-        (3, 3, 0)
-    );
+    assert_eq!((stats.requests_sent, stats.completed, stats.retransmissions), (3, 3, 0));
     assert_eq!(client.view(), 0);
     cluster.assert_request_macs_valid();
 }
 
 #[tokio::test]
 async fn one_matching_reply_against_two_conflicting_ones_is_not_enough() {
-    let specs = [
-        spec(Mode::Honest),
-        spec(Mode::Wrong),
-        spec(Mode::Wrong),
-        late(Mode::Honest, 400),
-    ];
+    let specs = [spec(Mode::Honest), spec(Mode::Wrong), spec(Mode::Wrong), late(Mode::Honest, 400)];
     let cluster = Cluster::start(specs, Duration::ZERO, 0).await;
     let client = cluster.client(options()).await;
     assert_waits_then_completes(&client, b"x").await;
@@ -454,12 +379,7 @@ async fn one_matching_reply_against_two_conflicting_ones_is_not_enough() {
 
 #[tokio::test]
 async fn replies_with_bad_macs_are_ignored_and_counted() {
-    let specs = [
-        spec(Mode::Honest),
-        spec(Mode::BadMac),
-        spec(Mode::BadMac),
-        late(Mode::Honest, 400),
-    ];
+    let specs = [spec(Mode::Honest), spec(Mode::BadMac), spec(Mode::BadMac), late(Mode::Honest, 400)];
     let cluster = Cluster::start(specs, Duration::ZERO, 0).await;
     let client = cluster.client(options()).await;
     assert_waits_then_completes(&client, b"y").await;
@@ -469,12 +389,7 @@ async fn replies_with_bad_macs_are_ignored_and_counted() {
 #[tokio::test]
 async fn a_reply_forged_for_another_replica_fails_its_mac_and_blocks_nothing() {
     // Replica 0's connection also claims to be replica 3; replica 3's real reply still counts.
-    let specs = [
-        spec(Mode::Forge(3)),
-        spec(Mode::Wrong),
-        spec(Mode::Wrong),
-        late(Mode::Honest, 400),
-    ];
+    let specs = [spec(Mode::Forge(3)), spec(Mode::Wrong), spec(Mode::Wrong), late(Mode::Honest, 400)];
     let cluster = Cluster::start(specs, Duration::ZERO, 0).await;
     let client = cluster.client(options()).await;
     assert_waits_then_completes(&client, b"z").await;
@@ -485,18 +400,10 @@ async fn a_reply_forged_for_another_replica_fails_its_mac_and_blocks_nothing() {
 
 #[tokio::test]
 async fn junk_from_a_replica_is_counted_by_reason() {
-    let specs = [
-        spec(Mode::Junk),
-        spec(Mode::Wrong),
-        spec(Mode::Wrong),
-        late(Mode::Honest, 300),
-    ];
+    let specs = [spec(Mode::Junk), spec(Mode::Wrong), spec(Mode::Wrong), late(Mode::Honest, 300)];
     let cluster = Cluster::start(specs, Duration::ZERO, 0).await;
     let client = cluster.client(options()).await;
-    assert_eq!(
-        client.invoke(b"j".to_vec()).await.unwrap(),
-        honest_result(b"j")
-    );
+    assert_eq!(client.invoke(b"j".to_vec()).await.unwrap(), honest_result(b"j"));
     // Replica 0's junk precedes its honest reply on the same connection, so it is all in.
     let stats = client.stats();
     assert_eq!(stats.rejected_undecodable, 2, "{stats:?}");
@@ -510,29 +417,14 @@ async fn junk_from_a_replica_is_counted_by_reason() {
 #[tokio::test]
 async fn retransmits_to_every_replica_when_the_primary_is_silent() {
     let honest = spec(Mode::Honest);
-    let cluster = Cluster::start(
-        [spec(Mode::Silent), honest, honest, honest],
-        Duration::ZERO,
-        0,
-    )
-    .await;
-    let options = ClientOptions {
-        retransmit_timeout: Duration::from_millis(100),
-        ..options()
-    };
+    let cluster = Cluster::start([spec(Mode::Silent), honest, honest, honest], Duration::ZERO, 0).await;
+    let options = ClientOptions { retransmit_timeout: Duration::from_millis(100), ..options() };
     let client = cluster.client(options).await;
-    assert_eq!(
-        client.invoke(b"r".to_vec()).await.unwrap(),
-        honest_result(b"r")
-    );
+    assert_eq!(client.invoke(b"r".to_vec()).await.unwrap(), honest_result(b"r"));
     let stats = client.stats();
     assert_eq!(stats.retransmissions, 1, "{stats:?}");
     let timestamp = cluster.received(0)[0];
-    assert_eq!(
-        cluster.received(0),
-        vec![timestamp, timestamp],
-        "same timestamp on retransmission"
-    );
+    assert_eq!(cluster.received(0), vec![timestamp, timestamp], "same timestamp on retransmission");
     for backup in 1..4 {
         assert_eq!(cluster.received(backup), vec![timestamp]);
     }
@@ -566,59 +458,29 @@ async fn works_with_the_primary_down_and_reconnects_when_it_returns() {
     assert!(client.stats().connection_errors >= 1);
     // The primary is known to be unreachable, so the request goes to everyone at once.
     let started = tokio::time::Instant::now();
-    assert_eq!(
-        client.invoke(b"d".to_vec()).await.unwrap(),
-        honest_result(b"d")
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "waited for a retransmission"
-    );
+    assert_eq!(client.invoke(b"d".to_vec()).await.unwrap(), honest_result(b"d"));
+    assert!(started.elapsed() < Duration::from_secs(1), "waited for a retransmission");
     assert_eq!(client.stats().retransmissions, 0);
 
     let revived = cluster.revive(0, Mode::Honest).await;
     wait_until(|| revived.hellos.load(Ordering::SeqCst) == 1).await;
     wait_until(|| client.stats().connections == 4).await;
-    assert_eq!(
-        client.invoke(b"e".to_vec()).await.unwrap(),
-        honest_result(b"e")
-    );
-    assert_eq!(
-        revived.received.lock().unwrap().len(),
-        1,
-        "the revived primary gets the request"
-    );
-    assert_eq!(
-        cluster.received(1).len(),
-        1,
-        "backups only got the first request"
-    );
+    assert_eq!(client.invoke(b"e".to_vec()).await.unwrap(), honest_result(b"e"));
+    assert_eq!(revived.received.lock().unwrap().len(), 1, "the revived primary gets the request");
+    assert_eq!(cluster.received(1).len(), 1, "backups only got the first request");
 }
 
 #[tokio::test]
 async fn connect_needs_f_plus_one_reachable_replicas() {
-    let cluster = Cluster::start(
-        [down(), down(), down(), spec(Mode::Honest)],
-        Duration::ZERO,
-        0,
-    )
-    .await;
-    assert!(matches!(
-        cluster.try_client(options()).await,
-        Err(ClientError::NoReplicaReachable)
-    ));
+    let cluster = Cluster::start([down(), down(), down(), spec(Mode::Honest)], Duration::ZERO, 0).await;
+    assert!(matches!(cluster.try_client(options()).await, Err(ClientError::NoReplicaReachable)));
 }
 
 #[tokio::test]
 async fn outstanding_limit_is_respected() {
     let honest = spec(Mode::Honest);
     let cluster = Cluster::start([honest; 4], Duration::from_millis(60), 0).await;
-    let client = cluster
-        .client(ClientOptions {
-            outstanding: 3,
-            ..options()
-        })
-        .await;
+    let client = cluster.client(ClientOptions { outstanding: 3, ..options() }).await;
     let tasks: Vec<_> = (0..10u8)
         .map(|i| {
             let client = client.clone();
@@ -632,11 +494,7 @@ async fn outstanding_limit_is_respected() {
     assert_eq!(cluster.sequencer.max_in_flight(), 3);
     let at_primary = cluster.received(0);
     assert_eq!(at_primary.len(), 10);
-    assert_eq!(
-        at_primary.iter().collect::<HashSet<_>>().len(),
-        10,
-        "distinct timestamps"
-    );
+    assert_eq!(at_primary.iter().collect::<HashSet<_>>().len(), 10, "distinct timestamps");
     cluster.assert_request_macs_valid();
 }
 
@@ -667,27 +525,15 @@ async fn oversized_ops_and_bad_options_are_refused() {
         other => panic!("expected OpTooLarge, got {other:?}"),
     }
     assert_eq!(client.stats().requests_sent, 0);
-    assert_eq!(
-        client.invoke(vec![0; max]).await.unwrap(),
-        honest_result(&vec![0; max])
-    );
+    assert_eq!(client.invoke(vec![0; max]).await.unwrap(), honest_result(&vec![0; max]));
     assert_eq!(cluster.received(0).len(), 1);
 
     let window = cluster.secrets.config.client_window as usize;
     for outstanding in [0, window + 1] {
-        let bad = ClientOptions {
-            outstanding,
-            ..options()
-        };
-        assert!(matches!(
-            cluster.try_client(bad).await,
-            Err(ClientError::Config(_))
-        ));
+        let bad = ClientOptions { outstanding, ..options() };
+        assert!(matches!(cluster.try_client(bad).await, Err(ClientError::Config(_))));
     }
-    let ok = ClientOptions {
-        outstanding: window,
-        ..options()
-    };
+    let ok = ClientOptions { outstanding: window, ..options() };
     assert!(cluster.try_client(ok).await.is_ok());
 }
 
@@ -704,8 +550,5 @@ async fn close_fails_waiting_and_later_requests() {
     let other = client.clone();
     client.close().await;
     assert!(matches!(waiting.await.unwrap(), Err(ClientError::Closed)));
-    assert!(matches!(
-        other.invoke(b"d".to_vec()).await,
-        Err(ClientError::Closed)
-    ));
+    assert!(matches!(other.invoke(b"d".to_vec()).await, Err(ClientError::Closed)));
 }

@@ -140,16 +140,18 @@ impl ClusterFile {
 
     /// Reads and validates `cluster.toml`.
     pub fn load(path: &Path) -> Result<Self, ClusterFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ClusterFileError::Io { path: path.to_owned(), source })?;
-        let file: ClusterFile =
-            toml::from_str(&text).map_err(|e| ClusterFileError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ClusterFileError::Io { path: path.to_owned(), source })?;
+        let file: ClusterFile = toml::from_str(&text)
+            .map_err(|e| ClusterFileError::Parse { path: path.to_owned(), message: e.to_string() })?;
         file.protocol(path)?;
         Ok(file)
     }
 
     /// Writes `cluster.toml`.
     pub fn save(&self, path: &Path) -> Result<(), ClusterFileError> {
-        let text = toml::to_string_pretty(self).map_err(|e| ClusterFileError::Invalid { path: path.to_owned(), message: e.to_string() })?;
+        let text = toml::to_string_pretty(self)
+            .map_err(|e| ClusterFileError::Invalid { path: path.to_owned(), message: e.to_string() })?;
         std::fs::write(path, text).map_err(|source| ClusterFileError::Io { path: path.to_owned(), source })
     }
 
@@ -225,7 +227,8 @@ pub fn write_key(path: &Path, key: &SecretKey) -> Result<(), ClusterFileError> {
 
 /// Reads a secret key file and checks it matches the expected public key.
 pub fn read_key(path: &Path, expected_public: &[u8; 32]) -> Result<SecretKey, ClusterFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ClusterFileError::Io { path: path.to_owned(), source })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ClusterFileError::Io { path: path.to_owned(), source })?;
     let key = SecretKey::from_seed(hex32(&text, "key", path)?);
     if &key.public().to_bytes() != expected_public {
         return Err(ClusterFileError::Invalid {

@@ -91,12 +91,19 @@ pub struct LocalTcpCluster {
 
 impl LocalTcpCluster {
     /// Starts `replicas` replicas on loopback ports chosen by the OS.
-    pub async fn start(replicas: usize, clients: usize, batch: u32, batch_timeout_ms: u64, backend: Backend) -> anyhow::Result<Self> {
+    pub async fn start(
+        replicas: usize,
+        clients: usize,
+        batch: u32,
+        batch_timeout_ms: u64,
+        backend: Backend,
+    ) -> anyhow::Result<Self> {
         if replicas < 4 || (replicas - 1) % 3 != 0 {
             bail!("--replicas must be 3f + 1 with f >= 1 (4, 7, 10, ...), got {replicas}");
         }
         let f = ((replicas - 1) / 3) as u32;
-        let mut secrets = ClusterSecrets::generate(u64::from_le_bytes(crate::os_seed()[..8].try_into()?), f, clients, crate::os_seed);
+        let mut secrets =
+            ClusterSecrets::generate(u64::from_le_bytes(crate::os_seed()[..8].try_into()?), f, clients, crate::os_seed);
         secrets.config.max_batch = batch.max(1);
         let mut listeners = Vec::new();
         for _ in 0..replicas {
@@ -117,7 +124,8 @@ impl LocalTcpCluster {
     /// Connects client `id`.
     pub async fn client(&self, id: usize, options: ClientOptions) -> anyhow::Result<Client> {
         let secret = SecretKey::from_seed(self.secrets.clients[id].seed());
-        Ok(Client::connect(self.secrets.config.clone(), self.addresses.clone(), ClientId(id as u32), secret, options).await?)
+        Ok(Client::connect(self.secrets.config.clone(), self.addresses.clone(), ClientId(id as u32), secret, options)
+            .await?)
     }
 
     /// Stops every replica and collects their reports.
@@ -135,7 +143,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     if opts.clients == 0 || opts.outstanding == 0 {
         bail!("--clients and --outstanding must be at least 1");
     }
-    let cluster = LocalTcpCluster::start(opts.replicas, opts.clients, opts.batch, opts.batch_timeout_ms, opts.backend).await?;
+    let cluster =
+        LocalTcpCluster::start(opts.replicas, opts.clients, opts.batch, opts.batch_timeout_ms, opts.backend).await?;
     let window = cluster.secrets.config.client_window as usize;
     if opts.outstanding > window {
         bail!("--outstanding {} exceeds the per-client window W = {window}", opts.outstanding);
@@ -151,7 +160,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         let client = Arc::new(cluster.client(c, options).await.with_context(|| format!("connecting client {c}"))?);
         clients.push(client.clone());
         for lane in 0..opts.outstanding {
-            let (client, issued, completed, errors) = (client.clone(), issued.clone(), completed.clone(), errors.clone());
+            let (client, issued, completed, errors) =
+                (client.clone(), issued.clone(), completed.clone(), errors.clone());
             let (total, payload) = (opts.requests, opts.payload);
             workers.push(tokio::spawn(async move {
                 let mut latencies = hdrhistogram::Histogram::<u64>::new(3).expect("3 significant figures is valid");
@@ -159,11 +169,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
                 while issued.fetch_add(1, Ordering::Relaxed) < total {
                     // Alternate PUT and GET of this lane's keys (1,000 keys per lane).
                     let key = format!("c{c}-l{lane}-k{}", (i / 2) % 1000).into_bytes();
-                    let op = if i % 2 == 0 {
-                        KvOp::Put { key, value: vec![b'v'; payload] }
-                    } else {
-                        KvOp::Get { key }
-                    };
+                    let op = if i % 2 == 0 { KvOp::Put { key, value: vec![b'v'; payload] } } else { KvOp::Get { key } };
                     i += 1;
                     let t0 = Instant::now();
                     let ok = match client.invoke(op.encode()).await {
@@ -185,7 +191,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let done = completed.load(Ordering::Relaxed);
                 let secs = started.elapsed().as_secs_f64();
-                let _ = write!(stderr, "\r  {done:>9}/{total} requests  {:>9.0} ops/s  {secs:>6.1} s", done as f64 / secs);
+                let _ =
+                    write!(stderr, "\r  {done:>9}/{total} requests  {:>9.0} ops/s  {secs:>6.1} s", done as f64 / secs);
                 let _ = stderr.flush();
             }
         })

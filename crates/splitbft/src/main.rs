@@ -16,7 +16,11 @@ use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::{ClientId, CompartmentKind, ReplicaId};
 
 #[derive(Parser)]
-#[command(name = "splitbft", version, about = "SplitBFT: PBFT with replicas split into Preparation, Confirmation and Execution compartments")]
+#[command(
+    name = "splitbft",
+    version,
+    about = "SplitBFT: PBFT with replicas split into Preparation, Confirmation and Execution compartments"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -177,7 +181,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-fn keygen(replicas: usize, clients: usize, out: &Path, host: IpAddr, base_port: u16, batch: u32, batch_timeout_ms: u64) -> anyhow::Result<()> {
+fn keygen(
+    replicas: usize,
+    clients: usize,
+    out: &Path,
+    host: IpAddr,
+    base_port: u16,
+    batch: u32,
+    batch_timeout_ms: u64,
+) -> anyhow::Result<()> {
     if replicas < 4 || (replicas - 1) % 3 != 0 {
         bail!("--replicas must be 3f + 1 with f >= 1 (4, 7, 10, ...), got {replicas}");
     }
@@ -207,7 +219,11 @@ fn keygen(replicas: usize, clients: usize, out: &Path, host: IpAddr, base_port: 
     }
     let path = out.join("cluster.toml");
     file.save(&path)?;
-    println!("wrote {} ({replicas} replicas, f = {f}, {clients} clients) and keys in {}", path.display(), out.join("keys").display());
+    println!(
+        "wrote {} ({replicas} replicas, f = {f}, {clients} clients) and keys in {}",
+        path.display(),
+        out.join("keys").display()
+    );
     Ok(())
 }
 
@@ -268,7 +284,8 @@ async fn client(config_path: &Path, client_id: u32, timeout_s: u64, op: ClientOp
         bail!("client id {client_id} is not in {} ({} clients)", config_path.display(), protocol.clients.len());
     };
     let secret = read_key(&client_key_path(&config_dir(config_path), id), public)?;
-    let options = ClientOptions { request_timeout: std::time::Duration::from_secs(timeout_s), ..ClientOptions::default() };
+    let options =
+        ClientOptions { request_timeout: std::time::Duration::from_secs(timeout_s), ..ClientOptions::default() };
     let client = Client::connect(protocol, file.addresses(), id, secret, options).await?;
     let op = match op {
         ClientOp::Put { key, value } => KvOp::Put { key: key.into_bytes(), value: value.into_bytes() },
@@ -276,12 +293,15 @@ async fn client(config_path: &Path, client_id: u32, timeout_s: u64, op: ClientOp
         ClientOp::Delete { key } => KvOp::Delete { key: key.into_bytes() },
         ClientOp::Scan { prefix, limit } => KvOp::Scan { prefix: prefix.into_bytes(), limit },
     };
-    let result = KvResult::decode(&client.invoke(op.encode()).await?).context("the cluster returned an undecodable result")?;
+    let result =
+        KvResult::decode(&client.invoke(op.encode()).await?).context("the cluster returned an undecodable result")?;
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     match result {
         KvResult::Value(Some(v)) => println!("{}", text(&v)),
         KvResult::Value(None) => bail!("key not found"),
-        KvResult::Stored { previous } => println!("OK{}", previous.map(|p| format!(" (was {})", text(&p))).unwrap_or_default()),
+        KvResult::Stored { previous } => {
+            println!("OK{}", previous.map(|p| format!(" (was {})", text(&p))).unwrap_or_default())
+        }
         KvResult::Deleted { previous: Some(p) } => println!("deleted (was {})", text(&p)),
         KvResult::Deleted { previous: None } => println!("deleted (was absent)"),
         KvResult::Cas { swapped, .. } => println!("{}", if swapped { "swapped" } else { "not swapped" }),

@@ -1,0 +1,126 @@
+//! The 4-process cluster a user runs: `keygen`, four `replica` processes, `client put`
+//! then `client get`; killing one backup leaves the cluster serving; SIGTERM stops a
+//! replica cleanly.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_splitbft");
+
+/// Four consecutive free loopback ports.
+fn free_base_port() -> u16 {
+    let seed = std::process::id() as u16;
+    for attempt in 0..200u16 {
+        let base = 20_000 + (seed.wrapping_mul(7).wrapping_add(attempt * 13)) % 30_000;
+        if (0..4).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no four consecutive free ports");
+}
+
+struct Replicas(Vec<Option<Child>>);
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        for child in self.0.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn client(config: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(["client", "--config"])
+        .arg(config)
+        .args(["--timeout-s", "20"])
+        .args(args)
+        .output()
+        .expect("client runs")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[cfg(unix)]
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill").args([sig, &child.id().to_string()]).status().expect("kill runs");
+    assert!(status.success());
+}
+
+#[cfg(unix)]
+#[test]
+fn four_processes_serve_survive_a_backup_crash_and_stop_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port();
+    let out = Command::new(BIN)
+        .args(["keygen", "--replicas", "4", "--clients", "2", "--base-port", &base.to_string(), "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "keygen failed: {}", String::from_utf8_lossy(&out.stderr));
+    let config = dir.path().join("cluster.toml");
+    assert!(config.exists());
+    assert!(dir.path().join("keys/replica-3-execution.key").exists());
+    assert!(dir.path().join("keys/client-1.key").exists());
+
+    let mut replicas = Replicas(
+        (0..4)
+            .map(|i| {
+                Some(
+                    Command::new(BIN)
+                        .args(["replica", "--config"])
+                        .arg(&config)
+                        .args(["--id", &i.to_string()])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::piped())
+                        .spawn()
+                        .unwrap(),
+                )
+            })
+            .collect(),
+    );
+
+    // The first request also waits for the replicas to come up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let put = loop {
+        let out = client(&config, &["put", "greeting", "hello-splitbft"]);
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(put.status.success(), "put failed: {}", String::from_utf8_lossy(&put.stderr));
+    assert_eq!(stdout(&put), "OK");
+    let get = client(&config, &["get", "greeting"]);
+    assert!(get.status.success(), "get failed: {}", String::from_utf8_lossy(&get.stderr));
+    assert_eq!(stdout(&get), "hello-splitbft");
+
+    // A missing key is a non-zero exit with a message.
+    let missing = client(&config, &["get", "nope"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
+
+    // Kill a backup (replica 3) hard: f = 1, the other three keep serving.
+    let mut backup = replicas.0[3].take().unwrap();
+    backup.kill().unwrap();
+    backup.wait().unwrap();
+    let put = client(&config, &["--client-id", "1", "put", "after-crash", "still-here"]);
+    assert!(put.status.success(), "put after crash failed: {}", String::from_utf8_lossy(&put.stderr));
+    let get = client(&config, &["get", "after-crash"]);
+    assert_eq!(stdout(&get), "still-here");
+    let scan = client(&config, &["scan", ""]);
+    assert_eq!(stdout(&scan), "after-crash\tstill-here\ngreeting\thello-splitbft");
+
+    // SIGTERM: each remaining replica exits 0.
+    for child in replicas.0.iter_mut().filter_map(Option::take) {
+        signal(&child, "-TERM");
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "replica did not exit cleanly: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("stopped"));
+    }
+}
