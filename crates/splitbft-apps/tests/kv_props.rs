@@ -1,5 +1,7 @@
 //! Property tests for the key-value store: codec round-trips and replica determinism.
 
+#![allow(clippy::unwrap_used)]
+
 use proptest::prelude::*;
 use splitbft_apps::{KvDecodeError, KvError, KvOp, KvResult, KvStore};
 use splitbft_types::{Application, Digest};

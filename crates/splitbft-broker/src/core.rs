@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 use splitbft_types::boundary::{Event, Input, Output, Stats};
-use splitbft_types::codec::{CodecError, decode_message, encode_message, from_bytes, to_bytes};
+use splitbft_types::codec::{CodecError, body_offset, decode_message, encode_message, from_bytes, to_bytes};
 use splitbft_types::counters::Counters;
 use splitbft_types::msg::{Message, Request};
 use splitbft_types::{ClientId, CompartmentKind, ProtocolConfig, ReplicaId, Seq, View};
@@ -192,9 +192,12 @@ impl BrokerCore {
         if self.pending.len() >= self.options.max_pending_requests {
             return self.counters.bump("requests_dropped_queue_full");
         }
-        // The encoded Request is the frame minus the version byte and the 1-byte kind
-        // (Request is variant 0), so a batch is built by concatenation.
-        self.pending.push(frame.slice(2..));
+        // The encoded Request is the frame minus the version byte and the kind, so a batch
+        // is built by concatenation. The frame decoded as a Request, so the offset exists.
+        let Ok(offset) = body_offset(&frame) else {
+            return self.counters.bump("request_malformed");
+        };
+        self.pending.push(frame.slice(offset..));
         self.pending_since_us.get_or_insert(now_us);
         self.maybe_cut(now_us, out);
     }
@@ -208,9 +211,8 @@ impl BrokerCore {
     fn maybe_cut(&mut self, now_us: u64, out: &mut Vec<Action>) {
         while !self.pending.is_empty() && !self.window_full && self.inflight() < self.options.max_inflight {
             let full = self.pending.len() >= self.options.batch_max;
-            let expired = self
-                .pending_since_us
-                .is_some_and(|t| now_us.saturating_sub(t) >= self.options.batch_timeout_us);
+            let expired =
+                self.pending_since_us.is_some_and(|t| now_us.saturating_sub(t) >= self.options.batch_timeout_us);
             let idle = self.inflight() < self.options.eager_inflight;
             if !(full || expired || idle) {
                 return;
@@ -240,7 +242,13 @@ impl BrokerCore {
 
     /// Outputs of local compartment `from` (decoded defensively: only the compartments are
     /// trusted, and only for safety).
-    pub fn on_enclave_outputs(&mut self, from: CompartmentKind, outputs: Vec<Bytes>, now_us: u64, out: &mut Vec<Action>) {
+    pub fn on_enclave_outputs(
+        &mut self,
+        from: CompartmentKind,
+        outputs: Vec<Bytes>,
+        now_us: u64,
+        out: &mut Vec<Action>,
+    ) {
         for output in outputs {
             match from_bytes::<Output>(&output) {
                 Ok(output) => self.on_enclave_output(from, output, now_us, out),
@@ -345,12 +353,15 @@ mod tests {
     #[test]
     fn concatenated_requests_equal_the_vec_encoding() {
         let reqs: Vec<Request> = (0..300)
-            .map(|i| Request { client: ClientId(i), timestamp: u64::from(i) * 7, op: vec![i as u8; i as usize % 13], auth: vec![Mac([i as u8; 32]); 4] })
+            .map(|i| Request {
+                client: ClientId(i),
+                timestamp: u64::from(i) * 7,
+                op: vec![i as u8; i as usize % 13],
+                auth: vec![Mac([i as u8; 32]); 4],
+            })
             .collect();
-        let frames: Vec<Bytes> = reqs
-            .iter()
-            .map(|r| Bytes::from(encode_message(&Message::Request(r.clone()))).slice(2..))
-            .collect();
+        let frames: Vec<Bytes> =
+            reqs.iter().map(|r| Bytes::from(encode_message(&Message::Request(r.clone()))).slice(2..)).collect();
         assert_eq!(concat_requests(&frames), to_bytes(&reqs));
     }
 }

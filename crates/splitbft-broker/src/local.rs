@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use splitbft_enclave::{Backend, EnclaveHandle, OutputSink, start_replica};
 use splitbft_types::boundary::{Output, Stats};
-use splitbft_types::crypto::SecretKey;
 use splitbft_types::codec::{decode_message, encode_message, from_bytes, to_bytes};
+use splitbft_types::crypto::SecretKey;
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::msg::{Message, Reply, Request};
 use splitbft_types::{Application, ClientId, CompartmentKind, ProtocolConfig, ReplicaId};
@@ -52,22 +52,35 @@ pub struct LocalCluster {
 
 impl LocalCluster {
     /// Builds the cluster described by `secrets`, one application per replica.
-    pub fn new(secrets: &ClusterSecrets, mut app: impl FnMut() -> Box<dyn Application>, options: BrokerOptions) -> Self {
+    pub fn new(
+        secrets: &ClusterSecrets,
+        mut app: impl FnMut() -> Box<dyn Application>,
+        options: BrokerOptions,
+    ) -> Self {
         let protocol = secrets.config.clone();
         let nodes = (0..protocol.n())
             .map(|i| {
                 let me = ReplicaId(i as u32);
                 let key = |kind| SecretKey::from_seed(secrets.enclave(me, kind).seed());
-                let keys = [key(CompartmentKind::Preparation), key(CompartmentKind::Confirmation), key(CompartmentKind::Execution)];
+                let keys = [
+                    key(CompartmentKind::Preparation),
+                    key(CompartmentKind::Confirmation),
+                    key(CompartmentKind::Execution),
+                ];
                 let sink: OutputSink = Arc::new(|_, _| unreachable!("inline enclaves answer synchronously"));
-                let enclaves = start_replica(&protocol, me, keys, app(), Backend::Inline, sink).expect("valid configuration");
-                LocalNode {
-                    core: BrokerCore::new(protocol.clone(), me, options.clone()),
-                    enclaves,
-                }
+                let enclaves =
+                    start_replica(&protocol, me, keys, app(), Backend::Inline, sink).expect("valid configuration");
+                LocalNode { core: BrokerCore::new(protocol.clone(), me, options.clone()), enclaves }
             })
             .collect();
-        LocalCluster { protocol, nodes, network: VecDeque::new(), down: BTreeSet::new(), replies: Vec::new(), now_us: 0 }
+        LocalCluster {
+            protocol,
+            nodes,
+            network: VecDeque::new(),
+            down: BTreeSet::new(),
+            replies: Vec::new(),
+            now_us: 0,
+        }
     }
 
     /// Simulated time in microseconds.
@@ -173,7 +186,11 @@ impl LocalCluster {
                     Action::Broadcast(frame) => {
                         for to in 0..self.nodes.len() {
                             if to != node {
-                                self.network.push_back(Packet { from: replica, to: ReplicaId(to as u32), frame: frame.clone() });
+                                self.network.push_back(Packet {
+                                    from: replica,
+                                    to: ReplicaId(to as u32),
+                                    frame: frame.clone(),
+                                });
                             }
                         }
                     }

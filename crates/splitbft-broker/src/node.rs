@@ -55,7 +55,14 @@ pub struct NodeConfig {
 impl NodeConfig {
     /// A node with default broker options.
     pub fn new(protocol: ProtocolConfig, me: ReplicaId, addresses: Vec<SocketAddr>, backend: Backend) -> Self {
-        NodeConfig { options: BrokerOptions::new(&protocol), protocol, me, addresses, backend, max_frame_bytes: MAX_FRAME_BYTES }
+        NodeConfig {
+            options: BrokerOptions::new(&protocol),
+            protocol,
+            me,
+            addresses,
+            backend,
+            max_frame_bytes: MAX_FRAME_BYTES,
+        }
     }
 }
 
@@ -292,7 +299,10 @@ impl Driver {
         }
     }
 
-    async fn final_report(&mut self, outputs: &mut mpsc::UnboundedReceiver<(CompartmentKind, Vec<Bytes>)>) -> NodeReport {
+    async fn final_report(
+        &mut self,
+        outputs: &mut mpsc::UnboundedReceiver<(CompartmentKind, Vec<Bytes>)>,
+    ) -> NodeReport {
         let mut actions = Vec::new();
         BrokerCore::query_stats(&mut actions);
         // Stats answers produce no further actions; drop any protocol output now.
@@ -357,7 +367,8 @@ async fn serve_connection(stream: TcpStream, events: mpsc::Sender<Event>, protoc
             },
             Err(e) => {
                 // An oversize length or an I/O error: the stream cannot be resynchronised.
-                let what = if e.kind() == std::io::ErrorKind::InvalidData { "frames_oversize" } else { "connection_errors" };
+                let what =
+                    if e.kind() == std::io::ErrorKind::InvalidData { "frames_oversize" } else { "connection_errors" };
                 let _ = events.send(Event::Count(what)).await;
                 break;
             }

@@ -1,6 +1,8 @@
 //! Multi-replica normal case on the inline backend (SPEC §4.1–§4.4), through the broker
 //! core and the byte boundary, with no sockets.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 
 use splitbft_apps::kv::{KvOp, KvResult, KvStore};
@@ -37,9 +39,7 @@ fn four_replicas_execute_the_same_requests_and_reply() {
         cluster.run(100_000);
     }
     // Every replica's Execution enclave executed everything and agrees on the state.
-    let digests: Vec<_> = (0..4)
-        .map(|r| cluster.stats(ReplicaId(r), CompartmentKind::Execution))
-        .collect();
+    let digests: Vec<_> = (0..4).map(|r| cluster.stats(ReplicaId(r), CompartmentKind::Execution)).collect();
     for s in &digests {
         assert_eq!(s.get("requests_executed"), expected);
         assert_eq!(s.app_digest, digests[0].app_digest);

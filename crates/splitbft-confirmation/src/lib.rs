@@ -68,13 +68,18 @@ impl Confirmation {
             return None;
         }
         let n = self.config.n();
-        Some(self.slots.entry(seq).or_insert_with(|| Slot { pre_prepare: None, prepares: VoteSet::new(n), committed: None }))
+        Some(self.slots.entry(seq).or_insert_with(|| Slot {
+            pre_prepare: None,
+            prepares: VoteSet::new(n),
+            committed: None,
+        }))
     }
 
     /// Stores the primary's PrePrepare (duplicated to Confirmation by the environment).
     pub fn on_pre_prepare(&mut self, pp: Signed<PrePrepare>, out: &mut Vec<Output>) {
         let body = pp.body;
-        let Some(slot) = self.slot(body.view, body.seq, ["pre_prepare_wrong_view", "pre_prepare_outside_window"]) else {
+        let Some(slot) = self.slot(body.view, body.seq, ["pre_prepare_wrong_view", "pre_prepare_outside_window"])
+        else {
             return;
         };
         match slot.pre_prepare {

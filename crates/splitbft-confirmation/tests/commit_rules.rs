@@ -51,7 +51,12 @@ impl Harness {
     }
 
     fn prepare(&self, r: u32, view: View, seq: Seq, digest: Digest) -> Message {
-        Message::Prepare(self.sign(r, Preparation, Purpose::Prepare, Prepare { view, seq, digest, replica: ReplicaId(r) }))
+        Message::Prepare(self.sign(
+            r,
+            Preparation,
+            Purpose::Prepare,
+            Prepare { view, seq, digest, replica: ReplicaId(r) },
+        ))
     }
 
     /// Feeds one message; returns the Commits it produced (checking their signatures).
@@ -156,7 +161,12 @@ fn commits_exactly_once_after_pre_prepare_and_2f_prepares() {
 #[test]
 fn commits_once_in_every_arrival_order() {
     let proto = Harness::new(2);
-    let msgs = vec![proto.pp(0, 5, d("a")), proto.prepare(1, 0, 5, d("a")), proto.prepare(2, 0, 5, d("a")), proto.prepare(3, 0, 5, d("a"))];
+    let msgs = vec![
+        proto.pp(0, 5, d("a")),
+        proto.prepare(1, 0, 5, d("a")),
+        proto.prepare(2, 0, 5, d("a")),
+        proto.prepare(3, 0, 5, d("a")),
+    ];
     let orders = permutations(&msgs);
     assert_eq!(orders.len(), 24);
     for order in orders {
@@ -223,7 +233,9 @@ fn forged_pre_prepare_is_not_stored() {
 fn duplicate_prepares_from_one_replica_count_once() {
     let mut h = Harness::new(1);
     h.feed(h.pp(0, 1, d("a")));
-    assert!(h.feed_all([h.prepare(3, 0, 1, d("a")), h.prepare(3, 0, 1, d("a")), h.prepare(3, 0, 1, d("a"))]).is_empty());
+    assert!(
+        h.feed_all([h.prepare(3, 0, 1, d("a")), h.prepare(3, 0, 1, d("a")), h.prepare(3, 0, 1, d("a"))]).is_empty()
+    );
     assert_eq!(h.counter("prepare_duplicate"), 2);
     // A Byzantine replica 2 first votes for another digest: its later vote for `a` is a duplicate.
     assert!(h.feed_all([h.prepare(2, 0, 1, d("b")), h.prepare(2, 0, 1, d("a"))]).is_empty());
@@ -241,7 +253,9 @@ fn prepares_with_another_digest_do_not_make_a_certificate() {
     assert!(h.feed(h.pp(0, 1, d("a"))).is_empty());
     let mut h = Harness::new(1);
     h.feed(h.pp(0, 2, d("a")));
-    assert!(h.feed_all([h.prepare(1, 0, 2, d("b")), h.prepare(2, 0, 2, d("b")), h.prepare(3, 0, 2, d("c"))]).is_empty());
+    assert!(
+        h.feed_all([h.prepare(1, 0, 2, d("b")), h.prepare(2, 0, 2, d("b")), h.prepare(3, 0, 2, d("c"))]).is_empty()
+    );
     assert_eq!(h.counter("commits_sent"), 0);
 }
 
@@ -283,7 +297,12 @@ fn prepare_from_the_primary_is_refused() {
 fn sequence_numbers_outside_the_window_never_commit() {
     let mut h = Harness::new(1);
     for seq in [0, L + 1, L + 100, u64::MAX] {
-        let msgs = [h.pp(0, seq, d("a")), h.prepare(1, 0, seq, d("a")), h.prepare(2, 0, seq, d("a")), h.prepare(3, 0, seq, d("a"))];
+        let msgs = [
+            h.pp(0, seq, d("a")),
+            h.prepare(1, 0, seq, d("a")),
+            h.prepare(2, 0, seq, d("a")),
+            h.prepare(3, 0, seq, d("a")),
+        ];
         assert!(h.feed_all(msgs).is_empty(), "seq {seq}");
     }
     let s = h.stats();
@@ -327,7 +346,12 @@ fn unexpected_and_malformed_inputs_are_counted() {
     let mut h = Harness::new(1);
     let mut out = Vec::new();
     h.conf.handle(Input::OrderBatch(vec![1, 2, 3]), &mut out);
-    let commit = h.sign(2, CompartmentKind::Confirmation, Purpose::Commit, Commit { view: 0, seq: 1, digest: d("a"), replica: ReplicaId(2) });
+    let commit = h.sign(
+        2,
+        CompartmentKind::Confirmation,
+        Purpose::Commit,
+        Commit { view: 0, seq: 1, digest: d("a"), replica: ReplicaId(2) },
+    );
     h.conf.handle(Input::Message(Message::Commit(commit)), &mut out);
     assert!(out.is_empty());
     let mut encoded = Vec::new();

@@ -115,7 +115,12 @@ fn checkpoint_certificate_moves_the_low_watermark_and_collects_the_log() {
         cp.sig.0[3] ^= 1;
     }
     assert!(feed(&mut c, forged).is_empty());
-    let wrong_kind = sign(2, CompartmentKind::Confirmation, Purpose::Checkpoint, Checkpoint { seq: 4, state, replica: ReplicaId(2) });
+    let wrong_kind = sign(
+        2,
+        CompartmentKind::Confirmation,
+        Purpose::Checkpoint,
+        Checkpoint { seq: 4, state, replica: ReplicaId(2) },
+    );
     assert!(feed(&mut c, Message::Checkpoint(wrong_kind)).is_empty());
     assert!(feed(&mut c, checkpoint(2, 4, d("other"))).is_empty());
     assert!(feed(&mut c, checkpoint(0, 4, state)).is_empty());
@@ -194,7 +199,9 @@ fn byzantine_flood_keeps_the_log_bounded() {
     let max = flood(&mut c, 0);
     assert!(max <= MAX_ENTRIES, "log grew to {max} > {MAX_ENTRIES}");
     let s = stats(&mut c);
-    assert!(s.get("prepare_duplicate") > 0 && s.get("pre_prepare_conflicting") > 0 && s.get("checkpoint_duplicate") > 0);
+    assert!(
+        s.get("prepare_duplicate") > 0 && s.get("pre_prepare_conflicting") > 0 && s.get("checkpoint_duplicate") > 0
+    );
 
     // The correct replicas move the checkpoint to L; the flood starts over in the new window.
     for r in 0..3 {

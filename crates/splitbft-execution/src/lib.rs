@@ -26,9 +26,10 @@ use splitbft_types::msg::{BatchMsg, Checkpoint, Commit, Digest, Message, Reply, 
 use splitbft_types::{ClientId, CompartmentKind, EnclaveId, ProtocolConfig, ReplicaId, Seq, View};
 
 /// Candidate batches kept per sequence number before the commit certificate decides.
-/// A correct primary sends one; a second covers a re-proposal after a view change. More
-/// could only come from a faulty primary or environment, which may then cost this replica
-/// liveness (state transfer repairs it), never memory.
+/// Candidates need a PrePrepare signed by the primary of their view: a correct primary
+/// signs one per `(v, s)`, and a second covers a re-proposal after a view change. More
+/// could only come from an equivocating primary, which the view change removes; the
+/// certified batch is always accepted, replacing an uncertified candidate.
 pub const MAX_BATCH_CANDIDATES: usize = 2;
 
 /// Everything Execution holds for one sequence number.
@@ -74,7 +75,12 @@ pub struct Execution {
 
 impl Execution {
     /// Creates the enclave of replica `me` around a fresh application.
-    pub fn new(config: ProtocolConfig, me: ReplicaId, secret: SecretKey, app: Box<dyn Application>) -> Result<Self, ConfigError> {
+    pub fn new(
+        config: ProtocolConfig,
+        me: ReplicaId,
+        secret: SecretKey,
+        app: Box<dyn Application>,
+    ) -> Result<Self, ConfigError> {
         let keys = config.validate()?;
         let enclave = EnclaveId { replica: me, kind: CompartmentKind::Execution };
         assert_eq!(keys.enclave(enclave), Some(&secret.public()), "secret key does not match the configuration");
@@ -140,8 +146,10 @@ impl Execution {
         true
     }
 
-    /// Stores a batch whose bytes hash to its header's digest. The header's signature is
-    /// not needed: the commit certificate decides which digest executes.
+    /// Stores a batch whose bytes hash to its header's digest and whose header was signed
+    /// by Preparation(primary(v)): without the signature check, one faulty peer could fill
+    /// the candidate slots with junk and crowd out the genuine batch. The commit
+    /// certificate still decides which candidate executes.
     pub fn on_batch(&mut self, msg: BatchMsg, out: &mut Vec<Output>) {
         let pp = msg.pre_prepare.body;
         if !self.wanted(pp.seq, ["batch_late", "batch_outside_window"]) {
@@ -151,13 +159,22 @@ impl Execution {
         if slot.batches.iter().any(|(d, _)| *d == pp.digest) {
             return self.counters.bump("batch_duplicate");
         }
-        if slot.batches.len() >= MAX_BATCH_CANDIDATES {
+        let certified = slot.certified == Some(pp.digest);
+        if slot.batches.len() >= MAX_BATCH_CANDIDATES && !certified {
             return self.counters.bump("batch_too_many_candidates");
+        }
+        if verify_signed(&self.config, &self.keys, &msg.pre_prepare).is_err() {
+            return self.counters.bump("batch_bad_signature");
         }
         if Digest::of(&msg.batch) != pp.digest {
             return self.counters.bump("batch_wrong_digest");
         }
-        self.slot(pp.seq).batches.push((pp.digest, msg.batch));
+        let slot = self.slot(pp.seq);
+        if slot.batches.len() >= MAX_BATCH_CANDIDATES {
+            // Only the certified batch gets here: it replaces an uncertified candidate.
+            slot.batches.pop();
+        }
+        slot.batches.push((pp.digest, msg.batch));
         self.try_execute(out);
     }
 

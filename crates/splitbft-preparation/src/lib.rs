@@ -131,9 +131,7 @@ impl Preparation {
         }
         window.check(request.timestamp).map_err(|_| "request_already_ordered")?;
         verify_request_mac(mac_key, self.config.cluster_id, request, mac).map_err(|_| "request_bad_mac")?;
-        self.ordered[c]
-            .accept(request.timestamp, self.config.client_window)
-            .map_err(|_| "request_already_ordered")
+        self.ordered[c].accept(request.timestamp, self.config.client_window).map_err(|_| "request_already_ordered")
     }
 
     /// Handler (2), PrePrepare from primary(v) at a backup: store, sign and send Prepare.

@@ -103,7 +103,10 @@ fn backup_sends_exactly_one_prepare_per_valid_pre_prepare() {
     assert!(feed(&mut p, Message::Batch(batch)).is_empty());
     // The Batch path prepares a new slot just like a bare PrePrepare.
     let batch = BatchMsg { pre_prepare: pp(0, 2, d("b")), batch: Vec::new() };
-    assert_eq!(prepares(&feed(&mut p, Message::Batch(batch))), vec![Prepare { view: 0, seq: 2, digest: d("b"), replica: ReplicaId(2) }]);
+    assert_eq!(
+        prepares(&feed(&mut p, Message::Batch(batch))),
+        vec![Prepare { view: 0, seq: 2, digest: d("b"), replica: ReplicaId(2) }]
+    );
     let s = stats(&mut p);
     assert_eq!(s.get("prepares_sent"), 2);
     assert_eq!(s.get("pre_prepare_duplicate"), 2);
@@ -209,7 +212,12 @@ fn backup_collects_garbage_on_a_checkpoint_certificate() {
 fn unexpected_and_malformed_inputs_are_counted() {
     let mut p = preparation(1);
     let prepare = sign(2, Prep, Purpose::Prepare, Prepare { view: 0, seq: 1, digest: d("a"), replica: ReplicaId(2) });
-    let commit = sign(2, CompartmentKind::Confirmation, Purpose::Commit, Commit { view: 0, seq: 1, digest: d("a"), replica: ReplicaId(2) });
+    let commit = sign(
+        2,
+        CompartmentKind::Confirmation,
+        Purpose::Commit,
+        Commit { view: 0, seq: 1, digest: d("a"), replica: ReplicaId(2) },
+    );
     assert!(feed(&mut p, Message::Prepare(prepare)).is_empty());
     assert!(feed(&mut p, Message::Commit(commit)).is_empty());
     let mut out = Vec::new();
@@ -241,7 +249,7 @@ proptest! {
             if forge {
                 msg.sig.0[0] ^= 1;
             }
-            let acceptable = !forge && view == 0 && seq >= 1 && seq <= L;
+            let acceptable = !forge && view == 0 && (1..=L).contains(&seq);
             if acceptable {
                 first.entry((view, seq)).or_insert(digest);
             }

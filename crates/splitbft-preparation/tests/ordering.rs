@@ -67,8 +67,14 @@ fn checkpoint(r: u32, seq: Seq, state: Digest) -> Message {
 #[derive(Debug)]
 enum Ordered {
     /// A signed PrePrepare with its batch, decoded.
-    Batch { seq: Seq, requests: Vec<Request>, msg: BatchMsg },
-    NotOrdered { window_full: bool },
+    Batch {
+        seq: Seq,
+        requests: Vec<Request>,
+        msg: BatchMsg,
+    },
+    NotOrdered {
+        window_full: bool,
+    },
 }
 
 fn order_bytes(p: &mut Preparation, batch: Vec<u8>) -> Ordered {
@@ -154,8 +160,20 @@ fn primary_drops_unauthenticated_duplicate_and_oversized_requests() {
     // Only this enclave's entry is checked: a wrong entry for replica 1 does not matter here.
     let mut others_wrong = req(1, 3);
     others_wrong.auth[1].0[0] ^= 1;
-    let batch =
-        vec![good0.clone(), bad_mac, tampered_op, unknown, far, duplicate, too_large, at_limit.clone(), no_auth, short_auth, long_auth, others_wrong.clone()];
+    let batch = vec![
+        good0.clone(),
+        bad_mac,
+        tampered_op,
+        unknown,
+        far,
+        duplicate,
+        too_large,
+        at_limit.clone(),
+        no_auth,
+        short_auth,
+        long_auth,
+        others_wrong.clone(),
+    ];
     let Ordered::Batch { seq, requests, msg } = order(&mut p, &batch) else { panic!("not ordered") };
     assert_eq!(seq, 1);
     assert_eq!(requests, vec![good0, at_limit, others_wrong]);

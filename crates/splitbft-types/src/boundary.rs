@@ -108,4 +108,3 @@ pub trait Compartment: Send {
         out.extend(outputs.iter().map(|o| bytes::Bytes::from(crate::codec::to_bytes(o))));
     }
 }
-

@@ -92,11 +92,8 @@ pub fn verify_signed<T: SignedBody>(
     msg: &Signed<T>,
 ) -> Result<ReplicaId, CertError> {
     let replica = msg.body.signer(config);
-    let key = keys
-        .enclave(EnclaveId { replica, kind: T::SIGNER })
-        .ok_or(CertError::UnknownReplica(replica))?;
-    key.verify(config.cluster_id, T::PURPOSE, &msg.body, &msg.sig)
-        .map_err(|_| CertError::BadSignature(replica))?;
+    let key = keys.enclave(EnclaveId { replica, kind: T::SIGNER }).ok_or(CertError::UnknownReplica(replica))?;
+    key.verify(config.cluster_id, T::PURPOSE, &msg.body, &msg.sig).map_err(|_| CertError::BadSignature(replica))?;
     Ok(replica)
 }
 

@@ -59,10 +59,7 @@ pub struct CheckpointLog {
 impl CheckpointLog {
     /// Starts at the genesis checkpoint `(0, genesis)`.
     pub fn new(genesis: Digest) -> Self {
-        CheckpointLog {
-            votes: BTreeMap::new(),
-            stable: StableCheckpoint { seq: 0, state: genesis, proof: Vec::new() },
-        }
+        CheckpointLog { votes: BTreeMap::new(), stable: StableCheckpoint { seq: 0, state: genesis, proof: Vec::new() } }
     }
 
     /// The low watermark `h`.

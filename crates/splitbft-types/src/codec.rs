@@ -55,6 +55,14 @@ pub fn encode_message(msg: &Message) -> Vec<u8> {
     append_bytes(msg, vec![WIRE_VERSION])
 }
 
+/// Offset of the message body in an encoded message: after the version byte and the kind
+/// varint (which postcard also accepts in non-canonical, longer forms).
+pub fn body_offset(bytes: &[u8]) -> Result<usize, CodecError> {
+    let body = bytes.get(1..).ok_or(CodecError::Empty)?;
+    let (_, rest) = postcard::take_from_bytes::<u32>(body).map_err(CodecError::Malformed)?;
+    Ok(bytes.len() - rest.len())
+}
+
 /// Decodes a message produced by [`encode_message`].
 pub fn decode_message(bytes: &[u8]) -> Result<Message, CodecError> {
     let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
@@ -93,63 +101,30 @@ mod tests {
             proptest::collection::vec(any::<u8>(), 0..64),
             proptest::collection::vec(any::<[u8; 32]>().prop_map(Mac), 0..5),
         )
-            .prop_map(|(c, t, op, auth)| Request {
-                client: ClientId(c),
-                timestamp: t,
-                op,
-                auth,
-            })
+            .prop_map(|(c, t, op, auth)| Request { client: ClientId(c), timestamp: t, op, auth })
     }
     fn message() -> impl Strategy<Value = Message> {
         let vsd = || (any::<u64>(), any::<u64>(), digest());
         prop_oneof![
             request().prop_map(Message::Request),
-            (vsd(), sig()).prop_map(|((view, seq, digest), sig)| Message::PrePrepare(
-                Signed {
-                    body: PrePrepare { view, seq, digest },
-                    sig
-                }
-            )),
+            (vsd(), sig()).prop_map(|((view, seq, digest), sig)| Message::PrePrepare(Signed {
+                body: PrePrepare { view, seq, digest },
+                sig
+            })),
             (vsd(), sig(), proptest::collection::vec(any::<u8>(), 0..300)).prop_map(
                 |((view, seq, digest), sig, batch)| Message::Batch(BatchMsg {
-                    pre_prepare: Signed {
-                        body: PrePrepare { view, seq, digest },
-                        sig
-                    },
+                    pre_prepare: Signed { body: PrePrepare { view, seq, digest }, sig },
                     batch
                 })
             ),
             (vsd(), any::<u32>(), sig()).prop_map(|((view, seq, digest), r, sig)| {
-                Message::Prepare(Signed {
-                    body: Prepare {
-                        view,
-                        seq,
-                        digest,
-                        replica: ReplicaId(r),
-                    },
-                    sig,
-                })
+                Message::Prepare(Signed { body: Prepare { view, seq, digest, replica: ReplicaId(r) }, sig })
             }),
             (vsd(), any::<u32>(), sig()).prop_map(|((view, seq, digest), r, sig)| {
-                Message::Commit(Signed {
-                    body: Commit {
-                        view,
-                        seq,
-                        digest,
-                        replica: ReplicaId(r),
-                    },
-                    sig,
-                })
+                Message::Commit(Signed { body: Commit { view, seq, digest, replica: ReplicaId(r) }, sig })
             }),
             (any::<u64>(), digest(), any::<u32>(), sig()).prop_map(|(seq, state, r, sig)| {
-                Message::Checkpoint(Signed {
-                    body: Checkpoint {
-                        seq,
-                        state,
-                        replica: ReplicaId(r),
-                    },
-                    sig,
-                })
+                Message::Checkpoint(Signed { body: Checkpoint { seq, state, replica: ReplicaId(r) }, sig })
             }),
             (
                 any::<u64>(),
@@ -197,17 +172,8 @@ mod tests {
     #[test]
     fn unknown_kind_and_version_are_typed_errors() {
         assert_eq!(decode_message(&[]), Err(CodecError::Empty));
-        assert_eq!(
-            decode_message(&[9, 0]),
-            Err(CodecError::UnsupportedVersion(9))
-        );
-        assert_eq!(
-            decode_message(&[WIRE_VERSION, MESSAGE_KINDS as u8]),
-            Err(CodecError::UnknownKind(MESSAGE_KINDS))
-        );
-        assert!(matches!(
-            decode_message(&[WIRE_VERSION, 0x80]),
-            Err(CodecError::Malformed(_))
-        ));
+        assert_eq!(decode_message(&[9, 0]), Err(CodecError::UnsupportedVersion(9)));
+        assert_eq!(decode_message(&[WIRE_VERSION, MESSAGE_KINDS as u8]), Err(CodecError::UnknownKind(MESSAGE_KINDS)));
+        assert!(matches!(decode_message(&[WIRE_VERSION, 0x80]), Err(CodecError::Malformed(_))));
     }
 }

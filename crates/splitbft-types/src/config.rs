@@ -149,12 +149,8 @@ impl ProtocolConfig {
             }
             enclaves.push([parsed[0], parsed[1], parsed[2]]);
         }
-        let clients = self
-            .clients
-            .iter()
-            .enumerate()
-            .map(|(c, k)| parse(k, format!("client {c}")))
-            .collect::<Result<_, _>>()?;
+        let clients =
+            self.clients.iter().enumerate().map(|(c, k)| parse(k, format!("client {c}"))).collect::<Result<_, _>>()?;
         Ok(Keyring { enclaves, clients })
     }
 }

@@ -77,13 +77,7 @@ impl SecretKey {
     }
 
     /// Derives the MAC key this party shares with `peer` for the (client, enclave) pair.
-    pub fn mac_key(
-        &self,
-        peer: &PublicKey,
-        cluster_id: u64,
-        client: ClientId,
-        enclave: EnclaveId,
-    ) -> MacKey {
+    pub fn mac_key(&self, peer: &PublicKey, cluster_id: u64, client: ClientId, enclave: EnclaveId) -> MacKey {
         let shared = peer.0.to_montgomery().mul_clamped(self.0.to_scalar_bytes());
         let salt = [DOMAIN, &cluster_id.to_le_bytes()].concat();
         let info = [
@@ -135,9 +129,7 @@ impl PublicKey {
         sig: &Sig,
     ) -> Result<(), CryptoError> {
         let bytes = signed_bytes(cluster_id, purpose, body);
-        self.0
-            .verify_strict(&bytes, &Signature::from_bytes(&sig.0))
-            .map_err(|_| CryptoError::BadSignature)
+        self.0.verify_strict(&bytes, &Signature::from_bytes(&sig.0)).map_err(|_| CryptoError::BadSignature)
     }
 }
 
@@ -185,9 +177,7 @@ impl MacKey {
 
     /// Constant-time check of `mac` over `parts`.
     pub fn verify(&self, purpose: Purpose, parts: &[&[u8]], mac: &Mac) -> Result<(), CryptoError> {
-        self.state(purpose, parts)
-            .verify_slice(&mac.0)
-            .map_err(|_| CryptoError::BadMac)
+        self.state(purpose, parts).verify_slice(&mac.0).map_err(|_| CryptoError::BadMac)
     }
 }
 
@@ -248,7 +238,12 @@ pub struct ClientKeys {
 
 impl ClientKeys {
     /// Derives the keys of `client` with every replica's enclaves.
-    pub fn derive(secret: &SecretKey, config: &crate::config::ProtocolConfig, keys: &crate::config::Keyring, client: crate::ids::ClientId) -> Self {
+    pub fn derive(
+        secret: &SecretKey,
+        config: &crate::config::ProtocolConfig,
+        keys: &crate::config::Keyring,
+        client: crate::ids::ClientId,
+    ) -> Self {
         use crate::ids::{CompartmentKind, ReplicaId};
         let derive = |kind| {
             (0..config.n())

@@ -30,11 +30,8 @@ pub enum CompartmentKind {
 
 impl CompartmentKind {
     /// All kinds, in a fixed order usable as an array index.
-    pub const ALL: [CompartmentKind; 3] = [
-        CompartmentKind::Preparation,
-        CompartmentKind::Confirmation,
-        CompartmentKind::Execution,
-    ];
+    pub const ALL: [CompartmentKind; 3] =
+        [CompartmentKind::Preparation, CompartmentKind::Confirmation, CompartmentKind::Execution];
 
     /// Position in [`CompartmentKind::ALL`].
     pub fn index(self) -> usize {

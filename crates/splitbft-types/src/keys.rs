@@ -32,7 +32,8 @@ impl ClusterSecrets {
                 execution: k[2].public().to_bytes(),
             })
             .collect();
-        let config = ProtocolConfig::new(cluster_id, f, replicas, clients.iter().map(|c| c.public().to_bytes()).collect());
+        let config =
+            ProtocolConfig::new(cluster_id, f, replicas, clients.iter().map(|c| c.public().to_bytes()).collect());
         ClusterSecrets { config, enclaves, clients }
     }
 

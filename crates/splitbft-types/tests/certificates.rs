@@ -164,8 +164,7 @@ fn prepare_certificate_good_is_accepted() {
     let pp = s.pre_prepare(0, 3, d("a"));
     s.prepare_cert(&pp, &[s.prepare(1, 0, 3, d("a")), s.prepare(2, 0, 3, d("a"))]).unwrap();
     s.prepare_cert(&pp, &[s.prepare(3, 0, 3, d("a")), s.prepare(1, 0, 3, d("a"))]).unwrap();
-    s.prepare_cert(&pp, &[s.prepare(3, 0, 3, d("a")), s.prepare(2, 0, 3, d("a")), s.prepare(1, 0, 3, d("a"))])
-        .unwrap();
+    s.prepare_cert(&pp, &[s.prepare(3, 0, 3, d("a")), s.prepare(2, 0, 3, d("a")), s.prepare(1, 0, 3, d("a"))]).unwrap();
     // View 1: the primary is replica 1, so replica 0 is a backup.
     let pp1 = s.pre_prepare(1, 3, d("a"));
     s.prepare_cert(&pp1, &[s.prepare(0, 1, 3, d("a")), s.prepare(2, 1, 3, d("a"))]).unwrap();
@@ -276,8 +275,14 @@ fn checkpoint_certificate_rejects_every_bad_entry() {
     let wrong_kind = s.sign(2, Confirmation, Purpose::Checkpoint, c[2].body);
     assert_eq!(s.checkpoint_cert(&[c[0], c[1], wrong_kind]), Err(CertError::BadSignature(ReplicaId(2))));
     assert_eq!(s.checkpoint_cert(&[c[3], c[1], c[3]]), Err(CertError::DuplicateSender(ReplicaId(3))));
-    assert_eq!(s.checkpoint_cert(&[c[0], c[1], s.checkpoint(2, 12, d("state"))]), Err(CertError::Mismatch(ReplicaId(2))));
-    assert_eq!(s.checkpoint_cert(&[c[0], c[1], s.checkpoint(2, 8, d("other"))]), Err(CertError::Mismatch(ReplicaId(2))));
+    assert_eq!(
+        s.checkpoint_cert(&[c[0], c[1], s.checkpoint(2, 12, d("state"))]),
+        Err(CertError::Mismatch(ReplicaId(2)))
+    );
+    assert_eq!(
+        s.checkpoint_cert(&[c[0], c[1], s.checkpoint(2, 8, d("other"))]),
+        Err(CertError::Mismatch(ReplicaId(2)))
+    );
     let unknown = s.sign(0, Execution, Purpose::Checkpoint, Checkpoint { replica: ReplicaId(4), ..c[0].body });
     assert_eq!(s.checkpoint_cert(&[unknown, c[0], c[1]]), Err(CertError::UnknownReplica(ReplicaId(4))));
     assert_eq!(s.checkpoint_cert(&c[1..3]), Err(CertError::TooFew { have: 2, need: 3 }));

@@ -98,10 +98,7 @@ impl LocalTcpCluster {
         batch_timeout_ms: u64,
         backend: Backend,
     ) -> anyhow::Result<Self> {
-        if replicas < 4 || (replicas - 1) % 3 != 0 {
-            bail!("--replicas must be 3f + 1 with f >= 1 (4, 7, 10, ...), got {replicas}");
-        }
-        let f = ((replicas - 1) / 3) as u32;
+        let f = crate::fault_threshold(replicas)?;
         let mut secrets =
             ClusterSecrets::generate(u64::from_le_bytes(crate::os_seed()[..8].try_into()?), f, clients, crate::os_seed);
         secrets.config.max_batch = batch.max(1);
@@ -169,7 +166,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
                 while issued.fetch_add(1, Ordering::Relaxed) < total {
                     // Alternate PUT and GET of this lane's keys (1,000 keys per lane).
                     let key = format!("c{c}-l{lane}-k{}", (i / 2) % 1000).into_bytes();
-                    let op = if i % 2 == 0 { KvOp::Put { key, value: vec![b'v'; payload] } } else { KvOp::Get { key } };
+                    let op = if i.is_multiple_of(2) { KvOp::Put { key, value: vec![b'v'; payload] } } else { KvOp::Get { key } };
                     i += 1;
                     let t0 = Instant::now();
                     let ok = match client.invoke(op.encode()).await {
@@ -221,7 +218,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     Ok(DemoSummary {
         protocol: "splitbft",
         app: "kv",
-        backend: format!("{:?}", opts.backend).to_lowercase(),
+        backend: opts.backend.to_string(),
         replicas: opts.replicas,
         clients: opts.clients,
         outstanding: opts.outstanding,

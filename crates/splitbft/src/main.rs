@@ -190,13 +190,10 @@ fn keygen(
     batch: u32,
     batch_timeout_ms: u64,
 ) -> anyhow::Result<()> {
-    if replicas < 4 || (replicas - 1) % 3 != 0 {
-        bail!("--replicas must be 3f + 1 with f >= 1 (4, 7, 10, ...), got {replicas}");
-    }
+    let f = splitbft::fault_threshold(replicas)?;
     if clients == 0 {
         bail!("--clients must be at least 1");
     }
-    let f = ((replicas - 1) / 3) as u32;
     let cluster_id = u64::from_le_bytes(splitbft::os_seed()[..8].try_into()?);
     let mut secrets = ClusterSecrets::generate(cluster_id, f, clients, splitbft::os_seed);
     secrets.config.max_batch = batch.max(1);
@@ -251,7 +248,7 @@ async fn replica(config_path: &Path, id: u32, backend: Backend) -> anyhow::Resul
     let mut node_config = NodeConfig::new(protocol, me, file.addresses(), backend);
     node_config.options.batch_timeout_us = file.batch_timeout_ms * 1000;
     let node = spawn_node(node_config, listener, secrets, Box::new(splitbft_apps::kv::KvStore::new())).await?;
-    eprintln!("replica {id} listening on {} ({backend:?} backend); SIGINT or SIGTERM stops it", entry.address);
+    eprintln!("replica {id} listening on {} ({backend} backend); SIGINT or SIGTERM stops it", entry.address);
     wait_for_signal().await?;
     let report = node.shutdown().await;
     eprintln!(

@@ -3,6 +3,8 @@
 //! networking or async I/O, on the broker, the boundary, the client, or another
 //! compartment. Checked on `cargo metadata`'s resolved graph.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 

@@ -2,6 +2,8 @@
 //! then `client get`; killing one backup leaves the cluster serving; SIGTERM stops a
 //! replica cleanly.
 
+#![allow(clippy::unwrap_used)]
+
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};

@@ -2,6 +2,8 @@
 //! unknown message kinds are rejected with a counter, never a panic, and the replica keeps
 //! serving.
 
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use splitbft::demo::LocalTcpCluster;
