@@ -77,8 +77,11 @@ pub struct BrokerCore {
     /// Encoded requests waiting for a batch (primary), each without the version byte.
     pending: Vec<Bytes>,
     pending_since_us: Option<u64>,
-    /// OrderBatch inputs submitted but not yet answered by Preparation.
-    awaiting_order: u64,
+    /// Requests of each OrderBatch submitted but not yet answered by Preparation, oldest
+    /// first (Preparation answers in order); re-queued if it found the window full.
+    awaiting_order: std::collections::VecDeque<Vec<Bytes>>,
+    /// Low watermark `h` last reported by the local Preparation enclave.
+    stable: Seq,
     last_ordered: Seq,
     last_executed: Seq,
     window_full: bool,
@@ -98,7 +101,8 @@ impl BrokerCore {
             view: 0,
             pending: Vec::new(),
             pending_since_us: None,
-            awaiting_order: 0,
+            awaiting_order: std::collections::VecDeque::new(),
+            stable: 0,
             last_ordered: 0,
             last_executed: 0,
             window_full: false,
@@ -203,13 +207,22 @@ impl BrokerCore {
     }
 
     fn inflight(&self) -> u64 {
-        self.awaiting_order + self.last_ordered.saturating_sub(self.last_executed)
+        self.awaiting_order.len() as u64 + self.last_ordered.saturating_sub(self.last_executed)
+    }
+
+    /// Whether Preparation has a free sequence number in `(h, h + L]` for one more batch.
+    fn window_has_room(&self) -> bool {
+        self.last_ordered + self.awaiting_order.len() as u64 + 1 <= self.stable + self.protocol.log_window
     }
 
     /// Cuts batches while the rules allow (SPEC §5: `B` requests or the timeout; at once
     /// while the pipeline is nearly idle).
     fn maybe_cut(&mut self, now_us: u64, out: &mut Vec<Action>) {
-        while !self.pending.is_empty() && !self.window_full && self.inflight() < self.options.max_inflight {
+        while !self.pending.is_empty()
+            && !self.window_full
+            && self.window_has_room()
+            && self.inflight() < self.options.max_inflight
+        {
             let full = self.pending.len() >= self.options.batch_max;
             let expired =
                 self.pending_since_us.is_some_and(|t| now_us.saturating_sub(t) >= self.options.batch_timeout_us);
@@ -225,7 +238,7 @@ impl BrokerCore {
                 CompartmentKind::Preparation,
                 Bytes::from(to_bytes(&Input::OrderBatch(concat_requests(&batch)))),
             ));
-            self.awaiting_order += 1;
+            self.awaiting_order.push_back(batch);
             self.counters.bump("batches_cut");
         }
     }
@@ -284,23 +297,30 @@ impl BrokerCore {
                 out.push(Action::Reply(reply.client, Bytes::from(encode_message(&msg))));
             }
             (Preparation, Output::Event(Event::Ordered { view, seq, requests })) => {
-                self.awaiting_order = self.awaiting_order.saturating_sub(1);
+                self.awaiting_order.pop_front();
                 self.view = self.view.max(view);
                 self.last_ordered = self.last_ordered.max(seq);
                 self.counters.add("requests_ordered", u64::from(requests));
                 self.counters.bump("batches_ordered");
             }
             (Preparation, Output::Event(Event::NotOrdered { window_full })) => {
-                self.awaiting_order = self.awaiting_order.saturating_sub(1);
-                self.window_full |= window_full;
+                let requests = self.awaiting_order.pop_front().unwrap_or_default();
                 self.counters.bump("batches_not_ordered");
+                if window_full {
+                    // Not the requests' fault: keep them, in order, for after the checkpoint.
+                    self.window_full = true;
+                    let later = std::mem::replace(&mut self.pending, requests);
+                    self.pending.extend(later);
+                    self.pending_since_us.get_or_insert(now_us);
+                }
             }
             (Execution, Output::Event(Event::Executed { seq, requests })) => {
                 self.last_executed = self.last_executed.max(seq);
                 self.counters.add("requests_executed", u64::from(requests));
                 self.maybe_cut(now_us, out);
             }
-            (Preparation, Output::Event(Event::Stable { .. })) => {
+            (Preparation, Output::Event(Event::Stable { seq })) => {
+                self.stable = self.stable.max(seq);
                 self.window_full = false;
                 self.maybe_cut(now_us, out);
             }
@@ -349,6 +369,66 @@ fn concat_requests(requests: &[Bytes]) -> Vec<u8> {
 mod tests {
     use super::*;
     use splitbft_types::msg::Mac;
+
+    fn primary(log_window: u64) -> BrokerCore {
+        let mut secrets = splitbft_types::keys::ClusterSecrets::deterministic(1, 1, 1, 1);
+        secrets.config.checkpoint_interval = log_window / 2;
+        secrets.config.log_window = log_window;
+        let mut options = BrokerOptions::new(&secrets.config);
+        options.batch_max = 1;
+        options.max_inflight = 100;
+        options.eager_inflight = 100;
+        BrokerCore::new(secrets.config, ReplicaId(0), options)
+    }
+
+    fn request_frame(t: u64) -> Bytes {
+        let req = Request { client: ClientId(0), timestamp: t, op: vec![1], auth: vec![] };
+        Bytes::from(encode_message(&Message::Request(req)))
+    }
+
+    fn order_batches(actions: &[Action]) -> Vec<Vec<u8>> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Enclave(CompartmentKind::Preparation, b) => match from_bytes::<Input>(b) {
+                    Ok(Input::OrderBatch(batch)) => Some(batch),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn event(core: &mut BrokerCore, kind: CompartmentKind, event: Event, out: &mut Vec<Action>) {
+        core.on_enclave_outputs(kind, vec![Bytes::from(to_bytes(&Output::Event(event)))], 0, out);
+    }
+
+    /// The primary never offers Preparation more batches than `(h, h + L]` holds, and a
+    /// batch refused for a full window is re-queued, not lost (SPEC §4.1 (1), §5).
+    #[test]
+    fn batches_stay_inside_the_log_window_and_survive_a_full_window() {
+        let mut core = primary(4);
+        let mut out = Vec::new();
+        for t in 1..=10 {
+            core.on_client_frame(ClientId(0), request_frame(t), 0, &mut out);
+        }
+        let cut = order_batches(&out);
+        assert_eq!(cut.len(), 4, "L = 4 sequence numbers above h = 0");
+        out.clear();
+        // Preparation orders the first two, then finds its window full (e.g. it disagrees
+        // with the broker about h): the third batch's request must come back.
+        for seq in 1..=2 {
+            event(&mut core, CompartmentKind::Preparation, Event::Ordered { view: 0, seq, requests: 1 }, &mut out);
+        }
+        event(&mut core, CompartmentKind::Preparation, Event::NotOrdered { window_full: true }, &mut out);
+        assert!(order_batches(&out).is_empty(), "no batch while the window is full");
+        assert_eq!(core.counters().get("batches_not_ordered"), 1);
+        // A checkpoint makes room: the re-queued request is cut first.
+        event(&mut core, CompartmentKind::Preparation, Event::Stable { seq: 2 }, &mut out);
+        let resumed = order_batches(&out);
+        assert!(!resumed.is_empty());
+        assert_eq!(resumed[0], cut[2], "the refused request is offered again, first");
+    }
 
     #[test]
     fn concatenated_requests_equal_the_vec_encoding() {

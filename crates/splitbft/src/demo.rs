@@ -166,7 +166,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
                 while issued.fetch_add(1, Ordering::Relaxed) < total {
                     // Alternate PUT and GET of this lane's keys (1,000 keys per lane).
                     let key = format!("c{c}-l{lane}-k{}", (i / 2) % 1000).into_bytes();
-                    let op = if i.is_multiple_of(2) { KvOp::Put { key, value: vec![b'v'; payload] } } else { KvOp::Get { key } };
+                    let op = if i.is_multiple_of(2) {
+                        KvOp::Put { key, value: vec![b'v'; payload] }
+                    } else {
+                        KvOp::Get { key }
+                    };
                     i += 1;
                     let t0 = Instant::now();
                     let ok = match client.invoke(op.encode()).await {
