@@ -212,7 +212,7 @@ impl BrokerCore {
 
     /// Whether Preparation has a free sequence number in `(h, h + L]` for one more batch.
     fn window_has_room(&self) -> bool {
-        self.last_ordered + self.awaiting_order.len() as u64 + 1 <= self.stable + self.protocol.log_window
+        self.last_ordered + (self.awaiting_order.len() as u64) < self.stable + self.protocol.log_window
     }
 
     /// Cuts batches while the rules allow (SPEC §5: `B` requests or the timeout; at once
