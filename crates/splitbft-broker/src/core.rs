@@ -6,12 +6,21 @@
 //! last column), and nothing it does can break safety; everything here is liveness and
 //! performance.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 use splitbft_types::boundary::{Event, Input, Output, Stats};
-use splitbft_types::codec::{CodecError, body_offset, decode_message, encode_message, from_bytes, to_bytes};
+use splitbft_types::codec::{
+    CodecError, WIRE_VERSION, body_offset, decode_message, encode_message, from_bytes, to_bytes,
+};
 use splitbft_types::counters::Counters;
-use splitbft_types::msg::{Message, Request};
+use splitbft_types::msg::{Digest, Message, Request, StateChunk};
 use splitbft_types::{ClientId, CompartmentKind, ProtocolConfig, ReplicaId, Seq, View};
+
+use crate::recovery::{
+    BatchCache, DEFAULT_VIEW_CHANGE_TIMEOUT_US, FutureBuffer, MAX_STATE_BYTES, MISSING_BATCH_GRACE_US, OutLog,
+    RequestTimer, STATE_CHUNK_BYTES, STATE_PEER_TIMEOUT_US, StateFetch,
+};
 
 /// Default batch timeout (SPEC §5: cut at `B` requests or 10 ms).
 pub const DEFAULT_BATCH_TIMEOUT_US: u64 = 10_000;
@@ -37,6 +46,8 @@ pub struct BrokerOptions {
     pub max_inflight: u64,
     /// Bound of the primary's request queue.
     pub max_pending_requests: usize,
+    /// First request timeout before suspecting the primary (doubles per failed view).
+    pub view_change_timeout_us: u64,
 }
 
 impl BrokerOptions {
@@ -49,6 +60,7 @@ impl BrokerOptions {
             // Half the log window: the rest absorbs the lag of checkpoint certificates.
             max_inflight: protocol.log_window / 2,
             max_pending_requests: DEFAULT_MAX_PENDING_REQUESTS,
+            view_change_timeout_us: DEFAULT_VIEW_CHANGE_TIMEOUT_US,
         }
     }
 }
@@ -85,6 +97,19 @@ pub struct BrokerCore {
     last_ordered: Seq,
     last_executed: Seq,
     window_full: bool,
+    /// View each local compartment is in (Confirmation: the view it moves to).
+    views: [View; 3],
+    timer: RequestTimer,
+    outlog: OutLog,
+    batches: BatchCache,
+    /// Certified or re-proposed batches Execution lacks: digest -> (seq, when to fetch).
+    missing: BTreeMap<Digest, (Seq, u64)>,
+    /// Own snapshots served to peers: seq -> (digest, bytes).
+    snapshots: BTreeMap<Seq, (Digest, Bytes)>,
+    fetch: Option<StateFetch>,
+    future: FutureBuffer,
+    /// Highest view each replica sent a ViewChange for (as seen on the wire).
+    vc_views: Vec<View>,
     counters: Counters,
     stats: [Option<Stats>; 3],
 }
@@ -96,8 +121,6 @@ impl BrokerCore {
         options.max_inflight = options.max_inflight.max(1);
         BrokerCore {
             me,
-            protocol,
-            options,
             view: 0,
             pending: Vec::new(),
             pending_since_us: None,
@@ -106,9 +129,25 @@ impl BrokerCore {
             last_ordered: 0,
             last_executed: 0,
             window_full: false,
+            views: [0; 3],
+            timer: RequestTimer::new(options.view_change_timeout_us),
+            outlog: OutLog::default(),
+            batches: BatchCache::default(),
+            missing: BTreeMap::new(),
+            snapshots: BTreeMap::new(),
+            fetch: None,
+            future: FutureBuffer::default(),
+            vc_views: vec![0; protocol.n()],
             counters: Counters::default(),
             stats: [None, None, None],
+            protocol,
+            options,
         }
+    }
+
+    /// The view this broker routes requests by (its Preparation enclave's).
+    pub fn view(&self) -> View {
+        self.view
     }
 
     /// This replica.
@@ -141,6 +180,20 @@ impl BrokerCore {
         out.push(Action::Enclave(kind, Bytes::from(to_bytes(&Input::Message(msg)))));
     }
 
+    /// Delivers `msg` to a local compartment, or holds it until the compartment enters
+    /// `view` if that is ahead of it.
+    fn deliver(&mut self, kind: CompartmentKind, view: Option<View>, msg: Message, out: &mut Vec<Action>) {
+        let input = Bytes::from(to_bytes(&Input::Message(msg)));
+        match view {
+            Some(v) if v > self.views[kind.index()] => {
+                if !self.future.hold(kind, v, input) {
+                    self.counters.bump("future_messages_dropped");
+                }
+            }
+            _ => out.push(Action::Enclave(kind, input)),
+        }
+    }
+
     /// A frame from peer `from`'s broker (SPEC §3 routing).
     pub fn on_peer_frame(&mut self, from: ReplicaId, frame: Bytes, now_us: u64, out: &mut Vec<Action>) {
         let Some(msg) = self.decode(&frame, "peer") else { return };
@@ -154,41 +207,98 @@ impl BrokerCore {
                 }
             }
             Message::Batch(b) => {
-                Self::to_enclave(Preparation, Message::PrePrepare(b.pre_prepare), out);
-                Self::to_enclave(Confirmation, Message::PrePrepare(b.pre_prepare), out);
+                let pp = b.pre_prepare;
+                self.batches.insert(pp.body.digest, pp.body.seq, frame);
+                self.missing.remove(&pp.body.digest);
+                // A batch of an older view (fetched after a view change) is for Execution only.
+                for kind in [Preparation, Confirmation] {
+                    if pp.body.view >= self.views[kind.index()] {
+                        self.deliver(kind, Some(pp.body.view), Message::PrePrepare(pp), out);
+                    }
+                }
                 Self::to_enclave(Execution, Message::Batch(b), out);
             }
             Message::PrePrepare(pp) => {
-                Self::to_enclave(Preparation, Message::PrePrepare(pp), out);
-                Self::to_enclave(Confirmation, Message::PrePrepare(pp), out);
+                self.deliver(Preparation, Some(pp.body.view), Message::PrePrepare(pp), out);
+                self.deliver(Confirmation, Some(pp.body.view), Message::PrePrepare(pp), out);
             }
-            msg @ Message::Prepare(_) => Self::to_enclave(Confirmation, msg, out),
-            msg @ Message::Commit(_) => Self::to_enclave(Execution, msg, out),
+            Message::Prepare(p) => self.deliver(Confirmation, Some(p.body.view), Message::Prepare(p), out),
+            Message::Commit(c) => self.deliver(Execution, Some(c.body.view), Message::Commit(c), out),
             Message::Checkpoint(cp) => {
                 for kind in CompartmentKind::ALL {
                     Self::to_enclave(kind, Message::Checkpoint(cp), out);
                 }
             }
+            Message::ViewChange(vc) => {
+                let (view, replica) = (vc.body.view, vc.body.replica);
+                Self::to_enclave(Preparation, Message::ViewChange(vc), out);
+                if let Some(seen) = self.vc_views.get_mut(replica.0 as usize) {
+                    *seen = (*seen).max(view);
+                    self.join_view_change(out);
+                }
+            }
+            Message::NewView(nv) => {
+                for kind in CompartmentKind::ALL {
+                    Self::to_enclave(kind, Message::NewView(nv.clone()), out);
+                }
+            }
+            Message::FetchBatch { digest, .. } => match self.batches.get(&digest) {
+                Some(frame) => {
+                    self.counters.bump("batches_served");
+                    out.push(Action::Send(from, frame.clone()));
+                }
+                None => self.counters.bump("fetch_batch_unknown"),
+            },
+            Message::StateRequest { seq, digest } => self.serve_state(from, seq, digest, out),
+            Message::StateChunk(chunk) => self.on_state_chunk(from, chunk, now_us, out),
             Message::Reply(_) => self.counters.bump("peer_unexpected_reply"),
         }
-        let _ = from;
+    }
+
+    /// PBFT's liveness rule: `f + 1` replicas asking for views above ours means at least one
+    /// correct replica suspects the primary: join the smallest such view.
+    fn join_view_change(&mut self, out: &mut Vec<Action>) {
+        let current = self.views[CompartmentKind::Confirmation.index()];
+        let higher: Vec<View> = self.vc_views.iter().copied().filter(|v| *v > current).collect();
+        if higher.len() > self.protocol.f as usize
+            && let Some(&target) = higher.iter().min()
+        {
+            self.counters.bump("suspects_f_plus_one");
+            self.suspect(target - 1, out);
+        }
+    }
+
+    fn suspect(&mut self, view: View, out: &mut Vec<Action>) {
+        out.push(Action::Enclave(CompartmentKind::Confirmation, Bytes::from(to_bytes(&Input::Suspect(view)))));
     }
 
     /// A frame from a connected client.
     pub fn on_client_frame(&mut self, client: ClientId, frame: Bytes, now_us: u64, out: &mut Vec<Action>) {
-        match self.decode(&frame, "client") {
-            Some(Message::Request(req)) if req.client == client => {
-                if self.is_primary() {
-                    self.enqueue(frame, now_us, out);
-                } else {
-                    // Backups forward to the primary, unchanged (SPEC §5).
-                    self.counters.bump("requests_forwarded");
-                    out.push(Action::Send(self.protocol.primary(self.view), frame));
-                }
-            }
-            Some(Message::Request(_)) => self.counters.bump("client_request_wrong_id"),
-            Some(_) => self.counters.bump("client_unexpected_message"),
-            None => {}
+        let request = match self.decode(&frame, "client") {
+            Some(Message::Request(req)) if req.client == client => req,
+            Some(Message::Request(_)) => return self.counters.bump("client_request_wrong_id"),
+            Some(_) => return self.counters.bump("client_unexpected_message"),
+            None => return,
+        };
+        let key = (request.client, request.timestamp);
+        let done = self.timer.completed(key);
+        if done || self.timer.waiting(key) {
+            // A retransmission: Execution answers from its reply cache if it executed it.
+            self.counters.bump("client_retransmissions");
+            Self::to_enclave(CompartmentKind::Execution, Message::Request(request), out);
+        }
+        if done {
+            return;
+        }
+        if !self.timer.track(key, frame.clone(), now_us) {
+            self.counters.bump("requests_untracked");
+        }
+        if self.is_primary() {
+            self.enqueue(frame, now_us, out);
+        } else {
+            // Backups forward to the primary, unchanged (SPEC §5).
+            self.counters.bump("requests_forwarded");
+            out.push(Action::Send(self.protocol.primary(self.view), frame));
         }
     }
 
@@ -243,14 +353,126 @@ impl BrokerCore {
         }
     }
 
-    /// When [`BrokerCore::on_tick`] must run next (the batch timeout), if anything waits.
+    /// When [`BrokerCore::on_tick`] must run next (batch timeout, request timer, batch
+    /// fetch, state transfer), if anything waits.
     pub fn next_deadline_us(&self) -> Option<u64> {
-        self.pending_since_us.map(|t| t + self.options.batch_timeout_us)
+        [
+            self.pending_since_us.map(|t| t + self.options.batch_timeout_us),
+            self.timer.deadline_us(),
+            self.missing.values().map(|(_, at)| *at).min(),
+            self.fetch.as_ref().map(|f| f.deadline_us),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
-    /// Time passed: cut batches whose timeout expired.
+    /// Time passed: cut batches whose timeout expired, suspect the primary if a request
+    /// timer expired (SPEC §4.2 (5)), fetch batches still missing, move a stalled state
+    /// transfer to another peer.
     pub fn on_tick(&mut self, now_us: u64, out: &mut Vec<Action>) {
         self.maybe_cut(now_us, out);
+        if self.timer.fire(now_us) {
+            self.counters.bump("suspects_timer");
+            let view = self.views[CompartmentKind::Confirmation.index()];
+            self.suspect(view, out);
+        }
+        for (digest, (seq, at)) in self.missing.iter_mut() {
+            if *at <= now_us {
+                self.counters.bump("batches_fetched");
+                out.push(Action::Broadcast(Bytes::from(encode_message(&Message::FetchBatch {
+                    seq: *seq,
+                    digest: *digest,
+                }))));
+                *at = now_us + 25 * MISSING_BATCH_GRACE_US;
+            }
+        }
+        if self.fetch.as_ref().is_some_and(|f| f.deadline_us <= now_us) {
+            self.next_state_peer(now_us, out);
+        }
+    }
+
+    /// A peer connected (or reconnected): resend the out-log (SPEC §5).
+    pub fn on_peer_up(&mut self, peer: ReplicaId, out: &mut Vec<Action>) {
+        if peer == self.me {
+            return;
+        }
+        self.counters.bump("peer_reconnects");
+        for frame in self.outlog.frames() {
+            out.push(Action::Send(peer, frame.clone()));
+        }
+    }
+
+    fn serve_state(&mut self, to: ReplicaId, seq: Seq, digest: Digest, out: &mut Vec<Action>) {
+        let Some((have, bytes)) = self.snapshots.get(&seq) else {
+            return self.counters.bump("state_request_unknown");
+        };
+        if *have != digest {
+            return self.counters.bump("state_request_unknown");
+        }
+        let total = bytes.len().div_ceil(STATE_CHUNK_BYTES).max(1) as u32;
+        for index in 0..total {
+            let start = index as usize * STATE_CHUNK_BYTES;
+            let end = (start + STATE_CHUNK_BYTES).min(bytes.len());
+            let chunk = StateChunk { seq, digest, index, total, bytes: bytes[start..end].to_vec() };
+            out.push(Action::Send(to, Bytes::from(encode_message(&Message::StateChunk(chunk)))));
+        }
+        self.counters.bump("states_served");
+    }
+
+    fn start_state_fetch(&mut self, seq: Seq, digest: Digest, now_us: u64, out: &mut Vec<Action>) {
+        if self.fetch.as_ref().is_some_and(|f| f.seq >= seq) {
+            return;
+        }
+        let n = self.protocol.n() as u32;
+        let peer = ReplicaId((self.me.0 + 1) % n);
+        self.fetch = Some(StateFetch { seq, digest, peer, chunks: Vec::new(), deadline_us: now_us });
+        self.ask_state_peer(now_us, out);
+    }
+
+    fn ask_state_peer(&mut self, now_us: u64, out: &mut Vec<Action>) {
+        let Some(fetch) = &mut self.fetch else { return };
+        fetch.chunks.clear();
+        fetch.deadline_us = now_us + STATE_PEER_TIMEOUT_US;
+        self.counters.bump("state_requests_sent");
+        let msg = Message::StateRequest { seq: fetch.seq, digest: fetch.digest };
+        out.push(Action::Send(fetch.peer, Bytes::from(encode_message(&msg))));
+    }
+
+    fn next_state_peer(&mut self, now_us: u64, out: &mut Vec<Action>) {
+        let n = self.protocol.n() as u32;
+        let me = self.me;
+        if let Some(fetch) = &mut self.fetch {
+            fetch.peer = ReplicaId((fetch.peer.0 + 1) % n);
+            if fetch.peer == me {
+                fetch.peer = ReplicaId((fetch.peer.0 + 1) % n);
+            }
+        }
+        self.ask_state_peer(now_us, out);
+    }
+
+    fn on_state_chunk(&mut self, from: ReplicaId, chunk: StateChunk, now_us: u64, out: &mut Vec<Action>) {
+        let Some(fetch) = &mut self.fetch else { return self.counters.bump("state_chunk_unexpected") };
+        let total = chunk.total as usize;
+        if from != fetch.peer
+            || (chunk.seq, chunk.digest) != (fetch.seq, fetch.digest)
+            || total == 0
+            || total > MAX_STATE_BYTES / STATE_CHUNK_BYTES + 1
+            || chunk.index as usize >= total
+            || chunk.bytes.len() > STATE_CHUNK_BYTES
+        {
+            return self.counters.bump("state_chunk_unexpected");
+        }
+        if fetch.chunks.len() != total {
+            fetch.chunks = vec![None; total];
+        }
+        fetch.chunks[chunk.index as usize] = Some(chunk.bytes);
+        fetch.deadline_us = now_us + STATE_PEER_TIMEOUT_US;
+        if fetch.chunks.iter().all(Option::is_some) {
+            let bytes: Vec<u8> = fetch.chunks.iter_mut().flat_map(|c| c.take().unwrap_or_default()).collect();
+            let input = Input::RestoreState { seq: fetch.seq, bytes };
+            out.push(Action::Enclave(CompartmentKind::Execution, Bytes::from(to_bytes(&input))));
+        }
     }
 
     /// Outputs of local compartment `from` (decoded defensively: only the compartments are
@@ -274,26 +496,54 @@ impl BrokerCore {
         use CompartmentKind::*;
         match (from, output) {
             (Preparation, Output::Send(Message::Batch(b))) => {
-                out.push(Action::Broadcast(Bytes::from(encode_message(&Message::Batch(b.clone())))));
-                Self::to_enclave(Confirmation, Message::PrePrepare(b.pre_prepare), out);
+                let pp = b.pre_prepare.body;
+                let frame = Bytes::from(encode_message(&Message::Batch(b.clone())));
+                self.batches.insert(pp.digest, pp.seq, frame.clone());
+                self.outlog.push(pp.seq, frame.clone());
+                out.push(Action::Broadcast(frame));
+                self.deliver(Confirmation, Some(pp.view), Message::PrePrepare(b.pre_prepare), out);
                 Self::to_enclave(Execution, Message::Batch(b), out);
             }
-            (Preparation, Output::Send(msg @ Message::Prepare(_))) => {
-                out.push(Action::Broadcast(Bytes::from(encode_message(&msg))));
-                Self::to_enclave(Confirmation, msg, out);
+            (Preparation, Output::Send(Message::Prepare(p))) => {
+                let frame = Bytes::from(encode_message(&Message::Prepare(p)));
+                self.outlog.push(p.body.seq, frame.clone());
+                out.push(Action::Broadcast(frame));
+                self.deliver(Confirmation, Some(p.body.view), Message::Prepare(p), out);
             }
-            (Confirmation, Output::Send(msg @ Message::Commit(_))) => {
-                out.push(Action::Broadcast(Bytes::from(encode_message(&msg))));
-                Self::to_enclave(Execution, msg, out);
+            (Preparation, Output::Send(Message::NewView(nv))) => {
+                let frame = Bytes::from(encode_message(&Message::NewView(nv.clone())));
+                self.outlog.set_new_view(frame.clone());
+                out.push(Action::Broadcast(frame));
+                for kind in [Confirmation, Execution] {
+                    Self::to_enclave(kind, Message::NewView(nv.clone()), out);
+                }
             }
-            (Execution, Output::Send(msg @ Message::Checkpoint(_))) => {
-                out.push(Action::Broadcast(Bytes::from(encode_message(&msg))));
+            (Confirmation, Output::Send(Message::Commit(c))) => {
+                let frame = Bytes::from(encode_message(&Message::Commit(c)));
+                self.outlog.push(c.body.seq, frame.clone());
+                out.push(Action::Broadcast(frame));
+                self.deliver(Execution, Some(c.body.view), Message::Commit(c), out);
+            }
+            (Confirmation, Output::Send(Message::ViewChange(vc))) => {
+                let frame = Bytes::from(encode_message(&Message::ViewChange(vc.clone())));
+                self.outlog.set_view_change(frame.clone());
+                out.push(Action::Broadcast(frame));
+                if let Some(seen) = self.vc_views.get_mut(self.me.0 as usize) {
+                    *seen = (*seen).max(vc.body.view);
+                }
+                Self::to_enclave(Preparation, Message::ViewChange(vc), out);
+            }
+            (Execution, Output::Send(Message::Checkpoint(cp))) => {
+                let frame = Bytes::from(encode_message(&Message::Checkpoint(cp)));
+                self.outlog.push(cp.body.seq, frame.clone());
+                out.push(Action::Broadcast(frame));
                 for kind in CompartmentKind::ALL {
-                    Self::to_enclave(kind, msg.clone(), out);
+                    Self::to_enclave(kind, Message::Checkpoint(cp), out);
                 }
             }
             (Execution, Output::Send(msg @ Message::Reply(_))) => {
                 let Message::Reply(reply) = &msg else { unreachable!("matched above") };
+                self.timer.executed((reply.client, reply.timestamp), now_us);
                 out.push(Action::Reply(reply.client, Bytes::from(encode_message(&msg))));
             }
             (Preparation, Output::Event(Event::Ordered { view, seq, requests })) => {
@@ -322,11 +572,98 @@ impl BrokerCore {
             (Preparation, Output::Event(Event::Stable { seq })) => {
                 self.stable = self.stable.max(seq);
                 self.window_full = false;
+                self.outlog.collect(seq);
                 self.maybe_cut(now_us, out);
             }
-            (_, Output::Event(Event::Stable { .. })) => {}
+            (Execution, Output::Event(Event::Stable { seq })) => {
+                // Keep the stable snapshot (peers may fetch it) and any newer one.
+                self.snapshots = self.snapshots.split_off(&seq);
+            }
+            (Confirmation, Output::Event(Event::Stable { .. })) => {}
+            (Confirmation, Output::Event(Event::ViewChangeStarted { view })) => {
+                self.counters.bump("view_changes_started");
+                self.enter(Confirmation, view, out);
+            }
+            (kind, Output::Event(Event::ViewEntered { view })) => {
+                if kind == Preparation {
+                    self.counters.bump("views_entered");
+                    self.on_new_primary(view, now_us, out);
+                }
+                self.enter(kind, view, out);
+            }
+            (Execution, Output::Event(Event::Snapshot { seq, digest, bytes })) => {
+                self.snapshots.insert(seq, (digest, Bytes::from(bytes)));
+                while self.snapshots.len() > 2 {
+                    self.snapshots.pop_first();
+                }
+            }
+            (Execution, Output::Event(Event::StateNeeded { seq, digest })) => {
+                self.counters.bump("state_transfers_started");
+                self.start_state_fetch(seq, digest, now_us, out);
+            }
+            (Execution, Output::Event(Event::StateRejected { seq })) => {
+                self.counters.bump("state_transfers_rejected");
+                if self.fetch.as_ref().is_some_and(|f| f.seq == seq) {
+                    self.next_state_peer(now_us, out);
+                }
+            }
+            (Execution, Output::Event(Event::StateRestored { seq })) => {
+                self.counters.bump("state_transfers_completed");
+                self.last_executed = self.last_executed.max(seq);
+                if self.fetch.as_ref().is_some_and(|f| f.seq <= seq) {
+                    self.fetch = None;
+                }
+            }
+            (Execution, Output::Event(Event::MissingBatch { seq, digest })) => match self.batches.get(&digest) {
+                Some(frame) => {
+                    if let Ok(Message::Batch(b)) = decode_message(frame) {
+                        Self::to_enclave(Execution, Message::Batch(b), out);
+                    }
+                }
+                None => {
+                    self.missing.entry(digest).or_insert((seq, now_us + MISSING_BATCH_GRACE_US));
+                }
+            },
             (kind, Output::Stats(stats)) => self.stats[kind.index()] = Some(stats),
             (_, _) => self.counters.bump("enclave_output_unexpected"),
+        }
+    }
+
+    /// A local compartment moved to `view`: deliver what was held for it.
+    fn enter(&mut self, kind: CompartmentKind, view: View, out: &mut Vec<Action>) {
+        let index = kind.index();
+        if view <= self.views[index] {
+            return;
+        }
+        self.views[index] = view;
+        for input in self.future.release(kind, view) {
+            out.push(Action::Enclave(kind, input));
+        }
+    }
+
+    /// Preparation entered `view`: route requests to its primary. Every request still
+    /// waiting here goes to the new primary (it may have been lost with the old one); a
+    /// replica that stopped being primary hands its queue over too. Requests the new view
+    /// already re-proposed are ordered twice and execute once (SPEC §4.3 dedup).
+    fn on_new_primary(&mut self, view: View, now_us: u64, out: &mut Vec<Action>) {
+        self.view = self.view.max(view);
+        self.window_full = false;
+        let mut frames: Vec<Bytes> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(|body| Bytes::from([&[WIRE_VERSION, 0][..], &body].concat()))
+            .collect();
+        self.pending_since_us = None;
+        frames.extend(self.timer.waiting_frames());
+        if self.is_primary() {
+            for frame in frames {
+                self.enqueue(frame, now_us, out);
+            }
+            self.maybe_cut(now_us, out);
+        } else {
+            let primary = self.protocol.primary(self.view);
+            for frame in frames {
+                out.push(Action::Send(primary, frame));
+            }
         }
     }
 
@@ -369,6 +706,7 @@ fn concat_requests(requests: &[Bytes]) -> Vec<u8> {
 mod tests {
     use super::*;
     use splitbft_types::msg::Mac;
+    use splitbft_types::msg::Request;
 
     fn primary(log_window: u64) -> BrokerCore {
         let mut secrets = splitbft_types::keys::ClusterSecrets::deterministic(1, 1, 1, 1);

@@ -10,6 +10,7 @@
 pub mod core;
 pub mod local;
 pub mod node;
+pub mod recovery;
 
 pub use core::{Action, BrokerCore, BrokerOptions};
 pub use node::{NodeConfig, NodeError, NodeHandle, NodeReport, spawn_node};

@@ -102,6 +102,7 @@ enum Event {
     Peer(ReplicaId, Bytes),
     Client(ClientId, Bytes),
     ClientUp(ClientId, mpsc::Sender<Bytes>),
+    PeerUp(ReplicaId),
     Count(&'static str),
     Report(oneshot::Sender<NodeReport>),
 }
@@ -244,6 +245,7 @@ impl Driver {
             Event::ClientUp(client, tx) => {
                 self.clients.insert(client, tx);
             }
+            Event::PeerUp(peer) => self.core.on_peer_up(peer, actions),
             Event::Count(what) => self.core.count(what),
             Event::Report(tx) => {
                 let _ = tx.send(self.report());
@@ -347,7 +349,11 @@ async fn serve_connection(stream: TcpStream, events: mpsc::Sender<Event>, protoc
         }
     };
     let (source, mut writer) = match hello {
-        Ok(Hello::Replica(r)) if (r.0 as usize) < protocol.n() => (Source::Peer(r), None),
+        Ok(Hello::Replica(r)) if (r.0 as usize) < protocol.n() => {
+            // A peer (re)connected: it may have missed what we sent (SPEC §5 out-log).
+            let _ = events.send(Event::PeerUp(r)).await;
+            (Source::Peer(r), None)
+        }
         Ok(Hello::Client(c)) if (c.0 as usize) < protocol.clients.len() => {
             let (tx, rx) = mpsc::channel(CONNECTION_QUEUE_FRAMES);
             let _ = events.send(Event::ClientUp(c, tx)).await;

@@ -158,7 +158,11 @@ fn malformed_peer_frames_are_counted_and_the_cluster_stays_live() {
     let mut extended = prepare.clone();
     extended.push(0);
     malformed.push(extended);
-    let unknown_kind = [vec![1, 0xc8, 0x01], vec![1, 7], [vec![1, 0xc8, 0x01], prepare[2..].to_vec()].concat()];
+    let unknown_kind = [
+        vec![1, 0xc8, 0x01],
+        vec![1, splitbft_types::msg::MESSAGE_KINDS as u8],
+        [vec![1, 0xc8, 0x01], prepare[2..].to_vec()].concat(),
+    ];
     let bad_version = [[vec![2], prepare[1..].to_vec()].concat(), [vec![0], prepare[1..].to_vec()].concat(), vec![255]];
     let reply = frame(&Message::Reply(Reply {
         view: 0,

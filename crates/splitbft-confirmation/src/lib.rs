@@ -4,7 +4,10 @@
 //! on a complete prepare certificate, signs exactly one Commit (SPEC §9 C1, C2). It works
 //! on digests alone: it never sees request bytes. No sockets, clock, threads or randomness.
 //!
-//! View change (handler (5), (7')) is not implemented yet: the view stays 0.
+//! On suspicion it stops committing in the old view and signs a ViewChange with its stable
+//! checkpoint and prepared certificates (5); it enters a new view on a NewView signed by
+//! the new primary's Preparation enclave with valid ViewChanges, without recomputing `O`
+//! (7', paper §4).
 
 use std::collections::BTreeMap;
 
@@ -14,7 +17,10 @@ use splitbft_types::checkpoint::CheckpointLog;
 use splitbft_types::config::{ConfigError, Keyring};
 use splitbft_types::counters::Counters;
 use splitbft_types::crypto::{Purpose, SecretKey};
-use splitbft_types::msg::{Checkpoint, Commit, Digest, Message, PrePrepare, Prepare, Signed};
+use splitbft_types::msg::{
+    Checkpoint, Commit, Digest, Message, NewView, PrePrepare, Prepare, PreparedCert, Signed, ViewChange,
+};
+use splitbft_types::viewchange::{Depth, check_new_view, reject_name};
 use splitbft_types::{CompartmentKind, EnclaveId, ProtocolConfig, ReplicaId, Seq, View};
 
 /// Everything Confirmation holds for one sequence number of the current view.
@@ -34,7 +40,13 @@ pub struct Confirmation {
     secret: SecretKey,
     /// `v_c`.
     view: View,
+    /// Whether `v_c` has been entered (false between a ViewChange and its NewView; C4).
+    active: bool,
     slots: BTreeMap<Seq, Slot>,
+    /// Highest-view prepare certificate per sequence number above `h`, kept across views
+    /// for ViewChanges.
+    prepared: BTreeMap<Seq, PreparedCert>,
+    genesis: Digest,
     checkpoints: CheckpointLog,
     counters: Counters,
 }
@@ -50,7 +62,10 @@ impl Confirmation {
             me,
             secret,
             view: 0,
+            active: true,
             slots: BTreeMap::new(),
+            prepared: BTreeMap::new(),
+            genesis,
             checkpoints: CheckpointLog::new(genesis),
             counters: Counters::default(),
             config,
@@ -129,6 +144,10 @@ impl Confirmation {
     /// Handler (3): on a complete prepare certificate, sign and send one Commit.
     fn on_prepare_certificate(&mut self, seq: Seq, out: &mut Vec<Output>) {
         let need = 2 * self.config.f as usize;
+        if !self.active {
+            // C4: no Commit between our ViewChange and the NewView.
+            return;
+        }
         let slot = self.slot_mut(seq);
         let Some(pp) = slot.pre_prepare else { return };
         if slot.committed.is_some() {
@@ -139,6 +158,8 @@ impl Confirmation {
             return;
         }
         slot.committed = Some(digest);
+        let prepares = slot.prepares.matching(|p| p.digest == digest).take(need).copied().collect();
+        self.prepared.insert(seq, PreparedCert { pre_prepare: pp, prepares });
         let commit = Commit { view: pp.body.view, seq, digest, replica: self.me };
         let sig = self.secret.sign(self.config.cluster_id, Purpose::Commit, &commit);
         self.counters.bump("commits_sent");
@@ -153,10 +174,75 @@ impl Confirmation {
             Ok(Some(stable)) => {
                 let seq = stable.seq;
                 self.slots = self.slots.split_off(&(seq + 1));
+                self.prepared = self.prepared.split_off(&(seq + 1));
                 self.counters.bump("checkpoints_stable");
                 out.push(Output::Event(Event::Stable { seq }));
             }
         }
+    }
+
+    /// Handler (5): on suspicion of primary(`view`), move to `view + 1`: stop committing,
+    /// sign a ViewChange with the stable checkpoint and every prepared certificate above it.
+    /// Repeated suspicion while changing moves on to `view + 2`, and so on.
+    pub fn on_suspect(&mut self, view: View, out: &mut Vec<Output>) {
+        let target = view.saturating_add(1);
+        if target <= self.view {
+            return self.counters.bump("suspect_stale");
+        }
+        self.view = target;
+        self.active = false;
+        self.slots.clear();
+        let low = self.checkpoints.low();
+        let body = ViewChange {
+            view: target,
+            replica: self.me,
+            stable: self.checkpoints.stable().clone(),
+            prepared: self.prepared.range(low + 1..).map(|(_, cert)| cert.clone()).collect(),
+        };
+        let sig = self.secret.sign(self.config.cluster_id, Purpose::ViewChange, &body);
+        self.counters.bump("view_changes_sent");
+        out.push(Output::Send(Message::ViewChange(Signed { body, sig })));
+        out.push(Output::Event(Event::ViewChangeStarted { view: target }));
+    }
+
+    /// Handler (7'): enter the NewView's view and adopt its checkpoint; its PrePrepares are
+    /// PrePrepares of the new view. `O` is not recomputed here (Preparation does that).
+    pub fn on_new_view(&mut self, nv: Signed<NewView>, out: &mut Vec<Output>) {
+        if nv.body.view < self.view || (nv.body.view == self.view && self.active) {
+            return self.counters.bump("new_view_old");
+        }
+        let accepted = match check_new_view(&self.config, &self.keys, &nv, self.genesis, Depth::SignaturesAndCheckpoint)
+        {
+            Ok(accepted) => accepted,
+            Err(e) => return self.counters.bump(reject_name("new_view", e)),
+        };
+        if accepted.view > self.view {
+            self.slots.clear();
+        }
+        self.view = accepted.view;
+        self.active = true;
+        let stable_seq = accepted.stable.seq;
+        if self.checkpoints.adopt(accepted.stable) {
+            self.slots = self.slots.split_off(&(stable_seq + 1));
+            self.prepared = self.prepared.split_off(&(stable_seq + 1));
+            out.push(Output::Event(Event::Stable { seq: stable_seq }));
+        }
+        let low = self.checkpoints.low();
+        for pp in accepted.pre_prepares.into_iter().filter(|pp| pp.body.seq > low) {
+            if let Some(slot) = self.slot(
+                pp.body.view,
+                pp.body.seq,
+                ["new_view_pre_prepare_wrong_view", "new_view_pre_prepare_outside_window"],
+            ) {
+                slot.pre_prepare = Some(pp);
+            }
+        }
+        let seqs: Vec<Seq> = self.slots.keys().copied().collect();
+        for seq in seqs {
+            self.on_prepare_certificate(seq, out);
+        }
+        self.counters.bump("views_entered");
+        out.push(Output::Event(Event::ViewEntered { view: self.view }));
     }
 
     /// Counters and log size.
@@ -182,7 +268,11 @@ impl Compartment for Confirmation {
             Input::Message(Message::Batch(b)) => self.on_pre_prepare(b.pre_prepare, out),
             Input::Message(Message::Prepare(p)) => self.on_prepare(p, out),
             Input::Message(Message::Checkpoint(cp)) => self.on_checkpoint(cp, out),
-            Input::Message(_) | Input::OrderBatch(_) => self.counters.bump("unexpected_input"),
+            Input::Message(Message::NewView(nv)) => self.on_new_view(nv, out),
+            Input::Suspect(view) => self.on_suspect(view, out),
+            Input::Message(_) | Input::OrderBatch(_) | Input::RestoreState { .. } => {
+                self.counters.bump("unexpected_input")
+            }
             Input::QueryStats => out.push(Output::Stats(self.stats())),
         }
     }

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use splitbft_types::app::Application;
 use splitbft_types::boundary::{Compartment, Event, Input, Output, Stats};
 use splitbft_types::cert::{VoteSet, in_window, verify_signed};
@@ -22,8 +22,9 @@ use splitbft_types::config::{ConfigError, Keyring};
 use splitbft_types::counters::Counters;
 use splitbft_types::crypto::{MacKey, Purpose, SecretKey, reply_mac};
 use splitbft_types::dedup::ClientWindow;
-use splitbft_types::msg::{BatchMsg, Checkpoint, Commit, Digest, Message, Reply, Request, Signed};
-use splitbft_types::{ClientId, CompartmentKind, EnclaveId, ProtocolConfig, ReplicaId, Seq, View};
+use splitbft_types::msg::{BatchMsg, Checkpoint, Commit, Digest, Message, NewView, Reply, Request, Signed};
+use splitbft_types::viewchange::{Depth, check_new_view, null_batch, null_digest, reject_name};
+use splitbft_types::{ClientId, CompartmentKind, EnclaveId, ProtocolConfig, ReplicaId, Seq, Timestamp, View};
 
 /// Candidate batches kept per sequence number before the commit certificate decides.
 /// Candidates need a PrePrepare signed by the primary of their view: a correct primary
@@ -51,6 +52,14 @@ struct ExecutionState<'a> {
     clients: &'a [ClientWindow],
 }
 
+/// [`ExecutionState`] as decoded from a fetched snapshot.
+#[derive(Deserialize)]
+struct OwnedExecutionState {
+    #[serde(with = "serde_bytes")]
+    app: Vec<u8>,
+    clients: Vec<ClientWindow>,
+}
+
 /// The Execution enclave of one replica, generic over the application.
 pub struct Execution {
     config: ProtocolConfig,
@@ -67,8 +76,11 @@ pub struct Execution {
     windows: Vec<ClientWindow>,
     /// Pre-keyed reply MAC state per client.
     client_macs: Vec<MacKey>,
-    /// Own checkpoint snapshots `s -> (D, bytes)` not yet superseded by a stable one.
-    snapshots: BTreeMap<Seq, (Digest, Vec<u8>)>,
+    /// Digests of own checkpoints not yet superseded by a stable one.
+    snapshots: BTreeMap<Seq, Digest>,
+    /// The last `W` replies per client, for retransmissions.
+    replies: Vec<BTreeMap<Timestamp, Reply>>,
+    genesis: Digest,
     checkpoints: CheckpointLog,
     counters: Counters,
 }
@@ -92,10 +104,9 @@ impl Execution {
             })
             .collect();
         let windows = vec![ClientWindow::default(); keys.clients()];
-        let genesis = state_bytes(app.as_ref(), &windows);
-        let genesis_digest = Digest::of(&genesis);
+        let genesis_digest = Digest::of(&state_bytes(app.as_ref(), &windows));
         let mut snapshots = BTreeMap::new();
-        snapshots.insert(0, (genesis_digest, genesis));
+        snapshots.insert(0, genesis_digest);
         Ok(Execution {
             keys,
             me,
@@ -107,6 +118,8 @@ impl Execution {
             windows,
             client_macs,
             snapshots,
+            replies: vec![BTreeMap::new(); config.clients.len()],
+            genesis: genesis_digest,
             checkpoints: CheckpointLog::new(genesis_digest),
             counters: Counters::default(),
             config,
@@ -205,6 +218,9 @@ impl Execution {
         slot.commits.insert(body.replica, commit);
         if slot.commits.count(|c| c.view == body.view && c.digest == body.digest) >= quorum {
             slot.certified = Some(body.digest);
+            if !slot.batches.iter().any(|(d, _)| *d == body.digest) {
+                out.push(Output::Event(Event::MissingBatch { seq: body.seq, digest: body.digest }));
+            }
             self.try_execute(out);
         }
     }
@@ -246,6 +262,9 @@ impl Execution {
             return self.counters.bump("request_unknown_client_noop");
         };
         if window.accept(request.timestamp, self.config.client_window).is_err() {
+            // Ordered twice (e.g. re-proposed after a view change and retransmitted): it
+            // executed once. A client still waiting retransmits, and the environment hands
+            // the retransmission to `on_retransmitted_request`.
             return self.counters.bump("request_duplicate_noop");
         }
         let result = self.app.execute(&request.op);
@@ -259,17 +278,46 @@ impl Execution {
         };
         reply.mac = reply_mac(&self.client_macs[c], self.config.cluster_id, &reply);
         self.counters.bump("requests_executed");
+        let cache = &mut self.replies[c];
+        cache.insert(request.timestamp, reply.clone());
+        if cache.len() as u64 > self.config.client_window {
+            cache.pop_first();
+        }
         out.push(Output::Send(Message::Reply(reply)));
+    }
+
+    /// Answers a retransmitted request from the reply cache (the last `W` per client).
+    fn resend_reply(&mut self, client: ClientId, timestamp: Timestamp, out: &mut Vec<Output>) {
+        match self.replies.get(client.0 as usize).and_then(|cache| cache.get(&timestamp)) {
+            Some(reply) => {
+                self.counters.bump("replies_resent");
+                out.push(Output::Send(Message::Reply(reply.clone())));
+            }
+            None => self.counters.bump("retransmission_not_cached"),
+        }
+    }
+
+    /// A client retransmitted a request (delivered by the environment): resend the cached
+    /// reply if it executed; otherwise ordering will take care of it.
+    pub fn on_retransmitted_request(&mut self, request: Request, out: &mut Vec<Output>) {
+        let executed = self.windows.get(request.client.0 as usize).is_some_and(|w| w.check(request.timestamp).is_err());
+        if executed {
+            self.resend_reply(request.client, request.timestamp, out);
+        } else {
+            self.counters.bump("retransmission_not_executed");
+        }
     }
 
     /// Handler (8): snapshot, keep it until a later checkpoint is stable, sign Checkpoint.
     fn send_checkpoint(&mut self, seq: Seq, out: &mut Vec<Output>) {
         let bytes = state_bytes(self.app.as_ref(), &self.windows);
         let state = Digest::of(&bytes);
-        self.snapshots.insert(seq, (state, bytes));
+        self.snapshots.insert(seq, state);
         let body = Checkpoint { seq, state, replica: self.me };
         let sig = self.secret.sign(self.config.cluster_id, Purpose::Checkpoint, &body);
         out.push(Output::Send(Message::Checkpoint(Signed { body, sig })));
+        // The environment keeps it to serve state transfers (encrypted once SPEC §6 lands).
+        out.push(Output::Event(Event::Snapshot { seq, digest: state, bytes }));
     }
 
     /// Handler (9): on a checkpoint certificate, advance `h`, drop the log and older
@@ -281,15 +329,94 @@ impl Execution {
             Ok(Some(stable)) => {
                 let seq = stable.seq;
                 self.slots = self.slots.split_off(&(seq + 1));
-                self.snapshots = self.snapshots.split_off(&seq);
-                if self.executed < seq {
-                    // Behind a certified state: state transfer (a later issue) fetches it.
-                    self.counters.bump("behind_stable_checkpoint");
-                }
+                let state = stable.state;
+                self.after_stable(seq, state, out);
                 self.counters.bump("checkpoints_stable");
-                out.push(Output::Event(Event::Stable { seq }));
             }
         }
+    }
+
+    /// After `h` moved to `seq`: drop the log below it; if behind, ask for state transfer.
+    fn after_stable(&mut self, seq: Seq, state: Digest, out: &mut Vec<Output>) {
+        self.slots = self.slots.split_off(&(seq + 1));
+        self.snapshots = self.snapshots.split_off(&seq);
+        out.push(Output::Event(Event::Stable { seq }));
+        if self.executed < seq {
+            self.counters.bump("behind_stable_checkpoint");
+            out.push(Output::Event(Event::StateNeeded { seq, digest: state }));
+        }
+    }
+
+    /// Handler (7'): enter the NewView's view, adopt its checkpoint (fetching state if it
+    /// is ahead), and make sure every batch of `O` is here (the null batch needs no bytes).
+    pub fn on_new_view(&mut self, nv: Signed<NewView>, out: &mut Vec<Output>) {
+        if nv.body.view <= self.view {
+            return self.counters.bump("new_view_old");
+        }
+        let accepted = match check_new_view(&self.config, &self.keys, &nv, self.genesis, Depth::SignaturesAndCheckpoint)
+        {
+            Ok(accepted) => accepted,
+            Err(e) => return self.counters.bump(reject_name("new_view", e)),
+        };
+        self.view = accepted.view;
+        // Commit votes of older views can no longer complete a certificate.
+        let n = self.config.n();
+        for slot in self.slots.values_mut() {
+            slot.commits = VoteSet::new(n);
+        }
+        let (seq, state) = (accepted.stable.seq, accepted.stable.state);
+        if self.checkpoints.adopt(accepted.stable) {
+            self.after_stable(seq, state, out);
+        }
+        let null = null_digest();
+        for pp in &accepted.pre_prepares {
+            let (s, d) = (pp.body.seq, pp.body.digest);
+            if s <= self.executed || !in_window(&self.config, self.checkpoints.low(), s) {
+                continue;
+            }
+            let slot = self.slot(s);
+            if slot.batches.iter().any(|(have, _)| *have == d) {
+                continue;
+            }
+            if d == null {
+                slot.batches.push((null, null_batch()));
+            } else {
+                out.push(Output::Event(Event::MissingBatch { seq: s, digest: d }));
+            }
+        }
+        self.counters.bump("views_entered");
+        out.push(Output::Event(Event::ViewEntered { view: self.view }));
+        self.try_execute(out);
+    }
+
+    /// State transfer: restore a snapshot for the stable checkpoint if its digest is the
+    /// certified one (SPEC §4.3); then continue from the log.
+    pub fn on_restore_state(&mut self, seq: Seq, bytes: Vec<u8>, out: &mut Vec<Output>) {
+        let stable = self.checkpoints.stable();
+        if seq != stable.seq || seq <= self.executed {
+            return self.counters.bump("restore_not_needed");
+        }
+        if Digest::of(&bytes) != stable.state {
+            self.counters.bump("restore_wrong_digest");
+            return out.push(Output::Event(Event::StateRejected { seq }));
+        }
+        let Ok(state) = from_bytes::<OwnedExecutionState>(&bytes) else {
+            // Certified bytes that do not decode: only if 2f + 1 Execution enclaves signed
+            // garbage, i.e. more than f faulty. Refuse rather than corrupt this replica.
+            self.counters.bump("restore_malformed");
+            return out.push(Output::Event(Event::StateRejected { seq }));
+        };
+        if state.clients.len() != self.windows.len() || self.app.restore(&state.app).is_err() {
+            self.counters.bump("restore_malformed");
+            return out.push(Output::Event(Event::StateRejected { seq }));
+        }
+        self.windows = state.clients;
+        self.executed = seq;
+        self.snapshots.insert(seq, stable.state);
+        self.slots = self.slots.split_off(&(seq + 1));
+        self.counters.bump("states_restored");
+        out.push(Output::Event(Event::StateRestored { seq }));
+        self.try_execute(out);
     }
 
     /// Counters and log size.
@@ -319,7 +446,10 @@ impl Compartment for Execution {
             Input::Message(Message::Batch(b)) => self.on_batch(b, out),
             Input::Message(Message::Commit(c)) => self.on_commit(c, out),
             Input::Message(Message::Checkpoint(cp)) => self.on_checkpoint(cp, out),
-            Input::Message(_) | Input::OrderBatch(_) => self.counters.bump("unexpected_input"),
+            Input::Message(Message::NewView(nv)) => self.on_new_view(nv, out),
+            Input::Message(Message::Request(req)) => self.on_retransmitted_request(req, out),
+            Input::RestoreState { seq, bytes } => self.on_restore_state(seq, bytes, out),
+            Input::Message(_) | Input::OrderBatch(_) | Input::Suspect(_) => self.counters.bump("unexpected_input"),
             Input::QueryStats => out.push(Output::Stats(self.stats())),
         }
     }

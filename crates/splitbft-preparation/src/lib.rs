@@ -5,7 +5,9 @@
 //! `(v, s)` (SPEC §9 P1). It holds no sockets, clock, threads or randomness: the
 //! environment feeds it [`Input`]s and routes its [`Output`]s.
 //!
-//! View change (handlers (6) (7)) is not implemented yet: the view stays 0.
+//! On view change it collects ViewChanges, and at the new primary builds the NewView with
+//! `O` computed exactly as PBFT (6); every Preparation enclave recomputes and checks `O`
+//! before entering the view and preparing its PrePrepares (7).
 
 use std::collections::BTreeMap;
 
@@ -17,7 +19,10 @@ use splitbft_types::config::{ConfigError, Keyring};
 use splitbft_types::counters::Counters;
 use splitbft_types::crypto::{MacKey, Purpose, SecretKey, verify_request_mac};
 use splitbft_types::dedup::ClientWindow;
-use splitbft_types::msg::{BatchMsg, Checkpoint, Digest, Message, PrePrepare, Prepare, Request, Signed};
+use splitbft_types::msg::{
+    BatchMsg, Checkpoint, Digest, Message, NewView, PrePrepare, Prepare, Request, Signed, ViewChange,
+};
+use splitbft_types::viewchange::{AcceptedNewView, Depth, check_new_view, check_view_change, compute_o, reject_name};
 use splitbft_types::{ClientId, CompartmentKind, EnclaveId, ProtocolConfig, ReplicaId, Seq, View};
 
 /// The Preparation enclave of one replica.
@@ -37,6 +42,9 @@ pub struct Preparation {
     /// Pre-keyed MAC state shared with each client (SPEC §6).
     client_macs: Vec<MacKey>,
     checkpoints: CheckpointLog,
+    /// Latest verified ViewChange per replica (at most `n`, whatever peers send).
+    view_changes: Vec<Option<Signed<ViewChange>>>,
+    genesis: Digest,
     counters: Counters,
 }
 
@@ -64,6 +72,8 @@ impl Preparation {
             next_seq: 1,
             accepted: BTreeMap::new(),
             checkpoints: CheckpointLog::new(genesis),
+            view_changes: vec![None; config.n()],
+            genesis,
             counters: Counters::default(),
             config,
         })
@@ -178,6 +188,106 @@ impl Preparation {
         }
     }
 
+    /// Handler (6), first half: store a verified ViewChange for a higher view; at the new
+    /// primary, build the NewView once `2f + 1` distinct ones agree on the view.
+    pub fn on_view_change(&mut self, vc: Signed<ViewChange>, out: &mut Vec<Output>) {
+        let (view, replica) = (vc.body.view, vc.body.replica);
+        if view <= self.view {
+            return self.counters.bump("view_change_old");
+        }
+        let Some(slot) = self.view_changes.get(replica.0 as usize) else {
+            return self.counters.bump("view_change_unknown_replica");
+        };
+        if slot.as_ref().is_some_and(|known| known.body.view >= view) {
+            return self.counters.bump("view_change_duplicate");
+        }
+        // C5: every certificate it reports must really exist.
+        if let Err(e) = check_view_change(&self.config, &self.keys, &vc, self.genesis, Depth::Full) {
+            return self.counters.bump(reject_name("view_change", e));
+        }
+        self.view_changes[replica.0 as usize] = Some(vc);
+        self.counters.bump("view_changes_accepted");
+        if self.config.primary(view) == self.me {
+            self.send_new_view(view, out);
+        }
+    }
+
+    /// Handler (6), second half: at primary(v'), with `2f + 1` ViewChanges for `v'`, compute
+    /// `O`, sign its PrePrepares and the NewView, and enter `v'`.
+    fn send_new_view(&mut self, view: View, out: &mut Vec<Output>) {
+        let view_changes: Vec<Signed<ViewChange>> = self
+            .view_changes
+            .iter()
+            .flatten()
+            .filter(|vc| vc.body.view == view)
+            .take(self.config.quorum())
+            .cloned()
+            .collect();
+        if view_changes.len() < self.config.quorum() {
+            return;
+        }
+        let (_, o) = compute_o(view, &view_changes);
+        let pre_prepares = o
+            .into_iter()
+            .map(|body| Signed { body, sig: self.secret.sign(self.config.cluster_id, Purpose::PrePrepare, &body) })
+            .collect();
+        let body = NewView { view, view_changes, pre_prepares };
+        let sig = self.secret.sign(self.config.cluster_id, Purpose::NewView, &body);
+        let nv = Signed { body, sig };
+        // Enter through the same checks every backup applies (P3), then send.
+        match check_new_view(&self.config, &self.keys, &nv, self.genesis, Depth::Full) {
+            Ok(accepted) => {
+                self.counters.bump("new_views_sent");
+                out.push(Output::Send(Message::NewView(nv)));
+                self.enter_view(accepted, out);
+            }
+            Err(e) => panic!("a NewView built from verified ViewChanges must verify: {e}"),
+        }
+    }
+
+    /// Handler (7): check a NewView (signer, ViewChanges, recomputed `O`), enter its view,
+    /// apply (7') and prepare its PrePrepares.
+    pub fn on_new_view(&mut self, nv: Signed<NewView>, out: &mut Vec<Output>) {
+        if nv.body.view <= self.view {
+            return self.counters.bump("new_view_old");
+        }
+        match check_new_view(&self.config, &self.keys, &nv, self.genesis, Depth::Full) {
+            Ok(accepted) => self.enter_view(accepted, out),
+            Err(e) => self.counters.bump(reject_name("new_view", e)),
+        }
+    }
+
+    fn enter_view(&mut self, nv: AcceptedNewView, out: &mut Vec<Output>) {
+        assert!(nv.view > self.view, "views only move forward");
+        self.view = nv.view;
+        self.accepted.clear();
+        let stable_seq = nv.stable.seq;
+        if self.checkpoints.adopt(nv.stable) {
+            out.push(Output::Event(Event::Stable { seq: stable_seq }));
+        }
+        let low = self.checkpoints.low();
+        let primary = self.is_primary();
+        let mut last = low;
+        for pp in nv.pre_prepares.iter().filter(|pp| pp.body.seq > low) {
+            let body = pp.body;
+            self.accepted.insert(body.seq, body.digest);
+            last = body.seq;
+            if !primary {
+                let prepare = Prepare { view: body.view, seq: body.seq, digest: body.digest, replica: self.me };
+                let sig = self.secret.sign(self.config.cluster_id, Purpose::Prepare, &prepare);
+                out.push(Output::Send(Message::Prepare(Signed { body: prepare, sig })));
+            }
+        }
+        self.next_seq = last + 1;
+        for slot in &mut self.view_changes {
+            if slot.as_ref().is_some_and(|vc| vc.body.view <= self.view) {
+                *slot = None;
+            }
+        }
+        self.counters.bump("views_entered");
+        out.push(Output::Event(Event::ViewEntered { view: self.view }));
+    }
+
     /// Counters and log size.
     pub fn stats(&self) -> Stats {
         Stats {
@@ -201,7 +311,11 @@ impl Compartment for Preparation {
             Input::Message(Message::PrePrepare(pp)) => self.on_pre_prepare(pp, out),
             Input::Message(Message::Batch(b)) => self.on_pre_prepare(b.pre_prepare, out),
             Input::Message(Message::Checkpoint(cp)) => self.on_checkpoint(cp, out),
-            Input::Message(_) => self.counters.bump("unexpected_message"),
+            Input::Message(Message::ViewChange(vc)) => self.on_view_change(vc, out),
+            Input::Message(Message::NewView(nv)) => self.on_new_view(nv, out),
+            Input::Message(_) | Input::Suspect(_) | Input::RestoreState { .. } => {
+                self.counters.bump("unexpected_input")
+            }
             Input::QueryStats => out.push(Output::Stats(self.stats())),
         }
     }

@@ -224,7 +224,7 @@ fn unexpected_and_malformed_inputs_are_counted() {
     p.handle_encoded(&[Bytes::from_static(&[]), Bytes::from_static(&[7, 7, 7]), Bytes::from_static(&[0, 1])], &mut out);
     assert!(out.is_empty());
     let s = stats(&mut p);
-    assert_eq!(s.get("unexpected_message"), 2);
+    assert_eq!(s.get("unexpected_input"), 2);
     assert_eq!(s.get("malformed_input"), 3);
 }
 

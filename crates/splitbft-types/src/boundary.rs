@@ -15,6 +15,18 @@ pub enum Input {
     OrderBatch(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Report counters (answered with [`Output::Stats`]).
     QueryStats,
+    /// (Confirmation) the environment suspects the primary of `view` (a request timer
+    /// expired, or `f + 1` ViewChanges for higher views were seen): move to `view + 1`.
+    Suspect(View),
+    /// (Execution) a snapshot fetched from peers for checkpoint `seq`; restored only if its
+    /// digest is the certified one (SPEC §4.3 state transfer).
+    RestoreState {
+        /// The checkpoint's sequence number.
+        seq: Seq,
+        /// The snapshot bytes.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
 }
 
 /// One output of a compartment.
@@ -57,6 +69,51 @@ pub enum Event {
     Stable {
         /// New low watermark.
         seq: Seq,
+    },
+    /// (Confirmation) sent a ViewChange for `view` and stopped committing in older views.
+    ViewChangeStarted {
+        /// The view being moved to.
+        view: View,
+    },
+    /// This compartment entered `view` (NewView accepted or built).
+    ViewEntered {
+        /// The view.
+        view: View,
+    },
+    /// (Execution) behind a certified checkpoint: fetch its snapshot from peers.
+    StateNeeded {
+        /// Checkpoint sequence number.
+        seq: Seq,
+        /// Certified state digest.
+        digest: crate::msg::Digest,
+    },
+    /// (Execution) a snapshot offered with [`Input::RestoreState`] was refused.
+    StateRejected {
+        /// Checkpoint sequence number.
+        seq: Seq,
+    },
+    /// (Execution) state restored up to `seq`.
+    StateRestored {
+        /// Checkpoint sequence number.
+        seq: Seq,
+    },
+    /// (Execution) a snapshot taken for checkpoint `seq`, for the environment to serve to
+    /// peers doing state transfer.
+    Snapshot {
+        /// Checkpoint sequence number.
+        seq: Seq,
+        /// Its digest.
+        digest: crate::msg::Digest,
+        /// The bytes.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// (Execution) a certified or re-proposed batch is missing: fetch it by digest.
+    MissingBatch {
+        /// Sequence number.
+        seq: Seq,
+        /// The batch digest.
+        digest: crate::msg::Digest,
     },
 }
 

@@ -85,6 +85,22 @@ impl SignedBody for Checkpoint {
     }
 }
 
+impl SignedBody for crate::msg::ViewChange {
+    const SIGNER: CompartmentKind = CompartmentKind::Confirmation;
+    const PURPOSE: Purpose = Purpose::ViewChange;
+    fn signer(&self, _: &ProtocolConfig) -> ReplicaId {
+        self.replica
+    }
+}
+
+impl SignedBody for crate::msg::NewView {
+    const SIGNER: CompartmentKind = CompartmentKind::Preparation;
+    const PURPOSE: Purpose = Purpose::NewView;
+    fn signer(&self, config: &ProtocolConfig) -> ReplicaId {
+        config.primary(self.view)
+    }
+}
+
 /// Verifies the signature of `msg` under its claimed signer's key; returns the signer.
 pub fn verify_signed<T: SignedBody>(
     config: &ProtocolConfig,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::cert::{CertError, VoteSet, in_window, verify_signed};
 use crate::config::{Keyring, ProtocolConfig};
 use crate::ids::Seq;
-use crate::msg::{Checkpoint, Digest, Signed};
+use crate::msg::{Checkpoint, CheckpointCert, Digest, Signed};
 
 /// Why a Checkpoint was not counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -38,28 +38,17 @@ impl CheckpointReject {
     }
 }
 
-/// A stable checkpoint: `(s, D)` and the `2f + 1` Checkpoints that certify it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StableCheckpoint {
-    /// Sequence number.
-    pub seq: Seq,
-    /// State digest.
-    pub state: Digest,
-    /// The certificate.
-    pub proof: Vec<Signed<Checkpoint>>,
-}
-
 /// Checkpoint votes for the window `(h, h + L]`: at most `L / K` slots of `n` votes.
 #[derive(Clone, Debug)]
 pub struct CheckpointLog {
     votes: BTreeMap<Seq, VoteSet<Checkpoint>>,
-    stable: StableCheckpoint,
+    stable: CheckpointCert,
 }
 
 impl CheckpointLog {
     /// Starts at the genesis checkpoint `(0, genesis)`.
     pub fn new(genesis: Digest) -> Self {
-        CheckpointLog { votes: BTreeMap::new(), stable: StableCheckpoint { seq: 0, state: genesis, proof: Vec::new() } }
+        CheckpointLog { votes: BTreeMap::new(), stable: CheckpointCert { seq: 0, state: genesis, proof: Vec::new() } }
     }
 
     /// The low watermark `h`.
@@ -68,13 +57,24 @@ impl CheckpointLog {
     }
 
     /// The latest stable checkpoint with its certificate.
-    pub fn stable(&self) -> &StableCheckpoint {
+    pub fn stable(&self) -> &CheckpointCert {
         &self.stable
     }
 
     /// Slots with pending votes.
     pub fn pending_slots(&self) -> usize {
         self.votes.len()
+    }
+
+    /// Adopts a checkpoint certified elsewhere (a NewView's, SPEC §4.4 (7')) if it is above
+    /// `h`; the caller has checked the certificate. Returns whether `h` moved.
+    pub fn adopt(&mut self, cert: CheckpointCert) -> bool {
+        if cert.seq <= self.low() {
+            return false;
+        }
+        self.votes = self.votes.split_off(&(cert.seq + 1));
+        self.stable = cert;
+        true
     }
 
     /// Counts a Checkpoint; returns the new stable checkpoint when this one completes a
@@ -84,7 +84,7 @@ impl CheckpointLog {
         config: &ProtocolConfig,
         keys: &Keyring,
         msg: &Signed<Checkpoint>,
-    ) -> Result<Option<&StableCheckpoint>, CheckpointReject> {
+    ) -> Result<Option<&CheckpointCert>, CheckpointReject> {
         let cp = msg.body;
         if !cp.seq.is_multiple_of(config.checkpoint_interval) {
             return Err(CheckpointReject::NotAtInterval);
@@ -104,7 +104,7 @@ impl CheckpointLog {
             return Ok(None);
         }
         let proof: Vec<_> = slot.matching(same).copied().collect();
-        self.stable = StableCheckpoint { seq: cp.seq, state: cp.state, proof };
+        self.stable = CheckpointCert { seq: cp.seq, state: cp.state, proof };
         self.votes = self.votes.split_off(&(cp.seq + 1));
         Ok(Some(&self.stable))
     }

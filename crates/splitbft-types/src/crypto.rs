@@ -35,6 +35,10 @@ pub enum Purpose {
     Request = 5,
     /// Reply MAC.
     Reply = 6,
+    /// ViewChange.
+    ViewChange = 7,
+    /// NewView.
+    NewView = 8,
 }
 
 /// Why a signature or key was refused.

@@ -19,6 +19,7 @@ pub mod dedup;
 pub mod ids;
 pub mod keys;
 pub mod msg;
+pub mod viewchange;
 pub mod wire;
 
 pub use app::{AppError, Application};

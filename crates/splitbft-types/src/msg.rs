@@ -154,6 +154,69 @@ pub struct Reply {
     pub mac: Mac,
 }
 
+/// A prepare certificate (SPEC §3): the primary's PrePrepare and `2f` matching Prepares
+/// from distinct other Preparation enclaves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreparedCert {
+    /// The PrePrepare of Preparation(primary(v)).
+    pub pre_prepare: Signed<PrePrepare>,
+    /// `2f` Prepares for the same `(v, s, d)`.
+    pub prepares: Vec<Signed<Prepare>>,
+}
+
+/// A checkpoint certificate (SPEC §3): `2f + 1` Checkpoints for `(s, D)`. The genesis
+/// checkpoint `(0, D0)` has an empty proof.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointCert {
+    /// Sequence number.
+    pub seq: Seq,
+    /// State digest.
+    pub state: Digest,
+    /// The Checkpoints.
+    pub proof: Vec<Signed<Checkpoint>>,
+}
+
+/// A ViewChange (SPEC §3, §4.2 (5)), signed by Confirmation(replica).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewChange {
+    /// The view being moved to.
+    pub view: View,
+    /// Sender.
+    pub replica: ReplicaId,
+    /// The sender's stable checkpoint.
+    pub stable: CheckpointCert,
+    /// For each `s` above the stable checkpoint, the prepare certificate of the highest
+    /// view the sender holds, in `s` order.
+    pub prepared: Vec<PreparedCert>,
+}
+
+/// A NewView (SPEC §3, §4.1 (6)), signed by Preparation(primary(view)).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewView {
+    /// The new view.
+    pub view: View,
+    /// `2f + 1` ViewChanges for `view` from distinct Confirmation enclaves.
+    pub view_changes: Vec<Signed<ViewChange>>,
+    /// The set `O`: one PrePrepare of `view` for every `s` in `(min-s, max-s]`, in order.
+    pub pre_prepares: Vec<Signed<PrePrepare>>,
+}
+
+/// A chunk of a checkpoint snapshot, served by a peer's environment (SPEC §3, §4.3).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateChunk {
+    /// Checkpoint sequence number.
+    pub seq: Seq,
+    /// Certified state digest of the whole snapshot.
+    pub digest: Digest,
+    /// Index of this chunk.
+    pub index: u32,
+    /// Number of chunks.
+    pub total: u32,
+    /// The bytes.
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+}
+
 /// Every protocol message (SPEC §3). The variant order is part of the wire format.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -171,10 +234,30 @@ pub enum Message {
     Checkpoint(Signed<Checkpoint>),
     /// Reply to a client.
     Reply(Reply),
+    /// ViewChange.
+    ViewChange(Signed<ViewChange>),
+    /// NewView.
+    NewView(Signed<NewView>),
+    /// (environment to environment) send me the batch with this digest, if you have it.
+    FetchBatch {
+        /// Sequence number it was proposed at.
+        seq: Seq,
+        /// Batch digest.
+        digest: Digest,
+    },
+    /// (environment to environment) send me the snapshot of checkpoint `(seq, digest)`.
+    StateRequest {
+        /// Checkpoint sequence number.
+        seq: Seq,
+        /// Certified state digest.
+        digest: Digest,
+    },
+    /// (environment to environment) a piece of a snapshot.
+    StateChunk(StateChunk),
 }
 
 /// Number of [`Message`] variants; discriminants at or above it are unknown kinds.
-pub const MESSAGE_KINDS: u32 = 7;
+pub const MESSAGE_KINDS: u32 = 12;
 
 impl Message {
     /// Short name of the message kind, for logs and counters.
@@ -187,6 +270,11 @@ impl Message {
             Message::Commit(_) => "commit",
             Message::Checkpoint(_) => "checkpoint",
             Message::Reply(_) => "reply",
+            Message::ViewChange(_) => "view_change",
+            Message::NewView(_) => "new_view",
+            Message::FetchBatch { .. } => "fetch_batch",
+            Message::StateRequest { .. } => "state_request",
+            Message::StateChunk(_) => "state_chunk",
         }
     }
 }

@@ -1,0 +1,267 @@
+//! The broker's liveness machinery (SPEC §5): request timers that trigger `Suspect`, the
+//! out-log retransmitted to reconnecting peers, a cache of batches served by digest,
+//! snapshots served for state transfer, the client of a state transfer, and a buffer for
+//! messages of views a compartment has not entered yet. All bounded; none of it can
+//! affect safety.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use bytes::Bytes;
+use splitbft_types::msg::Digest;
+use splitbft_types::{ClientId, CompartmentKind, ReplicaId, Seq, Timestamp, View};
+
+/// Default request timeout before the broker suspects the primary (doubled for each
+/// successive view change without progress, SPEC §4.2 (5)). Long enough that a loaded
+/// cluster (p99 ~ 30 ms here) never trips it, short enough to recover in about a second.
+pub const DEFAULT_VIEW_CHANGE_TIMEOUT_US: u64 = 500_000;
+/// Cap on the doubled timeout.
+pub const MAX_VIEW_CHANGE_TIMEOUT_US: u64 = 16_000_000;
+/// Requests a broker tracks for its timer; beyond it new ones are not timed (counted).
+pub const MAX_TRACKED_REQUESTS: usize = 100_000;
+/// Recently executed requests remembered to recognise retransmissions.
+pub const MAX_COMPLETED_REMEMBERED: usize = 65_536;
+/// Batches kept by digest to serve peers that missed them.
+pub const MAX_CACHED_BATCHES: usize = 1024;
+/// Messages held for views a compartment has not entered yet.
+pub const MAX_FUTURE_MESSAGES: usize = 16_384;
+/// Bytes per state-transfer chunk: well under the frame limit.
+pub const STATE_CHUNK_BYTES: usize = 1024 * 1024;
+/// Largest snapshot accepted in a state transfer (bounds the reassembly buffer).
+pub const MAX_STATE_BYTES: usize = 1024 * 1024 * 1024;
+/// How long to wait for progress from one peer before asking the next.
+pub const STATE_PEER_TIMEOUT_US: u64 = 1_000_000;
+/// How long a certified-but-missing batch may still arrive by itself before it is fetched.
+pub const MISSING_BATCH_GRACE_US: u64 = 20_000;
+
+/// PBFT's request timer: runs while some known request has not executed here.
+#[derive(Debug)]
+pub struct RequestTimer {
+    /// Known, not yet executed requests with their frames (re-routed after a view change).
+    waiting: HashMap<(ClientId, Timestamp), Bytes>,
+    completed: HashSet<(ClientId, Timestamp)>,
+    completed_order: VecDeque<(ClientId, Timestamp)>,
+    base_us: u64,
+    timeout_us: u64,
+    deadline_us: Option<u64>,
+}
+
+impl RequestTimer {
+    /// A timer with `base_us` as the first timeout.
+    pub fn new(base_us: u64) -> Self {
+        RequestTimer {
+            waiting: HashMap::new(),
+            completed: HashSet::new(),
+            completed_order: VecDeque::new(),
+            base_us,
+            timeout_us: base_us,
+            deadline_us: None,
+        }
+    }
+
+    /// Whether `(client, t)` already executed here (a retransmission).
+    pub fn completed(&self, key: (ClientId, Timestamp)) -> bool {
+        self.completed.contains(&key)
+    }
+
+    /// Whether `(client, t)` is known and not yet executed (a retransmission too).
+    pub fn waiting(&self, key: (ClientId, Timestamp)) -> bool {
+        self.waiting.contains_key(&key)
+    }
+
+    /// A request (its client frame) became known at `now`; returns false if it could not
+    /// be tracked.
+    pub fn track(&mut self, key: (ClientId, Timestamp), frame: Bytes, now_us: u64) -> bool {
+        if self.completed.contains(&key) || self.waiting.contains_key(&key) {
+            return true;
+        }
+        if self.waiting.len() >= MAX_TRACKED_REQUESTS {
+            return false;
+        }
+        self.waiting.insert(key, frame);
+        self.deadline_us.get_or_insert(now_us + self.timeout_us);
+        true
+    }
+
+    /// A request executed here: progress, so the timer restarts (or stops if idle).
+    pub fn executed(&mut self, key: (ClientId, Timestamp), now_us: u64) {
+        if self.waiting.remove(&key).is_some() {
+            self.timeout_us = self.base_us;
+        }
+        if self.completed.insert(key) {
+            self.completed_order.push_back(key);
+            if self.completed_order.len() > MAX_COMPLETED_REMEMBERED
+                && let Some(old) = self.completed_order.pop_front()
+            {
+                self.completed.remove(&old);
+            }
+        }
+        self.deadline_us = (!self.waiting.is_empty()).then_some(now_us + self.timeout_us);
+    }
+
+    /// When the timer fires, if running.
+    pub fn deadline_us(&self) -> Option<u64> {
+        self.deadline_us
+    }
+
+    /// Fires if due: returns true and re-arms with a doubled timeout.
+    pub fn fire(&mut self, now_us: u64) -> bool {
+        match self.deadline_us {
+            Some(d) if d <= now_us && !self.waiting.is_empty() => {
+                self.timeout_us = (self.timeout_us * 2).min(MAX_VIEW_CHANGE_TIMEOUT_US);
+                self.deadline_us = Some(now_us + self.timeout_us);
+                true
+            }
+            Some(d) if d <= now_us => {
+                self.deadline_us = None;
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Requests known and not executed.
+    pub fn pending(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Frames of the requests still waiting, oldest timestamps first per client.
+    pub fn waiting_frames(&self) -> Vec<Bytes> {
+        let mut keys: Vec<_> = self.waiting.keys().copied().collect();
+        keys.sort_unstable();
+        keys.iter().map(|k| self.waiting[k].clone()).collect()
+    }
+}
+
+/// Frames this replica's compartments sent, kept for peers that reconnect (SPEC §5 out-log):
+/// everything above the stable checkpoint, plus the latest ViewChange and NewView.
+#[derive(Debug, Default)]
+pub struct OutLog {
+    by_seq: BTreeMap<Seq, Vec<Bytes>>,
+    view_change: Option<Bytes>,
+    new_view: Option<Bytes>,
+}
+
+impl OutLog {
+    /// Remembers a frame about `seq`.
+    pub fn push(&mut self, seq: Seq, frame: Bytes) {
+        self.by_seq.entry(seq).or_default().push(frame);
+    }
+
+    /// Remembers the latest ViewChange.
+    pub fn set_view_change(&mut self, frame: Bytes) {
+        self.view_change = Some(frame);
+    }
+
+    /// Remembers the latest NewView.
+    pub fn set_new_view(&mut self, frame: Bytes) {
+        self.new_view = Some(frame);
+    }
+
+    /// Drops frames at or below the stable checkpoint `seq` (but keeps its Checkpoints,
+    /// which a lagging peer needs to learn that checkpoint).
+    pub fn collect(&mut self, seq: Seq) {
+        let keep = self.by_seq.split_off(&seq);
+        self.by_seq = keep;
+    }
+
+    /// Everything to resend, views first.
+    pub fn frames(&self) -> impl Iterator<Item = &Bytes> {
+        self.new_view.iter().chain(self.view_change.iter()).chain(self.by_seq.values().flatten())
+    }
+
+    /// Frames held.
+    pub fn len(&self) -> usize {
+        self.by_seq.values().map(Vec::len).sum::<usize>()
+            + self.view_change.iter().count()
+            + self.new_view.iter().count()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Batch frames by digest, to serve `FetchBatch` and re-deliver after a view change.
+#[derive(Debug, Default)]
+pub struct BatchCache {
+    frames: HashMap<Digest, (Seq, Bytes)>,
+    order: VecDeque<Digest>,
+}
+
+impl BatchCache {
+    /// Keeps a batch frame.
+    pub fn insert(&mut self, digest: Digest, seq: Seq, frame: Bytes) {
+        if self.frames.insert(digest, (seq, frame)).is_none() {
+            self.order.push_back(digest);
+            if self.order.len() > MAX_CACHED_BATCHES
+                && let Some(old) = self.order.pop_front()
+            {
+                self.frames.remove(&old);
+            }
+        }
+    }
+
+    /// A cached batch frame.
+    pub fn get(&self, digest: &Digest) -> Option<&Bytes> {
+        self.frames.get(digest).map(|(_, f)| f)
+    }
+}
+
+/// An ongoing state transfer (the requesting side).
+#[derive(Debug)]
+pub struct StateFetch {
+    /// Checkpoint being fetched.
+    pub seq: Seq,
+    /// Its certified digest.
+    pub digest: Digest,
+    /// Peer currently asked.
+    pub peer: ReplicaId,
+    /// Chunks received from that peer.
+    pub chunks: Vec<Option<Vec<u8>>>,
+    /// When to give up on that peer.
+    pub deadline_us: u64,
+}
+
+/// Messages held until a compartment enters their view.
+#[derive(Debug, Default)]
+pub struct FutureBuffer {
+    held: Vec<(CompartmentKind, View, Bytes)>,
+}
+
+impl FutureBuffer {
+    /// Holds an encoded input for `kind` until it reaches `view`; false if full.
+    pub fn hold(&mut self, kind: CompartmentKind, view: View, input: Bytes) -> bool {
+        if self.held.len() >= MAX_FUTURE_MESSAGES {
+            return false;
+        }
+        self.held.push((kind, view, input));
+        true
+    }
+
+    /// Takes the inputs for `kind` at views up to `view` (older ones are dropped: the
+    /// compartment would refuse them).
+    pub fn release(&mut self, kind: CompartmentKind, view: View) -> Vec<Bytes> {
+        let mut ready = Vec::new();
+        self.held.retain(|(k, v, input)| {
+            if *k != kind || *v > view {
+                return true;
+            }
+            if *v == view {
+                ready.push(input.clone());
+            }
+            false
+        });
+        ready
+    }
+
+    /// Inputs held.
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+}

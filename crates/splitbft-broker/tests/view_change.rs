@@ -1,0 +1,153 @@
+//! View change through the broker core and inline compartments (SPEC §4.1 (6) (7), §4.2
+//! (5) (7'), §4.4): a crashed primary is replaced, prepared requests survive into the new
+//! view and execute exactly once.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use splitbft_apps::kv::{KvOp, KvResult, KvStore};
+use splitbft_broker::BrokerOptions;
+use splitbft_broker::local::LocalCluster;
+use splitbft_types::crypto::ClientKeys;
+use splitbft_types::keys::ClusterSecrets;
+use splitbft_types::msg::{Message, Reply, Request};
+use splitbft_types::{ClientId, CompartmentKind, ReplicaId};
+
+const TIMEOUT_US: u64 = 500_000;
+
+fn cluster(clients: usize) -> (LocalCluster, Vec<ClientKeys>) {
+    let mut secrets = ClusterSecrets::deterministic(9, 1, clients, 7);
+    secrets.config.checkpoint_interval = 4;
+    secrets.config.log_window = 8;
+    let keyring = secrets.config.validate().unwrap();
+    let keys = (0..clients)
+        .map(|c| ClientKeys::derive(&secrets.clients[c], &secrets.config, &keyring, ClientId(c as u32)))
+        .collect();
+    let mut options = BrokerOptions::new(&secrets.config);
+    options.batch_max = 3;
+    options.view_change_timeout_us = TIMEOUT_US;
+    (LocalCluster::new(&secrets, || Box::new(KvStore::new()), options), keys)
+}
+
+fn put(key: &ClientKeys, t: u64, k: &str, v: &str) -> Request {
+    key.request(t, KvOp::Put { key: k.as_bytes().to_vec(), value: v.as_bytes().to_vec() }.encode())
+}
+
+/// Drives the cluster until quiet, advancing time in steps up to `until_us`.
+fn settle(cluster: &mut LocalCluster, until_us: u64) {
+    while cluster.now_us() < until_us {
+        cluster.run(1_000_000);
+        cluster.advance(50_000);
+    }
+    cluster.run(1_000_000);
+}
+
+/// f + 1 matching replies per (client, t), from distinct replicas.
+fn completed(replies: &[Reply]) -> BTreeMap<(ClientId, u64), Vec<u8>> {
+    let mut votes: BTreeMap<(ClientId, u64, Vec<u8>), Vec<ReplicaId>> = BTreeMap::new();
+    for r in replies {
+        let v = votes.entry((r.client, r.timestamp, r.result.clone())).or_default();
+        if !v.contains(&r.replica) {
+            v.push(r.replica);
+        }
+    }
+    votes.into_iter().filter(|(_, rs)| rs.len() >= 2).map(|((c, t, res), _)| ((c, t), res)).collect()
+}
+
+fn stats(cluster: &mut LocalCluster, r: u32, kind: CompartmentKind) -> splitbft_types::boundary::Stats {
+    cluster.stats(ReplicaId(r), kind)
+}
+
+#[test]
+fn a_crashed_primary_is_replaced_and_requests_complete_in_view_1() {
+    let (mut cluster, keys) = cluster(2);
+    // Normal case in view 0.
+    for t in 1..=5 {
+        cluster.client_sends(ReplicaId(0), &put(&keys[0], t, &format!("a{t}"), "x"));
+    }
+    settle(&mut cluster, 100_000);
+    assert_eq!(completed(&cluster.take_replies()).len(), 5);
+
+    // The primary crashes; the client times out and retransmits to every replica.
+    cluster.down.insert(ReplicaId(0));
+    let req = put(&keys[1], 1, "after", "crash");
+    for r in 0..4 {
+        cluster.client_sends(ReplicaId(r), &req);
+    }
+    settle(&mut cluster, 100_000 + 3 * TIMEOUT_US);
+    let done = completed(&cluster.take_replies());
+    assert!(matches!(KvResult::decode(&done[&(ClientId(1), 1)]).unwrap(), KvResult::Stored { .. }));
+    for r in 1..4 {
+        for kind in CompartmentKind::ALL {
+            assert_eq!(stats(&mut cluster, r, kind).view, 1, "r{r} {kind} not in view 1");
+        }
+        assert_eq!(stats(&mut cluster, r, CompartmentKind::Execution).get("requests_executed"), 6);
+    }
+    assert!(cluster.core(ReplicaId(1)).counters().get("views_entered") >= 1);
+}
+
+#[test]
+fn successive_failed_views_reach_a_live_primary() {
+    // Primaries of view 0 and view 1 are both down: f = 1 is exceeded only for liveness of
+    // those two views; with replicas 2 and 3 and one of them back it must reach view 2.
+    let (mut cluster, keys) = cluster(1);
+    cluster.down.insert(ReplicaId(0));
+    cluster.down.insert(ReplicaId(1));
+    let req = put(&keys[0], 1, "k", "v");
+    for r in 0..4 {
+        cluster.client_sends(ReplicaId(r), &req);
+    }
+    settle(&mut cluster, TIMEOUT_US * 2);
+    // Two replicas cannot make a quorum: nothing executes, but they move on (view 1, 2...).
+    assert_eq!(stats(&mut cluster, 2, CompartmentKind::Execution).get("requests_executed"), 0);
+    // Replica 0 comes back (an old primary, fresh from a partition): view 2's primary is
+    // replica 2, and 0, 2, 3 form a quorum.
+    cluster.down.remove(&ReplicaId(0));
+    for r in [0, 2, 3] {
+        cluster.client_sends(ReplicaId(r), &req);
+    }
+    settle(&mut cluster, TIMEOUT_US * 40);
+    let done = completed(&cluster.take_replies());
+    assert!(done.contains_key(&(ClientId(0), 1)), "request never completed");
+    let view = stats(&mut cluster, 2, CompartmentKind::Preparation).view;
+    assert!(view >= 2, "view {view}");
+    assert_eq!(cluster.core(ReplicaId(2)).view(), view);
+}
+
+#[test]
+fn requests_prepared_in_the_old_view_execute_exactly_once_in_the_new_view() {
+    let (mut cluster, keys) = cluster(1);
+    // The primary orders a batch; Prepares reach Confirmation everywhere, but every Commit
+    // is lost: the batch is prepared, not committed, when the primary dies.
+    let req = put(&keys[0], 1, "once", "only");
+    cluster.client_sends(ReplicaId(0), &req);
+    let mut commits_dropped = 0;
+    while let Some(packet) = cluster.network.pop_front() {
+        if matches!(splitbft_types::codec::decode_message(&packet.frame), Ok(Message::Commit(_))) {
+            commits_dropped += 1;
+            continue;
+        }
+        cluster.network.push_front(packet);
+        cluster.step();
+    }
+    assert!(commits_dropped > 0);
+    for r in 0..4 {
+        assert_eq!(stats(&mut cluster, r, CompartmentKind::Execution).get("requests_executed"), 0);
+    }
+    cluster.down.insert(ReplicaId(0));
+    for r in 1..4 {
+        cluster.client_sends(ReplicaId(r), &req);
+    }
+    settle(&mut cluster, 4 * TIMEOUT_US);
+    let replies = cluster.take_replies();
+    assert!(completed(&replies).contains_key(&(ClientId(0), 1)));
+    for r in 1..4 {
+        let exec = stats(&mut cluster, r, CompartmentKind::Execution);
+        assert_eq!(exec.get("requests_executed"), 1, "r{r}: {exec:?}");
+        assert_eq!(exec.view, 1);
+    }
+    // Same state everywhere.
+    let digests: Vec<_> = (1..4).map(|r| stats(&mut cluster, r, CompartmentKind::Execution).app_digest).collect();
+    assert!(digests.windows(2).all(|w| w[0] == w[1]));
+}

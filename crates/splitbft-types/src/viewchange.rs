@@ -1,0 +1,216 @@
+//! View-change certificates (SPEC §4.1 (6) (7), §4.2 (5) (7'), §9 C5): checking ViewChange
+//! and NewView messages, and computing the NewView's set `O` exactly as PBFT does.
+//!
+//! Preparation checks everything, including every prepare certificate inside every
+//! ViewChange, and recomputes `O` ([`Depth::Full`]). Confirmation and Execution check the
+//! signatures and the checkpoint they adopt, but not `O` ([`Depth::SignaturesAndCheckpoint`]),
+//! as the paper specifies: safety still rests on prepare certificates.
+
+use std::collections::BTreeMap;
+
+use crate::cert::{CertError, check_checkpoint_certificate, check_prepare_certificate, verify_signed};
+use crate::codec::to_bytes;
+use crate::config::{Keyring, ProtocolConfig};
+use crate::ids::{ReplicaId, Seq, View};
+use crate::msg::{CheckpointCert, Digest, NewView, PrePrepare, Request, Signed, ViewChange};
+
+/// The encoded empty batch that fills gaps in `O` (PBFT's null request).
+pub fn null_batch() -> Vec<u8> {
+    to_bytes(&Vec::<Request>::new())
+}
+
+/// Digest of [`null_batch`].
+pub fn null_digest() -> Digest {
+    Digest::of(&null_batch())
+}
+
+/// Why a ViewChange or NewView was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ViewChangeError {
+    /// A signature or certificate inside is invalid.
+    #[error(transparent)]
+    Cert(#[from] CertError),
+    /// The stable checkpoint certificate is invalid.
+    #[error("invalid checkpoint certificate")]
+    BadCheckpoint,
+    /// A prepared certificate is for a view not below the new one, or outside the window
+    /// above the stable checkpoint, or sequence numbers repeat.
+    #[error("prepared certificate out of place")]
+    BadPrepared,
+    /// A NewView carries ViewChanges for another view, or too few, or from one replica twice.
+    #[error("view changes do not make a quorum for this view")]
+    BadQuorum,
+    /// The NewView's `O` differs from the one computed from its ViewChanges.
+    #[error("NewView's O does not match its view changes")]
+    WrongO,
+}
+
+impl ViewChangeError {
+    /// Counter name suffix.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ViewChangeError::Cert(CertError::BadSignature(_)) => "bad_signature",
+            ViewChangeError::Cert(_) => "bad_certificate",
+            ViewChangeError::BadCheckpoint => "bad_checkpoint",
+            ViewChangeError::BadPrepared => "bad_prepared",
+            ViewChangeError::BadQuorum => "bad_quorum",
+            ViewChangeError::WrongO => "wrong_o",
+        }
+    }
+}
+
+/// Counter name for a refused ViewChange (`prefix` "view_change") or NewView ("new_view").
+pub fn reject_name(prefix: &'static str, e: ViewChangeError) -> &'static str {
+    match (prefix, e.name()) {
+        ("view_change", "bad_signature") => "view_change_bad_signature",
+        ("view_change", "bad_checkpoint") => "view_change_bad_checkpoint",
+        ("view_change", "bad_prepared") => "view_change_bad_prepared",
+        ("view_change", _) => "view_change_bad_certificate",
+        (_, "bad_signature") => "new_view_bad_signature",
+        (_, "bad_checkpoint") => "new_view_bad_checkpoint",
+        (_, "bad_prepared") => "new_view_bad_prepared",
+        (_, "bad_quorum") => "new_view_bad_quorum",
+        (_, "wrong_o") => "new_view_wrong_o",
+        _ => "new_view_bad_certificate",
+    }
+}
+
+/// How much of a ViewChange a compartment verifies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Depth {
+    /// Signature, checkpoint certificate and every prepared certificate (Preparation, C5).
+    Full,
+    /// Signature and checkpoint certificate only (Confirmation, Execution: paper §4).
+    SignaturesAndCheckpoint,
+}
+
+/// Checks a checkpoint certificate; `genesis` is the digest of the initial state.
+pub fn check_checkpoint_cert(
+    config: &ProtocolConfig,
+    keys: &Keyring,
+    cert: &CheckpointCert,
+    genesis: Digest,
+) -> Result<(), ViewChangeError> {
+    if cert.seq == 0 {
+        return if cert.state == genesis && cert.proof.is_empty() {
+            Ok(())
+        } else {
+            Err(ViewChangeError::BadCheckpoint)
+        };
+    }
+    let (seq, state) =
+        check_checkpoint_certificate(config, keys, &cert.proof).map_err(|_| ViewChangeError::BadCheckpoint)?;
+    if (seq, state) != (cert.seq, cert.state) || !seq.is_multiple_of(config.checkpoint_interval) {
+        return Err(ViewChangeError::BadCheckpoint);
+    }
+    Ok(())
+}
+
+/// Checks a ViewChange at `depth`; returns its sender.
+pub fn check_view_change(
+    config: &ProtocolConfig,
+    keys: &Keyring,
+    vc: &Signed<ViewChange>,
+    genesis: Digest,
+    depth: Depth,
+) -> Result<ReplicaId, ViewChangeError> {
+    let replica = verify_signed(config, keys, vc)?;
+    let body = &vc.body;
+    check_checkpoint_cert(config, keys, &body.stable, genesis)?;
+    if depth == Depth::SignaturesAndCheckpoint {
+        return Ok(replica);
+    }
+    let mut last = body.stable.seq;
+    for cert in &body.prepared {
+        let pp = cert.pre_prepare.body;
+        if pp.view >= body.view || pp.seq <= last || pp.seq > body.stable.seq + config.log_window {
+            return Err(ViewChangeError::BadPrepared);
+        }
+        last = pp.seq;
+        check_prepare_certificate(config, keys, &cert.pre_prepare, &cert.prepares)?;
+    }
+    Ok(replica)
+}
+
+/// `O` for view `view` from `2f + 1` ViewChanges, exactly as PBFT: `min-s` is the highest
+/// stable checkpoint among them; for each `s` in `(min-s, max-s]` the digest prepared in
+/// the highest view, else the null batch. Returns the chosen checkpoint and the bodies.
+pub fn compute_o(view: View, view_changes: &[Signed<ViewChange>]) -> (CheckpointCert, Vec<PrePrepare>) {
+    let stable = view_changes
+        .iter()
+        .map(|vc| &vc.body.stable)
+        .max_by_key(|c| c.seq)
+        .cloned()
+        .unwrap_or(CheckpointCert { seq: 0, state: Digest::default(), proof: Vec::new() });
+    let mut best: BTreeMap<Seq, (View, Digest)> = BTreeMap::new();
+    for cert in view_changes.iter().flat_map(|vc| &vc.body.prepared) {
+        let pp = cert.pre_prepare.body;
+        if pp.seq <= stable.seq {
+            continue;
+        }
+        let entry = best.entry(pp.seq).or_insert((pp.view, pp.digest));
+        if pp.view > entry.0 {
+            *entry = (pp.view, pp.digest);
+        }
+    }
+    let max_s = best.keys().next_back().copied().unwrap_or(stable.seq);
+    let o = (stable.seq + 1..=max_s)
+        .map(|seq| PrePrepare { view, seq, digest: best.get(&seq).map_or_else(null_digest, |(_, d)| *d) })
+        .collect();
+    (stable, o)
+}
+
+/// What an accepted NewView tells a compartment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcceptedNewView {
+    /// The new view.
+    pub view: View,
+    /// The checkpoint to adopt (7').
+    pub stable: CheckpointCert,
+    /// The PrePrepares of `O`, each signed by the new primary.
+    pub pre_prepares: Vec<Signed<PrePrepare>>,
+}
+
+/// Checks a NewView: signer, a quorum of ViewChanges for its view from distinct replicas
+/// (each checked at `depth`), every PrePrepare's signature, and with [`Depth::Full`] that
+/// `O` is exactly what the ViewChanges imply.
+pub fn check_new_view(
+    config: &ProtocolConfig,
+    keys: &Keyring,
+    nv: &Signed<NewView>,
+    genesis: Digest,
+    depth: Depth,
+) -> Result<AcceptedNewView, ViewChangeError> {
+    verify_signed(config, keys, nv)?;
+    let body = &nv.body;
+    let mut seen = vec![false; config.n()];
+    for vc in &body.view_changes {
+        if vc.body.view != body.view {
+            return Err(ViewChangeError::BadQuorum);
+        }
+        let replica = check_view_change(config, keys, vc, genesis, depth)?;
+        let slot = seen.get_mut(replica.0 as usize).ok_or(ViewChangeError::BadQuorum)?;
+        if std::mem::replace(slot, true) {
+            return Err(ViewChangeError::BadQuorum);
+        }
+    }
+    if body.view_changes.len() < config.quorum() {
+        return Err(ViewChangeError::BadQuorum);
+    }
+    let (stable, o) = compute_o(body.view, &body.view_changes);
+    let carried: Vec<PrePrepare> = body.pre_prepares.iter().map(|pp| pp.body).collect();
+    if depth == Depth::Full && carried != o {
+        return Err(ViewChangeError::WrongO);
+    }
+    // Every compartment uses these as PrePrepares of the new view: they must be the new
+    // primary's, for this view, above the checkpoint, in order.
+    let mut last = stable.seq;
+    for pp in &body.pre_prepares {
+        if pp.body.view != body.view || pp.body.seq <= last || pp.body.seq > stable.seq + config.log_window {
+            return Err(ViewChangeError::WrongO);
+        }
+        last = pp.body.seq;
+        verify_signed(config, keys, pp)?;
+    }
+    Ok(AcceptedNewView { view: body.view, stable, pre_prepares: body.pre_prepares.clone() })
+}
