@@ -264,6 +264,7 @@ impl BrokerCore {
             && let Some(&target) = higher.iter().min()
         {
             self.counters.bump("suspects_f_plus_one");
+            tracing::debug!(replica = self.me.0, target, "joining a view change (f + 1 rule)");
             self.suspect(target - 1, out);
         }
     }
@@ -375,6 +376,7 @@ impl BrokerCore {
         if self.timer.fire(now_us) {
             self.counters.bump("suspects_timer");
             let view = self.views[CompartmentKind::Confirmation.index()];
+            tracing::debug!(replica = self.me.0, view, pending = self.timer.pending(), "request timer expired");
             self.suspect(view, out);
         }
         for (digest, (seq, at)) in self.missing.iter_mut() {
@@ -581,12 +583,16 @@ impl BrokerCore {
             }
             (Confirmation, Output::Event(Event::Stable { .. })) => {}
             (Confirmation, Output::Event(Event::ViewChangeStarted { view })) => {
+                tracing::debug!(replica = self.me.0, view, "view change started");
                 self.counters.bump("view_changes_started");
+                self.timer.restart(now_us);
                 self.enter(Confirmation, view, out);
             }
             (kind, Output::Event(Event::ViewEntered { view })) => {
+                tracing::debug!(replica = self.me.0, %kind, view, "view entered");
                 if kind == Preparation {
                     self.counters.bump("views_entered");
+                    self.timer.restart(now_us);
                     self.on_new_primary(view, now_us, out);
                 }
                 self.enter(kind, view, out);
@@ -598,6 +604,7 @@ impl BrokerCore {
                 }
             }
             (Execution, Output::Event(Event::StateNeeded { seq, digest })) => {
+                tracing::debug!(replica = self.me.0, seq, "state transfer needed");
                 self.counters.bump("state_transfers_started");
                 self.start_state_fetch(seq, digest, now_us, out);
             }

@@ -98,6 +98,14 @@ impl RequestTimer {
         self.deadline_us = (!self.waiting.is_empty()).then_some(now_us + self.timeout_us);
     }
 
+    /// A view change started or a view was entered: give the next primary a full (already
+    /// doubled) timeout before suspecting it too (PBFT's view-change timer).
+    pub fn restart(&mut self, now_us: u64) {
+        if !self.waiting.is_empty() {
+            self.deadline_us = Some(now_us + self.timeout_us);
+        }
+    }
+
     /// When the timer fires, if running.
     pub fn deadline_us(&self) -> Option<u64> {
         self.deadline_us
@@ -263,5 +271,66 @@ impl FutureBuffer {
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
         self.held.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K1: (ClientId, Timestamp) = (ClientId(1), 1);
+    const K2: (ClientId, Timestamp) = (ClientId(1), 2);
+
+    #[test]
+    fn timer_fires_after_the_timeout_and_doubles() {
+        let mut t = RequestTimer::new(100);
+        assert!(t.track(K1, Bytes::new(), 0));
+        assert!(!t.fire(99));
+        assert!(t.fire(100));
+        assert_eq!(t.deadline_us(), Some(300), "second timeout is doubled");
+        assert!(!t.fire(299));
+        assert!(t.fire(300));
+        assert_eq!(t.deadline_us(), Some(700));
+    }
+
+    /// A replica that joins a view change (f + 1 rule) just before its own timer would
+    /// fire must not suspect the new primary at once: the timer restarts on every view
+    /// change (regression: the demo went through five views after one crash).
+    #[test]
+    fn a_view_change_restarts_the_timer() {
+        let mut t = RequestTimer::new(100);
+        t.track(K1, Bytes::new(), 0);
+        t.restart(95);
+        assert!(!t.fire(100));
+        assert!(!t.fire(194));
+        assert!(t.fire(195));
+    }
+
+    #[test]
+    fn progress_resets_the_timeout_and_an_idle_timer_stops() {
+        let mut t = RequestTimer::new(100);
+        t.track(K1, Bytes::new(), 0);
+        t.track(K2, Bytes::new(), 10);
+        assert!(t.fire(100));
+        t.executed(K1, 150);
+        assert_eq!(t.deadline_us(), Some(250), "back to the base timeout after progress");
+        assert!(t.waiting(K2) && !t.waiting(K1) && t.completed(K1));
+        t.executed(K2, 160);
+        assert_eq!(t.deadline_us(), None);
+        assert!(!t.fire(10_000));
+        assert!(t.track(K1, Bytes::new(), 200), "a completed request is not tracked again");
+        assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn future_buffer_releases_only_the_entered_view() {
+        let mut f = FutureBuffer::default();
+        f.hold(CompartmentKind::Confirmation, 2, Bytes::from_static(b"a"));
+        f.hold(CompartmentKind::Confirmation, 3, Bytes::from_static(b"b"));
+        f.hold(CompartmentKind::Execution, 2, Bytes::from_static(b"c"));
+        assert_eq!(f.release(CompartmentKind::Confirmation, 2), vec![Bytes::from_static(b"a")]);
+        assert_eq!(f.len(), 2);
+        assert!(f.release(CompartmentKind::Confirmation, 4).is_empty(), "view 3 was skipped: dropped");
+        assert_eq!(f.len(), 1);
     }
 }

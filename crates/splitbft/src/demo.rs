@@ -40,6 +40,8 @@ pub struct DemoOptions {
     pub backend: Backend,
     /// Show progress on a terminal.
     pub progress: bool,
+    /// Stop the primary replica (broker and compartments) this long after the start.
+    pub crash_primary_after_ms: Option<u64>,
 }
 
 /// The demo's result (printed as JSON with `--json`).
@@ -77,6 +79,16 @@ pub struct DemoSummary {
     pub retransmissions: u64,
     /// Inputs rejected by any broker or compartment (counters whose name says so).
     pub rejected_inputs: u64,
+    /// Highest view any running replica's Preparation enclave reached.
+    pub final_view: u64,
+    /// Views entered after view 0 (the most any running replica entered).
+    pub view_changes: u64,
+    /// When the primary was stopped, if it was (ms after the start).
+    pub crash_at_ms: Option<f64>,
+    /// Longest gap between completions after the crash (the stall the view change costs).
+    pub stall_ms: Option<f64>,
+    /// From the crash to the first completion after that stall.
+    pub recovery_ms: Option<f64>,
 }
 
 /// A running in-process cluster.
@@ -146,6 +158,19 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     if opts.outstanding > window {
         bail!("--outstanding {} exceeds the per-client window W = {window}", opts.outstanding);
     }
+    let mut cluster = cluster;
+    let crash = match (opts.crash_primary_after_ms, cluster.nodes[0].take()) {
+        (Some(ms), Some(primary)) => Some(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            let at = Instant::now();
+            (at, primary.shutdown().await)
+        })),
+        (None, primary) => {
+            cluster.nodes[0] = primary;
+            None
+        }
+        (Some(_), None) => None,
+    };
     let issued = Arc::new(AtomicU64::new(0));
     let completed = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -162,6 +187,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
             let (total, payload) = (opts.requests, opts.payload);
             workers.push(tokio::spawn(async move {
                 let mut latencies = hdrhistogram::Histogram::<u64>::new(3).expect("3 significant figures is valid");
+                let mut done_at = Vec::new();
                 let mut i = 0u64;
                 while issued.fetch_add(1, Ordering::Relaxed) < total {
                     // Alternate PUT and GET of this lane's keys (1,000 keys per lane).
@@ -178,9 +204,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
                         Err(_) => false,
                     };
                     let _ = latencies.record(t0.elapsed().as_micros() as u64);
+                    if ok {
+                        done_at.push(Instant::now());
+                    }
                     if ok { &completed } else { &errors }.fetch_add(1, Ordering::Relaxed);
                 }
-                latencies
+                (latencies, done_at)
             }));
         }
     }
@@ -199,9 +228,13 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         })
     });
     let mut latencies = hdrhistogram::Histogram::<u64>::new(3).expect("valid histogram");
+    let mut done_at = Vec::new();
     for worker in workers {
-        latencies.add(worker.await.context("a workload task panicked")?).context("merging latencies")?;
+        let (hist, times) = worker.await.context("a workload task panicked")?;
+        latencies.add(hist).context("merging latencies")?;
+        done_at.extend(times);
     }
+    done_at.sort_unstable();
     let seconds = started.elapsed().as_secs_f64();
     if let Some(progress) = progress {
         progress.abort();
@@ -209,9 +242,34 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     }
     let retransmissions = clients.iter().map(|c| c.stats().retransmissions).sum();
     drop(clients);
-    let reports = cluster.shutdown().await;
-    let primary = &reports[0];
-    let batches = primary.broker_counter("batches_ordered").max(1);
+    let mut reports = cluster.shutdown().await;
+    let running = reports.clone();
+    let (mut crash_at_ms, mut stall_ms, mut recovery_ms) = (None, None, None);
+    if let Some(crash) = crash {
+        let (at, report) = crash.await.context("the crash task panicked")?;
+        reports.push(report);
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        crash_at_ms = Some(ms(at.duration_since(started)));
+        // The longest gap between completions after the crash, and when it ended.
+        let after: Vec<Instant> = std::iter::once(at).chain(done_at.iter().copied().filter(|t| *t >= at)).collect();
+        if let Some(w) = after.windows(2).max_by_key(|w| w[1] - w[0]) {
+            stall_ms = Some(ms(w[1] - w[0]));
+            recovery_ms = Some(ms(w[1] - at));
+        }
+    }
+    if std::env::var_os("SPLITBFT_DUMP_COUNTERS").is_some() {
+        for (i, r) in reports.iter().enumerate() {
+            eprintln!("report {i}: broker {:?}", r.broker);
+            for s in r.enclaves.iter().flatten() {
+                eprintln!("  view {} low {} executed {}: {:?}", s.view, s.low_watermark, s.last_executed, s.counters);
+            }
+        }
+    }
+    let ordered: u64 = reports.iter().map(|r| r.broker_counter("requests_ordered")).sum();
+    let batches = reports.iter().map(|r| r.broker_counter("batches_ordered")).sum::<u64>().max(1);
+    let final_view =
+        running.iter().filter_map(|r| r.enclaves.first().cloned().flatten()).map(|s| s.view).max().unwrap_or(0);
+    let view_changes = running.iter().map(|r| r.broker_counter("views_entered")).max().unwrap_or(0);
     let rejected_inputs = reports
         .iter()
         .flat_map(|r| r.broker.iter().chain(r.enclaves.iter().flatten().flat_map(|s| s.counters.iter())))
@@ -233,9 +291,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         throughput_ops_s: completed as f64 / seconds,
         p50_us: latencies.value_at_quantile(0.5),
         p99_us: latencies.value_at_quantile(0.99),
-        avg_batch: primary.broker_counter("requests_ordered") as f64 / batches as f64,
+        avg_batch: ordered as f64 / batches as f64,
         retransmissions,
         rejected_inputs,
+        final_view,
+        view_changes,
+        crash_at_ms,
+        stall_ms,
+        recovery_ms,
     })
 }
 
@@ -253,6 +316,12 @@ pub fn print_summary(s: &DemoSummary) {
     println!("  latency      p50 {:.3} ms, p99 {:.3} ms", s.p50_us as f64 / 1000.0, s.p99_us as f64 / 1000.0);
     println!("  batching     {:.1} requests per batch at the primary", s.avg_batch);
     println!("  retransmits  {}, rejected inputs {}", s.retransmissions, s.rejected_inputs);
+    println!("  views        final view {}, {} view change(s)", s.final_view, s.view_changes);
+    if let (Some(at), Some(stall), Some(recovery)) = (s.crash_at_ms, s.stall_ms, s.recovery_ms) {
+        println!(
+            "  crash        primary stopped at {at:.0} ms; longest stall {stall:.0} ms; serving again {recovery:.0} ms after the crash"
+        );
+    }
 }
 
 /// Whether progress should be drawn (stderr is a terminal).

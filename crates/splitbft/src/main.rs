@@ -107,6 +107,9 @@ enum Command {
         /// Print one JSON object as the last line.
         #[arg(long)]
         json: bool,
+        /// Stop the primary replica this many milliseconds into the run (view change).
+        #[arg(long)]
+        crash_primary_after_ms: Option<u64>,
     },
 }
 
@@ -156,7 +159,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Replica { config, id, backend } => replica(&config, id, backend).await,
         Command::Client { config, client_id, timeout_s, op } => client(&config, client_id, timeout_s, op).await,
-        Command::Demo { replicas, clients, outstanding, requests, payload, batch, batch_timeout_ms, backend, json } => {
+        Command::Demo {
+            replicas,
+            clients,
+            outstanding,
+            requests,
+            payload,
+            batch,
+            batch_timeout_ms,
+            backend,
+            json,
+            crash_primary_after_ms,
+        } => {
             let summary = demo::run(DemoOptions {
                 replicas,
                 clients,
@@ -167,6 +181,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 batch_timeout_ms,
                 backend,
                 progress: !json && demo::stderr_is_terminal(),
+                crash_primary_after_ms,
             })
             .await?;
             demo::print_summary(&summary);
