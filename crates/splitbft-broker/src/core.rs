@@ -19,7 +19,7 @@ use splitbft_types::{ClientId, CompartmentKind, ProtocolConfig, ReplicaId, Seq, 
 
 use crate::recovery::{
     BatchCache, DEFAULT_VIEW_CHANGE_TIMEOUT_US, FutureBuffer, MAX_STATE_BYTES, MISSING_BATCH_GRACE_US, OutLog,
-    RequestTimer, STATE_CHUNK_BYTES, STATE_PEER_TIMEOUT_US, StateFetch,
+    RESEND_INTERVAL_US, RequestTimer, STATE_CHUNK_BYTES, STATE_PEER_TIMEOUT_US, StateFetch,
 };
 
 /// Default batch timeout (SPEC §5: cut at `B` requests or 10 ms).
@@ -110,6 +110,8 @@ pub struct BrokerCore {
     future: FutureBuffer,
     /// Highest view each replica sent a ViewChange for (as seen on the wire).
     vc_views: Vec<View>,
+    /// When each peer last had our out-log resent on its request.
+    resent_at: Vec<Option<u64>>,
     counters: Counters,
     stats: [Option<Stats>; 3],
 }
@@ -138,6 +140,7 @@ impl BrokerCore {
             fetch: None,
             future: FutureBuffer::default(),
             vc_views: vec![0; protocol.n()],
+            resent_at: vec![None; protocol.n()],
             counters: Counters::default(),
             stats: [None, None, None],
             protocol,
@@ -251,6 +254,16 @@ impl BrokerCore {
             },
             Message::StateRequest { seq, digest } => self.serve_state(from, seq, digest, out),
             Message::StateChunk(chunk) => self.on_state_chunk(from, chunk, now_us, out),
+            Message::ResendOutLog => {
+                let last = self.resent_at.get(from.0 as usize).copied().flatten();
+                if last.is_some_and(|at| now_us < at + RESEND_INTERVAL_US) {
+                    return self.counters.bump("resend_requests_throttled");
+                }
+                if let Some(slot) = self.resent_at.get_mut(from.0 as usize) {
+                    *slot = Some(now_us);
+                    self.on_peer_up(from, out);
+                }
+            }
             Message::Reply(_) => self.counters.bump("peer_unexpected_reply"),
         }
     }
@@ -616,6 +629,8 @@ impl BrokerCore {
             }
             (Execution, Output::Event(Event::StateRestored { seq })) => {
                 self.counters.bump("state_transfers_completed");
+                // What peers sent while we were behind fell outside our window: ask again.
+                out.push(Action::Broadcast(Bytes::from(encode_message(&Message::ResendOutLog))));
                 self.last_executed = self.last_executed.max(seq);
                 if self.fetch.as_ref().is_some_and(|f| f.seq <= seq) {
                     self.fetch = None;

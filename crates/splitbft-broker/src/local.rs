@@ -48,38 +48,63 @@ pub struct LocalCluster {
     pub down: BTreeSet<ReplicaId>,
     replies: Vec<Reply>,
     now_us: u64,
+    seeds: Vec<[[u8; 32]; 3]>,
+    app: Box<dyn FnMut() -> Box<dyn Application>>,
+    options: BrokerOptions,
 }
 
 impl LocalCluster {
     /// Builds the cluster described by `secrets`, one application per replica.
     pub fn new(
         secrets: &ClusterSecrets,
-        mut app: impl FnMut() -> Box<dyn Application>,
+        app: impl FnMut() -> Box<dyn Application> + 'static,
         options: BrokerOptions,
     ) -> Self {
         let protocol = secrets.config.clone();
-        let nodes = (0..protocol.n())
-            .map(|i| {
-                let me = ReplicaId(i as u32);
-                let key = |kind| SecretKey::from_seed(secrets.enclave(me, kind).seed());
-                let keys = [
-                    key(CompartmentKind::Preparation),
-                    key(CompartmentKind::Confirmation),
-                    key(CompartmentKind::Execution),
-                ];
-                let sink: OutputSink = Arc::new(|_, _| unreachable!("inline enclaves answer synchronously"));
-                let enclaves =
-                    start_replica(&protocol, me, keys, app(), Backend::Inline, sink).expect("valid configuration");
-                LocalNode { core: BrokerCore::new(protocol.clone(), me, options.clone()), enclaves }
-            })
+        let seeds = (0..protocol.n())
+            .map(|i| CompartmentKind::ALL.map(|kind| secrets.enclave(ReplicaId(i as u32), kind).seed()))
             .collect();
-        LocalCluster {
+        let mut cluster = LocalCluster {
             protocol,
-            nodes,
+            nodes: Vec::new(),
             network: VecDeque::new(),
             down: BTreeSet::new(),
             replies: Vec::new(),
             now_us: 0,
+            seeds,
+            app: Box::new(app),
+            options,
+        };
+        cluster.nodes = (0..cluster.protocol.n()).map(|i| cluster.fresh_node(ReplicaId(i as u32))).collect();
+        cluster
+    }
+
+    fn fresh_node(&mut self, me: ReplicaId) -> LocalNode {
+        let keys = self.seeds[me.0 as usize].map(SecretKey::from_seed);
+        let sink: OutputSink = Arc::new(|_, _| unreachable!("inline enclaves answer synchronously"));
+        let enclaves =
+            start_replica(&self.protocol, me, keys, (self.app)(), Backend::Inline, sink).expect("valid configuration");
+        LocalNode { core: BrokerCore::new(self.protocol.clone(), me, self.options.clone()), enclaves }
+    }
+
+    /// Replaces a replica with a fresh one (a process restart without persistence: genesis
+    /// state, view 0), brings it up and lets its peers reconnect to it.
+    pub fn restart(&mut self, replica: ReplicaId) {
+        self.nodes[replica.0 as usize] = self.fresh_node(replica);
+        self.down.remove(&replica);
+        self.reconnect(replica);
+    }
+
+    /// Every peer sees `replica` (re)connect and resends its out-log to it (SPEC §5).
+    pub fn reconnect(&mut self, replica: ReplicaId) {
+        for i in 0..self.nodes.len() {
+            let peer = ReplicaId(i as u32);
+            if peer == replica || self.down.contains(&peer) {
+                continue;
+            }
+            let mut actions = Vec::new();
+            self.nodes[i].core.on_peer_up(replica, &mut actions);
+            self.execute(peer, actions);
         }
     }
 

@@ -30,6 +30,9 @@ pub const STATE_CHUNK_BYTES: usize = 1024 * 1024;
 pub const MAX_STATE_BYTES: usize = 1024 * 1024 * 1024;
 /// How long to wait for progress from one peer before asking the next.
 pub const STATE_PEER_TIMEOUT_US: u64 = 1_000_000;
+/// A peer's request to resend the out-log is honoured at most this often (a faulty peer
+/// cannot make us amplify traffic).
+pub const RESEND_INTERVAL_US: u64 = 200_000;
 /// How long a certified-but-missing batch may still arrive by itself before it is fetched.
 pub const MISSING_BATCH_GRACE_US: u64 = 20_000;
 

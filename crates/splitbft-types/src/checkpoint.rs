@@ -14,7 +14,7 @@ pub enum CheckpointReject {
     /// `s` is not a multiple of `K`.
     #[error("checkpoint not at a multiple of K")]
     NotAtInterval,
-    /// `s` is at or below the low watermark, or beyond `h + L`.
+    /// `s` is at or below the low watermark.
     #[error("checkpoint outside the log window")]
     OutsideWindow,
     /// The signer already sent a Checkpoint for `s`.
@@ -42,13 +42,21 @@ impl CheckpointReject {
 #[derive(Clone, Debug)]
 pub struct CheckpointLog {
     votes: BTreeMap<Seq, VoteSet<Checkpoint>>,
+    /// Each replica's latest Checkpoint beyond `h + L`: a replica that fell behind learns
+    /// of stable checkpoints past its window from these (PBFT's state-transfer trigger),
+    /// with memory bounded by `n` whatever peers send.
+    ahead: Vec<Option<Signed<Checkpoint>>>,
     stable: CheckpointCert,
 }
 
 impl CheckpointLog {
     /// Starts at the genesis checkpoint `(0, genesis)`.
     pub fn new(genesis: Digest) -> Self {
-        CheckpointLog { votes: BTreeMap::new(), stable: CheckpointCert { seq: 0, state: genesis, proof: Vec::new() } }
+        CheckpointLog {
+            votes: BTreeMap::new(),
+            ahead: Vec::new(),
+            stable: CheckpointCert { seq: 0, state: genesis, proof: Vec::new() },
+        }
     }
 
     /// The low watermark `h`.
@@ -61,9 +69,9 @@ impl CheckpointLog {
         &self.stable
     }
 
-    /// Slots with pending votes.
+    /// Slots with pending votes (including the per-replica votes beyond the window).
     pub fn pending_slots(&self) -> usize {
-        self.votes.len()
+        self.votes.len() + self.ahead.iter().flatten().count()
     }
 
     /// Adopts a checkpoint certified elsewhere (a NewView's, SPEC §4.4 (7')) if it is above
@@ -72,8 +80,7 @@ impl CheckpointLog {
         if cert.seq <= self.low() {
             return false;
         }
-        self.votes = self.votes.split_off(&(cert.seq + 1));
-        self.stable = cert;
+        self.make_stable(cert);
         true
     }
 
@@ -89,10 +96,13 @@ impl CheckpointLog {
         if !cp.seq.is_multiple_of(config.checkpoint_interval) {
             return Err(CheckpointReject::NotAtInterval);
         }
-        if !in_window(config, self.low(), cp.seq) {
+        if cp.seq <= self.low() {
             return Err(CheckpointReject::OutsideWindow);
         }
         let n = config.n();
+        if !in_window(config, self.low(), cp.seq) {
+            return self.on_checkpoint_ahead(config, keys, msg);
+        }
         if self.votes.get(&cp.seq).is_some_and(|v| v.has(cp.replica)) {
             return Err(CheckpointReject::Duplicate);
         }
@@ -104,8 +114,45 @@ impl CheckpointLog {
             return Ok(None);
         }
         let proof: Vec<_> = slot.matching(same).copied().collect();
-        self.stable = CheckpointCert { seq: cp.seq, state: cp.state, proof };
-        self.votes = self.votes.split_off(&(cp.seq + 1));
-        Ok(Some(&self.stable))
+        Ok(Some(self.make_stable(CheckpointCert { seq: cp.seq, state: cp.state, proof })))
+    }
+
+    fn on_checkpoint_ahead(
+        &mut self,
+        config: &ProtocolConfig,
+        keys: &Keyring,
+        msg: &Signed<Checkpoint>,
+    ) -> Result<Option<&CheckpointCert>, CheckpointReject> {
+        let cp = msg.body;
+        let index = cp.replica.0 as usize;
+        if index >= config.n() {
+            return Err(CheckpointReject::Cert(crate::cert::CertError::UnknownReplica(cp.replica)));
+        }
+        if self.ahead.len() != config.n() {
+            self.ahead = vec![None; config.n()];
+        }
+        if self.ahead[index].is_some_and(|known| known.body.seq >= cp.seq) {
+            return Err(CheckpointReject::Duplicate);
+        }
+        verify_signed(config, keys, msg)?;
+        self.ahead[index] = Some(*msg);
+        let proof: Vec<_> =
+            self.ahead.iter().flatten().filter(|c| (c.body.seq, c.body.state) == (cp.seq, cp.state)).copied().collect();
+        if proof.len() < config.quorum() {
+            return Ok(None);
+        }
+        Ok(Some(self.make_stable(CheckpointCert { seq: cp.seq, state: cp.state, proof })))
+    }
+
+    fn make_stable(&mut self, cert: CheckpointCert) -> &CheckpointCert {
+        let seq = cert.seq;
+        self.votes = self.votes.split_off(&(seq + 1));
+        for slot in &mut self.ahead {
+            if slot.is_some_and(|c| c.body.seq <= seq) {
+                *slot = None;
+            }
+        }
+        self.stable = cert;
+        &self.stable
     }
 }

@@ -254,10 +254,12 @@ pub enum Message {
     },
     /// (environment to environment) a piece of a snapshot.
     StateChunk(StateChunk),
+    /// (environment to environment) resend me your out-log (after a state transfer).
+    ResendOutLog,
 }
 
 /// Number of [`Message`] variants; discriminants at or above it are unknown kinds.
-pub const MESSAGE_KINDS: u32 = 12;
+pub const MESSAGE_KINDS: u32 = 13;
 
 impl Message {
     /// Short name of the message kind, for logs and counters.
@@ -275,6 +277,7 @@ impl Message {
             Message::FetchBatch { .. } => "fetch_batch",
             Message::StateRequest { .. } => "state_request",
             Message::StateChunk(_) => "state_chunk",
+            Message::ResendOutLog => "resend_out_log",
         }
     }
 }
