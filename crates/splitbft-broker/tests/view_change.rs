@@ -205,7 +205,7 @@ fn a_restarted_replica_catches_up_by_state_transfer_and_takes_part_again() {
     let (mut cluster, keys) = cluster(2);
     cluster.down.insert(ReplicaId(3));
     let mut t = 0;
-    let mut send_round = |cluster: &mut LocalCluster, t: &mut u64, to: &[u32]| {
+    let send_round = |cluster: &mut LocalCluster, t: &mut u64, to: &[u32]| {
         *t += 1;
         for key in &keys {
             let req = put(key, *t, &format!("k{}", *t % 5), &format!("v{t}"));

@@ -20,9 +20,10 @@ use CompartmentKind::{Execution, Preparation};
 
 const K: u64 = 4;
 const L: u64 = 8;
-/// Log entries Confirmation may hold: one slot per sequence number in the window plus
-/// one pending checkpoint slot per multiple of `K` in it.
-const MAX_ENTRIES: u64 = L + L / K;
+/// Log entries Confirmation may hold: one slot per sequence number in the window, one
+/// pending checkpoint slot per multiple of `K` in it, and each replica's latest Checkpoint
+/// beyond the window (n = 4).
+const MAX_ENTRIES: u64 = L + L / K + 4;
 
 fn secrets() -> &'static ClusterSecrets {
     static SECRETS: OnceLock<ClusterSecrets> = OnceLock::new();
