@@ -29,29 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Generate a cluster: DIR/cluster.toml plus one key file per enclave and client.
-    Keygen {
-        /// Number of replicas (3f + 1).
-        #[arg(long, default_value_t = 4)]
-        replicas: usize,
-        /// Number of client identities.
-        #[arg(long, default_value_t = 16)]
-        clients: usize,
-        /// Output directory.
-        #[arg(long)]
-        out: PathBuf,
-        /// Address the replicas listen on.
-        #[arg(long, default_value = "127.0.0.1")]
-        host: IpAddr,
-        /// Port of replica 0; replica i listens on base-port + i.
-        #[arg(long, default_value_t = 7400)]
-        base_port: u16,
-        /// Batch size B.
-        #[arg(long, default_value_t = 200)]
-        batch: u32,
-        /// Batch timeout in milliseconds.
-        #[arg(long, default_value_t = 10)]
-        batch_timeout_ms: u64,
-    },
+    Keygen(KeygenArgs),
     /// Run one replica (broker + its three compartments) until SIGINT/SIGTERM.
     Replica {
         /// Path of cluster.toml (key files are read from keys/ beside it).
@@ -113,6 +91,34 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct KeygenArgs {
+    /// Number of replicas (3f + 1).
+    #[arg(long, default_value_t = 4)]
+    replicas: usize,
+    /// Number of client identities.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Address the replicas listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// Port of replica 0; replica i listens on base-port + i.
+    #[arg(long, default_value_t = 7400)]
+    base_port: u16,
+    /// Batch size B.
+    #[arg(long, default_value_t = 200)]
+    batch: u32,
+    /// Batch timeout in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    batch_timeout_ms: u64,
+    /// Checkpoint interval K (the log window L is 2K).
+    #[arg(long, default_value_t = splitbft_types::config::DEFAULT_CHECKPOINT_INTERVAL)]
+    checkpoint_interval: u64,
+}
+
 #[derive(Subcommand)]
 enum ClientOp {
     /// Store VALUE under KEY.
@@ -154,9 +160,7 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Keygen { replicas, clients, out, host, base_port, batch, batch_timeout_ms } => {
-            keygen(replicas, clients, &out, host, base_port, batch, batch_timeout_ms)
-        }
+        Command::Keygen(args) => keygen(args),
         Command::Replica { config, id, backend } => replica(&config, id, backend).await,
         Command::Client { config, client_id, timeout_s, op } => client(&config, client_id, timeout_s, op).await,
         Command::Demo {
@@ -196,15 +200,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-fn keygen(
-    replicas: usize,
-    clients: usize,
-    out: &Path,
-    host: IpAddr,
-    base_port: u16,
-    batch: u32,
-    batch_timeout_ms: u64,
-) -> anyhow::Result<()> {
+fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
+    let KeygenArgs { replicas, clients, out, host, base_port, batch, batch_timeout_ms, checkpoint_interval } = args;
+    let out = out.as_path();
     let f = splitbft::fault_threshold(replicas)?;
     if clients == 0 {
         bail!("--clients must be at least 1");
@@ -212,6 +210,11 @@ fn keygen(
     let cluster_id = u64::from_le_bytes(splitbft::os_seed()[..8].try_into()?);
     let mut secrets = ClusterSecrets::generate(cluster_id, f, clients, splitbft::os_seed);
     secrets.config.max_batch = batch.max(1);
+    if checkpoint_interval == 0 {
+        bail!("--checkpoint-interval must be at least 1");
+    }
+    secrets.config.checkpoint_interval = checkpoint_interval;
+    secrets.config.log_window = 2 * checkpoint_interval;
     let addresses = (0..replicas)
         .map(|i| {
             let port = base_port.checked_add(i as u16).context("--base-port too high for this many replicas")?;
@@ -266,10 +269,12 @@ async fn replica(config_path: &Path, id: u32, backend: Backend) -> anyhow::Resul
     eprintln!("replica {id} listening on {} ({backend} backend); SIGINT or SIGTERM stops it", entry.address);
     wait_for_signal().await?;
     let report = node.shutdown().await;
+    let view = report.enclaves.first().cloned().flatten().map_or(0, |s| s.view);
     eprintln!(
-        "replica {id} stopped: {} requests ordered, {} executed",
+        "replica {id} stopped: view {view}, {} requests ordered, {} executed, {} state transfers",
         report.broker_counter("requests_ordered"),
-        report.broker_counter("requests_executed")
+        report.broker_counter("requests_executed"),
+        report.broker_counter("state_transfers_completed"),
     );
     Ok(())
 }

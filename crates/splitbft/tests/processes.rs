@@ -126,3 +126,78 @@ fn four_processes_serve_survive_a_backup_crash_and_stop_cleanly() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("stopped"));
     }
 }
+
+fn start_replica(config: &Path, id: u32) -> Child {
+    Command::new(BIN)
+        .args(["replica", "--config"])
+        .arg(config)
+        .args(["--id", &id.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn put_ok(config: &Path, key: &str, value: &str) {
+    let out = client(config, &["put", key, value]);
+    assert!(out.status.success(), "put {key} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// SPEC §4.1 (6) (7), §4.3: kill the primary mid-workload — the client's requests still
+/// complete after a view change; restart it — it catches up by state transfer; kill a
+/// different replica — the cluster, now relying on the restarted one, still serves.
+#[cfg(unix)]
+#[test]
+fn primary_crash_view_change_restart_and_state_transfer() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port();
+    let out = Command::new(BIN)
+        .args(["keygen", "--replicas", "4", "--clients", "1", "--checkpoint-interval", "4"])
+        .args(["--base-port", &base.to_string(), "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "keygen failed: {}", String::from_utf8_lossy(&out.stderr));
+    let config = dir.path().join("cluster.toml");
+    let mut replicas = Replicas((0..4).map(|i| Some(start_replica(&config, i))).collect());
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client(&config, &["put", "warmup", "1"]).status.success() {
+        assert!(Instant::now() < deadline, "cluster never came up");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for i in 0..10 {
+        put_ok(&config, &format!("before-{i}"), "v");
+    }
+    // The primary of view 0 dies.
+    let mut primary = replicas.0[0].take().unwrap();
+    primary.kill().unwrap();
+    primary.wait().unwrap();
+    for i in 0..10 {
+        put_ok(&config, &format!("during-{i}"), "v");
+    }
+    // It comes back with empty state (no persistence) and catches up.
+    replicas.0[0] = Some(start_replica(&config, 0));
+    std::thread::sleep(Duration::from_secs(2));
+    for i in 0..6 {
+        put_ok(&config, &format!("after-{i}"), "v");
+    }
+    // Now a different replica dies: 0 must carry its share.
+    let mut other = replicas.0[2].take().unwrap();
+    other.kill().unwrap();
+    other.wait().unwrap();
+    for i in 0..6 {
+        put_ok(&config, &format!("last-{i}"), "v");
+    }
+    let get = client(&config, &["get", "during-9"]);
+    assert_eq!(stdout(&get), "v");
+
+    let restarted = replicas.0[0].take().unwrap();
+    signal(&restarted, "-TERM");
+    let out = restarted.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{log}");
+    let line = log.lines().find(|l| l.contains("stopped")).unwrap_or_default().to_owned();
+    assert!(!line.contains(" 0 state transfers"), "the restarted replica did no state transfer: {line}");
+    assert!(!line.contains("view 0,"), "the restarted replica never learned the new view: {line}");
+}
