@@ -8,6 +8,7 @@
 //!   inline compartments deterministically (tests; the simulator's seed).
 
 pub mod core;
+pub mod drive;
 pub mod local;
 pub mod node;
 pub mod recovery;

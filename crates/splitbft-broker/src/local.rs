@@ -18,6 +18,7 @@ use splitbft_types::msg::{Message, Reply, Request};
 use splitbft_types::{Application, ClientId, CompartmentKind, ProtocolConfig, ReplicaId};
 
 use crate::core::{Action, BrokerCore, BrokerOptions};
+use crate::drive::drive;
 
 /// One replica of the local cluster.
 pub struct LocalNode {
@@ -201,44 +202,23 @@ impl LocalCluster {
         self.execute(replica, vec![Action::Enclave(kind, input)]);
     }
 
-    fn execute(&mut self, replica: ReplicaId, mut actions: Vec<Action>) {
-        let node = replica.0 as usize;
-        while !actions.is_empty() {
-            let mut inputs: [Vec<Bytes>; 3] = Default::default();
-            for action in actions.drain(..) {
-                match action {
-                    Action::Enclave(kind, input) => inputs[kind.index()].push(input),
-                    Action::Broadcast(frame) => {
-                        for to in 0..self.nodes.len() {
-                            if to != node {
-                                self.network.push_back(Packet {
-                                    from: replica,
-                                    to: ReplicaId(to as u32),
-                                    frame: frame.clone(),
-                                });
-                            }
-                        }
-                    }
-                    Action::Send(to, frame) => self.network.push_back(Packet { from: replica, to, frame }),
-                    Action::Reply(_, frame) => {
-                        if let Ok(Message::Reply(reply)) = decode_message(&frame) {
-                            self.replies.push(reply);
-                        }
-                    }
+    fn execute(&mut self, replica: ReplicaId, actions: Vec<Action>) {
+        let n = self.nodes.len() as u32;
+        let (network, replies) = (&mut self.network, &mut self.replies);
+        let node = &mut self.nodes[replica.0 as usize];
+        drive(&mut node.core, &mut node.enclaves, actions, self.now_us, |_, action| match action {
+            Action::Broadcast(frame) => {
+                for to in (0..n).map(ReplicaId).filter(|to| *to != replica) {
+                    network.push_back(Packet { from: replica, to, frame: frame.clone() });
                 }
             }
-            let mut next = Vec::new();
-            for kind in CompartmentKind::ALL {
-                let batch = std::mem::take(&mut inputs[kind.index()]);
-                if batch.is_empty() {
-                    continue;
+            Action::Send(to, frame) => network.push_back(Packet { from: replica, to, frame }),
+            Action::Reply(_, frame) => {
+                if let Ok(Message::Reply(reply)) = decode_message(&frame) {
+                    replies.push(reply);
                 }
-                let mut outs = Vec::new();
-                self.nodes[node].enclaves[kind.index()].submit(batch, &mut outs);
-                let now = self.now_us;
-                self.nodes[node].core.on_enclave_outputs(kind, outs, now, &mut next);
             }
-            actions = next;
-        }
+            Action::Enclave(..) => unreachable!("drive crosses enclave inputs itself"),
+        });
     }
 }

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use crate::core::{Action, BrokerCore, BrokerOptions};
+use crate::drive::drive;
 
 /// Frames queued per outgoing connection; when full, frames to that peer or client are
 /// dropped (and counted) instead of stalling the replica: a slow or dead peer must not
@@ -255,43 +256,26 @@ impl Driver {
 
     /// Carries out actions; inline compartments answer at once, so loop until quiet.
     fn execute(&mut self, actions: &mut Vec<Action>) {
-        while !actions.is_empty() {
-            let mut inputs: [Vec<Bytes>; 3] = Default::default();
-            for action in actions.drain(..) {
-                match action {
-                    Action::Enclave(kind, input) => inputs[kind.index()].push(input),
-                    Action::Broadcast(frame) => {
-                        for tx in self.peers.values() {
-                            if tx.try_send(frame.clone()).is_err() {
-                                self.core.count("peer_frames_dropped");
-                            }
-                        }
+        let now = self.now_us();
+        let (peers, clients) = (&self.peers, &self.clients);
+        drive(&mut self.core, &mut self.enclaves, std::mem::take(actions), now, |core, action| match action {
+            Action::Broadcast(frame) => {
+                for tx in peers.values() {
+                    if tx.try_send(frame.clone()).is_err() {
+                        core.count("peer_frames_dropped");
                     }
-                    Action::Send(to, frame) => match self.peers.get(&to) {
-                        Some(tx) if tx.try_send(frame).is_ok() => {}
-                        _ => self.core.count("peer_frames_dropped"),
-                    },
-                    Action::Reply(to, frame) => match self.clients.get(&to) {
-                        Some(tx) if tx.try_send(frame).is_ok() => {}
-                        _ => self.core.count("client_frames_dropped"),
-                    },
                 }
             }
-            let mut next = Vec::new();
-            for kind in CompartmentKind::ALL {
-                let batch = std::mem::take(&mut inputs[kind.index()]);
-                if batch.is_empty() {
-                    continue;
-                }
-                let mut outs = Vec::new();
-                self.enclaves[kind.index()].submit(batch, &mut outs);
-                if !outs.is_empty() {
-                    let now = self.now_us();
-                    self.core.on_enclave_outputs(kind, outs, now, &mut next);
-                }
-            }
-            *actions = next;
-        }
+            Action::Send(to, frame) => match peers.get(&to) {
+                Some(tx) if tx.try_send(frame).is_ok() => {}
+                _ => core.count("peer_frames_dropped"),
+            },
+            Action::Reply(to, frame) => match clients.get(&to) {
+                Some(tx) if tx.try_send(frame).is_ok() => {}
+                _ => core.count("client_frames_dropped"),
+            },
+            Action::Enclave(..) => unreachable!("drive crosses enclave inputs itself"),
+        });
     }
 
     fn report(&self) -> NodeReport {

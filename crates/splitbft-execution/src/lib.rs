@@ -95,14 +95,7 @@ impl Execution {
     ) -> Result<Self, ConfigError> {
         let keys = config.validate()?;
         let enclave = EnclaveId { replica: me, kind: CompartmentKind::Execution };
-        assert_eq!(keys.enclave(enclave), Some(&secret.public()), "secret key does not match the configuration");
-        let client_macs = (0..keys.clients())
-            .map(|c| {
-                let client = ClientId(c as u32);
-                let pk = keys.client(client).expect("index below the client count");
-                secret.mac_key(pk, config.cluster_id, client, enclave)
-            })
-            .collect();
+        let client_macs = keys.client_mac_keys(&secret, config.cluster_id, enclave);
         let windows = vec![ClientWindow::default(); keys.clients()];
         let genesis_digest = Digest::of(&state_bytes(app.as_ref(), &windows));
         let mut snapshots = BTreeMap::new();

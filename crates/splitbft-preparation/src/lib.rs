@@ -23,7 +23,7 @@ use splitbft_types::msg::{
     BatchMsg, Checkpoint, Digest, Message, NewView, PrePrepare, Prepare, Request, Signed, ViewChange,
 };
 use splitbft_types::viewchange::{AcceptedNewView, Depth, check_new_view, check_view_change, compute_o, reject_name};
-use splitbft_types::{ClientId, CompartmentKind, EnclaveId, ProtocolConfig, ReplicaId, Seq, View};
+use splitbft_types::{CompartmentKind, EnclaveId, ProtocolConfig, ReplicaId, Seq, View};
 
 /// The Preparation enclave of one replica.
 pub struct Preparation {
@@ -54,14 +54,7 @@ impl Preparation {
         let keys = config.validate()?;
         assert!((me.0 as usize) < config.n(), "replica id out of range");
         let enclave = EnclaveId { replica: me, kind: CompartmentKind::Preparation };
-        assert_eq!(keys.enclave(enclave), Some(&secret.public()), "secret key does not match the configuration");
-        let client_macs = (0..keys.clients())
-            .map(|c| {
-                let client = ClientId(c as u32);
-                let pk = keys.client(client).expect("index below the client count");
-                secret.mac_key(pk, config.cluster_id, client, enclave)
-            })
-            .collect();
+        let client_macs = keys.client_mac_keys(&secret, config.cluster_id, enclave);
         Ok(Preparation {
             ordered: vec![ClientWindow::default(); keys.clients()],
             client_macs,

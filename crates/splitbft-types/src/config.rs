@@ -177,4 +177,20 @@ impl Keyring {
     pub fn clients(&self) -> usize {
         self.clients.len()
     }
+
+    /// The MAC keys `enclave` shares with every client, derived once (SPEC §6). Panics if
+    /// `secret` is not the enclave's configured key: a deployment error, caught at start.
+    pub fn client_mac_keys(
+        &self,
+        secret: &crate::crypto::SecretKey,
+        cluster_id: u64,
+        enclave: EnclaveId,
+    ) -> Vec<crate::crypto::MacKey> {
+        assert_eq!(self.enclave(enclave), Some(&secret.public()), "secret key does not match the configuration");
+        self.clients
+            .iter()
+            .enumerate()
+            .map(|(c, pk)| secret.mac_key(pk, cluster_id, ClientId(c as u32), enclave))
+            .collect()
+    }
 }

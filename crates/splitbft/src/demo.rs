@@ -20,28 +20,38 @@ use splitbft_types::{ClientId, CompartmentKind, ReplicaId};
 use tokio::net::TcpListener;
 
 /// Demo parameters (the CLI flags).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct DemoOptions {
-    /// Replicas, `3f + 1`.
+    /// Replicas (3f + 1).
+    #[arg(long, default_value_t = 4)]
     pub replicas: usize,
     /// Closed-loop clients.
+    #[arg(long, default_value_t = 10)]
     pub clients: usize,
     /// Requests each client keeps outstanding.
+    #[arg(long, default_value_t = 40)]
     pub outstanding: usize,
     /// Total requests.
+    #[arg(long, default_value_t = 20_000)]
     pub requests: u64,
-    /// Value bytes per PUT.
+    /// Payload (value) bytes per request.
+    #[arg(long, default_value_t = 10)]
     pub payload: usize,
-    /// Batch size `B`.
+    /// Batch size B (1 = unbatched).
+    #[arg(long, default_value_t = 200)]
     pub batch: u32,
-    /// Batch timeout.
+    /// Batch timeout in milliseconds.
+    #[arg(long, default_value_t = 10)]
     pub batch_timeout_ms: u64,
-    /// Compartment hosting.
+    /// Compartment hosting: inline (function calls) or thread (one OS thread each).
+    #[arg(long, default_value = "inline")]
     pub backend: Backend,
-    /// Show progress on a terminal.
-    pub progress: bool,
-    /// Stop the primary replica (broker and compartments) this long after the start.
+    /// Stop the primary replica this many milliseconds into the run (view change).
+    #[arg(long)]
     pub crash_primary_after_ms: Option<u64>,
+    /// Show progress on a terminal (set by the CLI, not a flag).
+    #[arg(skip)]
+    pub progress: bool,
 }
 
 /// The demo's result (printed as JSON with `--json`).

@@ -58,36 +58,11 @@ enum Command {
     },
     /// Start a local cluster in this process and run a closed-loop KV workload.
     Demo {
-        /// Replicas (3f + 1).
-        #[arg(long, default_value_t = 4)]
-        replicas: usize,
-        /// Closed-loop clients.
-        #[arg(long, default_value_t = 10)]
-        clients: usize,
-        /// Requests each client keeps outstanding.
-        #[arg(long, default_value_t = 40)]
-        outstanding: usize,
-        /// Total requests.
-        #[arg(long, default_value_t = 20_000)]
-        requests: u64,
-        /// Payload (value) bytes per request.
-        #[arg(long, default_value_t = 10)]
-        payload: usize,
-        /// Batch size B (1 = unbatched).
-        #[arg(long, default_value_t = 200)]
-        batch: u32,
-        /// Batch timeout in milliseconds.
-        #[arg(long, default_value_t = 10)]
-        batch_timeout_ms: u64,
-        /// Compartment hosting: inline (function calls) or thread (one OS thread each).
-        #[arg(long, default_value = "inline")]
-        backend: Backend,
+        #[command(flatten)]
+        options: DemoOptions,
         /// Print one JSON object as the last line.
         #[arg(long)]
         json: bool,
-        /// Stop the primary replica this many milliseconds into the run (view change).
-        #[arg(long)]
-        crash_primary_after_ms: Option<u64>,
     },
 }
 
@@ -163,31 +138,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Keygen(args) => keygen(args),
         Command::Replica { config, id, backend } => replica(&config, id, backend).await,
         Command::Client { config, client_id, timeout_s, op } => client(&config, client_id, timeout_s, op).await,
-        Command::Demo {
-            replicas,
-            clients,
-            outstanding,
-            requests,
-            payload,
-            batch,
-            batch_timeout_ms,
-            backend,
-            json,
-            crash_primary_after_ms,
-        } => {
-            let summary = demo::run(DemoOptions {
-                replicas,
-                clients,
-                outstanding,
-                requests,
-                payload,
-                batch,
-                batch_timeout_ms,
-                backend,
-                progress: !json && demo::stderr_is_terminal(),
-                crash_primary_after_ms,
-            })
-            .await?;
+        Command::Demo { mut options, json } => {
+            options.progress = !json && demo::stderr_is_terminal();
+            let summary = demo::run(options).await?;
             demo::print_summary(&summary);
             if json {
                 println!("{}", serde_json::to_string(&summary)?);

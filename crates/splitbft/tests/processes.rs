@@ -11,11 +11,14 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_splitbft");
 
-/// Four consecutive free loopback ports.
+/// Four consecutive free loopback ports, different for every test in this process (tests
+/// run in parallel and would otherwise probe the same ports before either binds them).
 fn free_base_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     let seed = std::process::id() as u16;
-    for attempt in 0..200u16 {
-        let base = 20_000 + (seed.wrapping_mul(7).wrapping_add(attempt * 13)) % 30_000;
+    for _ in 0..200u16 {
+        let attempt = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base = 20_000 + (seed.wrapping_mul(7).wrapping_add(attempt.wrapping_mul(13))) % 30_000;
         if (0..4).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
         }

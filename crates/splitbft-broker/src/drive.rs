@@ -1,0 +1,39 @@
+//! The loop both drivers share: carry out a core's actions until nothing is left.
+
+use bytes::Bytes;
+use splitbft_enclave::EnclaveHandle;
+use splitbft_types::CompartmentKind;
+
+use crate::core::{Action, BrokerCore};
+
+/// Runs `actions` to quiescence. Network actions go to `network`; enclave inputs cross the
+/// boundary in one batch per compartment per round; outputs of inline compartments feed
+/// back into the core (thread-backed ones answer later, through the driver).
+pub fn drive(
+    core: &mut BrokerCore,
+    enclaves: &mut [Box<dyn EnclaveHandle>; 3],
+    mut actions: Vec<Action>,
+    now_us: u64,
+    mut network: impl FnMut(&mut BrokerCore, Action),
+) {
+    while !actions.is_empty() {
+        let mut inputs: [Vec<Bytes>; 3] = Default::default();
+        for action in actions.drain(..) {
+            match action {
+                Action::Enclave(kind, input) => inputs[kind.index()].push(input),
+                other => network(core, other),
+            }
+        }
+        for kind in CompartmentKind::ALL {
+            let batch = std::mem::take(&mut inputs[kind.index()]);
+            if batch.is_empty() {
+                continue;
+            }
+            let mut outs = Vec::new();
+            enclaves[kind.index()].submit(batch, &mut outs);
+            if !outs.is_empty() {
+                core.on_enclave_outputs(kind, outs, now_us, &mut actions);
+            }
+        }
+    }
+}
