@@ -148,6 +148,11 @@ impl BrokerCore {
         }
     }
 
+    /// Batches Execution reported missing that have not arrived yet.
+    pub fn missing_batches(&self) -> usize {
+        self.missing.len()
+    }
+
     /// The view this broker routes requests by (its Preparation enclave's).
     pub fn view(&self) -> View {
         self.view
@@ -579,7 +584,7 @@ impl BrokerCore {
                     self.pending_since_us.get_or_insert(now_us);
                 }
             }
-            (Execution, Output::Event(Event::Executed { seq, requests })) => {
+            (Execution, Output::Event(Event::Executed { seq, requests, .. })) => {
                 self.last_executed = self.last_executed.max(seq);
                 self.counters.add("requests_executed", u64::from(requests));
                 self.maybe_cut(now_us, out);

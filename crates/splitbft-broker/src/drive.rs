@@ -7,14 +7,16 @@ use splitbft_types::CompartmentKind;
 use crate::core::{Action, BrokerCore};
 
 /// Runs `actions` to quiescence. Network actions go to `network`; enclave inputs cross the
-/// boundary in one batch per compartment per round; outputs of inline compartments feed
-/// back into the core (thread-backed ones answer later, through the driver).
+/// boundary in one batch per compartment per round; outputs of inline compartments are
+/// shown to `observe` (the simulator's checkers) and fed back into the core (thread-backed
+/// ones answer later, through the driver).
 pub fn drive(
     core: &mut BrokerCore,
     enclaves: &mut [Box<dyn EnclaveHandle>; 3],
     mut actions: Vec<Action>,
     now_us: u64,
     mut network: impl FnMut(&mut BrokerCore, Action),
+    mut observe: impl FnMut(CompartmentKind, &[Bytes]),
 ) {
     while !actions.is_empty() {
         let mut inputs: [Vec<Bytes>; 3] = Default::default();
@@ -32,6 +34,7 @@ pub fn drive(
             let mut outs = Vec::new();
             enclaves[kind.index()].submit(batch, &mut outs);
             if !outs.is_empty() {
+                observe(kind, &outs);
                 core.on_enclave_outputs(kind, outs, now_us, &mut actions);
             }
         }

@@ -20,6 +20,9 @@ use splitbft_types::{Application, ClientId, CompartmentKind, ProtocolConfig, Rep
 use crate::core::{Action, BrokerCore, BrokerOptions};
 use crate::drive::drive;
 
+/// Sees every compartment output (the simulator's checkers).
+pub type Observer = Box<dyn FnMut(ReplicaId, CompartmentKind, &Output)>;
+
 /// One replica of the local cluster.
 pub struct LocalNode {
     /// The broker core.
@@ -52,6 +55,7 @@ pub struct LocalCluster {
     seeds: Vec<[[u8; 32]; 3]>,
     app: Box<dyn FnMut() -> Box<dyn Application>>,
     options: BrokerOptions,
+    observer: Option<Observer>,
 }
 
 impl LocalCluster {
@@ -75,6 +79,7 @@ impl LocalCluster {
             seeds,
             app: Box::new(app),
             options,
+            observer: None,
         };
         cluster.nodes = (0..cluster.protocol.n()).map(|i| cluster.fresh_node(ReplicaId(i as u32))).collect();
         cluster
@@ -94,6 +99,17 @@ impl LocalCluster {
         self.nodes[replica.0 as usize] = self.fresh_node(replica);
         self.down.remove(&replica);
         self.reconnect(replica);
+    }
+
+    /// `from`'s connection to `to` was re-established after a loss: `from` resends its
+    /// out-log to `to` (SPEC §5).
+    pub fn resend_out_log(&mut self, from: ReplicaId, to: ReplicaId) {
+        if self.down.contains(&from) {
+            return;
+        }
+        let mut actions = Vec::new();
+        self.nodes[from.0 as usize].core.on_peer_up(to, &mut actions);
+        self.execute(from, actions);
     }
 
     /// Every peer sees `replica` (re)connect and resends its out-log to it (SPEC §5).
@@ -144,13 +160,7 @@ impl LocalCluster {
     /// Delivers the oldest frame in flight; false when the network is empty.
     pub fn step(&mut self) -> bool {
         let Some(packet) = self.network.pop_front() else { return false };
-        if self.down.contains(&packet.from) || self.down.contains(&packet.to) {
-            return true;
-        }
-        let mut actions = Vec::new();
-        let now = self.now_us;
-        self.nodes[packet.to.0 as usize].core.on_peer_frame(packet.from, packet.frame, now, &mut actions);
-        self.execute(packet.to, actions);
+        self.deliver(packet);
         true
     }
 
@@ -204,21 +214,53 @@ impl LocalCluster {
 
     fn execute(&mut self, replica: ReplicaId, actions: Vec<Action>) {
         let n = self.nodes.len() as u32;
-        let (network, replies) = (&mut self.network, &mut self.replies);
+        let (network, replies, observer) = (&mut self.network, &mut self.replies, &mut self.observer);
         let node = &mut self.nodes[replica.0 as usize];
-        drive(&mut node.core, &mut node.enclaves, actions, self.now_us, |_, action| match action {
-            Action::Broadcast(frame) => {
-                for to in (0..n).map(ReplicaId).filter(|to| *to != replica) {
-                    network.push_back(Packet { from: replica, to, frame: frame.clone() });
+        let observe = |kind: CompartmentKind, outputs: &[Bytes]| {
+            if let Some(observer) = observer.as_mut() {
+                for output in outputs {
+                    if let Ok(output) = from_bytes::<Output>(output) {
+                        observer(replica, kind, &output);
+                    }
                 }
             }
-            Action::Send(to, frame) => network.push_back(Packet { from: replica, to, frame }),
-            Action::Reply(_, frame) => {
-                if let Ok(Message::Reply(reply)) = decode_message(&frame) {
-                    replies.push(reply);
+        };
+        drive(
+            &mut node.core,
+            &mut node.enclaves,
+            actions,
+            self.now_us,
+            |_, action| match action {
+                Action::Broadcast(frame) => {
+                    for to in (0..n).map(ReplicaId).filter(|to| *to != replica) {
+                        network.push_back(Packet { from: replica, to, frame: frame.clone() });
+                    }
                 }
-            }
-            Action::Enclave(..) => unreachable!("drive crosses enclave inputs itself"),
-        });
+                Action::Send(to, frame) => network.push_back(Packet { from: replica, to, frame }),
+                Action::Reply(_, frame) => {
+                    if let Ok(Message::Reply(reply)) = decode_message(&frame) {
+                        replies.push(reply);
+                    }
+                }
+                Action::Enclave(..) => unreachable!("drive crosses enclave inputs itself"),
+            },
+            observe,
+        );
+    }
+
+    /// Shows every compartment output to `observer` (for checkers) from now on.
+    pub fn set_observer(&mut self, observer: impl FnMut(ReplicaId, CompartmentKind, &Output) + 'static) {
+        self.observer = Some(Box::new(observer));
+    }
+
+    /// Delivers one frame now, whatever is queued (for simulators with their own network).
+    pub fn deliver(&mut self, packet: Packet) {
+        if self.down.contains(&packet.from) || self.down.contains(&packet.to) {
+            return;
+        }
+        let mut actions = Vec::new();
+        let now = self.now_us;
+        self.nodes[packet.to.0 as usize].core.on_peer_frame(packet.from, packet.frame, now, &mut actions);
+        self.execute(packet.to, actions);
     }
 }

@@ -170,7 +170,7 @@ pub async fn spawn_node(
         }
         let (tx, rx) = mpsc::channel(CONNECTION_QUEUE_FRAMES);
         peers.insert(peer, tx);
-        tasks.push(tokio::spawn(dial_peer(config.me, *addr, rx, config.max_frame_bytes)));
+        tasks.push(tokio::spawn(dial_peer(config.me, peer, *addr, rx, events_tx.clone(), config.max_frame_bytes)));
     }
     tasks.push(tokio::spawn(accept_loop(listener, events_tx.clone(), config.protocol.clone(), config.max_frame_bytes)));
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
@@ -258,24 +258,31 @@ impl Driver {
     fn execute(&mut self, actions: &mut Vec<Action>) {
         let now = self.now_us();
         let (peers, clients) = (&self.peers, &self.clients);
-        drive(&mut self.core, &mut self.enclaves, std::mem::take(actions), now, |core, action| match action {
-            Action::Broadcast(frame) => {
-                for tx in peers.values() {
-                    if tx.try_send(frame.clone()).is_err() {
-                        core.count("peer_frames_dropped");
+        drive(
+            &mut self.core,
+            &mut self.enclaves,
+            std::mem::take(actions),
+            now,
+            |core, action| match action {
+                Action::Broadcast(frame) => {
+                    for tx in peers.values() {
+                        if tx.try_send(frame.clone()).is_err() {
+                            core.count("peer_frames_dropped");
+                        }
                     }
                 }
-            }
-            Action::Send(to, frame) => match peers.get(&to) {
-                Some(tx) if tx.try_send(frame).is_ok() => {}
-                _ => core.count("peer_frames_dropped"),
+                Action::Send(to, frame) => match peers.get(&to) {
+                    Some(tx) if tx.try_send(frame).is_ok() => {}
+                    _ => core.count("peer_frames_dropped"),
+                },
+                Action::Reply(to, frame) => match clients.get(&to) {
+                    Some(tx) if tx.try_send(frame).is_ok() => {}
+                    _ => core.count("client_frames_dropped"),
+                },
+                Action::Enclave(..) => unreachable!("drive crosses enclave inputs itself"),
             },
-            Action::Reply(to, frame) => match clients.get(&to) {
-                Some(tx) if tx.try_send(frame).is_ok() => {}
-                _ => core.count("client_frames_dropped"),
-            },
-            Action::Enclave(..) => unreachable!("drive crosses enclave inputs itself"),
-        });
+            |_, _| {},
+        );
     }
 
     fn report(&self) -> NodeReport {
@@ -408,9 +415,17 @@ async fn write_frames(mut sink: FrameSink, mut rx: mpsc::Receiver<Bytes>) {
     }
 }
 
-/// Keeps a connection to one peer, reconnecting with back-off; frames queued while it is
-/// down are sent after reconnecting, or dropped when the queue overflows.
-async fn dial_peer(me: ReplicaId, addr: SocketAddr, mut rx: mpsc::Receiver<Bytes>, max_frame: usize) {
+/// Keeps a connection to one peer, reconnecting with back-off. After every (re)connection
+/// the core resends its out-log to that peer: frames written to a connection that broke may
+/// never have arrived (SPEC §5).
+async fn dial_peer(
+    me: ReplicaId,
+    peer: ReplicaId,
+    addr: SocketAddr,
+    mut rx: mpsc::Receiver<Bytes>,
+    events: mpsc::Sender<Event>,
+    max_frame: usize,
+) {
     let mut backoff = RECONNECT_MIN;
     loop {
         let Ok(stream) = TcpStream::connect(addr).await else {
@@ -425,6 +440,7 @@ async fn dial_peer(me: ReplicaId, addr: SocketAddr, mut rx: mpsc::Receiver<Bytes
         if sink.send(Bytes::from(Hello::Replica(me).encode())).await.is_err() {
             continue;
         }
+        let _ = events.send(Event::PeerUp(peer)).await;
         // Detect a closed peer: it never writes on this connection, so a read returning
         // means the connection is gone.
         let mut closed = Box::pin(async move {

@@ -158,16 +158,18 @@ impl Execution {
     /// certificate still decides which candidate executes.
     pub fn on_batch(&mut self, msg: BatchMsg, out: &mut Vec<Output>) {
         let pp = msg.pre_prepare.body;
-        if !self.wanted(pp.seq, ["batch_late", "batch_outside_window"]) {
+        // Batches are content-addressed: the same requests may be ordered at two sequence
+        // numbers (re-sent after a view change), and a batch fetched by digest may carry
+        // another sequence number's header. Every certified slot lacking these bytes takes them.
+        let needing: Vec<Seq> = self
+            .slots
+            .range(self.executed + 1..)
+            .filter(|(_, slot)| slot.certified == Some(pp.digest) && !slot.batches.iter().any(|(d, _)| *d == pp.digest))
+            .map(|(seq, _)| *seq)
+            .collect();
+        let for_own_slot = needing.contains(&pp.seq) || self.wants_candidate(pp.seq, pp.digest);
+        if needing.is_empty() && !for_own_slot {
             return;
-        }
-        let slot = self.slot(pp.seq);
-        if slot.batches.iter().any(|(d, _)| *d == pp.digest) {
-            return self.counters.bump("batch_duplicate");
-        }
-        let certified = slot.certified == Some(pp.digest);
-        if slot.batches.len() >= MAX_BATCH_CANDIDATES && !certified {
-            return self.counters.bump("batch_too_many_candidates");
         }
         if verify_signed(&self.config, &self.keys, &msg.pre_prepare).is_err() {
             return self.counters.bump("batch_bad_signature");
@@ -175,13 +177,37 @@ impl Execution {
         if Digest::of(&msg.batch) != pp.digest {
             return self.counters.bump("batch_wrong_digest");
         }
-        let slot = self.slot(pp.seq);
-        if slot.batches.len() >= MAX_BATCH_CANDIDATES {
-            // Only the certified batch gets here: it replaces an uncertified candidate.
-            slot.batches.pop();
+        let mut targets = needing;
+        if for_own_slot && !targets.contains(&pp.seq) {
+            targets.push(pp.seq);
         }
-        slot.batches.push((pp.digest, msg.batch));
+        for seq in targets {
+            let slot = self.slot(seq);
+            if slot.batches.len() >= MAX_BATCH_CANDIDATES {
+                // Only a certified batch gets here when full: it replaces an uncertified one.
+                slot.batches.retain(|(d, _)| Some(*d) == slot.certified);
+                slot.batches.truncate(MAX_BATCH_CANDIDATES - 1);
+            }
+            slot.batches.push((pp.digest, msg.batch.clone()));
+        }
         self.try_execute(out);
+    }
+
+    /// Whether the slot of `seq` takes a candidate batch with `digest` (counting why not).
+    fn wants_candidate(&mut self, seq: Seq, digest: Digest) -> bool {
+        if !self.wanted(seq, ["batch_late", "batch_outside_window"]) {
+            return false;
+        }
+        let slot = self.slot(seq);
+        if slot.batches.iter().any(|(d, _)| *d == digest) {
+            self.counters.bump("batch_duplicate");
+            return false;
+        }
+        if slot.batches.len() >= MAX_BATCH_CANDIDATES && slot.certified != Some(digest) {
+            self.counters.bump("batch_too_many_candidates");
+            return false;
+        }
+        true
     }
 
     /// Collects a Commit; a commit certificate for `(v, s, d)` certifies `d` at `s`.
@@ -227,7 +253,7 @@ impl Execution {
             let Some(i) = slot.batches.iter().position(|(d, _)| *d == digest) else { return };
             let slot = self.slots.remove(&next).expect("slot looked up above");
             let (_, batch) = slot.batches.into_iter().nth(i).expect("index found above");
-            self.execute_batch(next, &batch, out);
+            self.execute_batch(next, digest, &batch, out);
             self.executed = next;
             if next.is_multiple_of(self.config.checkpoint_interval) {
                 self.send_checkpoint(next, out);
@@ -235,7 +261,7 @@ impl Execution {
         }
     }
 
-    fn execute_batch(&mut self, seq: Seq, batch: &[u8], out: &mut Vec<Output>) {
+    fn execute_batch(&mut self, seq: Seq, digest: Digest, batch: &[u8], out: &mut Vec<Output>) {
         // A certified batch that does not decode can only come from a faulty primary: it
         // executes as an empty batch, identically on every correct Execution enclave.
         let requests = from_bytes::<Vec<Request>>(batch).unwrap_or_else(|_| {
@@ -246,7 +272,7 @@ impl Execution {
             self.execute_request(request, out);
         }
         self.counters.bump("batches_executed");
-        out.push(Output::Event(Event::Executed { seq, requests: requests.len() as u32 }));
+        out.push(Output::Event(Event::Executed { seq, digest, requests: requests.len() as u32 }));
     }
 
     fn execute_request(&mut self, request: &Request, out: &mut Vec<Output>) {

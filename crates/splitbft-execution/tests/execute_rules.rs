@@ -114,7 +114,7 @@ fn certify_and_deliver(e: &mut Execution, b: &BatchMsg) -> Vec<Output> {
 fn executed(out: &[Output]) -> Vec<(Seq, u32)> {
     out.iter()
         .filter_map(|o| match o {
-            Output::Event(Event::Executed { seq, requests }) => Some((*seq, *requests)),
+            Output::Event(Event::Executed { seq, requests, .. }) => Some((*seq, *requests)),
             _ => None,
         })
         .collect()

@@ -62,6 +62,8 @@ pub enum Event {
     Executed {
         /// Sequence number.
         seq: Seq,
+        /// Digest of the batch executed (the null batch's for a gap in a NewView).
+        digest: crate::msg::Digest,
         /// Requests in it (including no-ops).
         requests: u32,
     },

@@ -56,6 +56,21 @@ enum Command {
         #[command(subcommand)]
         op: ClientOp,
     },
+    /// Run seeds of the deterministic simulator and check safety and liveness.
+    Sim {
+        /// Number of seeds per scenario.
+        #[arg(long, default_value_t = 20)]
+        seeds: u64,
+        /// First seed (seeds S, S+1, ...); replay one failing run with --seed S --seeds 1.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Only this scenario (default: all).
+        #[arg(long)]
+        scenario: Option<splitbft_sim::Scenario>,
+        /// End with one JSON object per scenario.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a local cluster in this process and run a closed-loop KV workload.
     Demo {
         #[command(flatten)]
@@ -138,6 +153,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Keygen(args) => keygen(args),
         Command::Replica { config, id, backend } => replica(&config, id, backend).await,
         Command::Client { config, client_id, timeout_s, op } => client(&config, client_id, timeout_s, op).await,
+        Command::Sim { seeds, seed, scenario, json } => sim(seeds, seed, scenario, json),
         Command::Demo { mut options, json } => {
             options.progress = !json && demo::stderr_is_terminal();
             let summary = demo::run(options).await?;
@@ -192,6 +208,58 @@ fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
         path.display(),
         out.join("keys").display()
     );
+    Ok(())
+}
+
+fn sim(seeds: u64, first: u64, scenario: Option<splitbft_sim::Scenario>, json: bool) -> anyhow::Result<()> {
+    let scenarios = scenario.map_or_else(|| splitbft_sim::Scenario::ALL.to_vec(), |s| vec![s]);
+    let mut summaries = Vec::new();
+    let mut failed = false;
+    for scenario in scenarios {
+        let started = std::time::Instant::now();
+        let (mut safety, mut liveness, mut first_failing) = (0u64, 0u64, None);
+        for seed in first..first.saturating_add(seeds) {
+            let report = splitbft_sim::run(seed, scenario);
+            let bad = !report.safety_violations.is_empty() || report.liveness_failure.is_some();
+            safety += u64::from(!report.safety_violations.is_empty());
+            liveness += u64::from(report.liveness_failure.is_some());
+            if bad {
+                first_failing.get_or_insert(seed);
+                eprintln!("FAIL {} seed {seed}:", scenario.name());
+                for v in report.safety_violations.iter().take(5) {
+                    eprintln!("  safety: {v}");
+                }
+                if let Some(l) = &report.liveness_failure {
+                    eprintln!("  liveness: {l}");
+                }
+                eprintln!("  replay: splitbft sim --scenario {} --seed {seed} --seeds 1", scenario.name());
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "{:<14} {seeds} seeds in {secs:.1} s ({:.1} seeds/s): {safety} with safety violations, {liveness} with liveness failures",
+            scenario.name(),
+            seeds as f64 / secs
+        );
+        failed |= safety + liveness > 0;
+        summaries.push(serde_json::json!({
+            "protocol": "splitbft",
+            "scenario": scenario.name(),
+            "seeds": seeds,
+            "safety_violations": safety,
+            "liveness_failures": liveness,
+            "first_failing_seed": first_failing,
+            "seeds_per_second": seeds as f64 / secs,
+        }));
+    }
+    if json {
+        for s in &summaries {
+            println!("{s}");
+        }
+    }
+    if failed {
+        bail!("the simulator found failing seeds");
+    }
     Ok(())
 }
 

@@ -1,0 +1,259 @@
+//! Deterministic simulation (STYLE "tests that find bugs"): the production broker core and
+//! compartments on the inline backend, a simulated network and simulated time on one
+//! thread. One `u64` seed reproduces a whole run: message delays, drops, duplicates,
+//! reordering, partitions, crashes and restarts, and the clients' workload.
+//!
+//! Checkers run over every execution: agreement (no two Execution enclaves execute
+//! different batches at one sequence number), validity (only client-issued operations
+//! execute), linearizability of the client-observed key-value history (replayed against the
+//! agreed order), bounded memory per compartment, and progress once faults heal.
+//!
+//! Not here yet (issue 5 continues): Byzantine compartments and hostile environments, the
+//! PBFT baseline and the `table1` scenario.
+
+mod checkers;
+mod network;
+mod workload;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use splitbft_apps::kv::KvStore;
+use splitbft_broker::BrokerOptions;
+use splitbft_broker::local::LocalCluster;
+use splitbft_types::boundary::{Event, Output};
+use splitbft_types::keys::ClusterSecrets;
+use splitbft_types::msg::{Digest, Message};
+use splitbft_types::{CompartmentKind, ReplicaId, Seq};
+
+pub use checkers::History;
+use network::{Network, Scheduled};
+use workload::Clients;
+
+/// Replicas in every simulated cluster (`f = 1`).
+pub const REPLICAS: usize = 4;
+/// Simulated time during which faults are injected (clients work throughout).
+const FAULT_PHASE_US: u64 = 1_500_000;
+/// Operations each client completes after the faults healed (the liveness check).
+const OPS_AFTER_HEAL: usize = 5;
+/// Simulated time after faults heal by which every client must have finished.
+const HEAL_PHASE_US: u64 = 30_000_000;
+/// Granularity of broker timers in the simulation.
+const TICK_US: u64 = 1_000;
+/// How often compartment memory is checked.
+const MEMORY_CHECK_US: u64 = 100_000;
+
+/// What goes wrong in a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// A healthy network with small random delays.
+    Normal,
+    /// Drops, duplicates and reordering on every link.
+    Lossy,
+    /// One replica at a time cut off from the others for a while.
+    Partition,
+    /// The primary crashes and stays down: a view change must follow.
+    CrashPrimary,
+    /// One replica at a time crashes and comes back with empty state (state transfer).
+    CrashRestart,
+}
+
+impl Scenario {
+    /// Every scenario.
+    pub const ALL: [Scenario; 5] =
+        [Scenario::Normal, Scenario::Lossy, Scenario::Partition, Scenario::CrashPrimary, Scenario::CrashRestart];
+
+    /// The CLI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Normal => "normal",
+            Scenario::Lossy => "lossy",
+            Scenario::Partition => "partition",
+            Scenario::CrashPrimary => "crash-primary",
+            Scenario::CrashRestart => "crash-restart",
+        }
+    }
+}
+
+impl std::str::FromStr for Scenario {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Scenario::ALL.into_iter().find(|sc| sc.name() == s).ok_or_else(|| {
+            let names: Vec<_> = Scenario::ALL.iter().map(|s| s.name()).collect();
+            format!("unknown scenario {s:?} (expected one of {})", names.join(", "))
+        })
+    }
+}
+
+/// The outcome of one seed.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    /// The seed.
+    pub seed: u64,
+    /// The scenario.
+    pub scenario: Scenario,
+    /// Broken safety properties (empty when safe).
+    pub safety_violations: Vec<String>,
+    /// Why progress stopped after the faults healed, if it did.
+    pub liveness_failure: Option<String>,
+    /// Client operations completed.
+    pub completed: usize,
+    /// Highest sequence number executed anywhere.
+    pub max_seq: Seq,
+    /// Highest view reached.
+    pub max_view: u64,
+    /// Frames delivered by the simulated network.
+    pub delivered: u64,
+    /// Simulated time at the end, in microseconds.
+    pub sim_time_us: u64,
+    /// Each replica's final state, one line each (for replaying a failure).
+    pub replicas: Vec<String>,
+}
+
+/// Executions observed per replica: `seq -> digest`, and batch bytes by digest.
+#[derive(Default)]
+struct Observed {
+    executed: Vec<BTreeMap<Seq, Digest>>,
+    batches: BTreeMap<Digest, Vec<u8>>,
+    violations: Vec<String>,
+    max_view: u64,
+}
+
+/// Runs one seed of `scenario`.
+pub fn run(seed: u64, scenario: Scenario) -> RunReport {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let clients = 3;
+    let mut secrets = ClusterSecrets::deterministic(seed, 1, clients, seed);
+    secrets.config.checkpoint_interval = 8;
+    secrets.config.log_window = 16;
+    let config = secrets.config.clone();
+    let mut options = BrokerOptions::new(&config);
+    options.batch_max = 4;
+    options.batch_timeout_us = 2_000;
+    options.view_change_timeout_us = 150_000;
+    let mut cluster = LocalCluster::new(&secrets, || Box::new(KvStore::new()), options);
+    let observed = Rc::new(RefCell::new(Observed { executed: vec![BTreeMap::new(); REPLICAS], ..Default::default() }));
+    let sink = observed.clone();
+    cluster.set_observer(move |replica, kind, output| {
+        let mut o = sink.borrow_mut();
+        match (kind, output) {
+            (CompartmentKind::Execution, Output::Event(Event::Executed { seq, digest, .. })) => {
+                if let Some(prior) = o.executed[replica.0 as usize].insert(*seq, *digest)
+                    && prior != *digest
+                {
+                    o.violations.push(format!("{replica} executed seq {seq} twice with different batches"));
+                }
+            }
+            (CompartmentKind::Preparation, Output::Send(Message::Batch(b))) => {
+                o.batches.insert(b.pre_prepare.body.digest, b.batch.clone());
+            }
+            (_, Output::Event(Event::ViewEntered { view })) => o.max_view = o.max_view.max(*view),
+            _ => {}
+        }
+    });
+    let mut net = Network::new(scenario, &mut rng);
+    let mut clients = Clients::new(&secrets, &config, FAULT_PHASE_US, OPS_AFTER_HEAL);
+    let memory_bound = config.log_window + config.log_window / config.checkpoint_interval + REPLICAS as u64 + 4;
+    let mut next_memory_check = MEMORY_CHECK_US;
+    let mut history = History::default();
+    let deadline = FAULT_PHASE_US + HEAL_PHASE_US;
+    let mut delivered = 0u64;
+
+    clients.start(&mut net, &cluster, &mut rng);
+    while cluster.now_us() < deadline && !(clients.all_done() && cluster.now_us() >= FAULT_PHASE_US) {
+        // Next event: a frame due, or the next tick.
+        let next_tick = cluster.now_us() + TICK_US;
+        let due = net.next_due().filter(|t| *t <= next_tick).unwrap_or(next_tick);
+        if due > cluster.now_us() {
+            cluster.advance(due - cluster.now_us());
+        }
+        let now = cluster.now_us();
+        net.faults(now, &mut cluster, &mut rng);
+        while let Some(item) = net.pop_due(now) {
+            delivered += 1;
+            match item {
+                Scheduled::Peer(packet) => cluster.deliver(packet),
+                Scheduled::ToReplica(replica, request) => cluster.client_sends(replica, &request),
+                Scheduled::ToClient(reply) => clients.on_reply(reply, now, &mut net, &cluster, &mut rng, &mut history),
+                Scheduled::Reconnect(from, to) => {
+                    net.reconnected(from, to);
+                    cluster.resend_out_log(from, to);
+                }
+            }
+        }
+        clients.on_tick(now, &mut net, &cluster, &mut rng);
+        // Whatever the replicas sent goes through the simulated network.
+        while let Some(packet) = cluster.network.pop_front() {
+            net.send_peer(packet, now, &mut rng);
+        }
+        for reply in cluster.take_replies() {
+            net.send_to_client(reply, now, &mut rng);
+        }
+        if now >= next_memory_check {
+            next_memory_check = now + MEMORY_CHECK_US;
+            for r in 0..REPLICAS as u32 {
+                if cluster.down.contains(&ReplicaId(r)) {
+                    continue;
+                }
+                for kind in CompartmentKind::ALL {
+                    let entries = cluster.stats(ReplicaId(r), kind).log_entries;
+                    if entries > memory_bound {
+                        observed.borrow_mut().violations.push(format!(
+                            "r{r} {kind} holds {entries} log entries (bound {memory_bound}) at {now} us"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let replicas = (0..REPLICAS as u32)
+        .map(|r| {
+            let replica = ReplicaId(r);
+            let parts: Vec<String> = CompartmentKind::ALL
+                .iter()
+                .map(|k| {
+                    let s = cluster.stats(replica, *k);
+                    format!("{k}: view {} h {} exec {} {:?}", s.view, s.low_watermark, s.last_executed, s.counters)
+                })
+                .collect();
+            let core = cluster.core(replica);
+            format!(
+                "r{r}{} broker view {} missing {} [{}] counters {:?}",
+                if cluster.down.contains(&replica) { " (down)" } else { "" },
+                core.view(),
+                core.missing_batches(),
+                parts.join("; "),
+                core.counters()
+            )
+        })
+        .collect();
+    let o = observed.borrow();
+    let mut safety_violations = o.violations.clone();
+    safety_violations.extend(checkers::agreement(&o.executed));
+    safety_violations.extend(checkers::linearizable(&o.executed, &o.batches, clients.issued(), &history, &config));
+    let liveness_failure = (!clients.all_done()).then(|| {
+        format!(
+            "{} of {} operations incomplete {} s after faults healed",
+            clients.total() - history.len(),
+            clients.total(),
+            HEAL_PHASE_US / 1_000_000
+        )
+    });
+    RunReport {
+        seed,
+        scenario,
+        safety_violations,
+        liveness_failure,
+        completed: history.len(),
+        max_seq: o.executed.iter().filter_map(|m| m.keys().next_back().copied()).max().unwrap_or(0),
+        max_view: o.max_view,
+        delivered,
+        sim_time_us: cluster.now_us(),
+        replicas,
+    }
+}

@@ -1,0 +1,186 @@
+//! Simulated clients: closed loop, one operation outstanding each, random key-value
+//! operations on a few keys (so that operations conflict), sent to the primary they
+//! believe in, retransmitted to every replica on timeout, accepted on `f + 1` matching
+//! authentic replies (the client library's rules).
+
+use std::collections::BTreeMap;
+
+use rand::RngExt;
+use rand_chacha::ChaCha8Rng;
+use splitbft_apps::kv::KvOp;
+use splitbft_broker::local::LocalCluster;
+use splitbft_types::crypto::ClientKeys;
+use splitbft_types::keys::ClusterSecrets;
+use splitbft_types::msg::Reply;
+use splitbft_types::{ClientId, ProtocolConfig, ReplicaId, Timestamp, View};
+
+use crate::checkers::{Completed, History};
+use crate::network::Network;
+
+const FIRST_RETRANSMIT_US: u64 = 200_000;
+const MAX_RETRANSMIT_US: u64 = 2_000_000;
+const KEYS: u32 = 4;
+
+struct Pending {
+    t: Timestamp,
+    op: Vec<u8>,
+    invoked_us: u64,
+    votes: BTreeMap<ReplicaId, (View, Vec<u8>)>,
+    retransmit_at: u64,
+    backoff: u64,
+}
+
+struct SimClient {
+    keys: ClientKeys,
+    id: ClientId,
+    /// Operations still to issue once the faults have healed.
+    left: usize,
+    next_t: Timestamp,
+    view: View,
+    pending: Option<Pending>,
+}
+
+/// All clients of a run.
+pub struct Clients {
+    clients: Vec<SimClient>,
+    issued: BTreeMap<(ClientId, Timestamp), Vec<u8>>,
+    config: ProtocolConfig,
+    /// Clients keep issuing while faults are injected, then `left` more each.
+    faults_until_us: u64,
+}
+
+impl Clients {
+    /// One client per configured identity; each issues operations back to back while
+    /// faults are injected (until `faults_until_us`) and `ops_after` more after they heal.
+    pub fn new(secrets: &ClusterSecrets, config: &ProtocolConfig, faults_until_us: u64, ops_after: usize) -> Self {
+        let keyring = config.validate().expect("the simulator builds valid configurations");
+        let clients = secrets
+            .clients
+            .iter()
+            .enumerate()
+            .map(|(c, secret)| {
+                let id = ClientId(c as u32);
+                SimClient {
+                    keys: ClientKeys::derive(secret, config, &keyring, id),
+                    id,
+                    left: ops_after,
+                    next_t: 1,
+                    view: 0,
+                    pending: None,
+                }
+            })
+            .collect();
+        Clients { clients, issued: BTreeMap::new(), config: config.clone(), faults_until_us }
+    }
+
+    /// Every client issues its first operation.
+    pub fn start(&mut self, net: &mut Network, cluster: &LocalCluster, rng: &mut ChaCha8Rng) {
+        for c in 0..self.clients.len() {
+            self.issue(c, cluster.now_us(), net, rng);
+        }
+    }
+
+    fn issue(&mut self, c: usize, now: u64, net: &mut Network, rng: &mut ChaCha8Rng) {
+        let client = &mut self.clients[c];
+        if now >= self.faults_until_us {
+            if client.left == 0 {
+                return;
+            }
+            client.left -= 1;
+        }
+        let key = format!("k{}", rng.random_range(0..KEYS)).into_bytes();
+        let value = vec![b'a' + rng.random_range(0..26u8); 3];
+        let op = match rng.random_range(0..10) {
+            0..=3 => KvOp::Put { key, value },
+            4..=6 => KvOp::Get { key },
+            7 => KvOp::Delete { key },
+            8 => KvOp::Cas { key, expected: None, new: Some(value) },
+            _ => KvOp::Scan { prefix: b"k".to_vec(), limit: 0 },
+        }
+        .encode();
+        let t = client.next_t;
+        client.next_t += 1;
+        self.issued.insert((client.id, t), op.clone());
+        let request = client.keys.request(t, op.clone());
+        let primary = self.config.primary(client.view);
+        net.send_to_replica(primary, request, now, rng);
+        client.pending = Some(Pending {
+            t,
+            op,
+            invoked_us: now,
+            votes: BTreeMap::new(),
+            retransmit_at: now + FIRST_RETRANSMIT_US,
+            backoff: FIRST_RETRANSMIT_US,
+        });
+    }
+
+    /// A reply reached its client.
+    pub fn on_reply(
+        &mut self,
+        reply: Reply,
+        now: u64,
+        net: &mut Network,
+        _cluster: &LocalCluster,
+        rng: &mut ChaCha8Rng,
+        history: &mut History,
+    ) {
+        let weak = self.config.weak_quorum();
+        let Some(client) = self.clients.get_mut(reply.client.0 as usize) else { return };
+        if client.keys.verify_reply(&reply).is_err() {
+            return;
+        }
+        let Some(pending) = client.pending.as_mut() else { return };
+        if pending.t != reply.timestamp {
+            return;
+        }
+        pending.votes.entry(reply.replica).or_insert((reply.view, reply.result.clone()));
+        let matching: Vec<View> = pending.votes.values().filter(|(_, r)| *r == reply.result).map(|(v, _)| *v).collect();
+        if matching.len() < weak {
+            return;
+        }
+        let view = matching.iter().copied().min().unwrap_or(0);
+        client.view = client.view.max(view);
+        let pending = client.pending.take().expect("checked above");
+        history.push(Completed {
+            client: client.id,
+            t: pending.t,
+            op: pending.op,
+            invoked_us: pending.invoked_us,
+            completed_us: now,
+            result: reply.result,
+        });
+        let c = reply.client.0 as usize;
+        self.issue(c, now, net, rng);
+    }
+
+    /// Retransmits to every replica what waited too long (with back-off).
+    pub fn on_tick(&mut self, now: u64, net: &mut Network, cluster: &LocalCluster, rng: &mut ChaCha8Rng) {
+        for client in &mut self.clients {
+            let Some(pending) = client.pending.as_mut() else { continue };
+            if now < pending.retransmit_at {
+                continue;
+            }
+            pending.backoff = (pending.backoff * 2).min(MAX_RETRANSMIT_US);
+            pending.retransmit_at = now + pending.backoff;
+            let request = client.keys.request(pending.t, pending.op.clone());
+            for r in 0..cluster.protocol.n() as u32 {
+                net.send_to_replica(ReplicaId(r), request.clone(), now, rng);
+            }
+        }
+    }
+
+    /// Whether every client finished.
+    pub fn all_done(&self) -> bool {
+        self.clients.iter().all(|c| c.left == 0 && c.pending.is_none())
+    }
+
+    /// Operations issued so far.
+    pub fn total(&self) -> usize {
+        self.issued.len()
+    }
+
+    /// Every operation issued, by `(client, t)`.
+    pub fn issued(&self) -> &BTreeMap<(ClientId, Timestamp), Vec<u8>> {
+        &self.issued
+    }
+}
