@@ -50,6 +50,7 @@ struct ExecutionState<'a> {
     #[serde(with = "serde_bytes")]
     app: &'a [u8],
     clients: &'a [ClientWindow],
+    results: &'a [Results],
 }
 
 /// [`ExecutionState`] as decoded from a fetched snapshot.
@@ -58,7 +59,13 @@ struct OwnedExecutionState {
     #[serde(with = "serde_bytes")]
     app: Vec<u8>,
     clients: Vec<ClientWindow>,
+    results: Vec<Results>,
 }
+
+/// The last `W` results of one client, by timestamp: part of the checkpointed state (as
+/// PBFT's last replies), so a replica that caught up by state transfer still answers a
+/// retransmission. Views and MACs are not: they differ between replicas.
+type Results = BTreeMap<Timestamp, serde_bytes::ByteBuf>;
 
 /// The Execution enclave of one replica, generic over the application.
 pub struct Execution {
@@ -78,8 +85,8 @@ pub struct Execution {
     client_macs: Vec<MacKey>,
     /// Digests of own checkpoints not yet superseded by a stable one.
     snapshots: BTreeMap<Seq, Digest>,
-    /// The last `W` replies per client, for retransmissions.
-    replies: Vec<BTreeMap<Timestamp, Reply>>,
+    /// The last `W` results per client, for retransmissions.
+    results: Vec<Results>,
     genesis: Digest,
     checkpoints: CheckpointLog,
     counters: Counters,
@@ -97,7 +104,7 @@ impl Execution {
         let enclave = EnclaveId { replica: me, kind: CompartmentKind::Execution };
         let client_macs = keys.client_mac_keys(&secret, config.cluster_id, enclave);
         let windows = vec![ClientWindow::default(); keys.clients()];
-        let genesis_digest = Digest::of(&state_bytes(app.as_ref(), &windows));
+        let genesis_digest = Digest::of(&state_bytes(app.as_ref(), &windows, &vec![Results::new(); windows.len()]));
         let mut snapshots = BTreeMap::new();
         snapshots.insert(0, genesis_digest);
         Ok(Execution {
@@ -111,7 +118,7 @@ impl Execution {
             windows,
             client_macs,
             snapshots,
-            replies: vec![BTreeMap::new(); config.clients.len()],
+            results: vec![Results::new(); config.clients.len()],
             genesis: genesis_digest,
             checkpoints: CheckpointLog::new(genesis_digest),
             counters: Counters::default(),
@@ -121,7 +128,8 @@ impl Execution {
 
     /// Digest of the initial state (the genesis checkpoint every compartment starts from).
     pub fn genesis_digest(config: &ProtocolConfig, app: &dyn Application) -> Digest {
-        Digest::of(&state_bytes(app, &vec![ClientWindow::default(); config.clients.len()]))
+        let clients = config.clients.len();
+        Digest::of(&state_bytes(app, &vec![ClientWindow::default(); clients], &vec![Results::new(); clients]))
     }
 
     /// Last executed sequence number `s_e`.
@@ -287,30 +295,29 @@ impl Execution {
             return self.counters.bump("request_duplicate_noop");
         }
         let result = self.app.execute(&request.op);
-        let mut reply = Reply {
-            view: self.view,
-            client: request.client,
-            timestamp: request.timestamp,
-            replica: self.me,
-            result,
-            mac: Default::default(),
-        };
-        reply.mac = reply_mac(&self.client_macs[c], self.config.cluster_id, &reply);
         self.counters.bump("requests_executed");
-        let cache = &mut self.replies[c];
-        cache.insert(request.timestamp, reply.clone());
+        let cache = &mut self.results[c];
+        cache.insert(request.timestamp, serde_bytes::ByteBuf::from(result.clone()));
         if cache.len() as u64 > self.config.client_window {
             cache.pop_first();
         }
-        out.push(Output::Send(Message::Reply(reply)));
+        out.push(Output::Send(Message::Reply(self.reply(request.client, request.timestamp, result))));
     }
 
-    /// Answers a retransmitted request from the reply cache (the last `W` per client).
+    /// A reply from this enclave, MACed for its client.
+    fn reply(&self, client: ClientId, timestamp: Timestamp, result: Vec<u8>) -> Reply {
+        let mut reply = Reply { view: self.view, client, timestamp, replica: self.me, result, mac: Default::default() };
+        reply.mac = reply_mac(&self.client_macs[client.0 as usize], self.config.cluster_id, &reply);
+        reply
+    }
+
+    /// Answers a retransmitted request from the result cache (the last `W` per client).
     fn resend_reply(&mut self, client: ClientId, timestamp: Timestamp, out: &mut Vec<Output>) {
-        match self.replies.get(client.0 as usize).and_then(|cache| cache.get(&timestamp)) {
-            Some(reply) => {
+        match self.results.get(client.0 as usize).and_then(|cache| cache.get(&timestamp)) {
+            Some(result) => {
+                let reply = self.reply(client, timestamp, result.to_vec());
                 self.counters.bump("replies_resent");
-                out.push(Output::Send(Message::Reply(reply.clone())));
+                out.push(Output::Send(Message::Reply(reply)));
             }
             None => self.counters.bump("retransmission_not_cached"),
         }
@@ -329,7 +336,7 @@ impl Execution {
 
     /// Handler (8): snapshot, keep it until a later checkpoint is stable, sign Checkpoint.
     fn send_checkpoint(&mut self, seq: Seq, out: &mut Vec<Output>) {
-        let bytes = state_bytes(self.app.as_ref(), &self.windows);
+        let bytes = state_bytes(self.app.as_ref(), &self.windows, &self.results);
         let state = Digest::of(&bytes);
         self.snapshots.insert(seq, state);
         let body = Checkpoint { seq, state, replica: self.me };
@@ -425,13 +432,21 @@ impl Execution {
             self.counters.bump("restore_malformed");
             return out.push(Output::Event(Event::StateRejected { seq }));
         };
-        if state.clients.len() != self.windows.len() || self.app.restore(&state.app).is_err() {
+        if state.clients.len() != self.windows.len()
+            || state.results.len() != self.windows.len()
+            || state.results.iter().any(|r| r.len() as u64 > self.config.client_window)
+            || self.app.restore(&state.app).is_err()
+        {
             self.counters.bump("restore_malformed");
             return out.push(Output::Event(Event::StateRejected { seq }));
         }
         self.windows = state.clients;
+        self.results = state.results;
         self.executed = seq;
-        self.snapshots.insert(seq, stable.state);
+        let digest = stable.state;
+        self.snapshots.insert(seq, digest);
+        // Serve it to peers behind us too.
+        out.push(Output::Event(Event::Snapshot { seq, digest, bytes }));
         self.slots = self.slots.split_off(&(seq + 1));
         self.counters.bump("states_restored");
         out.push(Output::Event(Event::StateRestored { seq }));
@@ -451,8 +466,8 @@ impl Execution {
     }
 }
 
-fn state_bytes(app: &dyn Application, windows: &[ClientWindow]) -> Vec<u8> {
-    to_bytes(&ExecutionState { app: &app.snapshot(), clients: windows })
+fn state_bytes(app: &dyn Application, windows: &[ClientWindow], results: &[Results]) -> Vec<u8> {
+    to_bytes(&ExecutionState { app: &app.snapshot(), clients: windows, results })
 }
 
 impl Compartment for Execution {
