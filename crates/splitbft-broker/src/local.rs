@@ -93,6 +93,12 @@ impl LocalCluster {
         LocalNode { core: BrokerCore::new(self.protocol.clone(), me, self.options.clone()), enclaves }
     }
 
+    /// Puts another compartment in place of one of a replica's (the simulator's Byzantine
+    /// enclaves). A later [`LocalCluster::restart`] brings back the honest one.
+    pub fn replace_enclave(&mut self, replica: ReplicaId, kind: CompartmentKind, enclave: Box<dyn EnclaveHandle>) {
+        self.nodes[replica.0 as usize].enclaves[kind.index()] = enclave;
+    }
+
     /// Replaces a replica with a fresh one (a process restart without persistence: genesis
     /// state, view 0), brings it up and lets its peers reconnect to it.
     pub fn restart(&mut self, replica: ReplicaId) {

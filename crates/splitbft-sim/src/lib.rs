@@ -8,10 +8,14 @@
 //! execute), linearizability of the client-observed key-value history (replayed against the
 //! agreed order), bounded memory per compartment, and progress once faults heal.
 //!
-//! Not here yet (issue 5 continues): Byzantine compartments and hostile environments, the
-//! PBFT baseline and the `table1` scenario.
+//! The `table1` scenario (paper Table 1) places one Byzantine enclave of each kind on three
+//! different replicas and makes every host's environment hostile. Run against SplitBFT it
+//! must stay safe; run against the PBFT model — one key per replica, so a replica hosting
+//! any faulty part is a faulty replica — it is expected to break.
 
+mod byzantine;
 mod checkers;
+mod hostile;
 mod network;
 mod workload;
 
@@ -61,12 +65,52 @@ pub enum Scenario {
     CrashPrimary,
     /// One replica at a time crashes and comes back with empty state (state transfer).
     CrashRestart,
+    /// Paper Table 1: a faulty Preparation (the primary's), Confirmation and Execution
+    /// enclave on three different replicas, and a hostile environment on every host.
+    Table1,
+}
+
+/// Which trust model the cluster runs under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// SplitBFT: a key per enclave; a faulty enclave is only that enclave.
+    Splitbft,
+    /// PBFT: one key per replica; a replica hosting any faulty part is wholly faulty.
+    Pbft,
+}
+
+impl Protocol {
+    /// The CLI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Splitbft => "splitbft",
+            Protocol::Pbft => "pbft",
+        }
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "splitbft" => Ok(Protocol::Splitbft),
+            "pbft" => Ok(Protocol::Pbft),
+            other => Err(format!("unknown protocol {other:?} (expected splitbft or pbft)")),
+        }
+    }
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 5] =
-        [Scenario::Normal, Scenario::Lossy, Scenario::Partition, Scenario::CrashPrimary, Scenario::CrashRestart];
+    pub const ALL: [Scenario; 6] = [
+        Scenario::Normal,
+        Scenario::Lossy,
+        Scenario::Partition,
+        Scenario::CrashPrimary,
+        Scenario::CrashRestart,
+        Scenario::Table1,
+    ];
 
     /// The CLI name.
     pub fn name(self) -> &'static str {
@@ -76,6 +120,7 @@ impl Scenario {
             Scenario::Partition => "partition",
             Scenario::CrashPrimary => "crash-primary",
             Scenario::CrashRestart => "crash-restart",
+            Scenario::Table1 => "table1",
         }
     }
 }
@@ -97,6 +142,8 @@ pub struct RunReport {
     pub seed: u64,
     /// The scenario.
     pub scenario: Scenario,
+    /// The trust model.
+    pub protocol: Protocol,
     /// Broken safety properties (empty when safe).
     pub safety_violations: Vec<String>,
     /// Why progress stopped after the faults healed, if it did.
@@ -124,11 +171,43 @@ struct Observed {
     max_view: u64,
 }
 
-/// Runs one seed of `scenario`.
+/// Keys from `seed`; under PBFT the three parts of a replica share one key.
+fn cluster_secrets(seed: u64, clients: usize, protocol: Protocol) -> ClusterSecrets {
+    let mut draws = 0u64;
+    ClusterSecrets::generate(seed, 1, clients, move || {
+        let index = if protocol == Protocol::Pbft && draws < 3 * REPLICAS as u64 { draws / 3 } else { draws + 1_000 };
+        draws += 1;
+        Digest::of(&[seed.to_le_bytes(), index.to_le_bytes()].concat()).0
+    })
+}
+
+/// The faulty enclaves of `scenario` under `protocol`.
+fn faulty(scenario: Scenario, protocol: Protocol) -> Vec<(ReplicaId, CompartmentKind)> {
+    if scenario != Scenario::Table1 {
+        return Vec::new();
+    }
+    let placed = [
+        (ReplicaId(0), CompartmentKind::Preparation),
+        (ReplicaId(1), CompartmentKind::Confirmation),
+        (ReplicaId(2), CompartmentKind::Execution),
+    ];
+    match protocol {
+        Protocol::Splitbft => placed.to_vec(),
+        // One key per replica: whoever holds it can act as any part.
+        Protocol::Pbft => placed.iter().flat_map(|(r, _)| CompartmentKind::ALL.map(|k| (*r, k))).collect(),
+    }
+}
+
+/// Runs one seed of `scenario` under SplitBFT.
 pub fn run(seed: u64, scenario: Scenario) -> RunReport {
+    run_protocol(seed, scenario, Protocol::Splitbft)
+}
+
+/// Runs one seed of `scenario` under `protocol`'s trust model.
+pub fn run_protocol(seed: u64, scenario: Scenario, protocol: Protocol) -> RunReport {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let clients = 3;
-    let mut secrets = ClusterSecrets::deterministic(seed, 1, clients, seed);
+    let mut secrets = cluster_secrets(seed, clients, protocol);
     secrets.config.checkpoint_interval = 8;
     secrets.config.log_window = 16;
     let config = secrets.config.clone();
@@ -137,6 +216,17 @@ pub fn run(seed: u64, scenario: Scenario) -> RunReport {
     options.batch_timeout_us = 2_000;
     options.view_change_timeout_us = 150_000;
     let mut cluster = LocalCluster::new(&secrets, || Box::new(KvStore::new()), options);
+    let faulty = faulty(scenario, protocol);
+    byzantine::install(&mut cluster, &secrets, &faulty, protocol == Protocol::Pbft);
+    let faulty_replicas: Vec<ReplicaId> = faulty.iter().map(|(r, _)| *r).collect();
+    // Correct Execution enclaves: not faulty themselves, and under PBFT not on a faulty replica.
+    let correct: Vec<bool> = (0..REPLICAS as u32)
+        .map(|r| match protocol {
+            Protocol::Splitbft => !faulty.contains(&(ReplicaId(r), CompartmentKind::Execution)),
+            Protocol::Pbft => !faulty_replicas.contains(&ReplicaId(r)),
+        })
+        .collect();
+    let mut adversary = (scenario == Scenario::Table1).then(hostile::Hostile::default);
     let observed = Rc::new(RefCell::new(Observed { executed: vec![BTreeMap::new(); REPLICAS], ..Default::default() }));
     let sink = observed.clone();
     cluster.set_observer(move |replica, kind, output| {
@@ -165,6 +255,7 @@ pub fn run(seed: u64, scenario: Scenario) -> RunReport {
     let mut delivered = 0u64;
 
     clients.start(&mut net, &cluster, &mut rng);
+    let deadline = if scenario == Scenario::Table1 { FAULT_PHASE_US + 2_000_000 } else { deadline };
     while cluster.now_us() < deadline && !(clients.all_done() && cluster.now_us() >= FAULT_PHASE_US) {
         // Next event: a frame due, or the next tick.
         let next_tick = cluster.now_us() + TICK_US;
@@ -177,7 +268,11 @@ pub fn run(seed: u64, scenario: Scenario) -> RunReport {
         while let Some(item) = net.pop_due(now) {
             delivered += 1;
             match item {
-                Scheduled::Peer(packet) => cluster.deliver(packet),
+                Scheduled::Peer(packet) => match adversary.as_mut() {
+                    Some(adversary) => adversary.deliver(packet, &mut cluster, &mut net, &mut rng),
+                    None => cluster.deliver(packet),
+                },
+                Scheduled::Enclave(replica, kind, input) => cluster.enclave_input(replica, kind, input),
                 Scheduled::ToReplica(replica, request) => cluster.client_sends(replica, &request),
                 Scheduled::ToClient(reply) => clients.on_reply(reply, now, &mut net, &cluster, &mut rng, &mut history),
                 Scheduled::Reconnect(from, to) => {
@@ -234,9 +329,13 @@ pub fn run(seed: u64, scenario: Scenario) -> RunReport {
         .collect();
     let o = observed.borrow();
     let mut safety_violations = o.violations.clone();
-    safety_violations.extend(checkers::agreement(&o.executed));
-    safety_violations.extend(checkers::linearizable(&o.executed, &o.batches, clients.issued(), &history, &config));
-    let liveness_failure = (!clients.all_done()).then(|| {
+    let executed: Vec<BTreeMap<Seq, Digest>> =
+        o.executed.iter().zip(&correct).map(|(log, ok)| if *ok { log.clone() } else { BTreeMap::new() }).collect();
+    safety_violations.extend(checkers::agreement(&executed));
+    safety_violations.extend(checkers::linearizable(&executed, &o.batches, clients.issued(), &history, &config));
+    // Liveness is owed only while at most f replicas have anything faulty.
+    let live_expected = faulty_replicas.iter().collect::<std::collections::BTreeSet<_>>().len() <= 1;
+    let liveness_failure = (live_expected && !clients.all_done()).then(|| {
         format!(
             "{} of {} operations incomplete {} s after faults healed",
             clients.total() - history.len(),
@@ -247,6 +346,7 @@ pub fn run(seed: u64, scenario: Scenario) -> RunReport {
     RunReport {
         seed,
         scenario,
+        protocol,
         safety_violations,
         liveness_failure,
         completed: history.len(),

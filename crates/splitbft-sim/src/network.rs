@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 use splitbft_broker::local::{LocalCluster, Packet};
-use splitbft_types::ReplicaId;
 use splitbft_types::msg::{Reply, Request};
+use splitbft_types::{CompartmentKind, ReplicaId};
 
 use crate::{FAULT_PHASE_US, REPLICAS, Scenario};
 
@@ -22,6 +22,8 @@ pub enum Scheduled {
     ToClient(Reply),
     /// A broken link `(from, to)` reconnected: `from` resends its out-log.
     Reconnect(ReplicaId, ReplicaId),
+    /// A hostile environment hands an input to one compartment later.
+    Enclave(ReplicaId, CompartmentKind, bytes::Bytes),
 }
 
 /// Links, faults and the in-flight queue.
@@ -57,7 +59,8 @@ impl Network {
         now < FAULT_PHASE_US
     }
 
-    fn schedule(&mut self, at: u64, item: Scheduled) {
+    /// Puts `item` in flight until `at`.
+    pub fn schedule(&mut self, at: u64, item: Scheduled) {
         self.counter += 1;
         self.queue.insert((at, self.counter), item);
     }
@@ -152,7 +155,7 @@ impl Network {
         }
         let victim = ReplicaId(rng.random_range(0..REPLICAS as u32));
         match self.scenario {
-            Scenario::Normal | Scenario::Lossy => {}
+            Scenario::Normal | Scenario::Lossy | Scenario::Table1 => {}
             Scenario::Partition if self.partition.is_none() => {
                 self.partition = Some((victim, now + rng.random_range(200_000..800_000)));
             }

@@ -36,3 +36,21 @@ fn a_seed_reproduces_its_run_exactly() {
         );
     }
 }
+
+/// Paper Table 1: one faulty enclave of each kind on three replicas and hostile brokers
+/// everywhere. SplitBFT stays safe; the same placement under PBFT's trust model (one key
+/// per replica) breaks, and its failing seed replays to the identical failure.
+#[test]
+fn table1_splitbft_is_safe_where_pbft_breaks() {
+    use splitbft_sim::{Protocol, run_protocol};
+    for seed in 1..=3 {
+        let report = run_protocol(seed, Scenario::Table1, Protocol::Splitbft);
+        assert!(report.safety_violations.is_empty(), "splitbft seed {seed}: {:?}", report.safety_violations);
+        assert!(report.completed > 0, "the honest majority still serves clients under attack");
+    }
+    let broken = run_protocol(1, Scenario::Table1, Protocol::Pbft);
+    assert!(!broken.safety_violations.is_empty(), "PBFT with three faulty replicas should break");
+    let replay = run_protocol(1, Scenario::Table1, Protocol::Pbft);
+    assert_eq!(broken.safety_violations, replay.safety_violations);
+    assert_eq!((broken.delivered, broken.sim_time_us), (replay.delivered, replay.sim_time_us));
+}

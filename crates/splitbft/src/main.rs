@@ -67,7 +67,10 @@ enum Command {
         /// Only this scenario (default: all).
         #[arg(long)]
         scenario: Option<splitbft_sim::Scenario>,
-        /// End with one JSON object per scenario.
+        /// Only this trust model: splitbft or pbft (default: both).
+        #[arg(long)]
+        protocol: Option<splitbft_sim::Protocol>,
+        /// End with one JSON object per protocol and scenario.
         #[arg(long)]
         json: bool,
     },
@@ -153,7 +156,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Keygen(args) => keygen(args),
         Command::Replica { config, id, backend } => replica(&config, id, backend).await,
         Command::Client { config, client_id, timeout_s, op } => client(&config, client_id, timeout_s, op).await,
-        Command::Sim { seeds, seed, scenario, json } => sim(seeds, seed, scenario, json),
+        Command::Sim { seeds, seed, scenario, protocol, json } => sim(seeds, seed, scenario, protocol, json),
         Command::Demo { mut options, json } => {
             options.progress = !json && demo::stderr_is_terminal();
             let summary = demo::run(options).await?;
@@ -211,46 +214,64 @@ fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn sim(seeds: u64, first: u64, scenario: Option<splitbft_sim::Scenario>, json: bool) -> anyhow::Result<()> {
-    let scenarios = scenario.map_or_else(|| splitbft_sim::Scenario::ALL.to_vec(), |s| vec![s]);
+fn sim(
+    seeds: u64,
+    first: u64,
+    scenario: Option<splitbft_sim::Scenario>,
+    protocol: Option<splitbft_sim::Protocol>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use splitbft_sim::{Protocol, Scenario};
+    let scenarios = scenario.map_or_else(|| Scenario::ALL.to_vec(), |s| vec![s]);
+    let protocols = protocol.map_or_else(|| vec![Protocol::Splitbft, Protocol::Pbft], |p| vec![p]);
     let mut summaries = Vec::new();
     let mut failed = false;
     for scenario in scenarios {
-        let started = std::time::Instant::now();
-        let (mut safety, mut liveness, mut first_failing) = (0u64, 0u64, None);
-        for seed in first..first.saturating_add(seeds) {
-            let report = splitbft_sim::run(seed, scenario);
-            let bad = !report.safety_violations.is_empty() || report.liveness_failure.is_some();
-            safety += u64::from(!report.safety_violations.is_empty());
-            liveness += u64::from(report.liveness_failure.is_some());
-            if bad {
-                first_failing.get_or_insert(seed);
-                eprintln!("FAIL {} seed {seed}:", scenario.name());
-                for v in report.safety_violations.iter().take(5) {
-                    eprintln!("  safety: {v}");
+        for &protocol in &protocols {
+            let started = std::time::Instant::now();
+            let (mut safety, mut liveness, mut first_failing) = (0u64, 0u64, None);
+            // PBFT is expected to break where a scenario puts faults on more than f replicas.
+            let expected_to_break = protocol == Protocol::Pbft && scenario == Scenario::Table1;
+            for seed in first..first.saturating_add(seeds) {
+                let report = splitbft_sim::run_protocol(seed, scenario, protocol);
+                let bad = !report.safety_violations.is_empty() || report.liveness_failure.is_some();
+                safety += u64::from(!report.safety_violations.is_empty());
+                liveness += u64::from(report.liveness_failure.is_some());
+                if bad && first_failing.is_none() {
+                    first_failing = Some(seed);
+                    eprintln!("{} {} seed {seed}:", protocol.name(), scenario.name());
+                    for v in report.safety_violations.iter().take(3) {
+                        eprintln!("  safety: {v}");
+                    }
+                    if let Some(l) = &report.liveness_failure {
+                        eprintln!("  liveness: {l}");
+                    }
+                    eprintln!(
+                        "  replay: splitbft sim --protocol {} --scenario {} --seed {seed} --seeds 1",
+                        protocol.name(),
+                        scenario.name()
+                    );
                 }
-                if let Some(l) = &report.liveness_failure {
-                    eprintln!("  liveness: {l}");
-                }
-                eprintln!("  replay: splitbft sim --scenario {} --seed {seed} --seeds 1", scenario.name());
             }
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "{:<9} {:<14} {seeds} seeds in {secs:.1} s ({:.1} seeds/s): {safety} with safety violations, {liveness} with liveness failures{}",
+                protocol.name(),
+                scenario.name(),
+                seeds as f64 / secs,
+                if expected_to_break { " (expected: faults on 3 of 4 replicas)" } else { "" }
+            );
+            failed |= !expected_to_break && safety + liveness > 0;
+            summaries.push(serde_json::json!({
+                "protocol": protocol.name(),
+                "scenario": scenario.name(),
+                "seeds": seeds,
+                "safety_violations": safety,
+                "liveness_failures": liveness,
+                "first_failing_seed": first_failing,
+                "seeds_per_second": seeds as f64 / secs,
+            }));
         }
-        let secs = started.elapsed().as_secs_f64();
-        println!(
-            "{:<14} {seeds} seeds in {secs:.1} s ({:.1} seeds/s): {safety} with safety violations, {liveness} with liveness failures",
-            scenario.name(),
-            seeds as f64 / secs
-        );
-        failed |= safety + liveness > 0;
-        summaries.push(serde_json::json!({
-            "protocol": "splitbft",
-            "scenario": scenario.name(),
-            "seeds": seeds,
-            "safety_violations": safety,
-            "liveness_failures": liveness,
-            "first_failing_seed": first_failing,
-            "seeds_per_second": seeds as f64 / secs,
-        }));
     }
     if json {
         for s in &summaries {
