@@ -174,11 +174,14 @@ struct Observed {
 /// Keys from `seed`; under PBFT the three parts of a replica share one key.
 fn cluster_secrets(seed: u64, clients: usize, protocol: Protocol) -> ClusterSecrets {
     let mut draws = 0u64;
-    ClusterSecrets::generate(seed, 1, clients, move || {
-        let index = if protocol == Protocol::Pbft && draws < 3 * REPLICAS as u64 { draws / 3 } else { draws + 1_000 };
+    let next = move || {
         draws += 1;
-        Digest::of(&[seed.to_le_bytes(), index.to_le_bytes()].concat()).0
-    })
+        Digest::of(&[seed.to_le_bytes(), draws.to_le_bytes()].concat()).0
+    };
+    match protocol {
+        Protocol::Splitbft => ClusterSecrets::generate(seed, 1, clients, next),
+        Protocol::Pbft => ClusterSecrets::generate_one_key_per_replica(seed, 1, clients, next),
+    }
 }
 
 /// The faulty enclaves of `scenario` under `protocol`.

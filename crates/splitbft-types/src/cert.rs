@@ -109,9 +109,51 @@ pub fn verify_signed<T: SignedBody>(
 ) -> Result<ReplicaId, CertError> {
     let replica = msg.body.signer(config);
     let key = keys.enclave(EnclaveId { replica, kind: T::SIGNER }).ok_or(CertError::UnknownReplica(replica))?;
-    key.verify(config.cluster_id, T::PURPOSE, &msg.body, &msg.sig).map_err(|_| CertError::BadSignature(replica))?;
+    let Some(cache) = &config.pbft_shared_verification else {
+        key.verify(config.cluster_id, T::PURPOSE, &msg.body, &msg.sig).map_err(|_| CertError::BadSignature(replica))?;
+        return Ok(replica);
+    };
+    let id = crate::crypto::signed_id(config.cluster_id, T::PURPOSE, &msg.body, &msg.sig, key);
+    if !cache.contains(&id) {
+        key.verify(config.cluster_id, T::PURPOSE, &msg.body, &msg.sig).map_err(|_| CertError::BadSignature(replica))?;
+        cache.insert(id);
+    }
     Ok(replica)
 }
+
+/// Signatures one part of a PBFT-baseline replica verified, so its other parts do not
+/// verify them again: the replica is one trust domain (SPEC §8, "no duplicated work").
+/// SplitBFT never uses it: every enclave verifies what it accepts (SPEC §9 L1).
+#[derive(Debug, Default)]
+pub struct VerifiedCache {
+    ids: std::sync::Mutex<std::collections::BTreeSet<crate::msg::Digest>>,
+}
+
+/// Entries a [`VerifiedCache`] holds before it starts over (it is only an optimisation).
+const VERIFIED_CACHE_ENTRIES: usize = 65_536;
+
+impl VerifiedCache {
+    fn contains(&self, id: &crate::msg::Digest) -> bool {
+        self.ids.lock().is_ok_and(|ids| ids.contains(id))
+    }
+
+    fn insert(&self, id: crate::msg::Digest) {
+        if let Ok(mut ids) = self.ids.lock() {
+            if ids.len() >= VERIFIED_CACHE_ENTRIES {
+                ids.clear();
+            }
+            ids.insert(id);
+        }
+    }
+}
+
+impl PartialEq for VerifiedCache {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Eq for VerifiedCache {}
 
 /// Whether `seq` lies in the log window `(h, h + L]` (SPEC §4.1).
 pub fn in_window(config: &ProtocolConfig, low: Seq, seq: Seq) -> bool {

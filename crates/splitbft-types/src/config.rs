@@ -79,6 +79,10 @@ pub struct ProtocolConfig {
     pub client_window: u64,
     /// Largest accepted op, in bytes.
     pub max_op_bytes: u32,
+    /// PBFT baseline only (SPEC §8): the parts of one replica share verified signatures.
+    /// Never set for SplitBFT, and never read from a file.
+    #[serde(skip)]
+    pub pbft_shared_verification: Option<std::sync::Arc<crate::cert::VerifiedCache>>,
 }
 
 impl ProtocolConfig {
@@ -94,6 +98,7 @@ impl ProtocolConfig {
             max_batch: DEFAULT_MAX_BATCH,
             client_window: DEFAULT_CLIENT_WINDOW,
             max_op_bytes: DEFAULT_MAX_OP_BYTES,
+            pbft_shared_verification: None,
         }
     }
 

@@ -144,6 +144,20 @@ impl std::fmt::Debug for PublicKey {
     }
 }
 
+/// Identifies a (key, signed message, signature) triple, for caches of verified signatures.
+pub fn signed_id<T: Serialize>(
+    cluster_id: u64,
+    purpose: Purpose,
+    body: &T,
+    sig: &Sig,
+    key: &PublicKey,
+) -> crate::msg::Digest {
+    let mut bytes = signed_bytes(cluster_id, purpose, body);
+    bytes.extend_from_slice(&sig.0);
+    bytes.extend_from_slice(&key.to_bytes());
+    crate::msg::Digest::of(&bytes)
+}
+
 fn signed_bytes<T: Serialize>(cluster_id: u64, purpose: Purpose, body: &T) -> Vec<u8> {
     let mut head = Vec::with_capacity(DOMAIN.len() + 9 + 64);
     head.extend_from_slice(DOMAIN);

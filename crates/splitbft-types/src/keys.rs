@@ -37,6 +37,31 @@ impl ClusterSecrets {
         ClusterSecrets { config, enclaves, clients }
     }
 
+    /// Keys for the PBFT baseline (SPEC §8): one key per replica, shared by its three parts,
+    /// so the configuration lists the same public key for each of them.
+    pub fn generate_one_key_per_replica(
+        cluster_id: u64,
+        f: u32,
+        clients: usize,
+        mut seed: impl FnMut() -> [u8; 32],
+    ) -> Self {
+        let mut current = [0u8; 32];
+        let mut draws = 0usize;
+        let replicas = 3 * f as usize + 1;
+        Self::generate(cluster_id, f, clients, move || {
+            if draws < 3 * replicas {
+                if draws % 3 == 0 {
+                    current = seed();
+                }
+                draws += 1;
+                current
+            } else {
+                draws += 1;
+                seed()
+            }
+        })
+    }
+
     /// Deterministic keys from a `u64` seed: for tests and the simulator only.
     pub fn deterministic(cluster_id: u64, f: u32, clients: usize, seed: u64) -> Self {
         let mut counter = 0u64;

@@ -14,14 +14,29 @@ use splitbft_apps::kv::{KvOp, KvResult, KvStore};
 use splitbft_broker::{NodeConfig, NodeHandle, NodeReport, spawn_node};
 use splitbft_client::{Client, ClientOptions};
 use splitbft_enclave::Backend;
+use splitbft_types::cert::VerifiedCache;
 use splitbft_types::crypto::SecretKey;
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::{ClientId, CompartmentKind, ReplicaId};
 use tokio::net::TcpListener;
 
+/// Which protocol the demo cluster runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// SplitBFT: three compartments per replica, each with its own key.
+    Splitbft,
+    /// The PBFT baseline (SPEC §8): one key per replica, its parts one trust domain that
+    /// verifies each signature once, on the broker's thread.
+    Pbft,
+}
+
 /// Demo parameters (the CLI flags).
 #[derive(Clone, Debug, clap::Args)]
 pub struct DemoOptions {
+    /// Protocol: splitbft, or the pbft baseline.
+    #[arg(long, value_enum, default_value = "splitbft")]
+    pub protocol: Protocol,
     /// Replicas (3f + 1).
     #[arg(long, default_value_t = 4)]
     pub replicas: usize,
@@ -57,8 +72,8 @@ pub struct DemoOptions {
 /// The demo's result (printed as JSON with `--json`).
 #[derive(Clone, Debug, Serialize)]
 pub struct DemoSummary {
-    /// `splitbft`.
-    pub protocol: &'static str,
+    /// `splitbft` or `pbft`.
+    pub protocol: Protocol,
     /// `kv`.
     pub app: &'static str,
     /// Compartment backend.
@@ -120,9 +135,29 @@ impl LocalTcpCluster {
         batch_timeout_ms: u64,
         backend: Backend,
     ) -> anyhow::Result<Self> {
+        Self::start_protocol(Protocol::Splitbft, replicas, clients, batch, batch_timeout_ms, backend).await
+    }
+
+    /// Starts a cluster running `protocol`.
+    pub async fn start_protocol(
+        protocol: Protocol,
+        replicas: usize,
+        clients: usize,
+        batch: u32,
+        batch_timeout_ms: u64,
+        backend: Backend,
+    ) -> anyhow::Result<Self> {
         let f = crate::fault_threshold(replicas)?;
-        let mut secrets =
-            ClusterSecrets::generate(u64::from_le_bytes(crate::os_seed()[..8].try_into()?), f, clients, crate::os_seed);
+        let cluster_id = u64::from_le_bytes(crate::os_seed()[..8].try_into()?);
+        let mut secrets = match protocol {
+            Protocol::Splitbft => ClusterSecrets::generate(cluster_id, f, clients, crate::os_seed),
+            Protocol::Pbft => {
+                if backend != Backend::Inline {
+                    bail!("--protocol pbft runs each replica as one state machine: use --backend inline");
+                }
+                ClusterSecrets::generate_one_key_per_replica(cluster_id, f, clients, crate::os_seed)
+            }
+        };
         secrets.config.max_batch = batch.max(1);
         let mut listeners = Vec::new();
         for _ in 0..replicas {
@@ -132,7 +167,11 @@ impl LocalTcpCluster {
         let mut nodes = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
             let me = ReplicaId(i as u32);
-            let mut config = NodeConfig::new(secrets.config.clone(), me, addresses.clone(), backend);
+            let mut protocol_config = secrets.config.clone();
+            if protocol == Protocol::Pbft {
+                protocol_config.pbft_shared_verification = Some(Arc::new(VerifiedCache::default()));
+            }
+            let mut config = NodeConfig::new(protocol_config, me, addresses.clone(), backend);
             config.options.batch_timeout_us = batch_timeout_ms * 1000;
             let keys = CompartmentKind::ALL.map(|k| SecretKey::from_seed(secrets.enclave(me, k).seed()));
             nodes.push(Some(spawn_node(config, listener, keys, Box::new(KvStore::new())).await?));
@@ -162,8 +201,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     if opts.clients == 0 || opts.outstanding == 0 {
         bail!("--clients and --outstanding must be at least 1");
     }
-    let cluster =
-        LocalTcpCluster::start(opts.replicas, opts.clients, opts.batch, opts.batch_timeout_ms, opts.backend).await?;
+    let cluster = LocalTcpCluster::start_protocol(
+        opts.protocol,
+        opts.replicas,
+        opts.clients,
+        opts.batch,
+        opts.batch_timeout_ms,
+        opts.backend,
+    )
+    .await?;
     let window = cluster.secrets.config.client_window as usize;
     if opts.outstanding > window {
         bail!("--outstanding {} exceeds the per-client window W = {window}", opts.outstanding);
@@ -288,7 +334,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         .sum();
     let completed = completed.load(Ordering::Relaxed);
     Ok(DemoSummary {
-        protocol: "splitbft",
+        protocol: opts.protocol,
         app: "kv",
         backend: opts.backend.to_string(),
         replicas: opts.replicas,
@@ -319,7 +365,7 @@ fn is_rejection(name: &str) -> bool {
 
 /// Human-readable summary.
 pub fn print_summary(s: &DemoSummary) {
-    println!("splitbft demo: {} replicas ({} backend), kv store", s.replicas, s.backend);
+    println!("splitbft demo: {:?} with {} replicas ({} backend), kv store", s.protocol, s.replicas, s.backend);
     println!("  workload     {} clients x {} outstanding, {} requests", s.clients, s.outstanding, s.requests);
     println!("  completed    {} ({} errors) in {:.2} s", s.completed, s.errors, s.seconds);
     println!("  throughput   {:.0} ops/s", s.throughput_ops_s);

@@ -77,3 +77,19 @@ async fn hostile_connections_are_counted_and_the_replica_keeps_serving() {
     assert_eq!(report.broker_counter("requests_executed"), 21, "{:?}", report.broker);
     cluster.shutdown().await;
 }
+
+/// The PBFT baseline (SPEC §8) serves the same client over the same broker and network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pbft_baseline_serves_clients() {
+    use splitbft::demo::Protocol;
+    let cluster = LocalTcpCluster::start_protocol(Protocol::Pbft, 4, 1, 200, 10, Backend::Inline).await.unwrap();
+    let client = cluster.client(0, ClientOptions::default()).await.unwrap();
+    for i in 0..10u8 {
+        let put = KvOp::Put { key: vec![i], value: vec![i; 3] };
+        assert!(matches!(KvResult::decode(&client.invoke(put.encode()).await.unwrap()), Ok(KvResult::Stored { .. })));
+    }
+    let got = client.invoke(KvOp::Get { key: vec![9] }.encode()).await.unwrap();
+    assert_eq!(KvResult::decode(&got).unwrap(), KvResult::Value(Some(vec![9; 3])));
+    assert!(LocalTcpCluster::start_protocol(Protocol::Pbft, 4, 1, 200, 10, Backend::Thread).await.is_err());
+    cluster.shutdown().await;
+}
