@@ -50,7 +50,7 @@ impl ClusterSecrets {
         let replicas = 3 * f as usize + 1;
         Self::generate(cluster_id, f, clients, move || {
             if draws < 3 * replicas {
-                if draws % 3 == 0 {
+                if draws.is_multiple_of(3) {
                     current = seed();
                 }
                 draws += 1;
