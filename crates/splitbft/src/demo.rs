@@ -127,19 +127,8 @@ pub struct LocalTcpCluster {
 }
 
 impl LocalTcpCluster {
-    /// Starts `replicas` replicas on loopback ports chosen by the OS.
+    /// Starts `replicas` replicas running `protocol` on loopback ports chosen by the OS.
     pub async fn start(
-        replicas: usize,
-        clients: usize,
-        batch: u32,
-        batch_timeout_ms: u64,
-        backend: Backend,
-    ) -> anyhow::Result<Self> {
-        Self::start_protocol(Protocol::Splitbft, replicas, clients, batch, batch_timeout_ms, backend).await
-    }
-
-    /// Starts a cluster running `protocol`.
-    pub async fn start_protocol(
         protocol: Protocol,
         replicas: usize,
         clients: usize,
@@ -201,7 +190,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     if opts.clients == 0 || opts.outstanding == 0 {
         bail!("--clients and --outstanding must be at least 1");
     }
-    let cluster = LocalTcpCluster::start_protocol(
+    let cluster = LocalTcpCluster::start(
         opts.protocol,
         opts.replicas,
         opts.clients,
