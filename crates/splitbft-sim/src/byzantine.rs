@@ -6,18 +6,20 @@
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
+use splitbft_apps::kv::KvOp;
 use splitbft_types::boundary::{Compartment, Input, Output};
 use splitbft_types::codec::{from_bytes, to_bytes};
 use splitbft_types::config::Keyring;
 use splitbft_types::crypto::{MacKey, Purpose, SecretKey, reply_mac};
 use splitbft_types::msg::{BatchMsg, Checkpoint, Commit, Digest, Message, PrePrepare, Prepare, Request, Signed};
-use splitbft_types::{CompartmentKind, EnclaveId, ProtocolConfig, ReplicaId, Seq, View};
+use splitbft_types::{ClientId, CompartmentKind, EnclaveId, ProtocolConfig, ReplicaId, Seq, View};
 
 /// A Byzantine behaviour.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Strategy {
     /// Preparation at the primary: orders every batch twice, signing a second PrePrepare
-    /// for a reordered batch at the same `(v, s)` (equivocation).
+    /// at the same `(v, s)` for the requests reordered plus one it made up (equivocation,
+    /// and an attack on validity: SPEC §6's known gap until client sessions exist).
     EquivocatingPrimary,
     /// Preparation: signs a Prepare for every PrePrepare it sees, conflicting or not.
     PrepareEverything,
@@ -98,7 +100,13 @@ impl Byzantine {
             let Output::Send(Message::Batch(b)) = output else { continue };
             let mut requests: Vec<Request> = from_bytes(&b.batch).unwrap_or_default();
             requests.reverse();
-            requests.truncate(requests.len().saturating_sub(usize::from(requests.len() == 1)));
+            let seq = b.pre_prepare.body.seq;
+            requests.push(Request {
+                client: ClientId(0),
+                timestamp: u64::MAX / 2 + seq,
+                op: KvOp::Put { key: b"k0".to_vec(), value: b"made-up".to_vec() }.encode(),
+                auth: Vec::new(),
+            });
             let batch = to_bytes(&requests);
             let body = PrePrepare { digest: Digest::of(&batch), ..b.pre_prepare.body };
             let sig = self.key.sign(self.config.cluster_id, Purpose::PrePrepare, &body);

@@ -49,22 +49,33 @@ pub fn agreement(executed: &[BTreeMap<Seq, Digest>]) -> Vec<String> {
     violations
 }
 
+/// What the replay of the agreed order found.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// Linearizability violations (safety).
+    pub linearizability: Vec<String>,
+    /// Executed operations no client issued (validity: SPEC §6's known gap until client
+    /// sessions let Execution reject them).
+    pub validity: Vec<String>,
+}
+
 /// Validity and linearizability: replay the agreed order on a fresh store with the
-/// Execution enclave's at-most-once rule; every executed op must have been issued by its
-/// client, every accepted result must be the replayed one, and the order must respect
-/// real time (an op that completed before another was invoked comes first).
+/// Execution enclave's at-most-once rule — made-up operations included, as the replicas
+/// executed them — then every accepted result must be the replayed one and the order must
+/// respect real time (an op that completed before another was invoked comes first).
 pub fn linearizable(
     executed: &[BTreeMap<Seq, Digest>],
     batches: &BTreeMap<Digest, Vec<u8>>,
     issued: &BTreeMap<(ClientId, Timestamp), Vec<u8>>,
     history: &History,
     config: &ProtocolConfig,
-) -> Vec<String> {
+) -> Replay {
     let mut order: BTreeMap<Seq, Digest> = BTreeMap::new();
     for log in executed {
         order.extend(log.iter().map(|(s, d)| (*s, *d)));
     }
     let mut violations = Vec::new();
+    let mut validity = Vec::new();
     let mut kv = KvStore::new();
     let mut windows: BTreeMap<ClientId, ClientWindow> = BTreeMap::new();
     let mut replayed: BTreeMap<(ClientId, Timestamp), (usize, Vec<u8>)> = BTreeMap::new();
@@ -81,8 +92,7 @@ pub fn linearizable(
         let requests: Vec<Request> = from_bytes(bytes).unwrap_or_default();
         for req in requests {
             if issued.get(&(req.client, req.timestamp)) != Some(&req.op) {
-                violations.push(format!("validity: seq {seq} executes an op client {} never issued", req.client));
-                continue;
+                validity.push(format!("validity: seq {seq} executes an op client {} never issued", req.client));
             }
             if windows.entry(req.client).or_default().accept(req.timestamp, config.client_window).is_err() {
                 continue;
@@ -125,5 +135,5 @@ pub fn linearizable(
             ));
         }
     }
-    violations
+    Replay { linearizability: violations, validity }
 }

@@ -4,12 +4,18 @@ use splitbft_sim::{Scenario, run};
 
 #[test]
 fn fixed_seeds_are_safe_and_live() {
-    for scenario in Scenario::ALL {
+    // Table 1 has its own test below: it has more than f faulty replicas' worth of faults.
+    for scenario in Scenario::ALL.into_iter().filter(|s| *s != Scenario::Table1) {
         for seed in 1..=2 {
             let report = run(seed, scenario);
             assert!(report.safety_violations.is_empty(), "{:?} seed {seed}: {:?}", scenario, report.safety_violations);
             assert_eq!(report.liveness_failure, None, "{scenario:?} seed {seed}: {:?}", report.replicas);
             assert!(report.completed > 0);
+            assert!(
+                report.validity_violations.is_empty(),
+                "{scenario:?} seed {seed}: {:?}",
+                report.validity_violations
+            );
         }
     }
 }
@@ -43,11 +49,18 @@ fn a_seed_reproduces_its_run_exactly() {
 #[test]
 fn table1_splitbft_is_safe_where_pbft_breaks() {
     use splitbft_sim::{Protocol, run_protocol};
+    let mut made_up = 0;
     for seed in 1..=3 {
         let report = run_protocol(seed, Scenario::Table1, Protocol::Splitbft);
         assert!(report.safety_violations.is_empty(), "splitbft seed {seed}: {:?}", report.safety_violations);
         assert!(report.completed > 0, "the honest majority still serves clients under attack");
+        made_up += report.validity_violations.len();
     }
+    // SPEC §6's documented gap: until client sessions exist, Execution trusts committed
+    // batches, so a faulty primary Preparation enclave gets made-up requests executed
+    // (identically everywhere: agreement holds). The checker must see it; when sessions
+    // land (issue 7) this flips to zero.
+    assert!(made_up > 0, "the validity checker should report the known gap");
     let broken = run_protocol(1, Scenario::Table1, Protocol::Pbft);
     assert!(!broken.safety_violations.is_empty(), "PBFT with three faulty replicas should break");
     let replay = run_protocol(1, Scenario::Table1, Protocol::Pbft);

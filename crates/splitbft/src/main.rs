@@ -229,13 +229,14 @@ fn sim(
     for scenario in scenarios {
         for &protocol in &protocols {
             let started = std::time::Instant::now();
-            let (mut safety, mut liveness, mut first_failing) = (0u64, 0u64, None);
+            let (mut safety, mut liveness, mut validity, mut first_failing) = (0u64, 0u64, 0u64, None);
             // PBFT is expected to break where a scenario puts faults on more than f replicas.
             let expected_to_break = protocol == Protocol::Pbft && scenario == Scenario::Table1;
             for seed in first..first.saturating_add(seeds) {
                 let report = splitbft_sim::run_protocol(seed, scenario, protocol);
                 let bad = !report.safety_violations.is_empty() || report.liveness_failure.is_some();
                 safety += u64::from(!report.safety_violations.is_empty());
+                validity += u64::from(!report.validity_violations.is_empty());
                 liveness += u64::from(report.liveness_failure.is_some());
                 if bad && first_failing.is_none() {
                     first_failing = Some(seed);
@@ -255,7 +256,7 @@ fn sim(
             }
             let secs = started.elapsed().as_secs_f64();
             println!(
-                "{:<9} {:<14} {seeds} seeds in {secs:.1} s ({:.1} seeds/s): {safety} with safety violations, {liveness} with liveness failures{}",
+                "{:<9} {:<14} {seeds} seeds in {secs:.1} s ({:.1} seeds/s): {safety} with safety violations, {liveness} with liveness failures, {validity} with made-up ops executed{}",
                 protocol.name(),
                 scenario.name(),
                 seeds as f64 / secs,
@@ -268,6 +269,7 @@ fn sim(
                 "seeds": seeds,
                 "safety_violations": safety,
                 "liveness_failures": liveness,
+                "validity_violations": validity,
                 "first_failing_seed": first_failing,
                 "seeds_per_second": seeds as f64 / secs,
             }));
