@@ -234,6 +234,16 @@ fn sim(
             let expected_to_break = protocol == Protocol::Pbft && scenario == Scenario::Table1;
             for seed in first..first.saturating_add(seeds) {
                 let report = splitbft_sim::run_protocol(seed, scenario, protocol);
+                if seeds == 1 {
+                    // Replaying one seed: show where every replica ended up.
+                    eprintln!(
+                        "seed {seed}: {} ops completed, max seq {}, max view {}, {} frames delivered",
+                        report.completed, report.max_seq, report.max_view, report.delivered
+                    );
+                    for line in &report.replicas {
+                        eprintln!("  {line}");
+                    }
+                }
                 let bad = !report.safety_violations.is_empty() || report.liveness_failure.is_some();
                 safety += u64::from(!report.safety_violations.is_empty());
                 validity += u64::from(!report.validity_violations.is_empty());
