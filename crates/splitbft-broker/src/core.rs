@@ -10,9 +10,11 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use splitbft_types::boundary::{Event, Input, Output, Stats};
+use splitbft_types::cert::verify_signed;
 use splitbft_types::codec::{
     CodecError, WIRE_VERSION, body_offset, decode_message, encode_message, from_bytes, to_bytes,
 };
+use splitbft_types::config::Keyring;
 use splitbft_types::counters::Counters;
 use splitbft_types::msg::{Digest, Message, Request, StateChunk};
 use splitbft_types::{ClientId, CompartmentKind, ProtocolConfig, ReplicaId, Seq, View};
@@ -108,8 +110,9 @@ pub struct BrokerCore {
     snapshots: BTreeMap<Seq, (Digest, Bytes)>,
     fetch: Option<StateFetch>,
     future: FutureBuffer,
-    /// Highest view each replica sent a ViewChange for (as seen on the wire).
+    /// Highest view each replica sent a (validly signed) ViewChange for.
     vc_views: Vec<View>,
+    keys: Keyring,
     /// When each peer last had our out-log resent on its request.
     resent_at: Vec<Option<u64>>,
     counters: Counters,
@@ -140,6 +143,7 @@ impl BrokerCore {
             fetch: None,
             future: FutureBuffer::default(),
             vc_views: vec![0; protocol.n()],
+            keys: protocol.validate().expect("a broker is started with a validated configuration"),
             resent_at: vec![None; protocol.n()],
             counters: Counters::default(),
             stats: [None, None, None],
@@ -190,15 +194,12 @@ impl BrokerCore {
 
     /// Delivers `msg` to a local compartment, or holds it until the compartment enters
     /// `view` if that is ahead of it.
-    fn deliver(&mut self, kind: CompartmentKind, view: Option<View>, msg: Message, out: &mut Vec<Action>) {
+    fn deliver(&mut self, kind: CompartmentKind, view: View, msg: Message, out: &mut Vec<Action>) {
         let input = Bytes::from(to_bytes(&Input::Message(msg)));
-        match view {
-            Some(v) if v > self.views[kind.index()] => {
-                if !self.future.hold(kind, v, input) {
-                    self.counters.bump("future_messages_dropped");
-                }
-            }
-            _ => out.push(Action::Enclave(kind, input)),
+        if view <= self.views[kind.index()] {
+            out.push(Action::Enclave(kind, input));
+        } else if !self.future.hold(kind, view, input) {
+            self.counters.bump("future_messages_dropped");
         }
     }
 
@@ -221,17 +222,17 @@ impl BrokerCore {
                 // A batch of an older view (fetched after a view change) is for Execution only.
                 for kind in [Preparation, Confirmation] {
                     if pp.body.view >= self.views[kind.index()] {
-                        self.deliver(kind, Some(pp.body.view), Message::PrePrepare(pp), out);
+                        self.deliver(kind, pp.body.view, Message::PrePrepare(pp), out);
                     }
                 }
                 Self::to_enclave(Execution, Message::Batch(b), out);
             }
             Message::PrePrepare(pp) => {
-                self.deliver(Preparation, Some(pp.body.view), Message::PrePrepare(pp), out);
-                self.deliver(Confirmation, Some(pp.body.view), Message::PrePrepare(pp), out);
+                self.deliver(Preparation, pp.body.view, Message::PrePrepare(pp), out);
+                self.deliver(Confirmation, pp.body.view, Message::PrePrepare(pp), out);
             }
-            Message::Prepare(p) => self.deliver(Confirmation, Some(p.body.view), Message::Prepare(p), out),
-            Message::Commit(c) => self.deliver(Execution, Some(c.body.view), Message::Commit(c), out),
+            Message::Prepare(p) => self.deliver(Confirmation, p.body.view, Message::Prepare(p), out),
+            Message::Commit(c) => self.deliver(Execution, c.body.view, Message::Commit(c), out),
             Message::Checkpoint(cp) => {
                 for kind in CompartmentKind::ALL {
                     Self::to_enclave(kind, Message::Checkpoint(cp), out);
@@ -239,9 +240,14 @@ impl BrokerCore {
             }
             Message::ViewChange(vc) => {
                 let (view, replica) = (vc.body.view, vc.body.replica);
+                // Peer connections are not authenticated: count a ViewChange towards the
+                // f + 1 rule only if its signature checks out, so one faulty peer cannot
+                // speak for others and force view changes.
+                let genuine = view > self.vc_views.get(replica.0 as usize).copied().unwrap_or(View::MAX)
+                    && verify_signed(&self.protocol, &self.keys, &vc).is_ok();
                 Self::to_enclave(Preparation, Message::ViewChange(vc), out);
-                if let Some(seen) = self.vc_views.get_mut(replica.0 as usize) {
-                    *seen = (*seen).max(view);
+                if genuine {
+                    self.vc_views[replica.0 as usize] = view;
                     self.join_view_change(out);
                 }
             }
@@ -521,14 +527,14 @@ impl BrokerCore {
                 self.batches.insert(pp.digest, pp.seq, frame.clone());
                 self.outlog.push(pp.seq, frame.clone());
                 out.push(Action::Broadcast(frame));
-                self.deliver(Confirmation, Some(pp.view), Message::PrePrepare(b.pre_prepare), out);
+                self.deliver(Confirmation, pp.view, Message::PrePrepare(b.pre_prepare), out);
                 Self::to_enclave(Execution, Message::Batch(b), out);
             }
             (Preparation, Output::Send(Message::Prepare(p))) => {
                 let frame = Bytes::from(encode_message(&Message::Prepare(p)));
                 self.outlog.push(p.body.seq, frame.clone());
                 out.push(Action::Broadcast(frame));
-                self.deliver(Confirmation, Some(p.body.view), Message::Prepare(p), out);
+                self.deliver(Confirmation, p.body.view, Message::Prepare(p), out);
             }
             (Preparation, Output::Send(Message::NewView(nv))) => {
                 let frame = Bytes::from(encode_message(&Message::NewView(nv.clone())));
@@ -542,7 +548,7 @@ impl BrokerCore {
                 let frame = Bytes::from(encode_message(&Message::Commit(c)));
                 self.outlog.push(c.body.seq, frame.clone());
                 out.push(Action::Broadcast(frame));
-                self.deliver(Execution, Some(c.body.view), Message::Commit(c), out);
+                self.deliver(Execution, c.body.view, Message::Commit(c), out);
             }
             (Confirmation, Output::Send(Message::ViewChange(vc))) => {
                 let frame = Bytes::from(encode_message(&Message::ViewChange(vc.clone())));
@@ -793,6 +799,48 @@ mod tests {
         let resumed = order_batches(&out);
         assert!(!resumed.is_empty());
         assert_eq!(resumed[0], cut[2], "the refused request is offered again, first");
+    }
+
+    /// PBFT's f + 1 rule in the broker counts only validly signed ViewChanges: one faulty
+    /// peer cannot speak for others (connections are not authenticated) and force view
+    /// changes.
+    #[test]
+    fn only_signed_view_changes_count_towards_joining_a_view_change() {
+        use splitbft_types::crypto::Purpose;
+        use splitbft_types::msg::{CheckpointCert, Signed, ViewChange};
+        let secrets = splitbft_types::keys::ClusterSecrets::deterministic(1, 1, 1, 1);
+        let mut core = BrokerCore::new(secrets.config.clone(), ReplicaId(0), BrokerOptions::new(&secrets.config));
+        let vc = |replica: u32, good: bool| {
+            let body = ViewChange {
+                view: 1,
+                replica: ReplicaId(replica),
+                stable: CheckpointCert { seq: 0, state: Digest::default(), proof: Vec::new() },
+                prepared: Vec::new(),
+            };
+            let signer = if good { replica } else { 3 };
+            let key = secrets.enclave(ReplicaId(signer), CompartmentKind::Confirmation);
+            let sig = key.sign(secrets.config.cluster_id, Purpose::ViewChange, &body);
+            Bytes::from(encode_message(&Message::ViewChange(Signed { body, sig })))
+        };
+        let suspects = |actions: &[Action]| {
+            actions
+                .iter()
+                .filter(|a| {
+                    matches!(a, Action::Enclave(CompartmentKind::Confirmation, b)
+                    if matches!(from_bytes::<Input>(b), Ok(Input::Suspect(_))))
+                })
+                .count()
+        };
+        let mut out = Vec::new();
+        // Replica 3 forges ViewChanges in the names of replicas 1 and 2.
+        core.on_peer_frame(ReplicaId(3), vc(1, false), 0, &mut out);
+        core.on_peer_frame(ReplicaId(3), vc(2, false), 0, &mut out);
+        assert_eq!(suspects(&out), 0);
+        // Two genuine ones (f + 1 = 2) make the broker join.
+        core.on_peer_frame(ReplicaId(1), vc(1, true), 0, &mut out);
+        assert_eq!(suspects(&out), 0);
+        core.on_peer_frame(ReplicaId(2), vc(2, true), 0, &mut out);
+        assert_eq!(suspects(&out), 1);
     }
 
     #[test]
