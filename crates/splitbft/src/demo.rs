@@ -347,9 +347,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     })
 }
 
-/// Counter names that record refused input (as opposed to work done).
+/// Counter names that record refused hostile or broken input — not the stale or duplicate
+/// messages every run sees (late Prepares, old views during a view change).
 fn is_rejection(name: &str) -> bool {
-    ["malformed", "bad_", "unknown", "oversize", "unexpected", "wrong"].iter().any(|p| name.contains(p))
+    ["malformed", "bad_", "unknown", "oversize", "unexpected", "wrong_digest", "wrong_o", "wrong_id", "wrong_length"]
+        .iter()
+        .any(|p| name.contains(p))
 }
 
 /// Human-readable summary.
