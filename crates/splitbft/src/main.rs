@@ -229,7 +229,8 @@ fn sim(
     for scenario in scenarios {
         for &protocol in &protocols {
             let started = std::time::Instant::now();
-            let (mut safety, mut liveness, mut validity, mut first_failing) = (0u64, 0u64, 0u64, None);
+            let (mut safety, mut liveness, mut validity) = (0u64, 0u64, 0u64);
+            let mut failing = Vec::new();
             // PBFT is expected to break where a scenario puts faults on more than f replicas.
             let expected_to_break = protocol == Protocol::Pbft && scenario == Scenario::Table1;
             for seed in first..first.saturating_add(seeds) {
@@ -248,8 +249,10 @@ fn sim(
                 safety += u64::from(!report.safety_violations.is_empty());
                 validity += u64::from(!report.validity_violations.is_empty());
                 liveness += u64::from(report.liveness_failure.is_some());
-                if bad && first_failing.is_none() {
-                    first_failing = Some(seed);
+                if bad {
+                    failing.push(seed);
+                }
+                if bad && failing.len() == 1 {
                     eprintln!("{} {} seed {seed}:", protocol.name(), scenario.name());
                     for v in report.safety_violations.iter().take(3) {
                         eprintln!("  safety: {v}");
@@ -265,6 +268,12 @@ fn sim(
                 }
             }
             let secs = started.elapsed().as_secs_f64();
+            if failing.len() > 1 {
+                let shown: Vec<String> = failing.iter().take(20).map(u64::to_string).collect();
+                let more = failing.len().saturating_sub(shown.len());
+                let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+                eprintln!("  failing seeds: {}{more}", shown.join(", "));
+            }
             println!(
                 "{:<9} {:<14} {seeds} seeds in {secs:.1} s ({:.1} seeds/s): {safety} with safety violations, {liveness} with liveness failures, {validity} with made-up ops executed{}",
                 protocol.name(),
@@ -280,7 +289,7 @@ fn sim(
                 "safety_violations": safety,
                 "liveness_failures": liveness,
                 "validity_violations": validity,
-                "first_failing_seed": first_failing,
+                "first_failing_seed": failing.first(),
                 "seeds_per_second": seeds as f64 / secs,
             }));
         }
