@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde::Serialize;
-use splitbft_apps::kv::{KvOp, KvResult, KvStore};
+use splitbft_apps::kv::{KvOp, KvResult};
 use splitbft_broker::{NodeConfig, NodeHandle, NodeReport, spawn_node};
 use splitbft_client::{Client, ClientOptions};
 use splitbft_enclave::Backend;
@@ -19,6 +19,8 @@ use splitbft_types::crypto::SecretKey;
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::{ClientId, CompartmentKind, ReplicaId};
 use tokio::net::TcpListener;
+
+use crate::AppKind;
 
 /// Which protocol the demo cluster runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -37,6 +39,9 @@ pub struct DemoOptions {
     /// Protocol: splitbft, or the pbft baseline.
     #[arg(long, value_enum, default_value = "splitbft")]
     pub protocol: Protocol,
+    /// Replicated application.
+    #[arg(long, value_enum, default_value = "kv")]
+    pub app: AppKind,
     /// Replicas (3f + 1).
     #[arg(long, default_value_t = 4)]
     pub replicas: usize,
@@ -74,8 +79,8 @@ pub struct DemoOptions {
 pub struct DemoSummary {
     /// `splitbft` or `pbft`.
     pub protocol: Protocol,
-    /// `kv`.
-    pub app: &'static str,
+    /// `kv` or `ledger`.
+    pub app: AppKind,
     /// Compartment backend.
     pub backend: String,
     /// Replicas.
@@ -130,6 +135,7 @@ impl LocalTcpCluster {
     /// Starts `replicas` replicas running `protocol` on loopback ports chosen by the OS.
     pub async fn start(
         protocol: Protocol,
+        app: AppKind,
         replicas: usize,
         clients: usize,
         batch: u32,
@@ -163,7 +169,7 @@ impl LocalTcpCluster {
             let mut config = NodeConfig::new(protocol_config, me, addresses.clone(), backend);
             config.options.batch_timeout_us = batch_timeout_ms * 1000;
             let keys = CompartmentKind::ALL.map(|k| SecretKey::from_seed(secrets.enclave(me, k).seed()));
-            nodes.push(Some(spawn_node(config, listener, keys, Box::new(KvStore::new())).await?));
+            nodes.push(Some(spawn_node(config, listener, keys, app.build()?).await?));
         }
         Ok(LocalTcpCluster { nodes, addresses, secrets })
     }
@@ -192,6 +198,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     }
     let cluster = LocalTcpCluster::start(
         opts.protocol,
+        opts.app,
         opts.replicas,
         opts.clients,
         opts.batch,
@@ -324,7 +331,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     let completed = completed.load(Ordering::Relaxed);
     Ok(DemoSummary {
         protocol: opts.protocol,
-        app: "kv",
+        app: opts.app,
         backend: opts.backend.to_string(),
         replicas: opts.replicas,
         clients: opts.clients,
@@ -357,7 +364,13 @@ fn is_rejection(name: &str) -> bool {
 
 /// Human-readable summary.
 pub fn print_summary(s: &DemoSummary) {
-    println!("splitbft demo: {:?} with {} replicas ({} backend), kv store", s.protocol, s.replicas, s.backend);
+    println!(
+        "splitbft demo: {:?} with {} replicas ({} backend), {} app",
+        s.protocol,
+        s.replicas,
+        s.backend,
+        s.app.name()
+    );
     println!("  workload     {} clients x {} outstanding, {} requests", s.clients, s.outstanding, s.requests);
     println!("  completed    {} ({} errors) in {:.2} s", s.completed, s.errors, s.seconds);
     println!("  throughput   {:.0} ops/s", s.throughput_ops_s);

@@ -4,6 +4,37 @@
 pub mod clusterfile;
 pub mod demo;
 
+use splitbft_types::app::Application;
+
+/// Which replicated application a cluster runs (SPEC §7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppKind {
+    /// The key-value store (GET/PUT/DELETE/CAS/SCAN).
+    Kv,
+    /// The key-value store whose executed requests are grouped into hash-chained, encrypted
+    /// blocks of 5 written to each replica's data directory (paper §6).
+    Ledger,
+}
+
+impl AppKind {
+    /// A fresh instance at genesis.
+    pub fn build(self) -> anyhow::Result<Box<dyn Application>> {
+        match self {
+            AppKind::Kv => Ok(Box::new(splitbft_apps::kv::KvStore::new())),
+            AppKind::Ledger => anyhow::bail!("the ledger application is not built yet"),
+        }
+    }
+
+    /// The name used in JSON and CSV output.
+    pub fn name(self) -> &'static str {
+        match self {
+            AppKind::Kv => "kv",
+            AppKind::Ledger => "ledger",
+        }
+    }
+}
+
 /// Fills a 32-byte seed from the operating system's random source.
 pub fn os_seed() -> [u8; 32] {
     let mut seed = [0u8; 32];

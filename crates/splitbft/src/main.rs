@@ -328,7 +328,7 @@ async fn replica(config_path: &Path, id: u32, backend: Backend) -> anyhow::Resul
         .with_context(|| format!("listening on {}", entry.address))?;
     let mut node_config = NodeConfig::new(protocol, me, file.addresses(), backend);
     node_config.options.batch_timeout_us = file.batch_timeout_ms * 1000;
-    let node = spawn_node(node_config, listener, secrets, Box::new(splitbft_apps::kv::KvStore::new())).await?;
+    let node = spawn_node(node_config, listener, secrets, splitbft::AppKind::Kv.build()?).await?;
     eprintln!("replica {id} listening on {} ({backend} backend); SIGINT or SIGTERM stops it", entry.address);
     wait_for_signal().await?;
     let report = node.shutdown().await;

@@ -32,8 +32,17 @@ async fn send(addr: std::net::SocketAddr, bytes: &[u8]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_connections_are_counted_and_the_replica_keeps_serving() {
-    let cluster =
-        LocalTcpCluster::start(splitbft::demo::Protocol::Splitbft, 4, 1, 200, 10, Backend::Inline).await.unwrap();
+    let cluster = LocalTcpCluster::start(
+        splitbft::demo::Protocol::Splitbft,
+        splitbft::AppKind::Kv,
+        4,
+        1,
+        200,
+        10,
+        Backend::Inline,
+    )
+    .await
+    .unwrap();
     let target = cluster.addresses[1];
     let peer_hello = frame(&Hello::Replica(ReplicaId(2)).encode());
     let client_hello = frame(&Hello::Client(ClientId(0)).encode());
@@ -83,7 +92,8 @@ async fn hostile_connections_are_counted_and_the_replica_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pbft_baseline_serves_clients() {
     use splitbft::demo::Protocol;
-    let cluster = LocalTcpCluster::start(Protocol::Pbft, 4, 1, 200, 10, Backend::Inline).await.unwrap();
+    let cluster =
+        LocalTcpCluster::start(Protocol::Pbft, splitbft::AppKind::Kv, 4, 1, 200, 10, Backend::Inline).await.unwrap();
     let client = cluster.client(0, ClientOptions::default()).await.unwrap();
     for i in 0..10u8 {
         let put = KvOp::Put { key: vec![i], value: vec![i; 3] };
@@ -91,6 +101,8 @@ async fn the_pbft_baseline_serves_clients() {
     }
     let got = client.invoke(KvOp::Get { key: vec![9] }.encode()).await.unwrap();
     assert_eq!(KvResult::decode(&got).unwrap(), KvResult::Value(Some(vec![9; 3])));
-    assert!(LocalTcpCluster::start(Protocol::Pbft, 4, 1, 200, 10, Backend::Thread).await.is_err());
+    assert!(
+        LocalTcpCluster::start(Protocol::Pbft, splitbft::AppKind::Kv, 4, 1, 200, 10, Backend::Thread).await.is_err()
+    );
     cluster.shutdown().await;
 }
