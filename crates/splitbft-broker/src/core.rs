@@ -30,7 +30,7 @@ pub const DEFAULT_BATCH_TIMEOUT_US: u64 = 10_000;
 /// instead of waiting for `B` requests or the timeout: an idle cluster answers a lone
 /// request without the 10 ms wait, and a busy one batches naturally while this many
 /// batches are being agreed on.
-pub const DEFAULT_EAGER_INFLIGHT: u64 = 4;
+pub const DEFAULT_EAGER_INFLIGHT: u64 = 1;
 /// Requests queued at the primary awaiting a batch; beyond it new requests are dropped
 /// (and counted): the clients retransmit. 50 full batches.
 pub const DEFAULT_MAX_PENDING_REQUESTS: usize = 10_000;
