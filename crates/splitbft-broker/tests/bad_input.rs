@@ -231,7 +231,16 @@ fn bad_signatures_are_counted_by_the_receiving_compartments() {
     }
     assert_eq!(h.enclave(2, Preparation, "pre_prepare_bad_signature"), 2);
     assert_eq!(h.enclave(2, Confirmation, "pre_prepare_bad_signature"), 2);
-    // Execution checks the header's signature before hashing the bytes.
+    // Execution hashes a batch before anything else; the header's signature is checked
+    // for the second candidate of a slot (the first is taken unchecked: SPEC §3, the
+    // certificate decides).
+    assert_eq!(h.enclave(2, Execution, "batch_wrong_digest"), 1);
+    for content in [&b"first"[..], &b"second"[..]] {
+        let digest = Digest::of(content);
+        let header = h.sign(1, Preparation, Purpose::PrePrepare, PrePrepare { view: 0, seq: 4, digest });
+        h.inject(1, 2, frame(&Message::Batch(BatchMsg { pre_prepare: header, batch: content.to_vec() })));
+    }
+    h.settle();
     assert_eq!(h.enclave(2, Execution, "batch_bad_signature"), 1);
     h.assert_live(PRIMARY, 0, 2);
     h.assert_live(ReplicaId(2), 2, 1);
