@@ -238,6 +238,7 @@ fn latency_panel(
         .x_desc("throughput (ops/s); labels: clients")
         .y_desc("median latency (ms)")
         .x_label_formatter(&|v| si(*v))
+        .y_label_formatter(&|v| if y_max >= 10.0 { format!("{v:.0}") } else { format!("{v:.2}") })
         .light_line_style(RGBColor(238, 238, 238))
         .label_style((FAMILY, 14))
         .axis_desc_style((FAMILY, 16))

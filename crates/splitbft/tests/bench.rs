@@ -86,8 +86,7 @@ fn a_tiny_matrix_writes_csv_summary_and_plots() {
     assert_eq!((rows[1]["protocol"].as_str(), rows[1]["outstanding"].as_str()), ("pbft", "1"));
 
     // summary.json: the headline keys, the config, the machine, every point.
-    let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
     for key in ["splitbft_over_pbft_batched", "pbft_peak_ops_s", "config", "machine", "ratios", "points", "plots"] {
         assert!(summary.get(key).is_some(), "{key} missing from summary.json");
     }
