@@ -32,6 +32,15 @@ fn register_font() -> anyhow::Result<()> {
     result
 }
 
+/// Where a point's label goes relative to it: SplitBFT's above, PBFT's below, so close
+/// values of the two protocols stay readable.
+fn label_offset(protocol: Protocol) -> (i32, i32) {
+    match protocol {
+        Protocol::Splitbft => (6, -18),
+        Protocol::Pbft => (6, 6),
+    }
+}
+
 fn colour(protocol: Protocol) -> RGBColor {
     match protocol {
         Protocol::Splitbft => RGBColor(0xd6, 0x27, 0x28),
@@ -213,7 +222,7 @@ fn throughput_panel(
         chart.draw_series(xy.iter().map(|&(x, y)| {
             EmptyElement::at((x, y))
                 + Circle::new((0, 0), 5, colour(*protocol).filled())
-                + Text::new(si(y), (6, -18), (FAMILY, 12).into_font())
+                + Text::new(si(y), label_offset(*protocol), (FAMILY, 12).into_font())
         }))?;
     }
     legend(&mut chart)
@@ -254,7 +263,7 @@ fn latency_panel(
         chart.draw_series(pts.iter().map(|&(x, y, clients)| {
             EmptyElement::at((x, y))
                 + Circle::new((0, 0), 5, colour(*protocol).filled())
-                + Text::new(clients.to_string(), (6, -18), (FAMILY, 12).into_font())
+                + Text::new(clients.to_string(), label_offset(*protocol), (FAMILY, 12).into_font())
         }))?;
     }
     legend(&mut chart)
