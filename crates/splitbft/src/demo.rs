@@ -2,15 +2,13 @@
 //! closed-loop key-value workload (the paper's: 10 clients × 40 outstanding, 10-byte
 //! payloads).
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde::Serialize;
-use splitbft_apps::kv::{KvOp, KvResult};
 use splitbft_broker::{NodeConfig, NodeHandle, NodeReport, spawn_node};
 use splitbft_client::{Client, ClientOptions};
 use splitbft_enclave::Backend;
@@ -21,6 +19,7 @@ use splitbft_types::{ClientId, CompartmentKind, ReplicaId};
 use tokio::net::TcpListener;
 
 use crate::AppKind;
+use crate::workload::{self, OpMix, Stop, Workload};
 
 /// Which protocol the demo cluster runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -31,6 +30,16 @@ pub enum Protocol {
     /// The PBFT baseline (SPEC §8): one key per replica, its parts one trust domain that
     /// verifies each signature once, on the broker's thread.
     Pbft,
+}
+
+impl Protocol {
+    /// The name used in CSV, JSON and plots.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Splitbft => "splitbft",
+            Protocol::Pbft => "pbft",
+        }
+    }
 }
 
 /// Demo parameters (the CLI flags).
@@ -223,77 +232,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         }
         (Some(_), None) => None,
     };
-    let issued = Arc::new(AtomicU64::new(0));
-    let completed = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let mut clients = Vec::new();
-    let mut workers = Vec::new();
-    for c in 0..opts.clients {
-        let options = ClientOptions { outstanding: opts.outstanding, ..ClientOptions::default() };
-        let client = Arc::new(cluster.client(c, options).await.with_context(|| format!("connecting client {c}"))?);
-        clients.push(client.clone());
-        for lane in 0..opts.outstanding {
-            let (client, issued, completed, errors) =
-                (client.clone(), issued.clone(), completed.clone(), errors.clone());
-            let (total, payload) = (opts.requests, opts.payload);
-            workers.push(tokio::spawn(async move {
-                let mut latencies = hdrhistogram::Histogram::<u64>::new(3).expect("3 significant figures is valid");
-                let mut done_at = Vec::new();
-                let mut i = 0u64;
-                while issued.fetch_add(1, Ordering::Relaxed) < total {
-                    // Alternate PUT and GET of this lane's keys (1,000 keys per lane).
-                    let key = format!("c{c}-l{lane}-k{}", (i / 2) % 1000).into_bytes();
-                    let op = if i.is_multiple_of(2) {
-                        KvOp::Put { key, value: vec![b'v'; payload] }
-                    } else {
-                        KvOp::Get { key }
-                    };
-                    i += 1;
-                    let t0 = Instant::now();
-                    let ok = match client.invoke(op.encode()).await {
-                        Ok(result) => !matches!(KvResult::decode(&result), Err(_) | Ok(KvResult::Error(_))),
-                        Err(_) => false,
-                    };
-                    let _ = latencies.record(t0.elapsed().as_micros() as u64);
-                    if ok {
-                        done_at.push(Instant::now());
-                    }
-                    if ok { &completed } else { &errors }.fetch_add(1, Ordering::Relaxed);
-                }
-                (latencies, done_at)
-            }));
-        }
-    }
-    let progress = opts.progress.then(|| {
-        let (completed, total) = (completed.clone(), opts.requests);
-        tokio::spawn(async move {
-            let mut stderr = std::io::stderr();
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let done = completed.load(Ordering::Relaxed);
-                let secs = started.elapsed().as_secs_f64();
-                let _ =
-                    write!(stderr, "\r  {done:>9}/{total} requests  {:>9.0} ops/s  {secs:>6.1} s", done as f64 / secs);
-                let _ = stderr.flush();
-            }
-        })
-    });
-    let mut latencies = hdrhistogram::Histogram::<u64>::new(3).expect("valid histogram");
-    let mut done_at = Vec::new();
-    for worker in workers {
-        let (hist, times) = worker.await.context("a workload task panicked")?;
-        latencies.add(hist).context("merging latencies")?;
-        done_at.extend(times);
-    }
-    done_at.sort_unstable();
-    let seconds = started.elapsed().as_secs_f64();
-    if let Some(progress) = progress {
-        progress.abort();
-        eprintln!();
-    }
-    let retransmissions = clients.iter().map(|c| c.stats().retransmissions).sum();
-    drop(clients);
+    let workload = Workload {
+        clients: opts.clients,
+        outstanding: opts.outstanding,
+        payload: opts.payload,
+        mix: OpMix::PutGet,
+        stop: Stop::Requests(opts.requests),
+        progress: opts.progress,
+        record_completion_times: opts.crash_primary_after_ms.is_some(),
+    };
+    let outcome = workload::run(&cluster, &workload).await?;
+    let (started, seconds, done_at) = (outcome.started, outcome.seconds, &outcome.completion_times);
     let mut reports = cluster.shutdown().await;
     let running = reports.clone();
     let (mut crash_at_ms, mut stall_ms, mut recovery_ms) = (None, None, None);
@@ -317,8 +266,6 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
             }
         }
     }
-    let ordered: u64 = reports.iter().map(|r| r.broker_counter("requests_ordered")).sum();
-    let batches = reports.iter().map(|r| r.broker_counter("batches_ordered")).sum::<u64>().max(1);
     let final_view =
         running.iter().filter_map(|r| r.enclaves.first().cloned().flatten()).map(|s| s.view).max().unwrap_or(0);
     let view_changes = running.iter().map(|r| r.broker_counter("views_entered")).max().unwrap_or(0);
@@ -328,7 +275,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         .filter(|(name, _)| is_rejection(name))
         .map(|(_, v)| v)
         .sum();
-    let completed = completed.load(Ordering::Relaxed);
+    let completed = outcome.completed;
     Ok(DemoSummary {
         protocol: opts.protocol,
         app: opts.app,
@@ -338,13 +285,13 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         outstanding: opts.outstanding,
         requests: opts.requests,
         completed,
-        errors: errors.load(Ordering::Relaxed),
+        errors: outcome.errors,
         seconds,
         throughput_ops_s: completed as f64 / seconds,
-        p50_us: latencies.value_at_quantile(0.5),
-        p99_us: latencies.value_at_quantile(0.99),
-        avg_batch: ordered as f64 / batches as f64,
-        retransmissions,
+        p50_us: outcome.latencies.value_at_quantile(0.5),
+        p99_us: outcome.latencies.value_at_quantile(0.99),
+        avg_batch: crate::bench::average_batch(&reports),
+        retransmissions: outcome.retransmissions,
         rejected_inputs,
         final_view,
         view_changes,

@@ -1,8 +1,12 @@
 //! The `splitbft` tool: key generation, replica processes, a command-line client and an
-//! in-process demo cluster with a closed-loop workload.
+//! in-process demo cluster with a closed-loop workload, and the benchmark that runs the
+//! paper's experiment matrix against SplitBFT and the PBFT baseline.
 
+pub mod bench;
 pub mod clusterfile;
 pub mod demo;
+mod plot;
+pub mod workload;
 
 use splitbft_types::app::Application;
 

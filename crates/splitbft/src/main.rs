@@ -82,6 +82,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the paper's experiment matrix against SplitBFT and the PBFT baseline: writes
+    /// results.csv, summary.json and PNG plots to OUT/<UTC timestamp>/.
+    Bench(splitbft::bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -166,6 +169,21 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             if summary.errors > 0 {
                 bail!("{} requests failed", summary.errors);
+            }
+            Ok(())
+        }
+        Command::Bench(args) => {
+            let summary = splitbft::bench::run(&args).await?;
+            splitbft::bench::print_table(&summary);
+            if args.json {
+                println!("{}", summary.json_line());
+            }
+            if summary.failed > 0 {
+                bail!(
+                    "{} of {} points failed (see the skipped column of results.csv)",
+                    summary.failed,
+                    summary.points.len()
+                );
             }
             Ok(())
         }
