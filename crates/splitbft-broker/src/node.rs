@@ -170,9 +170,7 @@ pub async fn spawn_node(
         return Err(NodeError::Addresses { addresses: config.addresses.len(), replicas: config.protocol.n() });
     }
     let ledger = match &config.data_dir {
-        Some(dir) => {
-            Some(BlockFile::open(dir).map_err(|source| NodeError::DataDir { path: dir.clone(), source })?)
-        }
+        Some(dir) => Some(BlockFile::open(dir).map_err(|source| NodeError::DataDir { path: dir.clone(), source })?),
         None => None,
     };
     let (out_tx, out_rx) = mpsc::unbounded_channel::<(CompartmentKind, Vec<Bytes>)>();

@@ -60,7 +60,11 @@ impl BlockFile {
             file.set_len(complete)?;
         }
         file.seek(SeekFrom::Start(complete))?;
-        Ok(BlockFile { path, writer: BufWriter::with_capacity(WRITE_BUFFER_BYTES, file), torn_tail_bytes: end - complete })
+        Ok(BlockFile {
+            path,
+            writer: BufWriter::with_capacity(WRITE_BUFFER_BYTES, file),
+            torn_tail_bytes: end - complete,
+        })
     }
 
     /// The file's path.

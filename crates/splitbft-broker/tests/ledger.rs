@@ -31,7 +31,11 @@ fn cluster(checkpoint_interval: u64) -> (LocalCluster, Vec<ClientKeys>, ClusterS
 }
 
 fn sealer(secrets: &ClusterSecrets, r: u32) -> RecordSealer {
-    RecordSealer::new(secrets.enclave(ReplicaId(r), CompartmentKind::Execution), secrets.config.cluster_id, ReplicaId(r))
+    RecordSealer::new(
+        secrets.enclave(ReplicaId(r), CompartmentKind::Execution),
+        secrets.config.cluster_id,
+        ReplicaId(r),
+    )
 }
 
 /// Sends `rounds` rounds of one Put per client and lets the cluster settle after each.

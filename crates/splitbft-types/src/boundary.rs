@@ -194,10 +194,16 @@ mod tests {
         let digest = || any::<[u8; 32]>().prop_map(Digest);
         prop_oneof![
             (any::<u64>(), bytes()).prop_map(|(height, sealed)| Output::Persist { height, sealed }),
-            (any::<u64>(), digest(), bytes())
-                .prop_map(|(seq, digest, bytes)| Output::Event(Event::Snapshot { seq, digest, bytes })),
-            (any::<u64>(), digest(), any::<u32>())
-                .prop_map(|(seq, digest, requests)| Output::Event(Event::Executed { seq, digest, requests })),
+            (any::<u64>(), digest(), bytes()).prop_map(|(seq, digest, bytes)| Output::Event(Event::Snapshot {
+                seq,
+                digest,
+                bytes
+            })),
+            (any::<u64>(), digest(), any::<u32>()).prop_map(|(seq, digest, requests)| Output::Event(Event::Executed {
+                seq,
+                digest,
+                requests
+            })),
             (any::<u64>(), any::<u64>()).prop_map(|(view, seq)| Output::Stats(Stats {
                 counters: vec![("x".into(), seq)],
                 view,
