@@ -716,6 +716,11 @@ impl BrokerCore {
         self.counters.bump(what);
     }
 
+    /// Adds `n` to a driver-side counter (records the driver stored, ...).
+    pub fn count_n(&mut self, what: &'static str, n: u64) {
+        self.counters.add(what, n);
+    }
+
     /// Broker counters.
     pub fn counters(&self) -> &Counters {
         &self.counters

@@ -298,7 +298,8 @@ impl Driver {
     fn execute(&mut self, actions: &mut Vec<Action>) {
         let now = self.now_us();
         let (peers, clients, ledger) = (&self.peers, &self.clients, &mut self.ledger);
-        let mut persisted = false;
+        // Records appended to the buffer this round: counted as written once flushed.
+        let mut appended = 0u64;
         drive(
             &mut self.core,
             &mut self.enclaves,
@@ -322,10 +323,7 @@ impl Driver {
                 },
                 Action::Persist { height, sealed } => match ledger.as_mut() {
                     Some(ledger) => match ledger.file.append(height, &sealed) {
-                        Ok(()) => {
-                            persisted = true;
-                            core.count("ledger_records_written");
-                        }
+                        Ok(()) => appended += 1,
                         Err(e) => ledger.failed(core, "ledger_write_errors", &e),
                     },
                     None => core.count("ledger_records_without_data_dir"),
@@ -335,11 +333,13 @@ impl Driver {
             |_, _| {},
         );
         // One flush per drained round: many blocks per write syscall.
-        if persisted
+        if appended > 0
             && let Some(ledger) = self.ledger.as_mut()
-            && let Err(e) = ledger.file.flush()
         {
-            ledger.failed(&mut self.core, "ledger_flush_errors", &e);
+            match ledger.file.flush() {
+                Ok(()) => self.core.count_n("ledger_records_written", appended),
+                Err(e) => ledger.failed(&mut self.core, "ledger_flush_errors", &e),
+            }
         }
     }
 

@@ -212,3 +212,55 @@ fn replicas_with_different_blocks_at_a_height_disagree() {
     let err = compare_chains(&[(ReplicaId(0), &c0), (ReplicaId(1), &c1)]).unwrap_err();
     assert!(matches!(err, VerifyError::Disagreement { a: 0, b: 1, height: 0, .. }), "{err}");
 }
+
+// ---- storage failures are counted, never fatal ----
+
+fn spec(dir: &Path) -> demo::ClusterSpec {
+    demo::ClusterSpec {
+        protocol: Protocol::Splitbft,
+        app: AppKind::Ledger,
+        replicas: 4,
+        clients: 1,
+        batch: 200,
+        batch_timeout_ms: 10,
+        backend: Backend::Inline,
+        data_dir: Some(dir.to_owned()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_data_dir_is_a_startup_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    // replica-2's data dir exists as a plain file.
+    std::fs::create_dir_all(tmp.path()).unwrap();
+    std::fs::write(replica_data_dir(tmp.path(), ReplicaId(2)), b"not a directory").unwrap();
+    let err = demo::LocalTcpCluster::start_spec(&spec(tmp.path())).await.err().unwrap();
+    assert!(format!("{err:#}").contains("data directory"), "{err:#}");
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_disk_is_counted_and_the_replica_keeps_serving() {
+    if !Path::new("/dev/full").exists() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // Replica 1's block file is /dev/full: every flush fails with ENOSPC.
+    let victim = replica_data_dir(tmp.path(), ReplicaId(1));
+    std::fs::create_dir_all(&victim).unwrap();
+    std::os::unix::fs::symlink("/dev/full", victim.join(BLOCK_FILE)).unwrap();
+    let cluster = demo::LocalTcpCluster::start_spec(&spec(tmp.path())).await.unwrap();
+    let client = cluster.client(0, splitbft_client::ClientOptions::default()).await.unwrap();
+    for i in 0..20u8 {
+        client.invoke(KvOp::Put { key: vec![i], value: vec![i] }.encode()).await.unwrap();
+    }
+    drop(client);
+    let reports = cluster.shutdown().await;
+    let victim = &reports[1];
+    assert!(victim.broker_counter("ledger_flush_errors") > 0, "{:?}", victim.broker);
+    assert_eq!(victim.broker_counter("ledger_records_written"), 0, "nothing reached the disk");
+    // The others stored every block they executed (f + 1 of them executed all 20 requests).
+    let healthy = [0, 2, 3].map(|r| &reports[r]);
+    assert!(healthy.iter().all(|r| r.broker_counter("ledger_flush_errors") == 0));
+    assert!(healthy.iter().filter(|r| r.broker_counter("ledger_records_written") == 4).count() >= 1);
+}
