@@ -78,6 +78,14 @@ pub enum Action {
     Reply(ClientId, Bytes),
     /// Cross into a local compartment with one encoded input.
     Enclave(CompartmentKind, Bytes),
+    /// Append a record sealed by the Execution enclave to the replica's data directory
+    /// (SPEC §7: a ledger block); flush at the end of the round.
+    Persist {
+        /// The record's height.
+        height: u64,
+        /// The sealed bytes (opaque to the broker).
+        sealed: Bytes,
+    },
 }
 
 /// The broker state of one replica.
@@ -658,6 +666,9 @@ impl BrokerCore {
                 }
             },
             (kind, Output::Stats(stats)) => self.stats[kind.index()] = Some(stats),
+            (Execution, Output::Persist { height, sealed }) => {
+                out.push(Action::Persist { height, sealed: Bytes::from(sealed) });
+            }
             (_, _) => self.counters.bump("enclave_output_unexpected"),
         }
     }
@@ -703,6 +714,11 @@ impl BrokerCore {
     /// Counts a transport-level rejection (oversize frame, bad hello…) reported by the driver.
     pub fn count(&mut self, what: &'static str) {
         self.counters.bump(what);
+    }
+
+    /// Adds `n` to a driver-side counter (records the driver stored, ...).
+    pub fn count_n(&mut self, what: &'static str, n: u64) {
+        self.counters.add(what, n);
     }
 
     /// Broker counters.

@@ -4,6 +4,7 @@
 //! * [`core`] — the sans-IO routing/batching state machine.
 //! * [`node`] — the tokio driver: TCP listeners and dialers, coalesced writes, the
 //!   compartments behind the enclave boundary.
+//! * [`store`] — the data directory: sealed ledger blocks appended to one file.
 //! * [`local`] — an in-memory, single-threaded cluster driving the same core and the
 //!   inline compartments deterministically (tests; the simulator's seed).
 
@@ -12,6 +13,7 @@ pub mod drive;
 pub mod local;
 pub mod node;
 pub mod recovery;
+pub mod store;
 
 pub use core::{Action, BrokerCore, BrokerOptions};
 pub use node::{NodeConfig, NodeError, NodeHandle, NodeReport, spawn_node};

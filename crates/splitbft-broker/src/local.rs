@@ -56,6 +56,9 @@ pub struct LocalCluster {
     app: Box<dyn FnMut() -> Box<dyn Application>>,
     options: BrokerOptions,
     observer: Option<Observer>,
+    /// Sealed records each replica's broker would have appended to its data directory
+    /// (SPEC §7), in order; kept across restarts, like a file.
+    persisted: Vec<Vec<(u64, Bytes)>>,
 }
 
 impl LocalCluster {
@@ -80,6 +83,7 @@ impl LocalCluster {
             app: Box::new(app),
             options,
             observer: None,
+            persisted: vec![Vec::new(); secrets.config.n()],
         };
         cluster.nodes = (0..cluster.protocol.n()).map(|i| cluster.fresh_node(ReplicaId(i as u32))).collect();
         cluster
@@ -218,9 +222,15 @@ impl LocalCluster {
         self.execute(replica, vec![Action::Enclave(kind, input)]);
     }
 
+    /// Sealed records replica `replica` has persisted so far, in order (heights and bytes).
+    pub fn persisted(&self, replica: ReplicaId) -> &[(u64, Bytes)] {
+        &self.persisted[replica.0 as usize]
+    }
+
     fn execute(&mut self, replica: ReplicaId, actions: Vec<Action>) {
         let n = self.nodes.len() as u32;
         let (network, replies, observer) = (&mut self.network, &mut self.replies, &mut self.observer);
+        let persisted = &mut self.persisted[replica.0 as usize];
         let node = &mut self.nodes[replica.0 as usize];
         let observe = |kind: CompartmentKind, outputs: &[Bytes]| {
             if let Some(observer) = observer.as_mut() {
@@ -248,6 +258,7 @@ impl LocalCluster {
                         replies.push(reply);
                     }
                 }
+                Action::Persist { height, sealed } => persisted.push((height, sealed)),
                 Action::Enclave(..) => unreachable!("drive crosses enclave inputs itself"),
             },
             observe,

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use crate::core::{Action, BrokerCore, BrokerOptions};
 use crate::drive::drive;
+use crate::store::BlockFile;
 
 /// Frames queued per outgoing connection; when full, frames to that peer or client are
 /// dropped (and counted) instead of stalling the replica: a slow or dead peer must not
@@ -51,6 +53,9 @@ pub struct NodeConfig {
     pub backend: Backend,
     /// Largest frame accepted or sent.
     pub max_frame_bytes: usize,
+    /// Where sealed ledger blocks are appended (`ledger.blocks` inside it, SPEC §7).
+    /// Without one, blocks the Execution enclave seals are counted and dropped.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -63,6 +68,7 @@ impl NodeConfig {
             addresses,
             backend,
             max_frame_bytes: MAX_FRAME_BYTES,
+            data_dir: None,
         }
     }
 }
@@ -80,6 +86,14 @@ pub enum NodeError {
         addresses: usize,
         /// Replicas configured.
         replicas: usize,
+    },
+    /// The data directory or its block file could not be opened.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
     },
 }
 
@@ -155,6 +169,10 @@ pub async fn spawn_node(
     if config.addresses.len() != config.protocol.n() {
         return Err(NodeError::Addresses { addresses: config.addresses.len(), replicas: config.protocol.n() });
     }
+    let ledger = match &config.data_dir {
+        Some(dir) => Some(BlockFile::open(dir).map_err(|source| NodeError::DataDir { path: dir.clone(), source })?),
+        None => None,
+    };
     let (out_tx, out_rx) = mpsc::unbounded_channel::<(CompartmentKind, Vec<Bytes>)>();
     let sink: splitbft_enclave::OutputSink = Arc::new(move |kind, outputs| {
         let _ = out_tx.send((kind, outputs));
@@ -174,8 +192,12 @@ pub async fn spawn_node(
     }
     tasks.push(tokio::spawn(accept_loop(listener, events_tx.clone(), config.protocol.clone(), config.max_frame_bytes)));
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
-    let core = BrokerCore::new(config.protocol.clone(), config.me, config.options.clone());
-    let driver = Driver { core, enclaves, peers, clients: HashMap::new(), start: Instant::now() };
+    let mut core = BrokerCore::new(config.protocol.clone(), config.me, config.options.clone());
+    if ledger.as_ref().is_some_and(|l| l.torn_tail_bytes > 0) {
+        core.count("ledger_torn_tail_cut");
+    }
+    let ledger = ledger.map(|file| Ledger { file, error_logged: false });
+    let driver = Driver { core, enclaves, peers, clients: HashMap::new(), ledger, start: Instant::now() };
     let task = tokio::spawn(driver.run(events_rx, out_rx, shutdown_rx));
     Ok(NodeHandle { events: events_tx, shutdown: Some(shutdown_tx), task, tasks })
 }
@@ -189,7 +211,25 @@ struct Driver {
     enclaves: [Box<dyn EnclaveHandle>; 3],
     peers: HashMap<ReplicaId, mpsc::Sender<Bytes>>,
     clients: HashMap<ClientId, mpsc::Sender<Bytes>>,
+    ledger: Option<Ledger>,
     start: Instant,
+}
+
+/// The block file and whether an I/O error was already logged (they are all counted).
+struct Ledger {
+    file: BlockFile,
+    error_logged: bool,
+}
+
+impl Ledger {
+    /// Counts an I/O error (`what`) and logs the first one.
+    fn failed(&mut self, core: &mut BrokerCore, what: &'static str, error: &std::io::Error) {
+        core.count(what);
+        if !self.error_logged {
+            self.error_logged = true;
+            tracing::error!(path = %self.file.path().display(), %error, "{what}: ledger blocks are being lost");
+        }
+    }
 }
 
 impl Driver {
@@ -257,7 +297,9 @@ impl Driver {
     /// Carries out actions; inline compartments answer at once, so loop until quiet.
     fn execute(&mut self, actions: &mut Vec<Action>) {
         let now = self.now_us();
-        let (peers, clients) = (&self.peers, &self.clients);
+        let (peers, clients, ledger) = (&self.peers, &self.clients, &mut self.ledger);
+        // Records appended to the buffer this round: counted as written once flushed.
+        let mut appended = 0u64;
         drive(
             &mut self.core,
             &mut self.enclaves,
@@ -279,10 +321,26 @@ impl Driver {
                     Some(tx) if tx.try_send(frame).is_ok() => {}
                     _ => core.count("client_frames_dropped"),
                 },
+                Action::Persist { height, sealed } => match ledger.as_mut() {
+                    Some(ledger) => match ledger.file.append(height, &sealed) {
+                        Ok(()) => appended += 1,
+                        Err(e) => ledger.failed(core, "ledger_write_errors", &e),
+                    },
+                    None => core.count("ledger_records_without_data_dir"),
+                },
                 Action::Enclave(..) => unreachable!("drive crosses enclave inputs itself"),
             },
             |_, _| {},
         );
+        // One flush per drained round: many blocks per write syscall.
+        if appended > 0
+            && let Some(ledger) = self.ledger.as_mut()
+        {
+            match ledger.file.flush() {
+                Ok(()) => self.core.count_n("ledger_records_written", appended),
+                Err(e) => ledger.failed(&mut self.core, "ledger_flush_errors", &e),
+            }
+        }
     }
 
     fn report(&self) -> NodeReport {

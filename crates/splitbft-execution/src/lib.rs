@@ -6,9 +6,15 @@
 //! every `K` sequence numbers snapshots the state and signs a Checkpoint (E2).
 //! No sockets, clock, threads or randomness.
 //!
+//! Records the application completes (ledger blocks, SPEC §7) are sealed here, under a key
+//! derived from this enclave's secret ([`seal`]), and leave as [`Output::Persist`]: the
+//! environment stores them but never sees them in the clear.
+//!
 //! Validity gap until SPEC §6 sessions land: requests in a committed batch are trusted
 //! (client MACs are checked by the primary's Preparation enclave only), so "only
 //! client-issued ops execute" holds while that enclave is correct.
+
+pub mod seal;
 
 use std::collections::BTreeMap;
 
@@ -25,6 +31,8 @@ use splitbft_types::dedup::ClientWindow;
 use splitbft_types::msg::{BatchMsg, Checkpoint, Commit, Digest, Message, NewView, Reply, Request, Signed};
 use splitbft_types::viewchange::{Depth, check_new_view, null_batch, null_digest, reject_name};
 use splitbft_types::{ClientId, CompartmentKind, EnclaveId, ProtocolConfig, ReplicaId, Seq, Timestamp, View};
+
+pub use seal::{RecordSealer, SealError};
 
 /// Candidate batches kept per sequence number before the commit certificate decides.
 /// The first is taken as it comes; a second needs a PrePrepare signed by the primary of
@@ -90,6 +98,8 @@ pub struct Execution {
     results: Vec<Results>,
     genesis: Digest,
     checkpoints: CheckpointLog,
+    /// Seals the application's records for the environment's storage (SPEC §7).
+    sealer: RecordSealer,
     counters: Counters,
 }
 
@@ -108,6 +118,7 @@ impl Execution {
         let genesis_digest = Digest::of(&state_bytes(app.as_ref(), &windows, &vec![Results::new(); windows.len()]));
         let mut snapshots = BTreeMap::new();
         snapshots.insert(0, genesis_digest);
+        let sealer = RecordSealer::new(&secret, config.cluster_id, me);
         Ok(Execution {
             keys,
             me,
@@ -122,6 +133,7 @@ impl Execution {
             results: vec![Results::new(); config.clients.len()],
             genesis: genesis_digest,
             checkpoints: CheckpointLog::new(genesis_digest),
+            sealer,
             counters: Counters::default(),
             config,
         })
@@ -286,6 +298,7 @@ impl Execution {
         for request in &requests {
             self.execute_request(request, out);
         }
+        self.persist_records(out);
         self.counters.bump("batches_executed");
         out.push(Output::Event(Event::Executed { seq, digest, requests: requests.len() as u32 }));
     }
@@ -309,6 +322,21 @@ impl Execution {
             cache.pop_first();
         }
         out.push(Output::Send(Message::Reply(self.reply(request.client, request.timestamp, result))));
+    }
+
+    /// Seals the records the application completed (ledger blocks) for the environment to
+    /// store (SPEC §7). Every correct replica seals the same record at the same height.
+    fn persist_records(&mut self, out: &mut Vec<Output>) {
+        for record in self.app.take_records() {
+            match self.sealer.seal(record.height, &record.bytes) {
+                Ok(sealed) => {
+                    self.counters.bump("records_sealed");
+                    out.push(Output::Persist { height: record.height, sealed });
+                }
+                // Only a record beyond the AEAD's size limit; the chain shows the gap.
+                Err(_) => self.counters.bump("record_seal_failed"),
+            }
+        }
     }
 
     /// A reply from this enclave, MACed for its client.

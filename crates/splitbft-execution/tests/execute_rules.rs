@@ -15,14 +15,15 @@ use proptest::prelude::*;
 
 use serde::Serialize;
 use splitbft_apps::kv::{KvOp, KvStore};
-use splitbft_execution::Execution;
+use splitbft_apps::ledger::{BLOCK_ENTRIES, Block, Ledger};
+use splitbft_execution::{Execution, RecordSealer};
 use splitbft_types::boundary::{Compartment, Event, Input, Output, Stats};
 use splitbft_types::codec::to_bytes;
 use splitbft_types::config::Keyring;
 use splitbft_types::crypto::{ClientKeys, Purpose, SecretKey};
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::msg::{BatchMsg, Checkpoint, Commit, Digest, Message, PrePrepare, Reply, Request, Signed};
-use splitbft_types::{ClientId, CompartmentKind, ReplicaId, Seq, Timestamp, View};
+use splitbft_types::{Application, ClientId, CompartmentKind, ReplicaId, Seq, Timestamp, View};
 
 const K: u64 = 4;
 const L: u64 = 8;
@@ -49,9 +50,28 @@ fn fixture() -> &'static Fixture {
 }
 
 fn execution(me: u32) -> Execution {
+    execution_with(me, Box::new(KvStore::new()))
+}
+
+fn execution_with(me: u32, app: Box<dyn Application>) -> Execution {
     let s = &fixture().secrets;
     let secret = SecretKey::from_seed(s.enclave(ReplicaId(me), CompartmentKind::Execution).seed());
-    Execution::new(s.config.clone(), ReplicaId(me), secret, Box::new(KvStore::new())).unwrap()
+    Execution::new(s.config.clone(), ReplicaId(me), secret, app).unwrap()
+}
+
+/// The sealing key of replica `me`'s Execution enclave, re-derived as an auditor would.
+fn sealer(me: u32) -> RecordSealer {
+    let s = &fixture().secrets;
+    RecordSealer::new(s.enclave(ReplicaId(me), CompartmentKind::Execution), s.config.cluster_id, ReplicaId(me))
+}
+
+fn persisted(out: &[Output]) -> Vec<(u64, Vec<u8>)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Persist { height, sealed } => Some((*height, sealed.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 fn sign<T: Serialize>(r: u32, kind: CompartmentKind, purpose: Purpose, body: T) -> Signed<T> {
@@ -514,6 +534,58 @@ fn junk_batches_from_a_byzantine_peer_do_not_block_the_certified_batch() {
 }
 
 /// Inputs Execution has no business with, and bytes that do not decode, are counted.
+#[test]
+fn the_ledger_persists_one_sealed_block_per_five_executed_requests() {
+    // SPEC §7: batches of 3, 4, 1, 7 and 5 requests (20 in all, plus one duplicate that
+    // executes as a no-op and is no entry) close blocks after requests 5, 10, 15 and 20.
+    let sizes = [3usize, 4, 1, 7, 5];
+    let mut ledger0 = execution_with(0, Box::new(Ledger::new()));
+    let mut ledger1 = execution_with(1, Box::new(Ledger::new()));
+    let mut kv = execution(0);
+    let (mut t, mut seq) = (0u64, 0u64);
+    let mut all: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut ops = Vec::new();
+    for (i, size) in sizes.iter().enumerate() {
+        let mut requests: Vec<Request> = (0..*size)
+            .map(|_| {
+                t += 1;
+                put((t % 2) as u32, t)
+            })
+            .collect();
+        ops.extend(requests.iter().map(|r| r.op.clone()));
+        if i == 2 {
+            requests.push(put((t % 2) as u32, t)); // already executed: a no-op
+        }
+        seq += 1;
+        let b = batch(seq, &requests);
+        let out0 = certify_and_deliver(&mut ledger0, &b);
+        let out1 = certify_and_deliver(&mut ledger1, &b);
+        assert!(persisted(&certify_and_deliver(&mut kv, &b)).is_empty(), "the KV store persists nothing");
+        let done = ops.len();
+        let expected = done / BLOCK_ENTRIES - (done - size) / BLOCK_ENTRIES;
+        let (p0, p1) = (persisted(&out0), persisted(&out1));
+        assert_eq!(p0.len(), expected, "batch {i}");
+        assert_eq!(p1.len(), expected, "batch {i}");
+        for ((h0, s0), (h1, s1)) in p0.iter().zip(&p1) {
+            assert_eq!(h0, h1);
+            assert_ne!(s0, s1, "each replica seals under its own key");
+            assert_eq!(sealer(0).open(*h0, s0).unwrap(), sealer(1).open(*h1, s1).unwrap(), "the same block");
+            assert!(sealer(1).open(*h0, s0).is_err(), "replica 1's key does not open replica 0's block");
+        }
+        all.extend(p0);
+    }
+    assert_eq!(stats(&mut ledger0).get("records_sealed"), 4);
+    assert_eq!(all.iter().map(|(h, _)| *h).collect::<Vec<_>>(), [0, 1, 2, 3]);
+    let mut prev = Digest::default();
+    for (chunk, (height, sealed)) in ops.chunks(BLOCK_ENTRIES).zip(&all) {
+        let block = Block::decode(&sealer(0).open(*height, sealed).unwrap()).unwrap();
+        assert_eq!(block.height, *height);
+        assert_eq!(block.prev_hash, prev);
+        assert_eq!(block.entries.iter().map(|e| e.op.clone()).collect::<Vec<_>>(), chunk);
+        prev = block.hash();
+    }
+}
+
 #[test]
 fn unexpected_and_malformed_inputs_are_counted() {
     let mut e = execution(1);

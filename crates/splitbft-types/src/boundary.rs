@@ -38,6 +38,17 @@ pub enum Output {
     Event(Event),
     /// Counters, in answer to [`Input::QueryStats`].
     Stats(Stats),
+    /// (Execution) a record of the application sealed for this replica's storage (SPEC §7:
+    /// a ledger block). The environment appends it to the replica's data directory; it can
+    /// neither read nor alter it undetected (AEAD under a key only this Execution enclave
+    /// derives, bound to cluster, replica and height).
+    Persist {
+        /// The record's height (a ledger block's position in the chain).
+        height: u64,
+        /// The AEAD ciphertext and tag.
+        #[serde(with = "serde_bytes")]
+        sealed: Vec<u8>,
+    },
 }
 
 /// Liveness hints for the environment. Safety never depends on them.
@@ -165,5 +176,73 @@ pub trait Compartment: Send {
             }
         }
         out.extend(outputs.iter().map(|o| bytes::Bytes::from(crate::codec::to_bytes(o))));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{CodecError, from_bytes, to_bytes};
+    use crate::msg::Digest;
+    use proptest::prelude::*;
+
+    fn bytes() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 0..200)
+    }
+
+    fn output() -> impl Strategy<Value = Output> {
+        let digest = || any::<[u8; 32]>().prop_map(Digest);
+        prop_oneof![
+            (any::<u64>(), bytes()).prop_map(|(height, sealed)| Output::Persist { height, sealed }),
+            (any::<u64>(), digest(), bytes()).prop_map(|(seq, digest, bytes)| Output::Event(Event::Snapshot {
+                seq,
+                digest,
+                bytes
+            })),
+            (any::<u64>(), digest(), any::<u32>()).prop_map(|(seq, digest, requests)| Output::Event(Event::Executed {
+                seq,
+                digest,
+                requests
+            })),
+            (any::<u64>(), any::<u64>()).prop_map(|(view, seq)| Output::Stats(Stats {
+                counters: vec![("x".into(), seq)],
+                view,
+                ..Stats::default()
+            })),
+        ]
+    }
+
+    fn input() -> impl Strategy<Value = Input> {
+        prop_oneof![
+            bytes().prop_map(Input::OrderBatch),
+            any::<u64>().prop_map(Input::Suspect),
+            (any::<u64>(), bytes()).prop_map(|(seq, bytes)| Input::RestoreState { seq, bytes }),
+            Just(Input::QueryStats),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn outputs_round_trip_and_reject_truncation_and_trailing_bytes(output in output()) {
+            let encoded = to_bytes(&output);
+            prop_assert_eq!(from_bytes::<Output>(&encoded), Ok(output));
+            for cut in 0..encoded.len() {
+                prop_assert!(from_bytes::<Output>(&encoded[..cut]).is_err());
+            }
+            let mut longer = encoded;
+            longer.push(0);
+            prop_assert_eq!(from_bytes::<Output>(&longer), Err(CodecError::TrailingBytes(1)));
+        }
+
+        #[test]
+        fn inputs_round_trip(input in input()) {
+            prop_assert_eq!(from_bytes::<Input>(&to_bytes(&input)), Ok(input));
+        }
+
+        #[test]
+        fn arbitrary_bytes_decode_to_a_value_or_an_error(bytes in bytes()) {
+            let _ = from_bytes::<Output>(&bytes);
+            let _ = from_bytes::<Input>(&bytes);
+        }
     }
 }

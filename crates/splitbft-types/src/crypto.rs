@@ -107,6 +107,22 @@ impl SecretKey {
             .expect("32 bytes is a valid HKDF-SHA256 output length");
         MacKey::new(&okm)
     }
+
+    /// Derives a 32-byte symmetric key that only this key's owner can compute, for `label`
+    /// and `context` (HKDF-SHA256 over the seed, salted with the protocol domain and the
+    /// cluster id). The Execution enclave seals ledger blocks under one (SPEC §7); an
+    /// auditor holding the seed recomputes it. Distinct labels give independent keys, and
+    /// none coincides with a MAC key (those come from X25519 shared secrets, label "mac").
+    pub fn derive_private_key(&self, cluster_id: u64, label: &[u8], context: &[u8]) -> [u8; 32] {
+        let salt = [DOMAIN, &cluster_id.to_le_bytes()].concat();
+        // Length-prefix the label so that (label, context) splits never collide.
+        let info = [b"private".as_slice(), &(label.len() as u64).to_le_bytes(), label, context].concat();
+        let mut okm = [0u8; 32];
+        Hkdf::<Sha256>::new(Some(&salt), &self.0.to_bytes())
+            .expand(&info, &mut okm)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        okm
+    }
 }
 
 impl std::fmt::Debug for SecretKey {
@@ -360,6 +376,18 @@ mod tests {
         assert_eq!(c.verify(Purpose::Request, &[b"hello"], &mac), Err(CryptoError::BadMac));
         // Part boundaries matter.
         assert_ne!(a.tag(Purpose::Request, &[b"ab", b"c"]), a.tag(Purpose::Request, &[b"a", b"bc"]));
+    }
+
+    #[test]
+    fn private_keys_depend_on_owner_cluster_label_and_context() {
+        let k = key(6);
+        let base = k.derive_private_key(1, b"ledger-seal", &[0]);
+        assert_eq!(base, key(6).derive_private_key(1, b"ledger-seal", &[0]), "deterministic");
+        assert_ne!(base, key(7).derive_private_key(1, b"ledger-seal", &[0]));
+        assert_ne!(base, k.derive_private_key(2, b"ledger-seal", &[0]));
+        assert_ne!(base, k.derive_private_key(1, b"ledger-sea", &[0]));
+        assert_ne!(base, k.derive_private_key(1, b"ledger-seal", &[1]));
+        assert_ne!(k.derive_private_key(1, b"ab", b"c"), k.derive_private_key(1, b"a", b"bc"));
     }
 
     #[test]

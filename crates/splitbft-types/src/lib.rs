@@ -22,7 +22,7 @@ pub mod msg;
 pub mod viewchange;
 pub mod wire;
 
-pub use app::{AppError, Application};
+pub use app::{AppError, AppRecord, Application};
 pub use config::ProtocolConfig;
 pub use ids::{ClientId, CompartmentKind, EnclaveId, ReplicaId, Seq, Timestamp, View};
 pub use msg::{Digest, Message};

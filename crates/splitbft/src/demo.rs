@@ -4,6 +4,7 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -78,6 +79,12 @@ pub struct DemoOptions {
     /// Stop the primary replica this many milliseconds into the run (view change).
     #[arg(long)]
     pub crash_primary_after_ms: Option<u64>,
+    /// With `--app ledger`: where replica I appends its sealed blocks
+    /// (`DIR/replica-I/ledger.blocks`, beside `DIR/cluster.toml` and the Execution keys
+    /// that `splitbft ledger verify` needs). Default: a new directory under the system
+    /// temporary directory.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
     /// Show progress on a terminal (set by the CLI, not a flag).
     #[arg(skip)]
     pub progress: bool,
@@ -128,6 +135,36 @@ pub struct DemoSummary {
     pub stall_ms: Option<f64>,
     /// From the crash to the first completion after that stall.
     pub recovery_ms: Option<f64>,
+    /// (`--app ledger`) the run's data directory.
+    pub data_dir: Option<String>,
+    /// (`--app ledger`) sealed blocks the brokers wrote, summed over replicas.
+    pub ledger_blocks_written: Option<u64>,
+    /// (`--app ledger`) heights every replica's chain holds, checked to agree.
+    pub ledger_common_blocks: Option<u64>,
+    /// (`--app ledger`) the head hash of the longest chain after verification.
+    pub ledger_head: Option<String>,
+}
+
+/// What a local cluster runs.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// SplitBFT or the PBFT baseline.
+    pub protocol: Protocol,
+    /// The replicated application.
+    pub app: AppKind,
+    /// Replicas (3f + 1).
+    pub replicas: usize,
+    /// Client identities.
+    pub clients: usize,
+    /// Batch size B.
+    pub batch: u32,
+    /// Batch timeout.
+    pub batch_timeout_ms: u64,
+    /// Compartment hosting.
+    pub backend: Backend,
+    /// Replica `i` persists sealed blocks in `data_dir/replica-i`; the directory also gets
+    /// `cluster.toml` and the Execution keys, so `splitbft ledger verify` can check it.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// A running in-process cluster.
@@ -151,6 +188,13 @@ impl LocalTcpCluster {
         batch_timeout_ms: u64,
         backend: Backend,
     ) -> anyhow::Result<Self> {
+        let spec = ClusterSpec { protocol, app, replicas, clients, batch, batch_timeout_ms, backend, data_dir: None };
+        Self::start_spec(&spec).await
+    }
+
+    /// Starts the cluster `spec` describes on loopback ports chosen by the OS.
+    pub async fn start_spec(spec: &ClusterSpec) -> anyhow::Result<Self> {
+        let ClusterSpec { protocol, app, replicas, clients, batch, batch_timeout_ms, backend, .. } = spec.clone();
         let f = crate::fault_threshold(replicas)?;
         let cluster_id = u64::from_le_bytes(crate::os_seed()[..8].try_into()?);
         let mut secrets = match protocol {
@@ -168,6 +212,9 @@ impl LocalTcpCluster {
             listeners.push(TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port")?);
         }
         let addresses: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
+        if let Some(dir) = &spec.data_dir {
+            write_verifier_files(dir, &secrets, &addresses, batch_timeout_ms)?;
+        }
         let mut nodes = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
             let me = ReplicaId(i as u32);
@@ -177,6 +224,7 @@ impl LocalTcpCluster {
             }
             let mut config = NodeConfig::new(protocol_config, me, addresses.clone(), backend);
             config.options.batch_timeout_us = batch_timeout_ms * 1000;
+            config.data_dir = spec.data_dir.as_ref().map(|d| replica_data_dir(d, me));
             let keys = CompartmentKind::ALL.map(|k| SecretKey::from_seed(secrets.enclave(me, k).seed()));
             nodes.push(Some(spawn_node(config, listener, keys, app.build()?).await?));
         }
@@ -200,21 +248,64 @@ impl LocalTcpCluster {
     }
 }
 
+/// Replica `me`'s data directory inside a cluster directory.
+pub fn replica_data_dir(dir: &Path, me: ReplicaId) -> PathBuf {
+    dir.join(format!("replica-{}", me.0))
+}
+
+/// Writes `dir/cluster.toml` and each replica's Execution key (only those: the verifier
+/// needs nothing else), so that `splitbft ledger verify --config dir/cluster.toml` works.
+fn write_verifier_files(
+    dir: &Path,
+    secrets: &ClusterSecrets,
+    addresses: &[SocketAddr],
+    batch_timeout_ms: u64,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::clusterfile::ClusterFile::new(secrets, addresses.to_vec(), batch_timeout_ms)
+        .save(&dir.join("cluster.toml"))?;
+    for i in 0..secrets.config.n() {
+        let replica = ReplicaId(i as u32);
+        let path = crate::clusterfile::enclave_key_path(dir, replica, CompartmentKind::Execution);
+        crate::clusterfile::write_key(&path, secrets.enclave(replica, CompartmentKind::Execution))?;
+    }
+    Ok(())
+}
+
+/// A fresh directory under the system temporary directory for one demo run.
+fn fresh_run_dir() -> anyhow::Result<PathBuf> {
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+    let dir = std::env::temp_dir().join(format!("splitbft-demo-{}-{stamp}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
 /// Runs the demo and returns its summary.
 pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     if opts.clients == 0 || opts.outstanding == 0 {
         bail!("--clients and --outstanding must be at least 1");
     }
-    let cluster = LocalTcpCluster::start(
-        opts.protocol,
-        opts.app,
-        opts.replicas,
-        opts.clients,
-        opts.batch,
-        opts.batch_timeout_ms,
-        opts.backend,
-    )
-    .await?;
+    let data_dir = match (opts.app, &opts.data_dir) {
+        (AppKind::Ledger, Some(dir)) => Some(dir.clone()),
+        (AppKind::Ledger, None) => Some(fresh_run_dir()?),
+        (AppKind::Kv, Some(_)) => bail!("--data-dir is for --app ledger (the key-value store persists nothing)"),
+        (AppKind::Kv, None) => None,
+    };
+    let spec = ClusterSpec {
+        protocol: opts.protocol,
+        app: opts.app,
+        replicas: opts.replicas,
+        clients: opts.clients,
+        batch: opts.batch,
+        batch_timeout_ms: opts.batch_timeout_ms,
+        backend: opts.backend,
+        data_dir: data_dir.clone(),
+    };
+    let cluster = LocalTcpCluster::start_spec(&spec).await?;
+    let cluster_id = cluster.secrets.config.cluster_id;
+    let execution_keys: Vec<SecretKey> = (0..opts.replicas)
+        .map(|i| SecretKey::from_seed(cluster.secrets.enclave(ReplicaId(i as u32), CompartmentKind::Execution).seed()))
+        .collect();
     let window = cluster.secrets.config.client_window as usize;
     if opts.outstanding > window {
         bail!("--outstanding {} exceeds the per-client window W = {window}", opts.outstanding);
@@ -275,6 +366,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         .filter(|(name, _)| is_rejection(name))
         .map(|(_, v)| v)
         .sum();
+    let (mut ledger_blocks_written, mut ledger_common_blocks, mut ledger_head) = (None, None, None);
+    if let Some(dir) = &data_dir {
+        ledger_blocks_written = Some(reports.iter().map(|r| r.broker_counter("ledger_records_written")).sum());
+        let dirs: Vec<PathBuf> = (0..opts.replicas).map(|i| replica_data_dir(dir, ReplicaId(i as u32))).collect();
+        let replicas: Vec<(ReplicaId, &SecretKey, &Path)> =
+            (0..opts.replicas).map(|i| (ReplicaId(i as u32), &execution_keys[i], dirs[i].as_path())).collect();
+        let verified = crate::ledger::verify_replicas(cluster_id, &replicas)
+            .with_context(|| format!("verifying the ledger in {}", dir.display()))?;
+        ledger_common_blocks = Some(verified.common_heights);
+        ledger_head = verified.chains.iter().max_by_key(|(_, c)| c.head_height).and_then(|(_, c)| c.head_hash.clone());
+    }
     let completed = outcome.completed;
     Ok(DemoSummary {
         protocol: opts.protocol,
@@ -298,6 +400,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         crash_at_ms,
         stall_ms,
         recovery_ms,
+        data_dir: data_dir.map(|d| d.display().to_string()),
+        ledger_blocks_written,
+        ledger_common_blocks,
+        ledger_head,
     })
 }
 
@@ -325,6 +431,11 @@ pub fn print_summary(s: &DemoSummary) {
     println!("  batching     {:.1} requests per batch at the primary", s.avg_batch);
     println!("  retransmits  {}, rejected inputs {}", s.retransmissions, s.rejected_inputs);
     println!("  views        final view {}, {} view change(s)", s.final_view, s.view_changes);
+    if let (Some(dir), Some(written), Some(common)) = (&s.data_dir, s.ledger_blocks_written, s.ledger_common_blocks) {
+        println!(
+            "  ledger       {written} sealed blocks written in {dir}; chains verified, {common} heights on every replica"
+        );
+    }
     if let (Some(at), Some(stall), Some(recovery)) = (s.crash_at_ms, s.stall_ms, s.recovery_ms) {
         println!(
             "  crash        primary stopped at {at:.0} ms; longest stall {stall:.0} ms; serving again {recovery:.0} ms after the crash"

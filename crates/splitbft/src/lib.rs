@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod clusterfile;
 pub mod demo;
+pub mod ledger;
 mod plot;
 pub mod workload;
 
@@ -26,7 +27,7 @@ impl AppKind {
     pub fn build(self) -> anyhow::Result<Box<dyn Application>> {
         match self {
             AppKind::Kv => Ok(Box::new(splitbft_apps::kv::KvStore::new())),
-            AppKind::Ledger => anyhow::bail!("the ledger application is not built yet"),
+            AppKind::Ledger => Ok(Box::new(splitbft_apps::ledger::Ledger::new())),
         }
     }
 
