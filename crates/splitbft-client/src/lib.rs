@@ -3,7 +3,8 @@
 //! A [`Client`] keeps one TCP connection per replica. Each request carries one MAC per
 //! Preparation enclave, goes first to the primary of the highest view the client has
 //! seen, and is re-sent to every replica when no result arrives within the retransmission
-//! timeout (doubling, capped). A result is accepted once `f + 1` replies from distinct
+//! timeout (at least the configured one, longer when the observed latency is: `rto.rs`;
+//! doubling per retransmission, capped). A result is accepted once `f + 1` replies from distinct
 //! replicas, each carrying a valid MAC from that replica's Execution enclave, agree on it.
 //!
 //! Nothing received from the network is trusted: every frame is decoded, checked, counted
@@ -11,6 +12,7 @@
 
 mod conn;
 mod quorum;
+mod rto;
 mod stats;
 
 use std::net::SocketAddr;
@@ -53,7 +55,9 @@ const SEND_QUEUE_FRAMES: usize = 1024;
 pub struct ClientOptions {
     /// Requests in flight at once; must be in `1..=protocol.client_window`.
     pub outstanding: usize,
-    /// Wait before the first retransmission to every replica; doubles up to [`MAX_RETRANSMIT_TIMEOUT`].
+    /// Least wait before the first retransmission to every replica. The wait adapts to the
+    /// observed latency (twice the smoothed latency or more, RFC 6298) when that is longer,
+    /// and doubles per retransmission, up to [`MAX_RETRANSMIT_TIMEOUT`].
     pub retransmit_timeout: Duration,
     /// Overall deadline of one request, after which it fails with [`ClientError::Timeout`].
     pub request_timeout: Duration,
@@ -171,10 +175,17 @@ struct Inner {
     permits: Semaphore,
     next_timestamp: AtomicU64,
     view: AtomicU64,
+    /// Latency estimate behind the retransmission timeout (`rto.rs`).
+    rtt: std::sync::Mutex<rto::RttEstimator>,
     options: ClientOptions,
 }
 
 impl Inner {
+    fn rtt(&self) -> std::sync::MutexGuard<'_, rto::RttEstimator> {
+        // The estimator is plain data, valid even if a holder panicked.
+        self.rtt.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn shutdown(&self) {
         self.permits.close();
         self.shared.pending().close();
@@ -319,6 +330,7 @@ impl Client {
                 permits: Semaphore::new(options.outstanding),
                 next_timestamp: AtomicU64::new(first_timestamp),
                 view: AtomicU64::new(0),
+                rtt: std::sync::Mutex::new(rto::RttEstimator::default()),
                 options,
             }),
         })
@@ -360,12 +372,15 @@ impl Client {
             inner.send_to_all(&frame);
         }
 
-        let deadline = Instant::now() + inner.options.request_timeout;
-        let mut retransmit = inner.options.retransmit_timeout;
+        let sent_at = Instant::now();
+        let deadline = sent_at + inner.options.request_timeout;
+        let cap = MAX_RETRANSMIT_TIMEOUT.max(inner.options.retransmit_timeout);
+        let mut retransmit = inner.rtt().timeout(inner.options.retransmit_timeout, cap);
         loop {
             let wake = (Instant::now() + retransmit).min(deadline);
             match tokio::time::timeout_at(wake, &mut outcome).await {
                 Ok(Ok(Outcome { result, view })) => {
+                    inner.rtt().sample(sent_at.elapsed());
                     inner.view.fetch_max(view, Ordering::Relaxed);
                     bump(&shared.counters.completed);
                     return Ok(result);
@@ -380,7 +395,7 @@ impl Client {
                     trace!(timestamp, ?retransmit, "retransmitting to all replicas");
                     bump(&shared.counters.retransmissions);
                     inner.send_to_all(&frame);
-                    retransmit = (retransmit * 2).min(MAX_RETRANSMIT_TIMEOUT.max(inner.options.retransmit_timeout));
+                    retransmit = (retransmit * 2).min(cap);
                 }
             }
         }
