@@ -6,7 +6,7 @@
 //! last column), and nothing it does can break safety; everything here is liveness and
 //! performance.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use bytes::Bytes;
 use splitbft_types::boundary::{Event, Input, Output, Stats};
@@ -97,11 +97,16 @@ pub struct BrokerCore {
     /// The view the broker believes in (for routing requests to the primary).
     view: View,
     /// Encoded requests waiting for a batch (primary), each without the version byte.
-    pending: Vec<Bytes>,
+    pending: VecDeque<Bytes>,
+    /// The requests in `pending`: a retransmission (from the client, or forwarded by each
+    /// backup) of a request still queued here is not queued again. Under overload every
+    /// request may be retransmitted several times; unbatched, each copy would otherwise
+    /// cost an ordering attempt.
+    pending_set: HashSet<Bytes>,
     pending_since_us: Option<u64>,
     /// Requests of each OrderBatch submitted but not yet answered by Preparation, oldest
     /// first (Preparation answers in order); re-queued if it found the window full.
-    awaiting_order: std::collections::VecDeque<Vec<Bytes>>,
+    awaiting_order: VecDeque<Vec<Bytes>>,
     /// Low watermark `h` last reported by the local Preparation enclave.
     stable: Seq,
     last_ordered: Seq,
@@ -135,9 +140,10 @@ impl BrokerCore {
         BrokerCore {
             me,
             view: 0,
-            pending: Vec::new(),
+            pending: VecDeque::new(),
+            pending_set: HashSet::new(),
             pending_since_us: None,
-            awaiting_order: std::collections::VecDeque::new(),
+            awaiting_order: VecDeque::new(),
             stable: 0,
             last_ordered: 0,
             last_executed: 0,
@@ -344,7 +350,11 @@ impl BrokerCore {
         let Ok(offset) = body_offset(&frame) else {
             return self.counters.bump("request_malformed");
         };
-        self.pending.push(frame.slice(offset..));
+        let body = frame.slice(offset..);
+        if !self.pending_set.insert(body.clone()) {
+            return self.counters.bump("request_already_pending");
+        }
+        self.pending.push_back(body);
         self.pending_since_us.get_or_insert(now_us);
         self.maybe_cut(now_us, out);
     }
@@ -374,8 +384,10 @@ impl BrokerCore {
                 return;
             }
             let take = self.pending.len().min(self.options.batch_max);
-            let rest = self.pending.split_off(take);
-            let batch = std::mem::replace(&mut self.pending, rest);
+            let batch: Vec<Bytes> = self.pending.drain(..take).collect();
+            for body in &batch {
+                self.pending_set.remove(body);
+            }
             self.pending_since_us = if self.pending.is_empty() { None } else { Some(now_us) };
             out.push(Action::Enclave(
                 CompartmentKind::Preparation,
@@ -593,7 +605,8 @@ impl BrokerCore {
                 if window_full {
                     // Not the requests' fault: keep them, in order, for after the checkpoint.
                     self.window_full = true;
-                    let later = std::mem::replace(&mut self.pending, requests);
+                    self.pending_set.extend(requests.iter().cloned());
+                    let later = std::mem::replace(&mut self.pending, requests.into());
                     self.pending.extend(later);
                     self.pending_since_us.get_or_insert(now_us);
                 }
@@ -692,6 +705,7 @@ impl BrokerCore {
     fn on_new_primary(&mut self, view: View, now_us: u64, out: &mut Vec<Action>) {
         self.view = self.view.max(view);
         self.window_full = false;
+        self.pending_set.clear();
         let mut frames: Vec<Bytes> = std::mem::take(&mut self.pending)
             .into_iter()
             .map(|body| Bytes::from([&[WIRE_VERSION, 0][..], &body].concat()))
@@ -788,6 +802,38 @@ mod tests {
 
     fn event(core: &mut BrokerCore, kind: CompartmentKind, event: Event, out: &mut Vec<Action>) {
         core.on_enclave_outputs(kind, vec![Bytes::from(to_bytes(&Output::Event(event)))], 0, out);
+    }
+
+    /// A request still queued at the primary is queued once, however often the client
+    /// retransmits it or backups forward it (SPEC §5); once cut, a later copy is queued
+    /// again (Preparation's dedup decides, SPEC §4.1 (1)).
+    #[test]
+    fn retransmissions_of_a_queued_request_are_not_queued_twice() {
+        let mut core = primary(8);
+        core.options.max_inflight = 1;
+        core.options.eager_inflight = 1;
+        let mut out = Vec::new();
+        core.on_client_frame(ClientId(0), request_frame(1), 0, &mut out);
+        assert_eq!(order_batches(&out).len(), 1, "cut at once: nothing in flight");
+        out.clear();
+        for _ in 0..3 {
+            core.on_client_frame(ClientId(0), request_frame(2), 0, &mut out);
+            core.on_peer_frame(ReplicaId(1), request_frame(2), 0, &mut out);
+        }
+        assert_eq!(core.pending.len(), 1);
+        assert_eq!(core.counters().get("request_already_pending"), 5);
+        event(&mut core, CompartmentKind::Preparation, Event::Ordered { view: 0, seq: 1, requests: 1 }, &mut out);
+        event(
+            &mut core,
+            CompartmentKind::Execution,
+            Event::Executed { seq: 1, digest: Digest::of(b"1"), requests: 1 },
+            &mut out,
+        );
+        assert_eq!(order_batches(&out).len(), 1, "the one queued copy is cut");
+        assert!(core.pending.is_empty() && core.pending_set.is_empty());
+        out.clear();
+        core.on_client_frame(ClientId(0), request_frame(2), 0, &mut out);
+        assert_eq!(core.pending.len() + order_batches(&out).len(), 1, "a copy after the cut is queued again");
     }
 
     /// The primary never offers Preparation more batches than `(h, h + L]` holds, and a
