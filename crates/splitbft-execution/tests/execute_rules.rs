@@ -22,6 +22,7 @@ use splitbft_types::config::Keyring;
 use splitbft_types::crypto::{ClientKeys, Purpose, SecretKey};
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::msg::{BatchMsg, Checkpoint, Commit, Digest, Message, PrePrepare, Reply, Request, Signed};
+use splitbft_types::session::{ClientSession, Opened, open_reply_body};
 use splitbft_types::{ClientId, CompartmentKind, ReplicaId, Seq, Timestamp, View};
 
 const K: u64 = 4;
@@ -51,7 +52,34 @@ fn fixture() -> &'static Fixture {
 fn execution(me: u32) -> Execution {
     let s = &fixture().secrets;
     let secret = SecretKey::from_seed(s.enclave(ReplicaId(me), CompartmentKind::Execution).seed());
-    Execution::new(s.config.clone(), ReplicaId(me), secret, Box::new(KvStore::new())).unwrap()
+    let mut e =
+        Execution::new(s.config.clone(), ReplicaId(me), secret, s.execution_group_secret(), Box::new(KvStore::new()))
+            .unwrap();
+    for c in 0..CLIENTS as u32 {
+        assert!(e.install_session(ClientId(c), 1, session_key(c)));
+    }
+    e
+}
+
+/// Client `c`'s session key (installed in every Execution enclave of the fixture).
+fn session_key(c: u32) -> [u8; 32] {
+    [c as u8 + 1; 32]
+}
+
+/// Client `c`'s side of its session: seals ops like a real client (SPEC §6).
+fn session(c: u32) -> ClientSession {
+    ClientSession::installed(&fixture().secrets.config, ClientId(c), 1, session_key(c))
+}
+
+/// A reply's result as its client reads it: decrypted under the client's session key
+/// (each replica encrypts with its own nonce, so ciphertexts differ; plaintexts must not).
+#[allow(dead_code, reason = "not every test file compares results")]
+fn opened(r: &Reply) -> Opened {
+    if (r.client.0 as usize) < CLIENTS {
+        session(r.client.0).open_reply(r.timestamp, r.replica, &r.result).unwrap()
+    } else {
+        open_reply_body(None, r.client, r.timestamp, r.replica, &r.result).unwrap()
+    }
 }
 
 fn sign<T: Serialize>(r: u32, kind: CompartmentKind, purpose: Purpose, body: T) -> Signed<T> {
@@ -62,7 +90,7 @@ fn sign<T: Serialize>(r: u32, kind: CompartmentKind, purpose: Purpose, body: T) 
 /// A KV Put by client `c` at timestamp `t`, authenticated like a real client's.
 fn put(c: u32, t: Timestamp) -> Request {
     let op = KvOp::Put { key: format!("k{c}").into_bytes(), value: t.to_le_bytes().to_vec() };
-    fixture().clients[c as usize].request(t, op.encode())
+    fixture().clients[c as usize].request(t, session(c).seal_op(t, &op.encode()).unwrap())
 }
 
 /// A batch message for `(view 0, seq)` over raw bytes, its header signed by primary 0.
@@ -350,7 +378,7 @@ fn malformed_certified_batches_are_identical_no_ops() {
         assert_eq!(s.get("request_unknown_client_noop"), 1);
         assert_eq!(s.last_executed, 4);
         let rs: Vec<(ClientId, u64, Vec<u8>)> =
-            replies(&out).into_iter().map(|r| (r.client, r.timestamp, r.result)).collect();
+            replies(&out).into_iter().map(|r| (r.client, r.timestamp, to_bytes(&opened(&r)))).collect();
         assert_eq!(rs.len(), 2, "a reply for the Put and an error reply for the junk op");
         let state = checkpoints(&out).iter().map(|c| c.body.state).collect::<Vec<_>>();
         assert_eq!(state.len(), 1);
@@ -604,7 +632,7 @@ proptest! {
         }
         let key = |out: &[Output]| -> Observed {
             (
-                replies(out).into_iter().map(|r| (r.client, r.timestamp, r.result)).collect(),
+                replies(out).into_iter().map(|r| (r.client, r.timestamp, to_bytes(&opened(&r)))).collect(),
                 checkpoints(out).iter().map(|c| (c.body.seq, c.body.state)).collect(),
                 executed(out),
             )

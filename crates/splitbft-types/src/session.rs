@@ -633,6 +633,19 @@ impl Sessions {
         }
     }
 
+    /// Installs a session directly, bypassing the ordered Register: only for fixtures that
+    /// need registered clients without spending sequence numbers (the Execution crate
+    /// exposes it behind its `test-support` feature). Returns false for an unknown client.
+    pub fn install(&mut self, client: ClientId, epoch: u64, key: [u8; SESSION_KEY_BYTES]) -> bool {
+        match self.sessions.get_mut(client.0 as usize) {
+            Some(slot) => {
+                *slot = Some(Session { epoch, key: SessionKey::new(key) });
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Registered epoch of `client`.
     pub fn epoch(&self, client: ClientId) -> Option<u64> {
         self.sessions.get(client.0 as usize).and_then(|s| s.as_ref().map(|s| s.epoch))
@@ -664,6 +677,18 @@ pub struct ClientSession {
 }
 
 impl ClientSession {
+    /// A client's view of a session registered by other means (fixtures; see
+    /// [`Sessions::install`]).
+    pub fn installed(config: &ProtocolConfig, client: ClientId, epoch: u64, key: [u8; SESSION_KEY_BYTES]) -> Self {
+        ClientSession {
+            cluster_id: config.cluster_id,
+            client,
+            epoch,
+            key: SessionKey::new(key),
+            confidential: config.confidential,
+        }
+    }
+
     /// A new session with `key` for `epoch`, and the Register op (a [`SessionOp`] encoding)
     /// that installs it. `rng` is used for HPKE's ephemeral key only.
     pub fn register<R: hpke::rand_core::CryptoRng>(

@@ -12,8 +12,9 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 use splitbft_apps::kv::{KvOp, KvResult};
 use splitbft_broker::{NodeConfig, NodeHandle, NodeReport, spawn_node};
-use splitbft_client::{Client, ClientOptions};
-use splitbft_enclave::Backend;
+use splitbft_client::{Client, ClientOptions, verify_attestation};
+use splitbft_enclave::{Backend, ReplicaSecrets};
+use splitbft_types::attest::{ExpectedExecution, SoftwareAttestation, SoftwarePlatform};
 use splitbft_types::cert::VerifiedCache;
 use splitbft_types::crypto::SecretKey;
 use splitbft_types::keys::ClusterSecrets;
@@ -69,6 +70,10 @@ pub struct DemoOptions {
     /// Stop the primary replica this many milliseconds into the run (view change).
     #[arg(long)]
     pub crash_primary_after_ms: Option<u64>,
+    /// Ops and results in clear, still authenticated under session keys (the baseline for
+    /// the cost of confidentiality, SPEC §6).
+    #[arg(long)]
+    pub no_confidential: bool,
     /// Show progress on a terminal (set by the CLI, not a flag).
     #[arg(skip)]
     pub progress: bool,
@@ -83,6 +88,8 @@ pub struct DemoSummary {
     pub app: AppKind,
     /// Compartment backend.
     pub backend: String,
+    /// Ops and results encrypted under client session keys (SPEC §6).
+    pub confidential: bool,
     /// Replicas.
     pub replicas: usize,
     /// Clients.
@@ -129,10 +136,13 @@ pub struct LocalTcpCluster {
     pub addresses: Vec<SocketAddr>,
     /// All keys.
     pub secrets: ClusterSecrets,
+    /// Software attestation of the Execution enclaves: the verifier and what it must find.
+    pub attestation: (SoftwareAttestation, ExpectedExecution),
 }
 
 impl LocalTcpCluster {
-    /// Starts `replicas` replicas running `protocol` on loopback ports chosen by the OS.
+    /// Starts `replicas` replicas running `protocol` on loopback ports chosen by the OS,
+    /// confidential (SPEC §6).
     pub async fn start(
         protocol: Protocol,
         app: AppKind,
@@ -141,6 +151,21 @@ impl LocalTcpCluster {
         batch: u32,
         batch_timeout_ms: u64,
         backend: Backend,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(protocol, app, replicas, clients, batch, batch_timeout_ms, backend, true).await
+    }
+
+    /// [`LocalTcpCluster::start`] with confidentiality on or off.
+    #[allow(clippy::too_many_arguments, reason = "the demo's flags, passed through")]
+    pub async fn start_with(
+        protocol: Protocol,
+        app: AppKind,
+        replicas: usize,
+        clients: usize,
+        batch: u32,
+        batch_timeout_ms: u64,
+        backend: Backend,
+        confidential: bool,
     ) -> anyhow::Result<Self> {
         let f = crate::fault_threshold(replicas)?;
         let cluster_id = u64::from_le_bytes(crate::os_seed()[..8].try_into()?);
@@ -154,6 +179,11 @@ impl LocalTcpCluster {
             }
         };
         secrets.config.max_batch = batch.max(1);
+        secrets.config.confidential = confidential;
+        // Software attestation: this process plays the platform for its own enclaves.
+        let platform = SoftwarePlatform::new(cluster_id, SecretKey::from_seed(crate::os_seed()));
+        let expected = secrets.execution_reports(&platform, splitbft_execution::CODE_IDENTITY.measurement());
+        let attestation = (SoftwareAttestation::new(cluster_id, platform.public()), expected);
         let mut listeners = Vec::new();
         for _ in 0..replicas {
             listeners.push(TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port")?);
@@ -168,17 +198,26 @@ impl LocalTcpCluster {
             }
             let mut config = NodeConfig::new(protocol_config, me, addresses.clone(), backend);
             config.options.batch_timeout_us = batch_timeout_ms * 1000;
-            let keys = CompartmentKind::ALL.map(|k| SecretKey::from_seed(secrets.enclave(me, k).seed()));
+            let keys = ReplicaSecrets {
+                keys: CompartmentKind::ALL.map(|k| SecretKey::from_seed(secrets.enclave(me, k).seed())),
+                execution_group: secrets.execution_group_secret(),
+            };
             nodes.push(Some(spawn_node(config, listener, keys, app.build()?).await?));
         }
-        Ok(LocalTcpCluster { nodes, addresses, secrets })
+        Ok(LocalTcpCluster { nodes, addresses, secrets, attestation })
     }
 
-    /// Connects client `id`.
+    /// Connects client `id`, checks the Execution enclaves' attestation and registers a
+    /// session (SPEC §6).
     pub async fn client(&self, id: usize, options: ClientOptions) -> anyhow::Result<Client> {
         let secret = SecretKey::from_seed(self.secrets.clients[id].seed());
-        Ok(Client::connect(self.secrets.config.clone(), self.addresses.clone(), ClientId(id as u32), secret, options)
-            .await?)
+        let (verifier, expected) = &self.attestation;
+        let attested = verify_attestation(&self.secrets.config, verifier, expected)?;
+        let client =
+            Client::connect(self.secrets.config.clone(), self.addresses.clone(), ClientId(id as u32), secret, options)
+                .await?;
+        client.register(attested).await?;
+        Ok(client)
     }
 
     /// Stops every replica and collects their reports.
@@ -196,7 +235,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     if opts.clients == 0 || opts.outstanding == 0 {
         bail!("--clients and --outstanding must be at least 1");
     }
-    let cluster = LocalTcpCluster::start(
+    let cluster = LocalTcpCluster::start_with(
         opts.protocol,
         opts.app,
         opts.replicas,
@@ -204,6 +243,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         opts.batch,
         opts.batch_timeout_ms,
         opts.backend,
+        !opts.no_confidential,
     )
     .await?;
     let window = cluster.secrets.config.client_window as usize;
@@ -333,6 +373,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         protocol: opts.protocol,
         app: opts.app,
         backend: opts.backend.to_string(),
+        confidential: !opts.no_confidential,
         replicas: opts.replicas,
         clients: opts.clients,
         outstanding: opts.outstanding,
@@ -365,11 +406,16 @@ fn is_rejection(name: &str) -> bool {
 /// Human-readable summary.
 pub fn print_summary(s: &DemoSummary) {
     println!(
-        "splitbft demo: {:?} with {} replicas ({} backend), {} app",
+        "splitbft demo: {:?} with {} replicas ({} backend), {} app, {}",
         s.protocol,
         s.replicas,
         s.backend,
-        s.app.name()
+        s.app.name(),
+        if s.confidential {
+            "confidential (ops and results AES-256-GCM under session keys; software attestation)"
+        } else {
+            "not confidential (ops and results authenticated, in clear)"
+        }
     );
     println!("  workload     {} clients x {} outstanding, {} requests", s.clients, s.outstanding, s.requests);
     println!("  completed    {} ({} errors) in {:.2} s", s.completed, s.errors, s.seconds);
