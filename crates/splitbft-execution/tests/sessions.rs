@@ -11,13 +11,16 @@ use rand_chacha::rand_core::SeedableRng;
 use serde::Serialize;
 use splitbft_apps::kv::{KvOp, KvResult, KvStore};
 use splitbft_execution::Execution;
-use splitbft_types::boundary::{Compartment, Input, Output};
+use splitbft_types::boundary::{Compartment, Event, Input, Output};
 use splitbft_types::codec::{from_bytes, to_bytes};
 use splitbft_types::crypto::{ClientKeys, Purpose, SecretKey};
 use splitbft_types::keys::ClusterSecrets;
-use splitbft_types::msg::{BatchMsg, Commit, Digest, Message, PrePrepare, Reply, Request, Signed};
+use splitbft_types::msg::{BatchMsg, Checkpoint, Commit, Digest, Message, PrePrepare, Reply, Request, Signed};
 use splitbft_types::session::{ClientSession, Opened, Refusal, SessionOp, open_reply_body};
 use splitbft_types::{ClientId, CompartmentKind, ReplicaId, Seq, Timestamp};
+
+/// Checkpoint interval of the fixture: small, so snapshots happen.
+const K: u64 = 2;
 
 struct Cluster {
     secrets: ClusterSecrets,
@@ -30,6 +33,9 @@ impl Cluster {
     fn new(confidential: bool) -> Cluster {
         let mut secrets = ClusterSecrets::deterministic(31, 1, 2, 8);
         secrets.config.confidential = confidential;
+        secrets.config.checkpoint_interval = K;
+        // A wide window: the fixture delivers no checkpoint certificates to its own replicas.
+        secrets.config.log_window = 32 * K;
         let keys = secrets.config.validate().unwrap();
         let clients = (0..2)
             .map(|c| ClientKeys::derive(&secrets.clients[c], &secrets.config, &keys, ClientId(c as u32)))
@@ -53,6 +59,11 @@ impl Cluster {
     /// Orders `requests` at the next sequence number on every replica; returns each
     /// replica's replies.
     fn order(&mut self, requests: &[Request]) -> Vec<Vec<Reply>> {
+        self.order_full(requests).into_iter().map(|(replies, _)| replies).collect()
+    }
+
+    /// [`Cluster::order`], also returning every replica's other outputs.
+    fn order_full(&mut self, requests: &[Request]) -> Vec<(Vec<Reply>, Vec<Output>)> {
         self.seq += 1;
         let seq = self.seq;
         let bytes = to_bytes(requests);
@@ -73,14 +84,16 @@ impl Cluster {
                 e.handle(Input::Message(Message::Commit(*c)), &mut out);
             }
             assert_eq!(e.last_executed(), seq);
-            all.push(
-                out.into_iter()
-                    .filter_map(|o| match o {
-                        Output::Send(Message::Reply(r)) => Some(r),
-                        _ => None,
-                    })
-                    .collect(),
-            );
+            let (replies, rest): (Vec<_>, Vec<_>) =
+                out.into_iter().partition(|o| matches!(o, Output::Send(Message::Reply(_))));
+            let replies = replies
+                .into_iter()
+                .filter_map(|o| match o {
+                    Output::Send(Message::Reply(r)) => Some(r),
+                    _ => None,
+                })
+                .collect();
+            all.push((replies, rest));
         }
         all
     }
@@ -255,5 +268,58 @@ fn without_confidentiality_ops_are_still_authenticated() {
     cl.order(&[cl.request(0, 2, op)]);
     let replies = cl.order(&[cl.request(0, 3, s0.seal_op(3, &get("k")).unwrap())]);
     assert_eq!(value(agreed(Some(&s0), &replies)), Some(b"plain".to_vec()));
+    cl.assert_agree();
+}
+
+/// SPEC §6 + §4.3: sessions are checkpointed state, so a replica that catches up by state
+/// transfer knows them; the snapshot leaves Execution sealed (neither the session key nor
+/// the value in clear) and restores only after decryption and the certified digest.
+#[test]
+fn sessions_survive_state_transfer_and_snapshots_leave_sealed() {
+    let mut cl = Cluster::new(true);
+    let key = [0x5a; 32];
+    let (s0, reg) = cl.register(0, 3, key);
+    cl.order(&[cl.request(0, 1, reg)]);
+    let outs = cl.order_full(&[cl.request(0, 2, s0.seal_op(2, &put("k", "snapshot-secret-value")).unwrap())]);
+    let seq = cl.seq;
+    assert_eq!(seq % K, 0, "the second batch ends a checkpoint interval");
+    let (_, out0) = &outs[0];
+    let (digest, sealed) = out0
+        .iter()
+        .find_map(|o| match o {
+            Output::Event(Event::Snapshot { seq: s, digest, bytes }) if *s == seq => Some((*digest, bytes.clone())),
+            _ => None,
+        })
+        .expect("a snapshot at the checkpoint");
+    assert!(!sealed.windows(32).any(|w| w == key), "the session key leaves Execution sealed");
+    assert!(!sealed.windows(15).any(|w| w == b"snapshot-secret"), "the state leaves Execution sealed");
+    assert_ne!(Digest::of(&sealed), digest, "the certified digest is the plaintext's, not the ciphertext's");
+
+    // A fresh replica 3 learns the checkpoint certificate, asks for state, restores it.
+    let me = ReplicaId(3);
+    let secret = SecretKey::from_seed(cl.secrets.enclave(me, CompartmentKind::Execution).seed());
+    let group = cl.secrets.execution_group_secret();
+    let mut fresh = Execution::new(cl.secrets.config.clone(), me, secret, group, Box::new(KvStore::new())).unwrap();
+    let mut out = Vec::new();
+    for r in 0..3 {
+        let cp = cl.sign(
+            r,
+            CompartmentKind::Execution,
+            Purpose::Checkpoint,
+            Checkpoint { seq, state: digest, replica: ReplicaId(r) },
+        );
+        fresh.handle(Input::Message(Message::Checkpoint(cp)), &mut out);
+    }
+    assert!(out.iter().any(|o| matches!(o, Output::Event(Event::StateNeeded { .. }))));
+    let mut out = Vec::new();
+    fresh.handle(Input::RestoreState { seq, bytes: sealed }, &mut out);
+    assert!(out.iter().any(|o| matches!(o, Output::Event(Event::StateRestored { .. }))), "{out:?}");
+    assert_eq!(fresh.session_epoch(ClientId(0)), Some(3), "the session came with the state");
+    assert_eq!(fresh.state_digest(), cl.replicas[0].state_digest());
+
+    // It serves the client under the restored session.
+    cl.replicas[3] = fresh;
+    let replies = cl.order(&[cl.request(0, 3, s0.seal_op(3, &get("k")).unwrap())]);
+    assert_eq!(value(agreed(Some(&s0), &replies)), Some(b"snapshot-secret-value".to_vec()));
     cl.assert_agree();
 }
