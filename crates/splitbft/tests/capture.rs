@@ -31,9 +31,12 @@ impl Drop for Kill {
     }
 }
 
+/// Four free consecutive loopback ports, different for each test of this process.
 fn free_base_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     let seed = std::process::id() as u16;
-    for attempt in 0..200u16 {
+    for _ in 0..200u16 {
+        let attempt = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let base = 21_000 + (seed.wrapping_mul(11).wrapping_add(attempt.wrapping_mul(17))) % 29_000;
         if (0..4).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
@@ -70,10 +73,37 @@ fn files(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// What one run under capture left behind.
+struct Run {
+    /// The pcap file's bytes.
+    captured: Vec<u8>,
+    /// Every other file written in the run's directory (replica output, cluster files).
+    written: Vec<(std::path::PathBuf, Vec<u8>)>,
+}
+
 #[cfg(unix)]
 #[test]
 #[ignore = "needs tcpdump and capture rights; run by .ci/run with --ignored"]
 fn the_value_never_crosses_the_wire_or_the_disk_in_clear() {
+    let run = run_under_capture(true);
+    assert!(!contains(&run.captured, SECRET.as_bytes()), "the value crossed loopback in clear");
+    assert!(!contains(&run.captured, b"CONFIDENTIAL-8f3a91c2e7"), "part of the value crossed loopback in clear");
+    for (file, bytes) in &run.written {
+        assert!(!contains(bytes, SECRET.as_bytes()), "{} holds the value in clear", file.display());
+    }
+}
+
+/// The control: with `--no-confidential` the same capture does see the value, so the
+/// check above can fail.
+#[cfg(unix)]
+#[test]
+#[ignore = "needs tcpdump and capture rights; run by .ci/run with --ignored"]
+fn without_confidentiality_the_capture_sees_the_value() {
+    let run = run_under_capture(false);
+    assert!(contains(&run.captured, SECRET.as_bytes()), "the capture missed the value sent in clear");
+}
+
+fn run_under_capture(confidential: bool) -> Run {
     let tcpdump = Command::new("tcpdump").arg("--version").output();
     assert!(
         tcpdump.as_ref().is_ok_and(|o| o.status.success()),
@@ -87,6 +117,7 @@ fn the_value_never_crosses_the_wire_or_the_disk_in_clear() {
         .args(["keygen", "--replicas", "4", "--clients", "2", "--checkpoint-interval", "2"])
         .args(["--base-port", &base.to_string(), "--out"])
         .arg(&cluster_dir)
+        .args((!confidential).then_some("--no-confidential"))
         .output()
         .unwrap();
     assert!(out.status.success(), "keygen failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -169,13 +200,13 @@ fn the_value_never_crosses_the_wire_or_the_disk_in_clear() {
         "capture too small to be the cluster's traffic: {} bytes; {report}",
         captured.len()
     );
-    assert!(!contains(&captured, SECRET.as_bytes()), "the value crossed loopback in clear");
-    assert!(!contains(&captured, b"CONFIDENTIAL-8f3a91c2e7"), "part of the value crossed loopback in clear");
-    for file in files(dir.path()) {
-        if file == pcap {
-            continue;
-        }
-        let bytes = std::fs::read(&file).unwrap();
-        assert!(!contains(&bytes, SECRET.as_bytes()), "{} holds the value in clear", file.display());
-    }
+    let written = files(dir.path())
+        .into_iter()
+        .filter(|f| *f != pcap)
+        .map(|f| {
+            let bytes = std::fs::read(&f).unwrap();
+            (f, bytes)
+        })
+        .collect();
+    Run { captured, written }
 }
