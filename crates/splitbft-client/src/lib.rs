@@ -156,6 +156,8 @@ pub(crate) struct Shared {
     keys: ClientKeys,
     /// The registered session, if any (SPEC §6).
     session: RwLock<Option<Arc<ClientSession>>>,
+    /// Timestamp of the Register in flight (0: none).
+    registering: AtomicU64,
     pending: Mutex<PendingTable>,
     pub(crate) counters: Counters,
     /// `connected[r]`: a connection to replica `r` is up and introduced.
@@ -202,8 +204,10 @@ impl Shared {
                 return bump(&self.counters.rejected_bad_ciphertext);
             }
         };
+        // A Register's answer is `Registered`; any refusal of its timestamp could come from
+        // a forged copy (SPEC §6), as could a non-final refusal of an op.
         if let Opened::Refused(refusal) = opened
-            && !refusal.is_final()
+            && (!refusal.is_final() || self.registering.load(Ordering::Acquire) == reply.timestamp)
         {
             trace!(%refusal, "a copy or forgery of a request was refused");
             return bump(&self.counters.ignored_refusals);
@@ -344,6 +348,7 @@ impl Client {
             id,
             keys,
             session: RwLock::new(None),
+            registering: AtomicU64::new(0),
             counters: Counters::default(),
             connected: (0..n).map(|_| AtomicBool::new(false)).collect(),
             max_frame_bytes: options.max_frame_bytes,
@@ -414,7 +419,15 @@ impl Client {
         let epoch = wall_clock_micros().max(previous + 1);
         let (session, op) =
             ClientSession::register(&mut rng, &shared.config, shared.id, &self.inner.secret, epoch, key)?;
-        match self.submit(op).await? {
+        let registering = &shared.registering;
+        let outcome = self
+            .submit_with(move |t| {
+                registering.store(t, Ordering::Release);
+                Ok(op)
+            })
+            .await;
+        shared.registering.store(0, Ordering::Release);
+        match outcome? {
             Opened::Registered { epoch: e } if e == epoch => {
                 *shared.session.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(session));
                 Ok(epoch)
@@ -447,11 +460,6 @@ impl Client {
             Opened::Refused(r) => Err(ClientError::Refused(r)),
             Opened::Registered { .. } => Err(ClientError::Refused(Refusal::Malformed)),
         }
-    }
-
-    /// Sends an already-encoded session op (a Register).
-    async fn submit(&self, op: Vec<u8>) -> Result<Opened, ClientError> {
-        self.submit_with(move |_| Ok(op)).await
     }
 
     /// Sends the op `wrap` builds for the request's timestamp; returns what `f + 1`

@@ -323,3 +323,35 @@ fn sessions_survive_state_transfer_and_snapshots_leave_sealed() {
     assert_eq!(value(agreed(Some(&s0), &replies)), Some(b"snapshot-secret-value".to_vec()));
     cl.assert_agree();
 }
+
+/// `WrongMode` is final for a client, so only an op that authenticates under the session
+/// key can get it; a forger copying the envelope kind gets the non-final `NotAuthentic`.
+#[test]
+fn only_an_authentic_op_can_be_refused_for_the_wrong_mode() {
+    let mut cl = Cluster::new(true);
+    let (s0, reg) = cl.register(0, 1, [4; 32]);
+    cl.order(&[cl.request(0, 1, reg)]);
+    // The client's own op in the other mode (it authenticates under K_c).
+    let plain = ClientSession::installed(
+        &{
+            let mut c = cl.secrets.config.clone();
+            c.confidential = false;
+            c
+        },
+        ClientId(0),
+        1,
+        [4; 32],
+    );
+    let wrong_mode = plain.seal_op(3, &put("k", "v")).unwrap();
+    let forged = to_bytes(&SessionOp::Authenticated { epoch: 1, op: put("k", "forged"), tag: [0; 16] });
+    let replies = cl.order(&[cl.request(0, 2, forged), cl.request(0, 3, wrong_mode)]);
+    for rs in &replies {
+        let got: Vec<Opened> = rs
+            .iter()
+            .map(|r| open_reply_body(Some(&s0), r.client, r.timestamp, r.replica, &r.result).unwrap())
+            .collect();
+        assert_eq!(got, vec![Opened::Refused(Refusal::NotAuthentic), Opened::Refused(Refusal::WrongMode)]);
+    }
+    assert!(!Refusal::NotAuthentic.is_final() && Refusal::WrongMode.is_final());
+    cl.assert_agree();
+}

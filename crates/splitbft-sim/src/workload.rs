@@ -182,7 +182,7 @@ impl Clients {
         let Ok(opened) = open_reply_body(session, client.id, reply.timestamp, reply.replica, &reply.result) else {
             return;
         };
-        if matches!(opened, Opened::Refused(r) if !r.is_final()) {
+        if matches!(opened, Opened::Refused(r) if !r.is_final() || pending.register) {
             // A copy or forgery of this request was refused; the genuine one may still run.
             return;
         }

@@ -451,9 +451,12 @@ impl Refusal {
         }
     }
 
-    /// Whether a client must take this as the answer. The others can be provoked by anyone
-    /// who copies or forges a request (a faulty primary, a hostile environment), so a
-    /// client waits on for its genuine request instead.
+    /// Whether a client must take this as the answer to an *op*. The others can be provoked
+    /// by anyone who copies or forges a request (a faulty primary, a hostile environment),
+    /// so a client waits on for its genuine request instead. `WrongMode` needs an op that
+    /// authenticates under the session key; `NoSession` is the truth for a client that has
+    /// none — but while a Register is pending anyone can provoke it for the Register's
+    /// timestamp, so a registering client takes no refusal as final.
     pub fn is_final(self) -> bool {
         matches!(self, Refusal::NoSession | Refusal::WrongMode)
     }
@@ -560,10 +563,9 @@ impl Sessions {
                     Ok(s) => s,
                     Err(r) => return Admission::Refused(r),
                 };
-                if !config.confidential {
-                    return Admission::Refused(Refusal::WrongMode);
-                }
+                // Authenticity first: only the client can provoke the final WrongMode.
                 match session.key.open(cluster, client, request.timestamp, Direction::Request, epoch, &ciphertext) {
+                    Ok(_) if !config.confidential => Admission::Refused(Refusal::WrongMode),
                     Ok(op) => Admission::Execute(op),
                     Err(_) => Admission::Refused(Refusal::NotAuthentic),
                 }
@@ -573,10 +575,8 @@ impl Sessions {
                     Ok(s) => s,
                     Err(r) => return Admission::Refused(r),
                 };
-                if config.confidential {
-                    return Admission::Refused(Refusal::WrongMode);
-                }
                 match session.key.verify_tag(cluster, client, request.timestamp, epoch, &op, &tag) {
+                    Ok(()) if config.confidential => Admission::Refused(Refusal::WrongMode),
                     Ok(()) => Admission::Execute(op),
                     Err(_) => Admission::Refused(Refusal::NotAuthentic),
                 }
