@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::SeedableRng;
 use splitbft_apps::kv::{KvOp, KvStore};
 use splitbft_broker::BrokerOptions;
 use splitbft_broker::local::LocalCluster;
@@ -28,6 +30,7 @@ use splitbft_types::codec::{from_bytes, to_bytes};
 use splitbft_types::crypto::{ClientKeys, SecretKey};
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::msg::{BatchMsg, Commit, Digest, Message, Prepare, Request, Signed};
+use splitbft_types::session::ClientSession;
 use splitbft_types::{ClientId, CompartmentKind, ReplicaId};
 
 const CLUSTER: u64 = 7;
@@ -41,6 +44,15 @@ const CLIENTS: usize = 10;
 /// The primary and the backup whose compartments are measured.
 const PRIMARY: ReplicaId = ReplicaId(0);
 const BACKUP: ReplicaId = ReplicaId(1);
+
+/// Session epoch and timestamp of every client's registration (SPEC §6).
+const SESSION_EPOCH: u64 = 1;
+const REGISTER_TIMESTAMP: u64 = 1;
+
+/// Client `c`'s session key.
+fn session_key(c: usize) -> [u8; 32] {
+    [c as u8 + 1; 32]
+}
 
 /// The cluster's keys and genesis state: builds fresh compartments and clusters.
 struct Setup {
@@ -69,17 +81,45 @@ impl Setup {
         Confirmation::new(self.secrets.config.clone(), me, secret, self.genesis).unwrap()
     }
 
+    /// An Execution enclave holding every client's session (installed: the measured batch
+    /// is the sealed requests, not the registrations).
     fn execution(&self, me: ReplicaId) -> Execution {
         let secret = self.secret(me, CompartmentKind::Execution);
-        Execution::new(self.secrets.config.clone(), me, secret, Box::new(KvStore::new())).unwrap()
+        let group = self.secrets.execution_group_secret();
+        let mut e = Execution::new(self.secrets.config.clone(), me, secret, group, Box::new(KvStore::new())).unwrap();
+        for c in 0..CLIENTS {
+            assert!(e.install_session(ClientId(c as u32), SESSION_EPOCH, session_key(c)));
+        }
+        e
     }
 
+    /// A 4-replica cluster whose clients registered their sessions through the protocol
+    /// (SPEC §6), ready for the measured batch.
     fn cluster(&self) -> LocalCluster {
         let mut options = BrokerOptions::new(&self.secrets.config);
         options.batch_max = BATCH;
         // Cut only full batches: otherwise an idle primary cuts at the first request.
         options.eager_inflight = 0;
-        LocalCluster::new(&self.secrets, || Box::new(KvStore::new()), options)
+        let timeout = options.batch_timeout_us;
+        let mut cluster = LocalCluster::new(&self.secrets, || Box::new(KvStore::new()), options);
+        let keyring = self.secrets.config.validate().unwrap();
+        for c in 0..CLIENTS {
+            let id = ClientId(c as u32);
+            let keys = ClientKeys::derive(&self.secrets.clients[c], &self.secrets.config, &keyring, id);
+            let mut rng = ChaCha20Rng::seed_from_u64(c as u64);
+            let secret = &self.secrets.clients[c];
+            let (_, register) =
+                ClientSession::register(&mut rng, &self.secrets.config, id, secret, SESSION_EPOCH, session_key(c))
+                    .unwrap();
+            cluster.client_sends(PRIMARY, &keys.request(REGISTER_TIMESTAMP, register));
+        }
+        cluster.run(usize::MAX);
+        // The registrations are fewer than a full batch: let the batch timer cut them.
+        cluster.advance(timeout + 1);
+        cluster.run(usize::MAX);
+        let registered = cluster.take_replies().len();
+        assert_eq!(registered, 4 * CLIENTS, "every replica confirms every registration");
+        cluster
     }
 
     /// `BATCH` signed requests: puts of `VALUE`-byte values, spread over the clients.
@@ -91,7 +131,11 @@ impl Setup {
         (0..BATCH)
             .map(|i| {
                 let op = KvOp::Put { key: format!("key-{i:05}").into_bytes(), value: vec![i as u8; VALUE] };
-                clients[i % CLIENTS].request((i / CLIENTS) as u64 + 1, op.encode())
+                let c = i % CLIENTS;
+                let t = REGISTER_TIMESTAMP + 1 + (i / CLIENTS) as u64;
+                let session =
+                    ClientSession::installed(&self.secrets.config, ClientId(c as u32), SESSION_EPOCH, session_key(c));
+                clients[c].request(t, session.seal_op(t, &op.encode()).unwrap())
             })
             .collect()
     }

@@ -9,12 +9,13 @@ use std::collections::{BTreeSet, VecDeque};
 use bytes::Bytes;
 use std::sync::Arc;
 
-use splitbft_enclave::{Backend, EnclaveHandle, OutputSink, start_replica};
+use splitbft_enclave::{Backend, EnclaveHandle, OutputSink, ReplicaSecrets, start_replica};
 use splitbft_types::boundary::{Output, Stats};
 use splitbft_types::codec::{decode_message, encode_message, from_bytes, to_bytes};
 use splitbft_types::crypto::SecretKey;
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::msg::{Message, Reply, Request};
+use splitbft_types::session::GroupSecret;
 use splitbft_types::{Application, ClientId, CompartmentKind, ProtocolConfig, ReplicaId};
 
 use crate::core::{Action, BrokerCore, BrokerOptions};
@@ -53,6 +54,7 @@ pub struct LocalCluster {
     replies: Vec<Reply>,
     now_us: u64,
     seeds: Vec<[[u8; 32]; 3]>,
+    group: [u8; 32],
     app: Box<dyn FnMut() -> Box<dyn Application>>,
     options: BrokerOptions,
     observer: Option<Observer>,
@@ -80,6 +82,7 @@ impl LocalCluster {
             replies: Vec::new(),
             now_us: 0,
             seeds,
+            group: secrets.execution_group.to_bytes(),
             app: Box::new(app),
             options,
             observer: None,
@@ -90,7 +93,10 @@ impl LocalCluster {
     }
 
     fn fresh_node(&mut self, me: ReplicaId) -> LocalNode {
-        let keys = self.seeds[me.0 as usize].map(SecretKey::from_seed);
+        let keys = ReplicaSecrets {
+            keys: self.seeds[me.0 as usize].map(SecretKey::from_seed),
+            execution_group: GroupSecret::from_bytes(&self.group).expect("the group secret round-trips"),
+        };
         let sink: OutputSink = Arc::new(|_, _| unreachable!("inline enclaves answer synchronously"));
         let enclaves =
             start_replica(&self.protocol, me, keys, (self.app)(), Backend::Inline, sink).expect("valid configuration");

@@ -8,9 +8,12 @@
 
 #![allow(clippy::unwrap_used, reason = "test helpers: a failed setup step aborts the test")]
 
+mod common;
+
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
+use common::{SealedClient, sealed_clients};
 use proptest::prelude::*;
 use serde::Serialize;
 use splitbft_apps::kv::{KvOp, KvResult, KvStore};
@@ -18,7 +21,7 @@ use splitbft_broker::BrokerOptions;
 use splitbft_broker::local::LocalCluster;
 use splitbft_types::boundary::Input;
 use splitbft_types::codec::{encode_message, to_bytes};
-use splitbft_types::crypto::{ClientKeys, Purpose};
+use splitbft_types::crypto::Purpose;
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::msg::{
     BatchMsg, Checkpoint, Commit, Digest, Mac, PrePrepare, Prepare, Reply, Request, Sig, Signed,
@@ -33,7 +36,7 @@ const PRIMARY: ReplicaId = ReplicaId(0);
 
 struct Harness {
     secrets: ClusterSecrets,
-    keys: Vec<ClientKeys>,
+    keys: Vec<SealedClient>,
     cluster: LocalCluster,
 }
 
@@ -43,13 +46,10 @@ impl Harness {
         let mut secrets = ClusterSecrets::deterministic(7, 1, CLIENTS, 42);
         secrets.config.checkpoint_interval = 4;
         secrets.config.log_window = 8;
-        let keyring = secrets.config.validate().unwrap();
-        let keys = (0..CLIENTS)
-            .map(|c| ClientKeys::derive(&secrets.clients[c], &secrets.config, &keyring, ClientId(c as u32)))
-            .collect();
         let mut options = BrokerOptions::new(&secrets.config);
         options.batch_max = 5;
-        let cluster = LocalCluster::new(&secrets, || Box::new(KvStore::new()), options);
+        let mut cluster = LocalCluster::new(&secrets, || Box::new(KvStore::new()), options);
+        let keys = sealed_clients(&mut cluster, &secrets);
         Harness { secrets, keys, cluster }
     }
 
@@ -92,7 +92,7 @@ impl Harness {
             .filter(|r| r.client == ClientId(c as u32) && r.timestamp == t)
             .map(|r| {
                 self.keys[c].verify_reply(r).unwrap();
-                assert!(matches!(KvResult::decode(&r.result).unwrap(), KvResult::Stored { .. }));
+                assert!(matches!(KvResult::decode(&self.keys[c].open(r)).unwrap(), KvResult::Stored { .. }));
                 r.replica
             })
             .collect()

@@ -15,16 +15,19 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
+use common::{SealedClient, open, sealed_clients};
 use serde::Serialize;
 use splitbft_apps::kv::{KvOp, KvResult, KvStore};
 use splitbft_broker::BrokerOptions;
 use splitbft_broker::local::LocalCluster;
 use splitbft_types::boundary::Stats;
 use splitbft_types::codec::{decode_message, encode_message, to_bytes};
-use splitbft_types::crypto::{ClientKeys, Purpose};
+use splitbft_types::crypto::Purpose;
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::msg::{BatchMsg, Commit, Digest, Message, NewView, PrePrepare, Prepare, Reply, Request, Signed};
 use splitbft_types::{ClientId, CompartmentKind, ReplicaId, Seq, View};
@@ -38,7 +41,7 @@ const BYZANTINE_PRIMARY: ReplicaId = ReplicaId(1);
 struct World {
     secrets: ClusterSecrets,
     cluster: LocalCluster,
-    clients: Vec<ClientKeys>,
+    clients: Vec<SealedClient>,
     /// The request prepared in view 0 and the false batch replacing it.
     honest: Request,
     false_batch: Vec<u8>,
@@ -59,7 +62,7 @@ struct World {
     replies: Vec<Reply>,
 }
 
-fn put(key: &ClientKeys, t: u64, k: &str, v: &str) -> Request {
+fn put(key: &SealedClient, t: u64, k: &str, v: &str) -> Request {
     key.request(t, KvOp::Put { key: k.as_bytes().to_vec(), value: v.as_bytes().to_vec() }.encode())
 }
 
@@ -68,14 +71,11 @@ impl World {
         let mut secrets = ClusterSecrets::deterministic(31, 1, 2, 3);
         secrets.config.checkpoint_interval = 4;
         secrets.config.log_window = 8;
-        let keyring = secrets.config.validate().unwrap();
-        let clients: Vec<ClientKeys> = (0..2)
-            .map(|c| ClientKeys::derive(&secrets.clients[c], &secrets.config, &keyring, ClientId(c as u32)))
-            .collect();
         let mut options = BrokerOptions::new(&secrets.config);
         options.batch_max = 3;
         options.view_change_timeout_us = TIMEOUT_US;
-        let cluster = LocalCluster::new(&secrets, || Box::new(KvStore::new()), options);
+        let mut cluster = LocalCluster::new(&secrets, || Box::new(KvStore::new()), options);
+        let clients = sealed_clients(&mut cluster, &secrets);
         let honest = put(&clients[0], 1, "once", "honest");
         // A genuine, client-authenticated request of another client writing the same key:
         // executing it instead would be visible in the state and in the replies.
@@ -219,7 +219,7 @@ impl World {
     fn completed(&self) -> BTreeMap<(ClientId, u64), Vec<u8>> {
         let mut votes: BTreeMap<(ClientId, u64, Vec<u8>), BTreeSet<ReplicaId>> = BTreeMap::new();
         for r in &self.replies {
-            votes.entry((r.client, r.timestamp, r.result.clone())).or_default().insert(r.replica);
+            votes.entry((r.client, r.timestamp, open(&self.clients, r))).or_default().insert(r.replica);
         }
         votes.into_iter().filter(|(_, rs)| rs.len() >= 2).map(|((c, t, res), _)| ((c, t), res)).collect()
     }

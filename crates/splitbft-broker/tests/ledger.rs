@@ -5,29 +5,29 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use bytes::Bytes;
+use common::SealedClient;
 use splitbft_apps::kv::KvOp;
 use splitbft_apps::ledger::{BLOCK_ENTRIES, Block, Ledger};
 use splitbft_broker::BrokerOptions;
 use splitbft_broker::local::LocalCluster;
 use splitbft_execution::RecordSealer;
-use splitbft_types::crypto::ClientKeys;
 use splitbft_types::keys::ClusterSecrets;
-use splitbft_types::{ClientId, CompartmentKind, Digest, ReplicaId};
+use splitbft_types::{CompartmentKind, Digest, ReplicaId};
 
 const CLIENTS: usize = 3;
 
-fn cluster(checkpoint_interval: u64) -> (LocalCluster, Vec<ClientKeys>, ClusterSecrets) {
+fn cluster(checkpoint_interval: u64) -> (LocalCluster, Vec<SealedClient>, ClusterSecrets) {
     let mut secrets = ClusterSecrets::deterministic(5, 1, CLIENTS, 77);
     secrets.config.checkpoint_interval = checkpoint_interval;
     secrets.config.log_window = 2 * checkpoint_interval;
-    let keyring = secrets.config.validate().unwrap();
-    let keys = (0..CLIENTS)
-        .map(|c| ClientKeys::derive(&secrets.clients[c], &secrets.config, &keyring, ClientId(c as u32)))
-        .collect();
     let mut options = BrokerOptions::new(&secrets.config);
     options.batch_max = 4;
-    (LocalCluster::new(&secrets, || Box::new(Ledger::new()), options), keys, secrets)
+    let mut cluster = LocalCluster::new(&secrets, || Box::new(Ledger::new()), options);
+    let clients = common::sealed_clients_with(&mut cluster, &secrets, || Box::new(Ledger::new()));
+    (cluster, clients, secrets)
 }
 
 fn sealer(secrets: &ClusterSecrets, r: u32) -> RecordSealer {
@@ -39,7 +39,7 @@ fn sealer(secrets: &ClusterSecrets, r: u32) -> RecordSealer {
 }
 
 /// Sends `rounds` rounds of one Put per client and lets the cluster settle after each.
-fn load(cluster: &mut LocalCluster, keys: &[ClientKeys], rounds: std::ops::Range<u64>) {
+fn load(cluster: &mut LocalCluster, keys: &[SealedClient], rounds: std::ops::Range<u64>) {
     for round in rounds {
         for (c, key) in keys.iter().enumerate() {
             let op = KvOp::Put { key: format!("k{c}").into_bytes(), value: round.to_le_bytes().to_vec() };
@@ -86,6 +86,8 @@ fn a_replica_restarted_from_genesis_rewrites_identical_blocks() {
     let before = cluster.persisted(ReplicaId(3)).to_vec();
     assert_eq!(before.len(), 6);
     cluster.restart(ReplicaId(3));
+    // The fresh enclave learns the sessions as re-executing the Register requests would.
+    common::install_sessions_at(&mut cluster, &secrets, ReplicaId(3), Box::new(Ledger::new()));
     cluster.run(100_000);
     load(&mut cluster, &keys, 11..16); // 15 more: 9 blocks in all
     let after = cluster.persisted(ReplicaId(3));

@@ -3,26 +3,26 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 
+use common::{SealedClient, sealed_clients};
 use splitbft_apps::kv::{KvOp, KvResult, KvStore};
 use splitbft_broker::BrokerOptions;
 use splitbft_broker::local::LocalCluster;
-use splitbft_types::crypto::ClientKeys;
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::{ClientId, CompartmentKind, ReplicaId};
 
-fn cluster(clients: usize, checkpoint_interval: u64, batch: usize) -> (LocalCluster, Vec<ClientKeys>) {
+fn cluster(clients: usize, checkpoint_interval: u64, batch: usize) -> (LocalCluster, Vec<SealedClient>) {
     let mut secrets = ClusterSecrets::deterministic(7, 1, clients, 42);
     secrets.config.checkpoint_interval = checkpoint_interval;
     secrets.config.log_window = 2 * checkpoint_interval;
-    let keyring = secrets.config.validate().unwrap();
-    let keys = (0..clients)
-        .map(|c| ClientKeys::derive(&secrets.clients[c], &secrets.config, &keyring, ClientId(c as u32)))
-        .collect();
     let mut options = BrokerOptions::new(&secrets.config);
     options.batch_max = batch;
-    (LocalCluster::new(&secrets, || Box::new(KvStore::new()), options), keys)
+    let mut cluster = LocalCluster::new(&secrets, || Box::new(KvStore::new()), options);
+    let keys = sealed_clients(&mut cluster, &secrets);
+    (cluster, keys)
 }
 
 #[test]
@@ -50,7 +50,10 @@ fn four_replicas_execute_the_same_requests_and_reply() {
     let mut votes: BTreeMap<(ClientId, u64), Vec<ReplicaId>> = BTreeMap::new();
     for reply in &replies {
         keys[reply.client.0 as usize].verify_reply(reply).unwrap();
-        assert!(matches!(KvResult::decode(&reply.result).unwrap(), KvResult::Stored { .. }));
+        assert!(matches!(
+            KvResult::decode(&keys[reply.client.0 as usize].open(reply)).unwrap(),
+            KvResult::Stored { .. }
+        ));
         votes.entry((reply.client, reply.timestamp)).or_default().push(reply.replica);
     }
     assert_eq!(votes.len(), expected as usize);

@@ -4,33 +4,33 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 
+use common::{SealedClient, sealed_clients};
 use splitbft_apps::kv::{KvOp, KvResult, KvStore};
 use splitbft_broker::BrokerOptions;
 use splitbft_broker::local::LocalCluster;
-use splitbft_types::crypto::ClientKeys;
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::msg::{Message, Reply, Request};
 use splitbft_types::{ClientId, CompartmentKind, ReplicaId};
 
 const TIMEOUT_US: u64 = 500_000;
 
-fn cluster(clients: usize) -> (LocalCluster, Vec<ClientKeys>) {
+fn cluster(clients: usize) -> (LocalCluster, Vec<SealedClient>) {
     let mut secrets = ClusterSecrets::deterministic(9, 1, clients, 7);
     secrets.config.checkpoint_interval = 4;
     secrets.config.log_window = 8;
-    let keyring = secrets.config.validate().unwrap();
-    let keys = (0..clients)
-        .map(|c| ClientKeys::derive(&secrets.clients[c], &secrets.config, &keyring, ClientId(c as u32)))
-        .collect();
     let mut options = BrokerOptions::new(&secrets.config);
     options.batch_max = 3;
     options.view_change_timeout_us = TIMEOUT_US;
-    (LocalCluster::new(&secrets, || Box::new(KvStore::new()), options), keys)
+    let mut cluster = LocalCluster::new(&secrets, || Box::new(KvStore::new()), options);
+    let keys = sealed_clients(&mut cluster, &secrets);
+    (cluster, keys)
 }
 
-fn put(key: &ClientKeys, t: u64, k: &str, v: &str) -> Request {
+fn put(key: &SealedClient, t: u64, k: &str, v: &str) -> Request {
     key.request(t, KvOp::Put { key: k.as_bytes().to_vec(), value: v.as_bytes().to_vec() }.encode())
 }
 
@@ -44,10 +44,10 @@ fn settle(cluster: &mut LocalCluster, until_us: u64) {
 }
 
 /// f + 1 matching replies per (client, t), from distinct replicas.
-fn completed(replies: &[Reply]) -> BTreeMap<(ClientId, u64), Vec<u8>> {
+fn completed(keys: &[SealedClient], replies: &[Reply]) -> BTreeMap<(ClientId, u64), Vec<u8>> {
     let mut votes: BTreeMap<(ClientId, u64, Vec<u8>), Vec<ReplicaId>> = BTreeMap::new();
     for r in replies {
-        let v = votes.entry((r.client, r.timestamp, r.result.clone())).or_default();
+        let v = votes.entry((r.client, r.timestamp, keys[r.client.0 as usize].open(r))).or_default();
         if !v.contains(&r.replica) {
             v.push(r.replica);
         }
@@ -67,7 +67,7 @@ fn a_crashed_primary_is_replaced_and_requests_complete_in_view_1() {
         cluster.client_sends(ReplicaId(0), &put(&keys[0], t, &format!("a{t}"), "x"));
     }
     settle(&mut cluster, 100_000);
-    assert_eq!(completed(&cluster.take_replies()).len(), 5);
+    assert_eq!(completed(&keys, &cluster.take_replies()).len(), 5);
 
     // The primary crashes; the client times out and retransmits to every replica.
     cluster.down.insert(ReplicaId(0));
@@ -76,7 +76,7 @@ fn a_crashed_primary_is_replaced_and_requests_complete_in_view_1() {
         cluster.client_sends(ReplicaId(r), &req);
     }
     settle(&mut cluster, 100_000 + 3 * TIMEOUT_US);
-    let done = completed(&cluster.take_replies());
+    let done = completed(&keys, &cluster.take_replies());
     assert!(matches!(KvResult::decode(&done[&(ClientId(1), 1)]).unwrap(), KvResult::Stored { .. }));
     for r in 1..4 {
         for kind in CompartmentKind::ALL {
@@ -108,7 +108,7 @@ fn successive_failed_views_reach_a_live_primary() {
         cluster.client_sends(ReplicaId(r), &req);
     }
     settle(&mut cluster, TIMEOUT_US * 40);
-    let done = completed(&cluster.take_replies());
+    let done = completed(&keys, &cluster.take_replies());
     assert!(done.contains_key(&(ClientId(0), 1)), "request never completed");
     let view = stats(&mut cluster, 2, CompartmentKind::Preparation).view;
     assert!(view >= 2, "view {view}");
@@ -141,7 +141,7 @@ fn requests_prepared_in_the_old_view_execute_exactly_once_in_the_new_view() {
     }
     settle(&mut cluster, 4 * TIMEOUT_US);
     let replies = cluster.take_replies();
-    assert!(completed(&replies).contains_key(&(ClientId(0), 1)));
+    assert!(completed(&keys, &replies).contains_key(&(ClientId(0), 1)));
     for r in 1..4 {
         let exec = stats(&mut cluster, r, CompartmentKind::Execution);
         assert_eq!(exec.get("requests_executed"), 1, "r{r}: {exec:?}");
@@ -172,7 +172,7 @@ fn primary_crash_under_load_completes_every_request_once() {
     cluster.down.insert(ReplicaId(0));
     let mut done = BTreeMap::new();
     for round in 0..20 {
-        done.extend(completed(&cluster.take_replies()));
+        done.extend(completed(&keys, &cluster.take_replies()));
         let missing: Vec<&Request> = all.iter().filter(|r| !done.contains_key(&(r.client, r.timestamp))).collect();
         if missing.is_empty() {
             break;
@@ -187,7 +187,7 @@ fn primary_crash_under_load_completes_every_request_once() {
         let until = cluster.now_us() + TIMEOUT_US;
         settle(&mut cluster, until);
     }
-    done.extend(completed(&cluster.take_replies()));
+    done.extend(completed(&keys, &cluster.take_replies()));
     let missing = all.iter().filter(|r| !done.contains_key(&(r.client, r.timestamp))).count();
     assert_eq!(missing, 0, "{missing} requests never completed");
     for r in 1..4 {
@@ -241,7 +241,7 @@ fn a_restarted_replica_catches_up_by_state_transfer_and_takes_part_again() {
         let until = cluster.now_us() + 20_000;
         settle(&mut cluster, until);
     }
-    let done = completed(&cluster.take_replies());
+    let done = completed(&keys, &cluster.take_replies());
     assert_eq!(done.len(), 3 * keys.len(), "requests after the second failure did not all complete");
     let r3 = stats(&mut cluster, 3, CompartmentKind::Execution);
     assert_eq!(r3.last_executed, stats(&mut cluster, 0, CompartmentKind::Execution).last_executed);

@@ -7,6 +7,14 @@
 //! doubling per retransmission, capped). A result is accepted once `f + 1` replies from distinct
 //! replicas, each carrying a valid MAC from that replica's Execution enclave, agree on it.
 //!
+//! Sessions (SPEC §6): before its first operation a client checks every Execution
+//! enclave's attestation report ([`verify_attestation`], which returns the [`Attested`]
+//! token [`Client::register`] requires), draws a session key, and registers it with an
+//! ordered Register request sealed to the Execution group key. Ops then travel
+//! AES-256-GCM-sealed under that key (or GMAC-tagged when the cluster has
+//! `confidential = false`); results come back sealed per replica and are compared as
+//! plaintext: `f + 1` equal decrypted results decide.
+//!
 //! Nothing received from the network is trusted: every frame is decoded, checked, counted
 //! by reason when rejected ([`ClientStats`]) and dropped.
 
@@ -17,7 +25,7 @@ mod stats;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -26,10 +34,12 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, trace, warn};
 
-use splitbft_types::codec::{decode_message, encode_message};
+use splitbft_types::attest::{Attestation, AttestationError, ExpectedExecution, verify_execution_reports};
+use splitbft_types::codec::{decode_message, encode_message, from_bytes, to_bytes};
 use splitbft_types::config::ConfigError;
 use splitbft_types::crypto::{ClientKeys, SecretKey};
 use splitbft_types::msg::Reply;
+use splitbft_types::session::{ClientSession, Opened, Refusal, SessionError, open_reply_body};
 use splitbft_types::wire::MAX_FRAME_BYTES;
 use splitbft_types::{ClientId, Message, ProtocolConfig, Timestamp, View};
 
@@ -102,6 +112,43 @@ pub enum ClientError {
     /// The client was closed.
     #[error("client closed")]
     Closed,
+    /// An Execution enclave's attestation report was refused; no session key was sent.
+    #[error("attestation refused: {0}")]
+    Attestation(#[from] AttestationError),
+    /// No session is registered yet: call [`Client::register`] first.
+    #[error("no session registered: register one before invoking operations")]
+    NoSession,
+    /// `f + 1` Execution enclaves refused the request (it executed as a no-op).
+    #[error("request refused by the cluster: {0}")]
+    Refused(Refusal),
+    /// Session cryptography failed locally (e.g. the timestamp left the nonce space).
+    #[error("session error: {0}")]
+    Session(#[from] SessionError),
+}
+
+/// Proof that every Execution enclave's attestation report was checked (SPEC §6): only
+/// [`verify_attestation`] makes one, and [`Client::register`] requires it.
+#[derive(Debug, Clone, Copy)]
+pub struct Attested {
+    platform: splitbft_types::attest::PlatformKind,
+}
+
+impl Attested {
+    /// The platform whose evidence was checked (e.g. "software attestation").
+    pub fn platform(&self) -> &'static str {
+        self.platform.name()
+    }
+}
+
+/// Checks every Execution enclave's report against `expected` with `verifier`: evidence,
+/// measurement, and the configured enclave and group keys.
+pub fn verify_attestation(
+    protocol: &ProtocolConfig,
+    verifier: &dyn Attestation,
+    expected: &ExpectedExecution,
+) -> Result<Attested, ClientError> {
+    verify_execution_reports(verifier, protocol, expected)?;
+    Ok(Attested { platform: verifier.platform() })
 }
 
 /// State shared between the caller-facing [`Client`] and its background tasks. The tasks
@@ -111,6 +158,10 @@ pub(crate) struct Shared {
     pub(crate) id: ClientId,
     /// Pre-keyed MAC states with every Preparation (requests) and Execution (replies) enclave.
     keys: ClientKeys,
+    /// The registered session, if any (SPEC §6).
+    session: RwLock<Option<Arc<ClientSession>>>,
+    /// Timestamp of the Register in flight (0: none).
+    registering: AtomicU64,
     pending: Mutex<PendingTable>,
     pub(crate) counters: Counters,
     /// `connected[r]`: a connection to replica `r` is up and introduced.
@@ -148,7 +199,30 @@ impl Shared {
         if self.keys.verify_reply(&reply).is_err() {
             return bump(&self.counters.rejected_bad_mac);
         }
+        let mut reply = reply;
+        let session = self.session();
+        let opened = match open_reply_body(session.as_deref(), self.id, reply.timestamp, reply.replica, &reply.result) {
+            Ok(opened) => opened,
+            Err(error) => {
+                trace!(%error, "reply result does not open");
+                return bump(&self.counters.rejected_bad_ciphertext);
+            }
+        };
+        // A Register's answer is `Registered`; any refusal of its timestamp could come from
+        // a forged copy (SPEC §6), as could a non-final refusal of an op.
+        if let Opened::Refused(refusal) = opened
+            && (!refusal.is_final() || self.registering.load(Ordering::Acquire) == reply.timestamp)
+        {
+            trace!(%refusal, "a copy or forgery of a request was refused");
+            return bump(&self.counters.ignored_refusals);
+        }
+        // Replicas encrypt with their own nonces: votes compare plaintexts (SPEC §6).
+        reply.result = to_bytes(&opened);
         self.count_vote(reply);
+    }
+
+    fn session(&self) -> Option<Arc<ClientSession>> {
+        self.session.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     fn count_vote(&self, reply: Reply) {
@@ -178,6 +252,8 @@ struct Inner {
     /// Latency estimate behind the retransmission timeout (`rto.rs`).
     rtt: std::sync::Mutex<rto::RttEstimator>,
     options: ClientOptions,
+    /// Long-term key: signs Register requests.
+    secret: SecretKey,
 }
 
 impl Inner {
@@ -282,6 +358,8 @@ impl Client {
             config: protocol,
             id,
             keys,
+            session: RwLock::new(None),
+            registering: AtomicU64::new(0),
             counters: Counters::default(),
             connected: (0..n).map(|_| AtomicBool::new(false)).collect(),
             max_frame_bytes: options.max_frame_bytes,
@@ -319,8 +397,7 @@ impl Client {
 
         // Start from the wall clock so a restarted client with the same id never reuses a
         // timestamp the replicas have already seen.
-        let now_micros = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
-        let first_timestamp = u64::try_from(now_micros).unwrap_or(u64::MAX / 2).max(1);
+        let first_timestamp = wall_clock_micros();
 
         Ok(Client {
             inner: Arc::new(Inner {
@@ -332,23 +409,83 @@ impl Client {
                 view: AtomicU64::new(0),
                 rtt: std::sync::Mutex::new(rto::RttEstimator::default()),
                 options,
+                secret,
             }),
         })
     }
 
+    /// Registers a fresh session key (SPEC §6) after the attestation check that `attested`
+    /// proves: draws `K_c` from the OS, seals it to the Execution group key, and waits until
+    /// `f + 1` Execution enclaves confirm the ordered Register. Returns the epoch. A later
+    /// call replaces the session (its epoch is higher).
+    pub async fn register(&self, attested: Attested) -> Result<u64, ClientError> {
+        let shared = &*self.inner.shared;
+        debug!(platform = attested.platform(), "registering a session");
+        let mut key = [0u8; 32];
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut key).map_err(|_| SessionError::BadSealedKey)?;
+        getrandom::fill(&mut seed).map_err(|_| SessionError::BadSealedKey)?;
+        let mut rng = <rand_chacha::ChaCha20Rng as rand_chacha::rand_core::SeedableRng>::from_seed(seed);
+        // Epochs from the wall clock: a restarted client with the same id still goes up.
+        let previous = shared.session().map_or(0, |s| s.epoch());
+        let epoch = wall_clock_micros().max(previous + 1);
+        let (session, op) =
+            ClientSession::register(&mut rng, &shared.config, shared.id, &self.inner.secret, epoch, key)?;
+        let registering = &shared.registering;
+        let outcome = self
+            .submit_with(move |t| {
+                registering.store(t, Ordering::Release);
+                Ok(op)
+            })
+            .await;
+        shared.registering.store(0, Ordering::Release);
+        match outcome? {
+            Opened::Registered { epoch: e } if e == epoch => {
+                *shared.session.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(session));
+                Ok(epoch)
+            }
+            Opened::Refused(r) => Err(ClientError::Refused(r)),
+            // f + 1 replicas confirming anything else means more than f are faulty.
+            _ => Err(ClientError::Refused(Refusal::BadRegister)),
+        }
+    }
+
+    /// Resumes a session registered earlier under `key` and `epoch` (by this client's
+    /// identity, e.g. in a previous process that kept `K_c`), without a Register round.
+    pub fn resume_session(&self, epoch: u64, key: [u8; 32]) {
+        let shared = &*self.inner.shared;
+        let session = ClientSession::installed(&shared.config, shared.id, epoch, key);
+        *shared.session.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(session));
+    }
+
     /// Submits `op` and returns the result `f + 1` replicas agree on. At most
-    /// `outstanding` calls run at once; the others wait for a slot.
+    /// `outstanding` calls run at once; the others wait for a slot. Needs a registered
+    /// session ([`Client::register`]).
     pub async fn invoke(&self, op: Vec<u8>) -> Result<Vec<u8>, ClientError> {
-        let inner = &*self.inner;
-        let shared = &*inner.shared;
-        let max_op = shared.config.max_op_bytes as usize;
+        let max_op = self.inner.shared.config.max_op_bytes as usize;
         if op.len() > max_op {
             return Err(ClientError::OpTooLarge { len: op.len(), max: max_op });
         }
+        let session = self.inner.shared.session().ok_or(ClientError::NoSession)?;
+        match self.submit_with(|t| session.seal_op(t, &op)).await? {
+            Opened::Result(result) => Ok(result),
+            Opened::Refused(r) => Err(ClientError::Refused(r)),
+            Opened::Registered { .. } => Err(ClientError::Refused(Refusal::Malformed)),
+        }
+    }
+
+    /// Sends the op `wrap` builds for the request's timestamp; returns what `f + 1`
+    /// replicas agreed on.
+    async fn submit_with(
+        &self,
+        wrap: impl FnOnce(Timestamp) -> Result<Vec<u8>, SessionError>,
+    ) -> Result<Opened, ClientError> {
+        let inner = &*self.inner;
+        let shared = &*inner.shared;
         let _permit = inner.permits.acquire().await.map_err(|_| ClientError::Closed)?;
 
         let timestamp = inner.next_timestamp.fetch_add(1, Ordering::Relaxed);
-        let request = shared.keys.request(timestamp, op);
+        let request = shared.keys.request(timestamp, wrap(timestamp)?);
         let op_len = request.op.len();
         let frame = Bytes::from(encode_message(&Message::Request(request)));
         if frame.len() > inner.options.max_frame_bytes {
@@ -383,7 +520,8 @@ impl Client {
                     inner.rtt().sample(sent_at.elapsed());
                     inner.view.fetch_max(view, Ordering::Relaxed);
                     bump(&shared.counters.completed);
-                    return Ok(result);
+                    // Votes are `Opened` encodings made by `on_frame`.
+                    return from_bytes::<Opened>(&result).map_err(|_| ClientError::Refused(Refusal::Malformed));
                 }
                 Ok(Err(_)) => return Err(ClientError::Closed),
                 Err(_) if Instant::now() >= deadline => {
@@ -421,4 +559,10 @@ impl Client {
     pub async fn close(self) {
         self.inner.shutdown();
     }
+}
+
+/// Microseconds since the Unix epoch, at least 1 (timestamps and session epochs).
+fn wall_clock_micros() -> u64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
+    u64::try_from(now).unwrap_or(u64::MAX / 2).max(1)
 }

@@ -29,6 +29,11 @@ pub struct ClientStats {
     pub rejected_undecodable: u64,
     /// A second authentic reply from the same replica for the same timestamp.
     pub rejected_duplicate: u64,
+    /// Replies whose result did not decrypt or decode under the session (SPEC §6).
+    pub rejected_bad_ciphertext: u64,
+    /// Refusals a forger can provoke (a copied or made-up request was a no-op): the
+    /// genuine request may still execute, so they are not answers.
+    pub ignored_refusals: u64,
     /// Connections established (including reconnections).
     pub connections: u64,
     /// Failed connection attempts and connections lost.
@@ -44,6 +49,7 @@ impl ClientStats {
             + self.rejected_bad_replica
             + self.rejected_undecodable
             + self.rejected_duplicate
+            + self.rejected_bad_ciphertext
     }
 }
 
@@ -62,6 +68,8 @@ pub(crate) struct Counters {
     pub(crate) rejected_bad_replica: AtomicU64,
     pub(crate) rejected_undecodable: AtomicU64,
     pub(crate) rejected_duplicate: AtomicU64,
+    pub(crate) rejected_bad_ciphertext: AtomicU64,
+    pub(crate) ignored_refusals: AtomicU64,
     pub(crate) connections: AtomicU64,
     pub(crate) connection_errors: AtomicU64,
 }
@@ -87,6 +95,8 @@ impl Counters {
             rejected_bad_replica: get(&self.rejected_bad_replica),
             rejected_undecodable: get(&self.rejected_undecodable),
             rejected_duplicate: get(&self.rejected_duplicate),
+            rejected_bad_ciphertext: get(&self.rejected_bad_ciphertext),
+            ignored_refusals: get(&self.ignored_refusals),
             connections: get(&self.connections),
             connection_errors: get(&self.connection_errors),
         }

@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used, reason = "test harness helpers: a failed setup step aborts the test")]
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,16 +19,23 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
-use splitbft_client::{Client, ClientError, ClientOptions};
-use splitbft_types::codec::{decode_message, encode_message};
+use splitbft_client::{Client, ClientError, ClientOptions, verify_attestation};
+use splitbft_types::attest::{AttestationError, CodeIdentity, SoftwareAttestation, SoftwarePlatform};
+use splitbft_types::codec::{decode_message, encode_message, to_bytes};
+use splitbft_types::config::{Keyring, ProtocolConfig};
 use splitbft_types::crypto::{MacKey, SecretKey, reply_mac, verify_request_mac};
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::msg::{Mac, Reply, Request};
+use splitbft_types::session::Refusal;
+use splitbft_types::session::{Admission, GroupSecret, ReplyBody, Sessions};
 use splitbft_types::wire::Hello;
 use splitbft_types::{ClientId, CompartmentKind, EnclaveId, Message, ReplicaId, Timestamp};
 
 const CLUSTER: u64 = 42;
 const CLIENT: ClientId = ClientId(0);
+/// The session the fake Execution holds for the client (installed, see `Cluster::client`).
+const SESSION_EPOCH: u64 = 1;
+const SESSION_KEY: [u8; 32] = [0x42; 32];
 
 /// How a fake replica behaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,7 +91,14 @@ struct Fake {
 }
 
 /// The fake ordering: each timestamp is executed once, `exec_delay` after it first arrives.
+/// Execution's session rules are the real ones (`Sessions`, SPEC §6).
 struct Sequencer {
+    config: ProtocolConfig,
+    keys: Keyring,
+    group: GroupSecret,
+    sessions: Mutex<Sessions>,
+    /// Plaintext answer per executed timestamp.
+    answers: Mutex<HashMap<Timestamp, ReplyBody>>,
     view: u64,
     exec_delay: Duration,
     ordered: Mutex<HashSet<Timestamp>>,
@@ -106,11 +120,26 @@ impl Sequencer {
         let this = Arc::clone(self);
         tokio::spawn(async move {
             tokio::time::sleep(this.exec_delay).await;
+            let answer = match this.sessions.lock().unwrap().admit(&this.config, &this.keys, &this.group, &request) {
+                Admission::Execute(op) => ReplyBody::Plain(honest_result(&op)),
+                Admission::Registered { epoch } => ReplyBody::Registered { epoch },
+                Admission::Refused(r) => ReplyBody::Refused(r),
+            };
+            this.answers.lock().unwrap().insert(request.timestamp, answer);
             // Leaves the in-flight set before any reply exists, so the client cannot have
             // started a new request while this one still counts.
             this.in_flight.lock().unwrap().0 -= 1;
             let _ = this.executed.send(request);
         });
+    }
+
+    /// The result field replica `replica` sends for `request`: the plaintext answer sealed
+    /// with that replica's nonce, or `wrong` sealed the same way.
+    fn result(&self, request: &Request, replica: u32, wrong: Option<Vec<u8>>) -> Vec<u8> {
+        let answer = self.answers.lock().unwrap().get(&request.timestamp).cloned();
+        let answer = wrong.map(ReplyBody::Plain).or(answer).expect("replies follow execution");
+        let sessions = self.sessions.lock().unwrap();
+        to_bytes(&sessions.reply_body(&self.config, request.client, request.timestamp, ReplicaId(replica), answer))
     }
 
     fn max_in_flight(&self) -> usize {
@@ -135,8 +164,21 @@ impl Cluster {
         let secrets = ClusterSecrets::deterministic(CLUSTER, 1, 1, 7);
         let client_pk = secrets.clients[0].public();
         let (executed, _) = broadcast::channel(1024);
-        let sequencer =
-            Arc::new(Sequencer { view, exec_delay, ordered: Mutex::default(), in_flight: Mutex::default(), executed });
+        let keys = secrets.config.validate().unwrap();
+        let mut sessions = Sessions::new(1);
+        assert!(sessions.install(CLIENT, SESSION_EPOCH, SESSION_KEY));
+        let sequencer = Arc::new(Sequencer {
+            config: secrets.config.clone(),
+            keys,
+            group: secrets.execution_group_secret(),
+            sessions: Mutex::new(sessions),
+            answers: Mutex::default(),
+            view,
+            exec_delay,
+            ordered: Mutex::default(),
+            in_flight: Mutex::default(),
+            executed,
+        });
         let mut addrs = Vec::new();
         let mut fakes = Vec::new();
         for (i, spec) in specs.into_iter().enumerate() {
@@ -184,7 +226,14 @@ impl Cluster {
         fake
     }
 
+    /// A connected client whose session is the one the fake Execution already holds.
     async fn client(&self, options: ClientOptions) -> Client {
+        let client = self.unregistered_client(options).await;
+        client.resume_session(SESSION_EPOCH, SESSION_KEY);
+        client
+    }
+
+    async fn unregistered_client(&self, options: ClientOptions) -> Client {
         let client = self.try_client(options).await.expect("connect");
         // Replies are only sent on connections the fakes have registered; wait for them.
         for fake in self.fakes.iter().filter(|f| !f.spec.down) {
@@ -247,6 +296,7 @@ async fn handle(stream: TcpStream, fake: Arc<Fake>, sequencer: Arc<Sequencer>) {
         }
     });
     let replier = Arc::clone(&fake);
+    let sequencer_for_replies = Arc::clone(&sequencer);
     let view = sequencer.view;
     tokio::spawn(async move {
         loop {
@@ -255,7 +305,7 @@ async fn handle(stream: TcpStream, fake: Arc<Fake>, sequencer: Arc<Sequencer>) {
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(broadcast::error::RecvError::Closed) => return,
             };
-            let frames = replies(&replier, &request, view);
+            let frames = replies(&replier, &sequencer_for_replies, &request, view);
             let out = out.clone();
             let delay = replier.spec.delay;
             tokio::spawn(async move {
@@ -287,13 +337,19 @@ async fn handle(stream: TcpStream, fake: Arc<Fake>, sequencer: Arc<Sequencer>) {
     }
 }
 
-fn reply_frame(fake: &Fake, request: &Request, view: u64, edit: impl FnOnce(&mut Reply)) -> Vec<u8> {
+fn reply_frame(
+    fake: &Fake,
+    sequencer: &Sequencer,
+    request: &Request,
+    view: u64,
+    edit: impl FnOnce(&mut Reply),
+) -> Vec<u8> {
     let mut reply = Reply {
         view,
         client: request.client,
         timestamp: request.timestamp,
         replica: ReplicaId(fake.index),
-        result: honest_result(&request.op),
+        result: sequencer.result(request, fake.index, None),
         mac: Mac::default(),
     };
     edit(&mut reply);
@@ -301,27 +357,30 @@ fn reply_frame(fake: &Fake, request: &Request, view: u64, edit: impl FnOnce(&mut
     encode_message(&Message::Reply(reply))
 }
 
-fn replies(fake: &Fake, request: &Request, view: u64) -> Vec<Vec<u8>> {
-    let honest = reply_frame(fake, request, view, |_| ());
+fn replies(fake: &Fake, sq: &Sequencer, request: &Request, view: u64) -> Vec<Vec<u8>> {
+    let honest = reply_frame(fake, sq, request, view, |_| ());
     match fake.spec.mode {
         Mode::Honest => vec![honest],
         Mode::Silent => vec![],
         // Each wrong replica lies differently: two identical lies would be f + 1 = 2 faults.
-        Mode::Wrong => vec![reply_frame(fake, request, view, |r| r.result = vec![b'!', fake.index as u8])],
+        Mode::Wrong => {
+            let wrong = sq.result(request, fake.index, Some(vec![b'!', fake.index as u8]));
+            vec![reply_frame(fake, sq, request, view, |r| r.result = wrong)]
+        }
         Mode::BadMac => {
             let Ok(Message::Reply(mut reply)) = decode_message(&honest) else { unreachable!() };
             reply.mac = Mac([7; 32]);
             vec![encode_message(&Message::Reply(reply))]
         }
         Mode::Forge(as_replica) => {
-            vec![honest, reply_frame(fake, request, view, |r| r.replica = ReplicaId(as_replica))]
+            vec![honest, reply_frame(fake, sq, request, view, |r| r.replica = ReplicaId(as_replica))]
         }
         Mode::Junk => vec![
             vec![0xff, 0, 1],
             encode_message(&Message::Request(request.clone())),
-            reply_frame(fake, request, view, |r| r.client = ClientId(9)),
-            reply_frame(fake, request, view, |r| r.replica = ReplicaId(99)),
-            reply_frame(fake, request, view, |r| r.timestamp += 1_000_000_000),
+            reply_frame(fake, sq, request, view, |r| r.client = ClientId(9)),
+            reply_frame(fake, sq, request, view, |r| r.replica = ReplicaId(99)),
+            reply_frame(fake, sq, request, view, |r| r.timestamp += 1_000_000_000),
             honest.clone(),
             honest,
         ],
@@ -409,7 +468,10 @@ async fn junk_from_a_replica_is_counted_by_reason() {
     assert_eq!(stats.rejected_undecodable, 2, "{stats:?}");
     assert_eq!(stats.rejected_wrong_client, 1, "{stats:?}");
     assert_eq!(stats.rejected_bad_replica, 1, "{stats:?}");
-    assert_eq!(stats.rejected_unknown_timestamp, 1, "{stats:?}");
+    // The result is sealed for its timestamp (nonce and associated data, SPEC §6): a reply
+    // moved to another timestamp fails decryption before the timestamp lookup.
+    assert_eq!(stats.rejected_bad_ciphertext, 1, "{stats:?}");
+    assert_eq!(stats.rejected_unknown_timestamp, 0, "{stats:?}");
     assert_eq!(stats.rejected_duplicate, 1, "{stats:?}");
     assert_eq!(stats.rejected_bad_mac, 0, "{stats:?}");
 }
@@ -551,4 +613,64 @@ async fn close_fails_waiting_and_later_requests() {
     client.close().await;
     assert!(matches!(waiting.await.unwrap(), Err(ClientError::Closed)));
     assert!(matches!(other.invoke(b"d".to_vec()).await, Err(ClientError::Closed)));
+}
+
+/// SPEC §6: the client registers only after every Execution enclave's software-attestation
+/// report checks out; a wrong measurement or a bad signature is a typed refusal and nothing
+/// is sent. After registering, ops complete under the new session.
+#[tokio::test]
+async fn registers_only_after_attestation_and_refuses_bad_reports() {
+    let honest = spec(Mode::Honest);
+    let cluster = Cluster::start([honest; 4], Duration::ZERO, 0).await;
+    let platform = SoftwarePlatform::new(CLUSTER, SecretKey::from_seed([3; 32]));
+    let verifier = SoftwareAttestation::new(CLUSTER, platform.public());
+    let code = CodeIdentity { crate_name: "splitbft-execution", version: "1", build: "test" };
+    let config = &cluster.secrets.config;
+
+    let patched = cluster.secrets.execution_reports(&platform, CodeIdentity { build: "patched", ..code }.measurement());
+    let mut expected = cluster.secrets.execution_reports(&platform, code.measurement());
+    let mut wrong_code = expected.clone();
+    wrong_code.reports[1] = patched.reports[1].clone();
+    assert!(matches!(
+        verify_attestation(config, &verifier, &wrong_code),
+        Err(ClientError::Attestation(AttestationError::WrongMeasurement { .. }))
+    ));
+    let mut bad_sig = expected.clone();
+    bad_sig.reports[3].evidence[10] ^= 0x20;
+    assert!(matches!(
+        verify_attestation(config, &verifier, &bad_sig),
+        Err(ClientError::Attestation(AttestationError::BadEvidence))
+    ));
+    let attested = verify_attestation(config, &verifier, &expected).unwrap();
+    assert_eq!(attested.platform(), "software attestation");
+
+    let client = cluster.unregistered_client(options()).await;
+    assert!(matches!(client.invoke(b"early".to_vec()).await, Err(ClientError::NoSession)));
+    assert!(cluster.received(0).is_empty(), "nothing is sent without a session");
+    let epoch = client.register(attested).await.unwrap();
+    assert!(epoch > SESSION_EPOCH);
+    assert_eq!(client.invoke(b"after".to_vec()).await.unwrap(), honest_result(b"after"));
+    // A second registration takes a higher epoch.
+    expected.reports.truncate(4);
+    let again = client.register(verify_attestation(config, &verifier, &expected).unwrap()).await.unwrap();
+    assert!(again > epoch);
+    assert_eq!(client.invoke(b"again".to_vec()).await.unwrap(), honest_result(b"again"));
+    cluster.assert_request_macs_valid();
+}
+
+/// A client whose session the cluster does not know gets the cluster's typed refusal.
+#[tokio::test]
+async fn a_session_the_cluster_does_not_hold_is_a_clear_error() {
+    let honest = spec(Mode::Honest);
+    let cluster = Cluster::start([honest; 4], Duration::ZERO, 0).await;
+    let client = cluster.unregistered_client(options()).await;
+    client.resume_session(SESSION_EPOCH + 1, [9; 32]);
+    match client.invoke(b"x".to_vec()).await {
+        // Sealed for an epoch the cluster does not hold: a refusal a forger could provoke, so
+        // the client waits for its genuine request, which can never execute: it times out.
+        Err(ClientError::Timeout { .. }) => {}
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(client.stats().ignored_refusals >= 3, "{:?}", client.stats());
+    assert!(Refusal::NoSession.is_final() && !Refusal::StaleSession.is_final());
 }

@@ -20,6 +20,7 @@ use splitbft_preparation::Preparation;
 use splitbft_types::boundary::Compartment;
 use splitbft_types::config::ConfigError;
 use splitbft_types::crypto::SecretKey;
+use splitbft_types::session::GroupSecret;
 use splitbft_types::{Application, CompartmentKind, ProtocolConfig, ReplicaId};
 
 /// Crossings queued for a thread-backed compartment before [`EnclaveHandle::submit`]
@@ -165,8 +166,14 @@ impl Drop for ThreadEnclave {
     }
 }
 
-/// The secret keys of one replica's three enclaves, in [`CompartmentKind::ALL`] order.
-pub type ReplicaSecrets = [SecretKey; 3];
+/// The secret key material of one replica's three enclaves.
+#[derive(Debug)]
+pub struct ReplicaSecrets {
+    /// Each enclave's Ed25519 key, in [`CompartmentKind::ALL`] order.
+    pub keys: [SecretKey; 3],
+    /// The Execution group key (SPEC §6): handed to the Execution enclave only.
+    pub execution_group: GroupSecret,
+}
 
 /// Builds one replica's three compartments behind `backend`, in [`CompartmentKind::ALL`] order.
 pub fn start_replica(
@@ -178,11 +185,11 @@ pub fn start_replica(
     sink: OutputSink,
 ) -> Result<[Box<dyn EnclaveHandle>; 3], EnclaveError> {
     let genesis = Execution::genesis_digest(config, app.as_ref());
-    let [prep_key, conf_key, exec_key] = secrets;
+    let ReplicaSecrets { keys: [prep_key, conf_key, exec_key], execution_group } = secrets;
     let compartments: [Box<dyn Compartment>; 3] = [
         Box::new(Preparation::new(config.clone(), me, prep_key, genesis)?),
         Box::new(Confirmation::new(config.clone(), me, conf_key, genesis)?),
-        Box::new(Execution::new(config.clone(), me, exec_key, app)?),
+        Box::new(Execution::new(config.clone(), me, exec_key, execution_group, app)?),
     ];
     let wrap = |c: Box<dyn Compartment>| -> Result<Box<dyn EnclaveHandle>, EnclaveError> {
         Ok(match backend {

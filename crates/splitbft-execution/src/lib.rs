@@ -10,9 +10,13 @@
 //! derived from this enclave's secret ([`seal`]), and leave as [`Output::Persist`]: the
 //! environment stores them but never sees them in the clear.
 //!
-//! Validity gap until SPEC §6 sessions land: requests in a committed batch are trusted
-//! (client MACs are checked by the primary's Preparation enclave only), so "only
-//! client-issued ops execute" holds while that enclave is correct.
+//! Validity and confidentiality (SPEC §6): a request executes only if it authenticates
+//! under its client's session key, registered by an ordered Register request whose key is
+//! HPKE-sealed to the Execution group key ([`splitbft_types::session`]). Every correct
+//! Execution enclave holds the same session keys at the same sequence number, so the
+//! decision "execute or no-op" is identical on all of them; a made-up request of a faulty
+//! primary is a no-op. Ops arrive and results leave encrypted under the session key;
+//! snapshots leave encrypted under a key derived from the group key.
 
 pub mod seal;
 
@@ -20,6 +24,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use splitbft_types::app::Application;
+use splitbft_types::attest::{BUILD_ID, CodeIdentity};
 use splitbft_types::boundary::{Compartment, Event, Input, Output, Stats};
 use splitbft_types::cert::{VoteSet, in_window, verify_signed};
 use splitbft_types::checkpoint::CheckpointLog;
@@ -29,10 +34,14 @@ use splitbft_types::counters::Counters;
 use splitbft_types::crypto::{MacKey, Purpose, SecretKey, reply_mac};
 use splitbft_types::dedup::ClientWindow;
 use splitbft_types::msg::{BatchMsg, Checkpoint, Commit, Digest, Message, NewView, Reply, Request, Signed};
+use splitbft_types::session::{Admission, GroupSecret, ReplyBody, SessionRecord, Sessions};
 use splitbft_types::viewchange::{Depth, check_new_view, null_batch, null_digest, reject_name};
 use splitbft_types::{ClientId, CompartmentKind, EnclaveId, ProtocolConfig, ReplicaId, Seq, Timestamp, View};
 
 pub use seal::{RecordSealer, SealError};
+/// What this compartment's software-attestation measurement covers (SPEC §6).
+pub const CODE_IDENTITY: CodeIdentity =
+    CodeIdentity { crate_name: env!("CARGO_PKG_NAME"), version: env!("CARGO_PKG_VERSION"), build: BUILD_ID };
 
 /// Candidate batches kept per sequence number before the commit certificate decides.
 /// The first is taken as it comes; a second needs a PrePrepare signed by the primary of
@@ -52,14 +61,16 @@ struct Slot {
     certified: Option<Digest>,
 }
 
-/// What a checkpoint digest covers: the application and the dedup windows (so that a
-/// state transfer also restores at-most-once execution).
+/// What a checkpoint digest covers: the application, the dedup windows (so that a
+/// state transfer also restores at-most-once execution) and the client sessions (SPEC §6).
+/// It leaves the enclave only encrypted ([`GroupSecret::seal_state`]).
 #[derive(Serialize)]
 struct ExecutionState<'a> {
     #[serde(with = "serde_bytes")]
     app: &'a [u8],
     clients: &'a [ClientWindow],
     results: &'a [Results],
+    sessions: &'a [Option<SessionRecord>],
 }
 
 /// [`ExecutionState`] as decoded from a fetched snapshot.
@@ -69,11 +80,13 @@ struct OwnedExecutionState {
     app: Vec<u8>,
     clients: Vec<ClientWindow>,
     results: Vec<Results>,
+    sessions: Vec<Option<SessionRecord>>,
 }
 
 /// The last `W` results of one client, by timestamp: part of the checkpointed state (as
 /// PBFT's last replies), so a replica that caught up by state transfer still answers a
-/// retransmission. Views and MACs are not: they differ between replicas.
+/// retransmission. Each is an encoded plaintext [`ReplyBody`]; views, MACs and the
+/// per-replica encryption are not: they differ between replicas.
 type Results = BTreeMap<Timestamp, serde_bytes::ByteBuf>;
 
 /// The Execution enclave of one replica, generic over the application.
@@ -82,6 +95,10 @@ pub struct Execution {
     keys: Keyring,
     me: ReplicaId,
     secret: SecretKey,
+    /// The Execution group key: opens sealed session keys, seals snapshots.
+    group: GroupSecret,
+    /// Registered client sessions (SPEC §6).
+    sessions: Sessions,
     /// `v_e`.
     view: View,
     /// `s_e`: last executed sequence number.
@@ -109,13 +126,19 @@ impl Execution {
         config: ProtocolConfig,
         me: ReplicaId,
         secret: SecretKey,
+        group: GroupSecret,
         app: Box<dyn Application>,
     ) -> Result<Self, ConfigError> {
         let keys = config.validate()?;
+        if group.public() != config.execution_group_key {
+            return Err(ConfigError::InvalidKey("execution group secret does not match the configuration".into()));
+        }
         let enclave = EnclaveId { replica: me, kind: CompartmentKind::Execution };
         let client_macs = keys.client_mac_keys(&secret, config.cluster_id, enclave);
         let windows = vec![ClientWindow::default(); keys.clients()];
-        let genesis_digest = Digest::of(&state_bytes(app.as_ref(), &windows, &vec![Results::new(); windows.len()]));
+        let sessions = Sessions::new(windows.len());
+        let genesis_digest =
+            Digest::of(&state_bytes(app.as_ref(), &windows, &vec![Results::new(); windows.len()], &sessions.records()));
         let mut snapshots = BTreeMap::new();
         snapshots.insert(0, genesis_digest);
         let sealer = RecordSealer::new(&secret, config.cluster_id, me);
@@ -123,6 +146,8 @@ impl Execution {
             keys,
             me,
             secret,
+            group,
+            sessions,
             view: 0,
             executed: 0,
             slots: BTreeMap::new(),
@@ -142,7 +167,12 @@ impl Execution {
     /// Digest of the initial state (the genesis checkpoint every compartment starts from).
     pub fn genesis_digest(config: &ProtocolConfig, app: &dyn Application) -> Digest {
         let clients = config.clients.len();
-        Digest::of(&state_bytes(app, &vec![ClientWindow::default(); clients], &vec![Results::new(); clients]))
+        Digest::of(&state_bytes(
+            app,
+            &vec![ClientWindow::default(); clients],
+            &vec![Results::new(); clients],
+            &Sessions::new(clients).records(),
+        ))
     }
 
     /// Last executed sequence number `s_e`.
@@ -303,25 +333,44 @@ impl Execution {
         out.push(Output::Event(Event::Executed { seq, digest, requests: requests.len() as u32 }));
     }
 
+    /// One request of a committed batch (SPEC §4.3 (4), §6): executes only if it
+    /// authenticates under the client's session key; otherwise a no-op with an error reply
+    /// that leaves the timestamp unused, identically on every correct Execution enclave.
     fn execute_request(&mut self, request: &Request, out: &mut Vec<Output>) {
         let c = request.client.0 as usize;
-        let Some(window) = self.windows.get_mut(c) else {
+        let Some(window) = self.windows.get(c) else {
             return self.counters.bump("request_unknown_client_noop");
         };
-        if window.accept(request.timestamp, self.config.client_window).is_err() {
+        if window.check(request.timestamp).is_err() {
             // Ordered twice (e.g. re-proposed after a view change and retransmitted): it
             // executed once. A client still waiting retransmits, and the environment hands
             // the retransmission to `on_retransmitted_request`.
             return self.counters.bump("request_duplicate_noop");
         }
-        let result = self.app.execute(&request.op);
-        self.counters.bump("requests_executed");
+        let cached = match self.sessions.admit(&self.config, &self.keys, &self.group, request) {
+            Admission::Refused(refusal) => {
+                self.counters.bump(refusal.counter());
+                let reply = self.reply(request.client, request.timestamp, ReplyBody::Refused(refusal));
+                return out.push(Output::Send(Message::Reply(reply)));
+            }
+            Admission::Registered { epoch } => {
+                self.counters.bump("sessions_registered");
+                ReplyBody::Registered { epoch }
+            }
+            Admission::Execute(op) => {
+                self.counters.bump("requests_executed");
+                ReplyBody::Plain(self.app.execute(&op))
+            }
+        };
+        if self.windows[c].accept(request.timestamp, self.config.client_window).is_err() {
+            unreachable!("timestamp checked unused above, and nothing ran in between that uses it");
+        }
         let cache = &mut self.results[c];
-        cache.insert(request.timestamp, serde_bytes::ByteBuf::from(result.clone()));
+        cache.insert(request.timestamp, serde_bytes::ByteBuf::from(to_bytes(&cached)));
         if cache.len() as u64 > self.config.client_window {
             cache.pop_first();
         }
-        out.push(Output::Send(Message::Reply(self.reply(request.client, request.timestamp, result))));
+        out.push(Output::Send(Message::Reply(self.reply(request.client, request.timestamp, cached))));
     }
 
     /// Seals the records the application completed (ledger blocks) for the environment to
@@ -339,8 +388,11 @@ impl Execution {
         }
     }
 
-    /// A reply from this enclave, MACed for its client.
-    fn reply(&self, client: ClientId, timestamp: Timestamp, result: Vec<u8>) -> Reply {
+    /// A reply from this enclave: the result sealed for the client's session, MACed for
+    /// the client.
+    fn reply(&self, client: ClientId, timestamp: Timestamp, body: ReplyBody) -> Reply {
+        let body = self.sessions.reply_body(&self.config, client, timestamp, self.me, body);
+        let result = to_bytes(&body);
         let mut reply = Reply { view: self.view, client, timestamp, replica: self.me, result, mac: Default::default() };
         reply.mac = reply_mac(&self.client_macs[client.0 as usize], self.config.cluster_id, &reply);
         reply
@@ -349,8 +401,11 @@ impl Execution {
     /// Answers a retransmitted request from the result cache (the last `W` per client).
     fn resend_reply(&mut self, client: ClientId, timestamp: Timestamp, out: &mut Vec<Output>) {
         match self.results.get(client.0 as usize).and_then(|cache| cache.get(&timestamp)) {
-            Some(result) => {
-                let reply = self.reply(client, timestamp, result.to_vec());
+            Some(cached) => {
+                let Ok(body) = from_bytes::<ReplyBody>(cached) else {
+                    unreachable!("the cache holds only encodings made by `execute_request` or restored and checked")
+                };
+                let reply = self.reply(client, timestamp, body);
                 self.counters.bump("replies_resent");
                 out.push(Output::Send(Message::Reply(reply)));
             }
@@ -371,13 +426,15 @@ impl Execution {
 
     /// Handler (8): snapshot, keep it until a later checkpoint is stable, sign Checkpoint.
     fn send_checkpoint(&mut self, seq: Seq, out: &mut Vec<Output>) {
-        let bytes = state_bytes(self.app.as_ref(), &self.windows, &self.results);
+        let bytes = state_bytes(self.app.as_ref(), &self.windows, &self.results, &self.sessions.records());
         let state = Digest::of(&bytes);
         self.snapshots.insert(seq, state);
         let body = Checkpoint { seq, state, replica: self.me };
         let sig = self.secret.sign(self.config.cluster_id, Purpose::Checkpoint, &body);
         out.push(Output::Send(Message::Checkpoint(Signed { body, sig })));
-        // The environment keeps it to serve state transfers (encrypted once SPEC §6 lands).
+        // The environment keeps it to serve state transfers: sealed under a key derived from
+        // the group key, so only Execution enclaves read it (SPEC §1.1 confidentiality).
+        let bytes = self.group.seal_state(self.config.cluster_id, seq, &state, &bytes);
         out.push(Output::Event(Event::Snapshot { seq, digest: state, bytes }));
     }
 
@@ -450,13 +507,17 @@ impl Execution {
         self.try_execute(out);
     }
 
-    /// State transfer: restore a snapshot for the stable checkpoint if its digest is the
-    /// certified one (SPEC §4.3); then continue from the log.
-    pub fn on_restore_state(&mut self, seq: Seq, bytes: Vec<u8>, out: &mut Vec<Output>) {
+    /// State transfer: decrypt a sealed snapshot for the stable checkpoint and restore it if
+    /// the plaintext's digest is the certified one (SPEC §4.3, §6); then continue from the log.
+    pub fn on_restore_state(&mut self, seq: Seq, sealed: Vec<u8>, out: &mut Vec<Output>) {
         let stable = self.checkpoints.stable();
         if seq != stable.seq || seq <= self.executed {
             return self.counters.bump("restore_not_needed");
         }
+        let Ok(bytes) = self.group.open_state(self.config.cluster_id, seq, &stable.state, &sealed) else {
+            self.counters.bump("restore_not_authentic");
+            return out.push(Output::Event(Event::StateRejected { seq }));
+        };
         if Digest::of(&bytes) != stable.state {
             self.counters.bump("restore_wrong_digest");
             return out.push(Output::Event(Event::StateRejected { seq }));
@@ -469,6 +530,8 @@ impl Execution {
         };
         if state.clients.len() != self.windows.len()
             || state.results.len() != self.windows.len()
+            || state.sessions.len() != self.windows.len()
+            || state.results.iter().flat_map(|r| r.values()).any(|b| from_bytes::<ReplyBody>(b).is_err())
             || state.results.iter().any(|r| r.len() as u64 > self.config.client_window)
             || self.app.restore(&state.app).is_err()
         {
@@ -477,11 +540,12 @@ impl Execution {
         }
         self.windows = state.clients;
         self.results = state.results;
+        self.sessions = Sessions::from_records(&state.sessions);
         self.executed = seq;
         let digest = stable.state;
         self.snapshots.insert(seq, digest);
-        // Serve it to peers behind us too.
-        out.push(Output::Event(Event::Snapshot { seq, digest, bytes }));
+        // Serve it to peers behind us too (still sealed).
+        out.push(Output::Event(Event::Snapshot { seq, digest, bytes: sealed }));
         self.slots = self.slots.split_off(&(seq + 1));
         self.counters.bump("states_restored");
         out.push(Output::Event(Event::StateRestored { seq }));
@@ -501,8 +565,33 @@ impl Execution {
     }
 }
 
-fn state_bytes(app: &dyn Application, windows: &[ClientWindow], results: &[Results]) -> Vec<u8> {
-    to_bytes(&ExecutionState { app: &app.snapshot(), clients: windows, results })
+fn state_bytes(
+    app: &dyn Application,
+    windows: &[ClientWindow],
+    results: &[Results],
+    sessions: &[Option<SessionRecord>],
+) -> Vec<u8> {
+    to_bytes(&ExecutionState { app: &app.snapshot(), clients: windows, results, sessions })
+}
+
+impl Execution {
+    /// Installs a client session without an ordered Register (test fixtures only: a
+    /// deployment enables no such feature; see `Sessions::install`).
+    #[cfg(feature = "test-support")]
+    pub fn install_session(&mut self, client: ClientId, epoch: u64, key: [u8; 32]) -> bool {
+        self.sessions.install(client, epoch, key)
+    }
+
+    /// Registered session epoch of `client` (tests and diagnostics; never the key).
+    pub fn session_epoch(&self, client: ClientId) -> Option<u64> {
+        self.sessions.epoch(client)
+    }
+
+    /// Digest of the whole checkpointed Execution state (application, dedup windows, cached
+    /// results, sessions): equal on every correct Execution enclave after the same order.
+    pub fn state_digest(&self) -> Digest {
+        Digest::of(&state_bytes(self.app.as_ref(), &self.windows, &self.results, &self.sessions.records()))
+    }
 }
 
 impl Compartment for Execution {

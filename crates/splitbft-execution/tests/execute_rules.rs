@@ -23,6 +23,7 @@ use splitbft_types::config::Keyring;
 use splitbft_types::crypto::{ClientKeys, Purpose, SecretKey};
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::msg::{BatchMsg, Checkpoint, Commit, Digest, Message, PrePrepare, Reply, Request, Signed};
+use splitbft_types::session::{ClientSession, Opened, open_reply_body};
 use splitbft_types::{Application, ClientId, CompartmentKind, ReplicaId, Seq, Timestamp, View};
 
 const K: u64 = 4;
@@ -56,7 +57,32 @@ fn execution(me: u32) -> Execution {
 fn execution_with(me: u32, app: Box<dyn Application>) -> Execution {
     let s = &fixture().secrets;
     let secret = SecretKey::from_seed(s.enclave(ReplicaId(me), CompartmentKind::Execution).seed());
-    Execution::new(s.config.clone(), ReplicaId(me), secret, app).unwrap()
+    let mut e = Execution::new(s.config.clone(), ReplicaId(me), secret, s.execution_group_secret(), app).unwrap();
+    for c in 0..CLIENTS as u32 {
+        assert!(e.install_session(ClientId(c), 1, session_key(c)));
+    }
+    e
+}
+
+/// Client `c`'s session key (installed in every Execution enclave of the fixture).
+fn session_key(c: u32) -> [u8; 32] {
+    [c as u8 + 1; 32]
+}
+
+/// Client `c`'s side of its session: seals ops like a real client (SPEC §6).
+fn session(c: u32) -> ClientSession {
+    ClientSession::installed(&fixture().secrets.config, ClientId(c), 1, session_key(c))
+}
+
+/// A reply's result as its client reads it: decrypted under the client's session key
+/// (each replica encrypts with its own nonce, so ciphertexts differ; plaintexts must not).
+#[allow(dead_code, reason = "not every test file compares results")]
+fn opened(r: &Reply) -> Opened {
+    if (r.client.0 as usize) < CLIENTS {
+        session(r.client.0).open_reply(r.timestamp, r.replica, &r.result).unwrap()
+    } else {
+        open_reply_body(None, r.client, r.timestamp, r.replica, &r.result).unwrap()
+    }
 }
 
 /// The sealing key of replica `me`'s Execution enclave, re-derived as an auditor would.
@@ -82,7 +108,7 @@ fn sign<T: Serialize>(r: u32, kind: CompartmentKind, purpose: Purpose, body: T) 
 /// A KV Put by client `c` at timestamp `t`, authenticated like a real client's.
 fn put(c: u32, t: Timestamp) -> Request {
     let op = KvOp::Put { key: format!("k{c}").into_bytes(), value: t.to_le_bytes().to_vec() };
-    fixture().clients[c as usize].request(t, op.encode())
+    fixture().clients[c as usize].request(t, session(c).seal_op(t, &op.encode()).unwrap())
 }
 
 /// A batch message for `(view 0, seq)` over raw bytes, its header signed by primary 0.
@@ -370,7 +396,7 @@ fn malformed_certified_batches_are_identical_no_ops() {
         assert_eq!(s.get("request_unknown_client_noop"), 1);
         assert_eq!(s.last_executed, 4);
         let rs: Vec<(ClientId, u64, Vec<u8>)> =
-            replies(&out).into_iter().map(|r| (r.client, r.timestamp, r.result)).collect();
+            replies(&out).into_iter().map(|r| (r.client, r.timestamp, to_bytes(&opened(&r)))).collect();
         assert_eq!(rs.len(), 2, "a reply for the Put and an error reply for the junk op");
         let state = checkpoints(&out).iter().map(|c| c.body.state).collect::<Vec<_>>();
         assert_eq!(state.len(), 1);
@@ -552,7 +578,13 @@ fn the_ledger_persists_one_sealed_block_per_five_executed_requests() {
                 put((t % 2) as u32, t)
             })
             .collect();
-        ops.extend(requests.iter().map(|r| r.op.clone()));
+        // Blocks record what the application executed: the op in clear, inside the sealed
+        // block (SPEC §6, §7).
+        ops.extend(
+            (t + 1 - *size as u64..=t).map(|t| {
+                KvOp::Put { key: format!("k{}", t % 2).into_bytes(), value: t.to_le_bytes().to_vec() }.encode()
+            }),
+        );
         if i == 2 {
             requests.push(put((t % 2) as u32, t)); // already executed: a no-op
         }
@@ -676,7 +708,7 @@ proptest! {
         }
         let key = |out: &[Output]| -> Observed {
             (
-                replies(out).into_iter().map(|r| (r.client, r.timestamp, r.result)).collect(),
+                replies(out).into_iter().map(|r| (r.client, r.timestamp, to_bytes(&opened(&r)))).collect(),
                 checkpoints(out).iter().map(|c| (c.body.seq, c.body.state)).collect(),
                 executed(out),
             )

@@ -22,6 +22,7 @@ use splitbft_types::msg::{
     BatchMsg, Checkpoint, CheckpointCert, Commit, Digest, Message, NewView, PrePrepare, Prepare, PreparedCert, Reply,
     Request, Signed, ViewChange,
 };
+use splitbft_types::session::{ClientSession, Opened, open_reply_body};
 use splitbft_types::viewchange::{compute_o, null_digest};
 use splitbft_types::{ClientId, CompartmentKind, ReplicaId, Seq, Timestamp, View};
 
@@ -55,7 +56,34 @@ fn fixture() -> &'static Fixture {
 fn execution(me: u32) -> Execution {
     let s = &fixture().secrets;
     let secret = SecretKey::from_seed(s.enclave(ReplicaId(me), Exec).seed());
-    Execution::new(s.config.clone(), ReplicaId(me), secret, Box::new(KvStore::new())).unwrap()
+    let mut e =
+        Execution::new(s.config.clone(), ReplicaId(me), secret, s.execution_group_secret(), Box::new(KvStore::new()))
+            .unwrap();
+    for c in 0..CLIENTS as u32 {
+        assert!(e.install_session(ClientId(c), 1, session_key(c)));
+    }
+    e
+}
+
+/// Client `c`'s session key (installed in every Execution enclave of the fixture).
+fn session_key(c: u32) -> [u8; 32] {
+    [c as u8 + 1; 32]
+}
+
+/// Client `c`'s side of its session: seals ops like a real client (SPEC §6).
+fn session(c: u32) -> ClientSession {
+    ClientSession::installed(&fixture().secrets.config, ClientId(c), 1, session_key(c))
+}
+
+/// A reply's result as its client reads it: decrypted under the client's session key
+/// (each replica encrypts with its own nonce, so ciphertexts differ; plaintexts must not).
+#[allow(dead_code, reason = "not every test file compares results")]
+fn opened(r: &Reply) -> Opened {
+    if (r.client.0 as usize) < CLIENTS {
+        session(r.client.0).open_reply(r.timestamp, r.replica, &r.result).unwrap()
+    } else {
+        open_reply_body(None, r.client, r.timestamp, r.replica, &r.result).unwrap()
+    }
 }
 
 fn sign<T: Serialize>(r: u32, kind: CompartmentKind, purpose: Purpose, body: T) -> Signed<T> {
@@ -70,7 +98,7 @@ fn primary(view: View) -> u32 {
 /// A KV Put by client `c` at timestamp `t` (the value names `tag`).
 fn put(c: u32, t: Timestamp, tag: &str) -> Request {
     let op = KvOp::Put { key: format!("k{c}").into_bytes(), value: tag.as_bytes().to_vec() };
-    fixture().clients[c as usize].request(t, op.encode())
+    fixture().clients[c as usize].request(t, session(c).seal_op(t, &op.encode()).unwrap())
 }
 
 /// The batch of `requests` proposed at `(view, seq)`, its header signed by primary(view).
@@ -263,13 +291,24 @@ fn state_transfer_restores_only_the_certified_snapshot_and_execution_continues()
     flipped[last] ^= 0x01;
     let mut flipped_first = bytes8.clone();
     flipped_first[0] ^= 0x80;
+    // Snapshots leave Execution sealed (SPEC §6): tampered or misplaced ciphertext fails
+    // authentication before any digest check.
     for (i, bad) in [flipped, flipped_first, bytes4.clone(), Vec::new()].into_iter().enumerate() {
         let out = run(&mut e, Input::RestoreState { seq: 8, bytes: bad });
         assert_eq!(events(&out), vec![Event::StateRejected { seq: 8 }], "case {i}");
         let s = stats(&mut e);
-        assert_eq!(s.get("restore_wrong_digest"), i as u64 + 1);
+        assert_eq!(s.get("restore_not_authentic"), i as u64 + 1);
         assert_eq!((s.last_executed, s.app_digest), (0, genesis_app), "case {i}: state changed");
     }
+    // Authentic ciphertext of other bytes (only a holder of the group key can make it):
+    // decrypts, then fails the certified digest.
+    let group = fixture().secrets.execution_group_secret();
+    let plain4 = group.open_state(fixture().secrets.config.cluster_id, 4, &d4, &bytes4).unwrap();
+    assert_eq!(Digest::of(&plain4), d4, "the sealed snapshot decrypts to the certified state");
+    let resealed = group.seal_state(fixture().secrets.config.cluster_id, 8, &d8, &plain4);
+    let out = run(&mut e, Input::RestoreState { seq: 8, bytes: resealed });
+    assert_eq!(events(&out), vec![Event::StateRejected { seq: 8 }]);
+    assert_eq!(stats(&mut e).get("restore_wrong_digest"), 1);
     // The right bytes offered for another checkpoint than the certified one.
     assert!(run(&mut e, Input::RestoreState { seq: 4, bytes: bytes4 }).is_empty());
     assert_eq!(stats(&mut e).get("restore_not_needed"), 1);
@@ -461,7 +500,8 @@ fn a_request_re_proposed_in_the_new_view_executes_once_and_retransmissions_get_t
     fixture().clients[0].verify_reply(&replies(&out)[0]).unwrap();
     let out = feed(&mut behind, Message::Request(r));
     assert_eq!(replies(&out).len(), 1);
-    assert_eq!(replies(&out)[0].result, original[0].result);
+    assert_eq!(opened(&replies(&out)[0]), opened(&original[0]));
+    assert_ne!(replies(&out)[0].result, original[0].result, "each replica encrypts with its own nonce");
     // A request never executed gets nothing from the cache.
     assert!(feed(&mut ahead, Message::Request(put(0, 9, "never"))).is_empty());
     let s = stats(&mut ahead);

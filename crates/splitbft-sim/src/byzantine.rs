@@ -12,21 +12,27 @@ use splitbft_types::codec::{from_bytes, to_bytes};
 use splitbft_types::config::Keyring;
 use splitbft_types::crypto::{MacKey, Purpose, SecretKey, reply_mac};
 use splitbft_types::msg::{BatchMsg, Checkpoint, Commit, Digest, Message, PrePrepare, Prepare, Request, Signed};
+use splitbft_types::session::{Direction, Refusal, ReplyBody, SessionKey, SessionOp};
 use splitbft_types::{ClientId, CompartmentKind, EnclaveId, ProtocolConfig, ReplicaId, Seq, View};
+
+/// Timestamps of made-up requests: above any a simulated client reaches.
+const MADE_UP_TIMESTAMP: u64 = 1 << 40;
 
 /// A Byzantine behaviour.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Strategy {
     /// Preparation at the primary: orders every batch twice, signing a second PrePrepare
     /// at the same `(v, s)` for the requests reordered plus one it made up (equivocation,
-    /// and an attack on validity: SPEC §6's known gap until client sessions exist).
+    /// and an attack on validity: without client 0's session key its op cannot
+    /// authenticate, so Execution runs it as a no-op, SPEC §6).
     EquivocatingPrimary,
     /// Preparation: signs a Prepare for every PrePrepare it sees, conflicting or not.
     PrepareEverything,
     /// Confirmation: signs a Commit for every digest it sees, without a certificate, and
     /// for several digests per `(v, s)`.
     CommitWithoutCertificate,
-    /// Execution: replies with wrong results and signs Checkpoints with wrong digests.
+    /// Execution: replies with wrong (well-formed) answers and signs Checkpoints with wrong
+    /// digests.
     WrongResultsAndCheckpoints,
 }
 
@@ -101,12 +107,17 @@ impl Byzantine {
             let mut requests: Vec<Request> = from_bytes(&b.batch).unwrap_or_default();
             requests.reverse();
             let seq = b.pre_prepare.body.seq;
-            requests.push(Request {
-                client: ClientId(0),
-                timestamp: u64::MAX / 2 + seq,
-                op: KvOp::Put { key: b"k0".to_vec(), value: b"made-up".to_vec() }.encode(),
-                auth: Vec::new(),
-            });
+            // Sealed for client 0's session epoch under a key the primary made up: it holds
+            // no session key (only Execution enclaves and the client do).
+            let (client, timestamp) = (ClientId(0), MADE_UP_TIMESTAMP + seq);
+            let op = KvOp::Put { key: b"k0".to_vec(), value: b"made-up".to_vec() }.encode();
+            let guessed = SessionKey::new([0xa5; 32]);
+            let epoch = crate::workload::SESSION_EPOCH;
+            let ciphertext = guessed
+                .seal(self.config.cluster_id, client, timestamp, Direction::Request, epoch, &op)
+                .expect("timestamp inside the nonce space");
+            let op = to_bytes(&SessionOp::Sealed { epoch, ciphertext });
+            requests.push(Request { client, timestamp, op, auth: Vec::new() });
             let batch = to_bytes(&requests);
             let body = PrePrepare { digest: Digest::of(&batch), ..b.pre_prepare.body };
             let sig = self.key.sign(self.config.cluster_id, Purpose::PrePrepare, &body);
@@ -122,9 +133,13 @@ impl Byzantine {
         for output in outputs.iter_mut() {
             match output {
                 Output::Send(Message::Reply(reply)) => {
-                    let mut lie = b"byzantine:".to_vec();
-                    lie.extend_from_slice(&reply.result);
-                    reply.result = lie;
+                    // Results are sealed under session keys, so the most damaging lie
+                    // that needs none is a well-formed final refusal: "you have no session"
+                    // for an op that did execute. Registrations are answered truthfully.
+                    if matches!(from_bytes::<ReplyBody>(&reply.result), Ok(ReplyBody::Registered { .. })) {
+                        continue;
+                    }
+                    reply.result = to_bytes(&ReplyBody::Refused(Refusal::NoSession));
                     if let Some(key) = self.client_macs.get(reply.client.0 as usize) {
                         reply.mac = reply_mac(key, self.config.cluster_id, reply);
                     }
@@ -217,7 +232,14 @@ pub fn install(
                     .expect("valid config"),
             ),
             CompartmentKind::Execution => Box::new(
-                Execution::new(config.clone(), *replica, key(), Box::new(KvStore::new())).expect("valid config"),
+                Execution::new(
+                    config.clone(),
+                    *replica,
+                    key(),
+                    secrets.execution_group_secret(),
+                    Box::new(KvStore::new()),
+                )
+                .expect("valid config"),
             ),
         };
         let strategy = Strategy::for_kind(*kind, config.primary(0) == *replica);

@@ -6,6 +6,7 @@ use splitbft_apps::kv::KvStore;
 use splitbft_types::codec::from_bytes;
 use splitbft_types::dedup::ClientWindow;
 use splitbft_types::msg::{Digest, Request};
+use splitbft_types::session::{Admission, GroupSecret, Sessions};
 use splitbft_types::viewchange::{null_batch, null_digest};
 use splitbft_types::{Application, ClientId, ProtocolConfig, Seq, Timestamp};
 
@@ -54,22 +55,29 @@ pub fn agreement(executed: &[BTreeMap<Seq, Digest>]) -> Vec<String> {
 pub struct Replay {
     /// Linearizability violations (safety).
     pub linearizability: Vec<String>,
-    /// Executed operations no client issued (validity: SPEC §6's known gap until client
-    /// sessions let Execution reject them).
+    /// Executed operations no client issued (validity, SPEC §6).
     pub validity: Vec<String>,
+    /// Requests the session layer refused as no-ops.
+    pub refused: usize,
 }
 
 /// Validity and linearizability: replay the agreed order on a fresh store with the
-/// Execution enclave's at-most-once rule — made-up operations included, as the replicas
-/// executed them — then every accepted result must be the replayed one and the order must
-/// respect real time (an op that completed before another was invoked comes first).
+/// Execution enclave's rules — the session layer decides with the group key what is
+/// authentic (SPEC §6), then at most once per `(client, t)` — and every request it lets
+/// through must be one a client issued (validity); every accepted result must be the
+/// replayed one and the order must respect real time (an op that completed before another
+/// was invoked comes first). `issued` holds plaintext ops and Register envelopes.
 pub fn linearizable(
     executed: &[BTreeMap<Seq, Digest>],
     batches: &BTreeMap<Digest, Vec<u8>>,
     issued: &BTreeMap<(ClientId, Timestamp), Vec<u8>>,
     history: &History,
     config: &ProtocolConfig,
+    group: &GroupSecret,
 ) -> Replay {
+    let keys = config.validate().expect("the simulator builds valid configurations");
+    let mut sessions = Sessions::new(keys.clients());
+    let mut refused = 0;
     let mut order: BTreeMap<Seq, Digest> = BTreeMap::new();
     for log in executed {
         order.extend(log.iter().map(|(s, d)| (*s, *d)));
@@ -91,14 +99,28 @@ pub fn linearizable(
         };
         let requests: Vec<Request> = from_bytes(bytes).unwrap_or_default();
         for req in requests {
-            if issued.get(&(req.client, req.timestamp)) != Some(&req.op) {
-                validity.push(format!("validity: seq {seq} executes an op client {} never issued", req.client));
-            }
-            if windows.entry(req.client).or_default().accept(req.timestamp, config.client_window).is_err() {
+            if (req.client.0 as usize) >= keys.clients()
+                || windows.entry(req.client).or_default().check(req.timestamp).is_err()
+            {
                 continue;
             }
-            let result = kv.execute(&req.op);
-            replayed.insert((req.client, req.timestamp), (replayed.len(), result));
+            let op = match sessions.admit(config, &keys, group, &req) {
+                Admission::Refused(_) => {
+                    refused += 1;
+                    continue;
+                }
+                Admission::Registered { .. } => None,
+                Admission::Execute(op) => Some(op),
+            };
+            let what = op.as_ref().unwrap_or(&req.op);
+            if issued.get(&(req.client, req.timestamp)) != Some(what) {
+                validity.push(format!("validity: seq {seq} executes an op client {} never issued", req.client));
+            }
+            let _ = windows.entry(req.client).or_default().accept(req.timestamp, config.client_window);
+            if let Some(op) = op {
+                let result = kv.execute(&op);
+                replayed.insert((req.client, req.timestamp), (replayed.len(), result));
+            }
         }
     }
     let mut positioned = Vec::new();
@@ -135,5 +157,5 @@ pub fn linearizable(
             ));
         }
     }
-    Replay { linearizability: violations, validity }
+    Replay { linearizability: violations, validity, refused }
 }

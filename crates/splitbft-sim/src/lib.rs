@@ -146,9 +146,12 @@ pub struct RunReport {
     pub protocol: Protocol,
     /// Broken safety properties: agreement, linearizability, bounded memory (empty when safe).
     pub safety_violations: Vec<String>,
-    /// Operations executed that no client issued. SPEC §6 documents this gap: until client
-    /// sessions exist, a faulty primary Preparation enclave can order made-up requests.
+    /// Operations executed that no client issued (SPEC §6 validity: Execution runs only
+    /// ops that authenticate under the client's session key, so this stays empty).
     pub validity_violations: Vec<String>,
+    /// Requests in the agreed order that Execution refused as no-ops (made-up or
+    /// corrupted ops that did not authenticate, stale or sessionless requests).
+    pub refused_requests: usize,
     /// Why progress stopped after the faults healed, if it did.
     pub liveness_failure: Option<String>,
     /// Client operations completed.
@@ -253,7 +256,9 @@ pub fn run_protocol(seed: u64, scenario: Scenario, protocol: Protocol) -> RunRep
         }
     });
     let mut net = Network::new(scenario, &mut rng);
-    let mut clients = Clients::new(&secrets, &config, FAULT_PHASE_US, OPS_AFTER_HEAL);
+    // Session keys come from their own stream, so the run's schedule does not depend on them.
+    let mut session_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5e55_10e5);
+    let mut clients = Clients::new(&secrets, &config, FAULT_PHASE_US, OPS_AFTER_HEAL, &mut session_rng);
     let memory_bound = config.log_window + config.log_window / config.checkpoint_interval + REPLICAS as u64 + 4;
     let mut next_memory_check = MEMORY_CHECK_US;
     let mut history = History::default();
@@ -338,7 +343,14 @@ pub fn run_protocol(seed: u64, scenario: Scenario, protocol: Protocol) -> RunRep
     let executed: Vec<BTreeMap<Seq, Digest>> =
         o.executed.iter().zip(&correct).map(|(log, ok)| if *ok { log.clone() } else { BTreeMap::new() }).collect();
     safety_violations.extend(checkers::agreement(&executed));
-    let replay = checkers::linearizable(&executed, &o.batches, clients.issued(), &history, &config);
+    let replay = checkers::linearizable(
+        &executed,
+        &o.batches,
+        clients.issued(),
+        &history,
+        &config,
+        &secrets.execution_group_secret(),
+    );
     safety_violations.extend(replay.linearizability);
     // Liveness is owed only while at most f replicas have anything faulty.
     let live_expected = faulty_replicas.iter().collect::<std::collections::BTreeSet<_>>().len() <= 1;
@@ -356,6 +368,7 @@ pub fn run_protocol(seed: u64, scenario: Scenario, protocol: Protocol) -> RunRep
         protocol,
         safety_violations,
         validity_violations: replay.validity,
+        refused_requests: replay.refused,
         liveness_failure,
         completed: history.len(),
         max_seq: o.executed.iter().filter_map(|m| m.keys().next_back().copied()).max().unwrap_or(0),

@@ -1,7 +1,9 @@
 //! Simulated clients: closed loop, one operation outstanding each, random key-value
 //! operations on a few keys (so that operations conflict), sent to the primary they
 //! believe in, retransmitted to every replica on timeout, accepted on `f + 1` matching
-//! authentic replies (the client library's rules).
+//! authentic replies (the client library's rules). Each client first registers a session
+//! key with an ordered Register (SPEC §6), then seals its ops under it; it votes on the
+//! decrypted results and waits on past refusals a forger could provoke.
 
 use std::collections::BTreeMap;
 
@@ -9,9 +11,11 @@ use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 use splitbft_apps::kv::KvOp;
 use splitbft_broker::local::LocalCluster;
+use splitbft_types::codec::to_bytes;
 use splitbft_types::crypto::ClientKeys;
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::msg::Reply;
+use splitbft_types::session::{ClientSession, Opened, open_reply_body};
 use splitbft_types::{ClientId, ProtocolConfig, ReplicaId, Timestamp, View};
 
 use crate::checkers::{Completed, History};
@@ -20,12 +24,18 @@ use crate::network::Network;
 const FIRST_RETRANSMIT_US: u64 = 200_000;
 const MAX_RETRANSMIT_US: u64 = 2_000_000;
 const KEYS: u32 = 4;
+/// The epoch every simulated client registers its session with.
+pub const SESSION_EPOCH: u64 = 1;
 
 struct Pending {
     t: Timestamp,
+    /// Plaintext op (empty for a Register).
     op: Vec<u8>,
+    /// What goes on the wire: the Register, or the op sealed for the session.
+    wire: Vec<u8>,
+    register: bool,
     invoked_us: u64,
-    votes: BTreeMap<ReplicaId, (View, Vec<u8>)>,
+    votes: BTreeMap<ReplicaId, (View, Opened)>,
     retransmit_at: u64,
     backoff: u64,
 }
@@ -38,6 +48,9 @@ struct SimClient {
     next_t: Timestamp,
     view: View,
     pending: Option<Pending>,
+    /// The session being registered or registered.
+    session: ClientSession,
+    registered: bool,
 }
 
 /// All clients of a run.
@@ -52,7 +65,13 @@ pub struct Clients {
 impl Clients {
     /// One client per configured identity; each issues operations back to back while
     /// faults are injected (until `faults_until_us`) and `ops_after` more after they heal.
-    pub fn new(secrets: &ClusterSecrets, config: &ProtocolConfig, faults_until_us: u64, ops_after: usize) -> Self {
+    pub fn new(
+        secrets: &ClusterSecrets,
+        config: &ProtocolConfig,
+        faults_until_us: u64,
+        ops_after: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Self {
         let keyring = config.validate().expect("the simulator builds valid configurations");
         let clients = secrets
             .clients
@@ -60,23 +79,46 @@ impl Clients {
             .enumerate()
             .map(|(c, secret)| {
                 let id = ClientId(c as u32);
+                let key: [u8; 32] = rng.random();
+                let (session, register) =
+                    ClientSession::register(rng, config, id, secret, SESSION_EPOCH, key).expect("valid group key");
                 SimClient {
+                    session,
+                    registered: false,
+                    pending: Some(Pending {
+                        t: 0,
+                        op: Vec::new(),
+                        wire: register,
+                        register: true,
+                        invoked_us: 0,
+                        votes: BTreeMap::new(),
+                        retransmit_at: 0,
+                        backoff: FIRST_RETRANSMIT_US,
+                    }),
                     keys: ClientKeys::derive(secret, config, &keyring, id),
                     id,
                     left: ops_after,
                     next_t: 1,
                     view: 0,
-                    pending: None,
                 }
             })
             .collect();
         Clients { clients, issued: BTreeMap::new(), config: config.clone(), faults_until_us }
     }
 
-    /// Every client issues its first operation.
+    /// Every client sends its Register; operations follow once it is registered.
     pub fn start(&mut self, net: &mut Network, cluster: &LocalCluster, rng: &mut ChaCha8Rng) {
-        for c in 0..self.clients.len() {
-            self.issue(c, cluster.now_us(), net, rng);
+        let now = cluster.now_us();
+        for client in &mut self.clients {
+            let t = client.next_t;
+            client.next_t += 1;
+            let Some(pending) = client.pending.as_mut() else { continue };
+            pending.t = t;
+            pending.invoked_us = now;
+            pending.retransmit_at = now + FIRST_RETRANSMIT_US;
+            self.issued.insert((client.id, t), pending.wire.clone());
+            let request = client.keys.request(t, pending.wire.clone());
+            net.send_to_replica(self.config.primary(client.view), request, now, rng);
         }
     }
 
@@ -101,12 +143,15 @@ impl Clients {
         let t = client.next_t;
         client.next_t += 1;
         self.issued.insert((client.id, t), op.clone());
-        let request = client.keys.request(t, op.clone());
+        let wire = client.session.seal_op(t, &op).expect("timestamps stay inside the nonce space");
+        let request = client.keys.request(t, wire.clone());
         let primary = self.config.primary(client.view);
         net.send_to_replica(primary, request, now, rng);
         client.pending = Some(Pending {
             t,
             op,
+            wire,
+            register: false,
             invoked_us: now,
             votes: BTreeMap::new(),
             retransmit_at: now + FIRST_RETRANSMIT_US,
@@ -133,21 +178,42 @@ impl Clients {
         if pending.t != reply.timestamp {
             return;
         }
-        pending.votes.entry(reply.replica).or_insert((reply.view, reply.result.clone()));
-        let matching: Vec<View> = pending.votes.values().filter(|(_, r)| *r == reply.result).map(|(v, _)| *v).collect();
+        let session = client.registered.then_some(&client.session);
+        let Ok(opened) = open_reply_body(session, client.id, reply.timestamp, reply.replica, &reply.result) else {
+            return;
+        };
+        if matches!(opened, Opened::Refused(r) if !r.is_final() || pending.register) {
+            // A copy or forgery of this request was refused; the genuine one may still run.
+            return;
+        }
+        pending.votes.entry(reply.replica).or_insert((reply.view, opened.clone()));
+        let matching: Vec<View> = pending.votes.values().filter(|(_, r)| *r == opened).map(|(v, _)| *v).collect();
         if matching.len() < weak {
             return;
         }
         let view = matching.iter().copied().min().unwrap_or(0);
         client.view = client.view.max(view);
         let pending = client.pending.take().expect("checked above");
+        if pending.register {
+            // f + 1 agreed; only a Registered answer opens the session (lying replicas
+            // answer registrations truthfully, see `byzantine.rs`).
+            client.registered = opened == (Opened::Registered { epoch: SESSION_EPOCH });
+            let c = reply.client.0 as usize;
+            return self.issue(c, now, net, rng);
+        }
+        // A final refusal is what f + 1 replicas told the client: recorded as its result, so
+        // the linearizability checker flags it if no correct replica would have said it.
+        let result = match opened {
+            Opened::Result(result) => result,
+            other => to_bytes(&other),
+        };
         history.push(Completed {
             client: client.id,
             t: pending.t,
             op: pending.op,
             invoked_us: pending.invoked_us,
             completed_us: now,
-            result: reply.result,
+            result,
         });
         let c = reply.client.0 as usize;
         self.issue(c, now, net, rng);
@@ -162,7 +228,7 @@ impl Clients {
             }
             pending.backoff = (pending.backoff * 2).min(MAX_RETRANSMIT_US);
             pending.retransmit_at = now + pending.backoff;
-            let request = client.keys.request(pending.t, pending.op.clone());
+            let request = client.keys.request(pending.t, pending.wire.clone());
             for r in 0..cluster.protocol.n() as u32 {
                 net.send_to_replica(ReplicaId(r), request.clone(), now, rng);
             }

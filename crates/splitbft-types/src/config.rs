@@ -18,6 +18,10 @@ pub const DEFAULT_CLIENT_WINDOW: u64 = 64;
 /// framing, small enough that a batch of `B` fits the frame limit.
 pub const DEFAULT_MAX_OP_BYTES: u32 = 66 * 1024;
 
+fn default_confidential() -> bool {
+    true
+}
+
 /// Why a configuration is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -79,6 +83,14 @@ pub struct ProtocolConfig {
     pub client_window: u64,
     /// Largest accepted op, in bytes.
     pub max_op_bytes: u32,
+    /// Ops and results are AES-256-GCM under the client's session key (SPEC §6). `false`
+    /// turns encryption off, never authentication: ops then carry a GMAC under the session
+    /// key, so Execution's validity rule is the same.
+    #[serde(default = "default_confidential")]
+    pub confidential: bool,
+    /// Public X25519 key of the Execution group, to which clients seal session keys (SPEC §6).
+    #[serde(default)]
+    pub execution_group_key: crate::session::GroupPublicKey,
     /// PBFT baseline only (SPEC §8): the parts of one replica share verified signatures.
     /// Never set for SplitBFT, and never read from a file.
     #[serde(skip)]
@@ -98,6 +110,8 @@ impl ProtocolConfig {
             max_batch: DEFAULT_MAX_BATCH,
             client_window: DEFAULT_CLIENT_WINDOW,
             max_op_bytes: DEFAULT_MAX_OP_BYTES,
+            confidential: true,
+            execution_group_key: crate::session::GroupPublicKey::default(),
             pbft_shared_verification: None,
         }
     }
@@ -128,6 +142,12 @@ impl ProtocolConfig {
         // Quorums of 2f + 1 intersect in a correct replica only when n = 3f + 1 exactly.
         if n != 3 * self.f as usize + 1 {
             return Err(ConfigError::WrongReplicaCount { n, f: self.f });
+        }
+        if n > crate::session::MAX_NONCE_REPLICAS as usize {
+            return Err(ConfigError::InvalidParameter("at most 127 replicas fit the session nonce (SPEC §6)"));
+        }
+        if self.execution_group_key.0 == [0; 32] {
+            return Err(ConfigError::InvalidKey("execution group key".into()));
         }
         if self.checkpoint_interval == 0 {
             return Err(ConfigError::InvalidParameter("checkpoint_interval must be > 0"));

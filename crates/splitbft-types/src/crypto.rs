@@ -44,6 +44,10 @@ pub enum Purpose {
     ViewChange = 7,
     /// NewView.
     NewView = 8,
+    /// Session registration, signed by the client's long-term key (SPEC §6).
+    Register = 9,
+    /// Attestation report, signed by the platform key (SPEC §6).
+    Attestation = 10,
 }
 
 /// Why a signature or key was refused.

@@ -1,9 +1,11 @@
 //! Generating a cluster's key material (used by `splitbft keygen`, the demo and tests).
 
+use crate::attest::{ExpectedExecution, ReportBody, SoftwarePlatform};
 use crate::config::{ProtocolConfig, ReplicaKeys};
 use crate::crypto::SecretKey;
-use crate::ids::{CompartmentKind, ReplicaId};
+use crate::ids::{CompartmentKind, EnclaveId, ReplicaId};
 use crate::msg::Digest;
+use crate::session::GroupSecret;
 
 /// Every secret of a cluster, with its public configuration.
 #[derive(Debug)]
@@ -14,6 +16,8 @@ pub struct ClusterSecrets {
     pub enclaves: Vec<[SecretKey; 3]>,
     /// Client keys, indexed by client id.
     pub clients: Vec<SecretKey>,
+    /// The Execution group key (SPEC §6): its private half goes to Execution enclaves only.
+    pub execution_group: GroupSecret,
 }
 
 impl ClusterSecrets {
@@ -32,9 +36,12 @@ impl ClusterSecrets {
                 execution: k[2].public().to_bytes(),
             })
             .collect();
-        let config =
+        // Drawn last, so adding it left every other key of a seeded cluster unchanged.
+        let execution_group = GroupSecret::derive(&seed());
+        let mut config =
             ProtocolConfig::new(cluster_id, f, replicas, clients.iter().map(|c| c.public().to_bytes()).collect());
-        ClusterSecrets { config, enclaves, clients }
+        config.execution_group_key = execution_group.public();
+        ClusterSecrets { config, enclaves, clients, execution_group }
     }
 
     /// Keys for the PBFT baseline (SPEC §8): one key per replica, shared by its three parts,
@@ -69,6 +76,28 @@ impl ClusterSecrets {
             counter += 1;
             Digest::of(&[seed.to_le_bytes(), counter.to_le_bytes()].concat()).0
         })
+    }
+
+    /// One software-attestation report per Execution enclave, signed by `platform`, for code
+    /// measuring `measurement` (what `keygen` writes to `cluster.toml`).
+    pub fn execution_reports(&self, platform: &SoftwarePlatform, measurement: Digest) -> ExpectedExecution {
+        let reports = (0..self.config.n())
+            .map(|i| {
+                let replica = ReplicaId(i as u32);
+                platform.attest(ReportBody {
+                    enclave: EnclaveId { replica, kind: CompartmentKind::Execution },
+                    signing_key: self.enclave(replica, CompartmentKind::Execution).public().to_bytes(),
+                    group_key: Some(self.execution_group.public()),
+                    measurement,
+                })
+            })
+            .collect();
+        ExpectedExecution { measurement, reports }
+    }
+
+    /// A copy of the group secret, for one Execution enclave.
+    pub fn execution_group_secret(&self) -> GroupSecret {
+        GroupSecret::from_bytes(&self.execution_group.to_bytes()).expect("the group secret round-trips")
     }
 
     /// The secret key of one enclave.

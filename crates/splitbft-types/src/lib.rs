@@ -7,6 +7,7 @@
 //! this crate and on nothing that does I/O (see `ARCHITECTURE.md`).
 
 pub mod app;
+pub mod attest;
 pub mod boundary;
 pub mod cert;
 
@@ -19,6 +20,7 @@ pub mod dedup;
 pub mod ids;
 pub mod keys;
 pub mod msg;
+pub mod session;
 pub mod viewchange;
 pub mod wire;
 

@@ -59,7 +59,8 @@ pub struct Request {
     pub client: ClientId,
     /// Client timestamp; at most once per `(client, timestamp)`.
     pub timestamp: Timestamp,
-    /// The operation, opaque to everything but the application (ciphertext once §6 lands).
+    /// The operation: an encoded `session::SessionOp` (a Register, or the op sealed under the
+    /// client's session key, SPEC §6), opaque to everything but Execution.
     #[serde(with = "serde_bytes")]
     pub op: Vec<u8>,
     /// One MAC per Preparation enclave, indexed by replica.
@@ -147,7 +148,8 @@ pub struct Reply {
     pub timestamp: Timestamp,
     /// Replying replica (its Execution enclave).
     pub replica: ReplicaId,
-    /// Application result (ciphertext once §6 lands).
+    /// An encoded `session::ReplyBody`: the result sealed under the client's session key
+    /// with this replica's nonce, or a refusal (SPEC §6).
     #[serde(with = "serde_bytes")]
     pub result: Vec<u8>,
     /// HMAC under the (client, Execution(replica)) key.

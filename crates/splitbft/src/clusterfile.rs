@@ -5,15 +5,25 @@
 //!   its three enclaves' public keys, every client's public key;
 //! * `keys/replica-<i>-<compartment>.key` — one enclave's Ed25519 seed (hex), readable by
 //!   the owner only;
-//! * `keys/client-<c>.key` — one client's seed.
+//! * `keys/client-<c>.key` — one client's seed;
+//! * `keys/replica-<i>-execution-group.key` — the Execution group's X25519 private key
+//!   (SPEC §6), given to Execution enclaves only.
+//!
+//! `cluster.toml` also carries the Execution group public key, `confidential`, and the
+//! attestation trust root: the platform key, the expected Execution measurement and one
+//! report per Execution enclave (software attestation, see `splitbft_types::attest`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use splitbft_types::attest::{ExpectedExecution, PlatformKind, Report, SoftwareAttestation, SoftwarePlatform};
+use splitbft_types::codec::{from_bytes, to_bytes};
 use splitbft_types::config::{ProtocolConfig, ReplicaKeys};
-use splitbft_types::crypto::SecretKey;
+use splitbft_types::crypto::{PublicKey, SecretKey};
 use splitbft_types::keys::ClusterSecrets;
+use splitbft_types::msg::Digest;
+use splitbft_types::session::{GroupPublicKey, GroupSecret};
 use splitbft_types::{ClientId, CompartmentKind, ReplicaId};
 
 /// Why a cluster file or key file is unusable.
@@ -59,6 +69,20 @@ pub struct ReplicaEntry {
     pub confirmation: String,
     /// Execution enclave public key (hex).
     pub execution: String,
+    /// The Execution enclave's attestation report (hex of its canonical encoding).
+    pub execution_report: String,
+}
+
+/// The attestation trust root (SPEC §6).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationEntry {
+    /// Platform: only "software attestation" exists (no TEE).
+    pub platform: String,
+    /// Platform public key (hex): software attestation's provisioning key.
+    pub platform_key: String,
+    /// Expected measurement of every Execution enclave's code (hex SHA-256).
+    pub execution_measurement: String,
 }
 
 /// One client's entry.
@@ -91,6 +115,13 @@ pub struct ClusterFile {
     pub client_window: u64,
     /// Largest op in bytes.
     pub max_op_bytes: u32,
+    /// Ops and results encrypted under client session keys (SPEC §6); `false` keeps them
+    /// authenticated but in clear.
+    pub confidential: bool,
+    /// The Execution group's X25519 public key (hex).
+    pub execution_group_key: String,
+    /// What clients check before registering a session.
+    pub attestation: AttestationEntry,
     /// Replicas, in id order.
     pub replicas: Vec<ReplicaEntry>,
     /// Clients, in id order.
@@ -104,9 +135,17 @@ fn hex32(s: &str, what: &str, path: &Path) -> Result<[u8; 32], ClusterFileError>
 }
 
 impl ClusterFile {
-    /// Describes `secrets` with replicas listening on `host:base_port + i`.
-    pub fn new(secrets: &ClusterSecrets, addresses: Vec<SocketAddr>, batch_timeout_ms: u64) -> Self {
+    /// Describes `secrets` with replicas listening on `host:base_port + i`, Execution
+    /// enclaves attested by `platform` for code measuring `measurement`.
+    pub fn new(
+        secrets: &ClusterSecrets,
+        addresses: Vec<SocketAddr>,
+        batch_timeout_ms: u64,
+        platform: &SoftwarePlatform,
+        measurement: Digest,
+    ) -> Self {
         let c = &secrets.config;
+        let reports = secrets.execution_reports(platform, measurement).reports;
         ClusterFile {
             cluster_id: c.cluster_id,
             f: c.f,
@@ -116,17 +155,26 @@ impl ClusterFile {
             batch_timeout_ms,
             client_window: c.client_window,
             max_op_bytes: c.max_op_bytes,
+            confidential: c.confidential,
+            execution_group_key: hex::encode(c.execution_group_key.0),
+            attestation: AttestationEntry {
+                platform: PlatformKind::Software.name().into(),
+                platform_key: hex::encode(platform.public().to_bytes()),
+                execution_measurement: hex::encode(measurement.0),
+            },
             replicas: c
                 .replicas
                 .iter()
                 .zip(addresses)
+                .zip(reports)
                 .enumerate()
-                .map(|(i, (k, address))| ReplicaEntry {
+                .map(|(i, ((k, address), report))| ReplicaEntry {
                     id: i as u32,
                     address,
                     preparation: hex::encode(k.preparation),
                     confirmation: hex::encode(k.confirmation),
                     execution: hex::encode(k.execution),
+                    execution_report: hex::encode(to_bytes(&report)),
                 })
                 .collect(),
             clients: c
@@ -190,8 +238,32 @@ impl ClusterFile {
         config.max_batch = self.max_batch;
         config.client_window = self.client_window;
         config.max_op_bytes = self.max_op_bytes;
+        config.confidential = self.confidential;
+        config.execution_group_key = GroupPublicKey(hex32(&self.execution_group_key, "execution_group_key", path)?);
         config.validate().map_err(|e| invalid(e.to_string()))?;
         Ok(config)
+    }
+
+    /// The attestation verifier and what it must find (SPEC §6).
+    pub fn attestation(&self, path: &Path) -> Result<(SoftwareAttestation, ExpectedExecution), ClusterFileError> {
+        let invalid = |m: String| ClusterFileError::Invalid { path: path.to_owned(), message: m };
+        let a = &self.attestation;
+        if a.platform != PlatformKind::Software.name() {
+            return Err(invalid(format!("attestation platform {:?} is not supported", a.platform)));
+        }
+        let key = PublicKey::from_bytes(&hex32(&a.platform_key, "attestation platform_key", path)?)
+            .map_err(|e| invalid(format!("attestation platform_key: {e}")))?;
+        let measurement = Digest(hex32(&a.execution_measurement, "attestation execution_measurement", path)?);
+        let reports = self
+            .replicas
+            .iter()
+            .map(|r| {
+                let bytes = hex::decode(r.execution_report.trim())
+                    .map_err(|e| invalid(format!("replica {} execution_report: not hex: {e}", r.id)))?;
+                from_bytes::<Report>(&bytes).map_err(|e| invalid(format!("replica {} execution_report: {e}", r.id)))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((SoftwareAttestation::new(self.cluster_id, key), ExpectedExecution { measurement, reports }))
     }
 
     /// Replica addresses in id order.
@@ -205,6 +277,28 @@ pub fn enclave_key_path(dir: &Path, replica: ReplicaId, kind: CompartmentKind) -
     dir.join("keys").join(format!("replica-{}-{}.key", replica.0, kind.name()))
 }
 
+/// Path of the Execution group key file of replica `replica`'s Execution enclave.
+pub fn group_key_path(dir: &Path, replica: ReplicaId) -> PathBuf {
+    dir.join("keys").join(format!("replica-{}-execution-group.key", replica.0))
+}
+
+/// Writes the Execution group secret for one Execution enclave (owner-only).
+pub fn write_group_key(path: &Path, key: &GroupSecret) -> Result<(), ClusterFileError> {
+    write_secret(path, &key.to_bytes())
+}
+
+/// Reads the Execution group secret and checks it matches `cluster.toml`'s public key.
+pub fn read_group_key(path: &Path, expected: &GroupPublicKey) -> Result<GroupSecret, ClusterFileError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ClusterFileError::Io { path: path.to_owned(), source })?;
+    let invalid = |m: &str| ClusterFileError::Invalid { path: path.to_owned(), message: m.into() };
+    let key = GroupSecret::from_bytes(&hex32(&text, "group key", path)?).map_err(|_| invalid("not an X25519 key"))?;
+    if &key.public() != expected {
+        return Err(invalid("group key does not match execution_group_key in cluster.toml"));
+    }
+    Ok(key)
+}
+
 /// Path of a client's key file.
 pub fn client_key_path(dir: &Path, client: ClientId) -> PathBuf {
     dir.join("keys").join(format!("client-{}.key", client.0))
@@ -212,11 +306,15 @@ pub fn client_key_path(dir: &Path, client: ClientId) -> PathBuf {
 
 /// Writes a secret key file readable by its owner only.
 pub fn write_key(path: &Path, key: &SecretKey) -> Result<(), ClusterFileError> {
+    write_secret(path, &key.seed())
+}
+
+fn write_secret(path: &Path, secret: &[u8; 32]) -> Result<(), ClusterFileError> {
     let io = |source| ClusterFileError::Io { path: path.to_owned(), source };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
-    std::fs::write(path, format!("{}\n", hex::encode(key.seed()))).map_err(io)?;
+    std::fs::write(path, format!("{}\n", hex::encode(secret))).map_err(io)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::Serialize;
 use splitbft_broker::{NodeConfig, NodeHandle, NodeReport, spawn_node};
-use splitbft_client::{Client, ClientOptions};
-use splitbft_enclave::Backend;
+use splitbft_client::{Client, ClientOptions, verify_attestation};
+use splitbft_enclave::{Backend, ReplicaSecrets};
+use splitbft_types::attest::{ExpectedExecution, SoftwareAttestation, SoftwarePlatform};
 use splitbft_types::cert::VerifiedCache;
 use splitbft_types::crypto::SecretKey;
 use splitbft_types::keys::ClusterSecrets;
@@ -85,6 +86,10 @@ pub struct DemoOptions {
     /// temporary directory.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Ops and results in clear, still authenticated under session keys (the baseline for
+    /// the cost of confidentiality, SPEC §6).
+    #[arg(long)]
+    pub no_confidential: bool,
     /// Show progress on a terminal (set by the CLI, not a flag).
     #[arg(skip)]
     pub progress: bool,
@@ -99,6 +104,8 @@ pub struct DemoSummary {
     pub app: AppKind,
     /// Compartment backend.
     pub backend: String,
+    /// Ops and results encrypted under client session keys (SPEC §6).
+    pub confidential: bool,
     /// Replicas.
     pub replicas: usize,
     /// Clients.
@@ -165,6 +172,8 @@ pub struct ClusterSpec {
     /// Replica `i` persists sealed blocks in `data_dir/replica-i`; the directory also gets
     /// `cluster.toml` and the Execution keys, so `splitbft ledger verify` can check it.
     pub data_dir: Option<PathBuf>,
+    /// Ops and results encrypted under session keys (SPEC §6); off only for the baseline.
+    pub confidential: bool,
 }
 
 /// A running in-process cluster.
@@ -175,10 +184,13 @@ pub struct LocalTcpCluster {
     pub addresses: Vec<SocketAddr>,
     /// All keys.
     pub secrets: ClusterSecrets,
+    /// Software attestation of the Execution enclaves: the verifier and what it must find.
+    pub attestation: (SoftwareAttestation, ExpectedExecution),
 }
 
 impl LocalTcpCluster {
-    /// Starts `replicas` replicas running `protocol` on loopback ports chosen by the OS.
+    /// Starts `replicas` replicas running `protocol` on loopback ports chosen by the OS,
+    /// confidential (SPEC §6).
     pub async fn start(
         protocol: Protocol,
         app: AppKind,
@@ -188,13 +200,24 @@ impl LocalTcpCluster {
         batch_timeout_ms: u64,
         backend: Backend,
     ) -> anyhow::Result<Self> {
-        let spec = ClusterSpec { protocol, app, replicas, clients, batch, batch_timeout_ms, backend, data_dir: None };
+        let spec = ClusterSpec {
+            protocol,
+            app,
+            replicas,
+            clients,
+            batch,
+            batch_timeout_ms,
+            backend,
+            data_dir: None,
+            confidential: true,
+        };
         Self::start_spec(&spec).await
     }
 
     /// Starts the cluster `spec` describes on loopback ports chosen by the OS.
     pub async fn start_spec(spec: &ClusterSpec) -> anyhow::Result<Self> {
-        let ClusterSpec { protocol, app, replicas, clients, batch, batch_timeout_ms, backend, .. } = spec.clone();
+        let ClusterSpec { protocol, app, replicas, clients, batch, batch_timeout_ms, backend, confidential, .. } =
+            spec.clone();
         let f = crate::fault_threshold(replicas)?;
         let cluster_id = u64::from_le_bytes(crate::os_seed()[..8].try_into()?);
         let mut secrets = match protocol {
@@ -207,13 +230,18 @@ impl LocalTcpCluster {
             }
         };
         secrets.config.max_batch = batch.max(1);
+        secrets.config.confidential = confidential;
+        // Software attestation: this process plays the platform for its own enclaves.
+        let platform = SoftwarePlatform::new(cluster_id, SecretKey::from_seed(crate::os_seed()));
+        let expected = secrets.execution_reports(&platform, splitbft_execution::CODE_IDENTITY.measurement());
+        let attestation = (SoftwareAttestation::new(cluster_id, platform.public()), expected);
         let mut listeners = Vec::new();
         for _ in 0..replicas {
             listeners.push(TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port")?);
         }
         let addresses: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
         if let Some(dir) = &spec.data_dir {
-            write_verifier_files(dir, &secrets, &addresses, batch_timeout_ms)?;
+            write_verifier_files(dir, &secrets, &addresses, batch_timeout_ms, &platform)?;
         }
         let mut nodes = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
@@ -225,17 +253,26 @@ impl LocalTcpCluster {
             let mut config = NodeConfig::new(protocol_config, me, addresses.clone(), backend);
             config.options.batch_timeout_us = batch_timeout_ms * 1000;
             config.data_dir = spec.data_dir.as_ref().map(|d| replica_data_dir(d, me));
-            let keys = CompartmentKind::ALL.map(|k| SecretKey::from_seed(secrets.enclave(me, k).seed()));
+            let keys = ReplicaSecrets {
+                keys: CompartmentKind::ALL.map(|k| SecretKey::from_seed(secrets.enclave(me, k).seed())),
+                execution_group: secrets.execution_group_secret(),
+            };
             nodes.push(Some(spawn_node(config, listener, keys, app.build()?).await?));
         }
-        Ok(LocalTcpCluster { nodes, addresses, secrets })
+        Ok(LocalTcpCluster { nodes, addresses, secrets, attestation })
     }
 
-    /// Connects client `id`.
+    /// Connects client `id`, checks the Execution enclaves' attestation and registers a
+    /// session (SPEC §6).
     pub async fn client(&self, id: usize, options: ClientOptions) -> anyhow::Result<Client> {
         let secret = SecretKey::from_seed(self.secrets.clients[id].seed());
-        Ok(Client::connect(self.secrets.config.clone(), self.addresses.clone(), ClientId(id as u32), secret, options)
-            .await?)
+        let (verifier, expected) = &self.attestation;
+        let attested = verify_attestation(&self.secrets.config, verifier, expected)?;
+        let client =
+            Client::connect(self.secrets.config.clone(), self.addresses.clone(), ClientId(id as u32), secret, options)
+                .await?;
+        client.register(attested).await?;
+        Ok(client)
     }
 
     /// Stops every replica and collects their reports.
@@ -260,9 +297,11 @@ fn write_verifier_files(
     secrets: &ClusterSecrets,
     addresses: &[SocketAddr],
     batch_timeout_ms: u64,
+    platform: &SoftwarePlatform,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    crate::clusterfile::ClusterFile::new(secrets, addresses.to_vec(), batch_timeout_ms)
+    let measurement = splitbft_execution::CODE_IDENTITY.measurement();
+    crate::clusterfile::ClusterFile::new(secrets, addresses.to_vec(), batch_timeout_ms, platform, measurement)
         .save(&dir.join("cluster.toml"))?;
     for i in 0..secrets.config.n() {
         let replica = ReplicaId(i as u32);
@@ -300,6 +339,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         batch_timeout_ms: opts.batch_timeout_ms,
         backend: opts.backend,
         data_dir: data_dir.clone(),
+        confidential: !opts.no_confidential,
     };
     let cluster = LocalTcpCluster::start_spec(&spec).await?;
     let cluster_id = cluster.secrets.config.cluster_id;
@@ -382,6 +422,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         protocol: opts.protocol,
         app: opts.app,
         backend: opts.backend.to_string(),
+        confidential: !opts.no_confidential,
         replicas: opts.replicas,
         clients: opts.clients,
         outstanding: opts.outstanding,
@@ -418,11 +459,16 @@ fn is_rejection(name: &str) -> bool {
 /// Human-readable summary.
 pub fn print_summary(s: &DemoSummary) {
     println!(
-        "splitbft demo: {:?} with {} replicas ({} backend), {} app",
+        "splitbft demo: {:?} with {} replicas ({} backend), {} app, {}",
         s.protocol,
         s.replicas,
         s.backend,
-        s.app.name()
+        s.app.name(),
+        if s.confidential {
+            "confidential (ops and results AES-256-GCM under session keys; software attestation)"
+        } else {
+            "not confidential (ops and results authenticated, in clear)"
+        }
     );
     println!("  workload     {} clients x {} outstanding, {} requests", s.clients, s.outstanding, s.requests);
     println!("  completed    {} ({} errors) in {:.2} s", s.completed, s.errors, s.seconds);

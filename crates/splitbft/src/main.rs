@@ -6,12 +6,17 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use splitbft::clusterfile::{ClusterFile, client_key_path, enclave_key_path, read_key, write_key};
+use splitbft::clusterfile::{
+    ClusterFile, client_key_path, enclave_key_path, group_key_path, read_group_key, read_key, write_group_key,
+    write_key,
+};
 use splitbft::demo::{self, DemoOptions};
 use splitbft_apps::kv::{KvOp, KvResult};
 use splitbft_broker::{NodeConfig, spawn_node};
-use splitbft_client::{Client, ClientOptions};
-use splitbft_enclave::Backend;
+use splitbft_client::{Client, ClientOptions, verify_attestation};
+use splitbft_enclave::{Backend, ReplicaSecrets};
+use splitbft_types::attest::SoftwarePlatform;
+use splitbft_types::crypto::SecretKey;
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::{ClientId, CompartmentKind, ReplicaId};
 
@@ -123,6 +128,10 @@ struct KeygenArgs {
     /// Checkpoint interval K (the log window L is 2K).
     #[arg(long, default_value_t = splitbft_types::config::DEFAULT_CHECKPOINT_INTERVAL)]
     checkpoint_interval: u64,
+    /// Ops and results in clear (still authenticated under session keys): for baselines
+    /// and debugging (SPEC §6).
+    #[arg(long)]
+    no_confidential: bool,
 }
 
 #[derive(Subcommand)]
@@ -223,7 +232,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
-    let KeygenArgs { replicas, clients, out, host, base_port, batch, batch_timeout_ms, checkpoint_interval } = args;
+    let KeygenArgs {
+        replicas,
+        clients,
+        out,
+        host,
+        base_port,
+        batch,
+        batch_timeout_ms,
+        checkpoint_interval,
+        no_confidential,
+    } = args;
     let out = out.as_path();
     let f = splitbft::fault_threshold(replicas)?;
     if clients == 0 {
@@ -237,6 +256,7 @@ fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
     }
     secrets.config.checkpoint_interval = checkpoint_interval;
     secrets.config.log_window = 2 * checkpoint_interval;
+    secrets.config.confidential = !no_confidential;
     let addresses = (0..replicas)
         .map(|i| {
             let port = base_port.checked_add(i as u16).context("--base-port too high for this many replicas")?;
@@ -244,12 +264,17 @@ fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let file = ClusterFile::new(&secrets, addresses, batch_timeout_ms);
+    // Software attestation (SPEC §6): keygen is the "platform". It signs one report per
+    // Execution enclave for the Execution code linked into this binary, then forgets its key.
+    let platform = SoftwarePlatform::new(cluster_id, SecretKey::from_seed(splitbft::os_seed()));
+    let measurement = splitbft_execution::CODE_IDENTITY.measurement();
+    let file = ClusterFile::new(&secrets, addresses, batch_timeout_ms, &platform, measurement);
     for r in 0..replicas {
+        let replica = ReplicaId(r as u32);
         for kind in CompartmentKind::ALL {
-            let replica = ReplicaId(r as u32);
             write_key(&enclave_key_path(out, replica, kind), secrets.enclave(replica, kind))?;
         }
+        write_group_key(&group_key_path(out, replica), &secrets.execution_group)?;
     }
     for (c, key) in secrets.clients.iter().enumerate() {
         write_key(&client_key_path(out, ClientId(c as u32)), key)?;
@@ -257,9 +282,15 @@ fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
     let path = out.join("cluster.toml");
     file.save(&path)?;
     println!(
-        "wrote {} ({replicas} replicas, f = {f}, {clients} clients) and keys in {}",
+        "wrote {} ({replicas} replicas, f = {f}, {clients} clients, confidential = {}) and keys in {}",
         path.display(),
+        !no_confidential,
         out.join("keys").display()
+    );
+    println!(
+        "attestation: software attestation (no TEE): {replicas} Execution reports signed by a provisioning key, \
+         which was then discarded; measurement {}",
+        hex::encode(measurement.0)
     );
     Ok(())
 }
@@ -377,11 +408,14 @@ async fn replica(
     };
     let dir = config_dir(config_path);
     let keys = &protocol.replicas[id as usize];
-    let secrets = [
-        read_key(&enclave_key_path(&dir, me, CompartmentKind::Preparation), &keys.preparation)?,
-        read_key(&enclave_key_path(&dir, me, CompartmentKind::Confirmation), &keys.confirmation)?,
-        read_key(&enclave_key_path(&dir, me, CompartmentKind::Execution), &keys.execution)?,
-    ];
+    let secrets = ReplicaSecrets {
+        keys: [
+            read_key(&enclave_key_path(&dir, me, CompartmentKind::Preparation), &keys.preparation)?,
+            read_key(&enclave_key_path(&dir, me, CompartmentKind::Confirmation), &keys.confirmation)?,
+            read_key(&enclave_key_path(&dir, me, CompartmentKind::Execution), &keys.execution)?,
+        ],
+        execution_group: read_group_key(&group_key_path(&dir, me), &protocol.execution_group_key)?,
+    };
     let listener = tokio::net::TcpListener::bind(entry.address)
         .await
         .with_context(|| format!("listening on {}", entry.address))?;
@@ -479,7 +513,11 @@ async fn client(config_path: &Path, client_id: u32, timeout_s: u64, op: ClientOp
     let secret = read_key(&client_key_path(&config_dir(config_path), id), public)?;
     let options =
         ClientOptions { request_timeout: std::time::Duration::from_secs(timeout_s), ..ClientOptions::default() };
+    let (verifier, expected) = file.attestation(config_path)?;
+    // Every Execution enclave's report is checked before the session key leaves (SPEC §6).
+    let attested = verify_attestation(&protocol, &verifier, &expected)?;
     let client = Client::connect(protocol, file.addresses(), id, secret, options).await?;
+    client.register(attested).await.context("registering a session")?;
     let op = match op {
         ClientOp::Put { key, value } => KvOp::Put { key: key.into_bytes(), value: value.into_bytes() },
         ClientOp::Get { key } => KvOp::Get { key: key.into_bytes() },

@@ -48,6 +48,7 @@ async fn a_ledger_cluster_writes_chains_that_verify_and_agree_and_tampering_is_n
         backend: Backend::Inline,
         crash_primary_after_ms: None,
         data_dir: Some(dir.clone()),
+        no_confidential: false,
         progress: false,
     };
     let summary = demo::run(options).await.unwrap();
@@ -225,6 +226,7 @@ fn spec(dir: &Path) -> demo::ClusterSpec {
         batch_timeout_ms: 10,
         backend: Backend::Inline,
         data_dir: Some(dir.to_owned()),
+        confidential: true,
     }
 }
 
