@@ -625,6 +625,7 @@ impl BrokerCore {
             (Execution, Output::Event(Event::Stable { seq })) => {
                 // Keep the stable snapshot (peers may fetch it) and any newer one.
                 self.snapshots = self.snapshots.split_off(&seq);
+                self.timer.progress(now_us);
             }
             (Confirmation, Output::Event(Event::Stable { .. })) => {}
             (Confirmation, Output::Event(Event::ViewChangeStarted { view })) => {
@@ -651,6 +652,8 @@ impl BrokerCore {
             (Execution, Output::Event(Event::StateNeeded { seq, digest })) => {
                 tracing::debug!(replica = self.me.0, seq, "state transfer needed");
                 self.counters.bump("state_transfers_started");
+                // The cluster certified a checkpoint ahead of us: it is live.
+                self.timer.progress(now_us);
                 self.start_state_fetch(seq, digest, now_us, out);
             }
             (Execution, Output::Event(Event::StateRejected { seq })) => {
@@ -661,6 +664,7 @@ impl BrokerCore {
             }
             (Execution, Output::Event(Event::StateRestored { seq })) => {
                 self.counters.bump("state_transfers_completed");
+                self.timer.forget_waiting();
                 // What peers sent while we were behind fell outside our window: ask again.
                 out.push(Action::Broadcast(Bytes::from(encode_message(&Message::ResendOutLog))));
                 self.last_executed = self.last_executed.max(seq);

@@ -101,6 +101,24 @@ impl RequestTimer {
         self.deadline_us = (!self.waiting.is_empty()).then_some(now_us + self.timeout_us);
     }
 
+    /// Evidence that the cluster makes progress without a reply from this replica: a new
+    /// stable checkpoint (certified by `2f + 1` Execution enclaves), or a certificate for
+    /// one this replica is behind. A replica catching up is not evidence against the
+    /// primary; suspecting it then would only withdraw this replica's Commits (C4).
+    pub fn progress(&mut self, now_us: u64) {
+        self.timeout_us = self.base_us;
+        self.deadline_us = (!self.waiting.is_empty()).then_some(now_us + self.timeout_us);
+    }
+
+    /// A snapshot replaced the state: the requests it covers executed without a reply from
+    /// this replica, so they would wait forever. Forget them all; clients still waiting
+    /// retransmit, which tracks them again.
+    pub fn forget_waiting(&mut self) {
+        self.waiting.clear();
+        self.timeout_us = self.base_us;
+        self.deadline_us = None;
+    }
+
     /// A view change started or a view was entered: give the next primary a full (already
     /// doubled) timeout before suspecting it too (PBFT's view-change timer).
     pub fn restart(&mut self, now_us: u64) {
@@ -307,6 +325,25 @@ mod tests {
         assert!(!t.fire(100));
         assert!(!t.fire(194));
         assert!(t.fire(195));
+    }
+
+    /// A replica behind the cluster (new stable checkpoints, a state transfer) does not
+    /// suspect the primary for requests it has not executed yet, and requests a restored
+    /// snapshot covers stop waiting.
+    #[test]
+    fn cluster_progress_and_state_transfer_hold_the_timer() {
+        let mut t = RequestTimer::new(100);
+        t.track(K1, Bytes::new(), 0);
+        assert!(t.fire(100), "no progress at all: suspect");
+        t.progress(150);
+        assert_eq!(t.deadline_us(), Some(250), "a stable checkpoint is progress: base timeout again");
+        assert!(!t.fire(249));
+        t.track(K2, Bytes::new(), 200);
+        t.forget_waiting();
+        assert_eq!((t.pending(), t.deadline_us()), (0, None));
+        assert!(!t.fire(10_000), "nothing left to wait for after the restore");
+        t.progress(10_001);
+        assert_eq!(t.deadline_us(), None, "progress does not start an idle timer");
     }
 
     #[test]
