@@ -16,7 +16,9 @@ use splitbft_types::codec::{
 };
 use splitbft_types::config::Keyring;
 use splitbft_types::counters::Counters;
-use splitbft_types::msg::{Digest, Message, Request, StateChunk};
+use splitbft_types::crypto::verify_request_signature;
+use splitbft_types::msg::{BatchMsg, Digest, Message, Request, StateChunk};
+use splitbft_types::session::ReplyBody;
 use splitbft_types::{ClientId, CompartmentKind, ProtocolConfig, ReplicaId, Seq, View};
 
 use crate::recovery::{
@@ -222,22 +224,28 @@ impl BrokerCore {
         let Some(msg) = self.decode(&frame, "peer") else { return };
         use CompartmentKind::*;
         match msg {
-            Message::Request(_) => {
+            Message::Request(request) => {
                 if self.is_primary() {
-                    self.enqueue(frame, now_us, out);
+                    self.enqueue(&request, frame, now_us, out);
                 } else {
                     self.counters.bump("peer_request_not_primary");
                 }
             }
             Message::Batch(b) => {
                 let pp = b.pre_prepare;
+                if !self.batch_is_genuine(&b) {
+                    // Junk neither enters the cache nor ends a pending fetch (SPEC §11).
+                    return self.counters.bump("batch_frames_unverified");
+                }
                 self.batches.insert(pp.body.digest, pp.body.seq, frame);
                 self.missing.remove(&pp.body.digest);
                 // A batch of an older view (fetched after a view change) is for Execution only.
-                for kind in [Preparation, Confirmation] {
-                    if pp.body.view >= self.views[kind.index()] {
-                        self.deliver(kind, pp.body.view, Message::PrePrepare(pp), out);
-                    }
+                // Preparation backups need the bytes: they check every request (SPEC §4.1 (2)).
+                if pp.body.view >= self.views[Preparation.index()] {
+                    self.deliver(Preparation, pp.body.view, Message::Batch(b.clone()), out);
+                }
+                if pp.body.view >= self.views[Confirmation.index()] {
+                    self.deliver(Confirmation, pp.body.view, Message::PrePrepare(pp), out);
                 }
                 Self::to_enclave(Execution, Message::Batch(b), out);
             }
@@ -293,6 +301,15 @@ impl BrokerCore {
         }
     }
 
+    /// Whether a batch frame is what its header claims: the bytes hash to the digest and the
+    /// header is signed by the primary of its view. Only such frames are cached, served and
+    /// end a fetch (SPEC §11; issue 11 finding 6). Costs one hash and one verification per
+    /// batch, none per request.
+    fn batch_is_genuine(&self, b: &BatchMsg) -> bool {
+        Digest::of(&b.batch) == b.pre_prepare.body.digest
+            && verify_signed(&self.protocol, &self.keys, &b.pre_prepare).is_ok()
+    }
+
     /// PBFT's liveness rule: `f + 1` replicas asking for views above ours means at least one
     /// correct replica suspects the primary: join the smallest such view.
     fn join_view_change(&mut self, out: &mut Vec<Action>) {
@@ -324,7 +341,7 @@ impl BrokerCore {
         if done || self.timer.waiting(key) {
             // A retransmission: Execution answers from its reply cache if it executed it.
             self.counters.bump("client_retransmissions");
-            Self::to_enclave(CompartmentKind::Execution, Message::Request(request), out);
+            Self::to_enclave(CompartmentKind::Execution, Message::Request(request.clone()), out);
         }
         if done {
             return;
@@ -333,7 +350,7 @@ impl BrokerCore {
             self.counters.bump("requests_untracked");
         }
         if self.is_primary() {
-            self.enqueue(frame, now_us, out);
+            self.enqueue(&request, frame, now_us, out);
         } else {
             // Backups forward to the primary, unchanged (SPEC §5).
             self.counters.bump("requests_forwarded");
@@ -341,7 +358,11 @@ impl BrokerCore {
         }
     }
 
-    fn enqueue(&mut self, frame: Bytes, now_us: u64, out: &mut Vec<Action>) {
+    /// Queues a request at the primary for the next batch, if its client signature verifies:
+    /// a filter, so that one faulty client cannot make this (correct) primary propose a batch
+    /// that correct backups refuse (SPEC §5, §6). It decides nothing: Preparation enclaves
+    /// check every request again.
+    fn enqueue(&mut self, request: &Request, frame: Bytes, now_us: u64, out: &mut Vec<Action>) {
         if self.pending.len() >= self.options.max_pending_requests {
             return self.counters.bump("requests_dropped_queue_full");
         }
@@ -351,9 +372,17 @@ impl BrokerCore {
             return self.counters.bump("request_malformed");
         };
         let body = frame.slice(offset..);
-        if !self.pending_set.insert(body.clone()) {
+        if self.pending_set.contains(&body) {
             return self.counters.bump("request_already_pending");
         }
+        let genuine = self
+            .keys
+            .client(request.client)
+            .is_some_and(|key| verify_request_signature(key, self.protocol.cluster_id, request).is_ok());
+        if !genuine {
+            return self.counters.bump("requests_bad_signature_dropped");
+        }
+        self.pending_set.insert(body.clone());
         self.pending.push_back(body);
         self.pending_since_us.get_or_insert(now_us);
         self.maybe_cut(now_us, out);
@@ -589,7 +618,13 @@ impl BrokerCore {
             }
             (Execution, Output::Send(msg @ Message::Reply(_))) => {
                 let Message::Reply(reply) = &msg else { unreachable!("matched above") };
-                self.timer.executed((reply.client, reply.timestamp), now_us);
+                let key = (reply.client, reply.timestamp);
+                // A refusal leaves the timestamp unused (SPEC §4.3 (4)): the genuine request
+                // may still come, so it is not completed here.
+                match from_bytes::<ReplyBody>(&reply.result) {
+                    Ok(ReplyBody::Refused(_)) => self.timer.refused(key),
+                    _ => self.timer.executed(key, now_us),
+                }
                 out.push(Action::Reply(reply.client, Bytes::from(encode_message(&msg))));
             }
             (Preparation, Output::Event(Event::Ordered { view, seq, requests })) => {
@@ -625,7 +660,11 @@ impl BrokerCore {
             (Execution, Output::Event(Event::Stable { seq })) => {
                 // Keep the stable snapshot (peers may fetch it) and any newer one.
                 self.snapshots = self.snapshots.split_off(&seq);
-                self.timer.progress(now_us);
+                // Progress this replica has not seen itself holds the timer; a checkpoint it
+                // executed up to proves nothing about requests still waiting here.
+                if self.last_executed < seq {
+                    self.timer.progress(now_us);
+                }
             }
             (Confirmation, Output::Event(Event::Stable { .. })) => {}
             (Confirmation, Output::Event(Event::ViewChangeStarted { view })) => {
@@ -718,7 +757,10 @@ impl BrokerCore {
         frames.extend(self.timer.waiting_frames());
         if self.is_primary() {
             for frame in frames {
-                self.enqueue(frame, now_us, out);
+                match decode_message(&frame) {
+                    Ok(Message::Request(request)) => self.enqueue(&request, frame, now_us, out),
+                    _ => self.counters.bump("request_malformed"),
+                }
             }
             self.maybe_cut(now_us, out);
         } else {
@@ -787,8 +829,20 @@ mod tests {
     }
 
     fn request_frame(t: u64) -> Bytes {
-        let req = Request { client: ClientId(0), timestamp: t, op: vec![1], auth: vec![] };
-        Bytes::from(encode_message(&Message::Request(req)))
+        request_frame_of(0, t)
+    }
+
+    /// A request of client `c` signed like a real client's (the fixture's cluster secrets).
+    fn request_frame_of(c: u32, t: u64) -> Bytes {
+        let secrets = splitbft_types::keys::ClusterSecrets::deterministic(1, 1, 1, 1);
+        let keyring = secrets.config.validate().unwrap();
+        let keys = splitbft_types::crypto::ClientKeys::derive(
+            &secrets.clients[c as usize],
+            &secrets.config,
+            &keyring,
+            ClientId(c),
+        );
+        Bytes::from(encode_message(&Message::Request(keys.request(t, vec![1]))))
     }
 
     fn order_batches(actions: &[Action]) -> Vec<Vec<u8>> {
@@ -917,6 +971,7 @@ mod tests {
                 timestamp: u64::from(i) * 7,
                 op: vec![i as u8; i as usize % 13],
                 auth: vec![Mac([i as u8; 32]); 4],
+                sig: splitbft_types::msg::Sig([i as u8; 64]),
             })
             .collect();
         let frames: Vec<Bytes> =

@@ -11,7 +11,7 @@ use splitbft_types::boundary::{Compartment, Input, Output};
 use splitbft_types::codec::{from_bytes, to_bytes};
 use splitbft_types::config::Keyring;
 use splitbft_types::crypto::{MacKey, Purpose, SecretKey, reply_mac};
-use splitbft_types::msg::{BatchMsg, Checkpoint, Commit, Digest, Message, PrePrepare, Prepare, Request, Signed};
+use splitbft_types::msg::{BatchMsg, Checkpoint, Commit, Digest, Message, PrePrepare, Prepare, Request, Sig, Signed};
 use splitbft_types::session::{Direction, Refusal, ReplyBody, SessionKey, SessionOp};
 use splitbft_types::{ClientId, CompartmentKind, EnclaveId, ProtocolConfig, ReplicaId, Seq, View};
 
@@ -117,7 +117,7 @@ impl Byzantine {
                 .seal(self.config.cluster_id, client, timestamp, Direction::Request, epoch, &op)
                 .expect("timestamp inside the nonce space");
             let op = to_bytes(&SessionOp::Sealed { epoch, ciphertext });
-            requests.push(Request { client, timestamp, op, auth: Vec::new() });
+            requests.push(Request { client, timestamp, op, auth: Vec::new(), sig: Sig([0; 64]) });
             let batch = to_bytes(&requests);
             let body = PrePrepare { digest: Digest::of(&batch), ..b.pre_prepare.body };
             let sig = self.key.sign(self.config.cluster_id, Purpose::PrePrepare, &body);
