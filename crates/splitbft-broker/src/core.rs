@@ -963,6 +963,176 @@ mod tests {
         assert_eq!(suspects(&out), 1);
     }
 
+    /// A backup broker of the fixture cluster (primary(0) = 0) with a request timeout of
+    /// `timeout_us`.
+    fn backup(timeout_us: u64) -> BrokerCore {
+        let secrets = splitbft_types::keys::ClusterSecrets::deterministic(1, 1, 1, 1);
+        let mut options = BrokerOptions::new(&secrets.config);
+        options.view_change_timeout_us = timeout_us;
+        BrokerCore::new(secrets.config, ReplicaId(1), options)
+    }
+
+    /// Execution(1)'s reply to `(0, t)` carrying `body` (the broker reads no MAC).
+    fn reply(t: u64, body: ReplyBody) -> Bytes {
+        let reply = splitbft_types::msg::Reply {
+            view: 0,
+            client: ClientId(0),
+            timestamp: t,
+            replica: ReplicaId(1),
+            result: to_bytes(&body),
+            mac: Mac::default(),
+        };
+        Bytes::from(to_bytes(&Output::Send(Message::Reply(reply))))
+    }
+
+    fn forwarded(actions: &[Action]) -> usize {
+        actions.iter().filter(|a| matches!(a, Action::Send(ReplicaId(0), _))).count()
+    }
+
+    fn suspected(actions: &[Action]) -> bool {
+        actions.iter().any(|a| {
+            matches!(a, Action::Enclave(CompartmentKind::Confirmation, b)
+                if matches!(from_bytes::<Input>(b), Ok(Input::Suspect(_))))
+        })
+    }
+
+    /// Issue 11 finding (5), first half: a refusal reply (the op of *some* copy of `(c, t)`
+    /// did not open; the timestamp stays unused, SPEC §4.3 (4)) does not mark `(c, t)`
+    /// completed. On 106ccbb it did, in every broker, so the genuine request was never
+    /// forwarded to the primary again: censorship by one junk copy.
+    #[test]
+    fn a_refusal_does_not_complete_the_request() {
+        use splitbft_types::session::Refusal;
+        let mut core = backup(1_000);
+        let mut out = Vec::new();
+        core.on_client_frame(ClientId(0), request_frame(1), 0, &mut out);
+        assert_eq!(forwarded(&out), 1);
+        core.on_enclave_outputs(
+            CompartmentKind::Execution,
+            vec![reply(1, ReplyBody::Refused(Refusal::NotAuthentic))],
+            5,
+            &mut out,
+        );
+        out.clear();
+        core.on_client_frame(ClientId(0), request_frame(1), 10, &mut out);
+        assert_eq!(forwarded(&out), 1, "the genuine request goes to the primary again");
+        // A real result completes it: later copies only ask Execution for its cached reply.
+        core.on_enclave_outputs(
+            CompartmentKind::Execution,
+            vec![reply(1, ReplyBody::Sealed(vec![1, 2]))],
+            20,
+            &mut out,
+        );
+        out.clear();
+        core.on_client_frame(ClientId(0), request_frame(1), 30, &mut out);
+        assert_eq!(forwarded(&out), 0);
+        assert_eq!(core.counters().get("client_retransmissions"), 1);
+    }
+
+    /// Issue 11 finding (5), second half: PBFT's timer is per request. A primary that
+    /// executes everyone else's requests but never client 0's `t = 1` is suspected once that
+    /// request waited `STARVATION_TIMEOUTS` timeouts. On 106ccbb every execution reset the
+    /// timer, so it never fired.
+    #[test]
+    fn a_request_starved_while_others_execute_fires_the_timer() {
+        use crate::recovery::STARVATION_TIMEOUTS;
+        let timeout = 1_000;
+        let mut core = backup(timeout);
+        let mut out = Vec::new();
+        core.on_client_frame(ClientId(0), request_frame(1), 0, &mut out);
+        let mut fired_at = None;
+        for step in 1..200u64 {
+            let now = step * 100;
+            out.clear();
+            // Another request arrives and executes within a tenth of a timeout.
+            core.on_client_frame(ClientId(0), request_frame(step + 1), now, &mut out);
+            core.on_enclave_outputs(
+                CompartmentKind::Execution,
+                vec![reply(step + 1, ReplyBody::Sealed(vec![0]))],
+                now + 50,
+                &mut out,
+            );
+            core.on_tick(now + 50, &mut out);
+            if suspected(&out) {
+                fired_at = Some(now + 50);
+                break;
+            }
+        }
+        let fired_at = fired_at.expect("the starved request never made the broker suspect the primary");
+        assert!(
+            fired_at >= STARVATION_TIMEOUTS * timeout && fired_at <= STARVATION_TIMEOUTS * timeout + 100,
+            "{fired_at}"
+        );
+    }
+
+    /// Issue 11 finding (6), SPEC §11 "caches check before they keep": on 106ccbb the batch
+    /// cache kept frames without checking their hash, a later frame overwrote a kept one,
+    /// and any frame naming a missing digest cancelled its fetch. Now junk is dropped before
+    /// all three, and the genuine frame is the one served.
+    #[test]
+    fn the_batch_cache_keeps_only_verified_frames_and_never_replaces_one() {
+        use splitbft_types::crypto::Purpose;
+        use splitbft_types::msg::{BatchMsg, PrePrepare, Sig, Signed};
+        let secrets = splitbft_types::keys::ClusterSecrets::deterministic(1, 1, 1, 1);
+        let primary_key = secrets.enclave(ReplicaId(0), CompartmentKind::Preparation);
+        let Ok(Message::Request(request)) = decode_message(&request_frame(1)) else { unreachable!("a request frame") };
+        let batch = to_bytes(&vec![request]);
+        let digest = Digest::of(&batch);
+        let signed = |body: PrePrepare| Signed {
+            body,
+            sig: primary_key.sign(secrets.config.cluster_id, Purpose::PrePrepare, &body),
+        };
+        let frame = |pre_prepare, batch: &[u8]| {
+            Bytes::from(encode_message(&Message::Batch(BatchMsg { pre_prepare, batch: batch.to_vec() })))
+        };
+        let genuine = frame(signed(PrePrepare { view: 0, seq: 1, digest }), &batch);
+        let junk = [
+            // Bytes that do not hash to the digest, under a genuine header.
+            frame(signed(PrePrepare { view: 0, seq: 1, digest }), b"junk"),
+            // The right bytes under a forged header.
+            frame(Signed { body: PrePrepare { view: 0, seq: 1, digest }, sig: Sig([7; 64]) }, &batch),
+        ];
+        let mut core = backup(1_000);
+        let mut out = Vec::new();
+        // Execution misses the batch: a fetch is pending.
+        core.on_enclave_outputs(
+            CompartmentKind::Execution,
+            vec![Bytes::from(to_bytes(&Output::Event(Event::MissingBatch { seq: 1, digest })))],
+            0,
+            &mut out,
+        );
+        assert_eq!(core.missing_batches(), 1);
+        for j in &junk {
+            core.on_peer_frame(ReplicaId(3), j.clone(), 1, &mut out);
+        }
+        assert_eq!(core.missing_batches(), 1, "junk ended the fetch");
+        assert_eq!(core.counters().get("batch_frames_unverified"), 2);
+        out.clear();
+        core.on_peer_frame(
+            ReplicaId(2),
+            Bytes::from(encode_message(&Message::FetchBatch { seq: 1, digest })),
+            2,
+            &mut out,
+        );
+        assert!(out.is_empty(), "junk was cached and served");
+        core.on_peer_frame(ReplicaId(0), genuine.clone(), 3, &mut out);
+        assert_eq!(core.missing_batches(), 0);
+        // A second verified frame for the digest (the same batch at another seq) does not
+        // replace the first; junk never does.
+        let other = frame(signed(PrePrepare { view: 0, seq: 2, digest }), &batch);
+        for f in [&other, &junk[0], &junk[1]] {
+            core.on_peer_frame(ReplicaId(3), f.clone(), 4, &mut out);
+        }
+        out.clear();
+        core.on_peer_frame(
+            ReplicaId(2),
+            Bytes::from(encode_message(&Message::FetchBatch { seq: 1, digest })),
+            5,
+            &mut out,
+        );
+        assert!(matches!(out.as_slice(), [Action::Send(ReplicaId(2), f)] if *f == genuine), "{out:?}");
+    }
+
     #[test]
     fn concatenated_requests_equal_the_vec_encoding() {
         let reqs: Vec<Request> = (0..300)
