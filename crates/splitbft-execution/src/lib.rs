@@ -180,7 +180,8 @@ impl Execution {
         self.executed
     }
 
-    /// Digest of the current application state.
+    /// Digest of the current application state: for code that holds the enclave itself
+    /// (tests, the simulator's checkers), never reported across the boundary.
     pub fn app_digest(&self) -> Digest {
         self.app.digest()
     }
@@ -560,7 +561,9 @@ impl Execution {
             low_watermark: self.checkpoints.low(),
             view: self.view,
             last_executed: self.executed,
-            app_digest: Some(self.app.digest()),
+            // No digest of the plaintext state: the host sees counts, never anything
+            // derived from what Execution keeps confidential (SPEC §6 last bullet; issue
+            // 11 finding 7). Checkpoint digests are the one exception the protocol needs.
         }
     }
 }

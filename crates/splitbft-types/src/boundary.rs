@@ -143,8 +143,6 @@ pub struct Stats {
     pub view: View,
     /// Last executed sequence number (Execution only).
     pub last_executed: Seq,
-    /// Digest of the application state (Execution only).
-    pub app_digest: Option<crate::msg::Digest>,
 }
 
 impl Stats {
