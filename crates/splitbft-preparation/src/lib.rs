@@ -56,6 +56,11 @@ pub struct Preparation {
     /// Per replica, the highest view for which its ViewChange failed the full check: its
     /// ViewChanges up to that view are dropped unread, so each costs at most one full check.
     refused_view_changes: Vec<View>,
+    /// Per replica, the highest view whose NewView, signed by that replica as its primary,
+    /// failed the checks: further NewViews it signs for views up to that one are dropped
+    /// after one signature check, so a faulty primary cannot make every Preparation redo
+    /// the `O(L·(2f+1))` check by resending.
+    refused_new_views: Vec<View>,
     genesis: Digest,
     counters: Counters,
 }
@@ -79,6 +84,7 @@ impl Preparation {
             checkpoints: CheckpointLog::new(genesis),
             view_changes: vec![None; config.n()],
             refused_view_changes: vec![0; config.n()],
+            refused_new_views: vec![0; config.n()],
             genesis,
             counters: Counters::default(),
             config,
@@ -365,9 +371,20 @@ impl Preparation {
         if nv.body.view <= self.view {
             return self.counters.bump("new_view_old");
         }
+        // Only the new primary's own signature makes a refusal count against it.
+        let Ok(primary) = verify_signed(&self.config, &self.keys, &nv) else {
+            return self.counters.bump("new_view_bad_signature");
+        };
+        let p = primary.0 as usize;
+        if nv.body.view <= self.refused_new_views[p] {
+            return self.counters.bump("new_view_sender_refused");
+        }
         match check_new_view(&self.config, &self.keys, &nv, self.genesis, Depth::Full) {
             Ok(accepted) => self.enter_view(accepted, out),
-            Err(e) => self.counters.bump(reject_name("new_view", e)),
+            Err(e) => {
+                self.refused_new_views[p] = nv.body.view;
+                self.counters.bump(reject_name("new_view", e))
+            }
         }
     }
 
