@@ -9,6 +9,8 @@
 //! `O` computed exactly as PBFT (6); every Preparation enclave recomputes and checks `O`
 //! before entering the view and preparing its PrePrepares (7).
 
+mod durable;
+
 use std::collections::BTreeMap;
 
 use splitbft_types::boundary::{Compartment, Event, Input, Output, Stats};
@@ -46,6 +48,8 @@ pub struct Preparation {
     view_changes: Vec<Option<Signed<ViewChange>>>,
     genesis: Digest,
     counters: Counters,
+    /// Sealed write-ahead state, when durability is on (SPEC §10, `durable.rs`).
+    durable: Option<durable::Journal>,
 }
 
 impl Preparation {
@@ -68,6 +72,7 @@ impl Preparation {
             view_changes: vec![None; config.n()],
             genesis,
             counters: Counters::default(),
+            durable: None,
             config,
         })
     }
@@ -315,5 +320,12 @@ impl Compartment for Preparation {
 
     fn count_malformed_input(&mut self) {
         self.counters.bump("malformed_input");
+    }
+
+    fn after_crossing(&mut self, out: &mut Vec<Output>) {
+        if let Some(mut journal) = self.durable.take() {
+            journal.step(self, out);
+            self.durable = Some(journal);
+        }
     }
 }
