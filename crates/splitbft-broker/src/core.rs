@@ -86,6 +86,9 @@ pub enum Action {
         /// The sealed bytes (opaque to the broker).
         sealed: Bytes,
     },
+    /// Make a compartment's sealed state record durable before any network action of the
+    /// same round is carried out (SPEC §10 write-ahead).
+    SealState(CompartmentKind, splitbft_types::durable::SealedState),
 }
 
 /// The broker state of one replica.
@@ -683,6 +686,7 @@ impl BrokerCore {
                 }
             },
             (kind, Output::Stats(stats)) => self.stats[kind.index()] = Some(stats),
+            (kind, Output::Sealed(state)) => out.push(Action::SealState(kind, state)),
             (Execution, Output::Persist { height, sealed }) => {
                 out.push(Action::Persist { height, sealed: Bytes::from(sealed) });
             }
