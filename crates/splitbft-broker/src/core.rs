@@ -515,6 +515,7 @@ impl BrokerCore {
         if fetch.chunks.len() != total {
             fetch.chunks = vec![None; total];
         }
+        self.counters.add("state_transfer_bytes", chunk.bytes.len() as u64);
         fetch.chunks[chunk.index as usize] = Some(chunk.bytes);
         fetch.deadline_us = now_us + STATE_PEER_TIMEOUT_US;
         if fetch.chunks.iter().all(Option::is_some) {

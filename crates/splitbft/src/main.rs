@@ -453,6 +453,12 @@ async fn replica(
         report.broker_counter("requests_executed"),
         report.broker_counter("state_transfers_completed"),
     );
+    eprintln!(
+        "replica {id}: {} bytes of sealed state read from disk on start, {} bytes fetched by state transfer, {} state commits",
+        report.broker_counter("state_recovered_bytes"),
+        report.broker_counter("state_transfer_bytes"),
+        report.broker_counter("state_commits"),
+    );
     if app == splitbft::AppKind::Ledger {
         eprintln!(
             "replica {id}: {} ledger blocks written, {} write errors",
