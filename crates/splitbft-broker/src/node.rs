@@ -236,10 +236,6 @@ pub async fn spawn_node(
         driver.core.on_enclave_outputs(CompartmentKind::Execution, replay, 0, &mut actions);
         driver.execute(&mut actions);
     }
-    // A fresh compartment's first image, before anything leaves.
-    let mut actions = Vec::new();
-    BrokerCore::query_stats(&mut actions);
-    driver.execute(&mut actions);
     let task = tokio::spawn(driver.run(events_rx, out_rx, shutdown_rx));
     Ok(NodeHandle { events: events_tx, shutdown: Some(shutdown_tx), task, tasks })
 }
