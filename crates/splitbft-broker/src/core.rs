@@ -88,6 +88,9 @@ pub enum Action {
         /// The sealed bytes (opaque to the broker).
         sealed: Bytes,
     },
+    /// Make a compartment's sealed state record durable before any network action of the
+    /// same round is carried out (SPEC §10 write-ahead).
+    SealState(CompartmentKind, splitbft_types::durable::SealedState),
 }
 
 /// The broker state of one replica.
@@ -541,6 +544,7 @@ impl BrokerCore {
         if fetch.chunks.len() != total {
             fetch.chunks = vec![None; total];
         }
+        self.counters.add("state_transfer_bytes", chunk.bytes.len() as u64);
         fetch.chunks[chunk.index as usize] = Some(chunk.bytes);
         fetch.deadline_us = now_us + STATE_PEER_TIMEOUT_US;
         if fetch.chunks.iter().all(Option::is_some) {
@@ -722,6 +726,7 @@ impl BrokerCore {
                 }
             },
             (kind, Output::Stats(stats)) => self.stats[kind.index()] = Some(stats),
+            (kind, Output::Sealed(state)) => out.push(Action::SealState(kind, state)),
             (Execution, Output::Persist { height, sealed }) => {
                 out.push(Action::Persist { height, sealed: Bytes::from(sealed) });
             }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use splitbft_enclave::{Backend, EnclaveHandle, ReplicaSecrets, start_replica};
+use splitbft_enclave::{Backend, DurableStart, EnclaveHandle, ReplicaSecrets, start_replica, start_replica_durable};
 use splitbft_types::boundary::Stats;
 use splitbft_types::wire::{Hello, MAX_FRAME_BYTES};
 use splitbft_types::{Application, ClientId, CompartmentKind, ProtocolConfig, ReplicaId};
@@ -21,6 +21,7 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use crate::core::{Action, BrokerCore, BrokerOptions};
 use crate::drive::drive;
 use crate::store::BlockFile;
+use crate::wal::{DirLock, MonotonicCounter, SoftwareCounter, Wal, WalError, lock_dir};
 
 /// Frames queued per outgoing connection; when full, frames to that peer or client are
 /// dropped (and counted) instead of stalling the replica: a slow or dead peer must not
@@ -56,6 +57,9 @@ pub struct NodeConfig {
     /// Where sealed ledger blocks are appended (`ledger.blocks` inside it, SPEC §7).
     /// Without one, blocks the Execution enclave seals are counted and dropped.
     pub data_dir: Option<PathBuf>,
+    /// Sealed write-ahead compartment state in `data_dir` (SPEC §10): every round's state
+    /// is fsync'd before its outputs leave, and a restart resumes from it. Needs `data_dir`.
+    pub durable: bool,
 }
 
 impl NodeConfig {
@@ -69,6 +73,7 @@ impl NodeConfig {
             backend,
             max_frame_bytes: MAX_FRAME_BYTES,
             data_dir: None,
+            durable: false,
         }
     }
 }
@@ -87,6 +92,12 @@ pub enum NodeError {
         /// Replicas configured.
         replicas: usize,
     },
+    /// The write-ahead log, its lock or a counter could not be used.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// Durability asked for without a data directory.
+    #[error("durable state needs a data directory")]
+    DurableWithoutDataDir,
     /// The data directory or its block file could not be opened.
     #[error("data directory {path}: {source}")]
     DataDir {
@@ -177,7 +188,13 @@ pub async fn spawn_node(
     let sink: splitbft_enclave::OutputSink = Arc::new(move |kind, outputs| {
         let _ = out_tx.send((kind, outputs));
     });
-    let enclaves = start_replica(&config.protocol, config.me, secrets, app, config.backend, sink)?;
+    let (enclaves, durable, replay) = if config.durable {
+        let dir = config.data_dir.as_ref().ok_or(NodeError::DurableWithoutDataDir)?;
+        let (enclaves, durable, replay) = open_durable(&config, dir, secrets, app, sink)?;
+        (enclaves, Some(durable), replay)
+    } else {
+        (start_replica(&config.protocol, config.me, secrets, app, config.backend, sink)?, None, Vec::new())
+    };
     let (events_tx, events_rx) = mpsc::channel(CORE_QUEUE_EVENTS);
     let mut tasks = Vec::new();
     let mut peers = HashMap::new();
@@ -197,7 +214,28 @@ pub async fn spawn_node(
         core.count("ledger_torn_tail_cut");
     }
     let ledger = ledger.map(|file| Ledger { file, error_logged: false });
-    let driver = Driver { core, enclaves, peers, clients: HashMap::new(), ledger, start: Instant::now() };
+    let mut driver = Driver {
+        core,
+        enclaves,
+        peers,
+        clients: HashMap::new(),
+        ledger,
+        durable,
+        start: Instant::now(),
+        failed: false,
+    };
+    if let Some(d) = &driver.durable {
+        driver.core.count_n("state_recovered_bytes", d.wal.recovered_bytes);
+        if d.wal.torn_tail_bytes > 0 {
+            driver.core.count("state_torn_tail_cut");
+        }
+    }
+    if !replay.is_empty() {
+        // Execution's local replay: ledger blocks, checkpoints and snapshots it rebuilt.
+        let mut actions = Vec::new();
+        driver.core.on_enclave_outputs(CompartmentKind::Execution, replay, 0, &mut actions);
+        driver.execute(&mut actions);
+    }
     let task = tokio::spawn(driver.run(events_rx, out_rx, shutdown_rx));
     Ok(NodeHandle { events: events_tx, shutdown: Some(shutdown_tx), task, tasks })
 }
@@ -212,7 +250,52 @@ struct Driver {
     peers: HashMap<ReplicaId, mpsc::Sender<Bytes>>,
     clients: HashMap<ClientId, mpsc::Sender<Bytes>>,
     ledger: Option<Ledger>,
+    durable: Option<Durable>,
     start: Instant,
+    /// Storage failed: nothing more may leave this replica (SPEC §10 write-ahead).
+    failed: bool,
+}
+
+/// The write-ahead state of a durable replica (SPEC §10).
+struct Durable {
+    wal: Wal,
+    counters: [SoftwareCounter; 3],
+    /// Held for the process's life: a second replica on the directory is refused.
+    _lock: DirLock,
+}
+
+type Started = ([Box<dyn EnclaveHandle>; 3], Durable, Vec<Bytes>);
+
+/// Locks the data directory, reads the log and counters, and starts each compartment from
+/// its own sealed state.
+fn open_durable(
+    config: &NodeConfig,
+    dir: &std::path::Path,
+    secrets: ReplicaSecrets,
+    app: Box<dyn Application>,
+    sink: splitbft_enclave::OutputSink,
+) -> Result<Started, NodeError> {
+    let lock = lock_dir(dir)?;
+    let (wal, recovered) = Wal::open(dir)?;
+    let counters = [
+        SoftwareCounter::open(dir, CompartmentKind::Preparation)?,
+        SoftwareCounter::open(dir, CompartmentKind::Confirmation)?,
+        SoftwareCounter::open(dir, CompartmentKind::Execution)?,
+    ];
+    let [p, c, e] = recovered;
+    let start = [
+        DurableStart { records: p, counter: counters[0].read() },
+        DurableStart { records: c, counter: counters[1].read() },
+        DurableStart { records: e, counter: counters[2].read() },
+    ];
+    tracing::info!(
+        dir = %dir.display(),
+        records = start.iter().map(|s| s.records.len()).sum::<usize>(),
+        "durable state: software monotonic counter (trusts the host)"
+    );
+    let (enclaves, replay) =
+        start_replica_durable(&config.protocol, config.me, secrets, app, config.backend, sink, start)?;
+    Ok((enclaves, Durable { wal, counters, _lock: lock }, replay))
 }
 
 /// The block file and whether an I/O error was already logged (they are all counted).
@@ -258,6 +341,13 @@ impl Driver {
                 Some((kind, outs)) = outputs.recv() => {
                     let now = self.now_us();
                     self.core.on_enclave_outputs(kind, outs, now, &mut actions);
+                    // Group commit: every compartment's outputs queued now share one fsync.
+                    for _ in 0..EVENTS_PER_ROUND {
+                        match outputs.try_recv() {
+                            Ok((kind, outs)) => self.core.on_enclave_outputs(kind, outs, now, &mut actions),
+                            Err(_) => break,
+                        }
+                    }
                 }
                 Some(event) = events.recv() => {
                     self.on_event(event, &mut actions);
@@ -274,6 +364,9 @@ impl Driver {
                 }
             }
             self.execute(&mut actions);
+            if self.failed {
+                break;
+            }
         }
         self.final_report(&mut outputs).await
     }
@@ -295,9 +388,22 @@ impl Driver {
     }
 
     /// Carries out actions; inline compartments answer at once, so loop until quiet.
+    ///
+    /// With durability on this is one round of the write-ahead rule (SPEC §10): sealed
+    /// state records go to the log, network actions are held, the log is committed with
+    /// one fsync, and only then do the held frames leave. A storage error stops the replica
+    /// (`failed`) with the round's outputs unsent: never a silent divergence.
     fn execute(&mut self, actions: &mut Vec<Action>) {
+        if self.failed {
+            actions.clear();
+            return;
+        }
         let now = self.now_us();
         let (peers, clients, ledger) = (&self.peers, &self.clients, &mut self.ledger);
+        let mut durable = self.durable.as_mut();
+        let mut held = Vec::new();
+        let mut images = Vec::new();
+        let mut wal_error = None;
         // Records appended to the buffer this round: counted as written once flushed.
         let mut appended = 0u64;
         drive(
@@ -306,29 +412,28 @@ impl Driver {
             std::mem::take(actions),
             now,
             |core, action| match action {
-                Action::Broadcast(frame) => {
-                    for tx in peers.values() {
-                        if tx.try_send(frame.clone()).is_err() {
-                            core.count("peer_frames_dropped");
-                        }
-                    }
-                }
-                Action::Send(to, frame) => match peers.get(&to) {
-                    Some(tx) if tx.try_send(frame).is_ok() => {}
-                    _ => core.count("peer_frames_dropped"),
-                },
-                Action::Reply(to, frame) => match clients.get(&to) {
-                    Some(tx) if tx.try_send(frame).is_ok() => {}
-                    _ => core.count("client_frames_dropped"),
-                },
                 Action::Persist { height, sealed } => match ledger.as_mut() {
                     Some(ledger) => match ledger.file.append(height, &sealed) {
-                        Ok(()) => appended += 1,
+                        Ok(true) => appended += 1,
+                        Ok(false) => core.count("ledger_records_already_stored"),
                         Err(e) => ledger.failed(core, "ledger_write_errors", &e),
                     },
                     None => core.count("ledger_records_without_data_dir"),
                 },
+                Action::SealState(kind, state) => match durable.as_mut() {
+                    Some(d) => {
+                        if state.kind == splitbft_types::durable::RecordKind::Image {
+                            images.push((kind, state.epoch));
+                        }
+                        if let Err(e) = d.wal.append(kind, &state) {
+                            wal_error.get_or_insert(e);
+                        }
+                    }
+                    None => core.count("sealed_state_without_durability"),
+                },
                 Action::Enclave(..) => unreachable!("drive crosses enclave inputs itself"),
+                network if durable.is_some() => held.push(network),
+                network => send(core, peers, clients, network),
             },
             |_, _| {},
         );
@@ -340,6 +445,39 @@ impl Driver {
                 Ok(()) => self.core.count_n("ledger_records_written", appended),
                 Err(e) => ledger.failed(&mut self.core, "ledger_flush_errors", &e),
             }
+        }
+        let Some(d) = self.durable.as_mut() else { return };
+        if !images.is_empty()
+            && let Some(ledger) = self.ledger.as_mut()
+            && let Err(e) = ledger.file.sync()
+        {
+            // An image drops the batches before it from the log: blocks they made must be on
+            // disk first, or a crash would lose them for good.
+            ledger.failed(&mut self.core, "ledger_sync_errors", &e);
+        }
+        let result = match wal_error {
+            Some(e) => Err(e),
+            None if d.wal.dirty() => d.wal.commit().map(|()| self.core.count("state_commits")),
+            None => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::error!(%e, "sealed state could not be made durable: stopping this replica, its last round unsent");
+            self.core.count("state_write_errors");
+            self.failed = true;
+            return;
+        }
+        for (kind, epoch) in images {
+            let counter = &mut d.counters[kind.index()];
+            while counter.read() < epoch {
+                if let Err(e) = counter.increment() {
+                    tracing::error!(%e, "software monotonic counter could not be raised: stopping this replica");
+                    self.failed = true;
+                    return;
+                }
+            }
+        }
+        for action in held {
+            send(&mut self.core, &self.peers, &self.clients, action);
         }
     }
 
@@ -372,6 +510,35 @@ impl Driver {
             }
         }
         self.report()
+    }
+}
+
+/// Hands a network action to the connection writers (frames to a full queue are dropped).
+fn send(
+    core: &mut BrokerCore,
+    peers: &HashMap<ReplicaId, mpsc::Sender<Bytes>>,
+    clients: &HashMap<ClientId, mpsc::Sender<Bytes>>,
+    action: Action,
+) {
+    match action {
+        Action::Broadcast(frame) => {
+            for tx in peers.values() {
+                if tx.try_send(frame.clone()).is_err() {
+                    core.count("peer_frames_dropped");
+                }
+            }
+        }
+        Action::Send(to, frame) => match peers.get(&to) {
+            Some(tx) if tx.try_send(frame).is_ok() => {}
+            _ => core.count("peer_frames_dropped"),
+        },
+        Action::Reply(to, frame) => match clients.get(&to) {
+            Some(tx) if tx.try_send(frame).is_ok() => {}
+            _ => core.count("client_frames_dropped"),
+        },
+        Action::Persist { .. } | Action::SealState(..) | Action::Enclave(..) => {
+            unreachable!("storage and enclave actions are carried out by `execute`")
+        }
     }
 }
 

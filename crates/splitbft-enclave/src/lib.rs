@@ -73,6 +73,9 @@ pub enum EnclaveError {
     /// The OS refused a thread.
     #[error("cannot spawn compartment thread: {0}")]
     Spawn(#[from] std::io::Error),
+    /// A compartment refused its sealed state (SPEC §10): altered, rolled back or incomplete.
+    #[error("{0} enclave refused its sealed state: {1}")]
+    Restore(CompartmentKind, splitbft_types::durable::RestoreError),
 }
 
 /// One compartment behind the boundary.
@@ -199,4 +202,65 @@ pub fn start_replica(
     };
     let [p, c, e] = compartments;
     Ok([wrap(p)?, wrap(c)?, wrap(e)?])
+}
+
+/// How one compartment starts with durability on (SPEC §10).
+#[derive(Clone, Debug, Default)]
+pub struct DurableStart {
+    /// Its latest sealed image and the deltas after it (empty: no state, a fresh start).
+    pub records: Vec<splitbft_types::durable::SealedState>,
+    /// The monotonic counter's value for this compartment.
+    pub counter: u64,
+}
+
+/// A replica's three enclaves, in [`CompartmentKind::ALL`] order.
+pub type Enclaves = [Box<dyn EnclaveHandle>; 3];
+
+/// Like [`start_replica`], with sealed write-ahead state on: each compartment restores from
+/// its own records (or starts fresh and emits its first image). Returns the enclaves and
+/// the encoded outputs of Execution's local replay, for the environment to route.
+pub fn start_replica_durable(
+    config: &ProtocolConfig,
+    me: ReplicaId,
+    secrets: ReplicaSecrets,
+    app: Box<dyn Application>,
+    backend: Backend,
+    sink: OutputSink,
+    start: [DurableStart; 3],
+) -> Result<(Enclaves, Vec<Bytes>), EnclaveError> {
+    let genesis = Execution::genesis_digest(config, app.as_ref());
+    let ReplicaSecrets { keys: [prep_key, conf_key, exec_key], execution_group } = secrets;
+    let [p, c, e] = start;
+    let prep = if p.records.is_empty() {
+        let mut prep = Preparation::new(config.clone(), me, prep_key, genesis)?;
+        prep.enable_durability(p.counter);
+        prep
+    } else {
+        Preparation::restore(config.clone(), me, prep_key, genesis, &p.records, p.counter)
+            .map_err(|e| EnclaveError::Restore(CompartmentKind::Preparation, e))?
+    };
+    let conf = if c.records.is_empty() {
+        let mut conf = Confirmation::new(config.clone(), me, conf_key, genesis)?;
+        conf.enable_durability(c.counter);
+        conf
+    } else {
+        Confirmation::restore(config.clone(), me, conf_key, genesis, &c.records, c.counter)
+            .map_err(|e| EnclaveError::Restore(CompartmentKind::Confirmation, e))?
+    };
+    let (exec, replay) = if e.records.is_empty() {
+        let mut exec = Execution::new(config.clone(), me, exec_key, execution_group, app)?;
+        exec.enable_durability(e.counter);
+        (exec, Vec::new())
+    } else {
+        Execution::restore(config.clone(), me, exec_key, execution_group, app, &e.records, e.counter)
+            .map_err(|err| EnclaveError::Restore(CompartmentKind::Execution, err))?
+    };
+    let replay = replay.iter().map(|o| Bytes::from(splitbft_types::codec::to_bytes(o))).collect();
+    let wrap = |c: Box<dyn Compartment>| -> Result<Box<dyn EnclaveHandle>, EnclaveError> {
+        Ok(match backend {
+            Backend::Inline => Box::new(InlineEnclave::new(c)),
+            Backend::Thread => Box::new(ThreadEnclave::spawn(c, sink.clone())?),
+        })
+    };
+    Ok(([wrap(Box::new(prep))?, wrap(Box::new(conf))?, wrap(Box::new(exec))?], replay))
 }

@@ -14,6 +14,8 @@
 //! `O` computed exactly as PBFT (6); every Preparation enclave recomputes and checks `O`
 //! before entering the view and preparing its PrePrepares (7).
 
+mod durable;
+
 use std::collections::BTreeMap;
 
 use splitbft_types::boundary::{Compartment, Event, Input, Output, Stats};
@@ -63,6 +65,8 @@ pub struct Preparation {
     refused_new_views: Vec<View>,
     genesis: Digest,
     counters: Counters,
+    /// Sealed write-ahead state, when durability is on (SPEC §10, `durable.rs`).
+    durable: Option<durable::Journal>,
 }
 
 impl Preparation {
@@ -87,6 +91,7 @@ impl Preparation {
             refused_new_views: vec![0; config.n()],
             genesis,
             counters: Counters::default(),
+            durable: None,
             config,
         })
     }
@@ -453,5 +458,12 @@ impl Compartment for Preparation {
 
     fn count_malformed_input(&mut self) {
         self.counters.bump("malformed_input");
+    }
+
+    fn after_crossing(&mut self, out: &mut Vec<Output>) {
+        if let Some(mut journal) = self.durable.take() {
+            journal.step(self, out);
+            self.durable = Some(journal);
+        }
     }
 }

@@ -90,6 +90,11 @@ pub struct DemoOptions {
     /// the cost of confidentiality, SPEC §6).
     #[arg(long)]
     pub no_confidential: bool,
+    /// Run without sealed write-ahead compartment state (SPEC §10), the comparison for its
+    /// cost; by default every replica keeps it in `DATA_DIR/replica-I` (a temporary
+    /// directory unless `--data-dir`).
+    #[arg(long)]
+    pub no_durable: bool,
     /// Show progress on a terminal (set by the CLI, not a flag).
     #[arg(skip)]
     pub progress: bool,
@@ -142,8 +147,12 @@ pub struct DemoSummary {
     pub stall_ms: Option<f64>,
     /// From the crash to the first completion after that stall.
     pub recovery_ms: Option<f64>,
-    /// (`--app ledger`) the run's data directory.
+    /// (`--app ledger` or durable) the run's data directory.
     pub data_dir: Option<String>,
+    /// Sealed write-ahead state on (SPEC §10).
+    pub durable: bool,
+    /// Rounds whose sealed state was committed with one fdatasync, summed over replicas.
+    pub state_commits: u64,
     /// (`--app ledger`) sealed blocks the brokers wrote, summed over replicas.
     pub ledger_blocks_written: Option<u64>,
     /// (`--app ledger`) heights every replica's chain holds, checked to agree.
@@ -174,6 +183,9 @@ pub struct ClusterSpec {
     pub data_dir: Option<PathBuf>,
     /// Ops and results encrypted under session keys (SPEC §6); off only for the baseline.
     pub confidential: bool,
+    /// Sealed write-ahead compartment state in each replica's data directory (SPEC §10);
+    /// needs `data_dir`.
+    pub durable: bool,
 }
 
 /// A running in-process cluster.
@@ -210,6 +222,7 @@ impl LocalTcpCluster {
             backend,
             data_dir: None,
             confidential: true,
+            durable: false,
         };
         Self::start_spec(&spec).await
     }
@@ -253,6 +266,7 @@ impl LocalTcpCluster {
             let mut config = NodeConfig::new(protocol_config, me, addresses.clone(), backend);
             config.options.batch_timeout_us = batch_timeout_ms * 1000;
             config.data_dir = spec.data_dir.as_ref().map(|d| replica_data_dir(d, me));
+            config.durable = spec.durable;
             let keys = ReplicaSecrets {
                 keys: CompartmentKind::ALL.map(|k| SecretKey::from_seed(secrets.enclave(me, k).seed())),
                 execution_group: secrets.execution_group_secret(),
@@ -327,10 +341,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     if opts.clients == 0 || opts.outstanding == 0 {
         bail!("--clients and --outstanding must be at least 1");
     }
+    let durable = !opts.no_durable;
     let data_dir = match (opts.app, &opts.data_dir) {
         (AppKind::Ledger, Some(dir)) => Some(dir.clone()),
+        (AppKind::Kv, Some(dir)) if durable => Some(dir.clone()),
         (AppKind::Ledger, None) => Some(fresh_run_dir()?),
-        (AppKind::Kv, Some(_)) => bail!("--data-dir is for --app ledger (the key-value store persists nothing)"),
+        (AppKind::Kv, Some(_)) => {
+            bail!(
+                "--data-dir is for --app ledger or durable state (the key-value store persists nothing with --no-durable)"
+            )
+        }
+        (AppKind::Kv, None) if durable => Some(fresh_run_dir()?),
         (AppKind::Kv, None) => None,
     };
     let spec = ClusterSpec {
@@ -343,6 +364,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         backend: opts.backend,
         data_dir: data_dir.clone(),
         confidential: !opts.no_confidential,
+        durable,
     };
     let cluster = LocalTcpCluster::start_spec(&spec).await?;
     let cluster_id = cluster.secrets.config.cluster_id;
@@ -410,7 +432,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         .map(|(_, v)| v)
         .sum();
     let (mut ledger_blocks_written, mut ledger_common_blocks, mut ledger_head) = (None, None, None);
-    if let Some(dir) = &data_dir {
+    if opts.app == AppKind::Ledger
+        && let Some(dir) = &data_dir
+    {
         ledger_blocks_written = Some(reports.iter().map(|r| r.broker_counter("ledger_records_written")).sum());
         let dirs: Vec<PathBuf> = (0..opts.replicas).map(|i| replica_data_dir(dir, ReplicaId(i as u32))).collect();
         let replicas: Vec<(ReplicaId, &SecretKey, &Path)> =
@@ -445,6 +469,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         stall_ms,
         recovery_ms,
         data_dir: data_dir.map(|d| d.display().to_string()),
+        durable,
+        state_commits: reports.iter().map(|r| r.broker_counter("state_commits")).sum(),
         ledger_blocks_written,
         ledger_common_blocks,
         ledger_head,
@@ -480,6 +506,16 @@ pub fn print_summary(s: &DemoSummary) {
     println!("  batching     {:.1} requests per batch at the primary", s.avg_batch);
     println!("  retransmits  {}, rejected inputs {}", s.retransmissions, s.rejected_inputs);
     println!("  views        final view {}, {} view change(s)", s.final_view, s.view_changes);
+    if s.durable {
+        println!(
+            "  durable      sealed state fsync'd once per round: {} commits ({:.0}/s over all replicas) in {}",
+            s.state_commits,
+            s.state_commits as f64 / s.seconds,
+            s.data_dir.as_deref().unwrap_or("?"),
+        );
+    } else {
+        println!("  durable      off (--no-durable): a restarted replica starts from genesis");
+    }
     if let (Some(dir), Some(written), Some(common)) = (&s.data_dir, s.ledger_blocks_written, s.ledger_common_blocks) {
         println!(
             "  ledger       {written} sealed blocks written in {dir}; chains verified, {common} heights on every replica"

@@ -49,10 +49,15 @@ enum Command {
         /// Replicated application (every replica of a cluster must run the same one).
         #[arg(long, value_enum, default_value = "kv")]
         app: splitbft::AppKind,
-        /// Directory for this replica's sealed ledger blocks (`ledger.blocks`); required
-        /// with `--app ledger`.
+        /// This replica's data directory: sealed compartment state (SPEC §10) and ledger
+        /// blocks (`ledger.blocks`). Default: `<directory of --config>/data/replica-<id>`.
+        /// Locked: a second process on it is refused.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Keep no sealed compartment state: a restarted replica starts from genesis (the
+        /// comparison for measurements; ledger blocks still go to `--data-dir` if given).
+        #[arg(long)]
+        no_durable: bool,
     },
     /// Run one key-value operation against a running cluster.
     Client {
@@ -195,7 +200,9 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Keygen(args) => keygen(args),
-        Command::Replica { config, id, backend, app, data_dir } => replica(&config, id, backend, app, data_dir).await,
+        Command::Replica { config, id, backend, app, data_dir, no_durable } => {
+            replica(&config, id, backend, app, data_dir, !no_durable).await
+        }
         Command::Ledger(LedgerCommand::Verify { config, replicas, data_dirs, json }) => {
             ledger_verify(&config, &replicas, &data_dirs, json)
         }
@@ -396,7 +403,13 @@ async fn replica(
     backend: Backend,
     app: splitbft::AppKind,
     data_dir: Option<PathBuf>,
+    durable: bool,
 ) -> anyhow::Result<()> {
+    let data_dir = match data_dir {
+        Some(dir) => Some(dir),
+        None if durable => Some(config_dir(config_path).join("data").join(format!("replica-{id}"))),
+        None => None,
+    };
     if app == splitbft::AppKind::Ledger && data_dir.is_none() {
         bail!("--app ledger needs --data-dir: the replica appends its sealed blocks there");
     }
@@ -421,9 +434,16 @@ async fn replica(
         .with_context(|| format!("listening on {}", entry.address))?;
     let mut node_config = NodeConfig::new(protocol, me, file.addresses(), backend);
     node_config.options.batch_timeout_us = file.batch_timeout_ms * 1000;
-    node_config.data_dir = data_dir;
+    node_config.data_dir = data_dir.clone();
+    node_config.durable = durable;
     let node = spawn_node(node_config, listener, secrets, app.build()?).await?;
     eprintln!("replica {id} listening on {} ({backend} backend); SIGINT or SIGTERM stops it", entry.address);
+    match (&data_dir, durable) {
+        (Some(dir), true) => {
+            eprintln!("replica {id}: durable state in {} (software monotonic counter: trusts the host)", dir.display())
+        }
+        _ => eprintln!("replica {id}: no durable state (--no-durable): a restart begins from genesis"),
+    }
     wait_for_signal().await?;
     let report = node.shutdown().await;
     let view = report.enclaves.first().cloned().flatten().map_or(0, |s| s.view);
@@ -432,6 +452,12 @@ async fn replica(
         report.broker_counter("requests_ordered"),
         report.broker_counter("requests_executed"),
         report.broker_counter("state_transfers_completed"),
+    );
+    eprintln!(
+        "replica {id}: {} bytes of sealed state read from disk on start, {} bytes fetched by state transfer, {} state commits",
+        report.broker_counter("state_recovered_bytes"),
+        report.broker_counter("state_transfer_bytes"),
+        report.broker_counter("state_commits"),
     );
     if app == splitbft::AppKind::Ledger {
         eprintln!(
