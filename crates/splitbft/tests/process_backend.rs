@@ -188,6 +188,14 @@ fn secrets_in_memory(pid: u32, secrets: &[Secret]) -> Vec<String> {
     secrets.iter().zip(found).filter(|(_, f)| *f).map(|(s, _)| s.name.clone()).collect()
 }
 
+/// The number after `prefix` in the replica's "stopped: view V, … executed, T state
+/// transfers" line.
+fn stopped_field(log: &str, prefix: &str) -> u64 {
+    let line = log.lines().find(|l| l.contains(" stopped: view ")).unwrap_or_else(|| panic!("no stop line: {log}"));
+    let at = line.find(prefix).unwrap() + prefix.len();
+    line[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+}
+
 fn is_root() -> bool {
     status_field(std::process::id(), "Uid").split_whitespace().nth(1) == Some("0")
 }
@@ -341,4 +349,8 @@ fn kill_9_of_compartments_under_load_loses_no_acknowledged_write() {
     let log0 = stop(replicas.0[0].take().unwrap());
     assert!(log0.contains("1 compartment process restarts (0 seccomp kills)"), "{log0}");
     assert!(log0.contains("killed by SIGKILL"), "{log0}");
+    // The restarted primary Preparation forgot its sequence numbers: the replica suspected
+    // its view and the cluster moved on; the restarted Execution caught up by state transfer.
+    assert!(stopped_field(&log0, "view ") >= 1, "{log0}");
+    assert!(stopped_field(&log2, "executed, ") >= 1, "no state transfer after the Execution restart: {log2}");
 }
