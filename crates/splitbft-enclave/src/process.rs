@@ -36,6 +36,10 @@ pub const MAX_CROSSING_BYTES: u64 = 2 * (1 << 30);
 /// Pause before starting a compartment again after it died, so a compartment that dies at
 /// once does not spin the host.
 pub const RESTART_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest pause between restarts: the pause doubles each time a process dies without
+/// having answered anything (it cannot start: a wrong key path, a binary that does not
+/// match its attestation), and resets once one answers.
+pub const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Why a crossing could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -251,6 +255,7 @@ impl Supervisor {
     fn run(self, first: Child) {
         let mut child = Some(first);
         let mut incarnation = 0u64;
+        let mut backoff = RESTART_BACKOFF;
         loop {
             let Some(mut current) = child.take() else {
                 // Starting it failed last time: try again unless the broker is gone.
@@ -268,7 +273,8 @@ impl Supervisor {
                 }
                 continue;
             };
-            let ended = self.serve(&mut current);
+            let (ended, answered) = self.serve(&mut current);
+            backoff = if answered { RESTART_BACKOFF } else { (backoff * 2).min(MAX_RESTART_BACKOFF) };
             match ended {
                 Ended::Shutdown => {
                     // Its stdin is closed: it sees EOF and exits.
@@ -286,7 +292,7 @@ impl Supervisor {
                         self.status.seccomp_kills.fetch_add(1, Ordering::Relaxed);
                     }
                     tracing::error!(kind = %self.kind, exit = %text, "compartment process died; restarting it");
-                    std::thread::sleep(RESTART_BACKOFF);
+                    std::thread::sleep(backoff);
                     incarnation += 1;
                     match spawn_child(&self.launcher, self.kind, incarnation) {
                         Ok(c) => {
@@ -308,11 +314,14 @@ impl Supervisor {
         RestartReport { exit, signal, new_pid, restarts: self.status.restarts.load(Ordering::Relaxed) }
     }
 
-    /// Moves crossings to and from one process until it dies or the broker stops.
-    fn serve(&self, child: &mut Child) -> Ended {
+    /// Moves crossings to and from one process until it dies or the broker stops; also
+    /// says whether it answered anything.
+    fn serve(&self, child: &mut Child) -> (Ended, bool) {
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            return Ended::Died;
+            return (Ended::Died, false);
         };
+        let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let answered_reader = answered.clone();
         let (died_tx, died_rx) = crossbeam_channel::bounded::<()>(1);
         let (kind, sink) = (self.kind, self.sink.clone());
         let reader = std::thread::Builder::new().name(format!("enclave-{kind}-out")).spawn(move || {
@@ -320,6 +329,7 @@ impl Supervisor {
             loop {
                 match read_crossing(&mut r) {
                     Ok(outputs) => {
+                        answered_reader.store(true, Ordering::Relaxed);
                         if !outputs.is_empty() {
                             sink(kind, outputs);
                         }
@@ -335,7 +345,7 @@ impl Supervisor {
         });
         let reader = match reader {
             Ok(r) => r,
-            Err(_) => return Ended::Died,
+            Err(_) => return (Ended::Died, false),
         };
         let mut w: BufWriter<ChildStdin> = BufWriter::with_capacity(1 << 16, stdin);
         let ended = loop {
@@ -363,7 +373,7 @@ impl Supervisor {
             let _ = child.kill();
         }
         let _ = reader.join();
-        ended
+        (ended, answered.load(Ordering::Relaxed))
     }
 }
 

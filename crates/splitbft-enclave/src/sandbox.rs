@@ -11,7 +11,7 @@
 //! * Landlock with every filesystem and network right handled and none granted, and its
 //!   scopes (no signals to, no abstract sockets of, processes outside);
 //! * `PR_SET_NO_NEW_PRIVS` and a seccomp-bpf allow-list: read on the input pipe, write on
-//!   the output pipe and stderr, memory management, futex and exit. Anything else —
+//!   the output pipe and stderr, memory management, futex, close and exit. Anything else —
 //!   `socket`, `openat`, `execve`, `clone`, `ptrace` — makes the kernel kill the process
 //!   (`SECCOMP_RET_KILL_PROCESS`, seen by the broker as death by `SIGSYS`).
 
@@ -109,7 +109,14 @@ pub fn serve_stdio(compartment: &mut dyn Compartment, probe: Option<Probe>) -> R
     warm_up(compartment);
     let report = enter(input.as_raw_fd(), output.as_raw_fd())?;
     tracing::debug!(kind = %compartment.kind(), ?report, "compartment sandboxed");
-    serve(compartment, BufReader::with_capacity(1 << 16, input), BufWriter::with_capacity(1 << 16, output), probe)
+    let mut reader = BufReader::with_capacity(1 << 16, input);
+    let mut writer = BufWriter::with_capacity(1 << 16, output);
+    let served = serve(compartment, &mut reader, &mut writer, probe);
+    // The process exits next and the kernel closes the pipes; dropping them here would run
+    // descriptor checks (`fcntl`) the filter forbids.
+    std::mem::forget(reader);
+    std::mem::forget(writer);
+    served
 }
 
 /// Runs what may need a system call the filter forbids once, before it is in place: the
@@ -216,6 +223,8 @@ fn seccomp_filter(input_fd: i32, output_fd: i32) -> Result<(BpfProgram, usize), 
         libc::SYS_sched_yield,
         libc::SYS_rt_sigreturn,
         libc::SYS_sigaltstack,
+        // Dropping the pipes at the end: closing a descriptor opens nothing.
+        libc::SYS_close,
         libc::SYS_exit,
         libc::SYS_exit_group,
     ] {

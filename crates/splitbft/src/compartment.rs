@@ -14,7 +14,24 @@ use splitbft_enclave::process::ProcessLauncher;
 use splitbft_enclave::sandbox::{Probe, serve_stdio};
 use splitbft_types::{CompartmentKind, ReplicaId};
 
+use splitbft_types::msg::Digest;
+
 use crate::clusterfile::{ClusterFile, enclave_key_path, group_key_path, read_group_key, read_key};
+
+/// The software measurement of an Execution compartment run from `program` (SPEC §6,
+/// software attestation): SHA-256 over a domain tag, the Execution crate's code identity
+/// and the bytes of the executable. `keygen` vouches for the binary it runs as; an
+/// Execution compartment process measures the binary it actually runs from and refuses to
+/// serve under a report for another one. Still software attestation: nothing but this
+/// code checks it, and root on the host can swap both.
+pub fn executable_measurement(program: &Path) -> anyhow::Result<Digest> {
+    let bytes = std::fs::read(program).with_context(|| format!("measuring {}", program.display()))?;
+    let identity = splitbft_execution::CODE_IDENTITY.measurement();
+    let mut input = b"splitbft/v1/executable-measurement".to_vec();
+    input.extend_from_slice(&identity.0);
+    input.extend_from_slice(&Digest::of(&bytes).0);
+    Ok(Digest::of(&input))
+}
 
 /// Environment variable naming the program to run as `PROGRAM enclave …` (default: this
 /// executable). Test harnesses whose executable is not `splitbft` set it.
@@ -72,7 +89,20 @@ pub fn run(args: &EnclaveArgs) -> anyhow::Result<()> {
     };
     let key = read_key(&enclave_key_path(&dir, me, args.kind), expected)?;
     let group = match args.kind {
-        CompartmentKind::Execution => Some(read_group_key(&group_key_path(&dir, me), &protocol.execution_group_key)?),
+        CompartmentKind::Execution => {
+            // Its report (in cluster.toml) vouches for one binary: serve only from that one.
+            let running = executable_measurement(Path::new("/proc/self/exe"))?;
+            let (_, expected) = file.attestation(&args.config)?;
+            if running != expected.measurement {
+                bail!(
+                    "this executable measures {} but the Execution enclaves are attested for {}: \
+                     rerun keygen with this binary",
+                    hex::encode(running.0),
+                    hex::encode(expected.measurement.0)
+                );
+            }
+            Some(read_group_key(&group_key_path(&dir, me), &protocol.execution_group_key)?)
+        }
         _ => None,
     };
     let mut compartment = splitbft_enclave::build_compartment(args.kind, &protocol, me, key, group, args.app.build()?)

@@ -208,6 +208,7 @@ fn write_process_keys(
     addresses: &[SocketAddr],
     batch_timeout_ms: u64,
     platform: &SoftwarePlatform,
+    measurement: splitbft_types::msg::Digest,
 ) -> anyhow::Result<PathBuf> {
     use crate::clusterfile::{enclave_key_path, group_key_path, write_group_key, write_key};
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -216,7 +217,6 @@ fn write_process_keys(
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
-    let measurement = splitbft_execution::CODE_IDENTITY.measurement();
     let path = dir.join("cluster.toml");
     crate::clusterfile::ClusterFile::new(secrets, addresses.to_vec(), batch_timeout_ms, platform, measurement)
         .save(&path)?;
@@ -275,7 +275,12 @@ impl LocalTcpCluster {
         secrets.config.confidential = confidential;
         // Software attestation: this process plays the platform for its own enclaves.
         let platform = SoftwarePlatform::new(cluster_id, SecretKey::from_seed(crate::os_seed()));
-        let expected = secrets.execution_reports(&platform, splitbft_execution::CODE_IDENTITY.measurement());
+        // Compartment processes run (and check) a binary: attest its measurement.
+        let measurement = match backend {
+            Backend::Process => crate::compartment::executable_measurement(&crate::compartment::enclave_program()?)?,
+            _ => splitbft_execution::CODE_IDENTITY.measurement(),
+        };
+        let expected = secrets.execution_reports(&platform, measurement);
         let attestation = (SoftwareAttestation::new(cluster_id, platform.public()), expected);
         let mut listeners = Vec::new();
         for _ in 0..replicas {
@@ -291,7 +296,7 @@ impl LocalTcpCluster {
                 let n = CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let name = format!("splitbft-keys-{}-{n}-{:x}", std::process::id(), cluster_id);
                 let dir = KeysDir(std::env::temp_dir().join(name));
-                let path = write_process_keys(&dir.0, &secrets, &addresses, batch_timeout_ms, &platform)?;
+                let path = write_process_keys(&dir.0, &secrets, &addresses, batch_timeout_ms, &platform, measurement)?;
                 Some((dir, path))
             }
             _ => None,

@@ -287,7 +287,9 @@ fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
     // Software attestation (SPEC §6): keygen is the "platform". It signs one report per
     // Execution enclave for the Execution code linked into this binary, then forgets its key.
     let platform = SoftwarePlatform::new(cluster_id, SecretKey::from_seed(splitbft::os_seed()));
-    let measurement = splitbft_execution::CODE_IDENTITY.measurement();
+    // The measurement covers this executable: `replica --backend process` checks that its
+    // Execution processes run this very binary.
+    let measurement = splitbft::compartment::executable_measurement(&std::env::current_exe()?)?;
     let file = ClusterFile::new(&secrets, addresses, batch_timeout_ms, &platform, measurement);
     for r in 0..replicas {
         let replica = ReplicaId(r as u32);
