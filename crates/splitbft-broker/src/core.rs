@@ -776,6 +776,36 @@ impl BrokerCore {
         }
     }
 
+    /// A compartment process died and a fresh one took its place (SPEC §5.1 `process`
+    /// backend). The fresh one starts from its configuration: view 0, empty log, genesis
+    /// state; inputs the dead one held are lost. Preparation's unanswered batches go back
+    /// to the queue. A restarted primary Preparation no longer knows which sequence numbers
+    /// it assigned in this view, so the replica suspects its own view at once instead of
+    /// waiting for the request timers. Every compartment then catches up through the next
+    /// checkpoint certificate and Execution through state transfer (SPEC §4.3).
+    pub fn on_enclave_restarted(&mut self, kind: CompartmentKind, now_us: u64, out: &mut Vec<Action>) {
+        self.counters.bump("enclave_restarts");
+        if kind == CompartmentKind::Preparation {
+            let lost: Vec<Bytes> = self.awaiting_order.drain(..).flatten().collect();
+            for body in lost.into_iter().rev() {
+                if self.pending_set.insert(body.clone()) {
+                    self.pending.push_front(body);
+                }
+            }
+            if !self.pending.is_empty() {
+                self.pending_since_us.get_or_insert(now_us);
+            }
+            self.window_full = false;
+            if self.is_primary() {
+                self.counters.bump("enclave_restart_suspects");
+                out.push(Action::Enclave(
+                    CompartmentKind::Confirmation,
+                    Bytes::from(to_bytes(&Input::Suspect(self.view))),
+                ));
+            }
+        }
+    }
+
     /// Counts a transport-level rejection (oversize frame, bad hello…) reported by the driver.
     pub fn count(&mut self, what: &'static str) {
         self.counters.bump(what);

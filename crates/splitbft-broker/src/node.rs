@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use splitbft_enclave::{Backend, DurableStart, EnclaveHandle, ReplicaSecrets, start_replica, start_replica_durable};
+use splitbft_enclave::process::ProcessLauncher;
+use splitbft_enclave::{
+    Backend, DurableStart, EnclaveHandle, ReplicaSecrets, start_processes, start_replica, start_replica_durable,
+};
 use splitbft_types::boundary::Stats;
 use splitbft_types::wire::{Hello, MAX_FRAME_BYTES};
 use splitbft_types::{Application, ClientId, CompartmentKind, ProtocolConfig, ReplicaId};
@@ -98,6 +101,9 @@ pub enum NodeError {
     /// Durability asked for without a data directory.
     #[error("durable state needs a data directory")]
     DurableWithoutDataDir,
+    /// Durability asked for with the process backend, whose compartments cannot restore yet.
+    #[error("the process backend does not restore sealed compartment state yet (SPEC §10): run it with --no-durable")]
+    DurableProcesses,
     /// The data directory or its block file could not be opened.
     #[error("data directory {path}: {source}")]
     DataDir {
@@ -170,23 +176,18 @@ impl Drop for NodeHandle {
     }
 }
 
-/// Starts a replica on `listener`: dials every peer, accepts peers and clients.
+/// Starts a replica on `listener`: dials every peer, accepts peers and clients. The
+/// compartments run in this process (`inline` or `thread` backend) from `secrets`.
 pub async fn spawn_node(
     config: NodeConfig,
     listener: TcpListener,
     secrets: ReplicaSecrets,
     app: Box<dyn Application>,
 ) -> Result<NodeHandle, NodeError> {
-    if config.addresses.len() != config.protocol.n() {
-        return Err(NodeError::Addresses { addresses: config.addresses.len(), replicas: config.protocol.n() });
-    }
-    let ledger = match &config.data_dir {
-        Some(dir) => Some(BlockFile::open(dir).map_err(|source| NodeError::DataDir { path: dir.clone(), source })?),
-        None => None,
-    };
-    let (out_tx, out_rx) = mpsc::unbounded_channel::<(CompartmentKind, Vec<Bytes>)>();
+    check_addresses(&config)?;
+    let (out_tx, out_rx) = mpsc::unbounded_channel::<FromEnclave>();
     let sink: splitbft_enclave::OutputSink = Arc::new(move |kind, outputs| {
-        let _ = out_tx.send((kind, outputs));
+        let _ = out_tx.send(FromEnclave::Outputs(kind, outputs));
     });
     let (enclaves, durable, replay) = if config.durable {
         let dir = config.data_dir.as_ref().ok_or(NodeError::DurableWithoutDataDir)?;
@@ -194,6 +195,61 @@ pub async fn spawn_node(
         (enclaves, Some(durable), replay)
     } else {
         (start_replica(&config.protocol, config.me, secrets, app, config.backend, sink)?, None, Vec::new())
+    };
+    start_driver(config, listener, enclaves, durable, replay, out_rx)
+}
+
+/// Starts a replica whose compartments run as sandboxed processes (SPEC §5.1 `process`
+/// backend) started by `launcher`: each reads its own key, and this process holds none.
+pub async fn spawn_node_processes(
+    config: NodeConfig,
+    listener: TcpListener,
+    launcher: ProcessLauncher,
+) -> Result<NodeHandle, NodeError> {
+    check_addresses(&config)?;
+    if config.durable {
+        // The compartment processes do not yet restore sealed state (SPEC §10): a restarted
+        // process would start empty. Refuse rather than pretend to be durable.
+        return Err(NodeError::DurableProcesses);
+    }
+    let (out_tx, out_rx) = mpsc::unbounded_channel::<FromEnclave>();
+    let restart_tx = out_tx.clone();
+    let sink: splitbft_enclave::OutputSink = Arc::new(move |kind, outputs| {
+        let _ = out_tx.send(FromEnclave::Outputs(kind, outputs));
+    });
+    let notice: splitbft_enclave::process::RestartNotice = Arc::new(move |kind, report| {
+        let _ = restart_tx.send(FromEnclave::Restarted(kind, report));
+    });
+    let enclaves = start_processes(&launcher, sink, notice)?;
+    start_driver(config, listener, enclaves, None, Vec::new(), out_rx)
+}
+
+fn check_addresses(config: &NodeConfig) -> Result<(), NodeError> {
+    if config.addresses.len() != config.protocol.n() {
+        return Err(NodeError::Addresses { addresses: config.addresses.len(), replicas: config.protocol.n() });
+    }
+    Ok(())
+}
+
+/// What the compartments' threads hand the driver.
+enum FromEnclave {
+    /// Outputs of one crossing.
+    Outputs(CompartmentKind, Vec<Bytes>),
+    /// A compartment process died and was started again.
+    Restarted(CompartmentKind, splitbft_enclave::process::RestartReport),
+}
+
+fn start_driver(
+    config: NodeConfig,
+    listener: TcpListener,
+    enclaves: [Box<dyn EnclaveHandle>; 3],
+    durable: Option<Durable>,
+    replay: Vec<Bytes>,
+    out_rx: mpsc::UnboundedReceiver<FromEnclave>,
+) -> Result<NodeHandle, NodeError> {
+    let ledger = match &config.data_dir {
+        Some(dir) => Some(BlockFile::open(dir).map_err(|source| NodeError::DataDir { path: dir.clone(), source })?),
+        None => None,
     };
     let (events_tx, events_rx) = mpsc::channel(CORE_QUEUE_EVENTS);
     let mut tasks = Vec::new();
@@ -320,10 +376,23 @@ impl Driver {
         self.start.elapsed().as_micros() as u64
     }
 
+    fn on_from_enclave(&mut self, from: FromEnclave, now: u64, actions: &mut Vec<Action>) {
+        match from {
+            FromEnclave::Outputs(kind, outs) => self.core.on_enclave_outputs(kind, outs, now, actions),
+            FromEnclave::Restarted(kind, report) => {
+                tracing::error!(
+                    %kind, exit = %report.exit, new_pid = report.new_pid, restarts = report.restarts,
+                    "compartment process died and was restarted"
+                );
+                self.core.on_enclave_restarted(kind, now, actions);
+            }
+        }
+    }
+
     async fn run(
         mut self,
         mut events: mpsc::Receiver<Event>,
-        mut outputs: mpsc::UnboundedReceiver<(CompartmentKind, Vec<Bytes>)>,
+        mut outputs: mpsc::UnboundedReceiver<FromEnclave>,
         mut shutdown: oneshot::Receiver<()>,
     ) -> NodeReport {
         let mut actions = Vec::new();
@@ -338,13 +407,13 @@ impl Driver {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
-                Some((kind, outs)) = outputs.recv() => {
+                Some(from) = outputs.recv() => {
                     let now = self.now_us();
-                    self.core.on_enclave_outputs(kind, outs, now, &mut actions);
+                    self.on_from_enclave(from, now, &mut actions);
                     // Group commit: every compartment's outputs queued now share one fsync.
                     for _ in 0..EVENTS_PER_ROUND {
                         match outputs.try_recv() {
-                            Ok((kind, outs)) => self.core.on_enclave_outputs(kind, outs, now, &mut actions),
+                            Ok(from) => self.on_from_enclave(from, now, &mut actions),
                             Err(_) => break,
                         }
                     }
@@ -482,16 +551,25 @@ impl Driver {
     }
 
     fn report(&self) -> NodeReport {
+        let mut broker = self.core.counters().to_vec();
+        for enclave in &self.enclaves {
+            if let Some(status) = enclave.process_status() {
+                use std::sync::atomic::Ordering::Relaxed;
+                let kind = enclave.kind();
+                broker.push((format!("enclave_{kind}_pid"), u64::from(status.pid.load(Relaxed))));
+                broker.push((format!("enclave_{kind}_restarts"), status.restarts.load(Relaxed)));
+                broker.push((format!("enclave_{kind}_seccomp_kills"), status.seccomp_kills.load(Relaxed)));
+                broker.push((format!("enclave_{kind}_crossings"), status.crossings.load(Relaxed)));
+            }
+        }
+        broker.sort();
         NodeReport {
-            broker: self.core.counters().to_vec(),
+            broker,
             enclaves: CompartmentKind::ALL.iter().map(|k| self.core.enclave_stats(*k).cloned()).collect(),
         }
     }
 
-    async fn final_report(
-        &mut self,
-        outputs: &mut mpsc::UnboundedReceiver<(CompartmentKind, Vec<Bytes>)>,
-    ) -> NodeReport {
+    async fn final_report(&mut self, outputs: &mut mpsc::UnboundedReceiver<FromEnclave>) -> NodeReport {
         let mut actions = Vec::new();
         BrokerCore::query_stats(&mut actions);
         // Stats answers produce no further actions; drop any protocol output now.
@@ -501,11 +579,12 @@ impl Driver {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
         while CompartmentKind::ALL.iter().any(|k| self.core.enclave_stats(*k).is_none()) {
             match tokio::time::timeout_at(deadline, outputs.recv()).await {
-                Ok(Some((kind, outs))) => {
+                Ok(Some(FromEnclave::Outputs(kind, outs))) => {
                     let now = self.now_us();
                     self.core.on_enclave_outputs(kind, outs, now, &mut actions);
                     actions.clear();
                 }
+                Ok(Some(FromEnclave::Restarted(..))) => {}
                 _ => break,
             }
         }

@@ -198,6 +198,48 @@ pub struct LocalTcpCluster {
     pub secrets: ClusterSecrets,
     /// Software attestation of the Execution enclaves: the verifier and what it must find.
     pub attestation: (SoftwareAttestation, ExpectedExecution),
+    /// With the process backend: the key directory the compartment processes read from
+    /// (removed when the cluster is dropped).
+    _keys_dir: Option<KeysDir>,
+}
+
+/// A temporary key directory for compartment processes, removed on drop.
+struct KeysDir(PathBuf);
+
+impl Drop for KeysDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes `dir/cluster.toml` and every enclave key and group key (owner-only files), for
+/// compartment processes to load themselves (SPEC §5.1 `process` backend).
+fn write_process_keys(
+    dir: &Path,
+    secrets: &ClusterSecrets,
+    addresses: &[SocketAddr],
+    batch_timeout_ms: u64,
+    platform: &SoftwarePlatform,
+    measurement: splitbft_types::msg::Digest,
+) -> anyhow::Result<PathBuf> {
+    use crate::clusterfile::{enclave_key_path, group_key_path, write_group_key, write_key};
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let path = dir.join("cluster.toml");
+    crate::clusterfile::ClusterFile::new(secrets, addresses.to_vec(), batch_timeout_ms, platform, measurement)
+        .save(&path)?;
+    for i in 0..secrets.config.n() {
+        let replica = ReplicaId(i as u32);
+        for kind in CompartmentKind::ALL {
+            write_key(&enclave_key_path(dir, replica, kind), secrets.enclave(replica, kind))?;
+        }
+        write_group_key(&group_key_path(dir, replica), &secrets.execution_group_secret())?;
+    }
+    Ok(path)
 }
 
 impl LocalTcpCluster {
@@ -246,7 +288,12 @@ impl LocalTcpCluster {
         secrets.config.confidential = confidential;
         // Software attestation: this process plays the platform for its own enclaves.
         let platform = SoftwarePlatform::new(cluster_id, SecretKey::from_seed(crate::os_seed()));
-        let expected = secrets.execution_reports(&platform, splitbft_execution::CODE_IDENTITY.measurement());
+        // Compartment processes run (and check) a binary: attest its measurement.
+        let measurement = match backend {
+            Backend::Process => crate::compartment::executable_measurement(&crate::compartment::enclave_program()?)?,
+            _ => splitbft_execution::CODE_IDENTITY.measurement(),
+        };
+        let expected = secrets.execution_reports(&platform, measurement);
         let attestation = (SoftwareAttestation::new(cluster_id, platform.public()), expected);
         let mut listeners = Vec::new();
         for _ in 0..replicas {
@@ -256,6 +303,17 @@ impl LocalTcpCluster {
         if let Some(dir) = &spec.data_dir {
             write_verifier_files(dir, &secrets, &addresses, batch_timeout_ms, &platform)?;
         }
+        let keys_dir = match backend {
+            Backend::Process => {
+                static CLUSTERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let name = format!("splitbft-keys-{}-{n}-{:x}", std::process::id(), cluster_id);
+                let dir = KeysDir(std::env::temp_dir().join(name));
+                let path = write_process_keys(&dir.0, &secrets, &addresses, batch_timeout_ms, &platform, measurement)?;
+                Some((dir, path))
+            }
+            _ => None,
+        };
         let mut nodes = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
             let me = ReplicaId(i as u32);
@@ -267,13 +325,18 @@ impl LocalTcpCluster {
             config.options.batch_timeout_us = batch_timeout_ms * 1000;
             config.data_dir = spec.data_dir.as_ref().map(|d| replica_data_dir(d, me));
             config.durable = spec.durable;
+            if let Some((_, path)) = &keys_dir {
+                let launcher = crate::compartment::launcher(path, me, app, Vec::new())?;
+                nodes.push(Some(splitbft_broker::spawn_node_processes(config, listener, launcher).await?));
+                continue;
+            }
             let keys = ReplicaSecrets {
                 keys: CompartmentKind::ALL.map(|k| SecretKey::from_seed(secrets.enclave(me, k).seed())),
                 execution_group: secrets.execution_group_secret(),
             };
             nodes.push(Some(spawn_node(config, listener, keys, app.build()?).await?));
         }
-        Ok(LocalTcpCluster { nodes, addresses, secrets, attestation })
+        Ok(LocalTcpCluster { nodes, addresses, secrets, attestation, _keys_dir: keys_dir.map(|(dir, _)| dir) })
     }
 
     /// Connects client `id`, checks the Execution enclaves' attestation and registers a
@@ -341,7 +404,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     if opts.clients == 0 || opts.outstanding == 0 {
         bail!("--clients and --outstanding must be at least 1");
     }
-    let durable = !opts.no_durable;
+    // The process backend's compartments do not restore sealed state yet (SPEC §10).
+    let durable = !opts.no_durable && opts.backend != Backend::Process;
     let data_dir = match (opts.app, &opts.data_dir) {
         (AppKind::Ledger, Some(dir)) => Some(dir.clone()),
         (AppKind::Kv, Some(dir)) if durable => Some(dir.clone()),

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod clusterfile;
+pub mod compartment;
 pub mod demo;
 pub mod ledger;
 mod plot;

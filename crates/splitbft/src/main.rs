@@ -58,7 +58,14 @@ enum Command {
         /// comparison for measurements; ledger blocks still go to `--data-dir` if given).
         #[arg(long)]
         no_durable: bool,
+        /// Test only (process backend): KIND:PROBE makes that compartment's first process
+        /// try a forbidden system call (socket or open) after its first input.
+        #[arg(long, hide = true, value_parser = splitbft::compartment::parse_probe)]
+        test_probe: Vec<(CompartmentKind, splitbft_enclave::sandbox::Probe)>,
     },
+    /// Run one compartment as a sandboxed process (started by `replica --backend process`).
+    #[command(hide = true)]
+    Enclave(splitbft::compartment::EnclaveArgs),
     /// Run one key-value operation against a running cluster.
     Client {
         /// Path of cluster.toml (the client key is read from keys/ beside it).
@@ -181,6 +188,16 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // A compartment process sandboxes itself single-threaded: before any runtime exists.
+    if let Command::Enclave(args) = &cli.command {
+        return match splitbft::compartment::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -200,9 +217,10 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Keygen(args) => keygen(args),
-        Command::Replica { config, id, backend, app, data_dir, no_durable } => {
-            replica(&config, id, backend, app, data_dir, !no_durable).await
+        Command::Replica { config, id, backend, app, data_dir, no_durable, test_probe } => {
+            replica(&config, id, backend, app, data_dir, !no_durable, test_probe).await
         }
+        Command::Enclave(_) => unreachable!("handled before the runtime starts"),
         Command::Ledger(LedgerCommand::Verify { config, replicas, data_dirs, json }) => {
             ledger_verify(&config, &replicas, &data_dirs, json)
         }
@@ -274,7 +292,9 @@ fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
     // Software attestation (SPEC §6): keygen is the "platform". It signs one report per
     // Execution enclave for the Execution code linked into this binary, then forgets its key.
     let platform = SoftwarePlatform::new(cluster_id, SecretKey::from_seed(splitbft::os_seed()));
-    let measurement = splitbft_execution::CODE_IDENTITY.measurement();
+    // The measurement covers this executable: `replica --backend process` checks that its
+    // Execution processes run this very binary.
+    let measurement = splitbft::compartment::executable_measurement(&std::env::current_exe()?)?;
     let file = ClusterFile::new(&secrets, addresses, batch_timeout_ms, &platform, measurement);
     for r in 0..replicas {
         let replica = ReplicaId(r as u32);
@@ -404,7 +424,14 @@ async fn replica(
     app: splitbft::AppKind,
     data_dir: Option<PathBuf>,
     durable: bool,
+    test_probe: Vec<(CompartmentKind, splitbft_enclave::sandbox::Probe)>,
 ) -> anyhow::Result<()> {
+    if durable && backend == Backend::Process {
+        eprintln!(
+            "replica {id}: the process backend does not restore sealed compartment state yet (SPEC §10): running without durable state"
+        );
+    }
+    let durable = durable && backend != Backend::Process;
     let data_dir = match data_dir {
         Some(dir) => Some(dir),
         None if durable => Some(config_dir(config_path).join("data").join(format!("replica-{id}"))),
@@ -419,24 +446,33 @@ async fn replica(
     let Some(entry) = file.replicas.get(id as usize) else {
         bail!("replica id {id} is not in {} ({} replicas)", config_path.display(), file.replicas.len());
     };
-    let dir = config_dir(config_path);
-    let keys = &protocol.replicas[id as usize];
-    let secrets = ReplicaSecrets {
-        keys: [
-            read_key(&enclave_key_path(&dir, me, CompartmentKind::Preparation), &keys.preparation)?,
-            read_key(&enclave_key_path(&dir, me, CompartmentKind::Confirmation), &keys.confirmation)?,
-            read_key(&enclave_key_path(&dir, me, CompartmentKind::Execution), &keys.execution)?,
-        ],
-        execution_group: read_group_key(&group_key_path(&dir, me), &protocol.execution_group_key)?,
-    };
     let listener = tokio::net::TcpListener::bind(entry.address)
         .await
         .with_context(|| format!("listening on {}", entry.address))?;
-    let mut node_config = NodeConfig::new(protocol, me, file.addresses(), backend);
+    let mut node_config = NodeConfig::new(protocol.clone(), me, file.addresses(), backend);
     node_config.options.batch_timeout_us = file.batch_timeout_ms * 1000;
     node_config.data_dir = data_dir.clone();
     node_config.durable = durable;
-    let node = spawn_node(node_config, listener, secrets, app.build()?).await?;
+    let node = if backend == Backend::Process {
+        // Each compartment process reads its own key: this process never opens one.
+        let launcher = splitbft::compartment::launcher(config_path, me, app, test_probe)?;
+        splitbft_broker::spawn_node_processes(node_config, listener, launcher).await?
+    } else {
+        if !test_probe.is_empty() {
+            bail!("--test-probe needs --backend process");
+        }
+        let dir = config_dir(config_path);
+        let keys = &protocol.replicas[id as usize];
+        let secrets = ReplicaSecrets {
+            keys: [
+                read_key(&enclave_key_path(&dir, me, CompartmentKind::Preparation), &keys.preparation)?,
+                read_key(&enclave_key_path(&dir, me, CompartmentKind::Confirmation), &keys.confirmation)?,
+                read_key(&enclave_key_path(&dir, me, CompartmentKind::Execution), &keys.execution)?,
+            ],
+            execution_group: read_group_key(&group_key_path(&dir, me), &protocol.execution_group_key)?,
+        };
+        spawn_node(node_config, listener, secrets, app.build()?).await?
+    };
     eprintln!("replica {id} listening on {} ({backend} backend); SIGINT or SIGTERM stops it", entry.address);
     match (&data_dir, durable) {
         (Some(dir), true) => {
@@ -459,6 +495,16 @@ async fn replica(
         report.broker_counter("state_transfer_bytes"),
         report.broker_counter("state_commits"),
     );
+    if backend == Backend::Process {
+        eprintln!(
+            "replica {id}: {} compartment process restarts ({} seccomp kills)",
+            report.broker_counter("enclave_restarts"),
+            CompartmentKind::ALL
+                .iter()
+                .map(|k| report.broker_counter(&format!("enclave_{k}_seccomp_kills")))
+                .sum::<u64>(),
+        );
+    }
     if app == splitbft::AppKind::Ledger {
         eprintln!(
             "replica {id}: {} ledger blocks written, {} write errors",
