@@ -16,4 +16,4 @@ pub mod recovery;
 pub mod store;
 
 pub use core::{Action, BrokerCore, BrokerOptions};
-pub use node::{NodeConfig, NodeError, NodeHandle, NodeReport, spawn_node};
+pub use node::{NodeConfig, NodeError, NodeHandle, NodeReport, NodeReporter, spawn_node};

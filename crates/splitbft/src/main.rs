@@ -27,8 +27,18 @@ use splitbft_types::{ClientId, CompartmentKind, ReplicaId};
     about = "SplitBFT: PBFT with replicas split into Preparation, Confirmation and Execution compartments"
 )]
 struct Cli {
+    /// Log line format on stderr (the level comes from RUST_LOG, default warn; per-view
+    /// and per-sequence-number spans are at debug).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -53,6 +63,39 @@ enum Command {
         /// with `--app ledger`.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Serve /metrics and /healthz here (default: this replica's `metrics` in cluster.toml).
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
+    },
+    /// Serve the replicated key-value store to Redis clients (RESP2/RESP3).
+    Gateway {
+        /// Path of cluster.toml (client keys are read from keys/ beside it).
+        #[arg(long)]
+        config: PathBuf,
+        /// Address Redis clients connect to.
+        #[arg(long, default_value = "127.0.0.1:6379")]
+        listen: SocketAddr,
+        /// Serve the gateway's /metrics and /healthz here.
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
+        /// First client identity; sessions use ids C, C+1, ...
+        #[arg(long, default_value_t = 0)]
+        client_id: u32,
+        /// Cluster sessions to spread commands over (each keeps up to W requests in flight).
+        #[arg(long, default_value_t = 4)]
+        sessions: u32,
+        /// A command's cluster requests give up after this many seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout_s: u64,
+    },
+    /// Print every replica's view, last executed, stable checkpoint and health.
+    Status {
+        /// Path of cluster.toml (replicas' `metrics` addresses are scraped).
+        #[arg(long)]
+        config: PathBuf,
+        /// Print one JSON object per replica instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Run one key-value operation against a running cluster.
     Client {
@@ -119,6 +162,9 @@ struct KeygenArgs {
     /// Port of replica 0; replica i listens on base-port + i.
     #[arg(long, default_value_t = 7400)]
     base_port: u16,
+    /// Give replica i a metrics address (same host, this port + i) in cluster.toml.
+    #[arg(long)]
+    metrics_base_port: Option<u16>,
     /// Batch size B.
     #[arg(long, default_value_t = 200)]
     batch: u32,
@@ -171,11 +217,13 @@ enum ClientOp {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().with_current_span(true).with_span_list(true).init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -195,7 +243,13 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Keygen(args) => keygen(args),
-        Command::Replica { config, id, backend, app, data_dir } => replica(&config, id, backend, app, data_dir).await,
+        Command::Replica { config, id, backend, app, data_dir, metrics } => {
+            replica(&config, id, backend, app, data_dir, metrics).await
+        }
+        Command::Gateway { config, listen, metrics, client_id, sessions, timeout_s } => {
+            gateway(&config, listen, metrics, client_id, sessions, timeout_s).await
+        }
+        Command::Status { config, json } => status(&config, json).await,
         Command::Ledger(LedgerCommand::Verify { config, replicas, data_dirs, json }) => {
             ledger_verify(&config, &replicas, &data_dirs, json)
         }
@@ -238,6 +292,7 @@ fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
         out,
         host,
         base_port,
+        metrics_base_port,
         batch,
         batch_timeout_ms,
         checkpoint_interval,
@@ -268,7 +323,13 @@ fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
     // Execution enclave for the Execution code linked into this binary, then forgets its key.
     let platform = SoftwarePlatform::new(cluster_id, SecretKey::from_seed(splitbft::os_seed()));
     let measurement = splitbft_execution::CODE_IDENTITY.measurement();
-    let file = ClusterFile::new(&secrets, addresses, batch_timeout_ms, &platform, measurement);
+    let mut file = ClusterFile::new(&secrets, addresses, batch_timeout_ms, &platform, measurement);
+    if let Some(port) = metrics_base_port {
+        for (i, entry) in file.replicas.iter_mut().enumerate() {
+            let port = port.checked_add(i as u16).context("--metrics-base-port too high for this many replicas")?;
+            entry.metrics = Some(SocketAddr::new(host, port));
+        }
+    }
     for r in 0..replicas {
         let replica = ReplicaId(r as u32);
         for kind in CompartmentKind::ALL {
@@ -396,6 +457,7 @@ async fn replica(
     backend: Backend,
     app: splitbft::AppKind,
     data_dir: Option<PathBuf>,
+    metrics: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     if app == splitbft::AppKind::Ledger && data_dir.is_none() {
         bail!("--app ledger needs --data-dir: the replica appends its sealed blocks there");
@@ -423,8 +485,21 @@ async fn replica(
     node_config.options.batch_timeout_us = file.batch_timeout_ms * 1000;
     node_config.data_dir = data_dir;
     let node = spawn_node(node_config, listener, secrets, app.build()?).await?;
+    let metrics_task = match metrics.or(entry.metrics) {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening for metrics on {addr}"))?;
+            eprintln!("replica {id} serving /metrics and /healthz on {addr}");
+            Some(tokio::spawn(splitbft::metrics::serve_replica(listener, node.reporter(), id)))
+        }
+        None => None,
+    };
     eprintln!("replica {id} listening on {} ({backend} backend); SIGINT or SIGTERM stops it", entry.address);
     wait_for_signal().await?;
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     let report = node.shutdown().await;
     let view = report.enclaves.first().cloned().flatten().map_or(0, |s| s.view);
     eprintln!(
@@ -503,7 +578,8 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn client(config_path: &Path, client_id: u32, timeout_s: u64, op: ClientOp) -> anyhow::Result<()> {
+/// Connects client `client_id` to the cluster of `config_path` and registers a session.
+async fn connect_session(config_path: &Path, client_id: u32, options: ClientOptions) -> anyhow::Result<Client> {
     let file = ClusterFile::load(config_path)?;
     let protocol = file.protocol(config_path)?;
     let id = ClientId(client_id);
@@ -511,13 +587,101 @@ async fn client(config_path: &Path, client_id: u32, timeout_s: u64, op: ClientOp
         bail!("client id {client_id} is not in {} ({} clients)", config_path.display(), protocol.clients.len());
     };
     let secret = read_key(&client_key_path(&config_dir(config_path), id), public)?;
-    let options =
-        ClientOptions { request_timeout: std::time::Duration::from_secs(timeout_s), ..ClientOptions::default() };
     let (verifier, expected) = file.attestation(config_path)?;
     // Every Execution enclave's report is checked before the session key leaves (SPEC §6).
     let attested = verify_attestation(&protocol, &verifier, &expected)?;
     let client = Client::connect(protocol, file.addresses(), id, secret, options).await?;
-    client.register(attested).await.context("registering a session")?;
+    client.register(attested).await.with_context(|| format!("registering a session for client {client_id}"))?;
+    Ok(client)
+}
+
+async fn gateway(
+    config_path: &Path,
+    listen: SocketAddr,
+    metrics: Option<SocketAddr>,
+    first_client: u32,
+    sessions: u32,
+    timeout_s: u64,
+) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    if sessions == 0 {
+        bail!("--sessions must be at least 1");
+    }
+    let file = ClusterFile::load(config_path)?;
+    let protocol = file.protocol(config_path)?;
+    let options = ClientOptions {
+        // Each session keeps as many requests in flight as the cluster allows a client (W).
+        outstanding: usize::try_from(protocol.client_window).unwrap_or(usize::MAX).min(1024),
+        request_timeout: std::time::Duration::from_secs(timeout_s),
+        ..ClientOptions::default()
+    };
+    let ids = first_client..first_client.checked_add(sessions).context("--client-id + --sessions overflows")?;
+    let connects = ids.map(|id| connect_session(config_path, id, options.clone()));
+    let clients = futures_util::future::try_join_all(connects).await?;
+    let gateway = Arc::new(splitbft::gateway::Gateway::new(clients, protocol.n(), protocol.f as usize));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening for Redis clients on {listen}"))?;
+    let metrics_task = match metrics {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening for metrics on {addr}"))?;
+            let gw = Arc::clone(&gateway);
+            let handler = move |route| {
+                let gw = Arc::clone(&gw);
+                async move {
+                    use splitbft::http::{OPENMETRICS, Response, Route};
+                    match route {
+                        Route::Metrics => {
+                            gw.metrics.refresh_client(&gw.client_stats());
+                            Response { status: 200, content_type: OPENMETRICS, body: gw.metrics.encode() }
+                        }
+                        Route::Health => Response {
+                            status: 200,
+                            content_type: "application/json",
+                            body: "{\"healthy\":true}\n".into(),
+                        },
+                    }
+                }
+            };
+            Some(tokio::spawn(splitbft::http::serve(listener, handler, Arc::default())))
+        }
+        None => None,
+    };
+    eprintln!("gateway serving Redis clients on {listen} with {sessions} cluster sessions; SIGINT or SIGTERM stops it");
+    let serving = tokio::spawn(Arc::clone(&gateway).serve(listener));
+    wait_for_signal().await?;
+    serving.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
+    Ok(())
+}
+
+async fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
+    let file = ClusterFile::load(config_path)?;
+    let targets: Vec<(u32, Option<SocketAddr>)> = file.replicas.iter().map(|r| (r.id, r.metrics)).collect();
+    let rows = splitbft::status::collect(&targets).await;
+    if json {
+        for row in &rows {
+            println!("{}", serde_json::to_string(row)?);
+        }
+    } else {
+        print!("{}", splitbft::status::table(&rows));
+    }
+    let down = rows.iter().filter(|r| !r.health.as_ref().is_some_and(|h| h.healthy)).count();
+    let f = file.f as usize;
+    if down > f {
+        bail!("{down} replicas are down or unhealthy (more than f = {f}): the cluster cannot make progress");
+    }
+    Ok(())
+}
+
+async fn client(config_path: &Path, client_id: u32, timeout_s: u64, op: ClientOp) -> anyhow::Result<()> {
+    let options =
+        ClientOptions { request_timeout: std::time::Duration::from_secs(timeout_s), ..ClientOptions::default() };
+    let client = connect_session(config_path, client_id, options).await?;
     let op = match op {
         ClientOp::Put { key, value } => KvOp::Put { key: key.into_bytes(), value: value.into_bytes() },
         ClientOp::Get { key } => KvOp::Get { key: key.into_bytes() },
