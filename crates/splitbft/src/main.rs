@@ -66,6 +66,10 @@ enum Command {
         /// Serve /metrics and /healthz here (default: this replica's `metrics` in cluster.toml).
         #[arg(long)]
         metrics: Option<SocketAddr>,
+        /// Bind this address instead of the advertised one in cluster.toml (e.g. 0.0.0.0:7400
+        /// behind NAT); peers and clients still dial the advertised address.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
     },
     /// Serve the replicated key-value store to Redis clients (RESP2/RESP3).
     Gateway {
@@ -159,6 +163,11 @@ struct KeygenArgs {
     /// Address the replicas listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
+    /// One address per replica (replica i on the i-th, every one at --base-port): a
+    /// cluster across hosts. Writes one directory per replica (DIR/replica-I: cluster.toml
+    /// and only that replica's keys) and DIR/clients (cluster.toml and the client keys).
+    #[arg(long, value_delimiter = ',', conflicts_with = "host")]
+    hosts: Vec<IpAddr>,
     /// Port of replica 0; replica i listens on base-port + i.
     #[arg(long, default_value_t = 7400)]
     base_port: u16,
@@ -243,8 +252,8 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Keygen(args) => keygen(args),
-        Command::Replica { config, id, backend, app, data_dir, metrics } => {
-            replica(&config, id, backend, app, data_dir, metrics).await
+        Command::Replica { config, id, backend, app, data_dir, metrics, listen } => {
+            replica(&config, id, backend, app, data_dir, metrics, listen).await
         }
         Command::Gateway { config, listen, metrics, client_id, sessions, timeout_s } => {
             gateway(&config, listen, metrics, client_id, sessions, timeout_s).await
@@ -291,6 +300,7 @@ fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
         clients,
         out,
         host,
+        hosts,
         base_port,
         metrics_base_port,
         batch,
@@ -312,10 +322,16 @@ fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
     secrets.config.checkpoint_interval = checkpoint_interval;
     secrets.config.log_window = 2 * checkpoint_interval;
     secrets.config.confidential = !no_confidential;
+    if !hosts.is_empty() && hosts.len() != replicas {
+        bail!("--hosts names {} addresses for {replicas} replicas: give one per replica", hosts.len());
+    }
+    // One host per replica: every replica uses the same ports on its own host.
+    let host_of = |i: usize| if hosts.is_empty() { (host, i as u16) } else { (hosts[i], 0) };
     let addresses = (0..replicas)
         .map(|i| {
-            let port = base_port.checked_add(i as u16).context("--base-port too high for this many replicas")?;
-            Ok(SocketAddr::new(host, port))
+            let (ip, offset) = host_of(i);
+            let port = base_port.checked_add(offset).context("--base-port too high for this many replicas")?;
+            Ok(SocketAddr::new(ip, port))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -326,22 +342,38 @@ fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
     let mut file = ClusterFile::new(&secrets, addresses, batch_timeout_ms, &platform, measurement);
     if let Some(port) = metrics_base_port {
         for (i, entry) in file.replicas.iter_mut().enumerate() {
-            let port = port.checked_add(i as u16).context("--metrics-base-port too high for this many replicas")?;
-            entry.metrics = Some(SocketAddr::new(host, port));
+            let (ip, offset) = host_of(i);
+            let port = port.checked_add(offset).context("--metrics-base-port too high for this many replicas")?;
+            entry.metrics = Some(SocketAddr::new(ip, port));
         }
     }
+    // With --hosts each host gets a directory holding only its own secrets.
+    let per_host = !hosts.is_empty();
+    let replica_dir = |r: usize| if per_host { out.join(format!("replica-{r}")) } else { out.to_owned() };
+    let clients_dir = if per_host { out.join("clients") } else { out.to_owned() };
     for r in 0..replicas {
         let replica = ReplicaId(r as u32);
+        let dir = replica_dir(r);
         for kind in CompartmentKind::ALL {
-            write_key(&enclave_key_path(out, replica, kind), secrets.enclave(replica, kind))?;
+            write_key(&enclave_key_path(&dir, replica, kind), secrets.enclave(replica, kind))?;
         }
-        write_group_key(&group_key_path(out, replica), &secrets.execution_group)?;
+        write_group_key(&group_key_path(&dir, replica), &secrets.execution_group)?;
+        if per_host {
+            file.save(&dir.join("cluster.toml"))?;
+        }
     }
     for (c, key) in secrets.clients.iter().enumerate() {
-        write_key(&client_key_path(out, ClientId(c as u32)), key)?;
+        write_key(&client_key_path(&clients_dir, ClientId(c as u32)), key)?;
     }
-    let path = out.join("cluster.toml");
+    let path = clients_dir.join("cluster.toml");
     file.save(&path)?;
+    if per_host {
+        println!(
+            "one directory per host: {}/replica-I (copy it to replica I's host), {} for clients",
+            out.display(),
+            clients_dir.display()
+        );
+    }
     println!(
         "wrote {} ({replicas} replicas, f = {f}, {clients} clients, confidential = {}) and keys in {}",
         path.display(),
@@ -458,6 +490,7 @@ async fn replica(
     app: splitbft::AppKind,
     data_dir: Option<PathBuf>,
     metrics: Option<SocketAddr>,
+    listen: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     if app == splitbft::AppKind::Ledger && data_dir.is_none() {
         bail!("--app ledger needs --data-dir: the replica appends its sealed blocks there");
@@ -478,9 +511,8 @@ async fn replica(
         ],
         execution_group: read_group_key(&group_key_path(&dir, me), &protocol.execution_group_key)?,
     };
-    let listener = tokio::net::TcpListener::bind(entry.address)
-        .await
-        .with_context(|| format!("listening on {}", entry.address))?;
+    let bind = listen.unwrap_or(entry.address);
+    let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("listening on {bind}"))?;
     let mut node_config = NodeConfig::new(protocol, me, file.addresses(), backend);
     node_config.options.batch_timeout_us = file.batch_timeout_ms * 1000;
     node_config.data_dir = data_dir;
@@ -495,7 +527,10 @@ async fn replica(
         }
         None => None,
     };
-    eprintln!("replica {id} listening on {} ({backend} backend); SIGINT or SIGTERM stops it", entry.address);
+    eprintln!(
+        "replica {id} listening on {bind}, advertised as {} ({backend} backend); SIGINT or SIGTERM stops it",
+        entry.address
+    );
     wait_for_signal().await?;
     if let Some(task) = metrics_task {
         task.abort();
