@@ -40,7 +40,7 @@ fn keygen_hosts_writes_one_directory_per_host_and_the_cluster_serves_across_them
     assert!(out.status.success(), "keygen failed: {}", String::from_utf8_lossy(&out.stderr));
 
     // Each host's directory holds its own four secrets and nothing of anyone else's.
-    for i in 0..4 {
+    for (i, host) in hosts.iter().enumerate() {
         let keys = dir.path().join(format!("replica-{i}/keys"));
         let mut names: Vec<String> =
             std::fs::read_dir(&keys).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
@@ -52,7 +52,7 @@ fn keygen_hosts_writes_one_directory_per_host_and_the_cluster_serves_across_them
         expected.sort();
         assert_eq!(names, expected);
         let toml = std::fs::read_to_string(dir.path().join(format!("replica-{i}/cluster.toml"))).unwrap();
-        assert!(toml.contains(&format!("address = \"{}:{port}\"", hosts[i])), "{toml}");
+        assert!(toml.contains(&format!("address = \"{host}:{port}\"")), "{toml}");
     }
     let client_keys: Vec<_> = std::fs::read_dir(dir.path().join("clients/keys")).unwrap().collect();
     assert_eq!(client_keys.len(), 2, "the clients' directory holds only client keys");
