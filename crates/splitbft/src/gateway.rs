@@ -43,6 +43,10 @@ pub const MAX_ARGS: usize = 1024;
 /// Compare-and-swap attempts of one `INCR` before it gives up with an error: a key
 /// incremented so hotly that 64 rounds all lose is better retried by the caller.
 pub const MAX_INCR_ATTEMPTS: usize = 64;
+/// Redis connections served at once; further ones wait in the kernel's accept queue.
+/// Each may hold [`MAX_INPUT_BYTES`] of input and [`MAX_PIPELINE`] commands, so this
+/// bounds the gateway's memory; Redis client pools rarely open more than a few hundred.
+pub const MAX_CONNECTIONS: usize = 1024;
 /// `SCAN` page size when the client gives no `COUNT` (Redis's default).
 const DEFAULT_SCAN_COUNT: usize = 10;
 
@@ -125,11 +129,17 @@ impl Gateway {
 
     /// Accepts Redis connections on `listener` until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
+            let Ok(permit) = Arc::clone(&slots).acquire_owned().await else { return };
             match listener.accept().await {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(Arc::clone(&self).connection(stream));
+                    let gateway = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        gateway.connection(stream).await;
+                    });
                 }
                 Err(error) => {
                     tracing::warn!(%error, "accept failed");

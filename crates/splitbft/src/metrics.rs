@@ -24,7 +24,9 @@ use crate::http::{HttpCounters, OPENMETRICS, Response, Route};
 type Labels = Vec<(String, String)>;
 
 /// How long a scrape waits for the compartments to answer a fresh `QueryStats` (the
-/// `thread` backend answers asynchronously) before it reports what it has.
+/// `thread` backend answers asynchronously) before it reports what it has. A compartment
+/// busier than that is reported with its previous answer: compartment series may lag by
+/// one scrape under load, broker series never do.
 const STATS_REFRESH_WAIT: Duration = Duration::from_millis(20);
 
 /// One replica's state as a scrape sees it.
