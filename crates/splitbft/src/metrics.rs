@@ -29,6 +29,10 @@ type Labels = Vec<(String, String)>;
 /// one scrape under load, broker series never do.
 const STATS_REFRESH_WAIT: Duration = Duration::from_millis(20);
 
+/// A compartment that has not answered a stats query within this time is reported as not
+/// answering (`/healthz` 503): half a second is far beyond a healthy crossing, even loaded.
+const STATS_ANSWER_DEADLINE: Duration = Duration::from_millis(500);
+
 /// One replica's state as a scrape sees it.
 #[derive(Clone, Debug)]
 pub struct ReplicaSnapshot {
@@ -46,9 +50,18 @@ impl ReplicaSnapshot {
     pub async fn take(node: &NodeReporter, replica: u32) -> Option<Self> {
         // The first report carries the stats from the previous query and sends a new one.
         node.report().await?;
-        tokio::time::sleep(STATS_REFRESH_WAIT).await;
-        let report = node.report().await?;
-        Some(ReplicaSnapshot { replica, report, core_queue_depth: node.queue_depth() })
+        let mut waited = Duration::ZERO;
+        loop {
+            tokio::time::sleep(STATS_REFRESH_WAIT).await;
+            waited += STATS_REFRESH_WAIT;
+            let report = node.report().await?;
+            let snapshot = ReplicaSnapshot { replica, report, core_queue_depth: node.queue_depth() };
+            // A compartment that never answered yet (first scrape) gets up to
+            // STATS_ANSWER_DEADLINE before it is reported as not answering.
+            if snapshot.healthy() || waited >= STATS_ANSWER_DEADLINE {
+                return Some(snapshot);
+            }
+        }
     }
 
     fn stats(&self, kind: CompartmentKind) -> Option<&splitbft_types::boundary::Stats> {
