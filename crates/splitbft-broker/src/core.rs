@@ -637,6 +637,9 @@ impl BrokerCore {
                 self.last_ordered = self.last_ordered.max(seq);
                 self.counters.add("requests_ordered", u64::from(requests));
                 self.counters.bump("batches_ordered");
+                // Debug only: one span per (view, seq), nothing at info on the hot path.
+                tracing::debug_span!("seq", replica = self.me.0, view, seq)
+                    .in_scope(|| tracing::debug!(requests, "batch ordered"));
             }
             (Preparation, Output::Event(Event::NotOrdered { window_full })) => {
                 let requests = self.awaiting_order.pop_front().unwrap_or_default();
@@ -653,9 +656,12 @@ impl BrokerCore {
             (Execution, Output::Event(Event::Executed { seq, requests, .. })) => {
                 self.last_executed = self.last_executed.max(seq);
                 self.counters.add("requests_executed", u64::from(requests));
+                tracing::debug_span!("seq", replica = self.me.0, view = self.view, seq)
+                    .in_scope(|| tracing::debug!(requests, "batch executed"));
                 self.maybe_cut(now_us, out);
             }
             (Preparation, Output::Event(Event::Stable { seq })) => {
+                tracing::debug!(replica = self.me.0, seq, "checkpoint stable");
                 self.stable = self.stable.max(seq);
                 self.window_full = false;
                 self.outlog.collect(seq);

@@ -17,4 +17,4 @@ pub mod store;
 pub mod wal;
 
 pub use core::{Action, BrokerCore, BrokerOptions};
-pub use node::{NodeConfig, NodeError, NodeHandle, NodeReport, spawn_node, spawn_node_processes};
+pub use node::{NodeConfig, NodeError, NodeHandle, NodeReport, NodeReporter, spawn_node, spawn_node_processes};

@@ -139,6 +139,26 @@ enum Event {
     Report(oneshot::Sender<NodeReport>),
 }
 
+/// Reads a running node's report; stops answering once the node has stopped.
+#[derive(Clone, Debug)]
+pub struct NodeReporter {
+    events: mpsc::Sender<Event>,
+}
+
+impl NodeReporter {
+    /// See [`NodeHandle::report`].
+    pub async fn report(&self) -> Option<NodeReport> {
+        let (tx, rx) = oneshot::channel();
+        self.events.send(Event::Report(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Network events queued for the broker core and not yet handled (a gauge for metrics).
+    pub fn queue_depth(&self) -> usize {
+        self.events.max_capacity() - self.events.capacity()
+    }
+}
+
 /// A running replica.
 pub struct NodeHandle {
     events: mpsc::Sender<Event>,
@@ -148,11 +168,15 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
-    /// Current counters without stopping.
+    /// Current counters without stopping. The compartments' stats are those of their last
+    /// answer; each call also asks them again, so the next report is fresh (metrics scrapes).
     pub async fn report(&self) -> Option<NodeReport> {
-        let (tx, rx) = oneshot::channel();
-        self.events.send(Event::Report(tx)).await.ok()?;
-        rx.await.ok()
+        self.reporter().report().await
+    }
+
+    /// A cheap handle that reads reports while the node runs (for a metrics endpoint).
+    pub fn reporter(&self) -> NodeReporter {
+        NodeReporter { events: self.events.clone() }
     }
 
     /// Stops the replica (its broker, connections and compartments) and returns its report.
@@ -452,6 +476,7 @@ impl Driver {
             Event::Count(what) => self.core.count(what),
             Event::Report(tx) => {
                 let _ = tx.send(self.report());
+                BrokerCore::query_stats(actions);
             }
         }
     }
