@@ -508,6 +508,8 @@ fn config_dir(config: &Path) -> PathBuf {
     config.parent().map(Path::to_owned).unwrap_or_default()
 }
 
+// The flags of `splitbft replica`, one argument each, as clap parsed them.
+#[allow(clippy::too_many_arguments)]
 async fn replica(
     config_path: &Path,
     id: u32,
