@@ -397,7 +397,6 @@ fn a_backup_accepts_a_good_new_view_and_prepares_every_entry_of_o() {
 /// NewView is still accepted afterwards.
 #[test]
 fn a_backup_refuses_a_new_view_with_a_wrong_o() {
-    let mut p = preparation(3);
     let good = o_view_1();
     let mut swapped = good.clone();
     swapped[0].digest = d("another batch");
@@ -407,17 +406,17 @@ fn a_backup_refuses_a_new_view_with_a_wrong_o() {
     let mut extra = good.clone();
     extra.push(PrePrepare { view: 1, seq: 4, digest: d("extra") });
     for (i, o) in [swapped, null_to_batch, missing, extra].iter().enumerate() {
-        p = preparation(3);
-        let out = feed(&mut p, Message::NewView(new_view(1, quorum_view_1(), o)));
+        let mut q = preparation(3);
+        let out = feed(&mut q, Message::NewView(new_view(1, quorum_view_1(), o)));
         assert!(out.is_empty(), "case {i}: {out:?}");
-        let s = stats(&mut p);
+        let s = stats(&mut q);
         assert_eq!(s.get("new_view_wrong_o"), 1);
         assert_eq!(s.view, 0, "case {i}");
+        // Primary 1 proved itself faulty for view 1 here: its NewViews for view 1 are
+        // dropped after one signature check, even a good one (the view change moves on).
+        assert!(feed(&mut q, Message::NewView(good_new_view_1())).is_empty());
+        assert_eq!(stats(&mut q).get("new_view_sender_refused"), 1);
     }
-    // Primary 1 proved itself faulty for view 1 here: its NewViews for view 1 are dropped
-    // after one signature check, even a good one (the view change moves on to view 2).
-    assert!(feed(&mut p, Message::NewView(good_new_view_1())).is_empty());
-    assert_eq!(stats(&mut p).get("new_view_sender_refused"), 1);
     let mut p = preparation(3);
     // Still in view 0: a PrePrepare of view 0 is prepared, one of view 1 is not.
     assert_eq!(prepares(&feed(&mut p, bm(0, 5, "v0"))).len(), 1);
@@ -432,7 +431,6 @@ fn a_backup_refuses_a_new_view_with_a_wrong_o() {
 /// quorum, or with a refused ViewChange inside are counted and dropped.
 #[test]
 fn a_backup_refuses_forged_new_views() {
-    let mut p = preparation(2);
     let mut flipped = good_new_view_1();
     flipped.sig.0[33] ^= 0x01;
     let by_backup = sign(3, Prep, Purpose::NewView, good_new_view_1().body);
@@ -456,7 +454,7 @@ fn a_backup_refuses_forged_new_views() {
     // A fresh enclave per case: a refused NewView signed by the primary makes later ones
     // it signs for that view cost one signature check only (see the resend test below).
     for (i, (counter, nv)) in cases.into_iter().enumerate() {
-        p = preparation(2);
+        let mut p = preparation(2);
         assert!(feed(&mut p, Message::NewView(nv)).is_empty(), "case {i}");
         assert_eq!(stats(&mut p).get(counter), 1, "case {i}: {counter}");
         assert_eq!(stats(&mut p).view, 0);
