@@ -507,7 +507,7 @@ impl Driver {
             now,
             |core, action| match action {
                 Action::Persist { height, sealed } => match ledger.as_mut() {
-                    Some(ledger) => match ledger.file.append(height, &sealed) {
+                    Some(ledger) => match ledger.file.append_new(height, &sealed) {
                         Ok(true) => appended += 1,
                         Ok(false) => core.count("ledger_records_already_stored"),
                         Err(e) => ledger.failed(core, "ledger_write_errors", &e),

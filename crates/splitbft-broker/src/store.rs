@@ -76,17 +76,22 @@ impl BlockFile {
         &self.path
     }
 
-    /// Appends one record (buffered); returns false for a height already stored.
-    pub fn append(&mut self, height: u64, sealed: &[u8]) -> io::Result<bool> {
+    /// Appends one record (buffered).
+    pub fn append(&mut self, height: u64, sealed: &[u8]) -> io::Result<()> {
         if RECORD_HEADER + sealed.len() > MAX_RECORD_BYTES {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "record exceeds MAX_RECORD_BYTES"));
         }
+        self.highest = Some(self.highest.map_or(height, |h| h.max(height)));
+        self.writer.write_all(&encode_record(height, sealed))
+    }
+
+    /// Appends a record unless its height is already stored (returns false then): a
+    /// restarted Execution enclave replays its batches and seals those blocks again.
+    pub fn append_new(&mut self, height: u64, sealed: &[u8]) -> io::Result<bool> {
         if self.highest.is_some_and(|h| height <= h) {
             return Ok(false);
         }
-        self.highest = Some(height);
-        self.writer.write_all(&encode_record(height, sealed))?;
-        Ok(true)
+        self.append(height, sealed).map(|()| true)
     }
 
     /// Flushes and `fdatasync`s the file (SPEC §10: before the sealed state that could

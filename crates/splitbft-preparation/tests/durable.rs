@@ -1,0 +1,115 @@
+//! SPEC §10 for Preparation: a restarted enclave restored from its sealed state never
+//! prepares a second digest for a slot it prepared before (P1 across restarts); without
+//! the state it would; a rolled-back or altered state is refused.
+
+#![allow(clippy::unwrap_used, reason = "test helpers: a failed setup step aborts the test")]
+
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use serde::Serialize;
+use splitbft_preparation::Preparation;
+use splitbft_types::boundary::{Compartment, Input, Output};
+use splitbft_types::codec::{from_bytes, to_bytes};
+use splitbft_types::crypto::{Purpose, SecretKey};
+use splitbft_types::durable::{RecordKind, RestoreError, SealedState};
+use splitbft_types::keys::ClusterSecrets;
+use splitbft_types::msg::{Digest, Message, PrePrepare, Signed};
+use splitbft_types::{CompartmentKind, ReplicaId, Seq, View};
+
+fn secrets() -> &'static ClusterSecrets {
+    static SECRETS: OnceLock<ClusterSecrets> = OnceLock::new();
+    SECRETS.get_or_init(|| ClusterSecrets::deterministic(5, 2, 1, 31))
+}
+
+fn sign<T: Serialize>(r: u32, purpose: Purpose, body: T) -> Signed<T> {
+    let s = secrets();
+    Signed {
+        sig: s.enclave(ReplicaId(r), CompartmentKind::Preparation).sign(s.config.cluster_id, purpose, &body),
+        body,
+    }
+}
+
+fn pp(view: View, seq: Seq, tag: &str) -> Message {
+    let primary = secrets().config.primary(view).0;
+    Message::PrePrepare(sign(
+        primary,
+        Purpose::PrePrepare,
+        PrePrepare { view, seq, digest: Digest::of(tag.as_bytes()) },
+    ))
+}
+
+fn secret(me: u32) -> SecretKey {
+    SecretKey::from_seed(secrets().enclave(ReplicaId(me), CompartmentKind::Preparation).seed())
+}
+
+fn fresh(me: u32) -> Preparation {
+    Preparation::new(secrets().config.clone(), ReplicaId(me), secret(me), Digest::of(b"genesis")).unwrap()
+}
+
+fn restore(me: u32, records: &[SealedState], counter: u64) -> Result<Preparation, RestoreError> {
+    Preparation::restore(secrets().config.clone(), ReplicaId(me), secret(me), Digest::of(b"genesis"), records, counter)
+}
+
+/// One boundary crossing; returns (Prepares sent as `(s, d)`, sealed records).
+fn cross(p: &mut Preparation, msgs: Vec<Message>) -> (Vec<(Seq, Digest)>, Vec<SealedState>) {
+    let inputs: Vec<Bytes> = msgs.into_iter().map(|m| Bytes::from(to_bytes(&Input::Message(m)))).collect();
+    let mut out = Vec::new();
+    p.handle_encoded(&inputs, &mut out);
+    let (mut prepares, mut sealed) = (Vec::new(), Vec::new());
+    for o in out {
+        match from_bytes::<Output>(&o).unwrap() {
+            Output::Send(Message::Prepare(p)) => prepares.push((p.body.seq, p.body.digest)),
+            Output::Sealed(s) => sealed.push(s),
+            _ => {}
+        }
+    }
+    (prepares, sealed)
+}
+
+#[test]
+fn a_restored_backup_does_not_prepare_a_second_digest_and_a_stateless_one_would() {
+    // n = 7 (f = 2): replica 3 is a backup in view 0.
+    let mut p = fresh(3);
+    p.enable_durability(0);
+    let (prepared, mut log) = cross(&mut p, vec![pp(0, 1, "a")]);
+    assert_eq!(prepared, vec![(1, Digest::of(b"a"))]);
+    assert_eq!(log.len(), 1, "one record per crossing");
+    assert_eq!(log[0].kind, RecordKind::Image, "the first record is an image");
+    let (prepared, sealed) = cross(&mut p, vec![pp(0, 2, "b"), pp(0, 3, "c")]);
+    assert_eq!(prepared.len(), 2);
+    assert_eq!(sealed.len(), 1);
+    assert_eq!(sealed[0].kind, RecordKind::Delta);
+    log.extend(sealed);
+    // A crossing that changes nothing seals nothing.
+    assert!(cross(&mut p, vec![pp(0, 2, "b")]).1.is_empty());
+
+    // The host restarts the enclave from its sealed state: conflicting PrePrepares for the
+    // slots it prepared get no Prepare; a new slot does.
+    let mut restored = restore(3, &log, 0).unwrap();
+    for (seq, tag) in [(1, "x"), (2, "y"), (3, "z")] {
+        assert!(cross(&mut restored, vec![pp(0, seq, tag)]).0.is_empty(), "equivocated at {seq}");
+    }
+    let (prepared, sealed) = cross(&mut restored, vec![pp(0, 4, "d")]);
+    assert_eq!(prepared, vec![(4, Digest::of(b"d"))]);
+    assert_eq!(sealed[0].index, 2, "the record sequence continues");
+
+    // Without the state (the failure SPEC §10 removes) the same enclave would equivocate.
+    let mut stateless = fresh(3);
+    assert_eq!(cross(&mut stateless, vec![pp(0, 1, "x")]).0, vec![(1, Digest::of(b"x"))]);
+}
+
+#[test]
+fn rolled_back_altered_or_foreign_state_is_refused() {
+    let mut p = fresh(1);
+    p.enable_durability(4);
+    let (_, log) = cross(&mut p, vec![pp(0, 1, "a")]);
+    assert_eq!(log[0].epoch, 5, "the image is bound to counter + 1");
+    assert!(restore(1, &log, 5).is_ok());
+    assert!(matches!(restore(1, &log, 6), Err(RestoreError::RolledBack { epoch: 5, counter: 6 })));
+    let mut altered = log.clone();
+    altered[0].sealed[3] ^= 1;
+    assert!(matches!(restore(1, &altered, 0), Err(RestoreError::Unauthentic { index: 0 })));
+    assert!(matches!(restore(2, &log, 0), Err(RestoreError::Unauthentic { index: 0 })), "another replica's");
+    assert!(matches!(restore(1, &[], 0), Err(RestoreError::NoImage)));
+}
