@@ -118,8 +118,15 @@ impl Draw {
         for kind in CompartmentKind::ALL {
             let count = rng.random_range(0..=f);
             let mut replicas: Vec<u32> = (0..n).collect();
+            // An adversary aims at primaries: half the time the first faulty Preparation
+            // is the primary of view 0 or 1 (it still may be anywhere, Twins-style).
+            let aimed = kind == CompartmentKind::Preparation && rng.random_bool(0.5);
+            if aimed {
+                let target = config.primary(rng.random_range(0..2)).0;
+                replicas.swap(0, target as usize);
+            }
             for i in 0..count {
-                let j = rng.random_range(i..replicas.len());
+                let j = if i == 0 && aimed { 0 } else { rng.random_range(i..replicas.len()) };
                 replicas.swap(i, j);
                 let strategies = Strategy::of_kind(kind);
                 let strategy = strategies[rng.random_range(0..strategies.len())];

@@ -458,7 +458,7 @@ fn run_inner(
                 },
                 Scheduled::Enclave(replica, kind, input) => cluster.enclave_input(replica, kind, input),
                 Scheduled::ToReplica(replica, request) => cluster.client_sends(replica, &request),
-                Scheduled::ToClient(reply) => clients.on_reply(reply, now, &mut net, &cluster, &mut rng, &mut history),
+                Scheduled::ToClient(reply) => clients.on_reply(reply, now, &cluster, &mut rng, &mut history),
                 Scheduled::Reconnect(from, to) => {
                     net.reconnected(from, to);
                     cluster.resend_out_log(from, to);
