@@ -106,7 +106,9 @@ impl Draw {
             Scenario::PoisonedBatchCache => (vec![], vec![(anywhere, Env::PoisonCache)]),
             _ => (vec![], vec![]),
         };
-        Draw { faulty, hosts: hosts.into_iter().collect(), network: Scenario::Normal }
+        // Batches get lost now and then, so brokers serve them from their caches.
+        let network = if scenario == Scenario::PoisonedBatchCache { Scenario::Lossy } else { Scenario::Normal };
+        Draw { faulty, hosts: hosts.into_iter().collect(), network }
     }
 
     /// A random draw: up to `f` faulty enclaves of each kind anywhere, a strategy each,

@@ -143,21 +143,26 @@ impl Hostile {
     }
 }
 
+/// How long after a batch frame a poisoning host sends its junk copy: after the genuine
+/// one has arrived, so the copy overwrites it in the receiver's batch cache.
+pub const POISON_AFTER_US: u64 = 30_000;
+
 /// What a hostile host does to a frame it sends: strip withheld batches down to their
-/// header, or send a junk copy (right header, wrong bytes) ahead of every batch.
-pub fn outgoing(env: Env, packet: Packet, loot: &Loot) -> Vec<Packet> {
-    let Ok(Message::Batch(b)) = decode_message(&packet.frame) else { return vec![packet] };
+/// header, or send a junk copy (right header, wrong bytes) [`POISON_AFTER_US`] after every
+/// batch. Returns the frames and how much later than usual each leaves.
+pub fn outgoing(env: Env, packet: Packet, loot: &Loot) -> Vec<(Packet, u64)> {
+    let Ok(Message::Batch(b)) = decode_message(&packet.frame) else { return vec![(packet, 0)] };
     match env {
         Env::StripBatches if loot.withheld.contains(&b.pre_prepare.body.digest) => {
             let frame = Bytes::from(encode_message(&Message::PrePrepare(b.pre_prepare)));
-            vec![Packet { frame, ..packet }]
+            vec![(Packet { frame, ..packet }, 0)]
         }
         Env::PoisonCache => {
             let mut junk = b.clone();
             junk.batch.push(0);
             let frame = Bytes::from(encode_message(&Message::Batch(junk)));
-            vec![Packet { frame, ..packet.clone() }, packet]
+            vec![(Packet { frame, ..packet.clone() }, POISON_AFTER_US), (packet, 0)]
         }
-        _ => vec![packet],
+        _ => vec![(packet, 0)],
     }
 }

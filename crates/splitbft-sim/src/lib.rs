@@ -471,10 +471,10 @@ fn run_inner(
         while let Some(packet) = cluster.network.pop_front() {
             let packets = match draw.hosts.get(&packet.from) {
                 Some(env) => hostile::outgoing(*env, packet, &loot.lock().expect("loot")),
-                None => vec![packet],
+                None => vec![(packet, 0)],
             };
-            for packet in packets {
-                net.send_peer(packet, now, &mut rng);
+            for (packet, later) in packets {
+                net.send_peer(packet, now + later, &mut rng);
             }
         }
         for reply in cluster.take_replies() {

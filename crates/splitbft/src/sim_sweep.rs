@@ -122,6 +122,10 @@ pub fn sim(args: SimArgs) -> anyhow::Result<()> {
                         );
                     }
                 }
+                if failing.len() > 20 {
+                    let all: Vec<String> = failing.iter().map(u64::to_string).collect();
+                    eprintln!("  all failing seeds: {}", all.join(", "));
+                }
                 let ran = lines.len() as u64;
                 let rate = ran as f64 / secs;
                 println!(
