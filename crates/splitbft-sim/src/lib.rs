@@ -35,7 +35,7 @@ use splitbft_types::boundary::{Event, Input, Output};
 use splitbft_types::codec::to_bytes;
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::msg::{Digest, Message};
-use splitbft_types::{CompartmentKind, ProtocolConfig, ReplicaId, Seq};
+use splitbft_types::{CompartmentKind, ProtocolConfig, ReplicaId, Seq, View};
 
 use adversary::{Draw, Env, SharedLoot};
 use byzantine::Strategy;
@@ -232,6 +232,57 @@ struct Observed {
     batches: BTreeMap<Digest, Vec<u8>>,
     violations: Vec<String>,
     max_view: u64,
+    /// SPEC §9 P1 and C1: the digest each correct Preparation prepared and each correct
+    /// Confirmation committed per `(v, s)`, by replica (forgotten when it restarts).
+    prepared: BTreeMap<(ReplicaId, View, Seq), Digest>,
+    committed: BTreeMap<(ReplicaId, View, Seq), Digest>,
+    /// SPEC §9 C4: the highest view each correct Confirmation sent a ViewChange for.
+    view_change_sent: BTreeMap<ReplicaId, View>,
+}
+
+impl Observed {
+    /// Checks one output of a correct enclave against the SPEC §9 invariants it owns.
+    fn invariants(&mut self, replica: ReplicaId, kind: CompartmentKind, output: &Output) {
+        match (kind, output) {
+            (CompartmentKind::Preparation, Output::Send(Message::Prepare(p))) => {
+                let key = (replica, p.body.view, p.body.seq);
+                if *self.prepared.entry(key).or_insert(p.body.digest) != p.body.digest {
+                    self.violations.push(format!(
+                        "P1: correct {replica} Preparation prepared two digests at (v {}, s {})",
+                        p.body.view, p.body.seq
+                    ));
+                }
+            }
+            (CompartmentKind::Confirmation, Output::Send(Message::Commit(c))) => {
+                let key = (replica, c.body.view, c.body.seq);
+                if *self.committed.entry(key).or_insert(c.body.digest) != c.body.digest {
+                    self.violations.push(format!(
+                        "C1: correct {replica} Confirmation committed two digests at (v {}, s {})",
+                        c.body.view, c.body.seq
+                    ));
+                }
+                if self.view_change_sent.get(&replica).is_some_and(|v| c.body.view < *v) {
+                    self.violations.push(format!(
+                        "C4: correct {replica} Confirmation committed in view {} after a ViewChange for a later view",
+                        c.body.view
+                    ));
+                }
+            }
+            (CompartmentKind::Confirmation, Output::Send(Message::ViewChange(vc))) => {
+                let v = self.view_change_sent.entry(replica).or_default();
+                *v = (*v).max(vc.body.view);
+            }
+            _ => {}
+        }
+    }
+
+    /// A restarted replica starts over (amnesia counts against f, SPEC §1.1): its
+    /// invariant memory goes with it.
+    fn restarted(&mut self, replica: ReplicaId) {
+        self.prepared.retain(|(r, _, _), _| *r != replica);
+        self.committed.retain(|(r, _, _), _| *r != replica);
+        self.view_change_sent.remove(&replica);
+    }
 }
 
 /// Keys from `seed`; under PBFT the three parts of a replica share one key.
@@ -398,8 +449,13 @@ fn run_inner(
     let mut mangler = hostile::Hostile::default();
     let observed = Rc::new(RefCell::new(Observed { executed: vec![BTreeMap::new(); n], ..Default::default() }));
     let sink = observed.clone();
+    let faulty_enclaves: std::collections::BTreeSet<(ReplicaId, CompartmentKind)> =
+        faulty.iter().map(|(r, k, _)| (*r, *k)).collect();
     cluster.set_observer(move |replica, kind, output| {
         let mut o = sink.borrow_mut();
+        if !faulty_enclaves.contains(&(replica, kind)) {
+            o.invariants(replica, kind, output);
+        }
         match (kind, output) {
             (CompartmentKind::Execution, Output::Event(Event::Executed { seq, digest, .. })) => {
                 if let Some(prior) = o.executed[replica.0 as usize].insert(*seq, *digest)
@@ -438,7 +494,11 @@ fn run_inner(
             cluster.advance(due - cluster.now_us());
         }
         let now = cluster.now_us();
+        let down_before = cluster.down.clone();
         net.faults(now, &mut cluster, &mut rng);
+        for replica in down_before.difference(&cluster.down) {
+            observed.borrow_mut().restarted(*replica);
+        }
         if now >= next_suspect && now < FAULT_PHASE_US {
             next_suspect = now + SUSPECT_EVERY_US;
             for (r, env) in &draw.hosts {
@@ -557,5 +617,50 @@ fn run_inner(
         delivered,
         sim_time_us: cluster.now_us(),
         replicas,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use splitbft_types::msg::{Commit, Prepare, Sig, Signed, ViewChange};
+
+    fn commit(view: View, seq: Seq, d: u8) -> Output {
+        let body = Commit { view, seq, digest: Digest([d; 32]), replica: ReplicaId(1) };
+        Output::Send(Message::Commit(Signed { body, sig: Sig([0; 64]) }))
+    }
+
+    /// SPEC §9 P1, C1 and C4 flag a correct enclave's second digest per `(v, s)` and a
+    /// Commit in an abandoned view; a restart forgets what the enclave did before.
+    #[test]
+    fn invariants_flag_what_a_correct_enclave_must_not_do() {
+        let mut o = Observed::default();
+        let r = ReplicaId(1);
+        let prepare = |d: u8| {
+            let body = Prepare { view: 0, seq: 3, digest: Digest([d; 32]), replica: r };
+            Output::Send(Message::Prepare(Signed { body, sig: Sig([0; 64]) }))
+        };
+        o.invariants(r, CompartmentKind::Preparation, &prepare(1));
+        o.invariants(r, CompartmentKind::Preparation, &prepare(1));
+        assert!(o.violations.is_empty());
+        o.invariants(r, CompartmentKind::Preparation, &prepare(2));
+        assert!(o.violations.last().is_some_and(|v| v.starts_with("P1")), "{:?}", o.violations);
+        o.invariants(r, CompartmentKind::Confirmation, &commit(0, 3, 1));
+        o.invariants(r, CompartmentKind::Confirmation, &commit(0, 3, 2));
+        assert!(o.violations.last().is_some_and(|v| v.starts_with("C1")), "{:?}", o.violations);
+        let stable = splitbft_types::msg::CheckpointCert { seq: 0, state: Digest([0; 32]), proof: Vec::new() };
+        let body = ViewChange { view: 1, replica: r, stable, prepared: Vec::new() };
+        o.invariants(
+            r,
+            CompartmentKind::Confirmation,
+            &Output::Send(Message::ViewChange(Signed { body, sig: Sig([0; 64]) })),
+        );
+        o.invariants(r, CompartmentKind::Confirmation, &commit(0, 4, 1));
+        assert!(o.violations.last().is_some_and(|v| v.starts_with("C4")), "{:?}", o.violations);
+        let before = o.violations.len();
+        o.restarted(r);
+        o.invariants(r, CompartmentKind::Preparation, &prepare(3));
+        o.invariants(r, CompartmentKind::Confirmation, &commit(0, 3, 3));
+        assert_eq!(o.violations.len(), before, "a restarted enclave starts over");
     }
 }
