@@ -107,10 +107,8 @@ impl Setup {
             let id = ClientId(c as u32);
             let keys = ClientKeys::derive(&self.secrets.clients[c], &self.secrets.config, &keyring, id);
             let mut rng = ChaCha20Rng::seed_from_u64(c as u64);
-            let secret = &self.secrets.clients[c];
             let (_, register) =
-                ClientSession::register(&mut rng, &self.secrets.config, id, secret, SESSION_EPOCH, session_key(c))
-                    .unwrap();
+                ClientSession::register(&mut rng, &self.secrets.config, id, SESSION_EPOCH, session_key(c)).unwrap();
             cluster.client_sends(PRIMARY, &keys.request(REGISTER_TIMESTAMP, register));
         }
         cluster.run(usize::MAX);

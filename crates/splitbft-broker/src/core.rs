@@ -16,7 +16,9 @@ use splitbft_types::codec::{
 };
 use splitbft_types::config::Keyring;
 use splitbft_types::counters::Counters;
-use splitbft_types::msg::{Digest, Message, Request, StateChunk};
+use splitbft_types::crypto::verify_request_signature;
+use splitbft_types::msg::{BatchMsg, Digest, Message, Request, StateChunk};
+use splitbft_types::session::ReplyBody;
 use splitbft_types::{ClientId, CompartmentKind, ProtocolConfig, ReplicaId, Seq, View};
 
 use crate::recovery::{
@@ -86,6 +88,9 @@ pub enum Action {
         /// The sealed bytes (opaque to the broker).
         sealed: Bytes,
     },
+    /// Make a compartment's sealed state record durable before any network action of the
+    /// same round is carried out (SPEC §10 write-ahead).
+    SealState(CompartmentKind, splitbft_types::durable::SealedState),
 }
 
 /// The broker state of one replica.
@@ -222,22 +227,28 @@ impl BrokerCore {
         let Some(msg) = self.decode(&frame, "peer") else { return };
         use CompartmentKind::*;
         match msg {
-            Message::Request(_) => {
+            Message::Request(request) => {
                 if self.is_primary() {
-                    self.enqueue(frame, now_us, out);
+                    self.enqueue(&request, frame, now_us, out);
                 } else {
                     self.counters.bump("peer_request_not_primary");
                 }
             }
             Message::Batch(b) => {
                 let pp = b.pre_prepare;
+                if !self.batch_is_genuine(&b) {
+                    // Junk neither enters the cache nor ends a pending fetch (SPEC §11).
+                    return self.counters.bump("batch_frames_unverified");
+                }
                 self.batches.insert(pp.body.digest, pp.body.seq, frame);
                 self.missing.remove(&pp.body.digest);
                 // A batch of an older view (fetched after a view change) is for Execution only.
-                for kind in [Preparation, Confirmation] {
-                    if pp.body.view >= self.views[kind.index()] {
-                        self.deliver(kind, pp.body.view, Message::PrePrepare(pp), out);
-                    }
+                // Preparation backups need the bytes: they check every request (SPEC §4.1 (2)).
+                if pp.body.view >= self.views[Preparation.index()] {
+                    self.deliver(Preparation, pp.body.view, Message::Batch(b.clone()), out);
+                }
+                if pp.body.view >= self.views[Confirmation.index()] {
+                    self.deliver(Confirmation, pp.body.view, Message::PrePrepare(pp), out);
                 }
                 Self::to_enclave(Execution, Message::Batch(b), out);
             }
@@ -293,6 +304,15 @@ impl BrokerCore {
         }
     }
 
+    /// Whether a batch frame is what its header claims: the bytes hash to the digest and the
+    /// header is signed by the primary of its view. Only such frames are cached, served and
+    /// end a fetch (SPEC §11; issue 11 finding 6). Costs one hash and one verification per
+    /// batch, none per request.
+    fn batch_is_genuine(&self, b: &BatchMsg) -> bool {
+        Digest::of(&b.batch) == b.pre_prepare.body.digest
+            && verify_signed(&self.protocol, &self.keys, &b.pre_prepare).is_ok()
+    }
+
     /// PBFT's liveness rule: `f + 1` replicas asking for views above ours means at least one
     /// correct replica suspects the primary: join the smallest such view.
     fn join_view_change(&mut self, out: &mut Vec<Action>) {
@@ -324,7 +344,7 @@ impl BrokerCore {
         if done || self.timer.waiting(key) {
             // A retransmission: Execution answers from its reply cache if it executed it.
             self.counters.bump("client_retransmissions");
-            Self::to_enclave(CompartmentKind::Execution, Message::Request(request), out);
+            Self::to_enclave(CompartmentKind::Execution, Message::Request(request.clone()), out);
         }
         if done {
             return;
@@ -333,7 +353,7 @@ impl BrokerCore {
             self.counters.bump("requests_untracked");
         }
         if self.is_primary() {
-            self.enqueue(frame, now_us, out);
+            self.enqueue(&request, frame, now_us, out);
         } else {
             // Backups forward to the primary, unchanged (SPEC §5).
             self.counters.bump("requests_forwarded");
@@ -341,7 +361,11 @@ impl BrokerCore {
         }
     }
 
-    fn enqueue(&mut self, frame: Bytes, now_us: u64, out: &mut Vec<Action>) {
+    /// Queues a request at the primary for the next batch, if its client signature verifies:
+    /// a filter, so that one faulty client cannot make this (correct) primary propose a batch
+    /// that correct backups refuse (SPEC §5, §6). It decides nothing: Preparation enclaves
+    /// check every request again.
+    fn enqueue(&mut self, request: &Request, frame: Bytes, now_us: u64, out: &mut Vec<Action>) {
         if self.pending.len() >= self.options.max_pending_requests {
             return self.counters.bump("requests_dropped_queue_full");
         }
@@ -351,9 +375,17 @@ impl BrokerCore {
             return self.counters.bump("request_malformed");
         };
         let body = frame.slice(offset..);
-        if !self.pending_set.insert(body.clone()) {
+        if self.pending_set.contains(&body) {
             return self.counters.bump("request_already_pending");
         }
+        let genuine = self
+            .keys
+            .client(request.client)
+            .is_some_and(|key| verify_request_signature(key, self.protocol.cluster_id, request).is_ok());
+        if !genuine {
+            return self.counters.bump("requests_bad_signature_dropped");
+        }
+        self.pending_set.insert(body.clone());
         self.pending.push_back(body);
         self.pending_since_us.get_or_insert(now_us);
         self.maybe_cut(now_us, out);
@@ -512,6 +544,7 @@ impl BrokerCore {
         if fetch.chunks.len() != total {
             fetch.chunks = vec![None; total];
         }
+        self.counters.add("state_transfer_bytes", chunk.bytes.len() as u64);
         fetch.chunks[chunk.index as usize] = Some(chunk.bytes);
         fetch.deadline_us = now_us + STATE_PEER_TIMEOUT_US;
         if fetch.chunks.iter().all(Option::is_some) {
@@ -589,7 +622,13 @@ impl BrokerCore {
             }
             (Execution, Output::Send(msg @ Message::Reply(_))) => {
                 let Message::Reply(reply) = &msg else { unreachable!("matched above") };
-                self.timer.executed((reply.client, reply.timestamp), now_us);
+                let key = (reply.client, reply.timestamp);
+                // A refusal leaves the timestamp unused (SPEC §4.3 (4)): the genuine request
+                // may still come, so it is not completed here.
+                match from_bytes::<ReplyBody>(&reply.result) {
+                    Ok(ReplyBody::Refused(_)) => self.timer.refused(key),
+                    _ => self.timer.executed(key, now_us),
+                }
                 out.push(Action::Reply(reply.client, Bytes::from(encode_message(&msg))));
             }
             (Preparation, Output::Event(Event::Ordered { view, seq, requests })) => {
@@ -598,6 +637,9 @@ impl BrokerCore {
                 self.last_ordered = self.last_ordered.max(seq);
                 self.counters.add("requests_ordered", u64::from(requests));
                 self.counters.bump("batches_ordered");
+                // Debug only: one span per (view, seq), nothing at info on the hot path.
+                tracing::debug_span!("seq", replica = self.me.0, view, seq)
+                    .in_scope(|| tracing::debug!(requests, "batch ordered"));
             }
             (Preparation, Output::Event(Event::NotOrdered { window_full })) => {
                 let requests = self.awaiting_order.pop_front().unwrap_or_default();
@@ -614,9 +656,12 @@ impl BrokerCore {
             (Execution, Output::Event(Event::Executed { seq, requests, .. })) => {
                 self.last_executed = self.last_executed.max(seq);
                 self.counters.add("requests_executed", u64::from(requests));
+                tracing::debug_span!("seq", replica = self.me.0, view = self.view, seq)
+                    .in_scope(|| tracing::debug!(requests, "batch executed"));
                 self.maybe_cut(now_us, out);
             }
             (Preparation, Output::Event(Event::Stable { seq })) => {
+                tracing::debug!(replica = self.me.0, seq, "checkpoint stable");
                 self.stable = self.stable.max(seq);
                 self.window_full = false;
                 self.outlog.collect(seq);
@@ -625,7 +670,11 @@ impl BrokerCore {
             (Execution, Output::Event(Event::Stable { seq })) => {
                 // Keep the stable snapshot (peers may fetch it) and any newer one.
                 self.snapshots = self.snapshots.split_off(&seq);
-                self.timer.progress(now_us);
+                // Progress this replica has not seen itself holds the timer; a checkpoint it
+                // executed up to proves nothing about requests still waiting here.
+                if self.last_executed < seq {
+                    self.timer.progress(now_us);
+                }
             }
             (Confirmation, Output::Event(Event::Stable { .. })) => {}
             (Confirmation, Output::Event(Event::ViewChangeStarted { view })) => {
@@ -683,6 +732,7 @@ impl BrokerCore {
                 }
             },
             (kind, Output::Stats(stats)) => self.stats[kind.index()] = Some(stats),
+            (kind, Output::Sealed(state)) => out.push(Action::SealState(kind, state)),
             (Execution, Output::Persist { height, sealed }) => {
                 out.push(Action::Persist { height, sealed: Bytes::from(sealed) });
             }
@@ -718,13 +768,46 @@ impl BrokerCore {
         frames.extend(self.timer.waiting_frames());
         if self.is_primary() {
             for frame in frames {
-                self.enqueue(frame, now_us, out);
+                match decode_message(&frame) {
+                    Ok(Message::Request(request)) => self.enqueue(&request, frame, now_us, out),
+                    _ => self.counters.bump("request_malformed"),
+                }
             }
             self.maybe_cut(now_us, out);
         } else {
             let primary = self.protocol.primary(self.view);
             for frame in frames {
                 out.push(Action::Send(primary, frame));
+            }
+        }
+    }
+
+    /// A compartment process died and a fresh one took its place (SPEC §5.1 `process`
+    /// backend). The fresh one starts from its configuration: view 0, empty log, genesis
+    /// state; inputs the dead one held are lost. Preparation's unanswered batches go back
+    /// to the queue. A restarted primary Preparation no longer knows which sequence numbers
+    /// it assigned in this view, so the replica suspects its own view at once instead of
+    /// waiting for the request timers. Every compartment then catches up through the next
+    /// checkpoint certificate and Execution through state transfer (SPEC §4.3).
+    pub fn on_enclave_restarted(&mut self, kind: CompartmentKind, now_us: u64, out: &mut Vec<Action>) {
+        self.counters.bump("enclave_restarts");
+        if kind == CompartmentKind::Preparation {
+            let lost: Vec<Bytes> = self.awaiting_order.drain(..).flatten().collect();
+            for body in lost.into_iter().rev() {
+                if self.pending_set.insert(body.clone()) {
+                    self.pending.push_front(body);
+                }
+            }
+            if !self.pending.is_empty() {
+                self.pending_since_us.get_or_insert(now_us);
+            }
+            self.window_full = false;
+            if self.is_primary() {
+                self.counters.bump("enclave_restart_suspects");
+                out.push(Action::Enclave(
+                    CompartmentKind::Confirmation,
+                    Bytes::from(to_bytes(&Input::Suspect(self.view))),
+                ));
             }
         }
     }
@@ -787,8 +870,20 @@ mod tests {
     }
 
     fn request_frame(t: u64) -> Bytes {
-        let req = Request { client: ClientId(0), timestamp: t, op: vec![1], auth: vec![] };
-        Bytes::from(encode_message(&Message::Request(req)))
+        request_frame_of(0, t)
+    }
+
+    /// A request of client `c` signed like a real client's (the fixture's cluster secrets).
+    fn request_frame_of(c: u32, t: u64) -> Bytes {
+        let secrets = splitbft_types::keys::ClusterSecrets::deterministic(1, 1, 1, 1);
+        let keyring = secrets.config.validate().unwrap();
+        let keys = splitbft_types::crypto::ClientKeys::derive(
+            &secrets.clients[c as usize],
+            &secrets.config,
+            &keyring,
+            ClientId(c),
+        );
+        Bytes::from(encode_message(&Message::Request(keys.request(t, vec![1]))))
     }
 
     fn order_batches(actions: &[Action]) -> Vec<Vec<u8>> {
@@ -909,6 +1004,176 @@ mod tests {
         assert_eq!(suspects(&out), 1);
     }
 
+    /// A backup broker of the fixture cluster (primary(0) = 0) with a request timeout of
+    /// `timeout_us`.
+    fn backup(timeout_us: u64) -> BrokerCore {
+        let secrets = splitbft_types::keys::ClusterSecrets::deterministic(1, 1, 1, 1);
+        let mut options = BrokerOptions::new(&secrets.config);
+        options.view_change_timeout_us = timeout_us;
+        BrokerCore::new(secrets.config, ReplicaId(1), options)
+    }
+
+    /// Execution(1)'s reply to `(0, t)` carrying `body` (the broker reads no MAC).
+    fn reply(t: u64, body: ReplyBody) -> Bytes {
+        let reply = splitbft_types::msg::Reply {
+            view: 0,
+            client: ClientId(0),
+            timestamp: t,
+            replica: ReplicaId(1),
+            result: to_bytes(&body),
+            mac: Mac::default(),
+        };
+        Bytes::from(to_bytes(&Output::Send(Message::Reply(reply))))
+    }
+
+    fn forwarded(actions: &[Action]) -> usize {
+        actions.iter().filter(|a| matches!(a, Action::Send(ReplicaId(0), _))).count()
+    }
+
+    fn suspected(actions: &[Action]) -> bool {
+        actions.iter().any(|a| {
+            matches!(a, Action::Enclave(CompartmentKind::Confirmation, b)
+                if matches!(from_bytes::<Input>(b), Ok(Input::Suspect(_))))
+        })
+    }
+
+    /// Issue 11 finding (5), first half: a refusal reply (the op of *some* copy of `(c, t)`
+    /// did not open; the timestamp stays unused, SPEC §4.3 (4)) does not mark `(c, t)`
+    /// completed. On 106ccbb it did, in every broker, so the genuine request was never
+    /// forwarded to the primary again: censorship by one junk copy.
+    #[test]
+    fn a_refusal_does_not_complete_the_request() {
+        use splitbft_types::session::Refusal;
+        let mut core = backup(1_000);
+        let mut out = Vec::new();
+        core.on_client_frame(ClientId(0), request_frame(1), 0, &mut out);
+        assert_eq!(forwarded(&out), 1);
+        core.on_enclave_outputs(
+            CompartmentKind::Execution,
+            vec![reply(1, ReplyBody::Refused(Refusal::NotAuthentic))],
+            5,
+            &mut out,
+        );
+        out.clear();
+        core.on_client_frame(ClientId(0), request_frame(1), 10, &mut out);
+        assert_eq!(forwarded(&out), 1, "the genuine request goes to the primary again");
+        // A real result completes it: later copies only ask Execution for its cached reply.
+        core.on_enclave_outputs(
+            CompartmentKind::Execution,
+            vec![reply(1, ReplyBody::Sealed(vec![1, 2]))],
+            20,
+            &mut out,
+        );
+        out.clear();
+        core.on_client_frame(ClientId(0), request_frame(1), 30, &mut out);
+        assert_eq!(forwarded(&out), 0);
+        assert_eq!(core.counters().get("client_retransmissions"), 1);
+    }
+
+    /// Issue 11 finding (5), second half: PBFT's timer is per request. A primary that
+    /// executes everyone else's requests but never client 0's `t = 1` is suspected once that
+    /// request waited `STARVATION_TIMEOUTS` timeouts. On 106ccbb every execution reset the
+    /// timer, so it never fired.
+    #[test]
+    fn a_request_starved_while_others_execute_fires_the_timer() {
+        use crate::recovery::STARVATION_TIMEOUTS;
+        let timeout = 1_000;
+        let mut core = backup(timeout);
+        let mut out = Vec::new();
+        core.on_client_frame(ClientId(0), request_frame(1), 0, &mut out);
+        let mut fired_at = None;
+        for step in 1..200u64 {
+            let now = step * 100;
+            out.clear();
+            // Another request arrives and executes within a tenth of a timeout.
+            core.on_client_frame(ClientId(0), request_frame(step + 1), now, &mut out);
+            core.on_enclave_outputs(
+                CompartmentKind::Execution,
+                vec![reply(step + 1, ReplyBody::Sealed(vec![0]))],
+                now + 50,
+                &mut out,
+            );
+            core.on_tick(now + 50, &mut out);
+            if suspected(&out) {
+                fired_at = Some(now + 50);
+                break;
+            }
+        }
+        let fired_at = fired_at.expect("the starved request never made the broker suspect the primary");
+        assert!(
+            fired_at >= STARVATION_TIMEOUTS * timeout && fired_at <= STARVATION_TIMEOUTS * timeout + 100,
+            "{fired_at}"
+        );
+    }
+
+    /// Issue 11 finding (6), SPEC §11 "caches check before they keep": on 106ccbb the batch
+    /// cache kept frames without checking their hash, a later frame overwrote a kept one,
+    /// and any frame naming a missing digest cancelled its fetch. Now junk is dropped before
+    /// all three, and the genuine frame is the one served.
+    #[test]
+    fn the_batch_cache_keeps_only_verified_frames_and_never_replaces_one() {
+        use splitbft_types::crypto::Purpose;
+        use splitbft_types::msg::{BatchMsg, PrePrepare, Sig, Signed};
+        let secrets = splitbft_types::keys::ClusterSecrets::deterministic(1, 1, 1, 1);
+        let primary_key = secrets.enclave(ReplicaId(0), CompartmentKind::Preparation);
+        let Ok(Message::Request(request)) = decode_message(&request_frame(1)) else { unreachable!("a request frame") };
+        let batch = to_bytes(&vec![request]);
+        let digest = Digest::of(&batch);
+        let signed = |body: PrePrepare| Signed {
+            body,
+            sig: primary_key.sign(secrets.config.cluster_id, Purpose::PrePrepare, &body),
+        };
+        let frame = |pre_prepare, batch: &[u8]| {
+            Bytes::from(encode_message(&Message::Batch(BatchMsg { pre_prepare, batch: batch.to_vec() })))
+        };
+        let genuine = frame(signed(PrePrepare { view: 0, seq: 1, digest }), &batch);
+        let junk = [
+            // Bytes that do not hash to the digest, under a genuine header.
+            frame(signed(PrePrepare { view: 0, seq: 1, digest }), b"junk"),
+            // The right bytes under a forged header.
+            frame(Signed { body: PrePrepare { view: 0, seq: 1, digest }, sig: Sig([7; 64]) }, &batch),
+        ];
+        let mut core = backup(1_000);
+        let mut out = Vec::new();
+        // Execution misses the batch: a fetch is pending.
+        core.on_enclave_outputs(
+            CompartmentKind::Execution,
+            vec![Bytes::from(to_bytes(&Output::Event(Event::MissingBatch { seq: 1, digest })))],
+            0,
+            &mut out,
+        );
+        assert_eq!(core.missing_batches(), 1);
+        for j in &junk {
+            core.on_peer_frame(ReplicaId(3), j.clone(), 1, &mut out);
+        }
+        assert_eq!(core.missing_batches(), 1, "junk ended the fetch");
+        assert_eq!(core.counters().get("batch_frames_unverified"), 2);
+        out.clear();
+        core.on_peer_frame(
+            ReplicaId(2),
+            Bytes::from(encode_message(&Message::FetchBatch { seq: 1, digest })),
+            2,
+            &mut out,
+        );
+        assert!(out.is_empty(), "junk was cached and served");
+        core.on_peer_frame(ReplicaId(0), genuine.clone(), 3, &mut out);
+        assert_eq!(core.missing_batches(), 0);
+        // A second verified frame for the digest (the same batch at another seq) does not
+        // replace the first; junk never does.
+        let other = frame(signed(PrePrepare { view: 0, seq: 2, digest }), &batch);
+        for f in [&other, &junk[0], &junk[1]] {
+            core.on_peer_frame(ReplicaId(3), f.clone(), 4, &mut out);
+        }
+        out.clear();
+        core.on_peer_frame(
+            ReplicaId(2),
+            Bytes::from(encode_message(&Message::FetchBatch { seq: 1, digest })),
+            5,
+            &mut out,
+        );
+        assert!(matches!(out.as_slice(), [Action::Send(ReplicaId(2), f)] if *f == genuine), "{out:?}");
+    }
+
     #[test]
     fn concatenated_requests_equal_the_vec_encoding() {
         let reqs: Vec<Request> = (0..300)
@@ -917,6 +1182,7 @@ mod tests {
                 timestamp: u64::from(i) * 7,
                 op: vec![i as u8; i as usize % 13],
                 auth: vec![Mac([i as u8; 32]); 4],
+                sig: splitbft_types::msg::Sig([i as u8; 64]),
             })
             .collect();
         let frames: Vec<Bytes> =

@@ -14,6 +14,7 @@ pub mod local;
 pub mod node;
 pub mod recovery;
 pub mod store;
+pub mod wal;
 
 pub use core::{Action, BrokerCore, BrokerOptions};
-pub use node::{NodeConfig, NodeError, NodeHandle, NodeReport, spawn_node};
+pub use node::{NodeConfig, NodeError, NodeHandle, NodeReport, NodeReporter, spawn_node, spawn_node_processes};

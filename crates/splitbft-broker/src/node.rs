@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use splitbft_enclave::{Backend, EnclaveHandle, ReplicaSecrets, start_replica};
+use splitbft_enclave::process::ProcessLauncher;
+use splitbft_enclave::{
+    Backend, DurableStart, EnclaveHandle, ReplicaSecrets, start_processes, start_replica, start_replica_durable,
+};
 use splitbft_types::boundary::Stats;
 use splitbft_types::wire::{Hello, MAX_FRAME_BYTES};
 use splitbft_types::{Application, ClientId, CompartmentKind, ProtocolConfig, ReplicaId};
@@ -21,6 +24,7 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use crate::core::{Action, BrokerCore, BrokerOptions};
 use crate::drive::drive;
 use crate::store::BlockFile;
+use crate::wal::{DirLock, MonotonicCounter, SoftwareCounter, Wal, WalError, lock_dir};
 
 /// Frames queued per outgoing connection; when full, frames to that peer or client are
 /// dropped (and counted) instead of stalling the replica: a slow or dead peer must not
@@ -56,6 +60,9 @@ pub struct NodeConfig {
     /// Where sealed ledger blocks are appended (`ledger.blocks` inside it, SPEC §7).
     /// Without one, blocks the Execution enclave seals are counted and dropped.
     pub data_dir: Option<PathBuf>,
+    /// Sealed write-ahead compartment state in `data_dir` (SPEC §10): every round's state
+    /// is fsync'd before its outputs leave, and a restart resumes from it. Needs `data_dir`.
+    pub durable: bool,
 }
 
 impl NodeConfig {
@@ -69,6 +76,7 @@ impl NodeConfig {
             backend,
             max_frame_bytes: MAX_FRAME_BYTES,
             data_dir: None,
+            durable: false,
         }
     }
 }
@@ -87,6 +95,15 @@ pub enum NodeError {
         /// Replicas configured.
         replicas: usize,
     },
+    /// The write-ahead log, its lock or a counter could not be used.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// Durability asked for without a data directory.
+    #[error("durable state needs a data directory")]
+    DurableWithoutDataDir,
+    /// Durability asked for with the process backend, whose compartments cannot restore yet.
+    #[error("the process backend does not restore sealed compartment state yet (SPEC §10): run it with --no-durable")]
+    DurableProcesses,
     /// The data directory or its block file could not be opened.
     #[error("data directory {path}: {source}")]
     DataDir {
@@ -122,6 +139,26 @@ enum Event {
     Report(oneshot::Sender<NodeReport>),
 }
 
+/// Reads a running node's report; stops answering once the node has stopped.
+#[derive(Clone, Debug)]
+pub struct NodeReporter {
+    events: mpsc::Sender<Event>,
+}
+
+impl NodeReporter {
+    /// See [`NodeHandle::report`].
+    pub async fn report(&self) -> Option<NodeReport> {
+        let (tx, rx) = oneshot::channel();
+        self.events.send(Event::Report(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Network events queued for the broker core and not yet handled (a gauge for metrics).
+    pub fn queue_depth(&self) -> usize {
+        self.events.max_capacity() - self.events.capacity()
+    }
+}
+
 /// A running replica.
 pub struct NodeHandle {
     events: mpsc::Sender<Event>,
@@ -131,11 +168,15 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
-    /// Current counters without stopping.
+    /// Current counters without stopping. The compartments' stats are those of their last
+    /// answer; each call also asks them again, so the next report is fresh (metrics scrapes).
     pub async fn report(&self) -> Option<NodeReport> {
-        let (tx, rx) = oneshot::channel();
-        self.events.send(Event::Report(tx)).await.ok()?;
-        rx.await.ok()
+        self.reporter().report().await
+    }
+
+    /// A cheap handle that reads reports while the node runs (for a metrics endpoint).
+    pub fn reporter(&self) -> NodeReporter {
+        NodeReporter { events: self.events.clone() }
     }
 
     /// Stops the replica (its broker, connections and compartments) and returns its report.
@@ -159,25 +200,81 @@ impl Drop for NodeHandle {
     }
 }
 
-/// Starts a replica on `listener`: dials every peer, accepts peers and clients.
+/// Starts a replica on `listener`: dials every peer, accepts peers and clients. The
+/// compartments run in this process (`inline` or `thread` backend) from `secrets`.
 pub async fn spawn_node(
     config: NodeConfig,
     listener: TcpListener,
     secrets: ReplicaSecrets,
     app: Box<dyn Application>,
 ) -> Result<NodeHandle, NodeError> {
+    check_addresses(&config)?;
+    let (out_tx, out_rx) = mpsc::unbounded_channel::<FromEnclave>();
+    let sink: splitbft_enclave::OutputSink = Arc::new(move |kind, outputs| {
+        let _ = out_tx.send(FromEnclave::Outputs(kind, outputs));
+    });
+    let (enclaves, durable, replay) = if config.durable {
+        let dir = config.data_dir.as_ref().ok_or(NodeError::DurableWithoutDataDir)?;
+        let (enclaves, durable, replay) = open_durable(&config, dir, secrets, app, sink)?;
+        (enclaves, Some(durable), replay)
+    } else {
+        (start_replica(&config.protocol, config.me, secrets, app, config.backend, sink)?, None, Vec::new())
+    };
+    start_driver(config, listener, enclaves, durable, replay, out_rx)
+}
+
+/// Starts a replica whose compartments run as sandboxed processes (SPEC §5.1 `process`
+/// backend) started by `launcher`: each reads its own key, and this process holds none.
+pub async fn spawn_node_processes(
+    config: NodeConfig,
+    listener: TcpListener,
+    launcher: ProcessLauncher,
+) -> Result<NodeHandle, NodeError> {
+    check_addresses(&config)?;
+    if config.durable {
+        // The compartment processes do not yet restore sealed state (SPEC §10): a restarted
+        // process would start empty. Refuse rather than pretend to be durable.
+        return Err(NodeError::DurableProcesses);
+    }
+    let (out_tx, out_rx) = mpsc::unbounded_channel::<FromEnclave>();
+    let restart_tx = out_tx.clone();
+    let sink: splitbft_enclave::OutputSink = Arc::new(move |kind, outputs| {
+        let _ = out_tx.send(FromEnclave::Outputs(kind, outputs));
+    });
+    let notice: splitbft_enclave::process::RestartNotice = Arc::new(move |kind, report| {
+        let _ = restart_tx.send(FromEnclave::Restarted(kind, report));
+    });
+    let enclaves = start_processes(&launcher, sink, notice)?;
+    start_driver(config, listener, enclaves, None, Vec::new(), out_rx)
+}
+
+fn check_addresses(config: &NodeConfig) -> Result<(), NodeError> {
     if config.addresses.len() != config.protocol.n() {
         return Err(NodeError::Addresses { addresses: config.addresses.len(), replicas: config.protocol.n() });
     }
+    Ok(())
+}
+
+/// What the compartments' threads hand the driver.
+enum FromEnclave {
+    /// Outputs of one crossing.
+    Outputs(CompartmentKind, Vec<Bytes>),
+    /// A compartment process died and was started again.
+    Restarted(CompartmentKind, splitbft_enclave::process::RestartReport),
+}
+
+fn start_driver(
+    config: NodeConfig,
+    listener: TcpListener,
+    enclaves: [Box<dyn EnclaveHandle>; 3],
+    durable: Option<Durable>,
+    replay: Vec<Bytes>,
+    out_rx: mpsc::UnboundedReceiver<FromEnclave>,
+) -> Result<NodeHandle, NodeError> {
     let ledger = match &config.data_dir {
         Some(dir) => Some(BlockFile::open(dir).map_err(|source| NodeError::DataDir { path: dir.clone(), source })?),
         None => None,
     };
-    let (out_tx, out_rx) = mpsc::unbounded_channel::<(CompartmentKind, Vec<Bytes>)>();
-    let sink: splitbft_enclave::OutputSink = Arc::new(move |kind, outputs| {
-        let _ = out_tx.send((kind, outputs));
-    });
-    let enclaves = start_replica(&config.protocol, config.me, secrets, app, config.backend, sink)?;
     let (events_tx, events_rx) = mpsc::channel(CORE_QUEUE_EVENTS);
     let mut tasks = Vec::new();
     let mut peers = HashMap::new();
@@ -197,7 +294,28 @@ pub async fn spawn_node(
         core.count("ledger_torn_tail_cut");
     }
     let ledger = ledger.map(|file| Ledger { file, error_logged: false });
-    let driver = Driver { core, enclaves, peers, clients: HashMap::new(), ledger, start: Instant::now() };
+    let mut driver = Driver {
+        core,
+        enclaves,
+        peers,
+        clients: HashMap::new(),
+        ledger,
+        durable,
+        start: Instant::now(),
+        failed: false,
+    };
+    if let Some(d) = &driver.durable {
+        driver.core.count_n("state_recovered_bytes", d.wal.recovered_bytes);
+        if d.wal.torn_tail_bytes > 0 {
+            driver.core.count("state_torn_tail_cut");
+        }
+    }
+    if !replay.is_empty() {
+        // Execution's local replay: ledger blocks, checkpoints and snapshots it rebuilt.
+        let mut actions = Vec::new();
+        driver.core.on_enclave_outputs(CompartmentKind::Execution, replay, 0, &mut actions);
+        driver.execute(&mut actions);
+    }
     let task = tokio::spawn(driver.run(events_rx, out_rx, shutdown_rx));
     Ok(NodeHandle { events: events_tx, shutdown: Some(shutdown_tx), task, tasks })
 }
@@ -212,7 +330,52 @@ struct Driver {
     peers: HashMap<ReplicaId, mpsc::Sender<Bytes>>,
     clients: HashMap<ClientId, mpsc::Sender<Bytes>>,
     ledger: Option<Ledger>,
+    durable: Option<Durable>,
     start: Instant,
+    /// Storage failed: nothing more may leave this replica (SPEC §10 write-ahead).
+    failed: bool,
+}
+
+/// The write-ahead state of a durable replica (SPEC §10).
+struct Durable {
+    wal: Wal,
+    counters: [SoftwareCounter; 3],
+    /// Held for the process's life: a second replica on the directory is refused.
+    _lock: DirLock,
+}
+
+type Started = ([Box<dyn EnclaveHandle>; 3], Durable, Vec<Bytes>);
+
+/// Locks the data directory, reads the log and counters, and starts each compartment from
+/// its own sealed state.
+fn open_durable(
+    config: &NodeConfig,
+    dir: &std::path::Path,
+    secrets: ReplicaSecrets,
+    app: Box<dyn Application>,
+    sink: splitbft_enclave::OutputSink,
+) -> Result<Started, NodeError> {
+    let lock = lock_dir(dir)?;
+    let (wal, recovered) = Wal::open(dir)?;
+    let counters = [
+        SoftwareCounter::open(dir, CompartmentKind::Preparation)?,
+        SoftwareCounter::open(dir, CompartmentKind::Confirmation)?,
+        SoftwareCounter::open(dir, CompartmentKind::Execution)?,
+    ];
+    let [p, c, e] = recovered;
+    let start = [
+        DurableStart { records: p, counter: counters[0].read() },
+        DurableStart { records: c, counter: counters[1].read() },
+        DurableStart { records: e, counter: counters[2].read() },
+    ];
+    tracing::info!(
+        dir = %dir.display(),
+        records = start.iter().map(|s| s.records.len()).sum::<usize>(),
+        "durable state: software monotonic counter (trusts the host)"
+    );
+    let (enclaves, replay) =
+        start_replica_durable(&config.protocol, config.me, secrets, app, config.backend, sink, start)?;
+    Ok((enclaves, Durable { wal, counters, _lock: lock }, replay))
 }
 
 /// The block file and whether an I/O error was already logged (they are all counted).
@@ -237,10 +400,23 @@ impl Driver {
         self.start.elapsed().as_micros() as u64
     }
 
+    fn on_from_enclave(&mut self, from: FromEnclave, now: u64, actions: &mut Vec<Action>) {
+        match from {
+            FromEnclave::Outputs(kind, outs) => self.core.on_enclave_outputs(kind, outs, now, actions),
+            FromEnclave::Restarted(kind, report) => {
+                tracing::error!(
+                    %kind, exit = %report.exit, new_pid = report.new_pid, restarts = report.restarts,
+                    "compartment process died and was restarted"
+                );
+                self.core.on_enclave_restarted(kind, now, actions);
+            }
+        }
+    }
+
     async fn run(
         mut self,
         mut events: mpsc::Receiver<Event>,
-        mut outputs: mpsc::UnboundedReceiver<(CompartmentKind, Vec<Bytes>)>,
+        mut outputs: mpsc::UnboundedReceiver<FromEnclave>,
         mut shutdown: oneshot::Receiver<()>,
     ) -> NodeReport {
         let mut actions = Vec::new();
@@ -255,9 +431,16 @@ impl Driver {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
-                Some((kind, outs)) = outputs.recv() => {
+                Some(from) = outputs.recv() => {
                     let now = self.now_us();
-                    self.core.on_enclave_outputs(kind, outs, now, &mut actions);
+                    self.on_from_enclave(from, now, &mut actions);
+                    // Group commit: every compartment's outputs queued now share one fsync.
+                    for _ in 0..EVENTS_PER_ROUND {
+                        match outputs.try_recv() {
+                            Ok(from) => self.on_from_enclave(from, now, &mut actions),
+                            Err(_) => break,
+                        }
+                    }
                 }
                 Some(event) = events.recv() => {
                     self.on_event(event, &mut actions);
@@ -274,6 +457,9 @@ impl Driver {
                 }
             }
             self.execute(&mut actions);
+            if self.failed {
+                break;
+            }
         }
         self.final_report(&mut outputs).await
     }
@@ -290,14 +476,28 @@ impl Driver {
             Event::Count(what) => self.core.count(what),
             Event::Report(tx) => {
                 let _ = tx.send(self.report());
+                BrokerCore::query_stats(actions);
             }
         }
     }
 
     /// Carries out actions; inline compartments answer at once, so loop until quiet.
+    ///
+    /// With durability on this is one round of the write-ahead rule (SPEC §10): sealed
+    /// state records go to the log, network actions are held, the log is committed with
+    /// one fsync, and only then do the held frames leave. A storage error stops the replica
+    /// (`failed`) with the round's outputs unsent: never a silent divergence.
     fn execute(&mut self, actions: &mut Vec<Action>) {
+        if self.failed {
+            actions.clear();
+            return;
+        }
         let now = self.now_us();
         let (peers, clients, ledger) = (&self.peers, &self.clients, &mut self.ledger);
+        let mut durable = self.durable.as_mut();
+        let mut held = Vec::new();
+        let mut images = Vec::new();
+        let mut wal_error = None;
         // Records appended to the buffer this round: counted as written once flushed.
         let mut appended = 0u64;
         drive(
@@ -306,29 +506,28 @@ impl Driver {
             std::mem::take(actions),
             now,
             |core, action| match action {
-                Action::Broadcast(frame) => {
-                    for tx in peers.values() {
-                        if tx.try_send(frame.clone()).is_err() {
-                            core.count("peer_frames_dropped");
-                        }
-                    }
-                }
-                Action::Send(to, frame) => match peers.get(&to) {
-                    Some(tx) if tx.try_send(frame).is_ok() => {}
-                    _ => core.count("peer_frames_dropped"),
-                },
-                Action::Reply(to, frame) => match clients.get(&to) {
-                    Some(tx) if tx.try_send(frame).is_ok() => {}
-                    _ => core.count("client_frames_dropped"),
-                },
                 Action::Persist { height, sealed } => match ledger.as_mut() {
                     Some(ledger) => match ledger.file.append(height, &sealed) {
-                        Ok(()) => appended += 1,
+                        Ok(true) => appended += 1,
+                        Ok(false) => core.count("ledger_records_already_stored"),
                         Err(e) => ledger.failed(core, "ledger_write_errors", &e),
                     },
                     None => core.count("ledger_records_without_data_dir"),
                 },
+                Action::SealState(kind, state) => match durable.as_mut() {
+                    Some(d) => {
+                        if state.kind == splitbft_types::durable::RecordKind::Image {
+                            images.push((kind, state.epoch));
+                        }
+                        if let Err(e) = d.wal.append(kind, &state) {
+                            wal_error.get_or_insert(e);
+                        }
+                    }
+                    None => core.count("sealed_state_without_durability"),
+                },
                 Action::Enclave(..) => unreachable!("drive crosses enclave inputs itself"),
+                network if durable.is_some() => held.push(network),
+                network => send(core, peers, clients, network),
             },
             |_, _| {},
         );
@@ -341,19 +540,61 @@ impl Driver {
                 Err(e) => ledger.failed(&mut self.core, "ledger_flush_errors", &e),
             }
         }
+        let Some(d) = self.durable.as_mut() else { return };
+        if !images.is_empty()
+            && let Some(ledger) = self.ledger.as_mut()
+            && let Err(e) = ledger.file.sync()
+        {
+            // An image drops the batches before it from the log: blocks they made must be on
+            // disk first, or a crash would lose them for good.
+            ledger.failed(&mut self.core, "ledger_sync_errors", &e);
+        }
+        let result = match wal_error {
+            Some(e) => Err(e),
+            None if d.wal.dirty() => d.wal.commit().map(|()| self.core.count("state_commits")),
+            None => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::error!(%e, "sealed state could not be made durable: stopping this replica, its last round unsent");
+            self.core.count("state_write_errors");
+            self.failed = true;
+            return;
+        }
+        for (kind, epoch) in images {
+            let counter = &mut d.counters[kind.index()];
+            while counter.read() < epoch {
+                if let Err(e) = counter.increment() {
+                    tracing::error!(%e, "software monotonic counter could not be raised: stopping this replica");
+                    self.failed = true;
+                    return;
+                }
+            }
+        }
+        for action in held {
+            send(&mut self.core, &self.peers, &self.clients, action);
+        }
     }
 
     fn report(&self) -> NodeReport {
+        let mut broker = self.core.counters().to_vec();
+        for enclave in &self.enclaves {
+            if let Some(status) = enclave.process_status() {
+                use std::sync::atomic::Ordering::Relaxed;
+                let kind = enclave.kind();
+                broker.push((format!("enclave_{kind}_pid"), u64::from(status.pid.load(Relaxed))));
+                broker.push((format!("enclave_{kind}_restarts"), status.restarts.load(Relaxed)));
+                broker.push((format!("enclave_{kind}_seccomp_kills"), status.seccomp_kills.load(Relaxed)));
+                broker.push((format!("enclave_{kind}_crossings"), status.crossings.load(Relaxed)));
+            }
+        }
+        broker.sort();
         NodeReport {
-            broker: self.core.counters().to_vec(),
+            broker,
             enclaves: CompartmentKind::ALL.iter().map(|k| self.core.enclave_stats(*k).cloned()).collect(),
         }
     }
 
-    async fn final_report(
-        &mut self,
-        outputs: &mut mpsc::UnboundedReceiver<(CompartmentKind, Vec<Bytes>)>,
-    ) -> NodeReport {
+    async fn final_report(&mut self, outputs: &mut mpsc::UnboundedReceiver<FromEnclave>) -> NodeReport {
         let mut actions = Vec::new();
         BrokerCore::query_stats(&mut actions);
         // Stats answers produce no further actions; drop any protocol output now.
@@ -363,15 +604,45 @@ impl Driver {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
         while CompartmentKind::ALL.iter().any(|k| self.core.enclave_stats(*k).is_none()) {
             match tokio::time::timeout_at(deadline, outputs.recv()).await {
-                Ok(Some((kind, outs))) => {
+                Ok(Some(FromEnclave::Outputs(kind, outs))) => {
                     let now = self.now_us();
                     self.core.on_enclave_outputs(kind, outs, now, &mut actions);
                     actions.clear();
                 }
+                Ok(Some(FromEnclave::Restarted(..))) => {}
                 _ => break,
             }
         }
         self.report()
+    }
+}
+
+/// Hands a network action to the connection writers (frames to a full queue are dropped).
+fn send(
+    core: &mut BrokerCore,
+    peers: &HashMap<ReplicaId, mpsc::Sender<Bytes>>,
+    clients: &HashMap<ClientId, mpsc::Sender<Bytes>>,
+    action: Action,
+) {
+    match action {
+        Action::Broadcast(frame) => {
+            for tx in peers.values() {
+                if tx.try_send(frame.clone()).is_err() {
+                    core.count("peer_frames_dropped");
+                }
+            }
+        }
+        Action::Send(to, frame) => match peers.get(&to) {
+            Some(tx) if tx.try_send(frame).is_ok() => {}
+            _ => core.count("peer_frames_dropped"),
+        },
+        Action::Reply(to, frame) => match clients.get(&to) {
+            Some(tx) if tx.try_send(frame).is_ok() => {}
+            _ => core.count("client_frames_dropped"),
+        },
+        Action::Persist { .. } | Action::SealState(..) | Action::Enclave(..) => {
+            unreachable!("storage and enclave actions are carried out by `execute`")
+        }
     }
 }
 

@@ -44,6 +44,9 @@ pub struct BlockFile {
     writer: BufWriter<File>,
     /// Bytes cut from the end on open: a record torn by a crash mid-write.
     pub torn_tail_bytes: u64,
+    /// Highest height stored: a restarted Execution enclave replays its batches and seals
+    /// those blocks again, byte for byte; they are not written twice (SPEC §10).
+    highest: Option<u64>,
 }
 
 impl BlockFile {
@@ -55,7 +58,7 @@ impl BlockFile {
         let path = data_dir.join(BLOCK_FILE);
         let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
         let end = file.seek(SeekFrom::End(0))?;
-        let complete = complete_prefix(&mut file, end)?;
+        let (complete, highest) = complete_prefix(&mut file, end)?;
         if complete < end {
             file.set_len(complete)?;
         }
@@ -64,6 +67,7 @@ impl BlockFile {
             path,
             writer: BufWriter::with_capacity(WRITE_BUFFER_BYTES, file),
             torn_tail_bytes: end - complete,
+            highest,
         })
     }
 
@@ -72,12 +76,24 @@ impl BlockFile {
         &self.path
     }
 
-    /// Appends one record (buffered).
-    pub fn append(&mut self, height: u64, sealed: &[u8]) -> io::Result<()> {
+    /// Appends one record (buffered); returns false for a height already stored.
+    pub fn append(&mut self, height: u64, sealed: &[u8]) -> io::Result<bool> {
         if RECORD_HEADER + sealed.len() > MAX_RECORD_BYTES {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "record exceeds MAX_RECORD_BYTES"));
         }
-        self.writer.write_all(&encode_record(height, sealed))
+        if self.highest.is_some_and(|h| height <= h) {
+            return Ok(false);
+        }
+        self.highest = Some(height);
+        self.writer.write_all(&encode_record(height, sealed))?;
+        Ok(true)
+    }
+
+    /// Flushes and `fdatasync`s the file (SPEC §10: before the sealed state that could
+    /// rebuild these blocks is compacted away).
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.writer.flush()?;
+        self.writer.get_ref().sync_data()
     }
 
     /// Writes everything buffered to the operating system.
@@ -86,21 +102,27 @@ impl BlockFile {
     }
 }
 
-/// Length of the longest prefix of `file` made of whole records (by their length fields).
-fn complete_prefix(file: &mut File, end: u64) -> io::Result<u64> {
+/// Length of the longest prefix of `file` made of whole records (by their length fields),
+/// and the highest height among them.
+fn complete_prefix(file: &mut File, end: u64) -> io::Result<(u64, Option<u64>)> {
     file.seek(SeekFrom::Start(0))?;
     let mut reader = io::BufReader::new(file);
     let mut at = 0u64;
+    let mut highest: Option<u64> = None;
     loop {
         let mut len = [0u8; 4];
         if end - at < 4 || reader.read_exact(&mut len).is_err() {
-            return Ok(at);
+            return Ok((at, highest));
         }
         let len = u64::from(u32::from_be_bytes(len));
-        if len > end - at - 4 {
-            return Ok(at);
+        if len > end - at - 4 || len < RECORD_HEADER as u64 {
+            return Ok((at, highest));
         }
-        reader.seek_relative(len as i64)?;
+        let mut header = [0u8; RECORD_HEADER];
+        reader.read_exact(&mut header)?;
+        let height = u64::from_be_bytes(header[1..].try_into().expect("8 bytes"));
+        highest = Some(highest.map_or(height, |h| h.max(height)));
+        reader.seek_relative(len as i64 - RECORD_HEADER as i64)?;
         at += 4 + len;
     }
 }

@@ -265,7 +265,6 @@ impl World {
         let execs: Vec<Stats> = (0..4).map(|r| self.stats(r, Execution)).collect();
         for (r, s) in execs.iter().enumerate() {
             assert_eq!(s.last_executed, execs[0].last_executed, "r{r}: {s:?}");
-            assert_eq!(s.app_digest, execs[0].app_digest, "r{r} diverged");
             assert_eq!(s.get("requests_executed"), execs[0].get("requests_executed"), "r{r}");
         }
         // Same state at every checkpoint any Execution enclave signed.

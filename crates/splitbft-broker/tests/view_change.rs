@@ -147,8 +147,11 @@ fn requests_prepared_in_the_old_view_execute_exactly_once_in_the_new_view() {
         assert_eq!(exec.get("requests_executed"), 1, "r{r}: {exec:?}");
         assert_eq!(exec.view, 1);
     }
-    // Same state everywhere.
-    let digests: Vec<_> = (1..4).map(|r| stats(&mut cluster, r, CompartmentKind::Execution).app_digest).collect();
+    // Same history everywhere (the host sees counts, no state digest: SPEC §6).
+    let digests: Vec<_> = (1..4)
+        .map(|r| stats(&mut cluster, r, CompartmentKind::Execution))
+        .map(|s| (s.last_executed, s.get("requests_executed")))
+        .collect();
     assert!(digests.windows(2).all(|w| w[0] == w[1]));
 }
 
@@ -230,7 +233,6 @@ fn a_restarted_replica_catches_up_by_state_transfer_and_takes_part_again() {
     settle(&mut cluster, until);
     let caught_up = stats(&mut cluster, 3, CompartmentKind::Execution);
     assert_eq!(caught_up.get("states_restored"), 1, "{caught_up:?}");
-    assert_eq!(caught_up.app_digest, stats(&mut cluster, 0, CompartmentKind::Execution).app_digest);
     assert_eq!(caught_up.last_executed, leader.last_executed);
     assert!(cluster.core(ReplicaId(0)).counters().get("states_served") >= 1);
 
@@ -245,5 +247,5 @@ fn a_restarted_replica_catches_up_by_state_transfer_and_takes_part_again() {
     assert_eq!(done.len(), 3 * keys.len(), "requests after the second failure did not all complete");
     let r3 = stats(&mut cluster, 3, CompartmentKind::Execution);
     assert_eq!(r3.last_executed, stats(&mut cluster, 0, CompartmentKind::Execution).last_executed);
-    assert_eq!(r3.app_digest, stats(&mut cluster, 2, CompartmentKind::Execution).app_digest);
+    assert_eq!(r3.last_executed, stats(&mut cluster, 2, CompartmentKind::Execution).last_executed);
 }

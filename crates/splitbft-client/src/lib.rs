@@ -252,8 +252,6 @@ struct Inner {
     /// Latency estimate behind the retransmission timeout (`rto.rs`).
     rtt: std::sync::Mutex<rto::RttEstimator>,
     options: ClientOptions,
-    /// Long-term key: signs Register requests.
-    secret: SecretKey,
 }
 
 impl Inner {
@@ -409,7 +407,6 @@ impl Client {
                 view: AtomicU64::new(0),
                 rtt: std::sync::Mutex::new(rto::RttEstimator::default()),
                 options,
-                secret,
             }),
         })
     }
@@ -429,8 +426,7 @@ impl Client {
         // Epochs from the wall clock: a restarted client with the same id still goes up.
         let previous = shared.session().map_or(0, |s| s.epoch());
         let epoch = wall_clock_micros().max(previous + 1);
-        let (session, op) =
-            ClientSession::register(&mut rng, &shared.config, shared.id, &self.inner.secret, epoch, key)?;
+        let (session, op) = ClientSession::register(&mut rng, &shared.config, shared.id, epoch, key)?;
         let registering = &shared.registering;
         let outcome = self
             .submit_with(move |t| {

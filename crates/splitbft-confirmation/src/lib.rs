@@ -9,6 +9,8 @@
 //! the new primary's Preparation enclave with valid ViewChanges, without recomputing `O`
 //! (7', paper §4).
 
+mod durable;
+
 use std::collections::BTreeMap;
 
 use splitbft_types::boundary::{Compartment, Event, Input, Output, Stats};
@@ -49,6 +51,8 @@ pub struct Confirmation {
     genesis: Digest,
     checkpoints: CheckpointLog,
     counters: Counters,
+    /// Sealed write-ahead state, when durability is on (SPEC §10, `durable.rs`).
+    durable: Option<durable::Journal>,
 }
 
 impl Confirmation {
@@ -68,6 +72,7 @@ impl Confirmation {
             genesis,
             checkpoints: CheckpointLog::new(genesis),
             counters: Counters::default(),
+            durable: None,
             config,
         })
     }
@@ -279,5 +284,12 @@ impl Compartment for Confirmation {
 
     fn count_malformed_input(&mut self) {
         self.counters.bump("malformed_input");
+    }
+
+    fn after_crossing(&mut self, out: &mut Vec<Output>) {
+        if let Some(mut journal) = self.durable.take() {
+            journal.step(self, out);
+            self.durable = Some(journal);
+        }
     }
 }

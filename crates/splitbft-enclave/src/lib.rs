@@ -7,9 +7,16 @@
 //! * [`Backend::Thread`]: one OS thread per compartment fed by a bounded queue. The
 //!   thread drains everything queued and handles it in one crossing ("switchless"
 //!   batching), so the hand-off cost is paid per batch of inputs, not per message.
+//! * [`Backend::Process`]: one sandboxed OS process per compartment, holding only its own
+//!   key ([`process`] on the broker's side, [`sandbox`] on the compartment's). Crossings
+//!   are the same byte batches, framed on a pipe.
 //!
 //! This crate holds no protocol logic: it instantiates compartments and moves bytes.
 
+pub mod process;
+pub mod sandbox;
+
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -29,7 +36,7 @@ use splitbft_types::{Application, CompartmentKind, ProtocolConfig, ReplicaId};
 pub const THREAD_QUEUE_CROSSINGS: usize = 1024;
 
 /// Most crossings a compartment thread merges into one call.
-const MAX_MERGED_CROSSINGS: usize = 64;
+pub(crate) const MAX_MERGED_CROSSINGS: usize = 64;
 
 /// How compartments are hosted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -39,6 +46,8 @@ pub enum Backend {
     Inline,
     /// One OS thread per compartment.
     Thread,
+    /// One sandboxed OS process per compartment (see [`process`]).
+    Process,
 }
 
 impl std::fmt::Display for Backend {
@@ -46,6 +55,7 @@ impl std::fmt::Display for Backend {
         f.write_str(match self {
             Backend::Inline => "inline",
             Backend::Thread => "thread",
+            Backend::Process => "process",
         })
     }
 }
@@ -56,7 +66,8 @@ impl std::str::FromStr for Backend {
         match s {
             "inline" => Ok(Backend::Inline),
             "thread" => Ok(Backend::Thread),
-            other => Err(format!("unknown backend {other:?} (expected inline or thread)")),
+            "process" => Ok(Backend::Process),
+            other => Err(format!("unknown backend {other:?} (expected inline, thread or process)")),
         }
     }
 }
@@ -73,6 +84,16 @@ pub enum EnclaveError {
     /// The OS refused a thread.
     #[error("cannot spawn compartment thread: {0}")]
     Spawn(#[from] std::io::Error),
+    /// A compartment refused its sealed state (SPEC §10): altered, rolled back or incomplete.
+    #[error("{0} enclave refused its sealed state: {1}")]
+    Restore(CompartmentKind, splitbft_types::durable::RestoreError),
+    /// The process backend starts compartments from a [`process::ProcessLauncher`]
+    /// ([`start_processes`]), never from secrets held by the broker.
+    #[error("the process backend takes no secrets from the broker: use start_processes")]
+    SecretsInBroker,
+    /// An Execution compartment was built without the Execution group secret (SPEC §6).
+    #[error("the Execution compartment needs the Execution group secret")]
+    MissingGroupSecret,
 }
 
 /// One compartment behind the boundary.
@@ -83,6 +104,11 @@ pub trait EnclaveHandle: Send {
     /// Crosses the boundary with `inputs`. Inline: outputs are appended to `out` before it
     /// returns. Thread: outputs go to the [`OutputSink`] later and `out` is untouched.
     fn submit(&mut self, inputs: Vec<Bytes>, out: &mut Vec<Bytes>);
+
+    /// The compartment's process, for the process backend.
+    fn process_status(&self) -> Option<&Arc<process::ProcessStatus>> {
+        None
+    }
 }
 
 /// A compartment called directly.
@@ -175,7 +201,31 @@ pub struct ReplicaSecrets {
     pub execution_group: GroupSecret,
 }
 
-/// Builds one replica's three compartments behind `backend`, in [`CompartmentKind::ALL`] order.
+/// Builds one compartment from its configuration and secrets (SPEC §4): what a
+/// compartment process does for itself, and what the in-process backends do for all three.
+/// `group` is the Execution group secret (Execution only); `app` is needed by every kind
+/// (Preparation and Confirmation start from the genesis checkpoint it defines).
+pub fn build_compartment(
+    kind: CompartmentKind,
+    config: &ProtocolConfig,
+    me: ReplicaId,
+    key: SecretKey,
+    group: Option<GroupSecret>,
+    app: Box<dyn Application>,
+) -> Result<Box<dyn Compartment>, EnclaveError> {
+    let genesis = Execution::genesis_digest(config, app.as_ref());
+    Ok(match (kind, group) {
+        (CompartmentKind::Preparation, _) => Box::new(Preparation::new(config.clone(), me, key, genesis)?),
+        (CompartmentKind::Confirmation, _) => Box::new(Confirmation::new(config.clone(), me, key, genesis)?),
+        (CompartmentKind::Execution, Some(group)) => Box::new(Execution::new(config.clone(), me, key, group, app)?),
+        (CompartmentKind::Execution, None) => {
+            return Err(EnclaveError::MissingGroupSecret);
+        }
+    })
+}
+
+/// Builds one replica's three compartments behind `backend` (inline or thread), in
+/// [`CompartmentKind::ALL`] order.
 pub fn start_replica(
     config: &ProtocolConfig,
     me: ReplicaId,
@@ -184,6 +234,9 @@ pub fn start_replica(
     backend: Backend,
     sink: OutputSink,
 ) -> Result<[Box<dyn EnclaveHandle>; 3], EnclaveError> {
+    if backend == Backend::Process {
+        return Err(EnclaveError::SecretsInBroker);
+    }
     let genesis = Execution::genesis_digest(config, app.as_ref());
     let ReplicaSecrets { keys: [prep_key, conf_key, exec_key], execution_group } = secrets;
     let compartments: [Box<dyn Compartment>; 3] = [
@@ -194,9 +247,90 @@ pub fn start_replica(
     let wrap = |c: Box<dyn Compartment>| -> Result<Box<dyn EnclaveHandle>, EnclaveError> {
         Ok(match backend {
             Backend::Inline => Box::new(InlineEnclave::new(c)),
-            Backend::Thread => Box::new(ThreadEnclave::spawn(c, sink.clone())?),
+            Backend::Thread | Backend::Process => Box::new(ThreadEnclave::spawn(c, sink.clone())?),
         })
     };
     let [p, c, e] = compartments;
     Ok([wrap(p)?, wrap(c)?, wrap(e)?])
+}
+
+/// How one compartment starts with durability on (SPEC §10).
+#[derive(Clone, Debug, Default)]
+pub struct DurableStart {
+    /// Its latest sealed image and the deltas after it (empty: no state, a fresh start).
+    pub records: Vec<splitbft_types::durable::SealedState>,
+    /// The monotonic counter's value for this compartment.
+    pub counter: u64,
+}
+
+/// A replica's three enclaves, in [`CompartmentKind::ALL`] order.
+pub type Enclaves = [Box<dyn EnclaveHandle>; 3];
+
+/// Like [`start_replica`], with sealed write-ahead state on: each compartment restores from
+/// its own records (or starts fresh and emits its first image). Returns the enclaves and
+/// the encoded outputs of Execution's local replay, for the environment to route.
+pub fn start_replica_durable(
+    config: &ProtocolConfig,
+    me: ReplicaId,
+    secrets: ReplicaSecrets,
+    app: Box<dyn Application>,
+    backend: Backend,
+    sink: OutputSink,
+    start: [DurableStart; 3],
+) -> Result<(Enclaves, Vec<Bytes>), EnclaveError> {
+    if backend == Backend::Process {
+        return Err(EnclaveError::SecretsInBroker);
+    }
+    let genesis = Execution::genesis_digest(config, app.as_ref());
+    let ReplicaSecrets { keys: [prep_key, conf_key, exec_key], execution_group } = secrets;
+    let [p, c, e] = start;
+    let prep = if p.records.is_empty() {
+        let mut prep = Preparation::new(config.clone(), me, prep_key, genesis)?;
+        prep.enable_durability(p.counter);
+        prep
+    } else {
+        Preparation::restore(config.clone(), me, prep_key, genesis, &p.records, p.counter)
+            .map_err(|e| EnclaveError::Restore(CompartmentKind::Preparation, e))?
+    };
+    let conf = if c.records.is_empty() {
+        let mut conf = Confirmation::new(config.clone(), me, conf_key, genesis)?;
+        conf.enable_durability(c.counter);
+        conf
+    } else {
+        Confirmation::restore(config.clone(), me, conf_key, genesis, &c.records, c.counter)
+            .map_err(|e| EnclaveError::Restore(CompartmentKind::Confirmation, e))?
+    };
+    let (exec, replay) = if e.records.is_empty() {
+        let mut exec = Execution::new(config.clone(), me, exec_key, execution_group, app)?;
+        exec.enable_durability(e.counter);
+        (exec, Vec::new())
+    } else {
+        Execution::restore(config.clone(), me, exec_key, execution_group, app, &e.records, e.counter)
+            .map_err(|err| EnclaveError::Restore(CompartmentKind::Execution, err))?
+    };
+    let replay = replay.iter().map(|o| Bytes::from(splitbft_types::codec::to_bytes(o))).collect();
+    let wrap = |c: Box<dyn Compartment>| -> Result<Box<dyn EnclaveHandle>, EnclaveError> {
+        Ok(match backend {
+            Backend::Inline => Box::new(InlineEnclave::new(c)),
+            Backend::Thread | Backend::Process => Box::new(ThreadEnclave::spawn(c, sink.clone())?),
+        })
+    };
+    Ok(([wrap(Box::new(prep))?, wrap(Box::new(conf))?, wrap(Box::new(exec))?], replay))
+}
+
+/// Starts one replica's three compartment processes (SPEC §5.1 `process` backend), in
+/// [`CompartmentKind::ALL`] order. Each reads its own key; the broker holds none.
+pub fn start_processes(
+    launcher: &process::ProcessLauncher,
+    sink: OutputSink,
+    notice: process::RestartNotice,
+) -> Result<[Box<dyn EnclaveHandle>; 3], EnclaveError> {
+    let start = |kind| -> Result<Box<dyn EnclaveHandle>, EnclaveError> {
+        Ok(Box::new(process::ProcessEnclave::spawn(kind, launcher.clone(), sink.clone(), notice.clone())?))
+    };
+    Ok([
+        start(CompartmentKind::Preparation)?,
+        start(CompartmentKind::Confirmation)?,
+        start(CompartmentKind::Execution)?,
+    ])
 }

@@ -18,6 +18,7 @@
 //! primary is a no-op. Ops arrive and results leave encrypted under the session key;
 //! snapshots leave encrypted under a key derived from the group key.
 
+mod durable;
 pub mod seal;
 
 use std::collections::BTreeMap;
@@ -118,6 +119,8 @@ pub struct Execution {
     /// Seals the application's records for the environment's storage (SPEC §7).
     sealer: RecordSealer,
     counters: Counters,
+    /// Sealed write-ahead state, when durability is on (SPEC §10, `durable.rs`).
+    durable: Option<durable::Journal>,
 }
 
 impl Execution {
@@ -160,6 +163,7 @@ impl Execution {
             checkpoints: CheckpointLog::new(genesis_digest),
             sealer,
             counters: Counters::default(),
+            durable: None,
             config,
         })
     }
@@ -180,7 +184,8 @@ impl Execution {
         self.executed
     }
 
-    /// Digest of the current application state.
+    /// Digest of the current application state: for code that holds the enclave itself
+    /// (tests, the simulator's checkers), never reported across the boundary.
     pub fn app_digest(&self) -> Digest {
         self.app.digest()
     }
@@ -310,6 +315,9 @@ impl Execution {
             let Some(i) = slot.batches.iter().position(|(d, _)| *d == digest) else { return };
             let slot = self.slots.remove(&next).expect("slot looked up above");
             let (_, batch) = slot.batches.into_iter().nth(i).expect("index found above");
+            if let Some(journal) = &mut self.durable {
+                journal.executed(next, digest, &batch);
+            }
             self.execute_batch(next, digest, &batch, out);
             self.executed = next;
             if next.is_multiple_of(self.config.checkpoint_interval) {
@@ -560,7 +568,9 @@ impl Execution {
             low_watermark: self.checkpoints.low(),
             view: self.view,
             last_executed: self.executed,
-            app_digest: Some(self.app.digest()),
+            // No digest of the plaintext state: the host sees counts, never anything
+            // derived from what Execution keeps confidential (SPEC §6 last bullet; issue
+            // 11 finding 7). Checkpoint digests are the one exception the protocol needs.
         }
     }
 }
@@ -614,5 +624,12 @@ impl Compartment for Execution {
 
     fn count_malformed_input(&mut self) {
         self.counters.bump("malformed_input");
+    }
+
+    fn after_crossing(&mut self, out: &mut Vec<Output>) {
+        if let Some(mut journal) = self.durable.take() {
+            journal.step(self, out);
+            self.durable = Some(journal);
+        }
     }
 }

@@ -100,8 +100,7 @@ impl Cluster {
 
     fn register(&self, c: u32, epoch: u64, key: [u8; 32]) -> (ClientSession, Vec<u8>) {
         let mut rng = ChaCha20Rng::seed_from_u64(epoch);
-        let secret = &self.secrets.clients[c as usize];
-        ClientSession::register(&mut rng, &self.secrets.config, ClientId(c), secret, epoch, key).unwrap()
+        ClientSession::register(&mut rng, &self.secrets.config, ClientId(c), epoch, key).unwrap()
     }
 
     fn request(&self, c: u32, t: Timestamp, op: Vec<u8>) -> Request {

@@ -259,7 +259,7 @@ fn state_transfer_restores_only_the_certified_snapshot_and_execution_continues()
     assert_eq!(own_checkpoints(&src_out).iter().map(|c| (c.seq, c.state)).collect::<Vec<_>>(), vec![(4, d4), (8, d8)]);
 
     let mut e = execution(3);
-    let genesis_app = stats(&mut e).app_digest;
+    let genesis_app = e.app_digest();
     // Checkpoints of Execution enclaves 0 (the source's own), 1 and 2: a certificate.
     let src_cp = src_out
         .iter()
@@ -298,7 +298,7 @@ fn state_transfer_restores_only_the_certified_snapshot_and_execution_continues()
         assert_eq!(events(&out), vec![Event::StateRejected { seq: 8 }], "case {i}");
         let s = stats(&mut e);
         assert_eq!(s.get("restore_not_authentic"), i as u64 + 1);
-        assert_eq!((s.last_executed, s.app_digest), (0, genesis_app), "case {i}: state changed");
+        assert_eq!((s.last_executed, e.app_digest()), (0, genesis_app), "case {i}: state changed");
     }
     // Authentic ciphertext of other bytes (only a holder of the group key can make it):
     // decrypts, then fails the certified digest.
@@ -324,9 +324,9 @@ fn state_transfer_restores_only_the_certified_snapshot_and_execution_continues()
         "{evs:?}"
     );
     assert_eq!(executed(&out), vec![(9, 1)]);
-    let (s, src_s) = (stats(&mut e), stats(&mut src));
+    let s = stats(&mut e);
     assert_eq!(s.last_executed, 9);
-    assert_eq!(s.app_digest, src_s.app_digest);
+    assert_eq!(e.app_digest(), src.app_digest());
     assert_eq!(s.get("states_restored"), 1);
     // Offered again: not needed any more.
     assert!(run(&mut e, Input::RestoreState { seq: 8, bytes: bytes8 }).is_empty());
@@ -341,7 +341,7 @@ fn state_transfer_restores_only_the_certified_snapshot_and_execution_continues()
     let (a, b) = (own_checkpoints(&mine), own_checkpoints(&theirs));
     assert_eq!(a.len(), 1);
     assert_eq!((a[0].seq, a[0].state, a[0].replica), (12, b[0].state, ReplicaId(3)));
-    assert_eq!(stats(&mut e).app_digest, stats(&mut src).app_digest);
+    assert_eq!(e.app_digest(), src.app_digest());
     // The restored dedup windows refuse a request executed before the checkpoint.
     let replay = batch(0, 13, &[put(1, 3, "v3")]);
     let out = certify_and_deliver(&mut e, &replay);
@@ -490,7 +490,7 @@ fn a_request_re_proposed_in_the_new_view_executes_once_and_retransmissions_get_t
     for s in [&a, &b] {
         assert_eq!((s.last_executed, s.get("requests_executed"), s.get("request_duplicate_noop")), (2, 2, 1));
     }
-    assert_eq!(a.app_digest, b.app_digest);
+    assert_eq!(ahead.app_digest(), behind.app_digest());
 
     // The client retransmits `r`: the cached result again, in a reply MACed anew for the
     // current view.

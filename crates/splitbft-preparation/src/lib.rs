@@ -1,6 +1,11 @@
 //! The Preparation compartment (SPEC §4.1, paper Fig. 2 handlers (1) (2) (9)).
 //!
-//! It orders batches at the primary and prepares PrePrepares at backups. It signs
+//! It orders batches at the primary and prepares PrePrepares at backups. It decides request
+//! validity (SPEC §6): a request *authenticates for* this enclave if this enclave's MAC
+//! entry verifies, or else the client's signature does. The primary orders only such
+//! requests; a backup hashes the batch bytes itself and prepares only if every request
+//! authenticates for it, so every committed request was checked by a correct Preparation
+//! enclave, with keys no Execution enclave holds. It signs
 //! PrePrepare and Prepare messages with its own key and never signs two digests for one
 //! `(v, s)` (SPEC §9 P1). It holds no sockets, clock, threads or randomness: the
 //! environment feeds it [`Input`]s and routes its [`Output`]s.
@@ -8,6 +13,8 @@
 //! On view change it collects ViewChanges, and at the new primary builds the NewView with
 //! `O` computed exactly as PBFT (6); every Preparation enclave recomputes and checks `O`
 //! before entering the view and preparing its PrePrepares (7).
+
+mod durable;
 
 use std::collections::BTreeMap;
 
@@ -17,12 +24,15 @@ use splitbft_types::checkpoint::CheckpointLog;
 use splitbft_types::codec::{from_bytes, to_bytes};
 use splitbft_types::config::{ConfigError, Keyring};
 use splitbft_types::counters::Counters;
-use splitbft_types::crypto::{MacKey, Purpose, SecretKey, verify_request_mac};
+use splitbft_types::crypto::{MacKey, Purpose, SecretKey, verify_request_mac, verify_request_signature};
 use splitbft_types::dedup::ClientWindow;
 use splitbft_types::msg::{
     BatchMsg, Checkpoint, Digest, Message, NewView, PrePrepare, Prepare, Request, Signed, ViewChange,
 };
-use splitbft_types::viewchange::{AcceptedNewView, Depth, check_new_view, check_view_change, compute_o, reject_name};
+use splitbft_types::session::MAX_NONCE_TIMESTAMP;
+use splitbft_types::viewchange::{
+    AcceptedNewView, Depth, check_new_view, check_view_change, compute_o_within, reject_name,
+};
 use splitbft_types::{CompartmentKind, EnclaveId, ProtocolConfig, ReplicaId, Seq, View};
 
 /// The Preparation enclave of one replica.
@@ -42,10 +52,21 @@ pub struct Preparation {
     /// Pre-keyed MAC state shared with each client (SPEC §6).
     client_macs: Vec<MacKey>,
     checkpoints: CheckpointLog,
-    /// Latest verified ViewChange per replica (at most `n`, whatever peers send).
-    view_changes: Vec<Option<Signed<ViewChange>>>,
+    /// Latest signed ViewChange per replica (at most `n`, whatever peers send), and whether
+    /// its certificates were checked yet (only once a quorum for its view is here).
+    view_changes: Vec<Option<(Signed<ViewChange>, bool)>>,
+    /// Per replica, the highest view for which its ViewChange failed the full check: its
+    /// ViewChanges up to that view are dropped unread, so each costs at most one full check.
+    refused_view_changes: Vec<View>,
+    /// Per replica, the highest view whose NewView, signed by that replica as its primary,
+    /// failed the checks: further NewViews it signs for views up to that one are dropped
+    /// after one signature check, so a faulty primary cannot make every Preparation redo
+    /// the `O(L·(2f+1))` check by resending.
+    refused_new_views: Vec<View>,
     genesis: Digest,
     counters: Counters,
+    /// Sealed write-ahead state, when durability is on (SPEC §10, `durable.rs`).
+    durable: Option<durable::Journal>,
 }
 
 impl Preparation {
@@ -66,8 +87,11 @@ impl Preparation {
             accepted: BTreeMap::new(),
             checkpoints: CheckpointLog::new(genesis),
             view_changes: vec![None; config.n()],
+            refused_view_changes: vec![0; config.n()],
+            refused_new_views: vec![0; config.n()],
             genesis,
             counters: Counters::default(),
+            durable: None,
             config,
         })
     }
@@ -121,24 +145,78 @@ impl Preparation {
 
     /// Admission control for one request at the primary (SPEC §4.1 (1)).
     fn admit(&mut self, request: &Request) -> Result<(), &'static str> {
+        self.well_formed(request)?;
         let c = request.client.0 as usize;
-        let (Some(mac_key), Some(window)) = (self.client_macs.get(c), self.ordered.get(c)) else {
-            return Err("request_unknown_client");
-        };
-        if request.op.len() > self.config.max_op_bytes as usize {
-            return Err("request_op_too_large");
-        }
-        let mac = request.auth.get(self.me.0 as usize).ok_or("request_auth_missing")?;
-        if request.auth.len() != self.config.n() {
-            return Err("request_auth_wrong_length");
-        }
-        window.check(request.timestamp).map_err(|_| "request_already_ordered")?;
-        verify_request_mac(mac_key, self.config.cluster_id, request, mac).map_err(|_| "request_bad_mac")?;
+        self.ordered[c].check(request.timestamp).map_err(|_| "request_already_ordered")?;
+        self.authenticates(request)?;
         self.ordered[c].accept(request.timestamp, self.config.client_window).map_err(|_| "request_already_ordered")
     }
 
-    /// Handler (2), PrePrepare from primary(v) at a backup: store, sign and send Prepare.
-    pub fn on_pre_prepare(&mut self, pp: Signed<PrePrepare>, out: &mut Vec<Output>) {
+    /// A request any correct client could have sent: a configured client, an op within the
+    /// limit, one authenticator entry per Preparation enclave, a timestamp inside the nonce
+    /// space (no op could ever be opened beyond it, SPEC §6).
+    fn well_formed(&self, request: &Request) -> Result<(), &'static str> {
+        if request.client.0 as usize >= self.client_macs.len() {
+            return Err("request_unknown_client");
+        }
+        if request.op.len() > self.config.max_op_bytes as usize {
+            return Err("request_op_too_large");
+        }
+        if request.auth.is_empty() {
+            return Err("request_auth_missing");
+        }
+        if request.auth.len() != self.config.n() {
+            return Err("request_auth_wrong_length");
+        }
+        if request.timestamp >= MAX_NONCE_TIMESTAMP {
+            return Err("request_timestamp_out_of_range");
+        }
+        Ok(())
+    }
+
+    /// Whether a well-formed request *authenticates for* this enclave (SPEC §6): its MAC
+    /// entry verifies (the fast path), or else the client's signature does, so a client
+    /// whose MACs disagree between enclaves cannot make a correct primary look faulty.
+    fn authenticates(&mut self, request: &Request) -> Result<(), &'static str> {
+        let c = request.client.0 as usize;
+        let mac = &request.auth[self.me.0 as usize];
+        if verify_request_mac(&self.client_macs[c], self.config.cluster_id, request, mac).is_ok() {
+            return Ok(());
+        }
+        let key = self.keys.client(request.client).ok_or("request_unknown_client")?;
+        verify_request_signature(key, self.config.cluster_id, request).map_err(|_| "request_bad_authenticator")?;
+        self.counters.bump("request_mac_failed_signature_ok");
+        Ok(())
+    }
+
+    /// Whether every request of a batch is well formed and authenticates for this enclave
+    /// (SPEC §4.1 (2)).
+    fn check_batch(&mut self, batch: &[u8]) -> Result<usize, &'static str> {
+        let requests = from_bytes::<Vec<Request>>(batch).map_err(|_| "batch_malformed")?;
+        if requests.len() > self.config.max_batch as usize {
+            return Err("batch_too_large");
+        }
+        for request in &requests {
+            self.well_formed(request)?;
+            self.authenticates(request)?;
+        }
+        Ok(requests.len())
+    }
+
+    /// A PrePrepare header without its batch: a backup cannot check the batch's requests,
+    /// so it never prepares on a header alone (SPEC §3 note; issue 11 finding 3: a digest
+    /// whose batch no correct replica holds halted Execution forever).
+    pub fn on_pre_prepare(&mut self, pp: Signed<PrePrepare>) {
+        if self.is_primary() && pp.body.view == self.view {
+            return self.counters.bump("pre_prepare_own");
+        }
+        self.counters.bump("pre_prepare_without_batch");
+    }
+
+    /// Handler (2), PrePrepare with its batch from primary(v) at a backup: hash the batch,
+    /// check every request (SPEC §4.1 (2)), then store, sign and send Prepare.
+    pub fn on_batch(&mut self, msg: BatchMsg, out: &mut Vec<Output>) {
+        let pp = msg.pre_prepare;
         let body = pp.body;
         if body.view != self.view {
             return self.counters.bump("pre_prepare_wrong_view");
@@ -155,10 +233,24 @@ impl Preparation {
             Some(_) => return self.counters.bump("pre_prepare_conflicting"),
             None => {}
         }
+        // Bytes that do not match the header prove nothing about the primary: any
+        // environment could have altered them. Drop them and wait for a genuine copy.
+        if Digest::of(&msg.batch) != body.digest {
+            return self.counters.bump("batch_digest_mismatch");
+        }
         if verify_signed(&self.config, &self.keys, &pp).is_err() {
             return self.counters.bump("pre_prepare_bad_signature");
         }
+        // The primary signed this digest: from here on the slot is decided, so a faulty
+        // primary pays for one check of one batch per slot, whatever it resends.
         self.accepted.insert(body.seq, body.digest);
+        if let Err(reason) = self.check_batch(&msg.batch) {
+            // A correct primary's environment drops requests whose signature fails and its
+            // Preparation orders only authenticated ones: the primary is faulty. No Prepare;
+            // the request timers will suspect it (SPEC §4.1 (2)).
+            self.counters.bump(reason);
+            return self.counters.bump("batches_refused_primary_faulty");
+        }
         let prepare = Prepare { view: body.view, seq: body.seq, digest: body.digest, replica: self.me };
         let sig = self.secret.sign(self.config.cluster_id, Purpose::Prepare, &prepare);
         self.counters.bump("prepares_sent");
@@ -181,45 +273,85 @@ impl Preparation {
         }
     }
 
-    /// Handler (6), first half: store a verified ViewChange for a higher view; at the new
+    /// Handler (6), first half: store a signed ViewChange for a higher view; at the new
     /// primary, build the NewView once `2f + 1` distinct ones agree on the view.
+    ///
+    /// On receipt only the sender's signature and the certificates' positions are checked
+    /// (one verification): a faulty Confirmation sending ViewChanges for ever higher views
+    /// used to cost `O(L·(2f+1))` verifications each at every Preparation (issue 11 finding
+    /// 7). The certificates are checked once, when a quorum for the view is here and this
+    /// enclave is its primary; NewViews are checked in full by everyone (7).
     pub fn on_view_change(&mut self, vc: Signed<ViewChange>, out: &mut Vec<Output>) {
         let (view, replica) = (vc.body.view, vc.body.replica);
         if view <= self.view {
             return self.counters.bump("view_change_old");
         }
-        let Some(slot) = self.view_changes.get(replica.0 as usize) else {
+        let r = replica.0 as usize;
+        let Some(slot) = self.view_changes.get(r) else {
             return self.counters.bump("view_change_unknown_replica");
         };
-        if slot.as_ref().is_some_and(|known| known.body.view >= view) {
+        if slot.as_ref().is_some_and(|(known, _)| known.body.view >= view) {
             return self.counters.bump("view_change_duplicate");
         }
-        // C5: every certificate it reports must really exist.
-        if let Err(e) = check_view_change(&self.config, &self.keys, &vc, self.genesis, Depth::Full) {
+        if view <= self.refused_view_changes[r] {
+            return self.counters.bump("view_change_sender_refused");
+        }
+        if let Err(e) = check_view_change(&self.config, &self.keys, &vc, self.genesis, Depth::Signature) {
             return self.counters.bump(reject_name("view_change", e));
         }
-        self.view_changes[replica.0 as usize] = Some(vc);
+        self.view_changes[r] = Some((vc, false));
         self.counters.bump("view_changes_accepted");
         if self.config.primary(view) == self.me {
             self.send_new_view(view, out);
         }
     }
 
-    /// Handler (6), second half: at primary(v'), with `2f + 1` ViewChanges for `v'`, compute
-    /// `O`, sign its PrePrepares and the NewView, and enter `v'`.
+    /// Checks in full (C5) every stored, not yet checked ViewChange for `view`, dropping
+    /// those that fail; returns how many checked ones for `view` remain.
+    fn check_stored_view_changes(&mut self, view: View) -> usize {
+        let quorum = self.config.quorum();
+        let stored = self.view_changes.iter().flatten().filter(|(vc, _)| vc.body.view == view).count();
+        if stored < quorum {
+            return 0;
+        }
+        let mut good = 0;
+        for r in 0..self.view_changes.len() {
+            let Some((vc, checked)) = &self.view_changes[r] else { continue };
+            if vc.body.view != view {
+                continue;
+            }
+            if !*checked {
+                self.counters.bump("view_change_full_checks");
+                if let Err(e) = check_view_change(&self.config, &self.keys, vc, self.genesis, Depth::Full) {
+                    self.counters.bump(reject_name("view_change", e));
+                    self.refused_view_changes[r] = view;
+                    self.view_changes[r] = None;
+                    continue;
+                }
+                if let Some((_, checked)) = &mut self.view_changes[r] {
+                    *checked = true;
+                }
+            }
+            good += 1;
+        }
+        good
+    }
+
+    /// Handler (6), second half: at primary(v'), with `2f + 1` checked ViewChanges for `v'`,
+    /// compute `O`, sign its PrePrepares and the NewView, and enter `v'`.
     fn send_new_view(&mut self, view: View, out: &mut Vec<Output>) {
+        if self.check_stored_view_changes(view) < self.config.quorum() {
+            return;
+        }
         let view_changes: Vec<Signed<ViewChange>> = self
             .view_changes
             .iter()
             .flatten()
-            .filter(|vc| vc.body.view == view)
+            .filter(|(vc, checked)| *checked && vc.body.view == view)
             .take(self.config.quorum())
-            .cloned()
+            .map(|(vc, _)| vc.clone())
             .collect();
-        if view_changes.len() < self.config.quorum() {
-            return;
-        }
-        let (_, o) = compute_o(view, &view_changes);
+        let (_, o) = compute_o_within(view, self.config.log_window, &view_changes);
         let pre_prepares = o
             .into_iter()
             .map(|body| Signed { body, sig: self.secret.sign(self.config.cluster_id, Purpose::PrePrepare, &body) })
@@ -244,9 +376,20 @@ impl Preparation {
         if nv.body.view <= self.view {
             return self.counters.bump("new_view_old");
         }
+        // Only the new primary's own signature makes a refusal count against it.
+        let Ok(primary) = verify_signed(&self.config, &self.keys, &nv) else {
+            return self.counters.bump("new_view_bad_signature");
+        };
+        let p = primary.0 as usize;
+        if nv.body.view <= self.refused_new_views[p] {
+            return self.counters.bump("new_view_sender_refused");
+        }
         match check_new_view(&self.config, &self.keys, &nv, self.genesis, Depth::Full) {
             Ok(accepted) => self.enter_view(accepted, out),
-            Err(e) => self.counters.bump(reject_name("new_view", e)),
+            Err(e) => {
+                self.refused_new_views[p] = nv.body.view;
+                self.counters.bump(reject_name("new_view", e))
+            }
         }
     }
 
@@ -273,7 +416,7 @@ impl Preparation {
         }
         self.next_seq = last + 1;
         for slot in &mut self.view_changes {
-            if slot.as_ref().is_some_and(|vc| vc.body.view <= self.view) {
+            if slot.as_ref().is_some_and(|(vc, _)| vc.body.view <= self.view) {
                 *slot = None;
             }
         }
@@ -301,8 +444,8 @@ impl Compartment for Preparation {
     fn handle(&mut self, input: Input, out: &mut Vec<Output>) {
         match input {
             Input::OrderBatch(batch) => self.on_order_batch(batch, out),
-            Input::Message(Message::PrePrepare(pp)) => self.on_pre_prepare(pp, out),
-            Input::Message(Message::Batch(b)) => self.on_pre_prepare(b.pre_prepare, out),
+            Input::Message(Message::PrePrepare(pp)) => self.on_pre_prepare(pp),
+            Input::Message(Message::Batch(b)) => self.on_batch(b, out),
             Input::Message(Message::Checkpoint(cp)) => self.on_checkpoint(cp, out),
             Input::Message(Message::ViewChange(vc)) => self.on_view_change(vc, out),
             Input::Message(Message::NewView(nv)) => self.on_new_view(nv, out),
@@ -315,5 +458,12 @@ impl Compartment for Preparation {
 
     fn count_malformed_input(&mut self) {
         self.counters.bump("malformed_input");
+    }
+
+    fn after_crossing(&mut self, out: &mut Vec<Output>) {
+        if let Some(mut journal) = self.durable.take() {
+            journal.step(self, out);
+            self.durable = Some(journal);
+        }
     }
 }

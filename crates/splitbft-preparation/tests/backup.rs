@@ -1,7 +1,8 @@
 //! The Preparation compartment at a backup (SPEC §4.1 handler (2), §4.4 (9), §9 P1/P2/L1):
-//! on a PrePrepare from primary(v_p) in `v_p` with `s` in the window and no other digest
-//! accepted for `(v_p, s)`, it signs exactly one Prepare; everything else is counted and
-//! dropped.
+//! on a PrePrepare with its batch from primary(v_p) in `v_p` with `s` in the window and no
+//! other digest accepted for `(v_p, s)`, whose batch hashes to the digest and whose every
+//! request authenticates for this enclave, it signs exactly one Prepare; everything else
+//! is counted and dropped.
 
 #![allow(clippy::unwrap_used, reason = "test helpers: a failed setup step aborts the test")]
 
@@ -14,10 +15,11 @@ use serde::Serialize;
 use splitbft_preparation::Preparation;
 use splitbft_types::boundary::{Compartment, Event, Input, Output, Stats};
 use splitbft_types::cert::verify_signed;
-use splitbft_types::crypto::{Purpose, SecretKey};
+use splitbft_types::codec::to_bytes;
+use splitbft_types::crypto::{ClientKeys, Purpose, SecretKey};
 use splitbft_types::keys::ClusterSecrets;
-use splitbft_types::msg::{BatchMsg, Checkpoint, Commit, Digest, Message, PrePrepare, Prepare, Signed};
-use splitbft_types::{CompartmentKind, ReplicaId, Seq, View};
+use splitbft_types::msg::{BatchMsg, Checkpoint, Commit, Digest, Message, PrePrepare, Prepare, Request, Signed};
+use splitbft_types::{ClientId, CompartmentKind, ReplicaId, Seq, View};
 
 use CompartmentKind::{Execution, Preparation as Prep};
 
@@ -49,8 +51,29 @@ fn checkpoint(r: u32, seq: Seq, state: Digest) -> Message {
     Message::Checkpoint(sign(r, Execution, Purpose::Checkpoint, Checkpoint { seq, state, replica: ReplicaId(r) }))
 }
 
+fn client(c: u32) -> ClientKeys {
+    let s = secrets();
+    ClientKeys::derive(&s.clients[c as usize], &s.config, &s.config.validate().unwrap(), ClientId(c))
+}
+
+/// The encoded batch named `tag`: one genuine request of client 0 whose op is the tag.
+fn batch(tag: &str) -> Vec<u8> {
+    to_bytes(&vec![client(0).request(1, tag.as_bytes().to_vec())])
+}
+
+/// The digest of [`batch`]`(tag)`.
 fn d(tag: &str) -> Digest {
-    Digest::of(tag.as_bytes())
+    Digest::of(&batch(tag))
+}
+
+/// A PrePrepare of primary(view) for batch `tag`, with the batch.
+fn bm(view: View, seq: Seq, tag: &str) -> Message {
+    Message::Batch(BatchMsg { pre_prepare: pp(view, seq, d(tag)), batch: batch(tag) })
+}
+
+/// A signed header (possibly forged) with the bytes of batch `tag`.
+fn with_batch(pre_prepare: Signed<PrePrepare>, tag: &str) -> Message {
+    Message::Batch(BatchMsg { pre_prepare, batch: batch(tag) })
 }
 
 fn preparation(me: u32) -> Preparation {
@@ -95,22 +118,15 @@ fn stats(p: &mut Preparation) -> Stats {
 #[test]
 fn backup_sends_exactly_one_prepare_per_valid_pre_prepare() {
     let mut p = preparation(2);
-    let out = feed(&mut p, Message::PrePrepare(pp(0, 1, d("a"))));
+    let out = feed(&mut p, bm(0, 1, "a"));
     assert_eq!(prepares(&out), vec![Prepare { view: 0, seq: 1, digest: d("a"), replica: ReplicaId(2) }]);
     assert_eq!(out.len(), 1);
+    assert!(feed(&mut p, bm(0, 1, "a")).is_empty());
     assert!(feed(&mut p, Message::PrePrepare(pp(0, 1, d("a")))).is_empty());
-    let batch = BatchMsg { pre_prepare: pp(0, 1, d("a")), batch: b"ignored by Preparation".to_vec() };
-    assert!(feed(&mut p, Message::Batch(batch)).is_empty());
-    // The Batch path prepares a new slot just like a bare PrePrepare.
-    let batch = BatchMsg { pre_prepare: pp(0, 2, d("b")), batch: Vec::new() };
-    assert_eq!(
-        prepares(&feed(&mut p, Message::Batch(batch))),
-        vec![Prepare { view: 0, seq: 2, digest: d("b"), replica: ReplicaId(2) }]
-    );
     let s = stats(&mut p);
-    assert_eq!(s.get("prepares_sent"), 2);
-    assert_eq!(s.get("pre_prepare_duplicate"), 2);
-    assert_eq!(s.log_entries, 2);
+    assert_eq!(s.get("prepares_sent"), 1);
+    assert_eq!(s.get("pre_prepare_duplicate"), 1);
+    assert_eq!(s.log_entries, 1);
 }
 
 /// SPEC §9 P1: never two digests for one `(v, s)`, even when the primary equivocates
@@ -118,10 +134,9 @@ fn backup_sends_exactly_one_prepare_per_valid_pre_prepare() {
 #[test]
 fn backup_never_prepares_two_digests_for_one_slot() {
     let mut p = preparation(1);
-    assert_eq!(prepares(&feed(&mut p, Message::PrePrepare(pp(0, 3, d("a"))))).len(), 1);
-    assert!(feed(&mut p, Message::PrePrepare(pp(0, 3, d("b")))).is_empty());
-    let batch = BatchMsg { pre_prepare: pp(0, 3, d("c")), batch: Vec::new() };
-    assert!(feed(&mut p, Message::Batch(batch)).is_empty());
+    assert_eq!(prepares(&feed(&mut p, bm(0, 3, "a"))).len(), 1);
+    assert!(feed(&mut p, bm(0, 3, "b")).is_empty());
+    assert!(feed(&mut p, bm(0, 3, "c")).is_empty());
     assert_eq!(stats(&mut p).get("pre_prepare_conflicting"), 2);
     assert_eq!(stats(&mut p).get("prepares_sent"), 1);
 }
@@ -138,12 +153,12 @@ fn backup_rejects_pre_prepares_not_signed_by_the_primary() {
     let mut flipped = pp(0, 1, d("a"));
     flipped.sig.0[17] ^= 0x80;
     for forged in [by_backup, by_primary_confirmation, wrong_purpose, flipped] {
-        assert!(feed(&mut p, Message::PrePrepare(forged)).is_empty());
+        assert!(feed(&mut p, with_batch(forged, "a")).is_empty());
     }
     assert_eq!(stats(&mut p).get("pre_prepare_bad_signature"), 4);
     assert_eq!(stats(&mut p).get("prepares_sent"), 0);
     assert_eq!(stats(&mut p).log_entries, 0);
-    assert_eq!(prepares(&feed(&mut p, Message::PrePrepare(pp(0, 1, d("a"))))).len(), 1);
+    assert_eq!(prepares(&feed(&mut p, bm(0, 1, "a"))).len(), 1);
 }
 
 /// SPEC §4.1 (2): only PrePrepares of `v_p` (= 0: view change is not implemented).
@@ -151,7 +166,7 @@ fn backup_rejects_pre_prepares_not_signed_by_the_primary() {
 fn backup_rejects_pre_prepares_of_another_view() {
     let mut p = preparation(2);
     for view in [1, 2, 4, u64::MAX] {
-        assert!(feed(&mut p, Message::PrePrepare(pp(view, 1, d("a")))).is_empty(), "view {view}");
+        assert!(feed(&mut p, bm(view, 1, "a")).is_empty(), "view {view}");
     }
     assert_eq!(stats(&mut p).get("pre_prepare_wrong_view"), 4);
     assert_eq!(stats(&mut p).get("prepares_sent"), 0);
@@ -162,12 +177,12 @@ fn backup_rejects_pre_prepares_of_another_view() {
 fn backup_rejects_pre_prepares_outside_the_window() {
     let mut p = preparation(3);
     for seq in [0, L + 1, 10 * L, u64::MAX] {
-        assert!(feed(&mut p, Message::PrePrepare(pp(0, seq, d("a")))).is_empty(), "seq {seq}");
+        assert!(feed(&mut p, bm(0, seq, "a")).is_empty(), "seq {seq}");
     }
     assert_eq!(stats(&mut p).get("pre_prepare_outside_window"), 4);
     assert_eq!(stats(&mut p).log_entries, 0);
-    assert_eq!(prepares(&feed(&mut p, Message::PrePrepare(pp(0, L, d("a"))))).len(), 1);
-    assert_eq!(prepares(&feed(&mut p, Message::PrePrepare(pp(0, 1, d("a"))))).len(), 1);
+    assert_eq!(prepares(&feed(&mut p, bm(0, L, "a"))).len(), 1);
+    assert_eq!(prepares(&feed(&mut p, bm(0, 1, "a"))).len(), 1);
 }
 
 /// SPEC §3: the primary sends only the PrePrepare, never a Prepare, even for its own
@@ -175,7 +190,7 @@ fn backup_rejects_pre_prepares_outside_the_window() {
 #[test]
 fn primary_does_not_prepare() {
     let mut p = preparation(0);
-    assert!(feed(&mut p, Message::PrePrepare(pp(0, 1, d("a")))).is_empty());
+    assert!(feed(&mut p, bm(0, 1, "a")).is_empty());
     assert_eq!(stats(&mut p).get("pre_prepare_own"), 1);
     assert_eq!(stats(&mut p).get("prepares_sent"), 0);
 }
@@ -186,7 +201,7 @@ fn primary_does_not_prepare() {
 fn backup_collects_garbage_on_a_checkpoint_certificate() {
     let mut p = preparation(1);
     for seq in 1..=6 {
-        assert_eq!(prepares(&feed(&mut p, Message::PrePrepare(pp(0, seq, d("a"))))).len(), 1);
+        assert_eq!(prepares(&feed(&mut p, bm(0, seq, "a"))).len(), 1);
     }
     assert_eq!(stats(&mut p).log_entries, 6);
     assert!(feed(&mut p, checkpoint(0, 4, d("st"))).is_empty());
@@ -198,13 +213,13 @@ fn backup_collects_garbage_on_a_checkpoint_certificate() {
     assert_eq!(s.log_entries, 2);
     // Old slots are closed (no fresh Prepare for a new digest at s <= h).
     for seq in 1..=4 {
-        assert!(feed(&mut p, Message::PrePrepare(pp(0, seq, d("b")))).is_empty());
+        assert!(feed(&mut p, bm(0, seq, "b")).is_empty());
     }
     assert_eq!(stats(&mut p).get("pre_prepare_outside_window"), 4);
     // P1 still holds for slots above h.
-    assert!(feed(&mut p, Message::PrePrepare(pp(0, 5, d("b")))).is_empty());
-    assert_eq!(prepares(&feed(&mut p, Message::PrePrepare(pp(0, 4 + L, d("a"))))).len(), 1);
-    assert!(feed(&mut p, Message::PrePrepare(pp(0, 5 + L, d("a")))).is_empty());
+    assert!(feed(&mut p, bm(0, 5, "b")).is_empty());
+    assert_eq!(prepares(&feed(&mut p, bm(0, 4 + L, "a"))).len(), 1);
+    assert!(feed(&mut p, bm(0, 5 + L, "a")).is_empty());
 }
 
 /// Inputs Preparation has no business with, and bytes that do not decode, are counted.
@@ -244,16 +259,18 @@ proptest! {
         let mut first: BTreeMap<(View, Seq), Digest> = BTreeMap::new();
         let mut prepared: BTreeMap<(View, Seq), Digest> = BTreeMap::new();
         for (view, seq, k, forge) in steps {
-            let digest = Digest([k; 32]);
-            let mut msg = pp(view, seq, digest);
+            let tag = format!("t{k}");
+            let digest = d(&tag);
+            let mut header = pp(view, seq, digest);
             if forge {
-                msg.sig.0[0] ^= 1;
+                header.sig.0[0] ^= 1;
             }
+            let msg = with_batch(header, &tag);
             let acceptable = !forge && view == 0 && (1..=L).contains(&seq);
             if acceptable {
                 first.entry((view, seq)).or_insert(digest);
             }
-            for prep in prepares(&feed(&mut p, Message::PrePrepare(msg))) {
+            for prep in prepares(&feed(&mut p, msg)) {
                 prop_assert_eq!(prep.replica, ReplicaId(me));
                 let key = (prep.view, prep.seq);
                 prop_assert!(prepared.insert(key, prep.digest).is_none(), "P1: second Prepare for {:?}", key);
@@ -262,4 +279,101 @@ proptest! {
         }
         prop_assert_eq!(prepared, first);
     }
+}
+
+/// A batch of `requests` signed as primary(view)'s PrePrepare for `seq`.
+fn signed_batch(view: View, seq: Seq, requests: &[Request]) -> Message {
+    let batch = to_bytes(&requests.to_vec());
+    Message::Batch(BatchMsg { pre_prepare: pp(view, seq, Digest::of(&batch)), batch })
+}
+
+/// Issue 11 finding (3), SPEC §3 note: a backup never prepares a digest whose batch it has
+/// not checked. On 106ccbb a bare PrePrepare header was prepared, so a faulty primary could
+/// get a digest committed whose batch no correct replica held (a permanent halt).
+#[test]
+fn a_header_without_its_batch_is_never_prepared() {
+    let mut p = preparation(2);
+    assert!(prepares(&feed(&mut p, Message::PrePrepare(pp(0, 1, d("a"))))).is_empty());
+    assert_eq!(stats(&mut p).get("pre_prepare_without_batch"), 1);
+    // Bytes that do not hash to the header's digest are no batch either, and do not close
+    // the slot (any environment could have altered them): the genuine batch still prepares.
+    assert!(feed(&mut p, with_batch(pp(0, 1, d("a")), "b")).is_empty());
+    assert_eq!(stats(&mut p).get("batch_digest_mismatch"), 1);
+    assert_eq!(prepares(&feed(&mut p, bm(0, 1, "a"))).len(), 1);
+}
+
+/// Issue 11 finding (1), SPEC §4.1 (2), §6: a faulty Execution enclave knows client 0's
+/// session key and seals an op with it; a faulty primary orders it. The op opens under the
+/// session key (on 106ccbb that was all Execution checked, and backups prepared on the
+/// header alone), but neither its MAC entries nor its signature verify: no correct backup
+/// prepares the batch, so it can never gather a prepare certificate.
+#[test]
+fn a_batch_with_a_request_the_client_did_not_send_is_refused() {
+    use splitbft_types::msg::{Mac, Sig};
+    use splitbft_types::session::{Direction, SessionKey, SessionOp};
+    let n = secrets().config.n();
+    // What a faulty Execution can build: an op sealed under the real session key.
+    let session = SessionKey::new([7; 32]);
+    let cluster = secrets().config.cluster_id;
+    let ciphertext = session.seal(cluster, ClientId(0), 9, Direction::Request, 1, b"PUT k forged").unwrap();
+    let op = to_bytes(&SessionOp::Sealed { epoch: 1, ciphertext });
+    let genuine = client(0).request(9, b"PUT k genuine".to_vec());
+    let forgeries = [
+        Request { client: ClientId(0), timestamp: 9, op: op.clone(), auth: vec![Mac::default(); n], sig: Sig([0; 64]) },
+        // The genuine request's authenticator and signature do not cover another op.
+        Request { op: op.clone(), ..genuine.clone() },
+        // Nor another client.
+        Request { client: ClientId(1), ..genuine.clone() },
+    ];
+    for (i, forged) in forgeries.into_iter().enumerate() {
+        let mut p = preparation(1 + i as u32 % 3);
+        let seq = 1;
+        let msg = signed_batch(0, seq, &[client(1).request(1, b"x".to_vec()), forged]);
+        assert!(prepares(&feed(&mut p, msg.clone())).is_empty(), "forgery {i} prepared");
+        let s = stats(&mut p);
+        assert_eq!((s.get("batches_refused_primary_faulty"), s.get("request_bad_authenticator")), (1, 1), "{i}");
+        // The primary signed it: the slot is decided, a resend costs no second check.
+        assert!(feed(&mut p, msg).is_empty());
+        assert_eq!(stats(&mut p).get("pre_prepare_duplicate"), 1);
+        assert_eq!(stats(&mut p).get("prepares_sent"), 0);
+    }
+}
+
+/// Issue 11 finding (2), SPEC §6: the signature and every MAC cover the timestamp, so a
+/// faulty primary cannot re-order a pending Register (or any request) at another `t`. On
+/// 106ccbb the Register's own signature covered only its body, and a Register re-timed at
+/// `t = u64::MAX` executed and slid the client's window past everything it would send.
+#[test]
+fn a_re_timed_request_is_refused() {
+    use splitbft_types::session::ClientSession;
+    let mut rng = <rand_chacha::ChaCha20Rng as rand_chacha::rand_core::SeedableRng>::seed_from_u64(3);
+    let (_, register) = ClientSession::register(&mut rng, &secrets().config, ClientId(0), 1, [9; 32]).unwrap();
+    let genuine = client(0).request(5, register);
+    for t in [6, 1 << 40, u64::MAX] {
+        let mut p = preparation(3);
+        let retimed = Request { timestamp: t, ..genuine.clone() };
+        assert!(prepares(&feed(&mut p, signed_batch(0, 1, &[retimed]))).is_empty(), "t = {t}");
+        assert_eq!(stats(&mut p).get("batches_refused_primary_faulty"), 1);
+    }
+    let mut p = preparation(3);
+    assert_eq!(prepares(&feed(&mut p, signed_batch(0, 1, &[genuine]))).len(), 1);
+}
+
+/// SPEC §6 (Aardvark's lesson): a request whose MAC entry for this enclave is wrong still
+/// authenticates by its signature, so a client that sends MACs valid for some enclaves and
+/// not others cannot make a correct primary's batch fail at correct backups.
+#[test]
+fn a_bad_mac_entry_is_settled_by_the_signature() {
+    use splitbft_types::msg::Mac;
+    let me = 2;
+    let mut req = client(1).request(4, b"op".to_vec());
+    req.auth[me as usize] = Mac([1; 32]);
+    let mut p = preparation(me);
+    assert_eq!(prepares(&feed(&mut p, signed_batch(0, 1, std::slice::from_ref(&req)))).len(), 1);
+    assert_eq!(stats(&mut p).get("request_mac_failed_signature_ok"), 1);
+    // Both wrong: refused.
+    req.sig.0[3] ^= 1;
+    let mut p = preparation(me);
+    assert!(prepares(&feed(&mut p, signed_batch(0, 1, &[req]))).is_empty());
+    assert_eq!(stats(&mut p).get("request_bad_authenticator"), 1);
 }

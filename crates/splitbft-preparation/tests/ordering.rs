@@ -137,15 +137,19 @@ fn primary_orders_valid_requests_with_consecutive_sequence_numbers() {
     assert_eq!(s.get("requests_ordered"), 6);
 }
 
-/// SPEC §4.1 (1), §6: requests with a wrong authenticator entry for this enclave, from an
+/// SPEC §4.1 (1), §6: requests that do not authenticate for this enclave (wrong MAC entry
+/// and wrong signature, or an altered op), from an
 /// unknown client, with an op over the limit, or with a timestamp already ordered are
 /// dropped and counted; the rest of the batch is ordered, re-encoded, under its own digest.
 #[test]
 fn primary_drops_unauthenticated_duplicate_and_oversized_requests() {
     let mut p = preparation(0);
     let good0 = req(0, 1);
+    // A wrong MAC entry for this enclave alone is settled by the signature (SPEC §6);
+    // both wrong is refused.
     let mut bad_mac = req(1, 1);
     bad_mac.auth[0].0[0] ^= 1;
+    bad_mac.sig.0[0] ^= 1;
     let mut tampered_op = req(1, 2);
     tampered_op.op.push(b'!');
     let mut unknown = req(2, 9);
@@ -179,7 +183,7 @@ fn primary_drops_unauthenticated_duplicate_and_oversized_requests() {
     assert_eq!(requests, vec![good0, at_limit, others_wrong]);
     assert_eq!(msg.batch, to_bytes(&requests));
     let s = stats(&mut p);
-    assert_eq!(s.get("request_bad_mac"), 2);
+    assert_eq!(s.get("request_bad_authenticator"), 2);
     assert_eq!(s.get("request_unknown_client"), 2);
     assert_eq!(s.get("request_already_ordered"), 1);
     assert_eq!(s.get("request_op_too_large"), 1);
@@ -205,6 +209,7 @@ fn primary_cuts_batches_at_b_requests() {
     let mut p = preparation(0);
     let mut bad = req(2, 1);
     bad.auth[0] = Mac::default();
+    bad.sig.0[9] ^= 1;
     let offered: Vec<Request> = std::iter::once(bad).chain((1..=6).map(|t| req(0, t))).collect();
     let (seq, admitted) = ordered(order(&mut p, &offered));
     assert_eq!(seq, 1);

@@ -12,7 +12,7 @@ use splitbft_types::codec::{from_bytes, to_bytes};
 use splitbft_types::config::Keyring;
 use splitbft_types::crypto::{MacKey, Purpose, SecretKey, reply_mac};
 use splitbft_types::msg::{
-    BatchMsg, Checkpoint, Commit, Digest, Message, NewView, PrePrepare, Prepare, PreparedCert, Request, Signed,
+    BatchMsg, Checkpoint, Commit, Digest, Message, NewView, PrePrepare, Prepare, PreparedCert, Request, Sig, Signed,
     ViewChange,
 };
 use splitbft_types::viewchange::compute_o;
@@ -202,7 +202,7 @@ impl Byzantine {
                 .seal(self.config.cluster_id, client, timestamp, Direction::Request, epoch, &op)
                 .expect("timestamp inside the nonce space");
             let op = to_bytes(&SessionOp::Sealed { epoch, ciphertext });
-            requests.push(Request { client, timestamp, op, auth: Vec::new() });
+            requests.push(Request { client, timestamp, op, auth: Vec::new(), sig: Sig([0; 64]) });
             let forged = self.re_sign(b, &requests);
             let body = forged.pre_prepare.body;
             out.push(Output::Send(Message::Batch(forged)));
@@ -234,7 +234,7 @@ impl Byzantine {
                 continue;
             };
             let op = to_bytes(&SessionOp::Sealed { epoch: *epoch, ciphertext });
-            requests.push(Request { client: *client, timestamp, op, auth: Vec::new() });
+            requests.push(Request { client: *client, timestamp, op, auth: Vec::new(), sig: Sig([0; 64]) });
         }
     }
 

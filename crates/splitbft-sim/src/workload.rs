@@ -87,7 +87,7 @@ impl Clients {
                 let id = ClientId(c as u32);
                 let key: [u8; 32] = rng.random();
                 let (session, register) =
-                    ClientSession::register(rng, config, id, secret, SESSION_EPOCH, key).expect("valid group key");
+                    ClientSession::register(rng, config, id, SESSION_EPOCH, key).expect("valid group key");
                 SimClient {
                     session,
                     registered: false,

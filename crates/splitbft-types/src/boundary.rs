@@ -49,6 +49,10 @@ pub enum Output {
         #[serde(with = "serde_bytes")]
         sealed: Vec<u8>,
     },
+    /// This compartment's safety state, sealed for the replica's storage (SPEC §10): the
+    /// environment makes it durable before any other output of the same crossing leaves
+    /// the replica.
+    Sealed(crate::durable::SealedState),
 }
 
 /// Liveness hints for the environment. Safety never depends on them.
@@ -143,8 +147,6 @@ pub struct Stats {
     pub view: View,
     /// Last executed sequence number (Execution only).
     pub last_executed: Seq,
-    /// Digest of the application state (Execution only).
-    pub app_digest: Option<crate::msg::Digest>,
 }
 
 impl Stats {
@@ -165,6 +167,10 @@ pub trait Compartment: Send {
     /// Counts an input that did not decode.
     fn count_malformed_input(&mut self);
 
+    /// Called once at the end of every crossing: a compartment with durability on appends
+    /// its sealed state change ([`Output::Sealed`], SPEC §10), one record per round.
+    fn after_crossing(&mut self, _out: &mut Vec<Output>) {}
+
     /// One boundary crossing: decodes each input defensively, handles it, encodes every
     /// output. Undecodable inputs are counted and dropped.
     fn handle_encoded(&mut self, inputs: &[bytes::Bytes], out: &mut Vec<bytes::Bytes>) {
@@ -175,6 +181,7 @@ pub trait Compartment: Send {
                 Err(_) => self.count_malformed_input(),
             }
         }
+        self.after_crossing(&mut outputs);
         out.extend(outputs.iter().map(|o| bytes::Bytes::from(crate::codec::to_bytes(o))));
     }
 }

@@ -100,8 +100,9 @@ mod tests {
             any::<u64>(),
             proptest::collection::vec(any::<u8>(), 0..64),
             proptest::collection::vec(any::<[u8; 32]>().prop_map(Mac), 0..5),
+            sig(),
         )
-            .prop_map(|(c, t, op, auth)| Request { client: ClientId(c), timestamp: t, op, auth })
+            .prop_map(|(c, t, op, auth, sig)| Request { client: ClientId(c), timestamp: t, op, auth, sig })
     }
     fn message() -> impl Strategy<Value = Message> {
         let vsd = || (any::<u64>(), any::<u64>(), digest());

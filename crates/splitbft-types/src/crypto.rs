@@ -48,6 +48,8 @@ pub enum Purpose {
     Register = 9,
     /// Attestation report, signed by the platform key (SPEC §6).
     Attestation = 10,
+    /// A client's signature over `(client, t, op)` of a Request (SPEC §6).
+    ClientRequest = 11,
 }
 
 /// Why a signature or key was refused.
@@ -308,6 +310,26 @@ pub fn verify_request_mac(key: &MacKey, cluster_id: u64, req: &Request, mac: &Ma
     key.verify(Purpose::Request, &[&a, &b, &c, &req.op], mac)
 }
 
+/// What a client signs for a request: the cluster id and purpose come from the domain tag.
+#[derive(Serialize)]
+struct SignedRequest<'a> {
+    client: ClientId,
+    timestamp: crate::ids::Timestamp,
+    #[serde(with = "serde_bytes")]
+    op: &'a [u8],
+}
+
+/// The client signature of a request (SPEC §6): over `(cluster, client, t, op)`.
+pub fn sign_request(secret: &SecretKey, cluster_id: u64, client: ClientId, timestamp: u64, op: &[u8]) -> Sig {
+    secret.sign(cluster_id, Purpose::ClientRequest, &SignedRequest { client, timestamp, op })
+}
+
+/// Checks a request's client signature under the client's public key (strict).
+pub fn verify_request_signature(key: &PublicKey, cluster_id: u64, req: &Request) -> Result<(), CryptoError> {
+    let body = SignedRequest { client: req.client, timestamp: req.timestamp, op: &req.op };
+    key.verify(cluster_id, Purpose::ClientRequest, &body, &req.sig)
+}
+
 fn request_parts(cluster_id: u64, req: &Request) -> [[u8; 8]; 3] {
     [cluster_id.to_le_bytes(), u64::from(req.client.0).to_le_bytes(), req.timestamp.to_le_bytes()]
 }
@@ -338,6 +360,7 @@ fn reply_parts(cluster_id: u64, reply: &Reply) -> [[u8; 8]; 5] {
 /// and every Execution enclave (reply MACs), derived once (SPEC §6).
 #[derive(Clone, Debug)]
 pub struct ClientKeys {
+    secret: std::sync::Arc<SecretKey>,
     cluster_id: u64,
     client: crate::ids::ClientId,
     preparation: Vec<MacKey>,
@@ -363,6 +386,7 @@ impl ClientKeys {
                 .collect()
         };
         ClientKeys {
+            secret: std::sync::Arc::new(SecretKey::from_seed(secret.seed())),
             cluster_id: config.cluster_id,
             client,
             preparation: derive(CompartmentKind::Preparation),
@@ -370,9 +394,11 @@ impl ClientKeys {
         }
     }
 
-    /// A request with one authenticator entry per Preparation enclave.
+    /// A request with one authenticator entry per Preparation enclave and the client's
+    /// signature (SPEC §6).
     pub fn request(&self, timestamp: crate::ids::Timestamp, op: Vec<u8>) -> Request {
-        let mut req = Request { client: self.client, timestamp, op, auth: Vec::new() };
+        let sig = sign_request(&self.secret, self.cluster_id, self.client, timestamp, &op);
+        let mut req = Request { client: self.client, timestamp, op, auth: Vec::new(), sig };
         req.auth = self.preparation.iter().map(|k| request_mac(k, self.cluster_id, &req)).collect();
         req
     }

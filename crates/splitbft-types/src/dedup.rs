@@ -50,9 +50,13 @@ impl ClientWindow {
             self.seen = self.seen.split_off(&(self.low + 1));
         }
         self.seen.insert(t);
-        while self.seen.first() == Some(&(self.low + 1)) {
+        // `low + 1` does not exist once `low` reaches `Timestamp::MAX` (a client may send
+        // any timestamp): then nothing is above the window and the loop ends.
+        while let Some(next) = self.low.checked_add(1)
+            && self.seen.first() == Some(&next)
+        {
             self.seen.pop_first();
-            self.low += 1;
+            self.low = next;
         }
         debug_assert!(self.seen.len() as u64 <= window);
         Ok(())
@@ -111,6 +115,23 @@ mod tests {
         assert_eq!(w.low(), 2);
         assert_eq!(w.accept(2, 64), Err(DedupError::TooOld(2)));
         w.accept(3, 64).unwrap();
+    }
+
+    /// Issue 11 finding (7): `low + 1` overflowed at `u64::MAX` (a debug-build panic any
+    /// client could provoke, and the simulator runs debug builds).
+    #[test]
+    fn the_largest_timestamp_is_accepted_once_without_overflow() {
+        for window in [1, 2, 64] {
+            let mut w = ClientWindow::default();
+            w.accept(Timestamp::MAX - 1, window).unwrap();
+            w.accept(Timestamp::MAX, window).unwrap();
+            assert!(w.accept(Timestamp::MAX, window).is_err(), "accepted twice");
+            assert!(w.accept(Timestamp::MAX - 1, window).is_err(), "accepted twice");
+            assert!(w.held() as u64 <= window);
+        }
+        let mut w = ClientWindow::default();
+        w.accept(Timestamp::MAX, 1).unwrap();
+        assert_eq!((w.low(), w.held()), (Timestamp::MAX, 0));
     }
 
     #[test]

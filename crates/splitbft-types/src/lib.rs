@@ -17,6 +17,7 @@ pub mod config;
 pub mod counters;
 pub mod crypto;
 pub mod dedup;
+pub mod durable;
 pub mod ids;
 pub mod keys;
 pub mod msg;

@@ -1,9 +1,9 @@
 //! Protocol messages (SPEC §3).
 //!
 //! Signed bodies are small fixed-layout structs; the batch of requests travels as opaque
-//! bytes beside its PrePrepare header ([`BatchMsg`]) so that Preparation backups and
-//! Confirmation work on digests alone and only Execution decodes requests (SPEC §3 note,
-//! PERFORMANCE.md lesson 7).
+//! bytes beside its PrePrepare header ([`BatchMsg`]). Confirmation works on digests alone;
+//! Preparation backups decode the batch, because they decide request validity (SPEC §3
+//! note, §4.1 (2)), and Execution decodes it to execute.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -52,7 +52,9 @@ impl std::fmt::Debug for Mac {
     }
 }
 
-/// A client request (SPEC §3). `auth[i]` is the MAC for Preparation(i) (SPEC §6).
+/// A client request (SPEC §3). `auth[i]` is the MAC for Preparation(i); `sig` is the
+/// client's Ed25519 signature. Both cover `(cluster, client, t, op)`, so nobody can re-time
+/// or alter a request, and the signature settles what the MACs disagree on (SPEC §6).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     /// Issuing client.
@@ -65,6 +67,8 @@ pub struct Request {
     pub op: Vec<u8>,
     /// One MAC per Preparation enclave, indexed by replica.
     pub auth: Vec<Mac>,
+    /// The client's signature ([`crate::crypto::Purpose::ClientRequest`]).
+    pub sig: Sig,
 }
 
 /// A PrePrepare header `(v, s, d)`, signed by Preparation(primary(v)).

@@ -3,14 +3,17 @@
 //! * A client draws a 32-byte session key `K_c` and registers it with an **ordered**
 //!   [`SessionOp::Register`] request: `K_c` sealed with HPKE (RFC 9180, base mode,
 //!   X25519-HKDF-SHA256 + AES-256-GCM) to the cluster's Execution group key, with a session
-//!   epoch, signed with the client's long-term Ed25519 key. Every correct Execution enclave
+//!   epoch; like every request it carries the client's MACs and signature, checked by the
+//!   Preparation enclaves (SPEC §4.1 (2)). Every correct Execution enclave
 //!   executes it at the same sequence number, so all learn the same key at the same point
 //!   of the order; only a higher epoch replaces a key ([`Sessions::admit`]).
 //! * Ops travel as [`SessionOp::Sealed`] (AES-256-GCM under `K_c`) or, with
 //!   `confidential = false`, as [`SessionOp::Authenticated`]: the op in clear with a GCM tag
-//!   over it as associated data (GMAC under `K_c`). Either way Execution executes an op only
-//!   if it authenticates under the session key — the validity rule every correct Execution
-//!   enclave decides identically, because they hold the same key.
+//!   over it as associated data (GMAC under `K_c`). The session key gives confidentiality,
+//!   not validity: every Execution enclave holds it, so a faulty one could seal any op;
+//!   validity is decided before ordering by Preparation enclaves (SPEC §6). An op that does
+//!   not open is a no-op with an error reply, decided alike by every correct Execution
+//!   enclave, because they hold the same key.
 //! * Results go back as [`ReplyBody::Sealed`] under `K_c`, each Execution enclave with its
 //!   own nonce, inside the Reply that still carries the per-(client, enclave) MAC.
 //!
@@ -31,9 +34,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{from_bytes, to_bytes};
 use crate::config::{Keyring, ProtocolConfig};
-use crate::crypto::{CryptoError, Purpose, SecretKey};
+use crate::crypto::CryptoError;
 use crate::ids::{ClientId, ReplicaId, Timestamp};
-use crate::msg::{Digest, Request, Sig};
+use crate::msg::{Digest, Request};
 
 type GroupKem = hpke::kem::X25519HkdfSha256;
 type GroupKdf = hpke::kdf::HkdfSha256;
@@ -368,7 +371,9 @@ pub fn seal_session_key<R: hpke::rand_core::CryptoRng>(
     Ok(SealedKey { enc: enc.to_bytes().into(), ciphertext })
 }
 
-/// The signed part of a Register request.
+/// What a Register carries. It has no signature of its own: the Register is an ordinary
+/// request, authenticated with its timestamp like every other (SPEC §6; issue 11 finding 2:
+/// a signature over this body alone let a faulty primary re-time a pending Register).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterBody {
     /// The registering client (must be the request's client).
@@ -383,12 +388,10 @@ pub struct RegisterBody {
 /// the application.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SessionOp {
-    /// Register a session key; signed by the client's Ed25519 key.
+    /// Register a session key (authenticated as a request, SPEC §6).
     Register {
         /// The body.
         body: RegisterBody,
-        /// Client signature over the body ([`Purpose::Register`]).
-        sig: Sig,
     },
     /// An op encrypted under `K_c` (`confidential = true`).
     Sealed {
@@ -429,7 +432,7 @@ pub enum Refusal {
     /// A Register whose epoch is not above the registered one (replayed or stale).
     #[error("register epoch is not above the registered one")]
     StaleEpoch,
-    /// A Register with a bad signature or a key that does not unseal.
+    /// A Register for another client or with a key that does not unseal.
     #[error("register does not verify")]
     BadRegister,
     /// An op of the wrong kind for the cluster's confidentiality setting.
@@ -525,11 +528,12 @@ impl Sessions {
 
     /// Decides one request of a committed batch (SPEC §4.3 (4), §6). The caller has checked
     /// that the request's timestamp is unused, and consumes it unless the answer is
-    /// [`Admission::Refused`].
+    /// [`Admission::Refused`]. `_keys` is no longer read: request authenticity is decided
+    /// by the Preparation enclaves (SPEC §6), not here; it stays so callers need not change.
     pub fn admit(
         &mut self,
         config: &ProtocolConfig,
-        keys: &Keyring,
+        _keys: &Keyring,
         group: &GroupSecret,
         request: &Request,
     ) -> Admission {
@@ -542,9 +546,9 @@ impl Sessions {
         };
         let cluster = config.cluster_id;
         match op {
-            SessionOp::Register { body, sig } => {
-                let Some(pk) = keys.client(client) else { return Admission::Refused(Refusal::Malformed) };
-                if body.client != client || pk.verify(cluster, Purpose::Register, &body, &sig).is_err() {
+            SessionOp::Register { body } => {
+                // Authenticity was settled by the Preparation enclaves (SPEC §4.1 (2)).
+                if body.client != client {
                     return Admission::Refused(Refusal::BadRegister);
                 }
                 if slot.as_ref().is_some_and(|s| s.epoch >= body.epoch) {
@@ -695,15 +699,12 @@ impl ClientSession {
         rng: &mut R,
         config: &ProtocolConfig,
         client: ClientId,
-        secret: &SecretKey,
         epoch: u64,
         key: [u8; SESSION_KEY_BYTES],
     ) -> Result<(ClientSession, Vec<u8>), SessionError> {
         let key = SessionKey::new(key);
         let sealed = seal_session_key(rng, &config.execution_group_key, config.cluster_id, client, epoch, &key)?;
-        let body = RegisterBody { client, epoch, sealed };
-        let sig = secret.sign(config.cluster_id, Purpose::Register, &body);
-        let op = to_bytes(&SessionOp::Register { body, sig });
+        let op = to_bytes(&SessionOp::Register { body: RegisterBody { client, epoch, sealed } });
         let session =
             ClientSession { cluster_id: config.cluster_id, client, epoch, key, confidential: config.confidential };
         Ok((session, op))

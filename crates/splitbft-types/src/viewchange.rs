@@ -75,13 +75,20 @@ pub fn reject_name(prefix: &'static str, e: ViewChangeError) -> &'static str {
     }
 }
 
-/// How much of a ViewChange a compartment verifies.
+/// How much of a ViewChange a compartment verifies. Every depth checks the positions of
+/// the prepared certificates (views below the new one, sequence numbers strictly rising
+/// inside the window above the stable checkpoint): that costs no signature and bounds
+/// `O` by `L` whatever a faulty signer claims (issue 11 finding 4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Depth {
     /// Signature, checkpoint certificate and every prepared certificate (Preparation, C5).
     Full,
     /// Signature and checkpoint certificate only (Confirmation, Execution: paper §4).
     SignaturesAndCheckpoint,
+    /// The sender's signature only: what a Preparation checks on receipt before storing a
+    /// ViewChange, so that a flood of ViewChanges costs one verification each; the rest is
+    /// checked once a quorum for the view is there (SPEC §4 bounded work).
+    Signature,
 }
 
 /// Checks a checkpoint certificate; `genesis` is the digest of the initial state.
@@ -114,19 +121,26 @@ pub fn check_view_change(
     genesis: Digest,
     depth: Depth,
 ) -> Result<ReplicaId, ViewChangeError> {
-    let replica = verify_signed(config, keys, vc)?;
     let body = &vc.body;
+    // Positions first: no signature needed, and nothing later may trust an unchecked one.
+    let mut last = body.stable.seq;
+    let top = body.stable.seq.saturating_add(config.log_window);
+    for cert in &body.prepared {
+        let pp = cert.pre_prepare.body;
+        if pp.view >= body.view || pp.seq <= last || pp.seq > top {
+            return Err(ViewChangeError::BadPrepared);
+        }
+        last = pp.seq;
+    }
+    let replica = verify_signed(config, keys, vc)?;
+    if depth == Depth::Signature {
+        return Ok(replica);
+    }
     check_checkpoint_cert(config, keys, &body.stable, genesis)?;
     if depth == Depth::SignaturesAndCheckpoint {
         return Ok(replica);
     }
-    let mut last = body.stable.seq;
     for cert in &body.prepared {
-        let pp = cert.pre_prepare.body;
-        if pp.view >= body.view || pp.seq <= last || pp.seq > body.stable.seq + config.log_window {
-            return Err(ViewChangeError::BadPrepared);
-        }
-        last = pp.seq;
         check_prepare_certificate(config, keys, &cert.pre_prepare, &cert.prepares)?;
     }
     Ok(replica)
@@ -135,7 +149,22 @@ pub fn check_view_change(
 /// `O` for view `view` from `2f + 1` ViewChanges, exactly as PBFT: `min-s` is the highest
 /// stable checkpoint among them; for each `s` in `(min-s, max-s]` the digest prepared in
 /// the highest view, else the null batch. Returns the chosen checkpoint and the bodies.
+///
+/// For ViewChanges that passed [`check_view_change`] (at any depth, which checks positions);
+/// [`compute_o_within`] also bounds `O` by the window itself.
 pub fn compute_o(view: View, view_changes: &[Signed<ViewChange>]) -> (CheckpointCert, Vec<PrePrepare>) {
+    // Checked positions lie within `L` of their own (lower or equal) checkpoint.
+    compute_o_within(view, u64::MAX, view_changes)
+}
+
+/// [`compute_o`] that ignores positions more than `log_window` (`L`) above `min-s`, so `O`
+/// is bounded before it is built whatever the ViewChanges claim (issue 11 finding 4: a
+/// claimed `s = 2^40` made every correct Confirmation and Execution allocate without bound).
+pub fn compute_o_within(
+    view: View,
+    log_window: u64,
+    view_changes: &[Signed<ViewChange>],
+) -> (CheckpointCert, Vec<PrePrepare>) {
     let stable = view_changes
         .iter()
         .map(|vc| &vc.body.stable)
@@ -145,7 +174,7 @@ pub fn compute_o(view: View, view_changes: &[Signed<ViewChange>]) -> (Checkpoint
     let mut best: BTreeMap<Seq, (View, Digest)> = BTreeMap::new();
     for cert in view_changes.iter().flat_map(|vc| &vc.body.prepared) {
         let pp = cert.pre_prepare.body;
-        if pp.seq <= stable.seq {
+        if pp.seq <= stable.seq || pp.seq > stable.seq.saturating_add(log_window) {
             continue;
         }
         let entry = best.entry(pp.seq).or_insert((pp.view, pp.digest));
@@ -197,7 +226,7 @@ pub fn check_new_view(
     if body.view_changes.len() < config.quorum() {
         return Err(ViewChangeError::BadQuorum);
     }
-    let (stable, o) = compute_o(body.view, &body.view_changes);
+    let (stable, o) = compute_o_within(body.view, config.log_window, &body.view_changes);
     let carried: Vec<PrePrepare> = body.pre_prepares.iter().map(|pp| pp.body).collect();
     if depth == Depth::Full && carried != o {
         return Err(ViewChangeError::WrongO);
@@ -206,7 +235,10 @@ pub fn check_new_view(
     // primary's, for this view, above the checkpoint, in order.
     let mut last = stable.seq;
     for pp in &body.pre_prepares {
-        if pp.body.view != body.view || pp.body.seq <= last || pp.body.seq > stable.seq + config.log_window {
+        if pp.body.view != body.view
+            || pp.body.seq <= last
+            || pp.body.seq > stable.seq.saturating_add(config.log_window)
+        {
             return Err(ViewChangeError::WrongO);
         }
         last = pp.body.seq;

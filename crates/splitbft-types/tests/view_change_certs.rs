@@ -590,3 +590,27 @@ fn a_new_view_without_a_quorum_of_view_changes_is_refused() {
         assert_eq!(check_nv(&new_view(1, bad_cp.clone(), &o), depth), Err(ViewChangeError::BadCheckpoint));
     }
 }
+
+/// Issue 11 finding (4): a faulty Confirmation's ViewChange claims a prepared certificate
+/// at `s = 2^40` (nothing inside it is genuine) and a faulty new primary puts it in a
+/// NewView. Confirmation and Execution check NewViews at the shallow depth, and on
+/// 106ccbb `compute_o` then built `(stable + 1 ..= 2^40)`: an allocation of terabytes in
+/// every correct Confirmation and Execution. Positions are now checked at every depth
+/// before `O` is built, and `compute_o_within` bounds `O` by `L` by itself.
+#[test]
+fn a_huge_claimed_sequence_number_is_refused_at_every_depth_without_building_o() {
+    let huge = 1u64 << 40;
+    let fake = PreparedCert { pre_prepare: pre_prepare(0, huge, d("x")), prepares: vec![] };
+    let vcs = vec![
+        view_change(0, 1, genesis_cert(), vec![]),
+        view_change(2, 1, genesis_cert(), vec![fake.clone()]),
+        view_change(3, 1, genesis_cert(), vec![]),
+    ];
+    let nv = new_view(1, vcs.clone(), &[]);
+    for depth in [Full, Shallow, Depth::Signature] {
+        assert_eq!(check_vc(&vcs[1], depth), Err(ViewChangeError::BadPrepared), "{depth:?}");
+        assert_eq!(check_nv(&nv, depth), Err(ViewChangeError::BadPrepared), "{depth:?}");
+    }
+    let (stable, o) = splitbft_types::viewchange::compute_o_within(1, L, &vcs);
+    assert_eq!((stable.seq, o.len()), (0, 0), "positions beyond min-s + L are ignored");
+}

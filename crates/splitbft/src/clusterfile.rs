@@ -71,6 +71,10 @@ pub struct ReplicaEntry {
     pub execution: String,
     /// The Execution enclave's attestation report (hex of its canonical encoding).
     pub execution_report: String,
+    /// Where the replica serves `/metrics` and `/healthz` (`replica --metrics` overrides
+    /// it; `status` scrapes it). Optional: files written before it existed stay valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The attestation trust root (SPEC §6).
@@ -175,6 +179,7 @@ impl ClusterFile {
                     confirmation: hex::encode(k.confirmation),
                     execution: hex::encode(k.execution),
                     execution_report: hex::encode(to_bytes(&report)),
+                    metrics: None,
                 })
                 .collect(),
             clients: c

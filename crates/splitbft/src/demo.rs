@@ -90,6 +90,11 @@ pub struct DemoOptions {
     /// the cost of confidentiality, SPEC §6).
     #[arg(long)]
     pub no_confidential: bool,
+    /// Run without sealed write-ahead compartment state (SPEC §10), the comparison for its
+    /// cost; by default every replica keeps it in `DATA_DIR/replica-I` (a temporary
+    /// directory unless `--data-dir`).
+    #[arg(long)]
+    pub no_durable: bool,
     /// Show progress on a terminal (set by the CLI, not a flag).
     #[arg(skip)]
     pub progress: bool,
@@ -142,8 +147,12 @@ pub struct DemoSummary {
     pub stall_ms: Option<f64>,
     /// From the crash to the first completion after that stall.
     pub recovery_ms: Option<f64>,
-    /// (`--app ledger`) the run's data directory.
+    /// (`--app ledger` or durable) the run's data directory.
     pub data_dir: Option<String>,
+    /// Sealed write-ahead state on (SPEC §10).
+    pub durable: bool,
+    /// Rounds whose sealed state was committed with one fdatasync, summed over replicas.
+    pub state_commits: u64,
     /// (`--app ledger`) sealed blocks the brokers wrote, summed over replicas.
     pub ledger_blocks_written: Option<u64>,
     /// (`--app ledger`) heights every replica's chain holds, checked to agree.
@@ -174,6 +183,9 @@ pub struct ClusterSpec {
     pub data_dir: Option<PathBuf>,
     /// Ops and results encrypted under session keys (SPEC §6); off only for the baseline.
     pub confidential: bool,
+    /// Sealed write-ahead compartment state in each replica's data directory (SPEC §10);
+    /// needs `data_dir`.
+    pub durable: bool,
 }
 
 /// A running in-process cluster.
@@ -186,6 +198,48 @@ pub struct LocalTcpCluster {
     pub secrets: ClusterSecrets,
     /// Software attestation of the Execution enclaves: the verifier and what it must find.
     pub attestation: (SoftwareAttestation, ExpectedExecution),
+    /// With the process backend: the key directory the compartment processes read from
+    /// (removed when the cluster is dropped).
+    _keys_dir: Option<KeysDir>,
+}
+
+/// A temporary key directory for compartment processes, removed on drop.
+struct KeysDir(PathBuf);
+
+impl Drop for KeysDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes `dir/cluster.toml` and every enclave key and group key (owner-only files), for
+/// compartment processes to load themselves (SPEC §5.1 `process` backend).
+fn write_process_keys(
+    dir: &Path,
+    secrets: &ClusterSecrets,
+    addresses: &[SocketAddr],
+    batch_timeout_ms: u64,
+    platform: &SoftwarePlatform,
+    measurement: splitbft_types::msg::Digest,
+) -> anyhow::Result<PathBuf> {
+    use crate::clusterfile::{enclave_key_path, group_key_path, write_group_key, write_key};
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let path = dir.join("cluster.toml");
+    crate::clusterfile::ClusterFile::new(secrets, addresses.to_vec(), batch_timeout_ms, platform, measurement)
+        .save(&path)?;
+    for i in 0..secrets.config.n() {
+        let replica = ReplicaId(i as u32);
+        for kind in CompartmentKind::ALL {
+            write_key(&enclave_key_path(dir, replica, kind), secrets.enclave(replica, kind))?;
+        }
+        write_group_key(&group_key_path(dir, replica), &secrets.execution_group_secret())?;
+    }
+    Ok(path)
 }
 
 impl LocalTcpCluster {
@@ -210,6 +264,7 @@ impl LocalTcpCluster {
             backend,
             data_dir: None,
             confidential: true,
+            durable: false,
         };
         Self::start_spec(&spec).await
     }
@@ -233,7 +288,12 @@ impl LocalTcpCluster {
         secrets.config.confidential = confidential;
         // Software attestation: this process plays the platform for its own enclaves.
         let platform = SoftwarePlatform::new(cluster_id, SecretKey::from_seed(crate::os_seed()));
-        let expected = secrets.execution_reports(&platform, splitbft_execution::CODE_IDENTITY.measurement());
+        // Compartment processes run (and check) a binary: attest its measurement.
+        let measurement = match backend {
+            Backend::Process => crate::compartment::executable_measurement(&crate::compartment::enclave_program()?)?,
+            _ => splitbft_execution::CODE_IDENTITY.measurement(),
+        };
+        let expected = secrets.execution_reports(&platform, measurement);
         let attestation = (SoftwareAttestation::new(cluster_id, platform.public()), expected);
         let mut listeners = Vec::new();
         for _ in 0..replicas {
@@ -243,6 +303,17 @@ impl LocalTcpCluster {
         if let Some(dir) = &spec.data_dir {
             write_verifier_files(dir, &secrets, &addresses, batch_timeout_ms, &platform)?;
         }
+        let keys_dir = match backend {
+            Backend::Process => {
+                static CLUSTERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let name = format!("splitbft-keys-{}-{n}-{:x}", std::process::id(), cluster_id);
+                let dir = KeysDir(std::env::temp_dir().join(name));
+                let path = write_process_keys(&dir.0, &secrets, &addresses, batch_timeout_ms, &platform, measurement)?;
+                Some((dir, path))
+            }
+            _ => None,
+        };
         let mut nodes = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
             let me = ReplicaId(i as u32);
@@ -253,13 +324,19 @@ impl LocalTcpCluster {
             let mut config = NodeConfig::new(protocol_config, me, addresses.clone(), backend);
             config.options.batch_timeout_us = batch_timeout_ms * 1000;
             config.data_dir = spec.data_dir.as_ref().map(|d| replica_data_dir(d, me));
+            config.durable = spec.durable;
+            if let Some((_, path)) = &keys_dir {
+                let launcher = crate::compartment::launcher(path, me, app, Vec::new())?;
+                nodes.push(Some(splitbft_broker::spawn_node_processes(config, listener, launcher).await?));
+                continue;
+            }
             let keys = ReplicaSecrets {
                 keys: CompartmentKind::ALL.map(|k| SecretKey::from_seed(secrets.enclave(me, k).seed())),
                 execution_group: secrets.execution_group_secret(),
             };
             nodes.push(Some(spawn_node(config, listener, keys, app.build()?).await?));
         }
-        Ok(LocalTcpCluster { nodes, addresses, secrets, attestation })
+        Ok(LocalTcpCluster { nodes, addresses, secrets, attestation, _keys_dir: keys_dir.map(|(dir, _)| dir) })
     }
 
     /// Connects client `id`, checks the Execution enclaves' attestation and registers a
@@ -327,10 +404,18 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     if opts.clients == 0 || opts.outstanding == 0 {
         bail!("--clients and --outstanding must be at least 1");
     }
+    // The process backend's compartments do not restore sealed state yet (SPEC §10).
+    let durable = !opts.no_durable && opts.backend != Backend::Process;
     let data_dir = match (opts.app, &opts.data_dir) {
         (AppKind::Ledger, Some(dir)) => Some(dir.clone()),
+        (AppKind::Kv, Some(dir)) if durable => Some(dir.clone()),
         (AppKind::Ledger, None) => Some(fresh_run_dir()?),
-        (AppKind::Kv, Some(_)) => bail!("--data-dir is for --app ledger (the key-value store persists nothing)"),
+        (AppKind::Kv, Some(_)) => {
+            bail!(
+                "--data-dir is for --app ledger or durable state (the key-value store persists nothing with --no-durable)"
+            )
+        }
+        (AppKind::Kv, None) if durable => Some(fresh_run_dir()?),
         (AppKind::Kv, None) => None,
     };
     let spec = ClusterSpec {
@@ -343,6 +428,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         backend: opts.backend,
         data_dir: data_dir.clone(),
         confidential: !opts.no_confidential,
+        durable,
     };
     let cluster = LocalTcpCluster::start_spec(&spec).await?;
     let cluster_id = cluster.secrets.config.cluster_id;
@@ -410,7 +496,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         .map(|(_, v)| v)
         .sum();
     let (mut ledger_blocks_written, mut ledger_common_blocks, mut ledger_head) = (None, None, None);
-    if let Some(dir) = &data_dir {
+    if opts.app == AppKind::Ledger
+        && let Some(dir) = &data_dir
+    {
         ledger_blocks_written = Some(reports.iter().map(|r| r.broker_counter("ledger_records_written")).sum());
         let dirs: Vec<PathBuf> = (0..opts.replicas).map(|i| replica_data_dir(dir, ReplicaId(i as u32))).collect();
         let replicas: Vec<(ReplicaId, &SecretKey, &Path)> =
@@ -445,6 +533,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         stall_ms,
         recovery_ms,
         data_dir: data_dir.map(|d| d.display().to_string()),
+        durable,
+        state_commits: reports.iter().map(|r| r.broker_counter("state_commits")).sum(),
         ledger_blocks_written,
         ledger_common_blocks,
         ledger_head,
@@ -480,6 +570,16 @@ pub fn print_summary(s: &DemoSummary) {
     println!("  batching     {:.1} requests per batch at the primary", s.avg_batch);
     println!("  retransmits  {}, rejected inputs {}", s.retransmissions, s.rejected_inputs);
     println!("  views        final view {}, {} view change(s)", s.final_view, s.view_changes);
+    if s.durable {
+        println!(
+            "  durable      sealed state fsync'd once per round: {} commits ({:.0}/s over all replicas) in {}",
+            s.state_commits,
+            s.state_commits as f64 / s.seconds,
+            s.data_dir.as_deref().unwrap_or("?"),
+        );
+    } else {
+        println!("  durable      off (--no-durable): a restarted replica starts from genesis");
+    }
     if let (Some(dir), Some(written), Some(common)) = (&s.data_dir, s.ledger_blocks_written, s.ledger_common_blocks) {
         println!(
             "  ledger       {written} sealed blocks written in {dir}; chains verified, {common} heights on every replica"

@@ -4,9 +4,14 @@
 
 pub mod bench;
 pub mod clusterfile;
+pub mod compartment;
 pub mod demo;
+pub mod gateway;
+pub mod http;
 pub mod ledger;
+pub mod metrics;
 mod plot;
+pub mod status;
 pub mod workload;
 
 use splitbft_types::app::Application;

@@ -29,8 +29,18 @@ use splitbft_types::{ClientId, CompartmentKind, ReplicaId};
     about = "SplitBFT: PBFT with replicas split into Preparation, Confirmation and Execution compartments"
 )]
 struct Cli {
+    /// Log line format on stderr (the level comes from RUST_LOG, default warn; per-view
+    /// and per-sequence-number spans are at debug).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -51,11 +61,60 @@ enum Command {
         /// Replicated application (every replica of a cluster must run the same one).
         #[arg(long, value_enum, default_value = "kv")]
         app: splitbft::AppKind,
-        /// Directory for this replica's sealed ledger blocks (`ledger.blocks`); required
-        /// with `--app ledger`.
+        /// This replica's data directory: sealed compartment state (SPEC §10) and ledger
+        /// blocks (`ledger.blocks`). Default: `<directory of --config>/data/replica-<id>`.
+        /// Locked: a second process on it is refused.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Keep no sealed compartment state: a restarted replica starts from genesis (the
+        /// comparison for measurements; ledger blocks still go to `--data-dir` if given).
+        #[arg(long)]
+        no_durable: bool,
+        /// Test only (process backend): KIND:PROBE makes that compartment's first process
+        /// try a forbidden system call (socket or open) after its first input.
+        #[arg(long, hide = true, value_parser = splitbft::compartment::parse_probe)]
+        test_probe: Vec<(CompartmentKind, splitbft_enclave::sandbox::Probe)>,
+        /// Serve /metrics and /healthz here (default: this replica's `metrics` in cluster.toml).
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
+        /// Bind this address instead of the advertised one in cluster.toml (e.g. 0.0.0.0:7400
+        /// behind NAT); peers and clients still dial the advertised address.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
     },
+    /// Serve the replicated key-value store to Redis clients (RESP2/RESP3).
+    Gateway {
+        /// Path of cluster.toml (client keys are read from keys/ beside it).
+        #[arg(long)]
+        config: PathBuf,
+        /// Address Redis clients connect to.
+        #[arg(long, default_value = "127.0.0.1:6379")]
+        listen: SocketAddr,
+        /// Serve the gateway's /metrics and /healthz here.
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
+        /// First client identity; sessions use ids C, C+1, ...
+        #[arg(long, default_value_t = 0)]
+        client_id: u32,
+        /// Cluster sessions to spread commands over (each keeps up to W requests in flight).
+        #[arg(long, default_value_t = 4)]
+        sessions: u32,
+        /// A command's cluster requests give up after this many seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout_s: u64,
+    },
+    /// Print every replica's view, last executed, stable checkpoint and health.
+    Status {
+        /// Path of cluster.toml (replicas' `metrics` addresses are scraped).
+        #[arg(long)]
+        config: PathBuf,
+        /// Print one JSON object per replica instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one compartment as a sandboxed process (started by `replica --backend process`).
+    #[command(hide = true)]
+    Enclave(splitbft::compartment::EnclaveArgs),
     /// Run one key-value operation against a running cluster.
     Client {
         /// Path of cluster.toml (the client key is read from keys/ beside it).
@@ -102,9 +161,17 @@ struct KeygenArgs {
     /// Address the replicas listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
+    /// One address per replica (replica i on the i-th, every one at --base-port): a
+    /// cluster across hosts. Writes one directory per replica (DIR/replica-I: cluster.toml
+    /// and only that replica's keys) and DIR/clients (cluster.toml and the client keys).
+    #[arg(long, value_delimiter = ',', conflicts_with = "host")]
+    hosts: Vec<IpAddr>,
     /// Port of replica 0; replica i listens on base-port + i.
     #[arg(long, default_value_t = 7400)]
     base_port: u16,
+    /// Give replica i a metrics address (same host, this port + i) in cluster.toml.
+    #[arg(long)]
+    metrics_base_port: Option<u16>,
     /// Batch size B.
     #[arg(long, default_value_t = 200)]
     batch: u32,
@@ -157,11 +224,23 @@ enum ClientOp {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // A compartment process sandboxes itself single-threaded: before any runtime exists.
+    if let Command::Enclave(args) = &cli.command {
+        return match splitbft::compartment::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().with_current_span(true).with_span_list(true).init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -181,7 +260,14 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Keygen(args) => keygen(args),
-        Command::Replica { config, id, backend, app, data_dir } => replica(&config, id, backend, app, data_dir).await,
+        Command::Replica { config, id, backend, app, data_dir, no_durable, test_probe, metrics, listen } => {
+            replica(&config, id, backend, app, data_dir, !no_durable, test_probe, metrics, listen).await
+        }
+        Command::Enclave(_) => unreachable!("handled before the runtime starts"),
+        Command::Gateway { config, listen, metrics, client_id, sessions, timeout_s } => {
+            gateway(&config, listen, metrics, client_id, sessions, timeout_s).await
+        }
+        Command::Status { config, json } => status(&config, json).await,
         Command::Ledger(LedgerCommand::Verify { config, replicas, data_dirs, json }) => {
             ledger_verify(&config, &replicas, &data_dirs, json)
         }
@@ -223,7 +309,9 @@ fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
         clients,
         out,
         host,
+        hosts,
         base_port,
+        metrics_base_port,
         batch,
         batch_timeout_ms,
         checkpoint_interval,
@@ -243,30 +331,60 @@ fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
     secrets.config.checkpoint_interval = checkpoint_interval;
     secrets.config.log_window = 2 * checkpoint_interval;
     secrets.config.confidential = !no_confidential;
+    if !hosts.is_empty() && hosts.len() != replicas {
+        bail!("--hosts names {} addresses for {replicas} replicas: give one per replica", hosts.len());
+    }
+    // One host per replica: every replica uses the same ports on its own host.
+    let host_of = |i: usize| if hosts.is_empty() { (host, i as u16) } else { (hosts[i], 0) };
     let addresses = (0..replicas)
         .map(|i| {
-            let port = base_port.checked_add(i as u16).context("--base-port too high for this many replicas")?;
-            Ok(SocketAddr::new(host, port))
+            let (ip, offset) = host_of(i);
+            let port = base_port.checked_add(offset).context("--base-port too high for this many replicas")?;
+            Ok(SocketAddr::new(ip, port))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     // Software attestation (SPEC §6): keygen is the "platform". It signs one report per
     // Execution enclave for the Execution code linked into this binary, then forgets its key.
     let platform = SoftwarePlatform::new(cluster_id, SecretKey::from_seed(splitbft::os_seed()));
-    let measurement = splitbft_execution::CODE_IDENTITY.measurement();
-    let file = ClusterFile::new(&secrets, addresses, batch_timeout_ms, &platform, measurement);
+    // The measurement covers this executable: `replica --backend process` checks that its
+    // Execution processes run this very binary.
+    let measurement = splitbft::compartment::executable_measurement(&std::env::current_exe()?)?;
+    let mut file = ClusterFile::new(&secrets, addresses, batch_timeout_ms, &platform, measurement);
+    if let Some(port) = metrics_base_port {
+        for (i, entry) in file.replicas.iter_mut().enumerate() {
+            let (ip, offset) = host_of(i);
+            let port = port.checked_add(offset).context("--metrics-base-port too high for this many replicas")?;
+            entry.metrics = Some(SocketAddr::new(ip, port));
+        }
+    }
+    // With --hosts each host gets a directory holding only its own secrets.
+    let per_host = !hosts.is_empty();
+    let replica_dir = |r: usize| if per_host { out.join(format!("replica-{r}")) } else { out.to_owned() };
+    let clients_dir = if per_host { out.join("clients") } else { out.to_owned() };
     for r in 0..replicas {
         let replica = ReplicaId(r as u32);
+        let dir = replica_dir(r);
         for kind in CompartmentKind::ALL {
-            write_key(&enclave_key_path(out, replica, kind), secrets.enclave(replica, kind))?;
+            write_key(&enclave_key_path(&dir, replica, kind), secrets.enclave(replica, kind))?;
         }
-        write_group_key(&group_key_path(out, replica), &secrets.execution_group)?;
+        write_group_key(&group_key_path(&dir, replica), &secrets.execution_group)?;
+        if per_host {
+            file.save(&dir.join("cluster.toml"))?;
+        }
     }
     for (c, key) in secrets.clients.iter().enumerate() {
-        write_key(&client_key_path(out, ClientId(c as u32)), key)?;
+        write_key(&client_key_path(&clients_dir, ClientId(c as u32)), key)?;
     }
-    let path = out.join("cluster.toml");
+    let path = clients_dir.join("cluster.toml");
     file.save(&path)?;
+    if per_host {
+        println!(
+            "one directory per host: {}/replica-I (copy it to replica I's host), {} for clients",
+            out.display(),
+            clients_dir.display()
+        );
+    }
     println!(
         "wrote {} ({replicas} replicas, f = {f}, {clients} clients, confidential = {}) and keys in {}",
         path.display(),
@@ -285,13 +403,30 @@ fn config_dir(config: &Path) -> PathBuf {
     config.parent().map(Path::to_owned).unwrap_or_default()
 }
 
+// The flags of `splitbft replica`, one argument each, as clap parsed them.
+#[allow(clippy::too_many_arguments)]
 async fn replica(
     config_path: &Path,
     id: u32,
     backend: Backend,
     app: splitbft::AppKind,
     data_dir: Option<PathBuf>,
+    durable: bool,
+    test_probe: Vec<(CompartmentKind, splitbft_enclave::sandbox::Probe)>,
+    metrics: Option<SocketAddr>,
+    listen: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
+    if durable && backend == Backend::Process {
+        eprintln!(
+            "replica {id}: the process backend does not restore sealed compartment state yet (SPEC §10): running without durable state"
+        );
+    }
+    let durable = durable && backend != Backend::Process;
+    let data_dir = match data_dir {
+        Some(dir) => Some(dir),
+        None if durable => Some(config_dir(config_path).join("data").join(format!("replica-{id}"))),
+        None => None,
+    };
     if app == splitbft::AppKind::Ledger && data_dir.is_none() {
         bail!("--app ledger needs --data-dir: the replica appends its sealed blocks there");
     }
@@ -301,25 +436,56 @@ async fn replica(
     let Some(entry) = file.replicas.get(id as usize) else {
         bail!("replica id {id} is not in {} ({} replicas)", config_path.display(), file.replicas.len());
     };
-    let dir = config_dir(config_path);
-    let keys = &protocol.replicas[id as usize];
-    let secrets = ReplicaSecrets {
-        keys: [
-            read_key(&enclave_key_path(&dir, me, CompartmentKind::Preparation), &keys.preparation)?,
-            read_key(&enclave_key_path(&dir, me, CompartmentKind::Confirmation), &keys.confirmation)?,
-            read_key(&enclave_key_path(&dir, me, CompartmentKind::Execution), &keys.execution)?,
-        ],
-        execution_group: read_group_key(&group_key_path(&dir, me), &protocol.execution_group_key)?,
-    };
-    let listener = tokio::net::TcpListener::bind(entry.address)
-        .await
-        .with_context(|| format!("listening on {}", entry.address))?;
-    let mut node_config = NodeConfig::new(protocol, me, file.addresses(), backend);
+    let bind = listen.unwrap_or(entry.address);
+    let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("listening on {bind}"))?;
+    let mut node_config = NodeConfig::new(protocol.clone(), me, file.addresses(), backend);
     node_config.options.batch_timeout_us = file.batch_timeout_ms * 1000;
-    node_config.data_dir = data_dir;
-    let node = spawn_node(node_config, listener, secrets, app.build()?).await?;
-    eprintln!("replica {id} listening on {} ({backend} backend); SIGINT or SIGTERM stops it", entry.address);
+    node_config.data_dir = data_dir.clone();
+    node_config.durable = durable;
+    let node = if backend == Backend::Process {
+        // Each compartment process reads its own key: this process never opens one.
+        let launcher = splitbft::compartment::launcher(config_path, me, app, test_probe)?;
+        splitbft_broker::spawn_node_processes(node_config, listener, launcher).await?
+    } else {
+        if !test_probe.is_empty() {
+            bail!("--test-probe needs --backend process");
+        }
+        let dir = config_dir(config_path);
+        let keys = &protocol.replicas[id as usize];
+        let secrets = ReplicaSecrets {
+            keys: [
+                read_key(&enclave_key_path(&dir, me, CompartmentKind::Preparation), &keys.preparation)?,
+                read_key(&enclave_key_path(&dir, me, CompartmentKind::Confirmation), &keys.confirmation)?,
+                read_key(&enclave_key_path(&dir, me, CompartmentKind::Execution), &keys.execution)?,
+            ],
+            execution_group: read_group_key(&group_key_path(&dir, me), &protocol.execution_group_key)?,
+        };
+        spawn_node(node_config, listener, secrets, app.build()?).await?
+    };
+    let metrics_task = match metrics.or(entry.metrics) {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening for metrics on {addr}"))?;
+            eprintln!("replica {id} serving /metrics and /healthz on {addr}");
+            Some(tokio::spawn(splitbft::metrics::serve_replica(listener, node.reporter(), id)))
+        }
+        None => None,
+    };
+    eprintln!(
+        "replica {id} listening on {bind}, advertised as {} ({backend} backend); SIGINT or SIGTERM stops it",
+        entry.address
+    );
+    match (&data_dir, durable) {
+        (Some(dir), true) => {
+            eprintln!("replica {id}: durable state in {} (software monotonic counter: trusts the host)", dir.display())
+        }
+        _ => eprintln!("replica {id}: no durable state (--no-durable): a restart begins from genesis"),
+    }
     wait_for_signal().await?;
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     let report = node.shutdown().await;
     let view = report.enclaves.first().cloned().flatten().map_or(0, |s| s.view);
     eprintln!(
@@ -328,6 +494,22 @@ async fn replica(
         report.broker_counter("requests_executed"),
         report.broker_counter("state_transfers_completed"),
     );
+    eprintln!(
+        "replica {id}: {} bytes of sealed state read from disk on start, {} bytes fetched by state transfer, {} state commits",
+        report.broker_counter("state_recovered_bytes"),
+        report.broker_counter("state_transfer_bytes"),
+        report.broker_counter("state_commits"),
+    );
+    if backend == Backend::Process {
+        eprintln!(
+            "replica {id}: {} compartment process restarts ({} seccomp kills)",
+            report.broker_counter("enclave_restarts"),
+            CompartmentKind::ALL
+                .iter()
+                .map(|k| report.broker_counter(&format!("enclave_{k}_seccomp_kills")))
+                .sum::<u64>(),
+        );
+    }
     if app == splitbft::AppKind::Ledger {
         eprintln!(
             "replica {id}: {} ledger blocks written, {} write errors",
@@ -398,7 +580,8 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn client(config_path: &Path, client_id: u32, timeout_s: u64, op: ClientOp) -> anyhow::Result<()> {
+/// Connects client `client_id` to the cluster of `config_path` and registers a session.
+async fn connect_session(config_path: &Path, client_id: u32, options: ClientOptions) -> anyhow::Result<Client> {
     let file = ClusterFile::load(config_path)?;
     let protocol = file.protocol(config_path)?;
     let id = ClientId(client_id);
@@ -406,13 +589,101 @@ async fn client(config_path: &Path, client_id: u32, timeout_s: u64, op: ClientOp
         bail!("client id {client_id} is not in {} ({} clients)", config_path.display(), protocol.clients.len());
     };
     let secret = read_key(&client_key_path(&config_dir(config_path), id), public)?;
-    let options =
-        ClientOptions { request_timeout: std::time::Duration::from_secs(timeout_s), ..ClientOptions::default() };
     let (verifier, expected) = file.attestation(config_path)?;
     // Every Execution enclave's report is checked before the session key leaves (SPEC §6).
     let attested = verify_attestation(&protocol, &verifier, &expected)?;
     let client = Client::connect(protocol, file.addresses(), id, secret, options).await?;
-    client.register(attested).await.context("registering a session")?;
+    client.register(attested).await.with_context(|| format!("registering a session for client {client_id}"))?;
+    Ok(client)
+}
+
+async fn gateway(
+    config_path: &Path,
+    listen: SocketAddr,
+    metrics: Option<SocketAddr>,
+    first_client: u32,
+    sessions: u32,
+    timeout_s: u64,
+) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    if sessions == 0 {
+        bail!("--sessions must be at least 1");
+    }
+    let file = ClusterFile::load(config_path)?;
+    let protocol = file.protocol(config_path)?;
+    let options = ClientOptions {
+        // Each session keeps as many requests in flight as the cluster allows a client (W).
+        outstanding: usize::try_from(protocol.client_window).unwrap_or(usize::MAX).min(1024),
+        request_timeout: std::time::Duration::from_secs(timeout_s),
+        ..ClientOptions::default()
+    };
+    let ids = first_client..first_client.checked_add(sessions).context("--client-id + --sessions overflows")?;
+    let connects = ids.map(|id| connect_session(config_path, id, options.clone()));
+    let clients = futures_util::future::try_join_all(connects).await?;
+    let gateway = Arc::new(splitbft::gateway::Gateway::new(clients, protocol.n(), protocol.f as usize));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening for Redis clients on {listen}"))?;
+    let metrics_task = match metrics {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening for metrics on {addr}"))?;
+            let gw = Arc::clone(&gateway);
+            let handler = move |route| {
+                let gw = Arc::clone(&gw);
+                async move {
+                    use splitbft::http::{OPENMETRICS, Response, Route};
+                    match route {
+                        Route::Metrics => {
+                            gw.metrics.refresh_client(&gw.client_stats());
+                            Response { status: 200, content_type: OPENMETRICS, body: gw.metrics.encode() }
+                        }
+                        Route::Health => Response {
+                            status: 200,
+                            content_type: "application/json",
+                            body: "{\"healthy\":true}\n".into(),
+                        },
+                    }
+                }
+            };
+            Some(tokio::spawn(splitbft::http::serve(listener, handler, Arc::default())))
+        }
+        None => None,
+    };
+    eprintln!("gateway serving Redis clients on {listen} with {sessions} cluster sessions; SIGINT or SIGTERM stops it");
+    let serving = tokio::spawn(Arc::clone(&gateway).serve(listener));
+    wait_for_signal().await?;
+    serving.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
+    Ok(())
+}
+
+async fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
+    let file = ClusterFile::load(config_path)?;
+    let targets: Vec<(u32, Option<SocketAddr>)> = file.replicas.iter().map(|r| (r.id, r.metrics)).collect();
+    let rows = splitbft::status::collect(&targets).await;
+    if json {
+        for row in &rows {
+            println!("{}", serde_json::to_string(row)?);
+        }
+    } else {
+        print!("{}", splitbft::status::table(&rows));
+    }
+    let down = rows.iter().filter(|r| !r.health.as_ref().is_some_and(|h| h.healthy)).count();
+    let f = file.f as usize;
+    if down > f {
+        bail!("{down} replicas are down or unhealthy (more than f = {f}): the cluster cannot make progress");
+    }
+    Ok(())
+}
+
+async fn client(config_path: &Path, client_id: u32, timeout_s: u64, op: ClientOp) -> anyhow::Result<()> {
+    let options =
+        ClientOptions { request_timeout: std::time::Duration::from_secs(timeout_s), ..ClientOptions::default() };
+    let client = connect_session(config_path, client_id, options).await?;
     let op = match op {
         ClientOp::Put { key, value } => KvOp::Put { key: key.into_bytes(), value: value.into_bytes() },
         ClientOp::Get { key } => KvOp::Get { key: key.into_bytes() },

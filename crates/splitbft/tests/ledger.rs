@@ -49,6 +49,7 @@ async fn a_ledger_cluster_writes_chains_that_verify_and_agree_and_tampering_is_n
         crash_primary_after_ms: None,
         data_dir: Some(dir.clone()),
         no_confidential: false,
+        no_durable: false,
         progress: false,
     };
     let summary = demo::run(options).await.unwrap();
@@ -226,6 +227,7 @@ fn spec(dir: &Path) -> demo::ClusterSpec {
         batch_timeout_ms: 10,
         backend: Backend::Inline,
         data_dir: Some(dir.to_owned()),
+        durable: false,
         confidential: true,
     }
 }

@@ -179,7 +179,7 @@ fn primary_crash_view_change_restart_and_state_transfer() {
     for i in 0..10 {
         put_ok(&config, &format!("during-{i}"), "v");
     }
-    // It comes back with empty state (no persistence) and catches up.
+    // It comes back with its own sealed state (SPEC §10) and catches up on what it missed.
     replicas.0[0] = Some(start_replica(&config, 0));
     std::thread::sleep(Duration::from_secs(2));
     for i in 0..6 {

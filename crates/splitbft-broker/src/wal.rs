@@ -1,0 +1,499 @@
+//! The write-ahead log of sealed compartment state (SPEC §10) and the software monotonic
+//! counter, in the replica's data directory.
+//!
+//! Layout of `<data dir>/state/`: segment files `wal-<n>.log`, each a sequence of records
+//! `u32 BE length · u32 BE CRC-32 of the payload · payload`, the payload the codec
+//! encoding of `(CompartmentKind, SealedState)`. The broker appends the records of a round
+//! and calls [`Wal::commit`] once (one `fdatasync` per round, group commit) before it lets
+//! any output of that round leave the replica.
+//!
+//! Compaction: a segment is deleted once every compartment has a durable image in a later
+//! segment; the log rolls to a new segment once the current one passes [`SEGMENT_BYTES`].
+//!
+//! Damage: a record that fails its length or checksum at the end of the last segment is a
+//! write torn by a crash (its round was never committed, so nothing of it left the
+//! replica): it is cut. Anything else — a bad record followed by good ones, or in an older
+//! segment — is a startup error naming the file and offset; the replica does not guess.
+//!
+//! The sealed records are opaque here: the compartments authenticate them on restore.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use splitbft_types::CompartmentKind;
+use splitbft_types::codec::{from_bytes, to_bytes};
+use splitbft_types::durable::{RecordKind, SealedState};
+
+/// Directory of the log inside the data directory.
+pub const STATE_DIR: &str = "state";
+/// A segment is closed once it holds this much: large enough that Execution images (the
+/// whole application state, every `K` batches) do not roll it every checkpoint, small
+/// enough that a restart reads little beyond the latest images.
+pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest record read back: an Execution image holds the application snapshot, bounded
+/// by the state-transfer limit (`recovery::MAX_STATE_BYTES`), plus framing.
+pub const MAX_WAL_RECORD_BYTES: usize = crate::recovery::MAX_STATE_BYTES + 1024 * 1024;
+/// Bytes of a record's header.
+const RECORD_HEADER: usize = 8;
+/// Write buffer of the current segment.
+const WRITE_BUFFER_BYTES: usize = 1024 * 1024;
+/// Name of the lock file that keeps a second process off a data directory.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// Why the data directory could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    /// An I/O error on `path`.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+    /// A damaged record that is not a torn tail.
+    #[error("{path}: corrupt record at byte {offset} ({reason}); refusing to start from a damaged log")]
+    Corrupt {
+        /// The segment.
+        path: PathBuf,
+        /// Byte offset of the record.
+        offset: u64,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// Another process holds the data directory.
+    #[error("data directory {0} is in use by another process (lock held on its LOCK file)")]
+    Locked(PathBuf),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
+    move |source| WalError::Io { path: path.to_path_buf(), source }
+}
+
+/// Holds the data directory's lock for as long as it lives.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+/// Locks `dir` (creating it) for this process: a second replica on the same directory
+/// would interleave two logs and make both wrong.
+pub fn lock_dir(dir: &Path) -> Result<DirLock, WalError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(DirLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(WalError::Locked(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(source)) => Err(WalError::Io { path, source }),
+    }
+}
+
+/// The sealed state found on start, per compartment in [`CompartmentKind::ALL`] order:
+/// its latest image and the deltas after it (empty: no state).
+pub type Recovered = [Vec<SealedState>; 3];
+
+/// The write-ahead log of one replica.
+#[derive(Debug)]
+pub struct Wal {
+    dir: PathBuf,
+    /// Numbers of the segments on disk, oldest first; the last is being written.
+    segments: Vec<u64>,
+    writer: BufWriter<File>,
+    /// Bytes in the current segment.
+    written: u64,
+    /// Segment holding each compartment's latest image (None: none yet).
+    latest_image: [Option<u64>; 3],
+    /// Records appended since the last commit.
+    uncommitted: u64,
+    /// Bytes cut from a torn tail on open.
+    pub torn_tail_bytes: u64,
+    /// Bytes read on open.
+    pub recovered_bytes: u64,
+}
+
+fn segment_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("wal-{n:020}.log"))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+}
+
+impl Wal {
+    /// Opens (creating) `<data_dir>/state`, reads every segment, cuts a torn tail and
+    /// returns the log ready to append with what each compartment had sealed.
+    pub fn open(data_dir: &Path) -> Result<(Wal, Recovered), WalError> {
+        let dir = data_dir.join(STATE_DIR);
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let mut segments = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let entry = entry.map_err(io_err(&dir))?;
+            let name = entry.file_name();
+            let Some(n) = name.to_str().and_then(|s| s.strip_prefix("wal-")).and_then(|s| s.strip_suffix(".log"))
+            else {
+                continue;
+            };
+            if let Ok(n) = n.parse::<u64>() {
+                segments.push(n);
+            }
+        }
+        segments.sort_unstable();
+        let mut recovered: Recovered = Default::default();
+        let mut latest_image = [None; 3];
+        let (mut torn, mut read_bytes, mut last_len) = (0, 0, 0);
+        for (i, &n) in segments.iter().enumerate() {
+            let path = segment_path(&dir, n);
+            let last = i + 1 == segments.len();
+            let (records, good) = read_segment(&path, last)?;
+            let len = std::fs::metadata(&path).map_err(io_err(&path))?.len();
+            if good < len {
+                torn = len - good;
+                let file = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
+                file.set_len(good).and_then(|()| file.sync_all()).map_err(io_err(&path))?;
+            }
+            read_bytes += good;
+            last_len = good;
+            for (kind, state) in records {
+                let k = kind.index();
+                if state.kind == RecordKind::Image {
+                    recovered[k].clear();
+                    latest_image[k] = Some(n);
+                }
+                if !recovered[k].is_empty() || state.kind == RecordKind::Image {
+                    recovered[k].push(state);
+                }
+            }
+        }
+        let current = match segments.last() {
+            Some(n) => *n,
+            None => {
+                segments.push(0);
+                0
+            }
+        };
+        let path = segment_path(&dir, current);
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
+        sync_dir(&dir)?;
+        let wal = Wal {
+            dir,
+            segments,
+            writer: BufWriter::with_capacity(WRITE_BUFFER_BYTES, file),
+            written: last_len,
+            latest_image,
+            uncommitted: 0,
+            torn_tail_bytes: torn,
+            recovered_bytes: read_bytes,
+        };
+        Ok((wal, recovered))
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn current(&self) -> u64 {
+        *self.segments.last().expect("the log always has a current segment")
+    }
+
+    /// Appends one record (buffered until [`Wal::commit`]).
+    pub fn append(&mut self, kind: CompartmentKind, state: &SealedState) -> Result<(), WalError> {
+        let payload = to_bytes(&(kind, state));
+        let len = u32::try_from(payload.len()).map_err(|_| WalError::Io {
+            path: segment_path(&self.dir, self.current()),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "sealed state record above 4 GiB"),
+        })?;
+        let mut header = [0u8; RECORD_HEADER];
+        header[..4].copy_from_slice(&len.to_be_bytes());
+        header[4..].copy_from_slice(&crc32fast::hash(&payload).to_be_bytes());
+        let path = segment_path(&self.dir, self.current());
+        self.writer.write_all(&header).and_then(|()| self.writer.write_all(&payload)).map_err(io_err(&path))?;
+        self.written += (RECORD_HEADER + payload.len()) as u64;
+        self.uncommitted += 1;
+        if state.kind == RecordKind::Image {
+            self.latest_image[kind.index()] = Some(self.current());
+        }
+        Ok(())
+    }
+
+    /// Whether records wait for a commit.
+    pub fn dirty(&self) -> bool {
+        self.uncommitted > 0
+    }
+
+    /// Makes every appended record durable (one write and one `fdatasync`), then compacts:
+    /// rolls to a new segment when the current one is full and deletes segments every
+    /// compartment has a later image for. An error here means the round's outputs must not
+    /// leave the replica.
+    pub fn commit(&mut self) -> Result<(), WalError> {
+        if self.uncommitted == 0 {
+            return Ok(());
+        }
+        let path = segment_path(&self.dir, self.current());
+        self.writer.flush().map_err(io_err(&path))?;
+        self.writer.get_ref().sync_data().map_err(io_err(&path))?;
+        self.uncommitted = 0;
+        if self.written >= SEGMENT_BYTES {
+            let next = self.current() + 1;
+            let path = segment_path(&self.dir, next);
+            let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
+            sync_dir(&self.dir)?;
+            self.writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
+            self.segments.push(next);
+            self.written = 0;
+        }
+        if let [Some(a), Some(b), Some(c)] = self.latest_image {
+            let keep_from = a.min(b).min(c);
+            let old: Vec<u64> = self.segments.iter().copied().filter(|n| *n < keep_from).collect();
+            if !old.is_empty() {
+                for n in &old {
+                    let path = segment_path(&self.dir, *n);
+                    std::fs::remove_file(&path).map_err(io_err(&path))?;
+                }
+                self.segments.retain(|n| *n >= keep_from);
+                sync_dir(&self.dir)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Segments on disk.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+}
+
+/// Reads a segment's records. In the last segment a bad record with nothing valid after
+/// it is a torn tail (returns the good prefix length); anywhere else it is corruption.
+fn read_segment(path: &Path, last: bool) -> Result<(Vec<(CompartmentKind, SealedState)>, u64), WalError> {
+    let mut bytes = Vec::new();
+    File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io_err(path))?;
+    let mut records = Vec::new();
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let bad = |reason| -> Result<(Vec<(CompartmentKind, SealedState)>, u64), WalError> {
+            if last && !any_valid_record_after(&bytes, at + 1) {
+                Ok((Vec::new(), 0))
+            } else {
+                Err(WalError::Corrupt { path: path.to_path_buf(), offset: at as u64, reason })
+            }
+        };
+        let rest = &bytes[at..];
+        if rest.len() < RECORD_HEADER {
+            return bad("truncated header").map(|_| (records, at as u64));
+        }
+        let len = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_be_bytes(rest[4..8].try_into().expect("4 bytes"));
+        if len > MAX_WAL_RECORD_BYTES || rest.len() - RECORD_HEADER < len {
+            return bad("length beyond the file").map(|_| (records, at as u64));
+        }
+        let payload = &rest[RECORD_HEADER..RECORD_HEADER + len];
+        if crc32fast::hash(payload) != crc {
+            return bad("checksum mismatch").map(|_| (records, at as u64));
+        }
+        match from_bytes::<(CompartmentKind, SealedState)>(payload) {
+            Ok(record) => records.push(record),
+            Err(_) => {
+                return Err(WalError::Corrupt { path: path.to_path_buf(), offset: at as u64, reason: "undecodable" });
+            }
+        }
+        at += RECORD_HEADER + len;
+    }
+    Ok((records, at as u64))
+}
+
+/// Whether a record with a valid checksum starts anywhere at or after `from`: if so, the
+/// damage is in the middle of the log, not a torn tail.
+fn any_valid_record_after(bytes: &[u8], from: usize) -> bool {
+    (from..bytes.len().saturating_sub(RECORD_HEADER)).any(|at| {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_be_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
+        len > 0
+            && len <= bytes.len() - at - RECORD_HEADER
+            && crc32fast::hash(&bytes[at + RECORD_HEADER..at + RECORD_HEADER + len]) == crc
+            && from_bytes::<(CompartmentKind, SealedState)>(&bytes[at + RECORD_HEADER..at + RECORD_HEADER + len])
+                .is_ok()
+    })
+}
+
+/// A monotonic counter (SPEC §10): sealed state binds its value, and a state below it is
+/// refused as rolled back. A TEE maps it to hardware — SGX or TPM NV counters, or a quorum
+/// counter service such as ROTE — which the host cannot lower.
+pub trait MonotonicCounter {
+    /// The current value.
+    fn read(&self) -> u64;
+    /// Raises the value by one and returns it, durably.
+    fn increment(&mut self) -> io::Result<u64>;
+}
+
+/// The software counter: a file in the data directory. It **trusts the host** — whoever
+/// can rewrite the data directory can lower it — and is named so in logs and docs; it
+/// still catches a stale copy of the state put back without the counter file.
+#[derive(Debug)]
+pub struct SoftwareCounter {
+    path: PathBuf,
+    value: u64,
+}
+
+impl SoftwareCounter {
+    /// Opens (at 0 if absent) the counter of `kind` in `data_dir`.
+    pub fn open(data_dir: &Path, kind: CompartmentKind) -> Result<Self, WalError> {
+        let path = data_dir.join(format!("counter-{}", kind.name()));
+        let value = match std::fs::read(&path) {
+            Ok(bytes) if bytes.len() == 12 => {
+                let value = u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
+                if crc32fast::hash(&bytes[..8]).to_be_bytes() != bytes[8..12] {
+                    return Err(WalError::Corrupt { path, offset: 0, reason: "counter checksum mismatch" });
+                }
+                value
+            }
+            Ok(_) => return Err(WalError::Corrupt { path, offset: 0, reason: "counter file of the wrong size" }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(source) => return Err(WalError::Io { path, source }),
+        };
+        Ok(SoftwareCounter { path, value })
+    }
+
+    fn store(&self, value: u64) -> io::Result<()> {
+        let tmp = self.path.with_extension("tmp");
+        let mut bytes = value.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&crc32fast::hash(&value.to_be_bytes()).to_be_bytes());
+        let mut file = File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        match self.path.parent() {
+            Some(dir) => File::open(dir)?.sync_all(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl MonotonicCounter for SoftwareCounter {
+    fn read(&self) -> u64 {
+        self.value
+    }
+
+    fn increment(&mut self) -> io::Result<u64> {
+        let next = self.value + 1;
+        self.store(next)?;
+        self.value = next;
+        Ok(next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(kind: RecordKind, epoch: u64, index: u64, len: usize) -> SealedState {
+        SealedState { kind, epoch, index, sealed: vec![index as u8; len] }
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("splitbft-wal-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn records_come_back_from_the_latest_image_per_compartment() {
+        let dir = temp("roundtrip");
+        let (mut wal, recovered) = Wal::open(&dir).unwrap();
+        assert!(recovered.iter().all(Vec::is_empty));
+        let p = CompartmentKind::Preparation;
+        let e = CompartmentKind::Execution;
+        wal.append(p, &record(RecordKind::Image, 1, 0, 10)).unwrap();
+        wal.append(e, &record(RecordKind::Image, 1, 0, 10)).unwrap();
+        wal.append(p, &record(RecordKind::Delta, 1, 1, 10)).unwrap();
+        wal.append(p, &record(RecordKind::Image, 2, 2, 10)).unwrap();
+        wal.append(p, &record(RecordKind::Delta, 2, 3, 10)).unwrap();
+        wal.commit().unwrap();
+        drop(wal);
+        let (_, recovered) = Wal::open(&dir).unwrap();
+        assert_eq!(recovered[0].iter().map(|r| r.index).collect::<Vec<_>>(), vec![2, 3]);
+        assert!(recovered[1].is_empty());
+        assert_eq!(recovered[2].len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_a_corrupt_middle_is_an_error_naming_the_file() {
+        let dir = temp("torn");
+        let (mut wal, _) = Wal::open(&dir).unwrap();
+        let p = CompartmentKind::Preparation;
+        for i in 0..4 {
+            let kind = if i == 0 { RecordKind::Image } else { RecordKind::Delta };
+            wal.append(p, &record(kind, 1, i, 100)).unwrap();
+        }
+        wal.commit().unwrap();
+        drop(wal);
+        let seg = segment_path(&dir.join(STATE_DIR), 0);
+        let full = std::fs::read(&seg).unwrap();
+        // Torn: the last record half-written.
+        std::fs::write(&seg, &full[..full.len() - 50]).unwrap();
+        let (wal, recovered) = Wal::open(&dir).unwrap();
+        assert_eq!(recovered[0].len(), 3);
+        assert!(wal.torn_tail_bytes > 0);
+        drop(wal);
+        // Garbage appended after a valid log (a torn header): cut too.
+        let cut = std::fs::read(&seg).unwrap();
+        let mut junk = cut.clone();
+        junk.extend_from_slice(&[0xff; 5]);
+        std::fs::write(&seg, &junk).unwrap();
+        assert_eq!(Wal::open(&dir).unwrap().1[0].len(), 3);
+        // A flipped byte in the first record, with good records after it: an error.
+        let mut bad = cut.clone();
+        bad[RECORD_HEADER + 20] ^= 1;
+        std::fs::write(&seg, &bad).unwrap();
+        let err = Wal::open(&dir).unwrap_err();
+        assert!(matches!(&err, WalError::Corrupt { path, offset: 0, .. } if *path == seg), "{err}");
+        assert!(err.to_string().contains("wal-00000000000000000000.log"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn old_segments_go_once_every_compartment_has_a_later_image() {
+        let dir = temp("compact");
+        let (mut wal, _) = Wal::open(&dir).unwrap();
+        let big = (SEGMENT_BYTES / 2) as usize;
+        for kind in CompartmentKind::ALL {
+            wal.append(kind, &record(RecordKind::Image, 1, 0, 16)).unwrap();
+        }
+        wal.append(CompartmentKind::Execution, &record(RecordKind::Delta, 1, 1, big)).unwrap();
+        wal.append(CompartmentKind::Execution, &record(RecordKind::Delta, 1, 2, big)).unwrap();
+        wal.commit().unwrap();
+        assert_eq!(wal.segment_count(), 2, "rolled over");
+        wal.append(CompartmentKind::Preparation, &record(RecordKind::Image, 2, 1, 16)).unwrap();
+        wal.append(CompartmentKind::Confirmation, &record(RecordKind::Image, 2, 1, 16)).unwrap();
+        wal.commit().unwrap();
+        assert_eq!(wal.segment_count(), 2, "Execution's image is still in the first segment");
+        wal.append(CompartmentKind::Execution, &record(RecordKind::Image, 2, 3, 16)).unwrap();
+        wal.commit().unwrap();
+        assert_eq!(wal.segment_count(), 1);
+        drop(wal);
+        let (_, recovered) = Wal::open(&dir).unwrap();
+        assert!(recovered.iter().all(|r| r.len() == 1 && r[0].epoch == 2));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_lock_refuses_a_second_holder_and_the_counter_persists() {
+        let dir = temp("lock");
+        let lock = lock_dir(&dir).unwrap();
+        assert!(matches!(lock_dir(&dir), Err(WalError::Locked(_))));
+        drop(lock);
+        assert!(lock_dir(&dir).is_ok());
+        let mut c = SoftwareCounter::open(&dir, CompartmentKind::Execution).unwrap();
+        assert_eq!(c.read(), 0);
+        assert_eq!(c.increment().unwrap(), 1);
+        assert_eq!(c.increment().unwrap(), 2);
+        assert_eq!(SoftwareCounter::open(&dir, CompartmentKind::Execution).unwrap().read(), 2);
+        assert_eq!(SoftwareCounter::open(&dir, CompartmentKind::Preparation).unwrap().read(), 0);
+        std::fs::write(dir.join("counter-execution"), [0u8; 12]).unwrap();
+        assert!(matches!(SoftwareCounter::open(&dir, CompartmentKind::Execution), Err(WalError::Corrupt { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

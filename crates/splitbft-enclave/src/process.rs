@@ -1,0 +1,422 @@
+//! The `process` backend (SPEC §5.1): each compartment in its own sandboxed OS process
+//! holding only its own key. The broker side spawns the compartment program, writes
+//! crossings to its stdin and reads crossings from its stdout — the same byte boundary as
+//! [`crate::InlineEnclave`] and [`crate::ThreadEnclave`], framed for a pipe.
+//!
+//! A compartment process that dies (a crash, `kill -9`, or the kernel's seccomp filter
+//! killing it for a forbidden system call) is logged, counted and started again; the
+//! replica keeps its other two compartments meanwhile. The new process starts from its
+//! configuration (see [`ProcessLauncher`]'s `incarnation`), so the broker is told
+//! ([`RestartNotice`]) and the compartment catches up through checkpoints and state
+//! transfer (SPEC §4.3).
+
+use std::ffi::OsString;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use splitbft_types::CompartmentKind;
+
+use crate::{EnclaveHandle, MAX_MERGED_CROSSINGS, OutputSink, THREAD_QUEUE_CROSSINGS};
+
+/// Most items (inputs or outputs) in one crossing. A crossing merges at most
+/// [`MAX_MERGED_CROSSINGS`] submissions of at most a few thousand inputs each.
+pub const MAX_CROSSING_ITEMS: usize = 1 << 20;
+/// Largest item: a state-transfer snapshot (at most 1 GiB, the broker's `MAX_STATE_BYTES`)
+/// plus its encoding.
+pub const MAX_ITEM_BYTES: usize = (1 << 30) + (1 << 20);
+/// Largest crossing in bytes.
+pub const MAX_CROSSING_BYTES: u64 = 2 * (1 << 30);
+/// Pause before starting a compartment again after it died, so a compartment that dies at
+/// once does not spin the host.
+pub const RESTART_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest pause between restarts: the pause doubles each time a process dies without
+/// having answered anything (it cannot start: a wrong key path, a binary that does not
+/// match its attestation), and resets once one answers.
+pub const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Why a crossing could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The stream ended cleanly between crossings.
+    #[error("end of stream")]
+    Closed,
+    /// The stream failed or ended inside a crossing.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// A count or length over its limit: the stream cannot be trusted any further.
+    #[error("{what} {value} over the limit {limit}")]
+    TooLarge {
+        /// Which field.
+        what: &'static str,
+        /// Its value.
+        value: u64,
+        /// The limit.
+        limit: u64,
+    },
+}
+
+/// Writes one crossing: item count, then each item's length and bytes (little-endian u32s).
+pub fn write_crossing(w: &mut impl Write, items: &[Bytes]) -> std::io::Result<()> {
+    w.write_all(&(items.len() as u32).to_le_bytes())?;
+    for item in items {
+        w.write_all(&(item.len() as u32).to_le_bytes())?;
+        w.write_all(item)?;
+    }
+    w.flush()
+}
+
+fn read_u32(r: &mut impl Read) -> std::io::Result<u32> {
+    let mut b = [0u8; 4];
+    r.read_exact(&mut b)?;
+    Ok(u32::from_le_bytes(b))
+}
+
+/// Reads one crossing, checking every count and length against its limit before
+/// allocating: the other side is not trusted (either way).
+pub fn read_crossing(r: &mut impl Read) -> Result<Vec<Bytes>, FrameError> {
+    let mut first = [0u8; 4];
+    // A clean end is EOF before the first byte of a crossing.
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut first[got..]) {
+            Ok(0) if got == 0 => return Err(FrameError::Closed),
+            Ok(0) => return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let count = u32::from_le_bytes(first) as usize;
+    if count > MAX_CROSSING_ITEMS {
+        return Err(FrameError::TooLarge { what: "items", value: count as u64, limit: MAX_CROSSING_ITEMS as u64 });
+    }
+    let mut items = Vec::with_capacity(count.min(4096));
+    let mut total = 0u64;
+    for _ in 0..count {
+        let len = read_u32(r)? as usize;
+        total += len as u64;
+        if len > MAX_ITEM_BYTES {
+            return Err(FrameError::TooLarge { what: "item bytes", value: len as u64, limit: MAX_ITEM_BYTES as u64 });
+        }
+        if total > MAX_CROSSING_BYTES {
+            return Err(FrameError::TooLarge { what: "crossing bytes", value: total, limit: MAX_CROSSING_BYTES });
+        }
+        let mut item = vec![0u8; len];
+        r.read_exact(&mut item)?;
+        items.push(Bytes::from(item));
+    }
+    Ok(items)
+}
+
+/// How the broker starts a compartment process. The program reads its own configuration
+/// and key (the broker passes paths, never secrets) and sandboxes itself before its
+/// first input.
+#[derive(Clone)]
+pub struct ProcessLauncher {
+    /// The compartment program (e.g. the `splitbft` binary, run as `splitbft enclave …`).
+    pub program: PathBuf,
+    /// Arguments for one compartment's `incarnation` (0 at start, +1 per restart).
+    pub args: Arc<dyn Fn(CompartmentKind, u64) -> Vec<OsString> + Send + Sync>,
+}
+
+impl std::fmt::Debug for ProcessLauncher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessLauncher").field("program", &self.program).finish_non_exhaustive()
+    }
+}
+
+/// Called (on the compartment's supervising thread) when a compartment process died and
+/// a new one was started: the broker must not expect answers to inputs the dead one had,
+/// and should help the new one catch up.
+pub type RestartNotice = Arc<dyn Fn(CompartmentKind, RestartReport) + Send + Sync>;
+
+/// One compartment process death and restart.
+#[derive(Clone, Debug)]
+pub struct RestartReport {
+    /// How the old process ended (e.g. killed by `SIGSYS`: the seccomp filter).
+    pub exit: String,
+    /// The signal that killed it, if any.
+    pub signal: Option<i32>,
+    /// Process id of the new one (0 if it could not be started yet).
+    pub new_pid: u32,
+    /// Restarts of this compartment so far.
+    pub restarts: u64,
+}
+
+/// Observable state of a compartment process (for reports and tests).
+#[derive(Debug, Default)]
+pub struct ProcessStatus {
+    /// Current process id (0 while none runs).
+    pub pid: AtomicU32,
+    /// Deaths followed by a restart.
+    pub restarts: AtomicU64,
+    /// Of those, deaths by `SIGSYS` (the seccomp filter's kill).
+    pub seccomp_kills: AtomicU64,
+    /// Crossings written to it.
+    pub crossings: AtomicU64,
+}
+
+/// A compartment in its own process, supervised by a broker thread.
+pub struct ProcessEnclave {
+    kind: CompartmentKind,
+    tx: Option<Sender<Vec<Bytes>>>,
+    thread: Option<JoinHandle<()>>,
+    status: Arc<ProcessStatus>,
+}
+
+impl ProcessEnclave {
+    /// Starts the compartment process and its supervisor. Fails if the first process
+    /// cannot be spawned (a wrong program path should stop the replica, not loop).
+    pub fn spawn(
+        kind: CompartmentKind,
+        launcher: ProcessLauncher,
+        sink: OutputSink,
+        notice: RestartNotice,
+    ) -> std::io::Result<Self> {
+        let status = Arc::new(ProcessStatus::default());
+        let first = spawn_child(&launcher, kind, 0)?;
+        status.pid.store(first.id(), Ordering::Relaxed);
+        let (tx, rx) = crossbeam_channel::bounded(THREAD_QUEUE_CROSSINGS);
+        let supervisor = Supervisor { kind, launcher, sink, notice, status: status.clone(), rx };
+        let thread =
+            std::thread::Builder::new().name(format!("enclave-{kind}-proc")).spawn(move || supervisor.run(first))?;
+        Ok(ProcessEnclave { kind, tx: Some(tx), thread: Some(thread), status })
+    }
+
+    /// The compartment process's state.
+    pub fn status(&self) -> &Arc<ProcessStatus> {
+        &self.status
+    }
+}
+
+impl EnclaveHandle for ProcessEnclave {
+    fn kind(&self) -> CompartmentKind {
+        self.kind
+    }
+
+    fn submit(&mut self, inputs: Vec<Bytes>, _out: &mut Vec<Bytes>) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(inputs) {
+            Ok(()) => {}
+            Err(TrySendError::Full(inputs)) => {
+                let _ = tx.send(inputs);
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    fn process_status(&self) -> Option<&Arc<ProcessStatus>> {
+        Some(&self.status)
+    }
+}
+
+impl Drop for ProcessEnclave {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn spawn_child(launcher: &ProcessLauncher, kind: CompartmentKind, incarnation: u64) -> std::io::Result<Child> {
+    Command::new(&launcher.program)
+        .args((launcher.args)(kind, incarnation))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+}
+
+struct Supervisor {
+    kind: CompartmentKind,
+    launcher: ProcessLauncher,
+    sink: OutputSink,
+    notice: RestartNotice,
+    status: Arc<ProcessStatus>,
+    rx: Receiver<Vec<Bytes>>,
+}
+
+enum Ended {
+    /// The broker dropped the handle: stop the compartment.
+    Shutdown,
+    /// The process died (or its pipes broke).
+    Died,
+}
+
+impl Supervisor {
+    fn run(self, first: Child) {
+        let mut child = Some(first);
+        let mut incarnation = 0u64;
+        let mut backoff = RESTART_BACKOFF;
+        loop {
+            let Some(mut current) = child.take() else {
+                // Starting it failed last time: try again unless the broker is gone.
+                // Inputs meanwhile are lost, like those a dead process had.
+                if let Err(crossbeam_channel::RecvTimeoutError::Disconnected) = self.rx.recv_timeout(RESTART_BACKOFF) {
+                    return;
+                }
+                match spawn_child(&self.launcher, self.kind, incarnation) {
+                    Ok(c) => {
+                        self.status.pid.store(c.id(), Ordering::Relaxed);
+                        (self.notice)(self.kind, self.report("restarted after a failed start".into(), None, c.id()));
+                        child = Some(c);
+                    }
+                    Err(e) => tracing::error!(kind = %self.kind, error = %e, "cannot start compartment process"),
+                }
+                continue;
+            };
+            let (ended, answered) = self.serve(&mut current);
+            backoff = if answered { RESTART_BACKOFF } else { (backoff * 2).min(MAX_RESTART_BACKOFF) };
+            match ended {
+                Ended::Shutdown => {
+                    // Its stdin is closed: it sees EOF and exits.
+                    let _ = current.wait();
+                    self.status.pid.store(0, Ordering::Relaxed);
+                    return;
+                }
+                Ended::Died => {
+                    let _ = current.kill();
+                    let exit = current.wait();
+                    self.status.pid.store(0, Ordering::Relaxed);
+                    let (text, signal) = describe(exit);
+                    self.status.restarts.fetch_add(1, Ordering::Relaxed);
+                    if signal == Some(libc::SIGSYS) {
+                        self.status.seccomp_kills.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::error!(kind = %self.kind, exit = %text, "compartment process died; restarting it");
+                    std::thread::sleep(backoff);
+                    incarnation += 1;
+                    match spawn_child(&self.launcher, self.kind, incarnation) {
+                        Ok(c) => {
+                            self.status.pid.store(c.id(), Ordering::Relaxed);
+                            (self.notice)(self.kind, self.report(text, signal, c.id()));
+                            child = Some(c);
+                        }
+                        Err(e) => {
+                            tracing::error!(kind = %self.kind, error = %e, "cannot restart compartment process");
+                            (self.notice)(self.kind, self.report(text, signal, 0));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn report(&self, exit: String, signal: Option<i32>, new_pid: u32) -> RestartReport {
+        RestartReport { exit, signal, new_pid, restarts: self.status.restarts.load(Ordering::Relaxed) }
+    }
+
+    /// Moves crossings to and from one process until it dies or the broker stops; also
+    /// says whether it answered anything.
+    fn serve(&self, child: &mut Child) -> (Ended, bool) {
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return (Ended::Died, false);
+        };
+        let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let answered_reader = answered.clone();
+        let (died_tx, died_rx) = crossbeam_channel::bounded::<()>(1);
+        let (kind, sink) = (self.kind, self.sink.clone());
+        let reader = std::thread::Builder::new().name(format!("enclave-{kind}-out")).spawn(move || {
+            let mut r = BufReader::with_capacity(1 << 16, stdout);
+            loop {
+                match read_crossing(&mut r) {
+                    Ok(outputs) => {
+                        answered_reader.store(true, Ordering::Relaxed);
+                        if !outputs.is_empty() {
+                            sink(kind, outputs);
+                        }
+                    }
+                    Err(FrameError::Closed) => break,
+                    Err(e) => {
+                        tracing::error!(%kind, error = %e, "compartment process wrote a malformed crossing");
+                        break;
+                    }
+                }
+            }
+            let _ = died_tx.send(());
+        });
+        let reader = match reader {
+            Ok(r) => r,
+            Err(_) => return (Ended::Died, false),
+        };
+        let mut w: BufWriter<ChildStdin> = BufWriter::with_capacity(1 << 16, stdin);
+        let ended = loop {
+            crossbeam_channel::select! {
+                recv(self.rx) -> msg => match msg {
+                    Ok(mut inputs) => {
+                        for _ in 0..MAX_MERGED_CROSSINGS {
+                            match self.rx.try_recv() {
+                                Ok(more) => inputs.extend(more),
+                                Err(_) => break,
+                            }
+                        }
+                        if write_crossing(&mut w, &inputs).is_err() {
+                            break Ended::Died;
+                        }
+                        self.status.crossings.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => break Ended::Shutdown,
+                },
+                recv(died_rx) -> _ => break Ended::Died,
+            }
+        };
+        drop(w);
+        if matches!(ended, Ended::Died) {
+            let _ = child.kill();
+        }
+        let _ = reader.join();
+        (ended, answered.load(Ordering::Relaxed))
+    }
+}
+
+fn describe(exit: std::io::Result<ExitStatus>) -> (String, Option<i32>) {
+    use std::os::unix::process::ExitStatusExt;
+    match exit {
+        Ok(status) => match status.signal() {
+            Some(libc::SIGSYS) => ("killed by SIGSYS (seccomp: forbidden system call)".into(), Some(libc::SIGSYS)),
+            Some(libc::SIGKILL) => ("killed by SIGKILL".into(), Some(libc::SIGKILL)),
+            Some(sig) => (format!("killed by signal {sig}"), Some(sig)),
+            None => (format!("exited with {status}"), None),
+        },
+        Err(e) => (format!("wait failed: {e}"), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crossings_round_trip() {
+        let items = vec![Bytes::from_static(b"a"), Bytes::new(), Bytes::from(vec![7u8; 70_000])];
+        let mut buf = Vec::new();
+        write_crossing(&mut buf, &items).unwrap();
+        write_crossing(&mut buf, &[]).unwrap();
+        let mut r = &buf[..];
+        assert_eq!(read_crossing(&mut r).unwrap(), items);
+        assert!(read_crossing(&mut r).unwrap().is_empty());
+        assert!(matches!(read_crossing(&mut r), Err(FrameError::Closed)));
+    }
+
+    #[test]
+    fn truncated_and_oversize_crossings_are_errors_not_allocations() {
+        let mut buf = Vec::new();
+        write_crossing(&mut buf, &[Bytes::from_static(b"hello")]).unwrap();
+        for cut in 1..buf.len() {
+            assert!(matches!(read_crossing(&mut &buf[..cut]), Err(FrameError::Io(_))), "cut {cut}");
+        }
+        let huge_count = (u32::MAX).to_le_bytes();
+        assert!(matches!(read_crossing(&mut &huge_count[..]), Err(FrameError::TooLarge { what: "items", .. })));
+        let mut huge_item = 1u32.to_le_bytes().to_vec();
+        huge_item.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(read_crossing(&mut &huge_item[..]), Err(FrameError::TooLarge { what: "item bytes", .. })));
+    }
+}

@@ -1,0 +1,387 @@
+//! The `process` backend (SPEC §5.1) as a user runs it: `replica --backend process` starts
+//! three sandboxed compartment processes. Checked from outside, through `/proc`: each is
+//! under a seccomp filter with no new privileges; the broker's memory holds no compartment
+//! key and each compartment's only its own; a forbidden system call gets a compartment
+//! killed by the kernel, reported and restarted; `kill -9` of a compartment under load
+//! loses no acknowledged write.
+
+#![cfg(target_os = "linux")]
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Seek, SeekFrom};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_splitbft");
+const KINDS: [&str; 3] = ["preparation", "confirmation", "execution"];
+
+fn free_base_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let seed = std::process::id() as u16;
+    for _ in 0..200u16 {
+        let attempt = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base = 20_000 + (seed.wrapping_mul(11).wrapping_add(attempt.wrapping_mul(17))) % 30_000;
+        if (0..4).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no four consecutive free ports");
+}
+
+/// Replica processes, killed (with their compartment processes) when the test ends.
+struct Replicas(Vec<Option<Child>>);
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        for child in self.0.iter_mut().flatten() {
+            let kids = children(child.id());
+            let _ = child.kill();
+            let _ = child.wait();
+            for (pid, _) in kids {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+    }
+}
+
+fn keygen(dir: &Path, extra: &[&str]) -> PathBuf {
+    let base = free_base_port();
+    let out = Command::new(BIN)
+        .args(["keygen", "--replicas", "4", "--clients", "4", "--base-port", &base.to_string()])
+        .args(extra)
+        .arg("--out")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "keygen failed: {}", String::from_utf8_lossy(&out.stderr));
+    dir.join("cluster.toml")
+}
+
+fn start_replica(config: &Path, id: u32, extra: &[&str]) -> Child {
+    Command::new(BIN)
+        .args(["replica", "--backend", "process", "--config"])
+        .arg(config)
+        .args(["--id", &id.to_string()])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn client(config: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(["client", "--config"])
+        .arg(config)
+        .args(["--timeout-s", "20"])
+        .args(args)
+        .output()
+        .expect("client runs")
+}
+
+fn put_ok(config: &Path, key: &str, value: &str) {
+    let out = client(config, &["put", key, value]);
+    assert!(out.status.success(), "put {key} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn wait_until_serving(config: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !client(config, &["put", "warmup", "1"]).status.success() {
+        assert!(Instant::now() < deadline, "cluster never came up");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `(pid, command line)` of every process whose parent is `parent`.
+fn children(parent: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let ppid: u32 = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+        if ppid == parent {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            out.push((pid, String::from_utf8_lossy(&cmd).replace('\0', " ")));
+        }
+    }
+    out
+}
+
+/// The pid of replica `replica`'s `kind` compartment process (waiting for it to exist).
+fn compartment_pid(replica: &Child, kind: &str, not: Option<u32>) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = children(replica.id()).into_iter().find(|(pid, cmd)| {
+            cmd.contains(" enclave ") && cmd.contains(&format!("--kind {kind} ")) && Some(*pid) != not
+        });
+        if let Some((pid, _)) = found {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "no {kind} compartment process under replica {}", replica.id());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn status_field(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")).map(|v| v.trim().to_owned()))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Checks `pid` is sandboxed, waiting a little: a compartment process sandboxes itself once
+/// it has loaded its key, before its first input.
+fn assert_sandboxed(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status_field(pid, "Seccomp") != "2" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(status_field(pid, "Seccomp"), "2", "process {pid} is not in seccomp filter mode");
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1", "process {pid} may gain privileges");
+}
+
+/// A secret as it may sit in memory: raw, and as the hex text of its key file.
+struct Secret {
+    name: String,
+    raw: Vec<u8>,
+    hex: Vec<u8>,
+}
+
+fn secret(path: &Path, name: &str) -> Secret {
+    let text = std::fs::read_to_string(path).unwrap();
+    let hex = text.trim().to_owned();
+    let raw = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+    Secret { name: name.into(), raw, hex: hex.into_bytes() }
+}
+
+/// Which of `secrets` (raw or hex) occur anywhere in `pid`'s readable memory.
+fn secrets_in_memory(pid: u32, secrets: &[Secret]) -> Vec<String> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut found = vec![false; secrets.len()];
+    let mut scanned = 0u64;
+    for line in maps.lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(range), Some(perms)) = (parts.next(), parts.next()) else { continue };
+        let path = parts.nth(3).unwrap_or("");
+        if !perms.starts_with('r') || path.starts_with("[v") {
+            continue;
+        }
+        let (start, end) = range.split_once('-').unwrap();
+        let (start, end) = (u64::from_str_radix(start, 16).unwrap(), u64::from_str_radix(end, 16).unwrap());
+        let mut region = vec![0u8; (end - start) as usize];
+        if mem.seek(SeekFrom::Start(start)).is_err() || mem.read_exact(&mut region).is_err() {
+            continue;
+        }
+        scanned += region.len() as u64;
+        for (i, s) in secrets.iter().enumerate() {
+            found[i] |=
+                memchr::memmem::find(&region, &s.raw).is_some() || memchr::memmem::find(&region, &s.hex).is_some();
+        }
+    }
+    assert!(scanned > 1 << 20, "scanned only {scanned} bytes of process {pid}");
+    secrets.iter().zip(found).filter(|(_, f)| *f).map(|(s, _)| s.name.clone()).collect()
+}
+
+/// The number after `prefix` in the replica's "stopped: view V, … executed, T state
+/// transfers" line.
+fn stopped_field(log: &str, prefix: &str) -> u64 {
+    let line = log.lines().find(|l| l.contains(" stopped: view ")).unwrap_or_else(|| panic!("no stop line: {log}"));
+    let at = line.find(prefix).unwrap() + prefix.len();
+    line[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+}
+
+fn is_root() -> bool {
+    status_field(std::process::id(), "Uid").split_whitespace().nth(1) == Some("0")
+}
+
+fn stop(mut replica: Child) -> String {
+    let status = Command::new("kill").args(["-TERM", &replica.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while replica.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "replica did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut err = String::new();
+    replica.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(replica.wait().unwrap().success(), "replica failed: {err}");
+    err
+}
+
+/// SPEC §5.1: three sandboxed compartment processes per replica, each holding only its own
+/// key; the broker holds none.
+#[test]
+fn compartments_are_sandboxed_and_hold_only_their_own_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keygen(dir.path(), &[]);
+    let mut replicas = Replicas((0..4).map(|i| Some(start_replica(&config, i, &[]))).collect());
+    wait_until_serving(&config);
+    put_ok(&config, "k", "v");
+
+    let keys = dir.path().join("keys");
+    let secrets: Vec<Secret> = KINDS
+        .iter()
+        .map(|k| secret(&keys.join(format!("replica-0-{k}.key")), k))
+        .chain([secret(&keys.join("replica-0-execution-group.key"), "execution-group")])
+        .collect();
+    let broker = replicas.0[0].as_ref().unwrap();
+    let pids: Vec<u32> = KINDS.iter().map(|k| compartment_pid(broker, k, None)).collect();
+    for &pid in &pids {
+        assert_sandboxed(pid);
+    }
+    // Not sandboxed itself, the broker is the control: a compartment key found there
+    // would mean it was loaded or passed through the broker.
+    assert_eq!(secrets_in_memory(broker.id(), &secrets), Vec::<String>::new(), "broker memory holds secrets");
+    if is_root() {
+        // Compartments are not dumpable: only a privileged reader sees their memory.
+        assert_eq!(secrets_in_memory(pids[0], &secrets), vec!["preparation"]);
+        assert_eq!(secrets_in_memory(pids[1], &secrets), vec!["confirmation"]);
+        assert_eq!(secrets_in_memory(pids[2], &secrets), vec!["execution", "execution-group"]);
+    } else {
+        eprintln!("not root: the compartments' own memory (not dumpable) was not scanned");
+    }
+    for r in replicas.0.iter_mut() {
+        let out = stop(r.take().unwrap());
+        assert!(out.contains("0 compartment process restarts"), "{out}");
+    }
+}
+
+/// A compartment that tries `socket()` or `open()` is killed by the kernel (SIGSYS from the
+/// seccomp filter); the broker reports it, starts it again, sandboxed, and the replica
+/// serves on.
+#[test]
+fn forbidden_system_calls_kill_the_compartment_and_it_is_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keygen(dir.path(), &[]);
+    let probes = ["--test-probe", "preparation:socket", "--test-probe", "execution:open"];
+    let mut replicas =
+        Replicas((0..4).map(|i| Some(start_replica(&config, i, if i == 1 { &probes[..] } else { &[] }))).collect());
+    wait_until_serving(&config);
+    let victim = replicas.0[1].as_ref().unwrap();
+    // Both probing processes die on their first input; fresh ones (incarnation 1) follow.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let kids = children(victim.id());
+        let restarted = ["preparation", "execution"]
+            .iter()
+            .all(|k| kids.iter().any(|(_, c)| c.contains(&format!("--kind {k} ")) && c.contains("--incarnation 1")));
+        if restarted {
+            break;
+        }
+        assert!(Instant::now() < deadline, "compartments were not restarted: {kids:?}");
+        put_ok(&config, "nudge", "1");
+    }
+    for kind in KINDS {
+        assert_sandboxed(compartment_pid(victim, kind, None));
+    }
+    for i in 0..20 {
+        put_ok(&config, &format!("after-{i}"), "v");
+    }
+    let get = client(&config, &["get", "after-19"]);
+    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "v");
+    let log = stop(replicas.0[1].take().unwrap());
+    assert_eq!(log.matches("compartment process died and was restarted").count(), 2, "{log}");
+    assert!(log.contains("killed by SIGSYS (seccomp: forbidden system call)"), "{log}");
+    assert!(log.contains("2 compartment process restarts (2 seccomp kills)"), "{log}");
+    assert!(!log.contains("sandbox probe survived"), "{log}");
+}
+
+/// `kill -9` of compartment processes under load (a backup's Execution, then the
+/// primary's Preparation): the cluster keeps serving, the compartments come back, and
+/// every acknowledged write is still there.
+#[test]
+fn kill_9_of_compartments_under_load_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keygen(dir.path(), &["--checkpoint-interval", "8"]);
+    let mut replicas = Replicas((0..4).map(|i| Some(start_replica(&config, i, &[]))).collect());
+    wait_until_serving(&config);
+
+    // Load: three clients writing distinct keys back to back, recording what was acknowledged.
+    let stop_load = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (1..4)
+        .map(|c| {
+            let (config, stop_load) = (config.clone(), stop_load.clone());
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                let mut i = 0;
+                while !stop_load.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = format!("c{c}-{i}");
+                    let out = client(&config, &["--client-id", &c.to_string(), "put", &key, &format!("v{i}")]);
+                    if out.status.success() {
+                        acked.push((key, format!("v{i}")));
+                    }
+                    i += 1;
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let backup = replicas.0[2].as_ref().unwrap();
+    let execution = compartment_pid(backup, "execution", None);
+    assert!(Command::new("kill").args(["-9", &execution.to_string()]).status().unwrap().success());
+    let new_execution = compartment_pid(backup, "execution", Some(execution));
+    assert_sandboxed(new_execution);
+    std::thread::sleep(Duration::from_secs(3));
+    let primary = replicas.0[0].as_ref().unwrap();
+    let preparation = compartment_pid(primary, "preparation", None);
+    assert!(Command::new("kill").args(["-9", &preparation.to_string()]).status().unwrap().success());
+    let new_preparation = compartment_pid(primary, "preparation", Some(preparation));
+    assert_sandboxed(new_preparation);
+    std::thread::sleep(Duration::from_secs(8));
+    stop_load.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked: Vec<(String, String)> = writers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    assert!(acked.len() > 20, "only {} writes acknowledged under load", acked.len());
+    // Served after both kills, and nothing acknowledged was lost.
+    put_ok(&config, "final", "1");
+    for (key, value) in &acked {
+        let get = client(&config, &["get", key]);
+        assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), value, "acknowledged write {key} lost");
+    }
+    let log2 = stop(replicas.0[2].take().unwrap());
+    assert!(log2.contains("1 compartment process restarts (0 seccomp kills)"), "{log2}");
+    let log0 = stop(replicas.0[0].take().unwrap());
+    assert!(log0.contains("1 compartment process restarts (0 seccomp kills)"), "{log0}");
+    assert!(log0.contains("killed by SIGKILL"), "{log0}");
+    // The restarted primary Preparation forgot its sequence numbers: the replica suspected
+    // its view and the cluster moved on.
+    assert!(stopped_field(&log0, "view ") >= 1, "{log0}");
+    // Whether the restarted Execution needed a state transfer depends on how far the load
+    // moved on while it was down (a stable checkpoint past it); shown, not asserted.
+    eprintln!("replica 2 state transfers: {}", stopped_field(&log2, "executed, "));
+}
+
+/// Software attestation binds the Execution measurement to the executable (SPEC §6): an
+/// Execution compartment process started under a cluster file attesting another binary
+/// refuses to serve; under the right one it starts, sandboxes itself and exits cleanly
+/// when its input closes.
+#[test]
+fn execution_process_serves_only_under_its_own_binary_measurement() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keygen(dir.path(), &[]);
+    let run = |config: &Path| {
+        Command::new(BIN)
+            .args(["enclave", "--kind", "execution", "--id", "0", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let ok = run(&config);
+    assert!(ok.status.success(), "{:?}: {}", ok.status, String::from_utf8_lossy(&ok.stderr));
+
+    let text = std::fs::read_to_string(&config).unwrap();
+    let line = text.lines().find(|l| l.starts_with("execution_measurement")).unwrap();
+    let other = format!("execution_measurement = \"{}\"", "ab".repeat(32));
+    let forged = dir.path().join("other.toml");
+    std::fs::write(&forged, text.replace(line, &other)).unwrap();
+    let refused = run(&forged);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("this executable measures"));
+}
