@@ -7,13 +7,16 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use bytes::Bytes;
 use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 use splitbft_broker::local::{LocalCluster, Packet};
-use splitbft_types::codec::decode_message;
+use splitbft_types::boundary::Input;
+use splitbft_types::codec::{decode_message, encode_message, to_bytes};
 use splitbft_types::msg::{BatchMsg, Message};
 use splitbft_types::{CompartmentKind, Seq, View};
 
+use crate::adversary::{Env, Loot};
 use crate::byzantine::input;
 use crate::network::{Network, Scheduled};
 
@@ -100,6 +103,18 @@ impl Hostile {
                     cluster.deliver(Packet { to, ..old });
                 }
             }
+            (90..95, _) => {
+                // Inputs only an environment makes: a stats query, a junk state restore.
+                cluster.deliver(packet);
+                let kind = CompartmentKind::ALL[rng.random_range(0..3usize)];
+                let injected = if rng.random_bool(0.5) {
+                    Input::QueryStats
+                } else {
+                    let junk: Vec<u8> = (0..rng.random_range(0..64usize)).map(|_| rng.random()).collect();
+                    Input::RestoreState { seq: rng.random_range(0..64), bytes: junk }
+                };
+                cluster.enclave_input(to, kind, Bytes::from(to_bytes(&injected)));
+            }
             (_, _) => {
                 let mut forged = packet.frame.to_vec();
                 let bit = rng.random_range(0..forged.len() * 8);
@@ -125,5 +140,29 @@ impl Hostile {
                 self.batches.pop_first();
             }
         }
+    }
+}
+
+/// How long after a batch frame a poisoning host sends its junk copy: after the genuine
+/// one has arrived, so the copy overwrites it in the receiver's batch cache.
+pub const POISON_AFTER_US: u64 = 30_000;
+
+/// What a hostile host does to a frame it sends: strip withheld batches down to their
+/// header, or send a junk copy (right header, wrong bytes) [`POISON_AFTER_US`] after every
+/// batch. Returns the frames and how much later than usual each leaves.
+pub fn outgoing(env: Env, packet: Packet, loot: &Loot) -> Vec<(Packet, u64)> {
+    let Ok(Message::Batch(b)) = decode_message(&packet.frame) else { return vec![(packet, 0)] };
+    match env {
+        Env::StripBatches if loot.withheld.contains(&b.pre_prepare.body.digest) => {
+            let frame = Bytes::from(encode_message(&Message::PrePrepare(b.pre_prepare)));
+            vec![(Packet { frame, ..packet }, 0)]
+        }
+        Env::PoisonCache => {
+            let mut junk = b.clone();
+            junk.batch.push(0);
+            let frame = Bytes::from(encode_message(&Message::Batch(junk)));
+            vec![(Packet { frame, ..packet.clone() }, POISON_AFTER_US), (packet, 0)]
+        }
+        _ => vec![(packet, 0)],
     }
 }

@@ -13,6 +13,7 @@
 //! must stay safe; run against the PBFT model — one key per replica, so a replica hosting
 //! any faulty part is a faulty replica — it is expected to break.
 
+mod adversary;
 mod byzantine;
 mod checkers;
 mod hostile;
@@ -23,23 +24,30 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+use bytes::Bytes;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use splitbft_apps::kv::KvStore;
 use splitbft_broker::BrokerOptions;
 use splitbft_broker::local::LocalCluster;
-use splitbft_types::boundary::{Event, Output};
+use splitbft_types::boundary::{Event, Input, Output};
+use splitbft_types::codec::to_bytes;
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::msg::{Digest, Message};
-use splitbft_types::{CompartmentKind, ReplicaId, Seq};
+use splitbft_types::{CompartmentKind, ProtocolConfig, ReplicaId, Seq, View};
+
+use adversary::{Draw, Env, SharedLoot};
+use byzantine::Strategy;
 
 pub use checkers::History;
 use network::{Network, Scheduled};
 use workload::Clients;
 
-/// Replicas in every simulated cluster (`f = 1`).
+/// Replicas in a simulated cluster unless asked otherwise (`f = 1`).
 pub const REPLICAS: usize = 4;
+/// Cluster sizes the simulator runs (`n = 3f + 1`).
+pub const SIZES: [usize; 3] = [4, 7, 10];
 /// Simulated time during which faults are injected (clients work throughout).
 const FAULT_PHASE_US: u64 = 1_500_000;
 /// Operations each client completes after the faults healed (the liveness check).
@@ -68,6 +76,23 @@ pub enum Scenario {
     /// Paper Table 1: a faulty Preparation (the primary's), Confirmation and Execution
     /// enclave on three different replicas, and a hostile environment on every host.
     Table1,
+    /// Twins-style: every seed draws its faulty enclaves (up to `f` of each kind, anywhere),
+    /// their strategies, the hostile hosts and the network (SPEC §1.1).
+    Random,
+    /// A faulty primary Preparation orders ops sealed under session keys a faulty
+    /// Execution recovered from Registers (SPEC §6 validity).
+    ForgedOp,
+    /// A faulty primary Preparation re-orders every Register at `t = u64::MAX` (SPEC §3).
+    RetimedRegister,
+    /// A faulty primary withholds some batches' bytes from everyone (SPEC §4.1).
+    WithheldBatch,
+    /// A faulty Confirmation claims a prepared certificate at `s = 2^40` and the next
+    /// primary's faulty Preparation puts it in its NewView (SPEC §4.1 (6)).
+    HugeSeqViewChange,
+    /// A faulty primary orders junk copies of one client's requests instead of them (SPEC §5).
+    Censor,
+    /// A hostile host sends junk batch frames under real headers (SPEC §5 batch cache).
+    PoisonedBatchCache,
 }
 
 /// Which trust model the cluster runs under.
@@ -103,7 +128,26 @@ impl std::str::FromStr for Protocol {
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 13] = [
+        Scenario::Normal,
+        Scenario::Lossy,
+        Scenario::Partition,
+        Scenario::CrashPrimary,
+        Scenario::CrashRestart,
+        Scenario::Table1,
+        Scenario::Random,
+        Scenario::ForgedOp,
+        Scenario::RetimedRegister,
+        Scenario::WithheldBatch,
+        Scenario::HugeSeqViewChange,
+        Scenario::Censor,
+        Scenario::PoisonedBatchCache,
+    ];
+
+    /// The sweep `splitbft sim` runs without `--scenario`: the scenarios the code on this
+    /// branch passes. The named attack scenarios and `random` join it once the fixes of
+    /// "Table 1 for real" are in (they fail on the code before them, by design).
+    pub const DEFAULT: [Scenario; 6] = [
         Scenario::Normal,
         Scenario::Lossy,
         Scenario::Partition,
@@ -121,6 +165,13 @@ impl Scenario {
             Scenario::CrashPrimary => "crash-primary",
             Scenario::CrashRestart => "crash-restart",
             Scenario::Table1 => "table1",
+            Scenario::Random => "random",
+            Scenario::ForgedOp => "forged-op",
+            Scenario::RetimedRegister => "retimed-register",
+            Scenario::WithheldBatch => "withheld-batch",
+            Scenario::HugeSeqViewChange => "huge-seq-viewchange",
+            Scenario::Censor => "censor",
+            Scenario::PoisonedBatchCache => "poisoned-batch-cache",
         }
     }
 }
@@ -144,6 +195,12 @@ pub struct RunReport {
     pub scenario: Scenario,
     /// The trust model.
     pub protocol: Protocol,
+    /// Replicas in the cluster.
+    pub n: usize,
+    /// What the adversary drew (faulty enclaves, strategies, hostile hosts, network).
+    pub draw: String,
+    /// Replicas with anything faulty; liveness is owed when at most `f`.
+    pub faulty_replicas: usize,
     /// Broken safety properties: agreement, linearizability, bounded memory (empty when safe).
     pub safety_violations: Vec<String>,
     /// Operations executed that no client issued (SPEC §6 validity: Execution runs only
@@ -175,48 +232,193 @@ struct Observed {
     batches: BTreeMap<Digest, Vec<u8>>,
     violations: Vec<String>,
     max_view: u64,
+    /// SPEC §9 P1 and C1: the digest each correct Preparation prepared and each correct
+    /// Confirmation committed per `(v, s)`, by replica (forgotten when it restarts).
+    prepared: BTreeMap<(ReplicaId, View, Seq), Digest>,
+    committed: BTreeMap<(ReplicaId, View, Seq), Digest>,
+    /// SPEC §9 C4: the highest view each correct Confirmation sent a ViewChange for.
+    view_change_sent: BTreeMap<ReplicaId, View>,
+}
+
+impl Observed {
+    /// Checks one output of a correct enclave against the SPEC §9 invariants it owns.
+    fn invariants(&mut self, replica: ReplicaId, kind: CompartmentKind, output: &Output) {
+        match (kind, output) {
+            (CompartmentKind::Preparation, Output::Send(Message::Prepare(p))) => {
+                let key = (replica, p.body.view, p.body.seq);
+                if *self.prepared.entry(key).or_insert(p.body.digest) != p.body.digest {
+                    self.violations.push(format!(
+                        "P1: correct {replica} Preparation prepared two digests at (v {}, s {})",
+                        p.body.view, p.body.seq
+                    ));
+                }
+            }
+            (CompartmentKind::Confirmation, Output::Send(Message::Commit(c))) => {
+                let key = (replica, c.body.view, c.body.seq);
+                if *self.committed.entry(key).or_insert(c.body.digest) != c.body.digest {
+                    self.violations.push(format!(
+                        "C1: correct {replica} Confirmation committed two digests at (v {}, s {})",
+                        c.body.view, c.body.seq
+                    ));
+                }
+                if self.view_change_sent.get(&replica).is_some_and(|v| c.body.view < *v) {
+                    self.violations.push(format!(
+                        "C4: correct {replica} Confirmation committed in view {} after a ViewChange for a later view",
+                        c.body.view
+                    ));
+                }
+            }
+            (CompartmentKind::Confirmation, Output::Send(Message::ViewChange(vc))) => {
+                let v = self.view_change_sent.entry(replica).or_default();
+                *v = (*v).max(vc.body.view);
+            }
+            _ => {}
+        }
+    }
+
+    /// A restarted replica starts over (amnesia counts against f, SPEC §1.1): its
+    /// invariant memory goes with it.
+    fn restarted(&mut self, replica: ReplicaId) {
+        self.prepared.retain(|(r, _, _), _| *r != replica);
+        self.committed.retain(|(r, _, _), _| *r != replica);
+        self.view_change_sent.remove(&replica);
+    }
 }
 
 /// Keys from `seed`; under PBFT the three parts of a replica share one key.
-fn cluster_secrets(seed: u64, clients: usize, protocol: Protocol) -> ClusterSecrets {
+fn cluster_secrets(seed: u64, f: u32, clients: usize, protocol: Protocol) -> ClusterSecrets {
     let mut draws = 0u64;
     let next = move || {
         draws += 1;
         Digest::of(&[seed.to_le_bytes(), draws.to_le_bytes()].concat()).0
     };
     match protocol {
-        Protocol::Splitbft => ClusterSecrets::generate(seed, 1, clients, next),
-        Protocol::Pbft => ClusterSecrets::generate_one_key_per_replica(seed, 1, clients, next),
+        Protocol::Splitbft => ClusterSecrets::generate(seed, f, clients, next),
+        Protocol::Pbft => ClusterSecrets::generate_one_key_per_replica(seed, f, clients, next),
     }
 }
 
-/// The faulty enclaves of `scenario` under `protocol`.
-fn faulty(scenario: Scenario, protocol: Protocol) -> Vec<(ReplicaId, CompartmentKind)> {
-    if scenario != Scenario::Table1 {
-        return Vec::new();
-    }
-    let placed = [
-        (ReplicaId(0), CompartmentKind::Preparation),
-        (ReplicaId(1), CompartmentKind::Confirmation),
-        (ReplicaId(2), CompartmentKind::Execution),
-    ];
-    match protocol {
-        Protocol::Splitbft => placed.to_vec(),
-        // One key per replica: whoever holds it can act as any part.
-        Protocol::Pbft => placed.iter().flat_map(|(r, _)| CompartmentKind::ALL.map(|k| (*r, k))).collect(),
+/// The adversary of `scenario` for one seed.
+fn draw(scenario: Scenario, config: &ProtocolConfig, rng: &mut ChaCha8Rng) -> Draw {
+    match scenario {
+        Scenario::Normal | Scenario::Lossy | Scenario::Partition | Scenario::CrashPrimary | Scenario::CrashRestart => {
+            Draw { faulty: Vec::new(), hosts: Default::default(), network: scenario }
+        }
+        Scenario::Random => Draw::random(config, rng),
+        _ => Draw::named(scenario, config, rng),
     }
 }
 
-/// Runs one seed of `scenario` under SplitBFT.
+/// Under PBFT one key signs for a whole replica: a replica with any faulty part is wholly
+/// faulty; its other parts run the default strategy of their kind.
+fn pbft_faulty(draw: &Draw, config: &ProtocolConfig) -> Vec<(ReplicaId, CompartmentKind, Strategy)> {
+    let replicas: std::collections::BTreeSet<ReplicaId> = draw.faulty.iter().map(|(r, _, _)| *r).collect();
+    let mut all = Vec::new();
+    for r in replicas {
+        for kind in CompartmentKind::ALL {
+            let drawn = draw.faulty.iter().find(|(fr, fk, _)| *fr == r && *fk == kind).map(|(_, _, s)| *s);
+            let default = match kind {
+                CompartmentKind::Preparation if config.primary(0) == r => Strategy::Equivocate,
+                CompartmentKind::Preparation => Strategy::PrepareEverything,
+                CompartmentKind::Confirmation => Strategy::CommitWithoutCertificate,
+                CompartmentKind::Execution => Strategy::WrongResultsAndCheckpoints,
+            };
+            all.push((r, kind, drawn.unwrap_or(default)));
+        }
+    }
+    all
+}
+
+/// Runs one seed of `scenario` under SplitBFT with [`REPLICAS`] replicas.
 pub fn run(seed: u64, scenario: Scenario) -> RunReport {
     run_protocol(seed, scenario, Protocol::Splitbft)
 }
 
-/// Runs one seed of `scenario` under `protocol`'s trust model.
+/// Runs one seed of `scenario` under `protocol`'s trust model with [`REPLICAS`] replicas.
 pub fn run_protocol(seed: u64, scenario: Scenario, protocol: Protocol) -> RunReport {
+    run_with(seed, scenario, protocol, REPLICAS)
+}
+
+thread_local! {
+    /// Where the last panic on this thread happened (set by [`quiet_panics`]).
+    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Replaces the panic hook with one that records the panic for the run's report instead
+/// of printing it: a panic inside a compartment is a finding (a crash), not the end of a
+/// sweep.
+pub fn quiet_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        LAST_PANIC.with(|p| *p.borrow_mut() = Some(info.to_string()));
+    }));
+}
+
+/// Runs one seed of `scenario` under `protocol` with `replicas` replicas (4, 7 or 10). A
+/// panic anywhere in the run (a compartment or broker crashing) is reported as a safety
+/// violation of that seed.
+pub fn run_with(seed: u64, scenario: Scenario, protocol: Protocol, replicas: usize) -> RunReport {
+    assert!(SIZES.contains(&replicas), "the simulator runs n = 4, 7 or 10");
+    // Every enclave of the cluster runs in this process: verify each signature once.
+    splitbft_types::crypto::memoize_verifications();
+    let mut draw_text = String::new();
+    let mut faulty_replicas = 0;
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_inner(seed, scenario, protocol, replicas, &mut draw_text, &mut faulty_replicas)
+    }));
+    outcome.unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        let location = LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or(message);
+        RunReport {
+            seed,
+            scenario,
+            protocol,
+            n: replicas,
+            draw: draw_text,
+            faulty_replicas,
+            safety_violations: vec![format!("crash: {location}")],
+            validity_violations: Vec::new(),
+            refused_requests: 0,
+            liveness_failure: None,
+            completed: 0,
+            max_seq: 0,
+            max_view: 0,
+            delivered: 0,
+            sim_time_us: 0,
+            replicas: Vec::new(),
+        }
+    })
+}
+
+/// What seed `seed` of `scenario` draws (printed before a run, so a run that kills the
+/// process still names its adversary), and on how many replicas it puts faults.
+pub fn draw_of(seed: u64, scenario: Scenario, protocol: Protocol, n: usize) -> (String, usize) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut secrets = cluster_secrets(seed, ((n - 1) / 3) as u32, 3, protocol);
+    secrets.config.checkpoint_interval = 8;
+    secrets.config.log_window = 16;
+    let draw = draw(scenario, &secrets.config, &mut rng);
+    (draw.to_string(), draw.faulty_replicas())
+}
+
+/// How often a hostile host injects `Suspect`.
+const SUSPECT_EVERY_US: u64 = 300_000;
+
+fn run_inner(
+    seed: u64,
+    scenario: Scenario,
+    protocol: Protocol,
+    n: usize,
+    draw_text: &mut String,
+    faulty_count: &mut usize,
+) -> RunReport {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let clients = 3;
-    let mut secrets = cluster_secrets(seed, clients, protocol);
+    let f = ((n - 1) / 3) as u32;
+    let mut secrets = cluster_secrets(seed, f, clients, protocol);
     secrets.config.checkpoint_interval = 8;
     secrets.config.log_window = 16;
     let config = secrets.config.clone();
@@ -225,21 +427,35 @@ pub fn run_protocol(seed: u64, scenario: Scenario, protocol: Protocol) -> RunRep
     options.batch_timeout_us = 2_000;
     options.view_change_timeout_us = 150_000;
     let mut cluster = LocalCluster::new(&secrets, || Box::new(KvStore::new()), options);
-    let faulty = faulty(scenario, protocol);
-    byzantine::install(&mut cluster, &secrets, &faulty, protocol == Protocol::Pbft);
-    let faulty_replicas: Vec<ReplicaId> = faulty.iter().map(|(r, _)| *r).collect();
+    let draw = draw(scenario, &config, &mut rng);
+    *draw_text = draw.to_string();
+    *faulty_count = draw.faulty_replicas();
+    let faulty = match protocol {
+        Protocol::Splitbft => draw.faulty.clone(),
+        Protocol::Pbft => pbft_faulty(&draw, &config),
+    };
+    let loot = SharedLoot::default();
+    byzantine::install(&mut cluster, &secrets, &faulty, protocol == Protocol::Pbft, &loot);
+    let faulty_replicas: Vec<ReplicaId> = faulty.iter().map(|(r, _, _)| *r).collect();
     // Correct Execution enclaves: not faulty themselves, and under PBFT not on a faulty replica.
-    let correct: Vec<bool> = (0..REPLICAS as u32)
+    let correct: Vec<bool> = (0..n as u32)
         .map(|r| match protocol {
-            Protocol::Splitbft => !faulty.contains(&(ReplicaId(r), CompartmentKind::Execution)),
+            Protocol::Splitbft => {
+                !faulty.iter().any(|(fr, k, _)| *fr == ReplicaId(r) && *k == CompartmentKind::Execution)
+            }
             Protocol::Pbft => !faulty_replicas.contains(&ReplicaId(r)),
         })
         .collect();
-    let mut adversary = (scenario == Scenario::Table1).then(hostile::Hostile::default);
-    let observed = Rc::new(RefCell::new(Observed { executed: vec![BTreeMap::new(); REPLICAS], ..Default::default() }));
+    let mut mangler = hostile::Hostile::default();
+    let observed = Rc::new(RefCell::new(Observed { executed: vec![BTreeMap::new(); n], ..Default::default() }));
     let sink = observed.clone();
+    let faulty_enclaves: std::collections::BTreeSet<(ReplicaId, CompartmentKind)> =
+        faulty.iter().map(|(r, k, _)| (*r, *k)).collect();
     cluster.set_observer(move |replica, kind, output| {
         let mut o = sink.borrow_mut();
+        if !faulty_enclaves.contains(&(replica, kind)) {
+            o.invariants(replica, kind, output);
+        }
         match (kind, output) {
             (CompartmentKind::Execution, Output::Event(Event::Executed { seq, digest, .. })) => {
                 if let Some(prior) = o.executed[replica.0 as usize].insert(*seq, *digest)
@@ -255,18 +471,21 @@ pub fn run_protocol(seed: u64, scenario: Scenario, protocol: Protocol) -> RunRep
             _ => {}
         }
     });
-    let mut net = Network::new(scenario, &mut rng);
+    let mut net = Network::new(draw.network, &mut rng);
     // Session keys come from their own stream, so the run's schedule does not depend on them.
     let mut session_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5e55_10e5);
     let mut clients = Clients::new(&secrets, &config, FAULT_PHASE_US, OPS_AFTER_HEAL, &mut session_rng);
-    let memory_bound = config.log_window + config.log_window / config.checkpoint_interval + REPLICAS as u64 + 4;
+    let memory_bound = config.log_window + config.log_window / config.checkpoint_interval + n as u64 + 4;
     let mut next_memory_check = MEMORY_CHECK_US;
+    let mut next_suspect = SUSPECT_EVERY_US;
     let mut history = History::default();
-    let deadline = FAULT_PHASE_US + HEAL_PHASE_US;
     let mut delivered = 0u64;
+    // Liveness is owed only while at most f replicas have anything faulty; where it is
+    // not, the run stops soon after the fault phase (only safety is checked).
+    let live_expected = draw.faulty_replicas() <= f as usize;
+    let deadline = if live_expected { FAULT_PHASE_US + HEAL_PHASE_US } else { FAULT_PHASE_US + 2_000_000 };
 
     clients.start(&mut net, &cluster, &mut rng);
-    let deadline = if scenario == Scenario::Table1 { FAULT_PHASE_US + 2_000_000 } else { deadline };
     while cluster.now_us() < deadline && !(clients.all_done() && cluster.now_us() >= FAULT_PHASE_US) {
         // Next event: a frame due, or the next tick.
         let next_tick = cluster.now_us() + TICK_US;
@@ -275,17 +494,31 @@ pub fn run_protocol(seed: u64, scenario: Scenario, protocol: Protocol) -> RunRep
             cluster.advance(due - cluster.now_us());
         }
         let now = cluster.now_us();
+        let down_before = cluster.down.clone();
         net.faults(now, &mut cluster, &mut rng);
+        for replica in down_before.difference(&cluster.down) {
+            observed.borrow_mut().restarted(*replica);
+        }
+        if now >= next_suspect && now < FAULT_PHASE_US {
+            next_suspect = now + SUSPECT_EVERY_US;
+            for (r, env) in &draw.hosts {
+                if *env == Env::InjectSuspect && !cluster.down.contains(r) {
+                    let view = cluster.core(*r).view();
+                    let input = Bytes::from(to_bytes(&Input::Suspect(view)));
+                    cluster.enclave_input(*r, CompartmentKind::Confirmation, input);
+                }
+            }
+        }
         while let Some(item) = net.pop_due(now) {
             delivered += 1;
             match item {
-                Scheduled::Peer(packet) => match adversary.as_mut() {
-                    Some(adversary) => adversary.deliver(packet, &mut cluster, &mut net, &mut rng),
-                    None => cluster.deliver(packet),
+                Scheduled::Peer(packet) => match draw.hosts.get(&packet.to) {
+                    Some(Env::Mangle) => mangler.deliver(packet, &mut cluster, &mut net, &mut rng),
+                    _ => cluster.deliver(packet),
                 },
                 Scheduled::Enclave(replica, kind, input) => cluster.enclave_input(replica, kind, input),
                 Scheduled::ToReplica(replica, request) => cluster.client_sends(replica, &request),
-                Scheduled::ToClient(reply) => clients.on_reply(reply, now, &mut net, &cluster, &mut rng, &mut history),
+                Scheduled::ToClient(reply) => clients.on_reply(reply, now, &cluster, &mut rng, &mut history),
                 Scheduled::Reconnect(from, to) => {
                     net.reconnected(from, to);
                     cluster.resend_out_log(from, to);
@@ -293,16 +526,23 @@ pub fn run_protocol(seed: u64, scenario: Scenario, protocol: Protocol) -> RunRep
             }
         }
         clients.on_tick(now, &mut net, &cluster, &mut rng);
-        // Whatever the replicas sent goes through the simulated network.
+        // Whatever the replicas sent goes through the simulated network (and, from a
+        // hostile host, through its environment first).
         while let Some(packet) = cluster.network.pop_front() {
-            net.send_peer(packet, now, &mut rng);
+            let packets = match draw.hosts.get(&packet.from) {
+                Some(env) => hostile::outgoing(*env, packet, &loot.lock().expect("loot")),
+                None => vec![(packet, 0)],
+            };
+            for (packet, later) in packets {
+                net.send_peer(packet, now + later, &mut rng);
+            }
         }
         for reply in cluster.take_replies() {
             net.send_to_client(reply, now, &mut rng);
         }
         if now >= next_memory_check {
             next_memory_check = now + MEMORY_CHECK_US;
-            for r in 0..REPLICAS as u32 {
+            for r in 0..n as u32 {
                 if cluster.down.contains(&ReplicaId(r)) {
                     continue;
                 }
@@ -317,7 +557,7 @@ pub fn run_protocol(seed: u64, scenario: Scenario, protocol: Protocol) -> RunRep
             }
         }
     }
-    let replicas = (0..REPLICAS as u32)
+    let replicas = (0..n as u32)
         .map(|r| {
             let replica = ReplicaId(r);
             let parts: Vec<String> = CompartmentKind::ALL
@@ -352,8 +592,6 @@ pub fn run_protocol(seed: u64, scenario: Scenario, protocol: Protocol) -> RunRep
         &secrets.execution_group_secret(),
     );
     safety_violations.extend(replay.linearizability);
-    // Liveness is owed only while at most f replicas have anything faulty.
-    let live_expected = faulty_replicas.iter().collect::<std::collections::BTreeSet<_>>().len() <= 1;
     let liveness_failure = (live_expected && !clients.all_done()).then(|| {
         format!(
             "{} of {} operations incomplete {} s after faults healed",
@@ -366,6 +604,9 @@ pub fn run_protocol(seed: u64, scenario: Scenario, protocol: Protocol) -> RunRep
         seed,
         scenario,
         protocol,
+        n,
+        draw: draw.to_string(),
+        faulty_replicas: draw.faulty_replicas(),
         safety_violations,
         validity_violations: replay.validity,
         refused_requests: replay.refused,
@@ -376,5 +617,50 @@ pub fn run_protocol(seed: u64, scenario: Scenario, protocol: Protocol) -> RunRep
         delivered,
         sim_time_us: cluster.now_us(),
         replicas,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use splitbft_types::msg::{Commit, Prepare, Sig, Signed, ViewChange};
+
+    fn commit(view: View, seq: Seq, d: u8) -> Output {
+        let body = Commit { view, seq, digest: Digest([d; 32]), replica: ReplicaId(1) };
+        Output::Send(Message::Commit(Signed { body, sig: Sig([0; 64]) }))
+    }
+
+    /// SPEC §9 P1, C1 and C4 flag a correct enclave's second digest per `(v, s)` and a
+    /// Commit in an abandoned view; a restart forgets what the enclave did before.
+    #[test]
+    fn invariants_flag_what_a_correct_enclave_must_not_do() {
+        let mut o = Observed::default();
+        let r = ReplicaId(1);
+        let prepare = |d: u8| {
+            let body = Prepare { view: 0, seq: 3, digest: Digest([d; 32]), replica: r };
+            Output::Send(Message::Prepare(Signed { body, sig: Sig([0; 64]) }))
+        };
+        o.invariants(r, CompartmentKind::Preparation, &prepare(1));
+        o.invariants(r, CompartmentKind::Preparation, &prepare(1));
+        assert!(o.violations.is_empty());
+        o.invariants(r, CompartmentKind::Preparation, &prepare(2));
+        assert!(o.violations.last().is_some_and(|v| v.starts_with("P1")), "{:?}", o.violations);
+        o.invariants(r, CompartmentKind::Confirmation, &commit(0, 3, 1));
+        o.invariants(r, CompartmentKind::Confirmation, &commit(0, 3, 2));
+        assert!(o.violations.last().is_some_and(|v| v.starts_with("C1")), "{:?}", o.violations);
+        let stable = splitbft_types::msg::CheckpointCert { seq: 0, state: Digest([0; 32]), proof: Vec::new() };
+        let body = ViewChange { view: 1, replica: r, stable, prepared: Vec::new() };
+        o.invariants(
+            r,
+            CompartmentKind::Confirmation,
+            &Output::Send(Message::ViewChange(Signed { body, sig: Sig([0; 64]) })),
+        );
+        o.invariants(r, CompartmentKind::Confirmation, &commit(0, 4, 1));
+        assert!(o.violations.last().is_some_and(|v| v.starts_with("C4")), "{:?}", o.violations);
+        let before = o.violations.len();
+        o.restarted(r);
+        o.invariants(r, CompartmentKind::Preparation, &prepare(3));
+        o.invariants(r, CompartmentKind::Confirmation, &commit(0, 3, 3));
+        assert_eq!(o.violations.len(), before, "a restarted enclave starts over");
     }
 }

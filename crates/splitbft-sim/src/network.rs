@@ -9,7 +9,7 @@ use splitbft_broker::local::{LocalCluster, Packet};
 use splitbft_types::msg::{Reply, Request};
 use splitbft_types::{CompartmentKind, ReplicaId};
 
-use crate::{FAULT_PHASE_US, REPLICAS, Scenario};
+use crate::{FAULT_PHASE_US, Scenario};
 
 /// Something in flight.
 #[derive(Debug)]
@@ -153,9 +153,8 @@ impl Network {
         if !self.faulty(now) || now < self.next_fault_us {
             return;
         }
-        let victim = ReplicaId(rng.random_range(0..REPLICAS as u32));
+        let victim = ReplicaId(rng.random_range(0..cluster.protocol.n() as u32));
         match self.scenario {
-            Scenario::Normal | Scenario::Lossy | Scenario::Table1 => {}
             Scenario::Partition if self.partition.is_none() => {
                 self.partition = Some((victim, now + rng.random_range(200_000..800_000)));
             }

@@ -165,8 +165,68 @@ impl PublicKey {
         sig: &Sig,
     ) -> Result<(), CryptoError> {
         let bytes = signed_bytes(cluster_id, purpose, body);
-        self.0.verify_strict(&bytes, &Signature::from_bytes(&sig.0)).map_err(|_| CryptoError::BadSignature)
+        let memo = memo::id(self, &bytes, sig);
+        if memo.is_some_and(memo::verified) {
+            return Ok(());
+        }
+        self.0.verify_strict(&bytes, &Signature::from_bytes(&sig.0)).map_err(|_| CryptoError::BadSignature)?;
+        if let Some(id) = memo {
+            memo::remember(id);
+        }
+        Ok(())
     }
+}
+
+/// A process-wide memo of signatures that verified, for the simulator only (off unless
+/// [`memoize_verifications`] is called). A simulated cluster runs every enclave in one
+/// process, so each signature is verified by up to `3n` enclaves; the memo verifies it
+/// once per (key, signed bytes, signature) and answers the rest from memory. Only
+/// successes are kept, keyed by SHA-256 over all three, so a memo hit is exactly a
+/// signature that verified: caching by message, never skipping a check.
+mod memo {
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use sha2::{Digest as _, Sha256};
+
+    use super::PublicKey;
+    use crate::msg::Sig;
+
+    /// Entries kept before the memo starts over (bounds its memory, ~10 MB).
+    const LIMIT: usize = 200_000;
+
+    pub(super) static ON: AtomicBool = AtomicBool::new(false);
+    static VERIFIED: Mutex<BTreeSet<[u8; 32]>> = Mutex::new(BTreeSet::new());
+
+    pub(super) fn id(key: &PublicKey, bytes: &[u8], sig: &Sig) -> Option<[u8; 32]> {
+        ON.load(Ordering::Relaxed).then(|| {
+            let mut h = Sha256::new();
+            h.update(key.0.as_bytes());
+            h.update(sig.0);
+            h.update(bytes);
+            h.finalize().into()
+        })
+    }
+
+    pub(super) fn verified(id: [u8; 32]) -> bool {
+        VERIFIED.lock().map(|set| set.contains(&id)).unwrap_or(false)
+    }
+
+    pub(super) fn remember(id: [u8; 32]) {
+        if let Ok(mut set) = VERIFIED.lock() {
+            if set.len() >= LIMIT {
+                set.clear();
+            }
+            set.insert(id);
+        }
+    }
+}
+
+/// Turns on the process-wide memo of verified signatures (the simulator's speed-up; see
+/// the `memo` module). Never called by replicas, clients or tools.
+pub fn memoize_verifications() {
+    memo::ON.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 impl std::fmt::Debug for PublicKey {

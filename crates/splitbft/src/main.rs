@@ -4,6 +4,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod sim_sweep;
+
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use splitbft::clusterfile::{
@@ -128,23 +130,7 @@ enum Command {
         op: ClientOp,
     },
     /// Run seeds of the deterministic simulator and check safety and liveness.
-    Sim {
-        /// Number of seeds per scenario.
-        #[arg(long, default_value_t = 20)]
-        seeds: u64,
-        /// First seed (seeds S, S+1, ...); replay one failing run with --seed S --seeds 1.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Only this scenario (default: all).
-        #[arg(long)]
-        scenario: Option<splitbft_sim::Scenario>,
-        /// Only this trust model: splitbft or pbft (default: both).
-        #[arg(long)]
-        protocol: Option<splitbft_sim::Protocol>,
-        /// End with one JSON object per protocol and scenario.
-        #[arg(long)]
-        json: bool,
-    },
+    Sim(sim_sweep::SimArgs),
     /// Inspect the sealed ledger blocks replicas wrote (SPEC §7).
     #[command(subcommand)]
     Ledger(LedgerCommand),
@@ -286,7 +272,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             ledger_verify(&config, &replicas, &data_dirs, json)
         }
         Command::Client { config, client_id, timeout_s, op } => client(&config, client_id, timeout_s, op).await,
-        Command::Sim { seeds, seed, scenario, protocol, json } => sim(seeds, seed, scenario, protocol, json),
+        Command::Sim(args) => sim_sweep::sim(args),
         Command::Demo { mut options, json } => {
             options.progress = !json && demo::stderr_is_terminal();
             let summary = demo::run(options).await?;
@@ -410,97 +396,6 @@ fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
          which was then discarded; measurement {}",
         hex::encode(measurement.0)
     );
-    Ok(())
-}
-
-fn sim(
-    seeds: u64,
-    first: u64,
-    scenario: Option<splitbft_sim::Scenario>,
-    protocol: Option<splitbft_sim::Protocol>,
-    json: bool,
-) -> anyhow::Result<()> {
-    use splitbft_sim::{Protocol, Scenario};
-    let scenarios = scenario.map_or_else(|| Scenario::ALL.to_vec(), |s| vec![s]);
-    let protocols = protocol.map_or_else(|| vec![Protocol::Splitbft, Protocol::Pbft], |p| vec![p]);
-    let mut summaries = Vec::new();
-    let mut failed = false;
-    for scenario in scenarios {
-        for &protocol in &protocols {
-            let started = std::time::Instant::now();
-            let (mut safety, mut liveness, mut validity) = (0u64, 0u64, 0u64);
-            let mut failing = Vec::new();
-            // PBFT is expected to break where a scenario puts faults on more than f replicas.
-            let expected_to_break = protocol == Protocol::Pbft && scenario == Scenario::Table1;
-            for seed in first..first.saturating_add(seeds) {
-                let report = splitbft_sim::run_protocol(seed, scenario, protocol);
-                if seeds == 1 {
-                    // Replaying one seed: show where every replica ended up.
-                    eprintln!(
-                        "seed {seed}: {} ops completed, max seq {}, max view {}, {} frames delivered",
-                        report.completed, report.max_seq, report.max_view, report.delivered
-                    );
-                    for line in &report.replicas {
-                        eprintln!("  {line}");
-                    }
-                }
-                let bad = !report.safety_violations.is_empty() || report.liveness_failure.is_some();
-                safety += u64::from(!report.safety_violations.is_empty());
-                validity += u64::from(!report.validity_violations.is_empty());
-                liveness += u64::from(report.liveness_failure.is_some());
-                if bad {
-                    failing.push(seed);
-                }
-                if bad && failing.len() == 1 {
-                    eprintln!("{} {} seed {seed}:", protocol.name(), scenario.name());
-                    for v in report.safety_violations.iter().take(3) {
-                        eprintln!("  safety: {v}");
-                    }
-                    if let Some(l) = &report.liveness_failure {
-                        eprintln!("  liveness: {l}");
-                    }
-                    eprintln!(
-                        "  replay: splitbft sim --protocol {} --scenario {} --seed {seed} --seeds 1",
-                        protocol.name(),
-                        scenario.name()
-                    );
-                }
-            }
-            let secs = started.elapsed().as_secs_f64();
-            if failing.len() > 1 {
-                let shown: Vec<String> = failing.iter().take(20).map(u64::to_string).collect();
-                let more = failing.len().saturating_sub(shown.len());
-                let more = if more > 0 { format!(" and {more} more") } else { String::new() };
-                eprintln!("  failing seeds: {}{more}", shown.join(", "));
-            }
-            println!(
-                "{:<9} {:<14} {seeds} seeds in {secs:.1} s ({:.1} seeds/s): {safety} with safety violations, {liveness} with liveness failures, {validity} with made-up ops executed{}",
-                protocol.name(),
-                scenario.name(),
-                seeds as f64 / secs,
-                if expected_to_break { " (expected: faults on 3 of 4 replicas)" } else { "" }
-            );
-            failed |= !expected_to_break && safety + liveness > 0;
-            summaries.push(serde_json::json!({
-                "protocol": protocol.name(),
-                "scenario": scenario.name(),
-                "seeds": seeds,
-                "safety_violations": safety,
-                "liveness_failures": liveness,
-                "validity_violations": validity,
-                "first_failing_seed": failing.first(),
-                "seeds_per_second": seeds as f64 / secs,
-            }));
-        }
-    }
-    if json {
-        for s in &summaries {
-            println!("{s}");
-        }
-    }
-    if failed {
-        bail!("the simulator found failing seeds");
-    }
     Ok(())
 }
 
