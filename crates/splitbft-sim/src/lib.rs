@@ -144,17 +144,10 @@ impl Scenario {
         Scenario::PoisonedBatchCache,
     ];
 
-    /// The sweep `splitbft sim` runs without `--scenario`: the scenarios the code on this
-    /// branch passes. The named attack scenarios and `random` join it once the fixes of
-    /// "Table 1 for real" are in (they fail on the code before them, by design).
-    pub const DEFAULT: [Scenario; 6] = [
-        Scenario::Normal,
-        Scenario::Lossy,
-        Scenario::Partition,
-        Scenario::CrashPrimary,
-        Scenario::CrashRestart,
-        Scenario::Table1,
-    ];
+    /// The sweep `splitbft sim` runs without `--scenario`: every scenario, `random` and
+    /// the named attacks of "Table 1 for real" included (they fail on the code before its
+    /// fixes, by design: that is how the simulator showed it finds them).
+    pub const DEFAULT: [Scenario; 13] = Scenario::ALL;
 
     /// The CLI name.
     pub fn name(self) -> &'static str {

@@ -139,7 +139,6 @@ fn random_breaks_pbft() {
 /// fixes each one fails (forged op and re-timed Register: validity; withheld batch and
 /// censor: liveness; huge-seq ViewChange: the process aborts allocating `O`).
 #[test]
-#[ignore = "fails until the fixes of issue 11 (branch table1) land; un-ignore at merge"]
 fn table1_attacks_are_harmless() {
     for scenario in [
         Scenario::ForgedOp,

@@ -20,8 +20,7 @@ pub struct SimArgs {
     /// First seed (seeds S, S+1, ...); replay one run with --seed S --seeds 1.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Only these scenarios, comma-separated (default: the sweep that passes on this code,
-    /// see `Scenario::DEFAULT`).
+    /// Only these scenarios, comma-separated (default: every scenario, `Scenario::DEFAULT`).
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<Scenario>,
     /// Every scenario, including `random` and the named attacks.
