@@ -11,11 +11,11 @@ use serde::Serialize;
 use splitbft_preparation::Preparation;
 use splitbft_types::boundary::{Compartment, Input, Output};
 use splitbft_types::codec::{from_bytes, to_bytes};
-use splitbft_types::crypto::{Purpose, SecretKey};
+use splitbft_types::crypto::{ClientKeys, Purpose, SecretKey};
 use splitbft_types::durable::{RecordKind, RestoreError, SealedState};
 use splitbft_types::keys::ClusterSecrets;
-use splitbft_types::msg::{Digest, Message, PrePrepare, Signed};
-use splitbft_types::{CompartmentKind, ReplicaId, Seq, View};
+use splitbft_types::msg::{BatchMsg, Digest, Message, PrePrepare, Signed};
+use splitbft_types::{ClientId, CompartmentKind, ReplicaId, Seq, View};
 
 fn secrets() -> &'static ClusterSecrets {
     static SECRETS: OnceLock<ClusterSecrets> = OnceLock::new();
@@ -30,13 +30,27 @@ fn sign<T: Serialize>(r: u32, purpose: Purpose, body: T) -> Signed<T> {
     }
 }
 
+fn client(c: u32) -> ClientKeys {
+    let s = secrets();
+    ClientKeys::derive(&s.clients[c as usize], &s.config, &s.config.validate().unwrap(), ClientId(c))
+}
+
+/// The encoded batch named `tag`: one genuine request of client 0 whose op is the tag
+/// (backups prepare only batches they hold and checked, SPEC §4.1 (2)).
+fn batch(tag: &str) -> Vec<u8> {
+    to_bytes(&vec![client(0).request(1, tag.as_bytes().to_vec())])
+}
+
+/// The digest of [`batch`]`(tag)`.
+fn d(tag: &str) -> Digest {
+    Digest::of(&batch(tag))
+}
+
+/// A PrePrepare of primary(view) for batch `tag`, with the batch.
 fn pp(view: View, seq: Seq, tag: &str) -> Message {
     let primary = secrets().config.primary(view).0;
-    Message::PrePrepare(sign(
-        primary,
-        Purpose::PrePrepare,
-        PrePrepare { view, seq, digest: Digest::of(tag.as_bytes()) },
-    ))
+    let pre_prepare = sign(primary, Purpose::PrePrepare, PrePrepare { view, seq, digest: d(tag) });
+    Message::Batch(BatchMsg { pre_prepare, batch: batch(tag) })
 }
 
 fn secret(me: u32) -> SecretKey {
@@ -73,7 +87,7 @@ fn a_restored_backup_does_not_prepare_a_second_digest_and_a_stateless_one_would(
     let mut p = fresh(3);
     p.enable_durability(0);
     let (prepared, mut log) = cross(&mut p, vec![pp(0, 1, "a")]);
-    assert_eq!(prepared, vec![(1, Digest::of(b"a"))]);
+    assert_eq!(prepared, vec![(1, d("a"))]);
     assert_eq!(log.len(), 1, "one record per crossing");
     assert_eq!(log[0].kind, RecordKind::Image, "the first record is an image");
     let (prepared, sealed) = cross(&mut p, vec![pp(0, 2, "b"), pp(0, 3, "c")]);
@@ -91,12 +105,12 @@ fn a_restored_backup_does_not_prepare_a_second_digest_and_a_stateless_one_would(
         assert!(cross(&mut restored, vec![pp(0, seq, tag)]).0.is_empty(), "equivocated at {seq}");
     }
     let (prepared, sealed) = cross(&mut restored, vec![pp(0, 4, "d")]);
-    assert_eq!(prepared, vec![(4, Digest::of(b"d"))]);
+    assert_eq!(prepared, vec![(4, d("d"))]);
     assert_eq!(sealed[0].index, 2, "the record sequence continues");
 
     // Without the state (the failure SPEC §10 removes) the same enclave would equivocate.
     let mut stateless = fresh(3);
-    assert_eq!(cross(&mut stateless, vec![pp(0, 1, "x")]).0, vec![(1, Digest::of(b"x"))]);
+    assert_eq!(cross(&mut stateless, vec![pp(0, 1, "x")]).0, vec![(1, d("x"))]);
 }
 
 #[test]

@@ -508,6 +508,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         ledger_common_blocks = Some(verified.common_heights);
         ledger_head = verified.chains.iter().max_by_key(|(_, c)| c.head_height).and_then(|(_, c)| c.head_hash.clone());
     }
+    // A key-value run's own temporary state directory has served its purpose (the ledger's
+    // is kept: its summary names it for `ledger verify`).
+    let data_dir = match data_dir {
+        Some(dir) if opts.app == AppKind::Kv && opts.data_dir.is_none() => {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove the demo's temporary data directory");
+            }
+            None
+        }
+        other => other,
+    };
     let completed = outcome.completed;
     Ok(DemoSummary {
         protocol: opts.protocol,
