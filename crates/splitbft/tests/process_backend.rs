@@ -350,8 +350,10 @@ fn kill_9_of_compartments_under_load_loses_no_acknowledged_write() {
     assert!(log0.contains("1 compartment process restarts (0 seccomp kills)"), "{log0}");
     assert!(log0.contains("killed by SIGKILL"), "{log0}");
     // The restarted primary Preparation forgot its sequence numbers: the replica suspected
-    // its view and the cluster moved on.
-    assert!(stopped_field(&log0, "view ") >= 1, "{log0}");
+    // its view and the cluster moved on. Replica 2 shows it: the restarted Preparation of
+    // replica 0 itself starts at view 0 and may not have seen the NewView (it has no
+    // durable state, SPEC §10), so its own report is no evidence either way.
+    assert!(stopped_field(&log2, "view ") >= 1, "{log2}");
     // Whether the restarted Execution needed a state transfer depends on how far the load
     // moved on while it was down (a stable checkpoint past it); shown, not asserted.
     eprintln!("replica 2 state transfers: {}", stopped_field(&log2, "executed, "));
