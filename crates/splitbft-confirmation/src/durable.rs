@@ -92,10 +92,6 @@ fn sealer(config: &ProtocolConfig, me: ReplicaId, secret: &SecretKey, counter: u
     StateSealer::new(secret, config.cluster_id, EnclaveId { replica: me, kind: CompartmentKind::Confirmation }, counter)
 }
 
-fn malformed(index: usize, reason: &str) -> RestoreError {
-    RestoreError::Malformed { index: index as u64, reason: reason.into() }
-}
-
 impl Confirmation {
     /// Turns on sealed write-ahead state for an enclave starting without state: its first
     /// crossing emits an image bound to `counter + 1` (SPEC §10).
@@ -117,9 +113,9 @@ impl Confirmation {
     ) -> Result<Self, RestoreError> {
         let mut sealer = sealer(&config, me, &secret, counter);
         let plain = sealer.open_all(records, counter)?;
-        let mut c = Confirmation::new(config, me, secret, genesis)
-            .map_err(|e| RestoreError::Malformed { index: 0, reason: e.to_string() })?;
-        let image: Image = from_bytes(&plain[0]).map_err(|_| malformed(0, "image does not decode"))?;
+        let mut c =
+            Confirmation::new(config, me, secret, genesis).map_err(|e| RestoreError::malformed(0, &e.to_string()))?;
+        let image: Image = from_bytes(&plain[0]).map_err(|_| RestoreError::malformed(0, "image does not decode"))?;
         if image.stable.seq > 0 {
             c.checkpoints.adopt(image.stable);
         }
@@ -127,7 +123,7 @@ impl Confirmation {
         c.active = image.active;
         let mut certs = vec![(0, image.prepared)];
         for (i, bytes) in plain.iter().enumerate().skip(1) {
-            let delta: Delta = from_bytes(bytes).map_err(|_| malformed(i, "delta does not decode"))?;
+            let delta: Delta = from_bytes(bytes).map_err(|_| RestoreError::malformed(i, "delta does not decode"))?;
             certs.push((i, delta.prepared));
         }
         let (low, window, n) = (c.checkpoints.low(), c.config.log_window, c.config.n());
@@ -136,7 +132,7 @@ impl Confirmation {
                 let (view, seq, digest) =
                     (cert.pre_prepare.body.view, cert.pre_prepare.body.seq, cert.pre_prepare.body.digest);
                 if seq <= low || seq > low.saturating_add(window) || view > c.view {
-                    return Err(malformed(i, "prepared certificate outside the window or view"));
+                    return Err(RestoreError::malformed(i, "prepared certificate outside the window or view"));
                 }
                 if view == c.view {
                     c.slots.insert(

@@ -101,10 +101,6 @@ fn sealer(config: &ProtocolConfig, me: ReplicaId, secret: &SecretKey, counter: u
     StateSealer::new(secret, config.cluster_id, EnclaveId { replica: me, kind: CompartmentKind::Execution }, counter)
 }
 
-fn malformed(index: usize, reason: &str) -> RestoreError {
-    RestoreError::Malformed { index: index as u64, reason: reason.into() }
-}
-
 impl Execution {
     /// Turns on sealed write-ahead state for an enclave starting without state: its first
     /// crossing emits an image bound to `counter + 1` (SPEC §10).
@@ -129,10 +125,10 @@ impl Execution {
         let mut sealer = sealer(&config, me, &secret, counter);
         let plain = sealer.open_all(records, counter)?;
         let mut e = Execution::new(config, me, secret, group, app)
-            .map_err(|err| RestoreError::Malformed { index: 0, reason: err.to_string() })?;
-        let image: Image = from_bytes(&plain[0]).map_err(|_| malformed(0, "image does not decode"))?;
+            .map_err(|err| RestoreError::malformed(0, &err.to_string()))?;
+        let image: Image = from_bytes(&plain[0]).map_err(|_| RestoreError::malformed(0, "image does not decode"))?;
         let state: OwnedExecutionState =
-            from_bytes(&image.state).map_err(|_| malformed(0, "application state does not decode"))?;
+            from_bytes(&image.state).map_err(|_| RestoreError::malformed(0, "application state does not decode"))?;
         let clients = e.windows.len();
         if state.clients.len() != clients
             || state.results.len() != clients
@@ -140,9 +136,9 @@ impl Execution {
             || state.results.iter().flat_map(|r| r.values()).any(|b| from_bytes::<ReplyBody>(b).is_err())
             || image.executed < image.stable.seq
         {
-            return Err(malformed(0, "state does not fit the configuration"));
+            return Err(RestoreError::malformed(0, "state does not fit the configuration"));
         }
-        e.app.restore(&state.app).map_err(|_| malformed(0, "the application refused its state"))?;
+        e.app.restore(&state.app).map_err(|_| RestoreError::malformed(0, "the application refused its state"))?;
         e.windows = state.clients;
         e.results = state.results;
         e.sessions = Sessions::from_records(&state.sessions);
@@ -154,11 +150,11 @@ impl Execution {
         e.snapshots = image.snapshots.into_iter().collect();
         let mut outputs = Vec::new();
         for (i, bytes) in plain.iter().enumerate().skip(1) {
-            let delta: Delta = from_bytes(bytes).map_err(|_| malformed(i, "delta does not decode"))?;
+            let delta: Delta = from_bytes(bytes).map_err(|_| RestoreError::malformed(i, "delta does not decode"))?;
             e.view = e.view.max(delta.view);
             for batch in delta.batches {
                 if batch.seq != e.executed + 1 {
-                    return Err(malformed(i, "executed batches are not consecutive"));
+                    return Err(RestoreError::malformed(i, "executed batches are not consecutive"));
                 }
                 e.execute_batch(batch.seq, batch.digest, &batch.batch, &mut outputs);
                 e.executed = batch.seq;

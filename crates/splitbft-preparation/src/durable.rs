@@ -83,10 +83,6 @@ fn sealer(config: &ProtocolConfig, me: ReplicaId, secret: &SecretKey, counter: u
     StateSealer::new(secret, config.cluster_id, EnclaveId { replica: me, kind: CompartmentKind::Preparation }, counter)
 }
 
-fn malformed(index: usize, reason: &str) -> RestoreError {
-    RestoreError::Malformed { index: index as u64, reason: reason.into() }
-}
-
 impl Preparation {
     /// Turns on sealed write-ahead state for an enclave starting without state: its first
     /// crossing emits an image bound to `counter + 1` (SPEC §10).
@@ -107,9 +103,9 @@ impl Preparation {
     ) -> Result<Self, RestoreError> {
         let mut sealer = sealer(&config, me, &secret, counter);
         let plain = sealer.open_all(records, counter)?;
-        let mut p = Preparation::new(config, me, secret, genesis)
-            .map_err(|e| RestoreError::Malformed { index: 0, reason: e.to_string() })?;
-        let image: Image = from_bytes(&plain[0]).map_err(|_| malformed(0, "image does not decode"))?;
+        let mut p =
+            Preparation::new(config, me, secret, genesis).map_err(|e| RestoreError::malformed(0, &e.to_string()))?;
+        let image: Image = from_bytes(&plain[0]).map_err(|_| RestoreError::malformed(0, "image does not decode"))?;
         let window = p.config.log_window;
         let in_window = |s: Seq, low: Seq| s > low && s <= low.saturating_add(window);
         if image.stable.seq > 0 {
@@ -120,15 +116,15 @@ impl Preparation {
         p.next_seq = image.next_seq.max(low + 1);
         for (s, d) in image.accepted {
             if !in_window(s, low) {
-                return Err(malformed(0, "accepted entry outside the window"));
+                return Err(RestoreError::malformed(0, "accepted entry outside the window"));
             }
             p.accepted.insert(s, d);
         }
         for (i, bytes) in plain.iter().enumerate().skip(1) {
-            let delta: Delta = from_bytes(bytes).map_err(|_| malformed(i, "delta does not decode"))?;
+            let delta: Delta = from_bytes(bytes).map_err(|_| RestoreError::malformed(i, "delta does not decode"))?;
             for (s, d) in delta.accepted {
                 if !in_window(s, low) {
-                    return Err(malformed(i, "accepted entry outside the window"));
+                    return Err(RestoreError::malformed(i, "accepted entry outside the window"));
                 }
                 p.accepted.insert(s, d);
             }

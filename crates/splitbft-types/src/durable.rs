@@ -118,6 +118,13 @@ pub struct StateSealer {
     next_index: u64,
 }
 
+impl RestoreError {
+    /// Record `index` opened but its contents are not a state this enclave can adopt.
+    pub fn malformed(index: usize, reason: &str) -> Self {
+        RestoreError::Malformed { index: index as u64, reason: reason.into() }
+    }
+}
+
 impl StateSealer {
     /// Derives the key of `enclave` from its secret key. `counter` is the monotonic counter's
     /// value: the first image will be bound to `counter + 1`.
