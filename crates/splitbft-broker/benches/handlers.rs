@@ -27,6 +27,7 @@ use splitbft_execution::Execution;
 use splitbft_preparation::Preparation;
 use splitbft_types::boundary::{Compartment, Input, Output};
 use splitbft_types::codec::{from_bytes, to_bytes};
+use splitbft_types::counters::Counter;
 use splitbft_types::crypto::{ClientKeys, SecretKey};
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::msg::{BatchMsg, Commit, Digest, Message, Prepare, Request, Signed};
@@ -329,16 +330,17 @@ fn handlers(c: &mut Criterion) {
     };
     {
         let mut cluster = setup.cluster();
-        let batches_before: Vec<u64> =
-            (0..4).map(|r| cluster.stats(ReplicaId(r), CompartmentKind::Execution).get("batches_executed")).collect();
+        let batches_before: Vec<u64> = (0..4)
+            .map(|r| cluster.stats(ReplicaId(r), CompartmentKind::Execution).get(Counter::BatchesExecuted))
+            .collect();
         send_all(&mut cluster);
         let replies = cluster.take_replies();
         assert_eq!(replies.len(), 4 * BATCH, "every replica replies to every request");
         for r in 0..4 {
             let stats = cluster.stats(ReplicaId(r), CompartmentKind::Execution);
-            assert_eq!(stats.get("requests_executed"), BATCH as u64);
+            assert_eq!(stats.get(Counter::RequestsExecuted), BATCH as u64);
             // The registrations went in an earlier batch (setup).
-            let batches = stats.get("batches_executed") - batches_before[r as usize];
+            let batches = stats.get(Counter::BatchesExecuted) - batches_before[r as usize];
             assert_eq!(batches, 1, "the requests went in one batch");
         }
     }

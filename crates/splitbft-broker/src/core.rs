@@ -15,12 +15,14 @@ use splitbft_types::codec::{
     CodecError, WIRE_VERSION, body_offset, decode_message, encode_message, from_bytes, to_bytes,
 };
 use splitbft_types::config::Keyring;
+use splitbft_types::counters::Counter;
 use splitbft_types::counters::Counters;
 use splitbft_types::crypto::verify_request_signature;
 use splitbft_types::msg::{BatchMsg, Digest, Message, Request, StateChunk};
 use splitbft_types::session::ReplyBody;
 use splitbft_types::{ClientId, CompartmentKind, ProtocolConfig, ReplicaId, Seq, View};
 
+use crate::latency::LatencyHistogram;
 use crate::recovery::{
     BatchCache, DEFAULT_VIEW_CHANGE_TIMEOUT_US, FutureBuffer, MAX_STATE_BYTES, MISSING_BATCH_GRACE_US, OutLog,
     RESEND_INTERVAL_US, RequestTimer, STATE_CHUNK_BYTES, STATE_PEER_TIMEOUT_US, StateFetch,
@@ -120,6 +122,8 @@ pub struct BrokerCore {
     /// View each local compartment is in (Confirmation: the view it moves to).
     views: [View; 3],
     timer: RequestTimer,
+    /// Known-to-executed latency of the requests executed here (`/metrics`).
+    latency: LatencyHistogram,
     outlog: OutLog,
     batches: BatchCache,
     /// Certified or re-proposed batches Execution lacks: digest -> (seq, when to fetch).
@@ -155,6 +159,7 @@ impl BrokerCore {
             window_full: false,
             views: [0; 3],
             timer: RequestTimer::new(options.view_change_timeout_us),
+            latency: LatencyHistogram::default(),
             outlog: OutLog::default(),
             batches: BatchCache::default(),
             missing: BTreeMap::new(),
@@ -195,12 +200,12 @@ impl BrokerCore {
             Ok(msg) => Some(msg),
             Err(e) => {
                 self.counters.bump(match (source, e) {
-                    ("peer", CodecError::UnknownKind(_)) => "peer_unknown_kind",
-                    ("peer", CodecError::UnsupportedVersion(_)) => "peer_bad_version",
-                    ("peer", _) => "peer_malformed",
-                    (_, CodecError::UnknownKind(_)) => "client_unknown_kind",
-                    (_, CodecError::UnsupportedVersion(_)) => "client_bad_version",
-                    _ => "client_malformed",
+                    ("peer", CodecError::UnknownKind(_)) => Counter::PeerUnknownKind,
+                    ("peer", CodecError::UnsupportedVersion(_)) => Counter::PeerBadVersion,
+                    ("peer", _) => Counter::PeerMalformed,
+                    (_, CodecError::UnknownKind(_)) => Counter::ClientUnknownKind,
+                    (_, CodecError::UnsupportedVersion(_)) => Counter::ClientBadVersion,
+                    _ => Counter::ClientMalformed,
                 });
                 None
             }
@@ -218,7 +223,7 @@ impl BrokerCore {
         if view <= self.views[kind.index()] {
             out.push(Action::Enclave(kind, input));
         } else if !self.future.hold(kind, view, input) {
-            self.counters.bump("future_messages_dropped");
+            self.counters.bump(Counter::FutureMessagesDropped);
         }
     }
 
@@ -231,14 +236,14 @@ impl BrokerCore {
                 if self.is_primary() {
                     self.enqueue(&request, frame, now_us, out);
                 } else {
-                    self.counters.bump("peer_request_not_primary");
+                    self.counters.bump(Counter::PeerRequestNotPrimary);
                 }
             }
             Message::Batch(b) => {
                 let pp = b.pre_prepare;
                 if !self.batch_is_genuine(&b) {
                     // Junk neither enters the cache nor ends a pending fetch (SPEC §11).
-                    return self.counters.bump("batch_frames_unverified");
+                    return self.counters.bump(Counter::BatchFramesUnverified);
                 }
                 self.batches.insert(pp.body.digest, pp.body.seq, frame);
                 self.missing.remove(&pp.body.digest);
@@ -283,24 +288,24 @@ impl BrokerCore {
             }
             Message::FetchBatch { digest, .. } => match self.batches.get(&digest) {
                 Some(frame) => {
-                    self.counters.bump("batches_served");
+                    self.counters.bump(Counter::BatchesServed);
                     out.push(Action::Send(from, frame.clone()));
                 }
-                None => self.counters.bump("fetch_batch_unknown"),
+                None => self.counters.bump(Counter::FetchBatchUnknown),
             },
             Message::StateRequest { seq, digest } => self.serve_state(from, seq, digest, out),
             Message::StateChunk(chunk) => self.on_state_chunk(from, chunk, now_us, out),
             Message::ResendOutLog => {
                 let last = self.resent_at.get(from.0 as usize).copied().flatten();
                 if last.is_some_and(|at| now_us < at + RESEND_INTERVAL_US) {
-                    return self.counters.bump("resend_requests_throttled");
+                    return self.counters.bump(Counter::ResendRequestsThrottled);
                 }
                 if let Some(slot) = self.resent_at.get_mut(from.0 as usize) {
                     *slot = Some(now_us);
                     self.on_peer_up(from, out);
                 }
             }
-            Message::Reply(_) => self.counters.bump("peer_unexpected_reply"),
+            Message::Reply(_) => self.counters.bump(Counter::PeerUnexpectedReply),
         }
     }
 
@@ -321,7 +326,7 @@ impl BrokerCore {
         if higher.len() > self.protocol.f as usize
             && let Some(&target) = higher.iter().min()
         {
-            self.counters.bump("suspects_f_plus_one");
+            self.counters.bump(Counter::SuspectsFPlusOne);
             tracing::debug!(replica = self.me.0, target, "joining a view change (f + 1 rule)");
             self.suspect(target - 1, out);
         }
@@ -335,28 +340,28 @@ impl BrokerCore {
     pub fn on_client_frame(&mut self, client: ClientId, frame: Bytes, now_us: u64, out: &mut Vec<Action>) {
         let request = match self.decode(&frame, "client") {
             Some(Message::Request(req)) if req.client == client => req,
-            Some(Message::Request(_)) => return self.counters.bump("client_request_wrong_id"),
-            Some(_) => return self.counters.bump("client_unexpected_message"),
+            Some(Message::Request(_)) => return self.counters.bump(Counter::ClientRequestWrongId),
+            Some(_) => return self.counters.bump(Counter::ClientUnexpectedMessage),
             None => return,
         };
         let key = (request.client, request.timestamp);
         let done = self.timer.completed(key);
         if done || self.timer.waiting(key) {
             // A retransmission: Execution answers from its reply cache if it executed it.
-            self.counters.bump("client_retransmissions");
+            self.counters.bump(Counter::ClientRetransmissions);
             Self::to_enclave(CompartmentKind::Execution, Message::Request(request.clone()), out);
         }
         if done {
             return;
         }
         if !self.timer.track(key, frame.clone(), now_us) {
-            self.counters.bump("requests_untracked");
+            self.counters.bump(Counter::RequestsUntracked);
         }
         if self.is_primary() {
             self.enqueue(&request, frame, now_us, out);
         } else {
             // Backups forward to the primary, unchanged (SPEC §5).
-            self.counters.bump("requests_forwarded");
+            self.counters.bump(Counter::RequestsForwarded);
             out.push(Action::Send(self.protocol.primary(self.view), frame));
         }
     }
@@ -367,23 +372,23 @@ impl BrokerCore {
     /// check every request again.
     fn enqueue(&mut self, request: &Request, frame: Bytes, now_us: u64, out: &mut Vec<Action>) {
         if self.pending.len() >= self.options.max_pending_requests {
-            return self.counters.bump("requests_dropped_queue_full");
+            return self.counters.bump(Counter::RequestsDroppedQueueFull);
         }
         // The encoded Request is the frame minus the version byte and the kind, so a batch
         // is built by concatenation. The frame decoded as a Request, so the offset exists.
         let Ok(offset) = body_offset(&frame) else {
-            return self.counters.bump("request_malformed");
+            return self.counters.bump(Counter::RequestMalformed);
         };
         let body = frame.slice(offset..);
         if self.pending_set.contains(&body) {
-            return self.counters.bump("request_already_pending");
+            return self.counters.bump(Counter::RequestAlreadyPending);
         }
         let genuine = self
             .keys
             .client(request.client)
             .is_some_and(|key| verify_request_signature(key, self.protocol.cluster_id, request).is_ok());
         if !genuine {
-            return self.counters.bump("requests_bad_signature_dropped");
+            return self.counters.bump(Counter::RequestsBadSignatureDropped);
         }
         self.pending_set.insert(body.clone());
         self.pending.push_back(body);
@@ -426,7 +431,7 @@ impl BrokerCore {
                 Bytes::from(to_bytes(&Input::OrderBatch(concat_requests(&batch)))),
             ));
             self.awaiting_order.push_back(batch);
-            self.counters.bump("batches_cut");
+            self.counters.bump(Counter::BatchesCut);
         }
     }
 
@@ -450,14 +455,14 @@ impl BrokerCore {
     pub fn on_tick(&mut self, now_us: u64, out: &mut Vec<Action>) {
         self.maybe_cut(now_us, out);
         if self.timer.fire(now_us) {
-            self.counters.bump("suspects_timer");
+            self.counters.bump(Counter::SuspectsTimer);
             let view = self.views[CompartmentKind::Confirmation.index()];
             tracing::debug!(replica = self.me.0, view, pending = self.timer.pending(), "request timer expired");
             self.suspect(view, out);
         }
         for (digest, (seq, at)) in self.missing.iter_mut() {
             if *at <= now_us {
-                self.counters.bump("batches_fetched");
+                self.counters.bump(Counter::BatchesFetched);
                 out.push(Action::Broadcast(Bytes::from(encode_message(&Message::FetchBatch {
                     seq: *seq,
                     digest: *digest,
@@ -475,7 +480,7 @@ impl BrokerCore {
         if peer == self.me {
             return;
         }
-        self.counters.bump("peer_reconnects");
+        self.counters.bump(Counter::PeerReconnects);
         for frame in self.outlog.frames() {
             out.push(Action::Send(peer, frame.clone()));
         }
@@ -483,10 +488,10 @@ impl BrokerCore {
 
     fn serve_state(&mut self, to: ReplicaId, seq: Seq, digest: Digest, out: &mut Vec<Action>) {
         let Some((have, bytes)) = self.snapshots.get(&seq) else {
-            return self.counters.bump("state_request_unknown");
+            return self.counters.bump(Counter::StateRequestUnknown);
         };
         if *have != digest {
-            return self.counters.bump("state_request_unknown");
+            return self.counters.bump(Counter::StateRequestUnknown);
         }
         let total = bytes.len().div_ceil(STATE_CHUNK_BYTES).max(1) as u32;
         for index in 0..total {
@@ -495,7 +500,7 @@ impl BrokerCore {
             let chunk = StateChunk { seq, digest, index, total, bytes: bytes[start..end].to_vec() };
             out.push(Action::Send(to, Bytes::from(encode_message(&Message::StateChunk(chunk)))));
         }
-        self.counters.bump("states_served");
+        self.counters.bump(Counter::StatesServed);
     }
 
     fn start_state_fetch(&mut self, seq: Seq, digest: Digest, now_us: u64, out: &mut Vec<Action>) {
@@ -512,7 +517,7 @@ impl BrokerCore {
         let Some(fetch) = &mut self.fetch else { return };
         fetch.chunks.clear();
         fetch.deadline_us = now_us + STATE_PEER_TIMEOUT_US;
-        self.counters.bump("state_requests_sent");
+        self.counters.bump(Counter::StateRequestsSent);
         let msg = Message::StateRequest { seq: fetch.seq, digest: fetch.digest };
         out.push(Action::Send(fetch.peer, Bytes::from(encode_message(&msg))));
     }
@@ -530,7 +535,7 @@ impl BrokerCore {
     }
 
     fn on_state_chunk(&mut self, from: ReplicaId, chunk: StateChunk, now_us: u64, out: &mut Vec<Action>) {
-        let Some(fetch) = &mut self.fetch else { return self.counters.bump("state_chunk_unexpected") };
+        let Some(fetch) = &mut self.fetch else { return self.counters.bump(Counter::StateChunkUnexpected) };
         let total = chunk.total as usize;
         if from != fetch.peer
             || (chunk.seq, chunk.digest) != (fetch.seq, fetch.digest)
@@ -539,12 +544,12 @@ impl BrokerCore {
             || chunk.index as usize >= total
             || chunk.bytes.len() > STATE_CHUNK_BYTES
         {
-            return self.counters.bump("state_chunk_unexpected");
+            return self.counters.bump(Counter::StateChunkUnexpected);
         }
         if fetch.chunks.len() != total {
             fetch.chunks = vec![None; total];
         }
-        self.counters.add("state_transfer_bytes", chunk.bytes.len() as u64);
+        self.counters.add(Counter::StateTransferBytes, chunk.bytes.len() as u64);
         fetch.chunks[chunk.index as usize] = Some(chunk.bytes);
         fetch.deadline_us = now_us + STATE_PEER_TIMEOUT_US;
         if fetch.chunks.iter().all(Option::is_some) {
@@ -566,7 +571,7 @@ impl BrokerCore {
         for output in outputs {
             match from_bytes::<Output>(&output) {
                 Ok(output) => self.on_enclave_output(from, output, now_us, out),
-                Err(_) => self.counters.bump("enclave_output_malformed"),
+                Err(_) => self.counters.bump(Counter::EnclaveOutputMalformed),
             }
         }
     }
@@ -627,7 +632,11 @@ impl BrokerCore {
                 // may still come, so it is not completed here.
                 match from_bytes::<ReplyBody>(&reply.result) {
                     Ok(ReplyBody::Refused(_)) => self.timer.refused(key),
-                    _ => self.timer.executed(key, now_us),
+                    _ => {
+                        if let Some(waited_us) = self.timer.executed(key, now_us) {
+                            self.latency.record(waited_us);
+                        }
+                    }
                 }
                 out.push(Action::Reply(reply.client, Bytes::from(encode_message(&msg))));
             }
@@ -635,15 +644,15 @@ impl BrokerCore {
                 self.awaiting_order.pop_front();
                 self.view = self.view.max(view);
                 self.last_ordered = self.last_ordered.max(seq);
-                self.counters.add("requests_ordered", u64::from(requests));
-                self.counters.bump("batches_ordered");
+                self.counters.add(Counter::RequestsOrdered, u64::from(requests));
+                self.counters.bump(Counter::BatchesOrdered);
                 // Debug only: one span per (view, seq), nothing at info on the hot path.
                 tracing::debug_span!("seq", replica = self.me.0, view, seq)
                     .in_scope(|| tracing::debug!(requests, "batch ordered"));
             }
             (Preparation, Output::Event(Event::NotOrdered { window_full })) => {
                 let requests = self.awaiting_order.pop_front().unwrap_or_default();
-                self.counters.bump("batches_not_ordered");
+                self.counters.bump(Counter::BatchesNotOrdered);
                 if window_full {
                     // Not the requests' fault: keep them, in order, for after the checkpoint.
                     self.window_full = true;
@@ -655,7 +664,7 @@ impl BrokerCore {
             }
             (Execution, Output::Event(Event::Executed { seq, requests, .. })) => {
                 self.last_executed = self.last_executed.max(seq);
-                self.counters.add("requests_executed", u64::from(requests));
+                self.counters.add(Counter::RequestsExecuted, u64::from(requests));
                 tracing::debug_span!("seq", replica = self.me.0, view = self.view, seq)
                     .in_scope(|| tracing::debug!(requests, "batch executed"));
                 self.maybe_cut(now_us, out);
@@ -679,14 +688,14 @@ impl BrokerCore {
             (Confirmation, Output::Event(Event::Stable { .. })) => {}
             (Confirmation, Output::Event(Event::ViewChangeStarted { view })) => {
                 tracing::debug!(replica = self.me.0, view, "view change started");
-                self.counters.bump("view_changes_started");
+                self.counters.bump(Counter::ViewChangesStarted);
                 self.timer.restart(now_us);
                 self.enter(Confirmation, view, out);
             }
             (kind, Output::Event(Event::ViewEntered { view })) => {
                 tracing::debug!(replica = self.me.0, %kind, view, "view entered");
                 if kind == Preparation {
-                    self.counters.bump("views_entered");
+                    self.counters.bump(Counter::ViewsEntered);
                     self.timer.restart(now_us);
                     self.on_new_primary(view, now_us, out);
                 }
@@ -700,19 +709,19 @@ impl BrokerCore {
             }
             (Execution, Output::Event(Event::StateNeeded { seq, digest })) => {
                 tracing::debug!(replica = self.me.0, seq, "state transfer needed");
-                self.counters.bump("state_transfers_started");
+                self.counters.bump(Counter::StateTransfersStarted);
                 // The cluster certified a checkpoint ahead of us: it is live.
                 self.timer.progress(now_us);
                 self.start_state_fetch(seq, digest, now_us, out);
             }
             (Execution, Output::Event(Event::StateRejected { seq })) => {
-                self.counters.bump("state_transfers_rejected");
+                self.counters.bump(Counter::StateTransfersRejected);
                 if self.fetch.as_ref().is_some_and(|f| f.seq == seq) {
                     self.next_state_peer(now_us, out);
                 }
             }
             (Execution, Output::Event(Event::StateRestored { seq })) => {
-                self.counters.bump("state_transfers_completed");
+                self.counters.bump(Counter::StateTransfersCompleted);
                 self.timer.forget_waiting();
                 // What peers sent while we were behind fell outside our window: ask again.
                 out.push(Action::Broadcast(Bytes::from(encode_message(&Message::ResendOutLog))));
@@ -736,7 +745,7 @@ impl BrokerCore {
             (Execution, Output::Persist { height, sealed }) => {
                 out.push(Action::Persist { height, sealed: Bytes::from(sealed) });
             }
-            (_, _) => self.counters.bump("enclave_output_unexpected"),
+            (_, _) => self.counters.bump(Counter::EnclaveOutputUnexpected),
         }
     }
 
@@ -770,7 +779,7 @@ impl BrokerCore {
             for frame in frames {
                 match decode_message(&frame) {
                     Ok(Message::Request(request)) => self.enqueue(&request, frame, now_us, out),
-                    _ => self.counters.bump("request_malformed"),
+                    _ => self.counters.bump(Counter::RequestMalformed),
                 }
             }
             self.maybe_cut(now_us, out);
@@ -790,7 +799,7 @@ impl BrokerCore {
     /// waiting for the request timers. Every compartment then catches up through the next
     /// checkpoint certificate and Execution through state transfer (SPEC §4.3).
     pub fn on_enclave_restarted(&mut self, kind: CompartmentKind, now_us: u64, out: &mut Vec<Action>) {
-        self.counters.bump("enclave_restarts");
+        self.counters.bump(Counter::EnclaveRestarts);
         if kind == CompartmentKind::Preparation {
             let lost: Vec<Bytes> = self.awaiting_order.drain(..).flatten().collect();
             for body in lost.into_iter().rev() {
@@ -803,7 +812,7 @@ impl BrokerCore {
             }
             self.window_full = false;
             if self.is_primary() {
-                self.counters.bump("enclave_restart_suspects");
+                self.counters.bump(Counter::EnclaveRestartSuspects);
                 out.push(Action::Enclave(
                     CompartmentKind::Confirmation,
                     Bytes::from(to_bytes(&Input::Suspect(self.view))),
@@ -813,13 +822,18 @@ impl BrokerCore {
     }
 
     /// Counts a transport-level rejection (oversize frame, bad hello…) reported by the driver.
-    pub fn count(&mut self, what: &'static str) {
+    pub fn count(&mut self, what: Counter) {
         self.counters.bump(what);
     }
 
     /// Adds `n` to a driver-side counter (records the driver stored, ...).
-    pub fn count_n(&mut self, what: &'static str, n: u64) {
+    pub fn count_n(&mut self, what: Counter, n: u64) {
         self.counters.add(what, n);
+    }
+
+    /// How long the requests executed here waited here (see [`crate::latency`]).
+    pub fn latency(&self) -> &LatencyHistogram {
+        &self.latency
     }
 
     /// Broker counters.
@@ -920,7 +934,7 @@ mod tests {
             core.on_peer_frame(ReplicaId(1), request_frame(2), 0, &mut out);
         }
         assert_eq!(core.pending.len(), 1);
-        assert_eq!(core.counters().get("request_already_pending"), 5);
+        assert_eq!(core.counters().get(Counter::RequestAlreadyPending), 5);
         event(&mut core, CompartmentKind::Preparation, Event::Ordered { view: 0, seq: 1, requests: 1 }, &mut out);
         event(
             &mut core,
@@ -954,7 +968,7 @@ mod tests {
         }
         event(&mut core, CompartmentKind::Preparation, Event::NotOrdered { window_full: true }, &mut out);
         assert!(order_batches(&out).is_empty(), "no batch while the window is full");
-        assert_eq!(core.counters().get("batches_not_ordered"), 1);
+        assert_eq!(core.counters().get(Counter::BatchesNotOrdered), 1);
         // A checkpoint makes room: the re-queued request is cut first.
         event(&mut core, CompartmentKind::Preparation, Event::Stable { seq: 2 }, &mut out);
         let resumed = order_batches(&out);
@@ -1067,7 +1081,7 @@ mod tests {
         out.clear();
         core.on_client_frame(ClientId(0), request_frame(1), 30, &mut out);
         assert_eq!(forwarded(&out), 0);
-        assert_eq!(core.counters().get("client_retransmissions"), 1);
+        assert_eq!(core.counters().get(Counter::ClientRetransmissions), 1);
     }
 
     /// Issue 11 finding (5), second half: PBFT's timer is per request. A primary that
@@ -1147,7 +1161,7 @@ mod tests {
             core.on_peer_frame(ReplicaId(3), j.clone(), 1, &mut out);
         }
         assert_eq!(core.missing_batches(), 1, "junk ended the fetch");
-        assert_eq!(core.counters().get("batch_frames_unverified"), 2);
+        assert_eq!(core.counters().get(Counter::BatchFramesUnverified), 2);
         out.clear();
         core.on_peer_frame(
             ReplicaId(2),

@@ -4,12 +4,14 @@
 //! * [`core`] — the sans-IO routing/batching state machine.
 //! * [`node`] — the tokio driver: TCP listeners and dialers, coalesced writes, the
 //!   compartments behind the enclave boundary.
+//! * [`latency`] — the per-replica request latency histogram served on `/metrics`.
 //! * [`store`] — the data directory: sealed ledger blocks appended to one file.
 //! * [`local`] — an in-memory, single-threaded cluster driving the same core and the
 //!   inline compartments deterministically (tests; the simulator's seed).
 
 pub mod core;
 pub mod drive;
+pub mod latency;
 pub mod local;
 pub mod node;
 pub mod recovery;
@@ -17,4 +19,6 @@ pub mod store;
 pub mod wal;
 
 pub use core::{Action, BrokerCore, BrokerOptions};
-pub use node::{NodeConfig, NodeError, NodeHandle, NodeReport, NodeReporter, spawn_node, spawn_node_processes};
+pub use node::{
+    NodeConfig, NodeError, NodeHandle, NodeReport, NodeReporter, ProcessField, spawn_node, spawn_node_processes,
+};

@@ -15,6 +15,7 @@ use splitbft_enclave::{
     Backend, DurableStart, EnclaveHandle, ReplicaSecrets, start_processes, start_replica, start_replica_durable,
 };
 use splitbft_types::boundary::Stats;
+use splitbft_types::counters::Counter;
 use splitbft_types::wire::{Hello, MAX_FRAME_BYTES};
 use splitbft_types::{Application, ClientId, CompartmentKind, ProtocolConfig, ReplicaId};
 use tokio::net::{TcpListener, TcpStream};
@@ -114,6 +115,35 @@ pub enum NodeError {
     },
 }
 
+/// What the broker reports about each compartment process it supervises (SPEC §5.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcessField {
+    /// Its current process id.
+    Pid,
+    /// Times it was restarted after dying.
+    Restarts,
+    /// Deaths by SIGSYS (the seccomp filter killed it).
+    SeccompKills,
+    /// Enclave-boundary crossings served.
+    Crossings,
+}
+
+impl ProcessField {
+    /// Every field.
+    pub const ALL: [ProcessField; 4] =
+        [ProcessField::Pid, ProcessField::Restarts, ProcessField::SeccompKills, ProcessField::Crossings];
+
+    /// Name suffix in the report (`enclave_<kind>_<name>`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ProcessField::Pid => "pid",
+            ProcessField::Restarts => "restarts",
+            ProcessField::SeccompKills => "seccomp_kills",
+            ProcessField::Crossings => "crossings",
+        }
+    }
+}
+
 /// What a node reports when it stops.
 #[derive(Clone, Debug, Default)]
 pub struct NodeReport {
@@ -121,12 +151,20 @@ pub struct NodeReport {
     pub broker: Vec<(String, u64)>,
     /// Compartment stats, in [`CompartmentKind::ALL`] order (missing if it did not answer).
     pub enclaves: Vec<Option<Stats>>,
+    /// How long the requests this replica executed waited here (known to executed).
+    pub request_latency: crate::latency::LatencyHistogram,
 }
 
 impl NodeReport {
     /// Value of a broker counter.
-    pub fn broker_counter(&self, name: &str) -> u64 {
-        self.broker.iter().find(|(n, _)| n == name).map_or(0, |(_, v)| *v)
+    pub fn broker_counter(&self, counter: Counter) -> u64 {
+        self.broker.iter().find(|(n, _)| n == counter.name()).map_or(0, |(_, v)| *v)
+    }
+
+    /// A compartment process's supervision figure (`--backend process` only; 0 otherwise).
+    pub fn process_figure(&self, kind: CompartmentKind, field: ProcessField) -> u64 {
+        let name = format!("enclave_{kind}_{}", field.name());
+        self.broker.iter().find(|(n, _)| *n == name).map_or(0, |(_, v)| *v)
     }
 }
 
@@ -135,7 +173,7 @@ enum Event {
     Client(ClientId, Bytes),
     ClientUp(ClientId, mpsc::Sender<Bytes>),
     PeerUp(ReplicaId),
-    Count(&'static str),
+    Count(Counter),
     Report(oneshot::Sender<NodeReport>),
 }
 
@@ -291,7 +329,7 @@ fn start_driver(
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
     let mut core = BrokerCore::new(config.protocol.clone(), config.me, config.options.clone());
     if ledger.as_ref().is_some_and(|l| l.torn_tail_bytes > 0) {
-        core.count("ledger_torn_tail_cut");
+        core.count(Counter::LedgerTornTailCut);
     }
     let ledger = ledger.map(|file| Ledger { file, error_logged: false });
     let mut driver = Driver {
@@ -305,9 +343,9 @@ fn start_driver(
         failed: false,
     };
     if let Some(d) = &driver.durable {
-        driver.core.count_n("state_recovered_bytes", d.wal.recovered_bytes);
+        driver.core.count_n(Counter::StateRecoveredBytes, d.wal.recovered_bytes);
         if d.wal.torn_tail_bytes > 0 {
-            driver.core.count("state_torn_tail_cut");
+            driver.core.count(Counter::StateTornTailCut);
         }
     }
     if !replay.is_empty() {
@@ -386,7 +424,7 @@ struct Ledger {
 
 impl Ledger {
     /// Counts an I/O error (`what`) and logs the first one.
-    fn failed(&mut self, core: &mut BrokerCore, what: &'static str, error: &std::io::Error) {
+    fn failed(&mut self, core: &mut BrokerCore, what: Counter, error: &std::io::Error) {
         core.count(what);
         if !self.error_logged {
             self.error_logged = true;
@@ -509,10 +547,10 @@ impl Driver {
                 Action::Persist { height, sealed } => match ledger.as_mut() {
                     Some(ledger) => match ledger.file.append_new(height, &sealed) {
                         Ok(true) => appended += 1,
-                        Ok(false) => core.count("ledger_records_already_stored"),
-                        Err(e) => ledger.failed(core, "ledger_write_errors", &e),
+                        Ok(false) => core.count(Counter::LedgerRecordsAlreadyStored),
+                        Err(e) => ledger.failed(core, Counter::LedgerWriteErrors, &e),
                     },
-                    None => core.count("ledger_records_without_data_dir"),
+                    None => core.count(Counter::LedgerRecordsWithoutDataDir),
                 },
                 Action::SealState(kind, state) => match durable.as_mut() {
                     Some(d) => {
@@ -523,7 +561,7 @@ impl Driver {
                             wal_error.get_or_insert(e);
                         }
                     }
-                    None => core.count("sealed_state_without_durability"),
+                    None => core.count(Counter::SealedStateWithoutDurability),
                 },
                 Action::Enclave(..) => unreachable!("drive crosses enclave inputs itself"),
                 network if durable.is_some() => held.push(network),
@@ -536,8 +574,8 @@ impl Driver {
             && let Some(ledger) = self.ledger.as_mut()
         {
             match ledger.file.flush() {
-                Ok(()) => self.core.count_n("ledger_records_written", appended),
-                Err(e) => ledger.failed(&mut self.core, "ledger_flush_errors", &e),
+                Ok(()) => self.core.count_n(Counter::LedgerRecordsWritten, appended),
+                Err(e) => ledger.failed(&mut self.core, Counter::LedgerFlushErrors, &e),
             }
         }
         let Some(d) = self.durable.as_mut() else { return };
@@ -547,16 +585,16 @@ impl Driver {
         {
             // An image drops the batches before it from the log: blocks they made must be on
             // disk first, or a crash would lose them for good.
-            ledger.failed(&mut self.core, "ledger_sync_errors", &e);
+            ledger.failed(&mut self.core, Counter::LedgerSyncErrors, &e);
         }
         let result = match wal_error {
             Some(e) => Err(e),
-            None if d.wal.dirty() => d.wal.commit().map(|()| self.core.count("state_commits")),
+            None if d.wal.dirty() => d.wal.commit().map(|()| self.core.count(Counter::StateCommits)),
             None => Ok(()),
         };
         if let Err(e) = result {
             tracing::error!(%e, "sealed state could not be made durable: stopping this replica, its last round unsent");
-            self.core.count("state_write_errors");
+            self.core.count(Counter::StateWriteErrors);
             self.failed = true;
             return;
         }
@@ -581,16 +619,22 @@ impl Driver {
             if let Some(status) = enclave.process_status() {
                 use std::sync::atomic::Ordering::Relaxed;
                 let kind = enclave.kind();
-                broker.push((format!("enclave_{kind}_pid"), u64::from(status.pid.load(Relaxed))));
-                broker.push((format!("enclave_{kind}_restarts"), status.restarts.load(Relaxed)));
-                broker.push((format!("enclave_{kind}_seccomp_kills"), status.seccomp_kills.load(Relaxed)));
-                broker.push((format!("enclave_{kind}_crossings"), status.crossings.load(Relaxed)));
+                for field in ProcessField::ALL {
+                    let value = match field {
+                        ProcessField::Pid => u64::from(status.pid.load(Relaxed)),
+                        ProcessField::Restarts => status.restarts.load(Relaxed),
+                        ProcessField::SeccompKills => status.seccomp_kills.load(Relaxed),
+                        ProcessField::Crossings => status.crossings.load(Relaxed),
+                    };
+                    broker.push((format!("enclave_{kind}_{}", field.name()), value));
+                }
             }
         }
         broker.sort();
         NodeReport {
             broker,
             enclaves: CompartmentKind::ALL.iter().map(|k| self.core.enclave_stats(*k).cloned()).collect(),
+            request_latency: self.core.latency().clone(),
         }
     }
 
@@ -628,17 +672,17 @@ fn send(
         Action::Broadcast(frame) => {
             for tx in peers.values() {
                 if tx.try_send(frame.clone()).is_err() {
-                    core.count("peer_frames_dropped");
+                    core.count(Counter::PeerFramesDropped);
                 }
             }
         }
         Action::Send(to, frame) => match peers.get(&to) {
             Some(tx) if tx.try_send(frame).is_ok() => {}
-            _ => core.count("peer_frames_dropped"),
+            _ => core.count(Counter::PeerFramesDropped),
         },
         Action::Reply(to, frame) => match clients.get(&to) {
             Some(tx) if tx.try_send(frame).is_ok() => {}
-            _ => core.count("client_frames_dropped"),
+            _ => core.count(Counter::ClientFramesDropped),
         },
         Action::Persist { .. } | Action::SealState(..) | Action::Enclave(..) => {
             unreachable!("storage and enclave actions are carried out by `execute`")
@@ -649,7 +693,7 @@ fn send(
 async fn accept_loop(listener: TcpListener, events: mpsc::Sender<Event>, protocol: ProtocolConfig, max_frame: usize) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
-            let _ = events.send(Event::Count("accept_errors")).await;
+            let _ = events.send(Event::Count(Counter::AcceptErrors)).await;
             tokio::time::sleep(RECONNECT_MIN).await;
             continue;
         };
@@ -664,7 +708,7 @@ async fn serve_connection(stream: TcpStream, events: mpsc::Sender<Event>, protoc
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, frames.next()).await {
         Ok(Some(Ok(frame))) => Hello::decode(&frame),
         _ => {
-            let _ = events.send(Event::Count("connections_without_hello")).await;
+            let _ = events.send(Event::Count(Counter::ConnectionsWithoutHello)).await;
             return;
         }
     };
@@ -681,7 +725,7 @@ async fn serve_connection(stream: TcpStream, events: mpsc::Sender<Event>, protoc
             (Source::Client(c), Some(tokio::spawn(write_frames(sink, rx))))
         }
         _ => {
-            let _ = events.send(Event::Count("connections_bad_hello")).await;
+            let _ = events.send(Event::Count(Counter::ConnectionsBadHello)).await;
             return;
         }
     };
@@ -693,8 +737,11 @@ async fn serve_connection(stream: TcpStream, events: mpsc::Sender<Event>, protoc
             },
             Err(e) => {
                 // An oversize length or an I/O error: the stream cannot be resynchronised.
-                let what =
-                    if e.kind() == std::io::ErrorKind::InvalidData { "frames_oversize" } else { "connection_errors" };
+                let what = if e.kind() == std::io::ErrorKind::InvalidData {
+                    Counter::FramesOversize
+                } else {
+                    Counter::ConnectionErrors
+                };
                 let _ = events.send(Event::Count(what)).await;
                 break;
             }

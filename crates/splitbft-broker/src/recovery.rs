@@ -103,20 +103,19 @@ impl RequestTimer {
         true
     }
 
-    fn remove(&mut self, key: (ClientId, Timestamp)) -> bool {
-        match self.waiting.remove(&key) {
-            Some((_, since)) => {
-                self.ages.remove(&(since, key.0, key.1));
-                true
-            }
-            None => false,
-        }
+    /// Stops waiting for `key`; returns when it became known, if it was waited for.
+    fn remove(&mut self, key: (ClientId, Timestamp)) -> Option<u64> {
+        let (_, since) = self.waiting.remove(&key)?;
+        self.ages.remove(&(since, key.0, key.1));
+        Some(since)
     }
 
     /// A request executed here: progress, so the "nothing executed" deadline restarts (or
-    /// stops if idle). The ages of the other requests do not change.
-    pub fn executed(&mut self, key: (ClientId, Timestamp), now_us: u64) {
-        if self.remove(key) {
+    /// stops if idle). The ages of the other requests do not change. Returns how long it
+    /// waited here, if this replica knew it before it executed.
+    pub fn executed(&mut self, key: (ClientId, Timestamp), now_us: u64) -> Option<u64> {
+        let since = self.remove(key);
+        if since.is_some() {
             self.timeout_us = self.base_us;
         }
         if self.completed.insert(key) {
@@ -128,6 +127,7 @@ impl RequestTimer {
             }
         }
         self.idle_deadline_us = (!self.waiting.is_empty()).then_some(now_us + self.timeout_us);
+        since.map(|since| now_us.saturating_sub(since))
     }
 
     /// A copy of `(client, t)` executed as a no-op whose timestamp stays unused (a refusal,

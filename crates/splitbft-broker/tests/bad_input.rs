@@ -21,6 +21,7 @@ use splitbft_broker::BrokerOptions;
 use splitbft_broker::local::LocalCluster;
 use splitbft_types::boundary::Input;
 use splitbft_types::codec::{encode_message, to_bytes};
+use splitbft_types::counters::Counter;
 use splitbft_types::crypto::Purpose;
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::msg::{
@@ -63,16 +64,16 @@ impl Harness {
         self.keys[c].request(t, op.encode())
     }
 
-    fn broker(&self, r: u32, name: &str) -> u64 {
-        self.cluster.core(ReplicaId(r)).counters().get(name)
+    fn broker(&self, r: u32, counter: Counter) -> u64 {
+        self.cluster.core(ReplicaId(r)).counters().get(counter)
     }
 
-    fn enclave(&mut self, r: u32, kind: CompartmentKind, name: &str) -> u64 {
-        self.cluster.stats(ReplicaId(r), kind).get(name)
+    fn enclave(&mut self, r: u32, kind: CompartmentKind, counter: Counter) -> u64 {
+        self.cluster.stats(ReplicaId(r), kind).get(counter)
     }
 
     fn executed(&mut self) -> Vec<u64> {
-        (0..N).map(|r| self.enclave(r, Execution, "requests_executed")).collect()
+        (0..N).map(|r| self.enclave(r, Execution, Counter::RequestsExecuted)).collect()
     }
 
     /// Lets the cluster run until quiet, firing batch timers a few times.
@@ -183,10 +184,10 @@ fn malformed_peer_frames_are_counted_and_the_cluster_stays_live() {
     }
     h.settle();
     for to in [0, 2] {
-        assert_eq!(h.broker(to, "peer_malformed"), malformed.len() as u64, "replica {to}");
-        assert_eq!(h.broker(to, "peer_unknown_kind"), unknown_kind.len() as u64, "replica {to}");
-        assert_eq!(h.broker(to, "peer_bad_version"), bad_version.len() as u64, "replica {to}");
-        assert_eq!(h.broker(to, "peer_unexpected_reply"), 1, "replica {to}");
+        assert_eq!(h.broker(to, Counter::PeerMalformed), malformed.len() as u64, "replica {to}");
+        assert_eq!(h.broker(to, Counter::PeerUnknownKind), unknown_kind.len() as u64, "replica {to}");
+        assert_eq!(h.broker(to, Counter::PeerBadVersion), bad_version.len() as u64, "replica {to}");
+        assert_eq!(h.broker(to, Counter::PeerUnexpectedReply), 1, "replica {to}");
     }
     h.assert_live(PRIMARY, 0, 2);
     h.assert_live(ReplicaId(2), 1, 1);
@@ -224,25 +225,25 @@ fn bad_signatures_are_counted_by_the_receiving_compartments() {
         h.inject(1, 2, frame(&msg));
     }
     h.settle();
-    assert_eq!(h.enclave(2, Confirmation, "prepare_bad_signature"), 2);
-    assert_eq!(h.enclave(2, Execution, "commit_bad_signature"), 1);
+    assert_eq!(h.enclave(2, Confirmation, Counter::PrepareBadSignature), 2);
+    assert_eq!(h.enclave(2, Execution, Counter::CommitBadSignature), 1);
     for kind in CompartmentKind::ALL {
-        assert_eq!(h.enclave(2, kind, "checkpoint_bad_signature"), 1, "{kind}");
+        assert_eq!(h.enclave(2, kind, Counter::CheckpointBadSignature), 1, "{kind}");
     }
     // A bare header is never prepared (SPEC §3 note); Confirmation checks its signature.
-    assert_eq!(h.enclave(2, Preparation, "pre_prepare_without_batch"), 1);
-    assert_eq!(h.enclave(2, Confirmation, "pre_prepare_bad_signature"), 1);
+    assert_eq!(h.enclave(2, Preparation, Counter::PrePrepareWithoutBatch), 1);
+    assert_eq!(h.enclave(2, Confirmation, Counter::PrePrepareBadSignature), 1);
     // The environment files a batch frame only if its bytes hash to the header's digest and
     // the header is the primary's (SPEC §11): junk reaches no compartment.
-    assert_eq!(h.broker(2, "batch_frames_unverified"), 1);
-    assert_eq!(h.enclave(2, Execution, "batch_wrong_digest"), 0);
+    assert_eq!(h.broker(2, Counter::BatchFramesUnverified), 1);
+    assert_eq!(h.enclave(2, Execution, Counter::BatchWrongDigest), 0);
     for content in [&b"first"[..], &b"second"[..]] {
         let digest = Digest::of(content);
         let header = h.sign(1, Preparation, Purpose::PrePrepare, PrePrepare { view: 0, seq: 4, digest });
         h.inject(1, 2, frame(&Message::Batch(BatchMsg { pre_prepare: header, batch: content.to_vec() })));
     }
     h.settle();
-    assert_eq!(h.broker(2, "batch_frames_unverified"), 3);
+    assert_eq!(h.broker(2, Counter::BatchFramesUnverified), 3);
     h.assert_live(PRIMARY, 0, 2);
     h.assert_live(ReplicaId(2), 2, 1);
 }
@@ -262,8 +263,8 @@ fn bad_client_signatures_are_dropped_at_the_primary() {
     bad_sig.sig.0[5] ^= 1;
     h.cluster.client_sends(PRIMARY, &bad_sig);
     h.settle();
-    assert_eq!(h.broker(0, "requests_bad_signature_dropped"), 3);
-    assert_eq!(h.broker(2, "requests_forwarded"), 1);
+    assert_eq!(h.broker(0, Counter::RequestsBadSignatureDropped), 3);
+    assert_eq!(h.broker(2, Counter::RequestsForwarded), 1);
     assert_eq!(h.executed(), vec![0; N as usize]);
     assert!(h.cluster.take_replies().is_empty());
     // The genuine request with the same timestamp executes.
@@ -279,7 +280,7 @@ fn bad_client_signatures_are_dropped_at_the_primary() {
     assert_eq!(h.executed(), before.iter().map(|e| e + 1).collect::<Vec<_>>());
     assert_eq!(h.replies_for(1, 1).len(), N as usize);
     for r in 0..N {
-        assert_eq!(h.enclave(r, Preparation, "request_mac_failed_signature_ok"), 1, "replica {r}");
+        assert_eq!(h.enclave(r, Preparation, Counter::RequestMacFailedSignatureOk), 1, "replica {r}");
     }
 }
 
@@ -305,11 +306,11 @@ fn client_frames_that_lie_or_do_not_decode_are_counted() {
     }
     h.settle();
     for r in [0, 1] {
-        assert_eq!(h.broker(r, "client_request_wrong_id"), 1, "replica {r}");
-        assert_eq!(h.broker(r, "client_malformed"), 2, "replica {r}");
-        assert_eq!(h.broker(r, "client_unknown_kind"), 1, "replica {r}");
-        assert_eq!(h.broker(r, "client_bad_version"), 1, "replica {r}");
-        assert_eq!(h.broker(r, "client_unexpected_message"), 1, "replica {r}");
+        assert_eq!(h.broker(r, Counter::ClientRequestWrongId), 1, "replica {r}");
+        assert_eq!(h.broker(r, Counter::ClientMalformed), 2, "replica {r}");
+        assert_eq!(h.broker(r, Counter::ClientUnknownKind), 1, "replica {r}");
+        assert_eq!(h.broker(r, Counter::ClientBadVersion), 1, "replica {r}");
+        assert_eq!(h.broker(r, Counter::ClientUnexpectedMessage), 1, "replica {r}");
     }
     assert_eq!(h.executed(), vec![0; N as usize]);
     // Client 0's own request with that timestamp was never consumed.
@@ -337,13 +338,13 @@ fn malformed_enclave_inputs_are_counted_by_the_compartment() {
     h.settle();
     for r in 0..N {
         for kind in CompartmentKind::ALL {
-            assert_eq!(h.enclave(r, kind, "malformed_input"), junk.len() as u64, "{kind} of r{r}");
+            assert_eq!(h.enclave(r, kind, Counter::MalformedInput), junk.len() as u64, "{kind} of r{r}");
         }
     }
-    assert_eq!(h.enclave(0, Preparation, "order_batch_malformed"), 1);
-    assert_eq!(h.enclave(1, Preparation, "order_batch_not_primary"), 1);
-    assert_eq!(h.enclave(1, Confirmation, "unexpected_input"), 1);
-    assert_eq!(h.enclave(1, Execution, "unexpected_input"), 1);
+    assert_eq!(h.enclave(0, Preparation, Counter::OrderBatchMalformed), 1);
+    assert_eq!(h.enclave(1, Preparation, Counter::OrderBatchNotPrimary), 1);
+    assert_eq!(h.enclave(1, Confirmation, Counter::UnexpectedInput), 1);
+    assert_eq!(h.enclave(1, Execution, Counter::UnexpectedInput), 1);
     h.assert_live(PRIMARY, 0, 1);
     h.assert_live(ReplicaId(3), 1, 1);
 }

@@ -27,6 +27,7 @@ use splitbft_broker::BrokerOptions;
 use splitbft_broker::local::LocalCluster;
 use splitbft_types::boundary::Stats;
 use splitbft_types::codec::{decode_message, encode_message, to_bytes};
+use splitbft_types::counters::Counter;
 use splitbft_types::crypto::Purpose;
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::msg::{BatchMsg, Commit, Digest, Message, NewView, PrePrepare, Prepare, Reply, Request, Signed};
@@ -235,7 +236,7 @@ impl World {
         let key = (0, 1, self.honest_digest());
         assert_eq!(self.prepares.get(&key).map(BTreeSet::len), Some(3), "prepared in view 0: {:?}", self.prepares);
         for r in 0..4 {
-            assert_eq!(self.stats(r, Execution).get("requests_executed"), 0);
+            assert_eq!(self.stats(r, Execution).get(Counter::RequestsExecuted), 0);
         }
     }
 
@@ -265,7 +266,7 @@ impl World {
         let execs: Vec<Stats> = (0..4).map(|r| self.stats(r, Execution)).collect();
         for (r, s) in execs.iter().enumerate() {
             assert_eq!(s.last_executed, execs[0].last_executed, "r{r}: {s:?}");
-            assert_eq!(s.get("requests_executed"), execs[0].get("requests_executed"), "r{r}");
+            assert_eq!(s.get(Counter::RequestsExecuted), execs[0].get(Counter::RequestsExecuted), "r{r}");
         }
         // Same state at every checkpoint any Execution enclave signed.
         for (seq, signed) in &self.checkpoints {
@@ -323,14 +324,14 @@ fn a_forged_new_view_is_entered_by_confirmation_and_execution_but_never_prepared
     assert_eq!(w.forged_sent, 3, "the genuine NewView of replica 1 must have been sent and replaced");
     for r in [0, 2, 3] {
         let prep = w.stats(r, Preparation);
-        assert_eq!((prep.view, prep.get("new_view_wrong_o")), (0, 1), "r{r} Preparation: {prep:?}");
+        assert_eq!((prep.view, prep.get(Counter::NewViewWrongO)), (0, 1), "r{r} Preparation: {prep:?}");
         // Confirmation and Execution do not recompute O: they are in view 1 (paper §4).
         let conf = w.stats(r, Confirmation);
-        assert_eq!((conf.view, conf.get("views_entered")), (1, 1), "r{r} Confirmation: {conf:?}");
+        assert_eq!((conf.view, conf.get(Counter::ViewsEntered)), (1, 1), "r{r} Confirmation: {conf:?}");
         assert_eq!(w.stats(r, Execution).view, 1, "r{r} Execution");
     }
     for r in 0..4 {
-        assert_eq!(w.stats(r, Execution).get("requests_executed"), 0, "r{r} executed something in view 1");
+        assert_eq!(w.stats(r, Execution).get(Counter::RequestsExecuted), 0, "r{r} executed something in view 1");
     }
     let false_key = (1, 1, w.false_digest());
     assert!(!w.prepares.contains_key(&false_key), "a correct Preparation prepared the false digest");
@@ -346,7 +347,7 @@ fn a_forged_new_view_is_entered_by_confirmation_and_execution_but_never_prepared
     let view_2 = (2, 1, w.honest_digest());
     assert!(w.commits.get(&view_2).is_some_and(|s| s.len() >= 3), "the honest request commits at 1 in view 2");
     for r in 0..4 {
-        assert_eq!(w.stats(r, Execution).get("requests_executed"), 1, "r{r}");
+        assert_eq!(w.stats(r, Execution).get(Counter::RequestsExecuted), 1, "r{r}");
     }
     w.assert_safe();
     w.read_back_and_checkpoint();
@@ -370,7 +371,7 @@ fn an_equivocating_new_primary_cannot_split_the_replicas() {
     w.pump();
     assert_eq!(w.forged_sent, 1);
     let prep0 = w.stats(0, Preparation);
-    assert_eq!((prep0.view, prep0.get("new_view_wrong_o")), (0, 1));
+    assert_eq!((prep0.view, prep0.get(Counter::NewViewWrongO)), (0, 1));
     for r in [2, 3] {
         assert_eq!(w.stats(r, Preparation).view, 1, "r{r} accepted the genuine NewView");
     }
@@ -380,7 +381,7 @@ fn an_equivocating_new_primary_cannot_split_the_replicas() {
     assert!(w.commits.get(&honest_1).is_some_and(|s| !s.contains(&ReplicaId(0))), "r0 holds the false PrePrepare");
     for r in 0..4 {
         let exec = w.stats(r, Execution);
-        assert_eq!((exec.view, exec.get("requests_executed")), (1, 1), "r{r}: {exec:?}");
+        assert_eq!((exec.view, exec.get(Counter::RequestsExecuted)), (1, 1), "r{r}: {exec:?}");
     }
     let until = w.cluster.now_us() + 2 * TIMEOUT_US;
     w.settle(until);

@@ -11,6 +11,7 @@ use common::{SealedClient, sealed_clients};
 use splitbft_apps::kv::{KvOp, KvResult, KvStore};
 use splitbft_broker::BrokerOptions;
 use splitbft_broker::local::LocalCluster;
+use splitbft_types::counters::Counter;
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::{ClientId, CompartmentKind, ReplicaId};
 
@@ -41,7 +42,7 @@ fn four_replicas_execute_the_same_requests_and_reply() {
     // Every replica's Execution enclave executed everything and agrees on the state.
     let digests: Vec<_> = (0..4).map(|r| cluster.stats(ReplicaId(r), CompartmentKind::Execution)).collect();
     for s in &digests {
-        assert_eq!(s.get("requests_executed"), expected);
+        assert_eq!(s.get(Counter::RequestsExecuted), expected);
         assert_eq!(s.last_executed, digests[0].last_executed);
     }
     // f + 1 = 2 matching, authentic replies per request (here: all four).

@@ -12,6 +12,7 @@ use common::{SealedClient, sealed_clients};
 use splitbft_apps::kv::{KvOp, KvResult, KvStore};
 use splitbft_broker::BrokerOptions;
 use splitbft_broker::local::LocalCluster;
+use splitbft_types::counters::Counter;
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::msg::{Message, Reply, Request};
 use splitbft_types::{ClientId, CompartmentKind, ReplicaId};
@@ -82,9 +83,9 @@ fn a_crashed_primary_is_replaced_and_requests_complete_in_view_1() {
         for kind in CompartmentKind::ALL {
             assert_eq!(stats(&mut cluster, r, kind).view, 1, "r{r} {kind} not in view 1");
         }
-        assert_eq!(stats(&mut cluster, r, CompartmentKind::Execution).get("requests_executed"), 6);
+        assert_eq!(stats(&mut cluster, r, CompartmentKind::Execution).get(Counter::RequestsExecuted), 6);
     }
-    assert!(cluster.core(ReplicaId(1)).counters().get("views_entered") >= 1);
+    assert!(cluster.core(ReplicaId(1)).counters().get(Counter::ViewsEntered) >= 1);
 }
 
 #[test]
@@ -100,7 +101,7 @@ fn successive_failed_views_reach_a_live_primary() {
     }
     settle(&mut cluster, TIMEOUT_US * 2);
     // Two replicas cannot make a quorum: nothing executes, but they move on (view 1, 2...).
-    assert_eq!(stats(&mut cluster, 2, CompartmentKind::Execution).get("requests_executed"), 0);
+    assert_eq!(stats(&mut cluster, 2, CompartmentKind::Execution).get(Counter::RequestsExecuted), 0);
     // Replica 0 comes back (an old primary, fresh from a partition): view 2's primary is
     // replica 2, and 0, 2, 3 form a quorum.
     cluster.down.remove(&ReplicaId(0));
@@ -133,7 +134,7 @@ fn requests_prepared_in_the_old_view_execute_exactly_once_in_the_new_view() {
     }
     assert!(commits_dropped > 0);
     for r in 0..4 {
-        assert_eq!(stats(&mut cluster, r, CompartmentKind::Execution).get("requests_executed"), 0);
+        assert_eq!(stats(&mut cluster, r, CompartmentKind::Execution).get(Counter::RequestsExecuted), 0);
     }
     cluster.down.insert(ReplicaId(0));
     for r in 1..4 {
@@ -144,13 +145,13 @@ fn requests_prepared_in_the_old_view_execute_exactly_once_in_the_new_view() {
     assert!(completed(&keys, &replies).contains_key(&(ClientId(0), 1)));
     for r in 1..4 {
         let exec = stats(&mut cluster, r, CompartmentKind::Execution);
-        assert_eq!(exec.get("requests_executed"), 1, "r{r}: {exec:?}");
+        assert_eq!(exec.get(Counter::RequestsExecuted), 1, "r{r}: {exec:?}");
         assert_eq!(exec.view, 1);
     }
     // Same history everywhere (the host sees counts, no state digest: SPEC §6).
     let digests: Vec<_> = (1..4)
         .map(|r| stats(&mut cluster, r, CompartmentKind::Execution))
-        .map(|s| (s.last_executed, s.get("requests_executed")))
+        .map(|s| (s.last_executed, s.get(Counter::RequestsExecuted)))
         .collect();
     assert!(digests.windows(2).all(|w| w[0] == w[1]));
 }
@@ -194,7 +195,7 @@ fn primary_crash_under_load_completes_every_request_once() {
     let missing = all.iter().filter(|r| !done.contains_key(&(r.client, r.timestamp))).count();
     assert_eq!(missing, 0, "{missing} requests never completed");
     for r in 1..4 {
-        assert_eq!(stats(&mut cluster, r, CompartmentKind::Execution).get("requests_executed"), all.len() as u64);
+        assert_eq!(stats(&mut cluster, r, CompartmentKind::Execution).get(Counter::RequestsExecuted), all.len() as u64);
     }
     assert_eq!(stats(&mut cluster, 1, CompartmentKind::Preparation).view, 1, "one view change is enough");
 }
@@ -232,9 +233,9 @@ fn a_restarted_replica_catches_up_by_state_transfer_and_takes_part_again() {
     let until = cluster.now_us() + 200_000;
     settle(&mut cluster, until);
     let caught_up = stats(&mut cluster, 3, CompartmentKind::Execution);
-    assert_eq!(caught_up.get("states_restored"), 1, "{caught_up:?}");
+    assert_eq!(caught_up.get(Counter::StatesRestored), 1, "{caught_up:?}");
     assert_eq!(caught_up.last_executed, leader.last_executed);
-    assert!(cluster.core(ReplicaId(0)).counters().get("states_served") >= 1);
+    assert!(cluster.core(ReplicaId(0)).counters().get(Counter::StatesServed) >= 1);
 
     // Now replica 1 fails: 0, 2 and the restored 3 must carry on together.
     cluster.down.insert(ReplicaId(1));

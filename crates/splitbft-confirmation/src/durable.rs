@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use splitbft_types::boundary::Output;
 use splitbft_types::cert::VoteSet;
 use splitbft_types::codec::{from_bytes, to_bytes};
+use splitbft_types::counters::Counter;
 use splitbft_types::crypto::SecretKey;
 use splitbft_types::durable::{RecordKind, RestoreError, SealedState, StateSealer};
 use splitbft_types::msg::{CheckpointCert, Digest, PreparedCert};
@@ -150,7 +151,7 @@ impl Confirmation {
         let mut journal = Journal::new(sealer, false);
         journal.remember(&c);
         c.durable = Some(journal);
-        c.counters.bump("restored_from_sealed_state");
+        c.counters.bump(Counter::RestoredFromSealedState);
         Ok(c)
     }
 }

@@ -17,12 +17,13 @@ use splitbft_types::boundary::{Compartment, Event, Input, Output, Stats};
 use splitbft_types::cert::{VoteSet, in_window, verify_signed};
 use splitbft_types::checkpoint::CheckpointLog;
 use splitbft_types::config::{ConfigError, Keyring};
+use splitbft_types::counters::Counter;
 use splitbft_types::counters::Counters;
 use splitbft_types::crypto::{Purpose, SecretKey};
 use splitbft_types::msg::{
     Checkpoint, Commit, Digest, Message, NewView, PrePrepare, Prepare, PreparedCert, Signed, ViewChange,
 };
-use splitbft_types::viewchange::{Depth, check_new_view, reject_name};
+use splitbft_types::viewchange::{Depth, check_new_view, reject_counter};
 use splitbft_types::{CompartmentKind, EnclaveId, ProtocolConfig, ReplicaId, Seq, View};
 
 /// Everything Confirmation holds for one sequence number of the current view.
@@ -78,7 +79,7 @@ impl Confirmation {
     }
 
     /// Common checks for a message about `(view, seq)`; returns the slot if acceptable.
-    fn slot(&mut self, view: View, seq: Seq, what: [&'static str; 2]) -> Option<&mut Slot> {
+    fn slot(&mut self, view: View, seq: Seq, what: [Counter; 2]) -> Option<&mut Slot> {
         if view != self.view {
             self.counters.bump(what[0]);
             return None;
@@ -98,17 +99,18 @@ impl Confirmation {
     /// Stores the primary's PrePrepare (duplicated to Confirmation by the environment).
     pub fn on_pre_prepare(&mut self, pp: Signed<PrePrepare>, out: &mut Vec<Output>) {
         let body = pp.body;
-        let Some(slot) = self.slot(body.view, body.seq, ["pre_prepare_wrong_view", "pre_prepare_outside_window"])
+        let Some(slot) =
+            self.slot(body.view, body.seq, [Counter::PrePrepareWrongView, Counter::PrePrepareOutsideWindow])
         else {
             return;
         };
         match slot.pre_prepare {
-            Some(known) if known.body.digest == body.digest => return self.counters.bump("pre_prepare_duplicate"),
-            Some(_) => return self.counters.bump("pre_prepare_conflicting"),
+            Some(known) if known.body.digest == body.digest => return self.counters.bump(Counter::PrePrepareDuplicate),
+            Some(_) => return self.counters.bump(Counter::PrePrepareConflicting),
             None => {}
         }
         if verify_signed(&self.config, &self.keys, &pp).is_err() {
-            return self.counters.bump("pre_prepare_bad_signature");
+            return self.counters.bump(Counter::PrePrepareBadSignature);
         }
         self.slot_mut(body.seq).pre_prepare = Some(pp);
         self.on_prepare_certificate(body.seq, out);
@@ -119,24 +121,25 @@ impl Confirmation {
         let body = prepare.body;
         let primary = self.config.primary(body.view);
         let n = self.config.n();
-        let Some(slot) = self.slot(body.view, body.seq, ["prepare_wrong_view", "prepare_outside_window"]) else {
+        let Some(slot) = self.slot(body.view, body.seq, [Counter::PrepareWrongView, Counter::PrepareOutsideWindow])
+        else {
             return;
         };
         if slot.committed.is_some() {
             // The certificate is complete: later Prepares change nothing, skip the crypto.
-            return self.counters.bump("prepare_late");
+            return self.counters.bump(Counter::PrepareLate);
         }
         if body.replica.0 as usize >= n {
-            return self.counters.bump("prepare_unknown_replica");
+            return self.counters.bump(Counter::PrepareUnknownReplica);
         }
         if body.replica == primary {
-            return self.counters.bump("prepare_from_primary");
+            return self.counters.bump(Counter::PrepareFromPrimary);
         }
         if slot.prepares.has(body.replica) {
-            return self.counters.bump("prepare_duplicate");
+            return self.counters.bump(Counter::PrepareDuplicate);
         }
         if verify_signed(&self.config, &self.keys, &prepare).is_err() {
-            return self.counters.bump("prepare_bad_signature");
+            return self.counters.bump(Counter::PrepareBadSignature);
         }
         self.slot_mut(body.seq).prepares.insert(body.replica, prepare);
         self.on_prepare_certificate(body.seq, out);
@@ -167,20 +170,20 @@ impl Confirmation {
         self.prepared.insert(seq, PreparedCert { pre_prepare: pp, prepares });
         let commit = Commit { view: pp.body.view, seq, digest, replica: self.me };
         let sig = self.secret.sign(self.config.cluster_id, Purpose::Commit, &commit);
-        self.counters.bump("commits_sent");
+        self.counters.bump(Counter::CommitsSent);
         out.push(Output::Send(Message::Commit(Signed { body: commit, sig })));
     }
 
     /// Handler (9): on a checkpoint certificate, advance `h` and drop the log below it.
     pub fn on_checkpoint(&mut self, cp: Signed<Checkpoint>, out: &mut Vec<Output>) {
         match self.checkpoints.on_checkpoint(&self.config, &self.keys, &cp) {
-            Err(reject) => self.counters.bump(reject.name()),
+            Err(reject) => self.counters.bump(reject.counter()),
             Ok(None) => {}
             Ok(Some(stable)) => {
                 let seq = stable.seq;
                 self.slots = self.slots.split_off(&(seq + 1));
                 self.prepared = self.prepared.split_off(&(seq + 1));
-                self.counters.bump("checkpoints_stable");
+                self.counters.bump(Counter::CheckpointsStable);
                 out.push(Output::Event(Event::Stable { seq }));
             }
         }
@@ -192,7 +195,7 @@ impl Confirmation {
     pub fn on_suspect(&mut self, view: View, out: &mut Vec<Output>) {
         let target = view.saturating_add(1);
         if target <= self.view {
-            return self.counters.bump("suspect_stale");
+            return self.counters.bump(Counter::SuspectStale);
         }
         self.view = target;
         self.active = false;
@@ -205,7 +208,7 @@ impl Confirmation {
             prepared: self.prepared.range(low + 1..).map(|(_, cert)| cert.clone()).collect(),
         };
         let sig = self.secret.sign(self.config.cluster_id, Purpose::ViewChange, &body);
-        self.counters.bump("view_changes_sent");
+        self.counters.bump(Counter::ViewChangesSent);
         out.push(Output::Send(Message::ViewChange(Signed { body, sig })));
         out.push(Output::Event(Event::ViewChangeStarted { view: target }));
     }
@@ -214,12 +217,12 @@ impl Confirmation {
     /// PrePrepares of the new view. `O` is not recomputed here (Preparation does that).
     pub fn on_new_view(&mut self, nv: Signed<NewView>, out: &mut Vec<Output>) {
         if nv.body.view < self.view || (nv.body.view == self.view && self.active) {
-            return self.counters.bump("new_view_old");
+            return self.counters.bump(Counter::NewViewOld);
         }
         let accepted = match check_new_view(&self.config, &self.keys, &nv, self.genesis, Depth::SignaturesAndCheckpoint)
         {
             Ok(accepted) => accepted,
-            Err(e) => return self.counters.bump(reject_name("new_view", e)),
+            Err(e) => return self.counters.bump(reject_counter(true, e)),
         };
         if accepted.view > self.view {
             self.slots.clear();
@@ -237,7 +240,7 @@ impl Confirmation {
             if let Some(slot) = self.slot(
                 pp.body.view,
                 pp.body.seq,
-                ["new_view_pre_prepare_wrong_view", "new_view_pre_prepare_outside_window"],
+                [Counter::NewViewPrePrepareWrongView, Counter::NewViewPrePrepareOutsideWindow],
             ) {
                 slot.pre_prepare = Some(pp);
             }
@@ -246,7 +249,7 @@ impl Confirmation {
         for seq in seqs {
             self.on_prepare_certificate(seq, out);
         }
-        self.counters.bump("views_entered");
+        self.counters.bump(Counter::ViewsEntered);
         out.push(Output::Event(Event::ViewEntered { view: self.view }));
     }
 
@@ -276,14 +279,14 @@ impl Compartment for Confirmation {
             Input::Message(Message::NewView(nv)) => self.on_new_view(nv, out),
             Input::Suspect(view) => self.on_suspect(view, out),
             Input::Message(_) | Input::OrderBatch(_) | Input::RestoreState { .. } => {
-                self.counters.bump("unexpected_input")
+                self.counters.bump(Counter::UnexpectedInput)
             }
             Input::QueryStats => out.push(Output::Stats(self.stats())),
         }
     }
 
     fn count_malformed_input(&mut self) {
-        self.counters.bump("malformed_input");
+        self.counters.bump(Counter::MalformedInput);
     }
 
     fn after_crossing(&mut self, out: &mut Vec<Output>) {

@@ -11,6 +11,7 @@ use splitbft_confirmation::Confirmation;
 use splitbft_types::boundary::{Compartment, Input, Output, Stats};
 use splitbft_types::cert::verify_signed;
 use splitbft_types::config::Keyring;
+use splitbft_types::counters::Counter;
 use splitbft_types::crypto::{Purpose, SecretKey};
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::msg::{BatchMsg, Commit, Digest, Message, PrePrepare, Prepare, Signed};
@@ -87,8 +88,8 @@ impl Harness {
         }
     }
 
-    fn counter(&mut self, name: &str) -> u64 {
-        self.stats().get(name)
+    fn counter(&mut self, counter: Counter) -> u64 {
+        self.stats().get(counter)
     }
 }
 
@@ -150,9 +151,9 @@ fn commits_exactly_once_after_pre_prepare_and_2f_prepares() {
     };
     assert!(h.feed(Message::Batch(batch)).is_empty());
     let s = h.stats();
-    assert_eq!(s.get("commits_sent"), 1);
-    assert_eq!(s.get("prepare_late"), 2);
-    assert_eq!(s.get("pre_prepare_duplicate"), 2);
+    assert_eq!(s.get(Counter::CommitsSent), 1);
+    assert_eq!(s.get(Counter::PrepareLate), 2);
+    assert_eq!(s.get(Counter::PrePrepareDuplicate), 2);
 }
 
 /// The order of arrival does not matter: for every permutation of the PrePrepare and the
@@ -207,8 +208,8 @@ fn forged_prepare_signatures_do_not_count() {
     assert!(h.feed(Message::Prepare(wrong_kind)).is_empty());
     // A Commit signature of the same body replayed as a Prepare.
     assert!(h.feed(Message::Prepare(h.sign(2, Preparation, Purpose::Commit, body))).is_empty());
-    assert_eq!(h.counter("prepare_bad_signature"), 4);
-    assert_eq!(h.counter("commits_sent"), 0);
+    assert_eq!(h.counter(Counter::PrepareBadSignature), 4);
+    assert_eq!(h.counter(Counter::CommitsSent), 0);
     // The genuine Prepare of replica 2 still completes the certificate.
     assert_eq!(h.feed(h.prepare(2, 0, 1, d("a"))).len(), 1);
 }
@@ -222,8 +223,8 @@ fn forged_pre_prepare_is_not_stored() {
     assert!(h.feed(flip_sig(h.pp(0, 1, d("a")))).is_empty());
     let by_backup = h.sign(2, Preparation, Purpose::PrePrepare, PrePrepare { view: 0, seq: 1, digest: d("a") });
     assert!(h.feed(Message::PrePrepare(by_backup)).is_empty());
-    assert_eq!(h.counter("pre_prepare_bad_signature"), 2);
-    assert_eq!(h.counter("commits_sent"), 0);
+    assert_eq!(h.counter(Counter::PrePrepareBadSignature), 2);
+    assert_eq!(h.counter(Counter::CommitsSent), 0);
     assert_eq!(h.feed(h.pp(0, 1, d("a"))).len(), 1);
 }
 
@@ -236,11 +237,11 @@ fn duplicate_prepares_from_one_replica_count_once() {
     assert!(
         h.feed_all([h.prepare(3, 0, 1, d("a")), h.prepare(3, 0, 1, d("a")), h.prepare(3, 0, 1, d("a"))]).is_empty()
     );
-    assert_eq!(h.counter("prepare_duplicate"), 2);
+    assert_eq!(h.counter(Counter::PrepareDuplicate), 2);
     // A Byzantine replica 2 first votes for another digest: its later vote for `a` is a duplicate.
     assert!(h.feed_all([h.prepare(2, 0, 1, d("b")), h.prepare(2, 0, 1, d("a"))]).is_empty());
-    assert_eq!(h.counter("prepare_duplicate"), 3);
-    assert_eq!(h.counter("commits_sent"), 0);
+    assert_eq!(h.counter(Counter::PrepareDuplicate), 3);
+    assert_eq!(h.counter(Counter::CommitsSent), 0);
     assert_eq!(h.feed(h.prepare(1, 0, 1, d("a"))).len(), 1);
 }
 
@@ -256,7 +257,7 @@ fn prepares_with_another_digest_do_not_make_a_certificate() {
     assert!(
         h.feed_all([h.prepare(1, 0, 2, d("b")), h.prepare(2, 0, 2, d("b")), h.prepare(3, 0, 2, d("c"))]).is_empty()
     );
-    assert_eq!(h.counter("commits_sent"), 0);
+    assert_eq!(h.counter(Counter::CommitsSent), 0);
 }
 
 /// Messages of another view than `v_c = 0` are refused and counted (view change is not
@@ -268,12 +269,12 @@ fn prepares_and_pre_prepares_of_a_wrong_view_are_refused() {
     let msgs = [h.pp(1, 1, d("a")), h.prepare(0, 1, 1, d("a")), h.prepare(2, 1, 1, d("a")), h.prepare(3, 1, 1, d("a"))];
     assert!(h.feed_all(msgs).is_empty());
     let s = h.stats();
-    assert_eq!(s.get("pre_prepare_wrong_view"), 1);
-    assert_eq!(s.get("prepare_wrong_view"), 3);
+    assert_eq!(s.get(Counter::PrePrepareWrongView), 1);
+    assert_eq!(s.get(Counter::PrepareWrongView), 3);
     // View-1 Prepares do not help a view-0 PrePrepare either.
     assert!(h.feed(h.pp(0, 1, d("a"))).is_empty());
     assert!(h.feed(h.prepare(1, 0, 1, d("a"))).is_empty());
-    assert_eq!(h.counter("commits_sent"), 0);
+    assert_eq!(h.counter(Counter::CommitsSent), 0);
 }
 
 /// SPEC §3: the primary sends only the PrePrepare; a Prepare from it is no vote.
@@ -282,12 +283,12 @@ fn prepare_from_the_primary_is_refused() {
     let mut h = Harness::new(1);
     h.feed_all([h.pp(0, 1, d("a")), h.prepare(1, 0, 1, d("a"))]);
     assert!(h.feed(h.prepare(0, 0, 1, d("a"))).is_empty());
-    assert_eq!(h.counter("prepare_from_primary"), 1);
-    assert_eq!(h.counter("commits_sent"), 0);
+    assert_eq!(h.counter(Counter::PrepareFromPrimary), 1);
+    assert_eq!(h.counter(Counter::CommitsSent), 0);
     // A replica id outside 0..n.
     let body = Prepare { view: 0, seq: 1, digest: d("a"), replica: ReplicaId(4) };
     assert!(h.feed(Message::Prepare(h.sign(1, Preparation, Purpose::Prepare, body))).is_empty());
-    assert_eq!(h.counter("prepare_unknown_replica"), 1);
+    assert_eq!(h.counter(Counter::PrepareUnknownReplica), 1);
     assert_eq!(h.feed(h.prepare(3, 0, 1, d("a"))).len(), 1);
 }
 
@@ -306,9 +307,9 @@ fn sequence_numbers_outside_the_window_never_commit() {
         assert!(h.feed_all(msgs).is_empty(), "seq {seq}");
     }
     let s = h.stats();
-    assert_eq!(s.get("pre_prepare_outside_window"), 4);
-    assert_eq!(s.get("prepare_outside_window"), 12);
-    assert_eq!(s.get("commits_sent"), 0);
+    assert_eq!(s.get(Counter::PrePrepareOutsideWindow), 4);
+    assert_eq!(s.get(Counter::PrepareOutsideWindow), 12);
+    assert_eq!(s.get(Counter::CommitsSent), 0);
     assert_eq!(s.log_entries, 0, "refused messages must not allocate slots");
     let at_bound = [h.pp(0, L, d("a")), h.prepare(1, 0, L, d("a")), h.prepare(2, 0, L, d("a"))];
     assert_eq!(h.feed_all(at_bound).len(), 1, "s = h + L is inside the window");
@@ -322,7 +323,7 @@ fn conflicting_pre_prepare_is_ignored_and_at_most_one_commit_per_slot() {
     let mut h = Harness::new(1);
     h.feed(h.pp(0, 1, d("a")));
     assert!(h.feed(h.pp(0, 1, d("b"))).is_empty());
-    assert_eq!(h.counter("pre_prepare_conflicting"), 1);
+    assert_eq!(h.counter(Counter::PrePrepareConflicting), 1);
     let mut commits = h.feed_all([h.prepare(2, 0, 1, d("b")), h.prepare(3, 0, 1, d("b"))]);
     assert!(commits.is_empty(), "Prepares for the rejected digest must not commit");
     // Replicas 2 and 3 voted for `b`, so replica 1's vote for `a` is the only one: no
@@ -336,7 +337,7 @@ fn conflicting_pre_prepare_is_ignored_and_at_most_one_commit_per_slot() {
     all.extend(h.feed_all([h.pp(0, 2, d("b")), h.prepare(3, 0, 2, d("b"))]));
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].digest, d("a"));
-    assert_eq!(h.counter("commits_sent"), 1);
+    assert_eq!(h.counter(Counter::CommitsSent), 1);
 }
 
 /// Inputs a Confirmation enclave has no business with, and bytes that do not decode,
@@ -359,6 +360,6 @@ fn unexpected_and_malformed_inputs_are_counted() {
     h.conf.handle_encoded(&junk, &mut encoded);
     assert!(encoded.is_empty());
     let s = h.stats();
-    assert_eq!(s.get("unexpected_input"), 2);
-    assert_eq!(s.get("malformed_input"), 3);
+    assert_eq!(s.get(Counter::UnexpectedInput), 2);
+    assert_eq!(s.get(Counter::MalformedInput), 3);
 }

@@ -11,6 +11,7 @@ use proptest::prelude::*;
 use serde::Serialize;
 use splitbft_confirmation::Confirmation;
 use splitbft_types::boundary::{Compartment, Event, Input, Output, Stats};
+use splitbft_types::counters::Counter;
 use splitbft_types::crypto::{Purpose, SecretKey};
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::msg::{Checkpoint, Commit, Digest, Message, PrePrepare, Prepare, Signed};
@@ -129,9 +130,9 @@ fn checkpoint_certificate_moves_the_low_watermark_and_collects_the_log() {
     assert!(feed(&mut c, checkpoint(0, 6, state)).is_empty());
     let s = stats(&mut c);
     assert_eq!(s.low_watermark, 0);
-    assert_eq!(s.get("checkpoint_bad_signature"), 2);
-    assert_eq!(s.get("checkpoint_duplicate"), 1);
-    assert_eq!(s.get("checkpoint_not_at_interval"), 1);
+    assert_eq!(s.get(Counter::CheckpointBadSignature), 2);
+    assert_eq!(s.get(Counter::CheckpointDuplicate), 1);
+    assert_eq!(s.get(Counter::CheckpointNotAtInterval), 1);
     assert_eq!(s.log_entries, 6 + 1, "six slots plus one pending checkpoint slot");
 
     // The third matching Checkpoint completes the certificate.
@@ -139,7 +140,7 @@ fn checkpoint_certificate_moves_the_low_watermark_and_collects_the_log() {
     assert_eq!(out, vec![Output::Event(Event::Stable { seq: 4 })]);
     let s = stats(&mut c);
     assert_eq!(s.low_watermark, 4);
-    assert_eq!(s.get("checkpoints_stable"), 1);
+    assert_eq!(s.get(Counter::CheckpointsStable), 1);
     assert_eq!(s.log_entries, 2, "slots 5 and 6 remain");
 
     // Messages for s <= h are refused and counted, and allocate nothing.
@@ -149,9 +150,9 @@ fn checkpoint_certificate_moves_the_low_watermark_and_collects_the_log() {
     }
     assert!(feed(&mut c, checkpoint(0, 4, state)).is_empty());
     let s = stats(&mut c);
-    assert_eq!(s.get("pre_prepare_outside_window"), 3);
-    assert_eq!(s.get("prepare_outside_window"), 3);
-    assert_eq!(s.get("checkpoint_outside_window"), 1);
+    assert_eq!(s.get(Counter::PrePrepareOutsideWindow), 3);
+    assert_eq!(s.get(Counter::PrepareOutsideWindow), 3);
+    assert_eq!(s.get(Counter::CheckpointOutsideWindow), 1);
     assert_eq!(s.log_entries, 2);
 
     // The window moved: h + L = 12 commits, 13 does not.
@@ -201,7 +202,9 @@ fn byzantine_flood_keeps_the_log_bounded() {
     assert!(max <= MAX_ENTRIES, "log grew to {max} > {MAX_ENTRIES}");
     let s = stats(&mut c);
     assert!(
-        s.get("prepare_duplicate") > 0 && s.get("pre_prepare_conflicting") > 0 && s.get("checkpoint_duplicate") > 0
+        s.get(Counter::PrepareDuplicate) > 0
+            && s.get(Counter::PrePrepareConflicting) > 0
+            && s.get(Counter::CheckpointDuplicate) > 0
     );
 
     // The correct replicas move the checkpoint to L; the flood starts over in the new window.
@@ -290,6 +293,6 @@ proptest! {
                 prop_assert!(voters.len() >= 2, "C2: Commit {:?} with Prepares from {:?}", commit, voters);
             }
         }
-        prop_assert_eq!(stats(&mut c).get("commits_sent"), committed.len() as u64);
+        prop_assert_eq!(stats(&mut c).get(Counter::CommitsSent), committed.len() as u64);
     }
 }

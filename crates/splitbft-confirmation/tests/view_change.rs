@@ -16,6 +16,7 @@ use splitbft_confirmation::Confirmation;
 use splitbft_types::boundary::{Compartment, Event, Input, Output, Stats};
 use splitbft_types::cert::verify_signed;
 use splitbft_types::config::Keyring;
+use splitbft_types::counters::Counter;
 use splitbft_types::crypto::{Purpose, SecretKey};
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::msg::{
@@ -210,13 +211,13 @@ fn after_suspect_no_commit_is_sent_for_the_old_view() {
     // A whole view-0 certificate for another slot: no Commit either.
     assert!(commits(&certify(&mut c, 2, 0, 2, d("b"))).is_empty());
     let s = stats(&mut c);
-    assert_eq!(s.get("commits_sent"), 0);
+    assert_eq!(s.get(Counter::CommitsSent), 0);
     assert_eq!(s.view, 1);
-    assert_eq!(s.get("view_changes_sent"), 1);
-    assert_eq!((s.get("prepare_wrong_view"), s.get("pre_prepare_wrong_view")), (3, 1));
+    assert_eq!(s.get(Counter::ViewChangesSent), 1);
+    assert_eq!((s.get(Counter::PrepareWrongView), s.get(Counter::PrePrepareWrongView)), (3, 1));
     // Nor once more Prepares of view 0 are replayed.
     assert!(commits(&feed_all(&mut c, (0..4).map(|r| prepare(r, 0, 1, d("a"))))).is_empty());
-    assert_eq!(stats(&mut c).get("commits_sent"), 0);
+    assert_eq!(stats(&mut c).get(Counter::CommitsSent), 0);
 }
 
 /// SPEC §4.2 (5), §9 C5: the ViewChange carries the stable checkpoint certificate and
@@ -270,7 +271,7 @@ fn repeated_suspicion_moves_to_the_next_view_and_stale_suspicion_is_ignored() {
     assert_eq!(first[0].body.view, 1);
     // Again for view 0 (a second timer, or f + 1 ViewChanges for view 1): already there.
     assert!(run(&mut c, Input::Suspect(0)).is_empty());
-    assert_eq!(stats(&mut c).get("suspect_stale"), 1);
+    assert_eq!(stats(&mut c).get(Counter::SuspectStale), 1);
     // The new primary does not deliver either: view 2.
     let out = run(&mut c, Input::Suspect(1));
     let second = view_changes(&out);
@@ -285,12 +286,12 @@ fn repeated_suspicion_moves_to_the_next_view_and_stale_suspicion_is_ignored() {
         assert!(run(&mut c, Input::Suspect(stale)).is_empty(), "Suspect({stale})");
     }
     let s = stats(&mut c);
-    assert_eq!((s.view, s.get("view_changes_sent"), s.get("suspect_stale")), (2, 2, 3));
+    assert_eq!((s.view, s.get(Counter::ViewChangesSent), s.get(Counter::SuspectStale)), (2, 2, 3));
     // Jumping further: Suspect(5) moves to view 6.
     assert_eq!(view_changes(&run(&mut c, Input::Suspect(5)))[0].body.view, 6);
     // A NewView for view 1 is now old.
     assert!(feed(&mut c, Message::NewView(new_view_1_with_a())).is_empty());
-    assert_eq!(stats(&mut c).get("new_view_old"), 1);
+    assert_eq!(stats(&mut c).get(Counter::NewViewOld), 1);
 }
 
 // ---------------------------------------------------------------- (7') NewView
@@ -316,14 +317,14 @@ fn on_a_valid_new_view_it_enters_and_commits_entries_of_o_with_2f_prepares() {
     // committed before the view is entered (C4).
     let early = [pp(1, 2, null_digest()), prepare(0, 1, 2, null_digest()), prepare(3, 1, 2, null_digest())];
     assert!(commits(&feed_all(&mut c, early)).is_empty());
-    assert_eq!(stats(&mut c).get("commits_sent"), 1);
+    assert_eq!(stats(&mut c).get(Counter::CommitsSent), 1);
 
     let out = feed(&mut c, Message::NewView(new_view(1, vcs, &o)));
     assert!(out.contains(&Output::Event(Event::ViewEntered { view: 1 })), "{out:?}");
     // The early Prepares complete the null entry at once.
     assert_eq!(commits(&out), vec![Commit { view: 1, seq: 2, digest: null_digest(), replica: ReplicaId(2) }]);
     let s = stats(&mut c);
-    assert_eq!((s.view, s.get("views_entered")), (1, 1));
+    assert_eq!((s.view, s.get(Counter::ViewsEntered)), (1, 1));
 
     // `a` at 1: one Prepare of view 1 is not enough, the second commits.
     assert!(commits(&feed(&mut c, prepare(0, 1, 1, d("a")))).is_empty());
@@ -338,7 +339,7 @@ fn on_a_valid_new_view_it_enters_and_commits_entries_of_o_with_2f_prepares() {
     assert_eq!(commits(&feed(&mut c, prepare(3, 1, 3, d("c")))).len(), 1);
     // New PrePrepares of view 1 commit normally.
     assert_eq!(commits(&certify(&mut c, 2, 1, 4, d("d"))).len(), 1);
-    assert_eq!(stats(&mut c).get("commits_sent"), 5);
+    assert_eq!(stats(&mut c).get(Counter::CommitsSent), 5);
 
     // The next ViewChange reports the view-1 certificates, not the view-0 one for `a`.
     let next = view_changes(&run(&mut c, Input::Suspect(1)));
@@ -390,11 +391,11 @@ fn a_forged_new_view_is_refused() {
     forged_vc.view_changes[1].sig.0[0] ^= 0x01;
     let forged_vc = sign(1, Preparation, Purpose::NewView, forged_vc);
     let cases = [
-        ("new_view_bad_signature", flipped),
-        ("new_view_bad_signature", by_backup),
-        ("new_view_bad_signature", by_confirmation),
-        ("new_view_bad_quorum", no_quorum),
-        ("new_view_bad_signature", forged_vc),
+        (Counter::NewViewBadSignature, flipped),
+        (Counter::NewViewBadSignature, by_backup),
+        (Counter::NewViewBadSignature, by_confirmation),
+        (Counter::NewViewBadQuorum, no_quorum),
+        (Counter::NewViewBadSignature, forged_vc),
     ];
     for (i, (counter, nv)) in cases.into_iter().enumerate() {
         let before = stats(&mut c).get(counter);
@@ -407,13 +408,13 @@ fn a_forged_new_view_is_refused() {
     let early = [pp(1, 1, d("a")), prepare(0, 1, 1, d("a")), prepare(3, 1, 1, d("a"))];
     assert!(commits(&feed_all(&mut c, early)).is_empty());
     let s = stats(&mut c);
-    assert_eq!((s.get("views_entered"), s.get("commits_sent")), (0, 0));
+    assert_eq!((s.get(Counter::ViewsEntered), s.get(Counter::CommitsSent)), (0, 0));
     // The genuine NewView then commits at once.
     let out = feed(&mut c, Message::NewView(new_view_1_with_a()));
     assert_eq!(commits(&out), vec![Commit { view: 1, seq: 1, digest: d("a"), replica: ReplicaId(2) }]);
     // A replay of it is old.
     assert!(feed(&mut c, Message::NewView(new_view_1_with_a())).is_empty());
-    assert_eq!(stats(&mut c).get("new_view_old"), 1);
+    assert_eq!(stats(&mut c).get(Counter::NewViewOld), 1);
 }
 
 /// Paper §4, SPEC §4.2 (7'): Confirmation does not recompute `O`, so it enters a view whose
@@ -432,5 +433,5 @@ fn a_new_view_with_a_wrong_o_is_entered_but_nothing_commits_without_prepares() {
     // Only the Byzantine primary's own Prepare: no certificate.
     assert!(commits(&feed(&mut c, prepare(1, 1, 1, d("false")))).is_empty());
     let s = stats(&mut c);
-    assert_eq!((s.view, s.get("commits_sent"), s.get("prepare_from_primary")), (1, 0, 1));
+    assert_eq!((s.view, s.get(Counter::CommitsSent), s.get(Counter::PrepareFromPrimary)), (1, 0, 1));
 }

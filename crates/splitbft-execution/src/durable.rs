@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use splitbft_types::app::Application;
 use splitbft_types::boundary::Output;
 use splitbft_types::codec::{from_bytes, to_bytes};
+use splitbft_types::counters::Counter;
 use splitbft_types::crypto::SecretKey;
 use splitbft_types::durable::{RecordKind, RestoreError, SealedState, StateSealer};
 use splitbft_types::msg::{CheckpointCert, Digest};
@@ -166,7 +167,7 @@ impl Execution {
         let mut journal = Journal::new(sealer, false);
         journal.remember(&e);
         e.durable = Some(journal);
-        e.counters.bump("restored_from_sealed_state");
+        e.counters.bump(Counter::RestoredFromSealedState);
         Ok((e, outputs))
     }
 }

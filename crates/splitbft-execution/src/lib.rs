@@ -31,12 +31,13 @@ use splitbft_types::cert::{VoteSet, in_window, verify_signed};
 use splitbft_types::checkpoint::CheckpointLog;
 use splitbft_types::codec::{from_bytes, to_bytes};
 use splitbft_types::config::{ConfigError, Keyring};
+use splitbft_types::counters::Counter;
 use splitbft_types::counters::Counters;
 use splitbft_types::crypto::{MacKey, Purpose, SecretKey, reply_mac};
 use splitbft_types::dedup::ClientWindow;
 use splitbft_types::msg::{BatchMsg, Checkpoint, Commit, Digest, Message, NewView, Reply, Request, Signed};
 use splitbft_types::session::{Admission, GroupSecret, ReplyBody, SessionRecord, Sessions};
-use splitbft_types::viewchange::{Depth, check_new_view, null_batch, null_digest, reject_name};
+use splitbft_types::viewchange::{Depth, check_new_view, null_batch, null_digest, reject_counter};
 use splitbft_types::{ClientId, CompartmentKind, EnclaveId, ProtocolConfig, ReplicaId, Seq, Timestamp, View};
 
 pub use seal::{RecordSealer, SealError};
@@ -196,7 +197,7 @@ impl Execution {
     }
 
     /// Whether a message about `seq` can still matter: above `s_e` and inside the window.
-    fn wanted(&mut self, seq: Seq, what: [&'static str; 2]) -> bool {
+    fn wanted(&mut self, seq: Seq, what: [Counter; 2]) -> bool {
         if seq <= self.executed {
             self.counters.bump(what[0]);
             return false;
@@ -233,14 +234,14 @@ impl Execution {
             return;
         }
         if Digest::of(&msg.batch) != pp.digest {
-            return self.counters.bump("batch_wrong_digest");
+            return self.counters.bump(Counter::BatchWrongDigest);
         }
         if own_uncertified {
             let first = self.slots.get(&pp.seq).is_none_or(|slot| slot.batches.is_empty());
             if first || verify_signed(&self.config, &self.keys, &msg.pre_prepare).is_ok() {
                 targets.push(pp.seq);
             } else {
-                self.counters.bump("batch_bad_signature");
+                self.counters.bump(Counter::BatchBadSignature);
             }
         }
         for seq in targets {
@@ -257,16 +258,16 @@ impl Execution {
 
     /// Whether the slot of `seq` takes a candidate batch with `digest` (counting why not).
     fn wants_candidate(&mut self, seq: Seq, digest: Digest) -> bool {
-        if !self.wanted(seq, ["batch_late", "batch_outside_window"]) {
+        if !self.wanted(seq, [Counter::BatchLate, Counter::BatchOutsideWindow]) {
             return false;
         }
         let slot = self.slot(seq);
         if slot.batches.iter().any(|(d, _)| *d == digest) {
-            self.counters.bump("batch_duplicate");
+            self.counters.bump(Counter::BatchDuplicate);
             return false;
         }
         if slot.batches.len() >= MAX_BATCH_CANDIDATES && slot.certified != Some(digest) {
-            self.counters.bump("batch_too_many_candidates");
+            self.counters.bump(Counter::BatchTooManyCandidates);
             return false;
         }
         true
@@ -276,24 +277,24 @@ impl Execution {
     pub fn on_commit(&mut self, commit: Signed<Commit>, out: &mut Vec<Output>) {
         let body = commit.body;
         if body.view != self.view {
-            return self.counters.bump("commit_wrong_view");
+            return self.counters.bump(Counter::CommitWrongView);
         }
-        if !self.wanted(body.seq, ["commit_late", "commit_outside_window"]) {
+        if !self.wanted(body.seq, [Counter::CommitLate, Counter::CommitOutsideWindow]) {
             return;
         }
         if body.replica.0 as usize >= self.config.n() {
-            return self.counters.bump("commit_unknown_replica");
+            return self.counters.bump(Counter::CommitUnknownReplica);
         }
         let quorum = self.config.quorum();
         let slot = self.slot(body.seq);
         if slot.certified.is_some() {
-            return self.counters.bump("commit_after_certificate");
+            return self.counters.bump(Counter::CommitAfterCertificate);
         }
         if slot.commits.has(body.replica) {
-            return self.counters.bump("commit_duplicate");
+            return self.counters.bump(Counter::CommitDuplicate);
         }
         if verify_signed(&self.config, &self.keys, &commit).is_err() {
-            return self.counters.bump("commit_bad_signature");
+            return self.counters.bump(Counter::CommitBadSignature);
         }
         let slot = self.slot(body.seq);
         slot.commits.insert(body.replica, commit);
@@ -330,14 +331,14 @@ impl Execution {
         // A certified batch that does not decode can only come from a faulty primary: it
         // executes as an empty batch, identically on every correct Execution enclave.
         let requests = from_bytes::<Vec<Request>>(batch).unwrap_or_else(|_| {
-            self.counters.bump("batch_malformed_noop");
+            self.counters.bump(Counter::BatchMalformedNoop);
             Vec::new()
         });
         for request in &requests {
             self.execute_request(request, out);
         }
         self.persist_records(out);
-        self.counters.bump("batches_executed");
+        self.counters.bump(Counter::BatchesExecuted);
         out.push(Output::Event(Event::Executed { seq, digest, requests: requests.len() as u32 }));
     }
 
@@ -347,13 +348,13 @@ impl Execution {
     fn execute_request(&mut self, request: &Request, out: &mut Vec<Output>) {
         let c = request.client.0 as usize;
         let Some(window) = self.windows.get(c) else {
-            return self.counters.bump("request_unknown_client_noop");
+            return self.counters.bump(Counter::RequestUnknownClientNoop);
         };
         if window.check(request.timestamp).is_err() {
             // Ordered twice (e.g. re-proposed after a view change and retransmitted): it
             // executed once. A client still waiting retransmits, and the environment hands
             // the retransmission to `on_retransmitted_request`.
-            return self.counters.bump("request_duplicate_noop");
+            return self.counters.bump(Counter::RequestDuplicateNoop);
         }
         let cached = match self.sessions.admit(&self.config, &self.keys, &self.group, request) {
             Admission::Refused(refusal) => {
@@ -362,11 +363,11 @@ impl Execution {
                 return out.push(Output::Send(Message::Reply(reply)));
             }
             Admission::Registered { epoch } => {
-                self.counters.bump("sessions_registered");
+                self.counters.bump(Counter::SessionsRegistered);
                 ReplyBody::Registered { epoch }
             }
             Admission::Execute(op) => {
-                self.counters.bump("requests_executed");
+                self.counters.bump(Counter::RequestsExecuted);
                 ReplyBody::Plain(self.app.execute(&op))
             }
         };
@@ -387,11 +388,11 @@ impl Execution {
         for record in self.app.take_records() {
             match self.sealer.seal(record.height, &record.bytes) {
                 Ok(sealed) => {
-                    self.counters.bump("records_sealed");
+                    self.counters.bump(Counter::RecordsSealed);
                     out.push(Output::Persist { height: record.height, sealed });
                 }
                 // Only a record beyond the AEAD's size limit; the chain shows the gap.
-                Err(_) => self.counters.bump("record_seal_failed"),
+                Err(_) => self.counters.bump(Counter::RecordSealFailed),
             }
         }
     }
@@ -414,10 +415,10 @@ impl Execution {
                     unreachable!("the cache holds only encodings made by `execute_request` or restored and checked")
                 };
                 let reply = self.reply(client, timestamp, body);
-                self.counters.bump("replies_resent");
+                self.counters.bump(Counter::RepliesResent);
                 out.push(Output::Send(Message::Reply(reply)));
             }
-            None => self.counters.bump("retransmission_not_cached"),
+            None => self.counters.bump(Counter::RetransmissionNotCached),
         }
     }
 
@@ -428,7 +429,7 @@ impl Execution {
         if executed {
             self.resend_reply(request.client, request.timestamp, out);
         } else {
-            self.counters.bump("retransmission_not_executed");
+            self.counters.bump(Counter::RetransmissionNotExecuted);
         }
     }
 
@@ -450,14 +451,14 @@ impl Execution {
     /// snapshots.
     pub fn on_checkpoint(&mut self, cp: Signed<Checkpoint>, out: &mut Vec<Output>) {
         match self.checkpoints.on_checkpoint(&self.config, &self.keys, &cp) {
-            Err(reject) => self.counters.bump(reject.name()),
+            Err(reject) => self.counters.bump(reject.counter()),
             Ok(None) => {}
             Ok(Some(stable)) => {
                 let seq = stable.seq;
                 self.slots = self.slots.split_off(&(seq + 1));
                 let state = stable.state;
                 self.after_stable(seq, state, out);
-                self.counters.bump("checkpoints_stable");
+                self.counters.bump(Counter::CheckpointsStable);
             }
         }
     }
@@ -468,7 +469,7 @@ impl Execution {
         self.snapshots = self.snapshots.split_off(&seq);
         out.push(Output::Event(Event::Stable { seq }));
         if self.executed < seq {
-            self.counters.bump("behind_stable_checkpoint");
+            self.counters.bump(Counter::BehindStableCheckpoint);
             out.push(Output::Event(Event::StateNeeded { seq, digest: state }));
         }
     }
@@ -477,12 +478,12 @@ impl Execution {
     /// is ahead), and make sure every batch of `O` is here (the null batch needs no bytes).
     pub fn on_new_view(&mut self, nv: Signed<NewView>, out: &mut Vec<Output>) {
         if nv.body.view <= self.view {
-            return self.counters.bump("new_view_old");
+            return self.counters.bump(Counter::NewViewOld);
         }
         let accepted = match check_new_view(&self.config, &self.keys, &nv, self.genesis, Depth::SignaturesAndCheckpoint)
         {
             Ok(accepted) => accepted,
-            Err(e) => return self.counters.bump(reject_name("new_view", e)),
+            Err(e) => return self.counters.bump(reject_counter(true, e)),
         };
         self.view = accepted.view;
         // Commit votes of older views can no longer complete a certificate.
@@ -510,7 +511,7 @@ impl Execution {
                 out.push(Output::Event(Event::MissingBatch { seq: s, digest: d }));
             }
         }
-        self.counters.bump("views_entered");
+        self.counters.bump(Counter::ViewsEntered);
         out.push(Output::Event(Event::ViewEntered { view: self.view }));
         self.try_execute(out);
     }
@@ -520,20 +521,20 @@ impl Execution {
     pub fn on_restore_state(&mut self, seq: Seq, sealed: Vec<u8>, out: &mut Vec<Output>) {
         let stable = self.checkpoints.stable();
         if seq != stable.seq || seq <= self.executed {
-            return self.counters.bump("restore_not_needed");
+            return self.counters.bump(Counter::RestoreNotNeeded);
         }
         let Ok(bytes) = self.group.open_state(self.config.cluster_id, seq, &stable.state, &sealed) else {
-            self.counters.bump("restore_not_authentic");
+            self.counters.bump(Counter::RestoreNotAuthentic);
             return out.push(Output::Event(Event::StateRejected { seq }));
         };
         if Digest::of(&bytes) != stable.state {
-            self.counters.bump("restore_wrong_digest");
+            self.counters.bump(Counter::RestoreWrongDigest);
             return out.push(Output::Event(Event::StateRejected { seq }));
         }
         let Ok(state) = from_bytes::<OwnedExecutionState>(&bytes) else {
             // Certified bytes that do not decode: only if 2f + 1 Execution enclaves signed
             // garbage, i.e. more than f faulty. Refuse rather than corrupt this replica.
-            self.counters.bump("restore_malformed");
+            self.counters.bump(Counter::RestoreMalformed);
             return out.push(Output::Event(Event::StateRejected { seq }));
         };
         if state.clients.len() != self.windows.len()
@@ -543,7 +544,7 @@ impl Execution {
             || state.results.iter().any(|r| r.len() as u64 > self.config.client_window)
             || self.app.restore(&state.app).is_err()
         {
-            self.counters.bump("restore_malformed");
+            self.counters.bump(Counter::RestoreMalformed);
             return out.push(Output::Event(Event::StateRejected { seq }));
         }
         self.windows = state.clients;
@@ -555,7 +556,7 @@ impl Execution {
         // Serve it to peers behind us too (still sealed).
         out.push(Output::Event(Event::Snapshot { seq, digest, bytes: sealed }));
         self.slots = self.slots.split_off(&(seq + 1));
-        self.counters.bump("states_restored");
+        self.counters.bump(Counter::StatesRestored);
         out.push(Output::Event(Event::StateRestored { seq }));
         self.try_execute(out);
     }
@@ -617,13 +618,15 @@ impl Compartment for Execution {
             Input::Message(Message::NewView(nv)) => self.on_new_view(nv, out),
             Input::Message(Message::Request(req)) => self.on_retransmitted_request(req, out),
             Input::RestoreState { seq, bytes } => self.on_restore_state(seq, bytes, out),
-            Input::Message(_) | Input::OrderBatch(_) | Input::Suspect(_) => self.counters.bump("unexpected_input"),
+            Input::Message(_) | Input::OrderBatch(_) | Input::Suspect(_) => {
+                self.counters.bump(Counter::UnexpectedInput)
+            }
             Input::QueryStats => out.push(Output::Stats(self.stats())),
         }
     }
 
     fn count_malformed_input(&mut self) {
-        self.counters.bump("malformed_input");
+        self.counters.bump(Counter::MalformedInput);
     }
 
     fn after_crossing(&mut self, out: &mut Vec<Output>) {

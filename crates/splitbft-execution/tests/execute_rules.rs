@@ -20,6 +20,7 @@ use splitbft_execution::{Execution, RecordSealer};
 use splitbft_types::boundary::{Compartment, Event, Input, Output, Stats};
 use splitbft_types::codec::to_bytes;
 use splitbft_types::config::Keyring;
+use splitbft_types::counters::Counter;
 use splitbft_types::crypto::{ClientKeys, Purpose, SecretKey};
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::msg::{BatchMsg, Checkpoint, Commit, Digest, Message, PrePrepare, Reply, Request, Signed};
@@ -224,10 +225,10 @@ fn executes_only_with_2f_plus_1_commits_and_the_batch() {
         fixture().clients[r.client.0 as usize].verify_reply(r).unwrap();
     }
     let s = stats(&mut e);
-    assert_eq!((s.last_executed, s.get("requests_executed"), s.get("batches_executed")), (1, 2, 1));
+    assert_eq!((s.last_executed, s.get(Counter::RequestsExecuted), s.get(Counter::BatchesExecuted)), (1, 2, 1));
     // More Commits after the certificate change nothing.
     assert!(feed(&mut e, commit(1, 0, 1, digest)).is_empty());
-    assert_eq!(stats(&mut e).get("commit_late"), 1);
+    assert_eq!(stats(&mut e).get(Counter::CommitLate), 1);
 }
 
 /// The certificate may come before the batch: it executes when the batch arrives.
@@ -253,7 +254,7 @@ fn batch_whose_bytes_do_not_match_the_certified_digest_is_not_executed() {
     // Header names the certified digest, bytes are something else.
     let lying = BatchMsg { pre_prepare: real.pre_prepare, batch: to_bytes(&vec![put(0, 2)]) };
     assert!(feed(&mut e, Message::Batch(lying)).is_empty());
-    assert_eq!(stats(&mut e).get("batch_wrong_digest"), 1);
+    assert_eq!(stats(&mut e).get(Counter::BatchWrongDigest), 1);
     // Self-consistent, but another digest than the one certified.
     let other = batch(1, &[put(1, 1)]);
     assert!(feed(&mut e, Message::Batch(other)).is_empty());
@@ -298,10 +299,10 @@ fn forged_duplicate_and_mismatched_commits_are_not_counted() {
     assert!(feed_all(&mut e, bad).is_empty());
     let s = stats(&mut e);
     assert_eq!(s.last_executed, 0);
-    assert_eq!(s.get("commit_duplicate"), 1);
-    assert_eq!(s.get("commit_bad_signature"), 4);
-    assert_eq!(s.get("commit_unknown_replica"), 1);
-    assert_eq!(s.get("commit_wrong_view"), 1);
+    assert_eq!(s.get(Counter::CommitDuplicate), 1);
+    assert_eq!(s.get(Counter::CommitBadSignature), 4);
+    assert_eq!(s.get(Counter::CommitUnknownReplica), 1);
+    assert_eq!(s.get(Counter::CommitWrongView), 1);
     // Valid: replica 0 (d), replica 3 (other). One more genuine vote for d: 2 of 3.
     assert!(feed(&mut e, commit(1, 0, 1, digest)).is_empty(), "2 Commits for d plus 1 for another digest");
     // The genuine Commit of replica 2 completes it.
@@ -344,8 +345,8 @@ fn each_client_timestamp_executes_at_most_once() {
     assert_eq!(executed(&out), vec![(2, 3)]);
     assert_eq!(replies(&out).iter().map(|r| (r.client.0, r.timestamp)).collect::<Vec<_>>(), vec![(1, 7), (0, 2)]);
     let s = stats(&mut e);
-    assert_eq!(s.get("request_duplicate_noop"), 2);
-    assert_eq!(s.get("requests_executed"), 3);
+    assert_eq!(s.get(Counter::RequestDuplicateNoop), 2);
+    assert_eq!(s.get(Counter::RequestsExecuted), 3);
 }
 
 /// SPEC §4.3: a client may have `W = 64` requests outstanding, so all 64 execute even when
@@ -363,7 +364,7 @@ fn sixty_four_outstanding_timestamps_out_of_order_all_execute() {
     assert_eq!(ts, (1..=64).rev().collect::<Vec<_>>());
     let out = certify_and_deliver(&mut e, &batch(5, &[put(0, 1), put(0, 33), put(0, 64), put(0, 65)]));
     assert_eq!(replies(&out).iter().map(|r| r.timestamp).collect::<Vec<_>>(), vec![65]);
-    assert_eq!(stats(&mut e).get("request_duplicate_noop"), 3);
+    assert_eq!(stats(&mut e).get(Counter::RequestDuplicateNoop), 3);
 }
 
 // ---------------------------------------------------------------- no-ops, determinism
@@ -392,8 +393,8 @@ fn malformed_certified_batches_are_identical_no_ops() {
         }
         assert_eq!(executed(&out), vec![(1, 0), (2, 0), (3, 3), (4, 0)]);
         let s = stats(&mut e);
-        assert_eq!(s.get("batch_malformed_noop"), 3);
-        assert_eq!(s.get("request_unknown_client_noop"), 1);
+        assert_eq!(s.get(Counter::BatchMalformedNoop), 3);
+        assert_eq!(s.get(Counter::RequestUnknownClientNoop), 1);
         assert_eq!(s.last_executed, 4);
         let rs: Vec<(ClientId, u64, Vec<u8>)> =
             replies(&out).into_iter().map(|r| (r.client, r.timestamp, to_bytes(&opened(&r)))).collect();
@@ -494,11 +495,11 @@ fn checkpoint_certificate_collects_the_log_and_refuses_old_messages() {
     assert!(feed(&mut e, Message::Batch(far.clone())).is_empty());
     assert!(feed(&mut e, commit(0, 0, 4 + L + 1, far.pre_prepare.body.digest)).is_empty());
     let s = stats(&mut e);
-    assert_eq!(s.get("batch_late"), 1);
-    assert_eq!(s.get("commit_late"), 1);
-    assert_eq!(s.get("checkpoint_outside_window"), 1);
-    assert_eq!(s.get("batch_outside_window"), 1);
-    assert_eq!(s.get("commit_outside_window"), 1);
+    assert_eq!(s.get(Counter::BatchLate), 1);
+    assert_eq!(s.get(Counter::CommitLate), 1);
+    assert_eq!(s.get(Counter::CheckpointOutsideWindow), 1);
+    assert_eq!(s.get(Counter::BatchOutsideWindow), 1);
+    assert_eq!(s.get(Counter::CommitOutsideWindow), 1);
     assert_eq!(s.log_entries, 3);
 
     // A certificate ahead of what this replica executed.
@@ -507,7 +508,7 @@ fn checkpoint_certificate_collects_the_log_and_refuses_old_messages() {
     }
     let s = stats(&mut e);
     assert_eq!((s.low_watermark, s.last_executed), (12, 4));
-    assert_eq!(s.get("behind_stable_checkpoint"), 1);
+    assert_eq!(s.get(Counter::BehindStableCheckpoint), 1);
 }
 
 /// SPEC §4 preamble: whatever Byzantine peers send, Execution holds at most one slot per
@@ -537,7 +538,7 @@ fn byzantine_flood_keeps_the_log_bounded() {
     assert!(max <= bound, "log grew to {max} > {bound}");
     let s = stats(&mut e);
     assert_eq!(s.last_executed, 0);
-    assert!(s.get("batch_too_many_candidates") > 0 && s.get("commit_duplicate") > 0);
+    assert!(s.get(Counter::BatchTooManyCandidates) > 0 && s.get(Counter::CommitDuplicate) > 0);
 }
 
 /// SPEC §1.1 (liveness with at most `f` faulty replicas), §3 ("its integrity comes from the
@@ -556,7 +557,7 @@ fn junk_batches_from_a_byzantine_peer_do_not_block_the_certified_batch() {
     }
     let out = certify_and_deliver(&mut e, &batch(1, &[put(0, 1)]));
     assert_eq!(executed(&out), vec![(1, 1)], "the certified genuine batch was dropped");
-    assert_eq!(stats(&mut e).get("batch_too_many_candidates"), 0);
+    assert_eq!(stats(&mut e).get(Counter::BatchTooManyCandidates), 0);
 }
 
 /// Inputs Execution has no business with, and bytes that do not decode, are counted.
@@ -606,7 +607,7 @@ fn the_ledger_persists_one_sealed_block_per_five_executed_requests() {
         }
         all.extend(p0);
     }
-    assert_eq!(stats(&mut ledger0).get("records_sealed"), 4);
+    assert_eq!(stats(&mut ledger0).get(Counter::RecordsSealed), 4);
     assert_eq!(all.iter().map(|(h, _)| *h).collect::<Vec<_>>(), [0, 1, 2, 3]);
     let mut prev = Digest::default();
     for (chunk, (height, sealed)) in ops.chunks(BLOCK_ENTRIES).zip(&all) {
@@ -630,9 +631,9 @@ fn unexpected_and_malformed_inputs_are_counted() {
     e.handle_encoded(&[bytes::Bytes::from_static(b""), bytes::Bytes::from_static(&[0, 2, 0])], &mut encoded);
     assert!(encoded.is_empty());
     let s = stats(&mut e);
-    assert_eq!(s.get("unexpected_input"), 2);
-    assert_eq!(s.get("retransmission_not_executed"), 1);
-    assert_eq!(s.get("malformed_input"), 2);
+    assert_eq!(s.get(Counter::UnexpectedInput), 2);
+    assert_eq!(s.get(Counter::RetransmissionNotExecuted), 1);
+    assert_eq!(s.get(Counter::MalformedInput), 2);
 }
 
 /// What a replica did, as far as clients and peers can see: replies `(client, t, result)`,

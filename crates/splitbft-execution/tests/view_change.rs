@@ -16,6 +16,7 @@ use splitbft_apps::kv::{KvOp, KvStore};
 use splitbft_execution::Execution;
 use splitbft_types::boundary::{Compartment, Event, Input, Output, Stats};
 use splitbft_types::codec::to_bytes;
+use splitbft_types::counters::Counter;
 use splitbft_types::crypto::{ClientKeys, Purpose, SecretKey};
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::msg::{
@@ -273,7 +274,7 @@ fn state_transfer_restores_only_the_certified_snapshot_and_execution_continues()
     let out = feed(&mut e, Message::Checkpoint(checkpoint(2, 8, d8)));
     assert_eq!(events(&out), vec![Event::Stable { seq: 8 }, Event::StateNeeded { seq: 8, digest: d8 }]);
     let s = stats(&mut e);
-    assert_eq!((s.low_watermark, s.last_executed, s.get("behind_stable_checkpoint")), (8, 0, 1));
+    assert_eq!((s.low_watermark, s.last_executed, s.get(Counter::BehindStableCheckpoint)), (8, 0, 1));
 
     // The source collects the same certificate (its own Checkpoint included) and, being
     // up to date, asks for nothing.
@@ -297,7 +298,7 @@ fn state_transfer_restores_only_the_certified_snapshot_and_execution_continues()
         let out = run(&mut e, Input::RestoreState { seq: 8, bytes: bad });
         assert_eq!(events(&out), vec![Event::StateRejected { seq: 8 }], "case {i}");
         let s = stats(&mut e);
-        assert_eq!(s.get("restore_not_authentic"), i as u64 + 1);
+        assert_eq!(s.get(Counter::RestoreNotAuthentic), i as u64 + 1);
         assert_eq!((s.last_executed, e.app_digest()), (0, genesis_app), "case {i}: state changed");
     }
     // Authentic ciphertext of other bytes (only a holder of the group key can make it):
@@ -308,10 +309,10 @@ fn state_transfer_restores_only_the_certified_snapshot_and_execution_continues()
     let resealed = group.seal_state(fixture().secrets.config.cluster_id, 8, &d8, &plain4);
     let out = run(&mut e, Input::RestoreState { seq: 8, bytes: resealed });
     assert_eq!(events(&out), vec![Event::StateRejected { seq: 8 }]);
-    assert_eq!(stats(&mut e).get("restore_wrong_digest"), 1);
+    assert_eq!(stats(&mut e).get(Counter::RestoreWrongDigest), 1);
     // The right bytes offered for another checkpoint than the certified one.
     assert!(run(&mut e, Input::RestoreState { seq: 4, bytes: bytes4 }).is_empty());
-    assert_eq!(stats(&mut e).get("restore_not_needed"), 1);
+    assert_eq!(stats(&mut e).get(Counter::RestoreNotNeeded), 1);
     assert_eq!(stats(&mut e).last_executed, 0);
 
     // The certified snapshot: restored, then seq 9 executes at once.
@@ -327,7 +328,7 @@ fn state_transfer_restores_only_the_certified_snapshot_and_execution_continues()
     let s = stats(&mut e);
     assert_eq!(s.last_executed, 9);
     assert_eq!(e.app_digest(), src.app_digest());
-    assert_eq!(s.get("states_restored"), 1);
+    assert_eq!(s.get(Counter::StatesRestored), 1);
     // Offered again: not needed any more.
     assert!(run(&mut e, Input::RestoreState { seq: 8, bytes: bytes8 }).is_empty());
 
@@ -347,7 +348,7 @@ fn state_transfer_restores_only_the_certified_snapshot_and_execution_continues()
     let out = certify_and_deliver(&mut e, &replay);
     assert_eq!(executed(&out), vec![(13, 1)]);
     assert!(replies(&out).is_empty(), "(client 1, t 3) executed at seq 3, before the snapshot");
-    assert_eq!(stats(&mut e).get("request_duplicate_noop"), 1);
+    assert_eq!(stats(&mut e).get(Counter::RequestDuplicateNoop), 1);
 }
 
 /// SPEC §1.1 liveness, §4.3, §5 (retransmission), and PBFT (Castro & Liskov), where the
@@ -428,7 +429,7 @@ fn null_entries_execute_without_bytes_and_missing_batches_are_asked_for() {
     assert_eq!(executed(&out), vec![(2, 1)]);
     assert_eq!(replies(&out).len(), 1);
     let s = stats(&mut e);
-    assert_eq!((s.last_executed, s.get("requests_executed"), s.get("batches_executed")), (2, 1, 2));
+    assert_eq!((s.last_executed, s.get(Counter::RequestsExecuted), s.get(Counter::BatchesExecuted)), (2, 1, 2));
 }
 
 /// SPEC §4.3: a re-proposed batch already held from the old view is not asked for again.
@@ -444,7 +445,7 @@ fn a_re_proposed_batch_already_held_is_not_asked_for() {
     assert!(!events(&out).iter().any(|e| matches!(e, Event::MissingBatch { .. })), "{out:?}");
     // The view-0 Commits no longer count: the third view-0 Commit is refused...
     assert!(executed(&feed(&mut e, commit(2, 0, 1, d1))).is_empty());
-    assert_eq!(stats(&mut e).get("commit_wrong_view"), 1);
+    assert_eq!(stats(&mut e).get(Counter::CommitWrongView), 1);
     // ... and a commit certificate of view 1 executes it.
     assert_eq!(executed(&feed_all(&mut e, certificate(1, 1, d1))), vec![(1, 1)]);
 }
@@ -488,7 +489,10 @@ fn a_request_re_proposed_in_the_new_view_executes_once_and_retransmissions_get_t
     assert_eq!(behind_replies, vec![(ClientId(0), 1, 1), (ClientId(1), 1, 1)]);
     let (a, b) = (stats(&mut ahead), stats(&mut behind));
     for s in [&a, &b] {
-        assert_eq!((s.last_executed, s.get("requests_executed"), s.get("request_duplicate_noop")), (2, 2, 1));
+        assert_eq!(
+            (s.last_executed, s.get(Counter::RequestsExecuted), s.get(Counter::RequestDuplicateNoop)),
+            (2, 2, 1)
+        );
     }
     assert_eq!(ahead.app_digest(), behind.app_digest());
 
@@ -505,7 +509,7 @@ fn a_request_re_proposed_in_the_new_view_executes_once_and_retransmissions_get_t
     // A request never executed gets nothing from the cache.
     assert!(feed(&mut ahead, Message::Request(put(0, 9, "never"))).is_empty());
     let s = stats(&mut ahead);
-    assert_eq!((s.get("replies_resent"), s.get("retransmission_not_executed")), (1, 1));
+    assert_eq!((s.get(Counter::RepliesResent), s.get(Counter::RetransmissionNotExecuted)), (1, 1));
 }
 
 /// SPEC §4.2 (7'): NewViews for the current or an older view are ignored; a forged one is
@@ -516,12 +520,12 @@ fn old_and_forged_new_views_are_refused() {
     let mut forged = new_view(1, genesis_cert(), vec![]);
     forged.sig.0[4] ^= 0x01;
     assert!(feed(&mut e, Message::NewView(forged)).is_empty());
-    assert_eq!(stats(&mut e).get("new_view_bad_signature"), 1);
+    assert_eq!(stats(&mut e).get(Counter::NewViewBadSignature), 1);
     assert_eq!(stats(&mut e).view, 0);
     feed(&mut e, Message::NewView(new_view(2, genesis_cert(), vec![])));
     assert_eq!(stats(&mut e).view, 2);
     assert!(feed(&mut e, Message::NewView(new_view(1, genesis_cert(), vec![]))).is_empty());
     assert!(feed(&mut e, Message::NewView(new_view(2, genesis_cert(), vec![]))).is_empty());
     let s = stats(&mut e);
-    assert_eq!((s.view, s.get("new_view_old"), s.get("views_entered")), (2, 2, 1));
+    assert_eq!((s.view, s.get(Counter::NewViewOld), s.get(Counter::ViewsEntered)), (2, 2, 1));
 }

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use splitbft_types::boundary::Output;
 use splitbft_types::codec::{from_bytes, to_bytes};
+use splitbft_types::counters::Counter;
 use splitbft_types::crypto::SecretKey;
 use splitbft_types::durable::{RecordKind, RestoreError, SealedState, StateSealer};
 use splitbft_types::msg::{CheckpointCert, Digest};
@@ -136,7 +137,7 @@ impl Preparation {
         journal.next_seq = p.next_seq;
         journal.accepted.clone_from(&p.accepted);
         p.durable = Some(journal);
-        p.counters.bump("restored_from_sealed_state");
+        p.counters.bump(Counter::RestoredFromSealedState);
         Ok(p)
     }
 }

@@ -23,6 +23,7 @@ use splitbft_types::cert::{in_window, verify_signed};
 use splitbft_types::checkpoint::CheckpointLog;
 use splitbft_types::codec::{from_bytes, to_bytes};
 use splitbft_types::config::{ConfigError, Keyring};
+use splitbft_types::counters::Counter;
 use splitbft_types::counters::Counters;
 use splitbft_types::crypto::{MacKey, Purpose, SecretKey, verify_request_mac, verify_request_signature};
 use splitbft_types::dedup::ClientWindow;
@@ -31,7 +32,7 @@ use splitbft_types::msg::{
 };
 use splitbft_types::session::MAX_NONCE_TIMESTAMP;
 use splitbft_types::viewchange::{
-    AcceptedNewView, Depth, check_new_view, check_view_change, compute_o_within, reject_name,
+    AcceptedNewView, Depth, check_new_view, check_view_change, compute_o_within, reject_counter,
 };
 use splitbft_types::{CompartmentKind, EnclaveId, ProtocolConfig, ReplicaId, Seq, View};
 
@@ -104,22 +105,22 @@ impl Preparation {
     /// PrePrepare. Only at primary(v).
     pub fn on_order_batch(&mut self, encoded: Vec<u8>, out: &mut Vec<Output>) {
         if !self.is_primary() {
-            self.counters.bump("order_batch_not_primary");
+            self.counters.bump(Counter::OrderBatchNotPrimary);
             return out.push(Output::Event(Event::NotOrdered { window_full: false }));
         }
         let Ok(requests) = from_bytes::<Vec<Request>>(&encoded) else {
-            self.counters.bump("order_batch_malformed");
+            self.counters.bump(Counter::OrderBatchMalformed);
             return out.push(Output::Event(Event::NotOrdered { window_full: false }));
         };
         if !in_window(&self.config, self.checkpoints.low(), self.next_seq) {
-            self.counters.bump("order_batch_window_full");
+            self.counters.bump(Counter::OrderBatchWindowFull);
             return out.push(Output::Event(Event::NotOrdered { window_full: true }));
         }
         let offered = requests.len();
         let mut admitted = Vec::with_capacity(offered.min(self.config.max_batch as usize));
         for request in requests {
             if admitted.len() == self.config.max_batch as usize {
-                self.counters.bump("request_over_batch_limit");
+                self.counters.bump(Counter::RequestOverBatchLimit);
                 continue;
             }
             match self.admit(&request) {
@@ -136,40 +137,40 @@ impl Preparation {
         let prior = self.accepted.insert(body.seq, body.digest);
         assert!(prior.is_none(), "P1: sequence number assigned twice");
         self.next_seq += 1;
-        self.counters.add("requests_ordered", admitted.len() as u64);
-        self.counters.bump("batches_ordered");
+        self.counters.add(Counter::RequestsOrdered, admitted.len() as u64);
+        self.counters.bump(Counter::BatchesOrdered);
         let sig = self.secret.sign(self.config.cluster_id, Purpose::PrePrepare, &body);
         out.push(Output::Send(Message::Batch(BatchMsg { pre_prepare: Signed { body, sig }, batch })));
         out.push(Output::Event(Event::Ordered { view: body.view, seq: body.seq, requests: admitted.len() as u32 }));
     }
 
     /// Admission control for one request at the primary (SPEC §4.1 (1)).
-    fn admit(&mut self, request: &Request) -> Result<(), &'static str> {
+    fn admit(&mut self, request: &Request) -> Result<(), Counter> {
         self.well_formed(request)?;
         let c = request.client.0 as usize;
-        self.ordered[c].check(request.timestamp).map_err(|_| "request_already_ordered")?;
+        self.ordered[c].check(request.timestamp).map_err(|_| Counter::RequestAlreadyOrdered)?;
         self.authenticates(request)?;
-        self.ordered[c].accept(request.timestamp, self.config.client_window).map_err(|_| "request_already_ordered")
+        self.ordered[c].accept(request.timestamp, self.config.client_window).map_err(|_| Counter::RequestAlreadyOrdered)
     }
 
     /// A request any correct client could have sent: a configured client, an op within the
     /// limit, one authenticator entry per Preparation enclave, a timestamp inside the nonce
     /// space (no op could ever be opened beyond it, SPEC §6).
-    fn well_formed(&self, request: &Request) -> Result<(), &'static str> {
+    fn well_formed(&self, request: &Request) -> Result<(), Counter> {
         if request.client.0 as usize >= self.client_macs.len() {
-            return Err("request_unknown_client");
+            return Err(Counter::RequestUnknownClient);
         }
         if request.op.len() > self.config.max_op_bytes as usize {
-            return Err("request_op_too_large");
+            return Err(Counter::RequestOpTooLarge);
         }
         if request.auth.is_empty() {
-            return Err("request_auth_missing");
+            return Err(Counter::RequestAuthMissing);
         }
         if request.auth.len() != self.config.n() {
-            return Err("request_auth_wrong_length");
+            return Err(Counter::RequestAuthWrongLength);
         }
         if request.timestamp >= MAX_NONCE_TIMESTAMP {
-            return Err("request_timestamp_out_of_range");
+            return Err(Counter::RequestTimestampOutOfRange);
         }
         Ok(())
     }
@@ -177,24 +178,24 @@ impl Preparation {
     /// Whether a well-formed request *authenticates for* this enclave (SPEC §6): its MAC
     /// entry verifies (the fast path), or else the client's signature does, so a client
     /// whose MACs disagree between enclaves cannot make a correct primary look faulty.
-    fn authenticates(&mut self, request: &Request) -> Result<(), &'static str> {
+    fn authenticates(&mut self, request: &Request) -> Result<(), Counter> {
         let c = request.client.0 as usize;
         let mac = &request.auth[self.me.0 as usize];
         if verify_request_mac(&self.client_macs[c], self.config.cluster_id, request, mac).is_ok() {
             return Ok(());
         }
-        let key = self.keys.client(request.client).ok_or("request_unknown_client")?;
-        verify_request_signature(key, self.config.cluster_id, request).map_err(|_| "request_bad_authenticator")?;
-        self.counters.bump("request_mac_failed_signature_ok");
+        let key = self.keys.client(request.client).ok_or(Counter::RequestUnknownClient)?;
+        verify_request_signature(key, self.config.cluster_id, request).map_err(|_| Counter::RequestBadAuthenticator)?;
+        self.counters.bump(Counter::RequestMacFailedSignatureOk);
         Ok(())
     }
 
     /// Whether every request of a batch is well formed and authenticates for this enclave
     /// (SPEC §4.1 (2)).
-    fn check_batch(&mut self, batch: &[u8]) -> Result<usize, &'static str> {
-        let requests = from_bytes::<Vec<Request>>(batch).map_err(|_| "batch_malformed")?;
+    fn check_batch(&mut self, batch: &[u8]) -> Result<usize, Counter> {
+        let requests = from_bytes::<Vec<Request>>(batch).map_err(|_| Counter::BatchMalformed)?;
         if requests.len() > self.config.max_batch as usize {
-            return Err("batch_too_large");
+            return Err(Counter::BatchTooLarge);
         }
         for request in &requests {
             self.well_formed(request)?;
@@ -208,9 +209,9 @@ impl Preparation {
     /// whose batch no correct replica holds halted Execution forever).
     pub fn on_pre_prepare(&mut self, pp: Signed<PrePrepare>) {
         if self.is_primary() && pp.body.view == self.view {
-            return self.counters.bump("pre_prepare_own");
+            return self.counters.bump(Counter::PrePrepareOwn);
         }
-        self.counters.bump("pre_prepare_without_batch");
+        self.counters.bump(Counter::PrePrepareWithoutBatch);
     }
 
     /// Handler (2), PrePrepare with its batch from primary(v) at a backup: hash the batch,
@@ -219,27 +220,27 @@ impl Preparation {
         let pp = msg.pre_prepare;
         let body = pp.body;
         if body.view != self.view {
-            return self.counters.bump("pre_prepare_wrong_view");
+            return self.counters.bump(Counter::PrePrepareWrongView);
         }
         if !in_window(&self.config, self.checkpoints.low(), body.seq) {
-            return self.counters.bump("pre_prepare_outside_window");
+            return self.counters.bump(Counter::PrePrepareOutsideWindow);
         }
         if self.is_primary() {
             // Our own PrePrepare coming back: the primary sends no Prepare.
-            return self.counters.bump("pre_prepare_own");
+            return self.counters.bump(Counter::PrePrepareOwn);
         }
         match self.accepted.get(&body.seq) {
-            Some(d) if *d == body.digest => return self.counters.bump("pre_prepare_duplicate"),
-            Some(_) => return self.counters.bump("pre_prepare_conflicting"),
+            Some(d) if *d == body.digest => return self.counters.bump(Counter::PrePrepareDuplicate),
+            Some(_) => return self.counters.bump(Counter::PrePrepareConflicting),
             None => {}
         }
         // Bytes that do not match the header prove nothing about the primary: any
         // environment could have altered them. Drop them and wait for a genuine copy.
         if Digest::of(&msg.batch) != body.digest {
-            return self.counters.bump("batch_digest_mismatch");
+            return self.counters.bump(Counter::BatchDigestMismatch);
         }
         if verify_signed(&self.config, &self.keys, &pp).is_err() {
-            return self.counters.bump("pre_prepare_bad_signature");
+            return self.counters.bump(Counter::PrePrepareBadSignature);
         }
         // The primary signed this digest: from here on the slot is decided, so a faulty
         // primary pays for one check of one batch per slot, whatever it resends.
@@ -249,25 +250,25 @@ impl Preparation {
             // Preparation orders only authenticated ones: the primary is faulty. No Prepare;
             // the request timers will suspect it (SPEC §4.1 (2)).
             self.counters.bump(reason);
-            return self.counters.bump("batches_refused_primary_faulty");
+            return self.counters.bump(Counter::BatchesRefusedPrimaryFaulty);
         }
         let prepare = Prepare { view: body.view, seq: body.seq, digest: body.digest, replica: self.me };
         let sig = self.secret.sign(self.config.cluster_id, Purpose::Prepare, &prepare);
-        self.counters.bump("prepares_sent");
+        self.counters.bump(Counter::PreparesSent);
         out.push(Output::Send(Message::Prepare(Signed { body: prepare, sig })));
     }
 
     /// Handler (9): on a checkpoint certificate, advance `h` and drop the log below it.
     pub fn on_checkpoint(&mut self, cp: Signed<Checkpoint>, out: &mut Vec<Output>) {
         match self.checkpoints.on_checkpoint(&self.config, &self.keys, &cp) {
-            Err(reject) => self.counters.bump(reject.name()),
+            Err(reject) => self.counters.bump(reject.counter()),
             Ok(None) => {}
             Ok(Some(stable)) => {
                 let seq = stable.seq;
                 self.accepted = self.accepted.split_off(&(seq + 1));
                 // A primary that fell behind the certified state continues after it.
                 self.next_seq = self.next_seq.max(seq + 1);
-                self.counters.bump("checkpoints_stable");
+                self.counters.bump(Counter::CheckpointsStable);
                 out.push(Output::Event(Event::Stable { seq }));
             }
         }
@@ -284,23 +285,23 @@ impl Preparation {
     pub fn on_view_change(&mut self, vc: Signed<ViewChange>, out: &mut Vec<Output>) {
         let (view, replica) = (vc.body.view, vc.body.replica);
         if view <= self.view {
-            return self.counters.bump("view_change_old");
+            return self.counters.bump(Counter::ViewChangeOld);
         }
         let r = replica.0 as usize;
         let Some(slot) = self.view_changes.get(r) else {
-            return self.counters.bump("view_change_unknown_replica");
+            return self.counters.bump(Counter::ViewChangeUnknownReplica);
         };
         if slot.as_ref().is_some_and(|(known, _)| known.body.view >= view) {
-            return self.counters.bump("view_change_duplicate");
+            return self.counters.bump(Counter::ViewChangeDuplicate);
         }
         if view <= self.refused_view_changes[r] {
-            return self.counters.bump("view_change_sender_refused");
+            return self.counters.bump(Counter::ViewChangeSenderRefused);
         }
         if let Err(e) = check_view_change(&self.config, &self.keys, &vc, self.genesis, Depth::Signature) {
-            return self.counters.bump(reject_name("view_change", e));
+            return self.counters.bump(reject_counter(false, e));
         }
         self.view_changes[r] = Some((vc, false));
-        self.counters.bump("view_changes_accepted");
+        self.counters.bump(Counter::ViewChangesAccepted);
         if self.config.primary(view) == self.me {
             self.send_new_view(view, out);
         }
@@ -321,9 +322,9 @@ impl Preparation {
                 continue;
             }
             if !*checked {
-                self.counters.bump("view_change_full_checks");
+                self.counters.bump(Counter::ViewChangeFullChecks);
                 if let Err(e) = check_view_change(&self.config, &self.keys, vc, self.genesis, Depth::Full) {
-                    self.counters.bump(reject_name("view_change", e));
+                    self.counters.bump(reject_counter(false, e));
                     self.refused_view_changes[r] = view;
                     self.view_changes[r] = None;
                     continue;
@@ -362,7 +363,7 @@ impl Preparation {
         // Enter through the same checks every backup applies (P3), then send.
         match check_new_view(&self.config, &self.keys, &nv, self.genesis, Depth::Full) {
             Ok(accepted) => {
-                self.counters.bump("new_views_sent");
+                self.counters.bump(Counter::NewViewsSent);
                 out.push(Output::Send(Message::NewView(nv)));
                 self.enter_view(accepted, out);
             }
@@ -374,21 +375,21 @@ impl Preparation {
     /// apply (7') and prepare its PrePrepares.
     pub fn on_new_view(&mut self, nv: Signed<NewView>, out: &mut Vec<Output>) {
         if nv.body.view <= self.view {
-            return self.counters.bump("new_view_old");
+            return self.counters.bump(Counter::NewViewOld);
         }
         // Only the new primary's own signature makes a refusal count against it.
         let Ok(primary) = verify_signed(&self.config, &self.keys, &nv) else {
-            return self.counters.bump("new_view_bad_signature");
+            return self.counters.bump(Counter::NewViewBadSignature);
         };
         let p = primary.0 as usize;
         if nv.body.view <= self.refused_new_views[p] {
-            return self.counters.bump("new_view_sender_refused");
+            return self.counters.bump(Counter::NewViewSenderRefused);
         }
         match check_new_view(&self.config, &self.keys, &nv, self.genesis, Depth::Full) {
             Ok(accepted) => self.enter_view(accepted, out),
             Err(e) => {
                 self.refused_new_views[p] = nv.body.view;
-                self.counters.bump(reject_name("new_view", e))
+                self.counters.bump(reject_counter(true, e))
             }
         }
     }
@@ -420,7 +421,7 @@ impl Preparation {
                 *slot = None;
             }
         }
-        self.counters.bump("views_entered");
+        self.counters.bump(Counter::ViewsEntered);
         out.push(Output::Event(Event::ViewEntered { view: self.view }));
     }
 
@@ -450,14 +451,14 @@ impl Compartment for Preparation {
             Input::Message(Message::ViewChange(vc)) => self.on_view_change(vc, out),
             Input::Message(Message::NewView(nv)) => self.on_new_view(nv, out),
             Input::Message(_) | Input::Suspect(_) | Input::RestoreState { .. } => {
-                self.counters.bump("unexpected_input")
+                self.counters.bump(Counter::UnexpectedInput)
             }
             Input::QueryStats => out.push(Output::Stats(self.stats())),
         }
     }
 
     fn count_malformed_input(&mut self) {
-        self.counters.bump("malformed_input");
+        self.counters.bump(Counter::MalformedInput);
     }
 
     fn after_crossing(&mut self, out: &mut Vec<Output>) {

@@ -16,6 +16,7 @@ use splitbft_preparation::Preparation;
 use splitbft_types::boundary::{Compartment, Event, Input, Output, Stats};
 use splitbft_types::cert::verify_signed;
 use splitbft_types::codec::to_bytes;
+use splitbft_types::counters::Counter;
 use splitbft_types::crypto::{ClientKeys, Purpose, SecretKey};
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::msg::{BatchMsg, Checkpoint, Commit, Digest, Message, PrePrepare, Prepare, Request, Signed};
@@ -124,8 +125,8 @@ fn backup_sends_exactly_one_prepare_per_valid_pre_prepare() {
     assert!(feed(&mut p, bm(0, 1, "a")).is_empty());
     assert!(feed(&mut p, Message::PrePrepare(pp(0, 1, d("a")))).is_empty());
     let s = stats(&mut p);
-    assert_eq!(s.get("prepares_sent"), 1);
-    assert_eq!(s.get("pre_prepare_duplicate"), 1);
+    assert_eq!(s.get(Counter::PreparesSent), 1);
+    assert_eq!(s.get(Counter::PrePrepareDuplicate), 1);
     assert_eq!(s.log_entries, 1);
 }
 
@@ -137,8 +138,8 @@ fn backup_never_prepares_two_digests_for_one_slot() {
     assert_eq!(prepares(&feed(&mut p, bm(0, 3, "a"))).len(), 1);
     assert!(feed(&mut p, bm(0, 3, "b")).is_empty());
     assert!(feed(&mut p, bm(0, 3, "c")).is_empty());
-    assert_eq!(stats(&mut p).get("pre_prepare_conflicting"), 2);
-    assert_eq!(stats(&mut p).get("prepares_sent"), 1);
+    assert_eq!(stats(&mut p).get(Counter::PrePrepareConflicting), 2);
+    assert_eq!(stats(&mut p).get(Counter::PreparesSent), 1);
 }
 
 /// SPEC §9 L1, §3: a PrePrepare is accepted only under Preparation(primary(v))'s key. A
@@ -155,8 +156,8 @@ fn backup_rejects_pre_prepares_not_signed_by_the_primary() {
     for forged in [by_backup, by_primary_confirmation, wrong_purpose, flipped] {
         assert!(feed(&mut p, with_batch(forged, "a")).is_empty());
     }
-    assert_eq!(stats(&mut p).get("pre_prepare_bad_signature"), 4);
-    assert_eq!(stats(&mut p).get("prepares_sent"), 0);
+    assert_eq!(stats(&mut p).get(Counter::PrePrepareBadSignature), 4);
+    assert_eq!(stats(&mut p).get(Counter::PreparesSent), 0);
     assert_eq!(stats(&mut p).log_entries, 0);
     assert_eq!(prepares(&feed(&mut p, bm(0, 1, "a"))).len(), 1);
 }
@@ -168,8 +169,8 @@ fn backup_rejects_pre_prepares_of_another_view() {
     for view in [1, 2, 4, u64::MAX] {
         assert!(feed(&mut p, bm(view, 1, "a")).is_empty(), "view {view}");
     }
-    assert_eq!(stats(&mut p).get("pre_prepare_wrong_view"), 4);
-    assert_eq!(stats(&mut p).get("prepares_sent"), 0);
+    assert_eq!(stats(&mut p).get(Counter::PrePrepareWrongView), 4);
+    assert_eq!(stats(&mut p).get(Counter::PreparesSent), 0);
 }
 
 /// SPEC §4.1 (2): `s` must be in `(h, h + L]`; tested at 0, `h + L` and `h + L + 1`.
@@ -179,7 +180,7 @@ fn backup_rejects_pre_prepares_outside_the_window() {
     for seq in [0, L + 1, 10 * L, u64::MAX] {
         assert!(feed(&mut p, bm(0, seq, "a")).is_empty(), "seq {seq}");
     }
-    assert_eq!(stats(&mut p).get("pre_prepare_outside_window"), 4);
+    assert_eq!(stats(&mut p).get(Counter::PrePrepareOutsideWindow), 4);
     assert_eq!(stats(&mut p).log_entries, 0);
     assert_eq!(prepares(&feed(&mut p, bm(0, L, "a"))).len(), 1);
     assert_eq!(prepares(&feed(&mut p, bm(0, 1, "a"))).len(), 1);
@@ -191,8 +192,8 @@ fn backup_rejects_pre_prepares_outside_the_window() {
 fn primary_does_not_prepare() {
     let mut p = preparation(0);
     assert!(feed(&mut p, bm(0, 1, "a")).is_empty());
-    assert_eq!(stats(&mut p).get("pre_prepare_own"), 1);
-    assert_eq!(stats(&mut p).get("prepares_sent"), 0);
+    assert_eq!(stats(&mut p).get(Counter::PrePrepareOwn), 1);
+    assert_eq!(stats(&mut p).get(Counter::PreparesSent), 0);
 }
 
 /// SPEC §4.4 (9): a checkpoint certificate moves `h`, drops accepted digests `<= h` and
@@ -215,7 +216,7 @@ fn backup_collects_garbage_on_a_checkpoint_certificate() {
     for seq in 1..=4 {
         assert!(feed(&mut p, bm(0, seq, "b")).is_empty());
     }
-    assert_eq!(stats(&mut p).get("pre_prepare_outside_window"), 4);
+    assert_eq!(stats(&mut p).get(Counter::PrePrepareOutsideWindow), 4);
     // P1 still holds for slots above h.
     assert!(feed(&mut p, bm(0, 5, "b")).is_empty());
     assert_eq!(prepares(&feed(&mut p, bm(0, 4 + L, "a"))).len(), 1);
@@ -239,8 +240,8 @@ fn unexpected_and_malformed_inputs_are_counted() {
     p.handle_encoded(&[Bytes::from_static(&[]), Bytes::from_static(&[7, 7, 7]), Bytes::from_static(&[0, 1])], &mut out);
     assert!(out.is_empty());
     let s = stats(&mut p);
-    assert_eq!(s.get("unexpected_input"), 2);
-    assert_eq!(s.get("malformed_input"), 3);
+    assert_eq!(s.get(Counter::UnexpectedInput), 2);
+    assert_eq!(s.get(Counter::MalformedInput), 3);
 }
 
 proptest! {
@@ -294,11 +295,11 @@ fn signed_batch(view: View, seq: Seq, requests: &[Request]) -> Message {
 fn a_header_without_its_batch_is_never_prepared() {
     let mut p = preparation(2);
     assert!(prepares(&feed(&mut p, Message::PrePrepare(pp(0, 1, d("a"))))).is_empty());
-    assert_eq!(stats(&mut p).get("pre_prepare_without_batch"), 1);
+    assert_eq!(stats(&mut p).get(Counter::PrePrepareWithoutBatch), 1);
     // Bytes that do not hash to the header's digest are no batch either, and do not close
     // the slot (any environment could have altered them): the genuine batch still prepares.
     assert!(feed(&mut p, with_batch(pp(0, 1, d("a")), "b")).is_empty());
-    assert_eq!(stats(&mut p).get("batch_digest_mismatch"), 1);
+    assert_eq!(stats(&mut p).get(Counter::BatchDigestMismatch), 1);
     assert_eq!(prepares(&feed(&mut p, bm(0, 1, "a"))).len(), 1);
 }
 
@@ -331,11 +332,15 @@ fn a_batch_with_a_request_the_client_did_not_send_is_refused() {
         let msg = signed_batch(0, seq, &[client(1).request(1, b"x".to_vec()), forged]);
         assert!(prepares(&feed(&mut p, msg.clone())).is_empty(), "forgery {i} prepared");
         let s = stats(&mut p);
-        assert_eq!((s.get("batches_refused_primary_faulty"), s.get("request_bad_authenticator")), (1, 1), "{i}");
+        assert_eq!(
+            (s.get(Counter::BatchesRefusedPrimaryFaulty), s.get(Counter::RequestBadAuthenticator)),
+            (1, 1),
+            "{i}"
+        );
         // The primary signed it: the slot is decided, a resend costs no second check.
         assert!(feed(&mut p, msg).is_empty());
-        assert_eq!(stats(&mut p).get("pre_prepare_duplicate"), 1);
-        assert_eq!(stats(&mut p).get("prepares_sent"), 0);
+        assert_eq!(stats(&mut p).get(Counter::PrePrepareDuplicate), 1);
+        assert_eq!(stats(&mut p).get(Counter::PreparesSent), 0);
     }
 }
 
@@ -353,7 +358,7 @@ fn a_re_timed_request_is_refused() {
         let mut p = preparation(3);
         let retimed = Request { timestamp: t, ..genuine.clone() };
         assert!(prepares(&feed(&mut p, signed_batch(0, 1, &[retimed]))).is_empty(), "t = {t}");
-        assert_eq!(stats(&mut p).get("batches_refused_primary_faulty"), 1);
+        assert_eq!(stats(&mut p).get(Counter::BatchesRefusedPrimaryFaulty), 1);
     }
     let mut p = preparation(3);
     assert_eq!(prepares(&feed(&mut p, signed_batch(0, 1, &[genuine]))).len(), 1);
@@ -370,10 +375,10 @@ fn a_bad_mac_entry_is_settled_by_the_signature() {
     req.auth[me as usize] = Mac([1; 32]);
     let mut p = preparation(me);
     assert_eq!(prepares(&feed(&mut p, signed_batch(0, 1, std::slice::from_ref(&req)))).len(), 1);
-    assert_eq!(stats(&mut p).get("request_mac_failed_signature_ok"), 1);
+    assert_eq!(stats(&mut p).get(Counter::RequestMacFailedSignatureOk), 1);
     // Both wrong: refused.
     req.sig.0[3] ^= 1;
     let mut p = preparation(me);
     assert!(prepares(&feed(&mut p, signed_batch(0, 1, &[req]))).is_empty());
-    assert_eq!(stats(&mut p).get("request_bad_authenticator"), 1);
+    assert_eq!(stats(&mut p).get(Counter::RequestBadAuthenticator), 1);
 }

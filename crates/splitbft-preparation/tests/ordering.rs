@@ -12,6 +12,7 @@ use splitbft_types::boundary::{Compartment, Event, Input, Output, Stats};
 use splitbft_types::cert::verify_signed;
 use splitbft_types::codec::{from_bytes, to_bytes};
 use splitbft_types::config::Keyring;
+use splitbft_types::counters::Counter;
 use splitbft_types::crypto::{ClientKeys, Purpose, SecretKey};
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::msg::{BatchMsg, Checkpoint, Digest, Mac, Message, Request, Signed};
@@ -133,8 +134,8 @@ fn primary_orders_valid_requests_with_consecutive_sequence_numbers() {
     // Timestamps of one client may arrive out of order within the window.
     assert_eq!(ordered(order(&mut p, &[req(0, 5), req(0, 3)])), (3, vec![req(0, 5), req(0, 3)]));
     let s = stats(&mut p);
-    assert_eq!(s.get("batches_ordered"), 3);
-    assert_eq!(s.get("requests_ordered"), 6);
+    assert_eq!(s.get(Counter::BatchesOrdered), 3);
+    assert_eq!(s.get(Counter::RequestsOrdered), 6);
 }
 
 /// SPEC §4.1 (1), §6: requests that do not authenticate for this enclave (wrong MAC entry
@@ -183,13 +184,13 @@ fn primary_drops_unauthenticated_duplicate_and_oversized_requests() {
     assert_eq!(requests, vec![good0, at_limit, others_wrong]);
     assert_eq!(msg.batch, to_bytes(&requests));
     let s = stats(&mut p);
-    assert_eq!(s.get("request_bad_authenticator"), 2);
-    assert_eq!(s.get("request_unknown_client"), 2);
-    assert_eq!(s.get("request_already_ordered"), 1);
-    assert_eq!(s.get("request_op_too_large"), 1);
-    assert_eq!(s.get("request_auth_missing"), 1);
-    assert_eq!(s.get("request_auth_wrong_length"), 2);
-    assert_eq!(s.get("requests_ordered"), 3);
+    assert_eq!(s.get(Counter::RequestBadAuthenticator), 2);
+    assert_eq!(s.get(Counter::RequestUnknownClient), 2);
+    assert_eq!(s.get(Counter::RequestAlreadyOrdered), 1);
+    assert_eq!(s.get(Counter::RequestOpTooLarge), 1);
+    assert_eq!(s.get(Counter::RequestAuthMissing), 1);
+    assert_eq!(s.get(Counter::RequestAuthWrongLength), 2);
+    assert_eq!(s.get(Counter::RequestsOrdered), 3);
 
     // A refused request does not consume its timestamp: the genuine one is admitted later.
     assert_eq!(ordered(order(&mut p, &[req(1, 1), req(1, 2)])).1, vec![req(1, 1), req(1, 2)]);
@@ -199,7 +200,7 @@ fn primary_drops_unauthenticated_duplicate_and_oversized_requests() {
         other => panic!("duplicate ordered: {other:?}"),
     }
     assert_eq!(ordered(order(&mut p, &[req(1, 1), req(0, 2)])).1, vec![req(0, 2)]);
-    assert_eq!(stats(&mut p).get("request_already_ordered"), 3);
+    assert_eq!(stats(&mut p).get(Counter::RequestAlreadyOrdered), 3);
 }
 
 /// SPEC §2 `B`: at most `B` requests per batch; the surplus is counted and not consumed,
@@ -214,11 +215,11 @@ fn primary_cuts_batches_at_b_requests() {
     let (seq, admitted) = ordered(order(&mut p, &offered));
     assert_eq!(seq, 1);
     assert_eq!(admitted, (1..=B as u64).map(|t| req(0, t)).collect::<Vec<_>>());
-    assert_eq!(stats(&mut p).get("request_over_batch_limit"), 2);
+    assert_eq!(stats(&mut p).get(Counter::RequestOverBatchLimit), 2);
     // Exactly B is not over the limit.
     let (_, admitted) = ordered(order(&mut p, &(1..=B as u64).map(|t| req(1, t)).collect::<Vec<_>>()));
     assert_eq!(admitted.len(), B as usize);
-    assert_eq!(stats(&mut p).get("request_over_batch_limit"), 2);
+    assert_eq!(stats(&mut p).get(Counter::RequestOverBatchLimit), 2);
     // The surplus was not marked as ordered.
     assert_eq!(ordered(order(&mut p, &[req(0, 5), req(0, 6)])), (3, vec![req(0, 5), req(0, 6)]));
 }
@@ -239,7 +240,7 @@ fn primary_reports_a_full_window_until_a_checkpoint() {
             other => panic!("ordered past h + L: {other:?}"),
         }
     }
-    assert_eq!(stats(&mut p).get("order_batch_window_full"), 2);
+    assert_eq!(stats(&mut p).get(Counter::OrderBatchWindowFull), 2);
 
     for r in [1, 2, 3] {
         let out = {
@@ -270,7 +271,7 @@ fn backup_refuses_order_batch() {
             Ordered::NotOrdered { window_full } => assert!(!window_full),
             other => panic!("backup {me} ordered: {other:?}"),
         }
-        assert_eq!(stats(&mut p).get("order_batch_not_primary"), 1);
+        assert_eq!(stats(&mut p).get(Counter::OrderBatchNotPrimary), 1);
         assert_eq!(stats(&mut p).log_entries, 0);
     }
 }
@@ -286,7 +287,7 @@ fn primary_orders_nothing_from_malformed_or_empty_batches() {
             other => panic!("ordered garbage: {other:?}"),
         }
     }
-    assert_eq!(stats(&mut p).get("order_batch_malformed"), 4);
+    assert_eq!(stats(&mut p).get(Counter::OrderBatchMalformed), 4);
     match order(&mut p, &[]) {
         Ordered::NotOrdered { window_full } => assert!(!window_full),
         other => panic!("ordered an empty batch: {other:?}"),

@@ -16,6 +16,7 @@ use splitbft_types::boundary::{Compartment, Event, Input, Output, Stats};
 use splitbft_types::cert::verify_signed;
 use splitbft_types::codec::to_bytes;
 use splitbft_types::config::Keyring;
+use splitbft_types::counters::Counter;
 use splitbft_types::crypto::{ClientKeys, Purpose, SecretKey};
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::msg::{
@@ -230,14 +231,14 @@ fn the_new_primary_builds_a_new_view_from_a_quorum_and_enters_the_view() {
     assert_eq!(o, o_view_1(), "a (prepared in view 0) re-proposed at 1, null at 2, b at 3");
     assert_eq!(compute_o(1, &nv.body.view_changes).1, o);
     let s = stats(&mut p);
-    assert_eq!((s.view, s.get("new_views_sent"), s.get("views_entered")), (1, 1, 1));
-    assert_eq!(s.get("view_changes_accepted"), 3);
+    assert_eq!((s.view, s.get(Counter::NewViewsSent), s.get(Counter::ViewsEntered)), (1, 1, 1));
+    assert_eq!(s.get(Counter::ViewChangesAccepted), 3);
 
     // A fourth ViewChange for view 1 (its own Confirmation's, late) is old news.
     let out = feed(&mut p, Message::ViewChange(vc(1, 1, genesis_cert(), vec![])));
     assert!(out.is_empty());
-    assert_eq!(stats(&mut p).get("view_change_old"), 1);
-    assert_eq!(stats(&mut p).get("new_views_sent"), 1);
+    assert_eq!(stats(&mut p).get(Counter::ViewChangeOld), 1);
+    assert_eq!(stats(&mut p).get(Counter::NewViewsSent), 1);
 
     // As primary of view 1 it orders after the end of O.
     let request = f.client.request(1, b"op".to_vec());
@@ -308,23 +309,26 @@ fn forged_or_incomplete_view_changes_are_refused_and_do_not_count() {
     let mut forged_prepare = prepared(0, 1, d("a"));
     forged_prepare.prepares[0].sig.0[2] ^= 0x01;
     let cases = [
-        ("view_change_bad_signature", forged_sig),
-        ("view_change_bad_signature", by_preparation),
-        ("view_change_bad_certificate", vc(3, 1, genesis_cert(), vec![incomplete])),
-        ("view_change_bad_signature", vc(3, 1, genesis_cert(), vec![forged_prepare])),
-        ("view_change_bad_prepared", vc(3, 1, genesis_cert(), vec![prepared(1, 1, d("a"))])),
-        ("view_change_bad_prepared", vc(3, 1, genesis_cert(), vec![prepared(0, L + 1, d("far"))])),
-        ("view_change_bad_prepared", vc(3, 1, genesis_cert(), vec![prepared(0, 2, d("x")), prepared(0, 1, d("y"))])),
-        ("view_change_bad_checkpoint", vc(3, 1, CheckpointCert { seq: 4, state: d("s"), proof: vec![] }, vec![])),
-        ("view_change_bad_checkpoint", vc(3, 1, CheckpointCert { seq: 0, state: d("s"), proof: vec![] }, vec![])),
+        (Counter::ViewChangeBadSignature, forged_sig),
+        (Counter::ViewChangeBadSignature, by_preparation),
+        (Counter::ViewChangeBadCertificate, vc(3, 1, genesis_cert(), vec![incomplete])),
+        (Counter::ViewChangeBadSignature, vc(3, 1, genesis_cert(), vec![forged_prepare])),
+        (Counter::ViewChangeBadPrepared, vc(3, 1, genesis_cert(), vec![prepared(1, 1, d("a"))])),
+        (Counter::ViewChangeBadPrepared, vc(3, 1, genesis_cert(), vec![prepared(0, L + 1, d("far"))])),
+        (
+            Counter::ViewChangeBadPrepared,
+            vc(3, 1, genesis_cert(), vec![prepared(0, 2, d("x")), prepared(0, 1, d("y"))]),
+        ),
+        (Counter::ViewChangeBadCheckpoint, vc(3, 1, CheckpointCert { seq: 4, state: d("s"), proof: vec![] }, vec![])),
+        (Counter::ViewChangeBadCheckpoint, vc(3, 1, CheckpointCert { seq: 0, state: d("s"), proof: vec![] }, vec![])),
     ];
     for (i, (counter, bad)) in cases.iter().enumerate() {
         let mut p = two_of_quorum();
         let out = feed(&mut p, Message::ViewChange(bad.clone()));
         assert!(out.is_empty(), "case {i} produced {out:?}");
         let s = stats(&mut p);
-        assert_eq!(s.get(counter), 1, "case {i}: {counter}");
-        assert_eq!((s.view, s.get("new_views_sent")), (0, 0), "case {i}");
+        assert_eq!(s.get(*counter), 1, "case {i}: {counter}");
+        assert_eq!((s.view, s.get(Counter::NewViewsSent)), (0, 0), "case {i}");
     }
     let mut p = two_of_quorum();
     for bad in [cases[0].1.clone(), cases[1].1.clone()] {
@@ -338,7 +342,7 @@ fn forged_or_incomplete_view_changes_are_refused_and_do_not_count() {
         ViewChange { view: 1, replica: ReplicaId(7), stable: genesis_cert(), prepared: vec![] },
     );
     assert!(feed(&mut p, Message::ViewChange(unknown)).is_empty());
-    assert_eq!(stats(&mut p).get("view_change_unknown_replica"), 1);
+    assert_eq!(stats(&mut p).get(Counter::ViewChangeUnknownReplica), 1);
 
     // The genuine ViewChange of replica 3 still completes the quorum.
     let out = feed(&mut p, Message::ViewChange(quorum[2].clone()));
@@ -355,10 +359,10 @@ fn view_changes_for_old_views_are_ignored_and_backups_build_no_new_view() {
         assert!(feed(&mut backup, Message::ViewChange(v)).is_empty());
     }
     let s = stats(&mut backup);
-    assert_eq!((s.view, s.get("view_changes_accepted"), s.get("new_views_sent")), (0, 3, 0));
+    assert_eq!((s.view, s.get(Counter::ViewChangesAccepted), s.get(Counter::NewViewsSent)), (0, 3, 0));
     // A ViewChange "for view 0" is never news.
     assert!(feed(&mut backup, Message::ViewChange(vc(1, 0, genesis_cert(), vec![]))).is_empty());
-    assert_eq!(stats(&mut backup).get("view_change_old"), 1);
+    assert_eq!(stats(&mut backup).get(Counter::ViewChangeOld), 1);
 }
 
 // ---------------------------------------------------------------- (7) at the backups
@@ -376,7 +380,7 @@ fn a_backup_accepts_a_good_new_view_and_prepares_every_entry_of_o() {
     let expected: Vec<Prepare> = o_view_1().into_iter().map(|pp| prepare_of(2, pp)).collect();
     assert_eq!(prepares(&out), expected);
     let s = stats(&mut p);
-    assert_eq!((s.view, s.get("views_entered")), (1, 1));
+    assert_eq!((s.view, s.get(Counter::ViewsEntered)), (1, 1));
 
     // New work in view 1 continues after O.
     assert_eq!(
@@ -388,7 +392,7 @@ fn a_backup_accepts_a_good_new_view_and_prepares_every_entry_of_o() {
     assert!(feed(&mut p, bm(1, 2, "evil")).is_empty());
     assert!(feed(&mut p, bm(1, 3, "b")).is_empty());
     let s = stats(&mut p);
-    assert_eq!((s.get("pre_prepare_conflicting"), s.get("pre_prepare_duplicate")), (2, 1));
+    assert_eq!((s.get(Counter::PrePrepareConflicting), s.get(Counter::PrePrepareDuplicate)), (2, 1));
 }
 
 /// SPEC §4.1 (7): a NewView whose `O` differs from the one its ViewChanges imply — the
@@ -410,12 +414,12 @@ fn a_backup_refuses_a_new_view_with_a_wrong_o() {
         let out = feed(&mut q, Message::NewView(new_view(1, quorum_view_1(), o)));
         assert!(out.is_empty(), "case {i}: {out:?}");
         let s = stats(&mut q);
-        assert_eq!(s.get("new_view_wrong_o"), 1);
+        assert_eq!(s.get(Counter::NewViewWrongO), 1);
         assert_eq!(s.view, 0, "case {i}");
         // Primary 1 proved itself faulty for view 1 here: its NewViews for view 1 are
         // dropped after one signature check, even a good one (the view change moves on).
         assert!(feed(&mut q, Message::NewView(good_new_view_1())).is_empty());
-        assert_eq!(stats(&mut q).get("new_view_sender_refused"), 1);
+        assert_eq!(stats(&mut q).get(Counter::NewViewSenderRefused), 1);
     }
     let mut p = preparation(3);
     // Still in view 0: a PrePrepare of view 0 is prepared, one of view 1 is not.
@@ -445,11 +449,11 @@ fn a_backup_refuses_forged_new_views() {
     bad_pp.body.pre_prepares[0].sig.0[0] ^= 0x01;
     let bad_pp = sign(1, Prep, Purpose::NewView, bad_pp.body);
     let cases = [
-        ("new_view_bad_signature", flipped),
-        ("new_view_bad_signature", by_backup),
-        ("new_view_bad_quorum", new_view(1, two, &o_two)),
-        ("new_view_bad_certificate", new_view(1, with_fake, &o_fake)),
-        ("new_view_bad_signature", bad_pp),
+        (Counter::NewViewBadSignature, flipped),
+        (Counter::NewViewBadSignature, by_backup),
+        (Counter::NewViewBadQuorum, new_view(1, two, &o_two)),
+        (Counter::NewViewBadCertificate, new_view(1, with_fake, &o_fake)),
+        (Counter::NewViewBadSignature, bad_pp),
     ];
     // A fresh enclave per case: a refused NewView signed by the primary makes later ones
     // it signs for that view cost one signature check only (see the resend test below).
@@ -472,17 +476,17 @@ fn old_new_views_and_old_pre_prepares_are_ignored_after_entering_a_view() {
     assert!(feed(&mut p, Message::NewView(good_new_view_1())).is_empty());
     let view_0 = new_view(0, (1..4).map(|r| vc(r, 0, genesis_cert(), vec![])).collect(), &[]);
     assert!(feed(&mut p, Message::NewView(view_0)).is_empty());
-    assert_eq!(stats(&mut p).get("new_view_old"), 2);
+    assert_eq!(stats(&mut p).get(Counter::NewViewOld), 2);
     // ViewChanges for view 1 are now old.
     assert!(feed(&mut p, Message::ViewChange(vc(0, 1, genesis_cert(), vec![]))).is_empty());
-    assert_eq!(stats(&mut p).get("view_change_old"), 1);
+    assert_eq!(stats(&mut p).get(Counter::ViewChangeOld), 1);
 
     // The old primary keeps sending PrePrepares of view 0, directly or with a batch.
     assert!(feed(&mut p, bm(0, 4, "late")).is_empty());
     let batch = BatchMsg { pre_prepare: pp(0, 5, d("later")), batch: Vec::new() };
     assert!(feed(&mut p, Message::Batch(batch)).is_empty());
     let s = stats(&mut p);
-    assert_eq!((s.get("pre_prepare_wrong_view"), s.view), (2, 1));
+    assert_eq!((s.get(Counter::PrePrepareWrongView), s.view), (2, 1));
 
     // A NewView for view 2 moves it on; then view 1's is old.
     let vcs2: Vec<_> = [0, 1, 3].iter().map(|r| vc(*r, 2, genesis_cert(), vec![prepared(1, 1, d("a"))])).collect();
@@ -493,7 +497,7 @@ fn old_new_views_and_old_pre_prepares_are_ignored_after_entering_a_view() {
     assert!(feed(&mut p, Message::NewView(good_new_view_1())).is_empty());
     assert!(feed(&mut p, bm(1, 4, "c")).is_empty());
     let s = stats(&mut p);
-    assert_eq!((s.view, s.get("new_view_old"), s.get("pre_prepare_wrong_view")), (2, 3, 3));
+    assert_eq!((s.view, s.get(Counter::NewViewOld), s.get(Counter::PrePrepareWrongView)), (2, 3, 3));
 }
 
 /// SPEC §4.4 (7'): a backup adopts the NewView's checkpoint: its low watermark moves and
@@ -516,7 +520,7 @@ fn a_backup_adopts_the_new_views_checkpoint() {
     let s = stats(&mut p);
     assert_eq!((s.view, s.low_watermark), (1, 4));
     assert!(feed(&mut p, bm(1, 4, "at h")).is_empty());
-    assert_eq!(stats(&mut p).get("pre_prepare_outside_window"), 1);
+    assert_eq!(stats(&mut p).get(Counter::PrePrepareOutsideWindow), 1);
 }
 
 /// Issue 11 finding (7), SPEC §4 (bounded work): a faulty Confirmation sends ViewChanges for
@@ -533,8 +537,8 @@ fn a_flood_of_view_changes_for_ever_higher_views_costs_one_check_each() {
         assert!(feed(&mut p, Message::ViewChange(vc(3, view, genesis_cert(), vec![incomplete.clone()]))).is_empty());
     }
     let s = stats(&mut p);
-    assert_eq!(s.get("view_changes_accepted"), 100);
-    assert_eq!((s.get("view_change_full_checks"), s.get("view_change_bad_certificate")), (0, 0));
+    assert_eq!(s.get(Counter::ViewChangesAccepted), 100);
+    assert_eq!((s.get(Counter::ViewChangeFullChecks), s.get(Counter::ViewChangeBadCertificate)), (0, 0));
     // Replica 3 floods view 5 (primary 1) too, with two genuine ViewChanges beside it: the
     // quorum triggers the full check, which refuses replica 3's, once; its later ones for
     // views up to 5 are dropped unread.
@@ -546,8 +550,8 @@ fn a_flood_of_view_changes_for_ever_higher_views_costs_one_check_each() {
         feed(&mut p, Message::ViewChange(vc(3, view, genesis_cert(), vec![incomplete.clone()])));
     }
     let s = stats(&mut p);
-    assert_eq!((s.get("view_change_full_checks"), s.get("view_change_bad_certificate")), (3, 1));
-    assert_eq!(s.get("view_change_sender_refused"), 3);
+    assert_eq!((s.get(Counter::ViewChangeFullChecks), s.get(Counter::ViewChangeBadCertificate)), (3, 1));
+    assert_eq!(s.get(Counter::ViewChangeSenderRefused), 3);
     // The genuine quorum still moves the view: replica 1's own ViewChange completes it.
     let out = feed(&mut p, Message::ViewChange(vc(1, 5, genesis_cert(), vec![])));
     assert_eq!(new_views(&out).len(), 1);
@@ -569,7 +573,7 @@ fn a_faulty_primary_resending_a_bad_new_view_costs_one_full_check() {
         assert!(feed(&mut p, Message::NewView(bad.clone())).is_empty());
     }
     let s = stats(&mut p);
-    assert_eq!((s.get("new_view_bad_certificate"), s.get("new_view_sender_refused")), (1, 4));
+    assert_eq!((s.get(Counter::NewViewBadCertificate), s.get(Counter::NewViewSenderRefused)), (1, 4));
     // A forged signature never counts against the primary it names.
     let mut forged = good_new_view_1();
     forged.sig.0[0] ^= 1;

@@ -150,9 +150,9 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Value of a named counter (0 if absent).
-    pub fn get(&self, name: &str) -> u64 {
-        self.counters.iter().find(|(n, _)| n == name).map_or(0, |(_, v)| *v)
+    /// Value of a counter (0 if absent).
+    pub fn get(&self, counter: crate::counters::Counter) -> u64 {
+        self.counters.iter().find(|(n, _)| n == counter.name()).map_or(0, |(_, v)| *v)
     }
 }
 

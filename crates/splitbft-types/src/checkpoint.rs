@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::cert::{CertError, VoteSet, in_window, verify_signed};
 use crate::config::{Keyring, ProtocolConfig};
+use crate::counters::Counter;
 use crate::ids::Seq;
 use crate::msg::{Checkpoint, CheckpointCert, Digest, Signed};
 
@@ -26,14 +27,14 @@ pub enum CheckpointReject {
 }
 
 impl CheckpointReject {
-    /// Counter name.
-    pub fn name(&self) -> &'static str {
+    /// The counter for this refusal.
+    pub fn counter(&self) -> Counter {
         match self {
-            CheckpointReject::NotAtInterval => "checkpoint_not_at_interval",
-            CheckpointReject::OutsideWindow => "checkpoint_outside_window",
-            CheckpointReject::Duplicate => "checkpoint_duplicate",
-            CheckpointReject::Cert(CertError::BadSignature(_)) => "checkpoint_bad_signature",
-            CheckpointReject::Cert(_) => "checkpoint_bad_signer",
+            CheckpointReject::NotAtInterval => Counter::CheckpointNotAtInterval,
+            CheckpointReject::OutsideWindow => Counter::CheckpointOutsideWindow,
+            CheckpointReject::Duplicate => Counter::CheckpointDuplicate,
+            CheckpointReject::Cert(CertError::BadSignature(_)) => Counter::CheckpointBadSignature,
+            CheckpointReject::Cert(_) => Counter::CheckpointBadSigner,
         }
     }
 }

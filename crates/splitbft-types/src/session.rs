@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{from_bytes, to_bytes};
 use crate::config::{Keyring, ProtocolConfig};
+use crate::counters::Counter;
 use crate::crypto::CryptoError;
 use crate::ids::{ClientId, ReplicaId, Timestamp};
 use crate::msg::{Digest, Request};
@@ -442,15 +443,15 @@ pub enum Refusal {
 
 impl Refusal {
     /// Counter name.
-    pub fn counter(self) -> &'static str {
+    pub fn counter(self) -> Counter {
         match self {
-            Refusal::Malformed => "request_malformed_noop",
-            Refusal::NoSession => "request_no_session_noop",
-            Refusal::StaleSession => "request_stale_session_noop",
-            Refusal::NotAuthentic => "request_not_authentic_noop",
-            Refusal::StaleEpoch => "register_stale_epoch_noop",
-            Refusal::BadRegister => "register_bad_noop",
-            Refusal::WrongMode => "request_wrong_mode_noop",
+            Refusal::Malformed => Counter::RequestMalformedNoop,
+            Refusal::NoSession => Counter::RequestNoSessionNoop,
+            Refusal::StaleSession => Counter::RequestStaleSessionNoop,
+            Refusal::NotAuthentic => Counter::RequestNotAuthenticNoop,
+            Refusal::StaleEpoch => Counter::RegisterStaleEpochNoop,
+            Refusal::BadRegister => Counter::RegisterBadNoop,
+            Refusal::WrongMode => Counter::RequestWrongModeNoop,
         }
     }
 

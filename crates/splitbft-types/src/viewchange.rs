@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use crate::cert::{CertError, check_checkpoint_certificate, check_prepare_certificate, verify_signed};
 use crate::codec::to_bytes;
 use crate::config::{Keyring, ProtocolConfig};
+use crate::counters::Counter;
 use crate::ids::{ReplicaId, Seq, View};
 use crate::msg::{CheckpointCert, Digest, NewView, PrePrepare, Request, Signed, ViewChange};
 
@@ -45,33 +46,19 @@ pub enum ViewChangeError {
     WrongO,
 }
 
-impl ViewChangeError {
-    /// Counter name suffix.
-    pub fn name(&self) -> &'static str {
-        match self {
-            ViewChangeError::Cert(CertError::BadSignature(_)) => "bad_signature",
-            ViewChangeError::Cert(_) => "bad_certificate",
-            ViewChangeError::BadCheckpoint => "bad_checkpoint",
-            ViewChangeError::BadPrepared => "bad_prepared",
-            ViewChangeError::BadQuorum => "bad_quorum",
-            ViewChangeError::WrongO => "wrong_o",
-        }
-    }
-}
-
-/// Counter name for a refused ViewChange (`prefix` "view_change") or NewView ("new_view").
-pub fn reject_name(prefix: &'static str, e: ViewChangeError) -> &'static str {
-    match (prefix, e.name()) {
-        ("view_change", "bad_signature") => "view_change_bad_signature",
-        ("view_change", "bad_checkpoint") => "view_change_bad_checkpoint",
-        ("view_change", "bad_prepared") => "view_change_bad_prepared",
-        ("view_change", _) => "view_change_bad_certificate",
-        (_, "bad_signature") => "new_view_bad_signature",
-        (_, "bad_checkpoint") => "new_view_bad_checkpoint",
-        (_, "bad_prepared") => "new_view_bad_prepared",
-        (_, "bad_quorum") => "new_view_bad_quorum",
-        (_, "wrong_o") => "new_view_wrong_o",
-        _ => "new_view_bad_certificate",
+/// The counter for a refused ViewChange (`new_view` false) or NewView (`new_view` true).
+pub fn reject_counter(new_view: bool, e: ViewChangeError) -> Counter {
+    match (new_view, e) {
+        (false, ViewChangeError::Cert(CertError::BadSignature(_))) => Counter::ViewChangeBadSignature,
+        (false, ViewChangeError::BadCheckpoint) => Counter::ViewChangeBadCheckpoint,
+        (false, ViewChangeError::BadPrepared) => Counter::ViewChangeBadPrepared,
+        (false, _) => Counter::ViewChangeBadCertificate,
+        (true, ViewChangeError::Cert(CertError::BadSignature(_))) => Counter::NewViewBadSignature,
+        (true, ViewChangeError::BadCheckpoint) => Counter::NewViewBadCheckpoint,
+        (true, ViewChangeError::BadPrepared) => Counter::NewViewBadPrepared,
+        (true, ViewChangeError::BadQuorum) => Counter::NewViewBadQuorum,
+        (true, ViewChangeError::WrongO) => Counter::NewViewWrongO,
+        (true, ViewChangeError::Cert(_)) => Counter::NewViewBadCertificate,
     }
 }
 

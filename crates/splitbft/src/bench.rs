@@ -12,6 +12,7 @@ use serde::Serialize;
 use splitbft_broker::NodeReport;
 use splitbft_enclave::Backend;
 use splitbft_types::config::{DEFAULT_CLIENT_WINDOW, DEFAULT_MAX_BATCH};
+use splitbft_types::counters::Counter;
 
 use crate::AppKind;
 use crate::demo::{LocalTcpCluster, Protocol};
@@ -578,8 +579,8 @@ impl Summary {
 
 /// Requests per batch at the primary, from the replicas' counters.
 pub(crate) fn average_batch(reports: &[NodeReport]) -> f64 {
-    let ordered: u64 = reports.iter().map(|r| r.broker_counter("requests_ordered")).sum();
-    let batches = reports.iter().map(|r| r.broker_counter("batches_ordered")).sum::<u64>().max(1);
+    let ordered: u64 = reports.iter().map(|r| r.broker_counter(Counter::RequestsOrdered)).sum();
+    let batches = reports.iter().map(|r| r.broker_counter(Counter::BatchesOrdered)).sum::<u64>().max(1);
     ordered as f64 / batches as f64
 }
 
@@ -626,7 +627,7 @@ async fn measure(m: &Matrix, spec: &PointSpec) -> anyhow::Result<PointResult> {
         p99_us: (!o.latencies.is_empty()).then(|| o.latencies.value_at_quantile(0.99)),
         avg_batch: Some(average_batch(&reports)),
         retransmissions: Some(o.retransmissions),
-        view_changes: reports.iter().map(|r| r.broker_counter("views_entered")).max(),
+        view_changes: reports.iter().map(|r| r.broker_counter(Counter::ViewsEntered)).max(),
         skipped: None,
         failed: false,
         ..PointResult::unmeasured(m, spec, String::new(), false)

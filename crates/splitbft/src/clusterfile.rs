@@ -1,7 +1,8 @@
 //! `cluster.toml` and key files: what `splitbft keygen` writes and `replica`/`client` read.
 //!
 //! Layout of a key directory:
-//! * `cluster.toml` — cluster id, `f`, protocol parameters, every replica's address and
+//! * `cluster.toml` — cluster id, `f`, protocol parameters, every replica's address
+//!   (`host:port`, the host an IP address or a DNS name: [`crate::hostport`]) and
 //!   its three enclaves' public keys, every client's public key;
 //! * `keys/replica-<i>-<compartment>.key` — one enclave's Ed25519 seed (hex), readable by
 //!   the owner only;
@@ -17,6 +18,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::hostport::HostPort;
 use splitbft_types::attest::{ExpectedExecution, PlatformKind, Report, SoftwareAttestation, SoftwarePlatform};
 use splitbft_types::codec::{from_bytes, to_bytes};
 use splitbft_types::config::{ProtocolConfig, ReplicaKeys};
@@ -29,6 +32,16 @@ use splitbft_types::{ClientId, CompartmentKind, ReplicaId};
 /// Why a cluster file or key file is unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterFileError {
+    /// A host name in the file does not resolve.
+    #[error("{what} {address}: {source}")]
+    Resolve {
+        /// Which entry.
+        what: String,
+        /// The address as written.
+        address: HostPort,
+        /// Cause.
+        source: std::io::Error,
+    },
     /// The file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -61,8 +74,8 @@ pub enum ClusterFileError {
 pub struct ReplicaEntry {
     /// Replica id (`0..n`, in order).
     pub id: u32,
-    /// Listening address for peers and clients.
-    pub address: SocketAddr,
+    /// Address peers and clients reach the replica at (`replica --listen` binds another).
+    pub address: HostPort,
     /// Preparation enclave public key (hex).
     pub preparation: String,
     /// Confirmation enclave public key (hex).
@@ -74,7 +87,7 @@ pub struct ReplicaEntry {
     /// Where the replica serves `/metrics` and `/healthz` (`replica --metrics` overrides
     /// it; `status` scrapes it). Optional: files written before it existed stay valid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metrics: Option<SocketAddr>,
+    pub metrics: Option<HostPort>,
 }
 
 /// The attestation trust root (SPEC §6).
@@ -143,7 +156,7 @@ impl ClusterFile {
     /// enclaves attested by `platform` for code measuring `measurement`.
     pub fn new(
         secrets: &ClusterSecrets,
-        addresses: Vec<SocketAddr>,
+        addresses: Vec<HostPort>,
         batch_timeout_ms: u64,
         platform: &SoftwarePlatform,
         measurement: Digest,
@@ -271,9 +284,18 @@ impl ClusterFile {
         Ok((SoftwareAttestation::new(self.cluster_id, key), ExpectedExecution { measurement, reports }))
     }
 
-    /// Replica addresses in id order.
-    pub fn addresses(&self) -> Vec<SocketAddr> {
-        self.replicas.iter().map(|r| r.address).collect()
+    /// Replica addresses in id order, host names resolved (once, now).
+    pub fn addresses(&self) -> Result<Vec<SocketAddr>, ClusterFileError> {
+        self.replicas
+            .iter()
+            .map(|r| {
+                r.address.resolve().map_err(|source| ClusterFileError::Resolve {
+                    what: format!("replica {} address", r.id),
+                    address: r.address.clone(),
+                    source,
+                })
+            })
+            .collect()
     }
 }
 

@@ -15,6 +15,7 @@ use splitbft_client::{Client, ClientOptions, verify_attestation};
 use splitbft_enclave::{Backend, ReplicaSecrets};
 use splitbft_types::attest::{ExpectedExecution, SoftwareAttestation, SoftwarePlatform};
 use splitbft_types::cert::VerifiedCache;
+use splitbft_types::counters::Counter;
 use splitbft_types::crypto::SecretKey;
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::{ClientId, CompartmentKind, ReplicaId};
@@ -230,8 +231,14 @@ fn write_process_keys(
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     let path = dir.join("cluster.toml");
-    crate::clusterfile::ClusterFile::new(secrets, addresses.to_vec(), batch_timeout_ms, platform, measurement)
-        .save(&path)?;
+    crate::clusterfile::ClusterFile::new(
+        secrets,
+        addresses.iter().map(|a| (*a).into()).collect(),
+        batch_timeout_ms,
+        platform,
+        measurement,
+    )
+    .save(&path)?;
     for i in 0..secrets.config.n() {
         let replica = ReplicaId(i as u32);
         for kind in CompartmentKind::ALL {
@@ -381,8 +388,14 @@ fn write_verifier_files(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let measurement = splitbft_execution::CODE_IDENTITY.measurement();
-    crate::clusterfile::ClusterFile::new(secrets, addresses.to_vec(), batch_timeout_ms, platform, measurement)
-        .save(&dir.join("cluster.toml"))?;
+    crate::clusterfile::ClusterFile::new(
+        secrets,
+        addresses.iter().map(|a| (*a).into()).collect(),
+        batch_timeout_ms,
+        platform,
+        measurement,
+    )
+    .save(&dir.join("cluster.toml"))?;
     for i in 0..secrets.config.n() {
         let replica = ReplicaId(i as u32);
         let path = crate::clusterfile::enclave_key_path(dir, replica, CompartmentKind::Execution);
@@ -488,7 +501,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     }
     let final_view =
         running.iter().filter_map(|r| r.enclaves.first().cloned().flatten()).map(|s| s.view).max().unwrap_or(0);
-    let view_changes = running.iter().map(|r| r.broker_counter("views_entered")).max().unwrap_or(0);
+    let view_changes = running.iter().map(|r| r.broker_counter(Counter::ViewsEntered)).max().unwrap_or(0);
     let rejected_inputs = reports
         .iter()
         .flat_map(|r| r.broker.iter().chain(r.enclaves.iter().flatten().flat_map(|s| s.counters.iter())))
@@ -499,7 +512,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     if opts.app == AppKind::Ledger
         && let Some(dir) = &data_dir
     {
-        ledger_blocks_written = Some(reports.iter().map(|r| r.broker_counter("ledger_records_written")).sum());
+        ledger_blocks_written = Some(reports.iter().map(|r| r.broker_counter(Counter::LedgerRecordsWritten)).sum());
         let dirs: Vec<PathBuf> = (0..opts.replicas).map(|i| replica_data_dir(dir, ReplicaId(i as u32))).collect();
         let replicas: Vec<(ReplicaId, &SecretKey, &Path)> =
             (0..opts.replicas).map(|i| (ReplicaId(i as u32), &execution_keys[i], dirs[i].as_path())).collect();
@@ -545,7 +558,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         recovery_ms,
         data_dir: data_dir.map(|d| d.display().to_string()),
         durable,
-        state_commits: reports.iter().map(|r| r.broker_counter("state_commits")).sum(),
+        state_commits: reports.iter().map(|r| r.broker_counter(Counter::StateCommits)).sum(),
         ledger_blocks_written,
         ledger_common_blocks,
         ledger_head,

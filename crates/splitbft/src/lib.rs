@@ -7,6 +7,7 @@ pub mod clusterfile;
 pub mod compartment;
 pub mod demo;
 pub mod gateway;
+pub mod hostport;
 pub mod http;
 pub mod ledger;
 pub mod metrics;

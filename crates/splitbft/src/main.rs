@@ -1,6 +1,6 @@
 //! `splitbft`: Byzantine fault-tolerant replication with compartmentalised replicas.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -13,11 +13,13 @@ use splitbft::clusterfile::{
     write_key,
 };
 use splitbft::demo::{self, DemoOptions};
+use splitbft::hostport::HostPort;
 use splitbft_apps::kv::{KvOp, KvResult};
-use splitbft_broker::{NodeConfig, spawn_node};
+use splitbft_broker::{NodeConfig, ProcessField, spawn_node};
 use splitbft_client::{Client, ClientOptions, verify_attestation};
 use splitbft_enclave::{Backend, ReplicaSecrets};
 use splitbft_types::attest::SoftwarePlatform;
+use splitbft_types::counters::Counter;
 use splitbft_types::crypto::SecretKey;
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::{ClientId, CompartmentKind, ReplicaId};
@@ -158,14 +160,14 @@ struct KeygenArgs {
     /// Output directory.
     #[arg(long)]
     out: PathBuf,
-    /// Address the replicas listen on.
+    /// Host the replicas listen on (an IP address or a DNS name).
     #[arg(long, default_value = "127.0.0.1")]
-    host: IpAddr,
-    /// One address per replica (replica i on the i-th, every one at --base-port): a
+    host: String,
+    /// One host per replica, IP addresses or DNS names (replica i on the i-th, every one at --base-port): a
     /// cluster across hosts. Writes one directory per replica (DIR/replica-I: cluster.toml
     /// and only that replica's keys) and DIR/clients (cluster.toml and the client keys).
     #[arg(long, value_delimiter = ',', conflicts_with = "host")]
-    hosts: Vec<IpAddr>,
+    hosts: Vec<String>,
     /// Port of replica 0; replica i listens on base-port + i.
     #[arg(long, default_value_t = 7400)]
     base_port: u16,
@@ -335,12 +337,12 @@ fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
         bail!("--hosts names {} addresses for {replicas} replicas: give one per replica", hosts.len());
     }
     // One host per replica: every replica uses the same ports on its own host.
-    let host_of = |i: usize| if hosts.is_empty() { (host, i as u16) } else { (hosts[i], 0) };
+    let host_of = |i: usize| if hosts.is_empty() { (host.as_str(), i as u16) } else { (hosts[i].as_str(), 0) };
     let addresses = (0..replicas)
         .map(|i| {
-            let (ip, offset) = host_of(i);
+            let (host, offset) = host_of(i);
             let port = base_port.checked_add(offset).context("--base-port too high for this many replicas")?;
-            Ok(SocketAddr::new(ip, port))
+            Ok(HostPort::new(host, port)?)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -353,9 +355,9 @@ fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
     let mut file = ClusterFile::new(&secrets, addresses, batch_timeout_ms, &platform, measurement);
     if let Some(port) = metrics_base_port {
         for (i, entry) in file.replicas.iter_mut().enumerate() {
-            let (ip, offset) = host_of(i);
+            let (host, offset) = host_of(i);
             let port = port.checked_add(offset).context("--metrics-base-port too high for this many replicas")?;
-            entry.metrics = Some(SocketAddr::new(ip, port));
+            entry.metrics = Some(HostPort::new(host, port)?);
         }
     }
     // With --hosts each host gets a directory holding only its own secrets.
@@ -436,9 +438,10 @@ async fn replica(
     let Some(entry) = file.replicas.get(id as usize) else {
         bail!("replica id {id} is not in {} ({} replicas)", config_path.display(), file.replicas.len());
     };
-    let bind = listen.unwrap_or(entry.address);
+    let addresses = file.addresses()?;
+    let bind = listen.unwrap_or(addresses[id as usize]);
     let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("listening on {bind}"))?;
-    let mut node_config = NodeConfig::new(protocol.clone(), me, file.addresses(), backend);
+    let mut node_config = NodeConfig::new(protocol.clone(), me, addresses, backend);
     node_config.options.batch_timeout_us = file.batch_timeout_ms * 1000;
     node_config.data_dir = data_dir.clone();
     node_config.durable = durable;
@@ -462,7 +465,12 @@ async fn replica(
         };
         spawn_node(node_config, listener, secrets, app.build()?).await?
     };
-    let metrics_task = match metrics.or(entry.metrics) {
+    let metrics = match (metrics, &entry.metrics) {
+        (Some(addr), _) => Some(addr),
+        (None, Some(hp)) => Some(hp.resolve().with_context(|| format!("replica {id} metrics address {hp}"))?),
+        (None, None) => None,
+    };
+    let metrics_task = match metrics {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -490,31 +498,28 @@ async fn replica(
     let view = report.enclaves.first().cloned().flatten().map_or(0, |s| s.view);
     eprintln!(
         "replica {id} stopped: view {view}, {} requests ordered, {} executed, {} state transfers",
-        report.broker_counter("requests_ordered"),
-        report.broker_counter("requests_executed"),
-        report.broker_counter("state_transfers_completed"),
+        report.broker_counter(Counter::RequestsOrdered),
+        report.broker_counter(Counter::RequestsExecuted),
+        report.broker_counter(Counter::StateTransfersCompleted),
     );
     eprintln!(
         "replica {id}: {} bytes of sealed state read from disk on start, {} bytes fetched by state transfer, {} state commits",
-        report.broker_counter("state_recovered_bytes"),
-        report.broker_counter("state_transfer_bytes"),
-        report.broker_counter("state_commits"),
+        report.broker_counter(Counter::StateRecoveredBytes),
+        report.broker_counter(Counter::StateTransferBytes),
+        report.broker_counter(Counter::StateCommits),
     );
     if backend == Backend::Process {
         eprintln!(
             "replica {id}: {} compartment process restarts ({} seccomp kills)",
-            report.broker_counter("enclave_restarts"),
-            CompartmentKind::ALL
-                .iter()
-                .map(|k| report.broker_counter(&format!("enclave_{k}_seccomp_kills")))
-                .sum::<u64>(),
+            report.broker_counter(Counter::EnclaveRestarts),
+            CompartmentKind::ALL.iter().map(|k| report.process_figure(*k, ProcessField::SeccompKills)).sum::<u64>(),
         );
     }
     if app == splitbft::AppKind::Ledger {
         eprintln!(
             "replica {id}: {} ledger blocks written, {} write errors",
-            report.broker_counter("ledger_records_written"),
-            report.broker_counter("ledger_write_errors") + report.broker_counter("ledger_flush_errors"),
+            report.broker_counter(Counter::LedgerRecordsWritten),
+            report.broker_counter(Counter::LedgerWriteErrors) + report.broker_counter(Counter::LedgerFlushErrors),
         );
     }
     Ok(())
@@ -592,7 +597,7 @@ async fn connect_session(config_path: &Path, client_id: u32, options: ClientOpti
     let (verifier, expected) = file.attestation(config_path)?;
     // Every Execution enclave's report is checked before the session key leaves (SPEC §6).
     let attested = verify_attestation(&protocol, &verifier, &expected)?;
-    let client = Client::connect(protocol, file.addresses(), id, secret, options).await?;
+    let client = Client::connect(protocol, file.addresses()?, id, secret, options).await?;
     client.register(attested).await.with_context(|| format!("registering a session for client {client_id}"))?;
     Ok(client)
 }
@@ -663,7 +668,11 @@ async fn gateway(
 
 async fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
     let file = ClusterFile::load(config_path)?;
-    let targets: Vec<(u32, Option<SocketAddr>)> = file.replicas.iter().map(|r| (r.id, r.metrics)).collect();
+    let resolve = |r: &splitbft::clusterfile::ReplicaEntry| {
+        let hp = r.metrics.as_ref()?;
+        hp.resolve().map_err(|e| eprintln!("replica {} metrics address {hp}: {e}", r.id)).ok()
+    };
+    let targets: Vec<(u32, Option<SocketAddr>)> = file.replicas.iter().map(|r| (r.id, resolve(r))).collect();
     let rows = splitbft::status::collect(&targets).await;
     if json {
         for row in &rows {

@@ -16,8 +16,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use splitbft_broker::latency::LatencyHistogram;
 use splitbft_broker::{NodeReport, NodeReporter};
 use splitbft_types::CompartmentKind;
+use splitbft_types::counters::Counter as Tally;
 
 use crate::http::{HttpCounters, OPENMETRICS, Response, Route};
 
@@ -70,9 +72,9 @@ impl ReplicaSnapshot {
 
     /// Whether a state transfer is under way (started and neither completed nor refused).
     pub fn recovering(&self) -> bool {
-        let started = self.report.broker_counter("state_transfers_started");
-        let ended = self.report.broker_counter("state_transfers_completed")
-            + self.report.broker_counter("state_transfers_rejected");
+        let started = self.report.broker_counter(Tally::StateTransfersStarted);
+        let ended = self.report.broker_counter(Tally::StateTransfersCompleted)
+            + self.report.broker_counter(Tally::StateTransfersRejected);
         started > ended
     }
 
@@ -164,17 +166,58 @@ impl ReplicaSnapshot {
             c.inc_by(value);
             registry.register(name, help, c);
         };
-        let b = |name: &str| self.report.broker_counter(name);
-        counter(&mut registry, "view_changes", "View changes this replica started", b("view_changes_started"));
-        counter(&mut registry, "batches_ordered", "Batches the broker saw ordered", b("batches_ordered"));
+        let b = |counter: Tally| self.report.broker_counter(counter);
+        counter(&mut registry, "view_changes", "View changes this replica started", b(Tally::ViewChangesStarted));
+        counter(&mut registry, "batches_ordered", "Batches the broker saw ordered", b(Tally::BatchesOrdered));
         counter(
             &mut registry,
             "requests_ordered",
             "Requests in ordered batches (÷ batches = batch size)",
-            b("requests_ordered"),
+            b(Tally::RequestsOrdered),
         );
-        counter(&mut registry, "requests_executed", "Requests executed", b("requests_executed"));
+        counter(&mut registry, "requests_executed", "Requests executed", b(Tally::RequestsExecuted));
+        registry.register(
+            "request_latency_seconds",
+            "Requests executed here: from when this replica first learned the request to its reply",
+            FixedHistogram::from(&self.report.request_latency),
+        );
         render(&registry)
+    }
+}
+
+/// A histogram whose buckets were counted elsewhere (the broker's [`LatencyHistogram`]),
+/// rendered as a Prometheus histogram at scrape time.
+#[derive(Debug)]
+struct FixedHistogram {
+    sum_seconds: f64,
+    count: u64,
+    /// `(upper bound in seconds, count in this bucket)`, not cumulative (the encoder sums).
+    buckets: Vec<(f64, u64)>,
+}
+
+impl From<&LatencyHistogram> for FixedHistogram {
+    fn from(h: &LatencyHistogram) -> Self {
+        let seconds = |us: u64| us as f64 / 1e6;
+        FixedHistogram {
+            sum_seconds: seconds(h.sum_us()),
+            count: h.count(),
+            buckets: h.buckets().map(|(bound, n)| (bound.map_or(f64::INFINITY, seconds), n)).collect(),
+        }
+    }
+}
+
+impl prometheus_client::encoding::EncodeMetric for FixedHistogram {
+    fn encode(&self, mut encoder: prometheus_client::encoding::MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.sum_seconds,
+            self.count,
+            &self.buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
     }
 }
 

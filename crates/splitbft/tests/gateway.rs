@@ -297,13 +297,22 @@ ERR wrong number of arguments for 'set' command
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    let mut latency_counts = Vec::new();
     for &addr in &replica_metrics {
         let samples = scrape(addr);
         assert!(sample(&samples, "splitbft_requests_executed_total") > 0.0);
+        // The latency histogram counts the requests a replica knew before executing them:
+        // clients send to the primary, so backups see only retransmissions.
+        let count = sample(&samples, "splitbft_request_latency_seconds_count");
+        assert_eq!(sample(&samples, "splitbft_request_latency_seconds_bucket{le=\"+Inf\"}"), count, "{addr}");
+        latency_counts.push(count);
         let (status, body) = http_get(addr, "/healthz");
         assert_eq!(status, 200, "{body}");
         assert!(body.contains("\"healthy\":true"), "{body}");
     }
+    // Every request was timed by the replica it was sent to (the primary; after a view
+    // change or a retransmission, others too).
+    assert!(latency_counts.iter().sum::<f64>() >= 4000.0, "request latencies per replica: {latency_counts:?}");
     let (status, _) = http_get(replica_metrics[0], "/nope");
     assert_eq!(status, 404);
     let gw = scrape_gateway(SocketAddr::from(([127, 0, 0, 1], gateway_metrics)));

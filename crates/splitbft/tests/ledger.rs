@@ -17,6 +17,7 @@ use splitbft_apps::ledger::{BLOCK_ENTRIES, Block, Entry, Ledger};
 use splitbft_broker::store::{BLOCK_FILE, BlockFile, RecordReader};
 use splitbft_enclave::Backend;
 use splitbft_execution::{RecordSealer, SealError};
+use splitbft_types::counters::Counter;
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::{AppRecord, Application, CompartmentKind, Digest, ReplicaId};
 
@@ -261,10 +262,10 @@ async fn a_failing_disk_is_counted_and_the_replica_keeps_serving() {
     drop(client);
     let reports = cluster.shutdown().await;
     let victim = &reports[1];
-    assert!(victim.broker_counter("ledger_flush_errors") > 0, "{:?}", victim.broker);
-    assert_eq!(victim.broker_counter("ledger_records_written"), 0, "nothing reached the disk");
+    assert!(victim.broker_counter(Counter::LedgerFlushErrors) > 0, "{:?}", victim.broker);
+    assert_eq!(victim.broker_counter(Counter::LedgerRecordsWritten), 0, "nothing reached the disk");
     // The others stored every block they executed (f + 1 of them executed all 20 requests).
     let healthy = [0, 2, 3].map(|r| &reports[r]);
-    assert!(healthy.iter().all(|r| r.broker_counter("ledger_flush_errors") == 0));
-    assert!(healthy.iter().filter(|r| r.broker_counter("ledger_records_written") == 4).count() >= 1);
+    assert!(healthy.iter().all(|r| r.broker_counter(Counter::LedgerFlushErrors) == 0));
+    assert!(healthy.iter().filter(|r| r.broker_counter(Counter::LedgerRecordsWritten) == 4).count() >= 1);
 }

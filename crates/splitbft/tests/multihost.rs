@@ -1,6 +1,7 @@
 //! `keygen --hosts`: one replica per host, each at the same port on its own address, each
 //! host's directory holding only its own secrets. Runs on 127.0.0.1–127.0.0.4 (all
-//! loopback on Linux), so every replica has a distinct address as it would across hosts.
+//! loopback on Linux), so every replica has a distinct address as it would across hosts;
+//! replica 0 is named by its host name `localhost` where that resolves to 127.0.0.1 first.
 
 #![allow(clippy::unwrap_used)]
 
@@ -24,7 +25,13 @@ impl Drop for Processes {
 #[cfg(target_os = "linux")]
 #[test]
 fn keygen_hosts_writes_one_directory_per_host_and_the_cluster_serves_across_them() {
-    let hosts = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"];
+    use std::net::ToSocketAddrs;
+    let localhost_is_v4 = ("localhost", 1).to_socket_addrs().ok().and_then(|mut a| a.next())
+        == Some(std::net::SocketAddr::from(([127, 0, 0, 1], 1)));
+    if !localhost_is_v4 {
+        eprintln!("localhost does not resolve to 127.0.0.1 first here: replica 0 is named by its address");
+    }
+    let hosts = [if localhost_is_v4 { "localhost" } else { "127.0.0.1" }, "127.0.0.2", "127.0.0.3", "127.0.0.4"];
     let seed = std::process::id() as u16;
     let port = (0..200u16)
         .map(|a| 20_000 + (seed.wrapping_mul(13).wrapping_add(a.wrapping_mul(7))) % 30_000)

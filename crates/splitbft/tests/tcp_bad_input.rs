@@ -11,6 +11,7 @@ use splitbft_apps::kv::{KvOp, KvResult};
 use splitbft_client::ClientOptions;
 use splitbft_enclave::Backend;
 use splitbft_types::codec::WIRE_VERSION;
+use splitbft_types::counters::Counter;
 use splitbft_types::wire::{Hello, MAX_FRAME_BYTES};
 use splitbft_types::{ClientId, ReplicaId};
 use tokio::io::AsyncWriteExt;
@@ -67,12 +68,12 @@ async fn hostile_connections_are_counted_and_the_replica_keeps_serving() {
     send(target, &not_request).await;
 
     let report = cluster.nodes[1].as_ref().unwrap().report().await.unwrap();
-    assert_eq!(report.broker_counter("frames_oversize"), 1, "{:?}", report.broker);
-    assert_eq!(report.broker_counter("connections_bad_hello"), 2, "{:?}", report.broker);
-    assert_eq!(report.broker_counter("peer_unknown_kind"), 1, "{:?}", report.broker);
-    assert_eq!(report.broker_counter("peer_bad_version"), 1, "{:?}", report.broker);
-    assert!(report.broker_counter("peer_malformed") >= 2, "{:?}", report.broker);
-    assert_eq!(report.broker_counter("client_malformed"), 1, "{:?}", report.broker);
+    assert_eq!(report.broker_counter(Counter::FramesOversize), 1, "{:?}", report.broker);
+    assert_eq!(report.broker_counter(Counter::ConnectionsBadHello), 2, "{:?}", report.broker);
+    assert_eq!(report.broker_counter(Counter::PeerUnknownKind), 1, "{:?}", report.broker);
+    assert_eq!(report.broker_counter(Counter::PeerBadVersion), 1, "{:?}", report.broker);
+    assert!(report.broker_counter(Counter::PeerMalformed) >= 2, "{:?}", report.broker);
+    assert_eq!(report.broker_counter(Counter::ClientMalformed), 1, "{:?}", report.broker);
 
     // The cluster, including the attacked replica, still orders and executes.
     let client = cluster.client(0, ClientOptions::default()).await.unwrap();
@@ -85,7 +86,7 @@ async fn hostile_connections_are_counted_and_the_replica_keeps_serving() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let report = cluster.nodes[1].as_ref().unwrap().report().await.unwrap();
     // 20 puts, the get, and the client's session Register (SPEC §6).
-    assert_eq!(report.broker_counter("requests_executed"), 22, "{:?}", report.broker);
+    assert_eq!(report.broker_counter(Counter::RequestsExecuted), 22, "{:?}", report.broker);
     cluster.shutdown().await;
 }
 
