@@ -9,16 +9,15 @@
 
 #![allow(clippy::unwrap_used, reason = "test helpers: a failed setup step aborts the test")]
 
+use splitbft_testkit::cluster::Fixture;
 use std::sync::OnceLock;
 
 use serde::Serialize;
 use splitbft_confirmation::Confirmation;
 use splitbft_types::boundary::{Compartment, Event, Input, Output, Stats};
 use splitbft_types::cert::verify_signed;
-use splitbft_types::config::Keyring;
 use splitbft_types::counters::Counter;
 use splitbft_types::crypto::{Purpose, SecretKey};
-use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::msg::{
     Checkpoint, CheckpointCert, Commit, Digest, Message, NewView, PrePrepare, Prepare, PreparedCert, Signed, ViewChange,
 };
@@ -30,19 +29,13 @@ use CompartmentKind::{Confirmation as Conf, Execution, Preparation};
 const K: u64 = 4;
 const L: u64 = 8;
 
-struct Fixture {
-    secrets: ClusterSecrets,
-    keys: Keyring,
-}
-
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let mut secrets = ClusterSecrets::deterministic(17, 1, 1, 91);
-        secrets.config.checkpoint_interval = K;
-        secrets.config.log_window = L;
-        let keys = secrets.config.validate().unwrap();
-        Fixture { secrets, keys }
+        Fixture::new(17, 1, 1, 91, |c| {
+            c.checkpoint_interval = K;
+            c.log_window = L;
+        })
     })
 }
 

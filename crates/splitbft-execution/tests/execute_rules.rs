@@ -9,6 +9,7 @@
 
 #![allow(clippy::unwrap_used, reason = "test helpers: a failed setup step aborts the test")]
 
+use splitbft_testkit::cluster::Fixture;
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
@@ -19,10 +20,8 @@ use splitbft_apps::ledger::{BLOCK_ENTRIES, Block, Ledger};
 use splitbft_execution::{Execution, RecordSealer};
 use splitbft_types::boundary::{Compartment, Event, Input, Output, Stats};
 use splitbft_types::codec::to_bytes;
-use splitbft_types::config::Keyring;
 use splitbft_types::counters::Counter;
-use splitbft_types::crypto::{ClientKeys, Purpose, SecretKey};
-use splitbft_types::keys::ClusterSecrets;
+use splitbft_types::crypto::{Purpose, SecretKey};
 use splitbft_types::msg::{BatchMsg, Checkpoint, Commit, Digest, Message, PrePrepare, Reply, Request, Signed};
 use splitbft_types::session::{ClientSession, Opened, open_reply_body};
 use splitbft_types::{Application, ClientId, CompartmentKind, ReplicaId, Seq, Timestamp, View};
@@ -31,23 +30,13 @@ const K: u64 = 4;
 const L: u64 = 8;
 const CLIENTS: usize = 2;
 
-struct Fixture {
-    secrets: ClusterSecrets,
-    keys: Keyring,
-    clients: Vec<ClientKeys>,
-}
-
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let mut secrets = ClusterSecrets::deterministic(9, 1, CLIENTS, 41);
-        secrets.config.checkpoint_interval = K;
-        secrets.config.log_window = L;
-        let keys = secrets.config.validate().unwrap();
-        let clients = (0..CLIENTS)
-            .map(|c| ClientKeys::derive(&secrets.clients[c], &secrets.config, &keys, ClientId(c as u32)))
-            .collect();
-        Fixture { secrets, keys, clients }
+        Fixture::new(9, 1, CLIENTS, 41, |c| {
+            c.checkpoint_interval = K;
+            c.log_window = L;
+        })
     })
 }
 

@@ -9,6 +9,7 @@
 
 #![allow(clippy::unwrap_used, reason = "test helpers: a failed setup step aborts the test")]
 
+use splitbft_testkit::cluster::Fixture;
 use std::sync::OnceLock;
 
 use serde::Serialize;
@@ -17,8 +18,7 @@ use splitbft_execution::Execution;
 use splitbft_types::boundary::{Compartment, Event, Input, Output, Stats};
 use splitbft_types::codec::to_bytes;
 use splitbft_types::counters::Counter;
-use splitbft_types::crypto::{ClientKeys, Purpose, SecretKey};
-use splitbft_types::keys::ClusterSecrets;
+use splitbft_types::crypto::{Purpose, SecretKey};
 use splitbft_types::msg::{
     BatchMsg, Checkpoint, CheckpointCert, Commit, Digest, Message, NewView, PrePrepare, Prepare, PreparedCert, Reply,
     Request, Signed, ViewChange,
@@ -33,24 +33,19 @@ const K: u64 = 4;
 const L: u64 = 8;
 const CLIENTS: usize = 2;
 
-struct Fixture {
-    secrets: ClusterSecrets,
-    clients: Vec<ClientKeys>,
-    genesis: Digest,
+/// The genesis state digest of the fixture's KV store.
+fn genesis() -> Digest {
+    static GENESIS: OnceLock<Digest> = OnceLock::new();
+    *GENESIS.get_or_init(|| Execution::genesis_digest(&fixture().secrets.config, &KvStore::new()))
 }
 
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let mut secrets = ClusterSecrets::deterministic(23, 1, CLIENTS, 67);
-        secrets.config.checkpoint_interval = K;
-        secrets.config.log_window = L;
-        let keys = secrets.config.validate().unwrap();
-        let clients = (0..CLIENTS)
-            .map(|c| ClientKeys::derive(&secrets.clients[c], &secrets.config, &keys, ClientId(c as u32)))
-            .collect();
-        let genesis = Execution::genesis_digest(&secrets.config, &KvStore::new());
-        Fixture { secrets, clients, genesis }
+        Fixture::new(23, 1, CLIENTS, 67, |c| {
+            c.checkpoint_interval = K;
+            c.log_window = L;
+        })
     })
 }
 
@@ -203,7 +198,7 @@ fn history(s: Seq) -> BatchMsg {
 }
 
 fn genesis_cert() -> CheckpointCert {
-    CheckpointCert { seq: 0, state: fixture().genesis, proof: Vec::new() }
+    CheckpointCert { seq: 0, state: genesis(), proof: Vec::new() }
 }
 
 /// A real prepare certificate for `(view, seq, digest)`.

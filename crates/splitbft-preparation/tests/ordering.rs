@@ -5,16 +5,15 @@
 
 #![allow(clippy::unwrap_used, reason = "test helpers: a failed setup step aborts the test")]
 
+use splitbft_testkit::cluster::Fixture;
 use std::sync::OnceLock;
 
 use splitbft_preparation::Preparation;
 use splitbft_types::boundary::{Compartment, Event, Input, Output, Stats};
 use splitbft_types::cert::verify_signed;
 use splitbft_types::codec::{from_bytes, to_bytes};
-use splitbft_types::config::Keyring;
 use splitbft_types::counters::Counter;
-use splitbft_types::crypto::{ClientKeys, Purpose, SecretKey};
-use splitbft_types::keys::ClusterSecrets;
+use splitbft_types::crypto::{Purpose, SecretKey};
 use splitbft_types::msg::{BatchMsg, Checkpoint, Digest, Mac, Message, Request, Signed};
 use splitbft_types::{ClientId, CompartmentKind, ReplicaId, Seq, Timestamp};
 
@@ -24,25 +23,15 @@ const B: u32 = 4;
 const MAX_OP: u32 = 64;
 const CLIENTS: usize = 3;
 
-struct Fixture {
-    secrets: ClusterSecrets,
-    keys: Keyring,
-    clients: Vec<ClientKeys>,
-}
-
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let mut secrets = ClusterSecrets::deterministic(5, 1, CLIENTS, 37);
-        secrets.config.checkpoint_interval = K;
-        secrets.config.log_window = L;
-        secrets.config.max_batch = B;
-        secrets.config.max_op_bytes = MAX_OP;
-        let keys = secrets.config.validate().unwrap();
-        let clients = (0..CLIENTS)
-            .map(|c| ClientKeys::derive(&secrets.clients[c], &secrets.config, &keys, ClientId(c as u32)))
-            .collect();
-        Fixture { secrets, keys, clients }
+        Fixture::new(5, 1, CLIENTS, 37, |c| {
+            c.checkpoint_interval = K;
+            c.log_window = L;
+            c.max_batch = B;
+            c.max_op_bytes = MAX_OP;
+        })
     })
 }
 

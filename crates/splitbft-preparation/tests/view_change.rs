@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used, reason = "test helpers: a failed setup step aborts the test")]
 
+use splitbft_testkit::cluster::Fixture;
 use std::sync::OnceLock;
 
 use serde::Serialize;
@@ -15,37 +16,27 @@ use splitbft_preparation::Preparation;
 use splitbft_types::boundary::{Compartment, Event, Input, Output, Stats};
 use splitbft_types::cert::verify_signed;
 use splitbft_types::codec::to_bytes;
-use splitbft_types::config::Keyring;
 use splitbft_types::counters::Counter;
-use splitbft_types::crypto::{ClientKeys, Purpose, SecretKey};
-use splitbft_types::keys::ClusterSecrets;
+use splitbft_types::crypto::{Purpose, SecretKey};
 use splitbft_types::msg::{
     BatchMsg, Checkpoint, CheckpointCert, Digest, Message, NewView, PrePrepare, Prepare, PreparedCert, Signed,
     ViewChange,
 };
 use splitbft_types::viewchange::{Depth, check_new_view, compute_o, null_digest};
-use splitbft_types::{ClientId, CompartmentKind, ReplicaId, Seq, View};
+use splitbft_types::{CompartmentKind, ReplicaId, Seq, View};
 
 use CompartmentKind::{Confirmation, Execution, Preparation as Prep};
 
 const K: u64 = 4;
 const L: u64 = 8;
 
-struct Fixture {
-    secrets: ClusterSecrets,
-    keys: Keyring,
-    client: ClientKeys,
-}
-
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let mut secrets = ClusterSecrets::deterministic(13, 1, 1, 57);
-        secrets.config.checkpoint_interval = K;
-        secrets.config.log_window = L;
-        let keys = secrets.config.validate().unwrap();
-        let client = ClientKeys::derive(&secrets.clients[0], &secrets.config, &keys, ClientId(0));
-        Fixture { secrets, keys, client }
+        Fixture::new(13, 1, 1, 57, |c| {
+            c.checkpoint_interval = K;
+            c.log_window = L;
+        })
     })
 }
 
@@ -58,7 +49,7 @@ fn genesis() -> Digest {
 /// The encoded batch named `tag`: one genuine request whose op is the tag (backups check
 /// every request of a batch, SPEC §4.1 (2)).
 fn batch(tag: &str) -> Vec<u8> {
-    to_bytes(&vec![fixture().client.request(1, tag.as_bytes().to_vec())])
+    to_bytes(&vec![fixture().clients[0].request(1, tag.as_bytes().to_vec())])
 }
 
 /// The digest of [`batch`]`(tag)`.
@@ -241,7 +232,7 @@ fn the_new_primary_builds_a_new_view_from_a_quorum_and_enters_the_view() {
     assert_eq!(stats(&mut p).get(Counter::NewViewsSent), 1);
 
     // As primary of view 1 it orders after the end of O.
-    let request = f.client.request(1, b"op".to_vec());
+    let request = f.clients[0].request(1, b"op".to_vec());
     let mut out = Vec::new();
     p.handle(Input::OrderBatch(to_bytes(&vec![request])), &mut out);
     let ordered: Vec<PrePrepare> = out

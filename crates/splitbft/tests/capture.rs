@@ -11,49 +11,23 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use splitbft_testkit::process::{self, Processes as Kill};
+
 const BIN: &str = env!("CARGO_BIN_EXE_splitbft");
-/// What the client writes: long and unlikely enough that any occurrence is a leak.
-const SECRET: &str = "zq-CONFIDENTIAL-8f3a91c2e7-splitbft-value";
 
-struct Kill(Vec<Child>);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Four free consecutive loopback ports, different for each test of this process.
 fn free_base_port() -> u16 {
-    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let seed = std::process::id() as u16;
-    for _ in 0..200u16 {
-        let attempt = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let base = 21_000 + (seed.wrapping_mul(11).wrapping_add(attempt.wrapping_mul(17))) % 29_000;
-        if (0..4).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no four consecutive free ports");
+    process::free_ports(4)
 }
 
 fn client(config: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(["client", "--config"])
-        .arg(config)
-        .args(["--timeout-s", "20"])
-        .args(args)
-        .output()
-        .expect("client runs")
+    process::client(BIN, config, args)
 }
+/// What the client writes: long and unlikely enough that any occurrence is a leak.
+const SECRET: &str = "zq-CONFIDENTIAL-8f3a91c2e7-splitbft-value";
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)

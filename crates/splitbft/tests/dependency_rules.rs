@@ -97,3 +97,13 @@ fn the_check_sees_real_edges() {
     let deps = transitive("splitbft-broker", &resolved_graph());
     assert!(deps.contains("tokio") && deps.contains("splitbft-enclave"));
 }
+
+#[test]
+fn the_test_kit_is_a_dev_dependency_only() {
+    // STYLE: tests share fixtures through one dev-only crate; nothing shipped links it.
+    let graph = resolved_graph();
+    let (names, _) = &graph;
+    for shipped in names.values().filter(|n| n.starts_with("splitbft") && *n != "splitbft-testkit") {
+        assert!(!transitive(shipped, &graph).contains("splitbft-testkit"), "{shipped} depends on splitbft-testkit");
+    }
+}

@@ -6,48 +6,22 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use splitbft_testkit::process::{self, Replicas, stdout};
+
 const BIN: &str = env!("CARGO_BIN_EXE_splitbft");
 
 fn free_base_port() -> u16 {
-    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let seed = std::process::id() as u16;
-    for _ in 0..200u16 {
-        let attempt = NEXT.fetch_add(1, Ordering::Relaxed);
-        let base = 20_000 + (seed.wrapping_mul(11).wrapping_add(attempt.wrapping_mul(17).wrapping_add(5000))) % 30_000;
-        if (0..4).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no four consecutive free ports");
-}
-
-struct Replicas(Vec<Option<Child>>);
-
-impl Drop for Replicas {
-    fn drop(&mut self) {
-        for child in self.0.iter_mut().flatten() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+    process::free_ports(4)
 }
 
 fn start_replica(config: &Path, id: u32) -> Child {
-    Command::new(BIN)
-        .args(["replica", "--config"])
-        .arg(config)
-        .args(["--id", &id.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    process::start_replica(BIN, config, id, &[])
 }
 
 fn client(config: &Path, id: u32, args: &[&str]) -> Output {
@@ -58,10 +32,6 @@ fn client(config: &Path, id: u32, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("client runs")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 fn cluster(clients: u32) -> (tempfile::TempDir, PathBuf) {

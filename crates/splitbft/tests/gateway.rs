@@ -11,35 +11,14 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use splitbft_testkit::process::{Processes, free_ports};
+
 const BIN: &str = env!("CARGO_BIN_EXE_splitbft");
-
-/// `count` consecutive free loopback ports.
-fn free_ports(count: u16) -> u16 {
-    let seed = std::process::id() as u16;
-    for attempt in 0..500u16 {
-        let base = 20_000 + (seed.wrapping_mul(11).wrapping_add(attempt.wrapping_mul(17))) % 30_000;
-        if (0..count).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no {count} consecutive free ports");
-}
-
-struct Processes(Vec<Child>);
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 fn spawn(args: &[&str], config: &Path) -> Child {
     Command::new(BIN)

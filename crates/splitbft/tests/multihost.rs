@@ -5,22 +5,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use splitbft_testkit::process::{Processes, free_ports_on};
+
 const BIN: &str = env!("CARGO_BIN_EXE_splitbft");
-
-struct Processes(Vec<Child>);
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 #[cfg(target_os = "linux")]
 #[test]
@@ -32,11 +22,7 @@ fn keygen_hosts_writes_one_directory_per_host_and_the_cluster_serves_across_them
         eprintln!("localhost does not resolve to 127.0.0.1 first here: replica 0 is named by its address");
     }
     let hosts = [if localhost_is_v4 { "localhost" } else { "127.0.0.1" }, "127.0.0.2", "127.0.0.3", "127.0.0.4"];
-    let seed = std::process::id() as u16;
-    let port = (0..200u16)
-        .map(|a| 20_000 + (seed.wrapping_mul(13).wrapping_add(a.wrapping_mul(7))) % 30_000)
-        .find(|&p| hosts.iter().all(|h| TcpListener::bind((*h, p)).is_ok()))
-        .expect("a port free on all four addresses");
+    let port = free_ports_on(&hosts, 1);
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
         .args(["keygen", "--replicas", "4", "--clients", "2", "--hosts", &hosts.join(",")])

@@ -9,42 +9,22 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Seek, SeekFrom};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use splitbft_testkit::process::{self, Replicas, children};
+
 const BIN: &str = env!("CARGO_BIN_EXE_splitbft");
-const KINDS: [&str; 3] = ["preparation", "confirmation", "execution"];
 
 fn free_base_port() -> u16 {
-    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let seed = std::process::id() as u16;
-    for _ in 0..200u16 {
-        let attempt = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let base = 20_000 + (seed.wrapping_mul(11).wrapping_add(attempt.wrapping_mul(17))) % 30_000;
-        if (0..4).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no four consecutive free ports");
+    process::free_ports(4)
 }
 
-/// Replica processes, killed (with their compartment processes) when the test ends.
-struct Replicas(Vec<Option<Child>>);
-
-impl Drop for Replicas {
-    fn drop(&mut self) {
-        for child in self.0.iter_mut().flatten() {
-            let kids = children(child.id());
-            let _ = child.kill();
-            let _ = child.wait();
-            for (pid, _) in kids {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            }
-        }
-    }
+fn client(config: &Path, args: &[&str]) -> Output {
+    process::client(BIN, config, args)
 }
+const KINDS: [&str; 3] = ["preparation", "confirmation", "execution"];
 
 fn keygen(dir: &Path, extra: &[&str]) -> PathBuf {
     let base = free_base_port();
@@ -71,16 +51,6 @@ fn start_replica(config: &Path, id: u32, extra: &[&str]) -> Child {
         .unwrap()
 }
 
-fn client(config: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(["client", "--config"])
-        .arg(config)
-        .args(["--timeout-s", "20"])
-        .args(args)
-        .output()
-        .expect("client runs")
-}
-
 fn put_ok(config: &Path, key: &str, value: &str) {
     let out = client(config, &["put", key, value]);
     assert!(out.status.success(), "put {key} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -92,23 +62,6 @@ fn wait_until_serving(config: &Path) {
         assert!(Instant::now() < deadline, "cluster never came up");
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// `(pid, command line)` of every process whose parent is `parent`.
-fn children(parent: u32) -> Vec<(u32, String)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        // Fields after the command name, which is in parentheses and may hold spaces.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
-        let ppid: u32 = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
-        if ppid == parent {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            out.push((pid, String::from_utf8_lossy(&cmd).replace('\0', " ")));
-        }
-    }
-    out
 }
 
 /// The pid of replica `replica`'s `kind` compartment process (waiting for it to exist).

@@ -4,51 +4,24 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use splitbft_testkit::process::{self, Replicas, stdout};
+
 const BIN: &str = env!("CARGO_BIN_EXE_splitbft");
 
-/// Four consecutive free loopback ports, different for every test in this process (tests
-/// run in parallel and would otherwise probe the same ports before either binds them).
 fn free_base_port() -> u16 {
-    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let seed = std::process::id() as u16;
-    for _ in 0..200u16 {
-        let attempt = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let base = 20_000 + (seed.wrapping_mul(7).wrapping_add(attempt.wrapping_mul(13))) % 30_000;
-        if (0..4).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no four consecutive free ports");
-}
-
-struct Replicas(Vec<Option<Child>>);
-
-impl Drop for Replicas {
-    fn drop(&mut self) {
-        for child in self.0.iter_mut().flatten() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+    process::free_ports(4)
 }
 
 fn client(config: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(["client", "--config"])
-        .arg(config)
-        .args(["--timeout-s", "20"])
-        .args(args)
-        .output()
-        .expect("client runs")
+    process::client(BIN, config, args)
 }
 
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+fn start_replica(config: &Path, id: u32) -> Child {
+    process::start_replica(BIN, config, id, &[])
 }
 
 #[cfg(unix)]
@@ -128,17 +101,6 @@ fn four_processes_serve_survive_a_backup_crash_and_stop_cleanly() {
         assert!(out.status.success(), "replica did not exit cleanly: {}", String::from_utf8_lossy(&out.stderr));
         assert!(String::from_utf8_lossy(&out.stderr).contains("stopped"));
     }
-}
-
-fn start_replica(config: &Path, id: u32) -> Child {
-    Command::new(BIN)
-        .args(["replica", "--config"])
-        .arg(config)
-        .args(["--id", &id.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
 }
 
 fn put_ok(config: &Path, key: &str, value: &str) {
