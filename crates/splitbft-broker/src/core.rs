@@ -131,10 +131,12 @@ pub struct BrokerCore {
     /// Highest view each replica sent a (validly signed) ViewChange for.
     vc_views: Vec<View>,
     keys: Keyring,
-    /// When each peer last had our out-log resent (on its request or its reconnection).
+    /// When each peer last had our out-log resent on its request.
     resent_at: Vec<Option<u64>>,
-    /// When each peer was last served a snapshot (rate limit, SPEC §11).
-    state_served_at: Vec<Option<u64>>,
+    /// When each peer last had our out-log resent on its reconnection.
+    reconnect_resent_at: Vec<Option<u64>>,
+    /// The snapshot each peer was last served and when (rate limit, SPEC §11).
+    state_served_at: Vec<Option<(Seq, u64)>>,
     /// The encoded chunks of the snapshot served last: `(seq, digest, frames)`.
     state_frames: Option<(Seq, Digest, Vec<Bytes>)>,
     /// A reconnection inside [`RESEND_INTERVAL_US`] of the last resend: when the deferred
@@ -172,6 +174,7 @@ impl BrokerCore {
             keys: protocol.validate().expect("a broker is started with a validated configuration"),
             resent_at: vec![None; protocol.n()],
             resend_due: vec![None; protocol.n()],
+            reconnect_resent_at: vec![None; protocol.n()],
             state_served_at: vec![None; protocol.n()],
             state_frames: None,
             counters: Counters::default(),
@@ -306,8 +309,9 @@ impl BrokerCore {
                 if last.is_some_and(|at| now_us < at + RESEND_INTERVAL_US) {
                     return self.counters.bump("resend_requests_throttled");
                 }
-                if (from.0 as usize) < self.resent_at.len() {
-                    self.resend_out_log(from, now_us, out);
+                if let Some(slot) = self.resent_at.get_mut(from.0 as usize) {
+                    *slot = Some(now_us);
+                    self.resend_out_log(from, out);
                 }
             }
             Message::Reply(_) => self.counters.bump("peer_unexpected_reply"),
@@ -481,7 +485,9 @@ impl BrokerCore {
         }
         for i in 0..self.resend_due.len() {
             if self.resend_due[i].is_some_and(|at| at <= now_us) {
-                self.resend_out_log(ReplicaId(i as u32), now_us, out);
+                self.resend_due[i] = None;
+                self.reconnect_resent_at[i] = Some(now_us);
+                self.resend_out_log(ReplicaId(i as u32), out);
             }
         }
     }
@@ -492,23 +498,24 @@ impl BrokerCore {
     /// traffic, and the last reconnection is still served.
     pub fn on_peer_up(&mut self, peer: ReplicaId, now_us: u64, out: &mut Vec<Action>) {
         let i = peer.0 as usize;
-        if peer == self.me || i >= self.resent_at.len() {
+        if peer == self.me || i >= self.reconnect_resent_at.len() {
             return;
         }
         self.counters.bump("peer_reconnects");
-        match self.resent_at[i] {
+        match self.reconnect_resent_at[i] {
             Some(at) if now_us < at + RESEND_INTERVAL_US => {
                 self.counters.bump("peer_resends_deferred");
                 self.resend_due[i] = Some(at + RESEND_INTERVAL_US);
             }
-            _ => self.resend_out_log(peer, now_us, out),
+            _ => {
+                self.reconnect_resent_at[i] = Some(now_us);
+                self.resend_due[i] = None;
+                self.resend_out_log(peer, out);
+            }
         }
     }
 
-    fn resend_out_log(&mut self, peer: ReplicaId, now_us: u64, out: &mut Vec<Action>) {
-        let i = peer.0 as usize;
-        self.resent_at[i] = Some(now_us);
-        self.resend_due[i] = None;
+    fn resend_out_log(&mut self, peer: ReplicaId, out: &mut Vec<Action>) {
         self.counters.bump("peer_resends");
         for frame in self.outlog.frames() {
             out.push(Action::Send(peer, frame.clone()));
@@ -524,13 +531,14 @@ impl BrokerCore {
         }
         // SPEC §11: one serving per peer per interval, and the chunks are encoded once per
         // snapshot and shared, so repeated requests cannot multiply copies of the state.
+        // A newer snapshot than the last one served to that peer is always served.
         let i = to.0 as usize;
         let last = self.state_served_at.get(i).copied().flatten();
-        if last.is_some_and(|at| now_us < at + STATE_PEER_TIMEOUT_US) {
+        if last.is_some_and(|(served, at)| seq <= served && now_us < at + STATE_PEER_TIMEOUT_US) {
             return self.counters.bump("state_requests_throttled");
         }
         if let Some(slot) = self.state_served_at.get_mut(i) {
-            *slot = Some(now_us);
+            *slot = Some((seq, now_us));
         }
         if self.state_frames.as_ref().is_none_or(|(s, d, _)| (*s, *d) != (seq, digest)) {
             let total = bytes.len().div_ceil(STATE_CHUNK_BYTES).max(1) as u32;
@@ -1245,7 +1253,7 @@ mod tests {
         let mut core = backup(1_000_000);
         let mut out = Vec::new();
         for k in 0..1000 {
-            core.on_peer_up(ReplicaId(1), 1 + k * 100, &mut out);
+            core.on_peer_up(ReplicaId(3), 1 + k * 100, &mut out);
         }
         assert_eq!(core.counters().get("peer_resends"), 1);
         assert_eq!(core.counters().get("peer_resends_deferred"), 999);
@@ -1257,8 +1265,8 @@ mod tests {
         core.on_tick(10 * RESEND_INTERVAL_US, &mut out);
         assert_eq!(core.counters().get("peer_resends"), 2, "and only once");
         // Other peers have their own interval; a reconnection after it resends at once.
-        core.on_peer_up(ReplicaId(2), 10 * RESEND_INTERVAL_US, &mut out);
-        core.on_peer_up(ReplicaId(1), 10 * RESEND_INTERVAL_US, &mut out);
+        core.on_peer_up(ReplicaId(0), 10 * RESEND_INTERVAL_US, &mut out);
+        core.on_peer_up(ReplicaId(3), 10 * RESEND_INTERVAL_US, &mut out);
         assert_eq!(core.counters().get("peer_resends"), 4);
     }
 
@@ -1274,12 +1282,12 @@ mod tests {
         let request = Bytes::from(encode_message(&Message::StateRequest { seq: 4, digest }));
         out.clear();
         for k in 0..100 {
-            core.on_peer_frame(ReplicaId(1), request.clone(), 1 + k, &mut out);
+            core.on_peer_frame(ReplicaId(3), request.clone(), 1 + k, &mut out);
         }
         assert_eq!(out.len(), 3, "one serving of three chunks");
         assert_eq!(core.counters().get("state_requests_throttled"), 99);
-        core.on_peer_frame(ReplicaId(2), request.clone(), 200, &mut out);
-        core.on_peer_frame(ReplicaId(1), request, 1 + STATE_PEER_TIMEOUT_US, &mut out);
+        core.on_peer_frame(ReplicaId(0), request.clone(), 200, &mut out);
+        core.on_peer_frame(ReplicaId(3), request, 1 + STATE_PEER_TIMEOUT_US, &mut out);
         assert_eq!(out.len(), 9);
         assert_eq!(core.counters().get("state_chunks_encoded"), 1, "encoded once, shared after");
         let first = |to: u32| {
@@ -1288,7 +1296,7 @@ mod tests {
                 _ => None,
             })
         };
-        assert_eq!(first(1).unwrap().as_ptr(), first(2).unwrap().as_ptr(), "the same bytes, not a copy");
+        assert_eq!(first(3).unwrap().as_ptr(), first(0).unwrap().as_ptr(), "the same bytes, not a copy");
     }
 
     /// Issue 14: a peer alternating `total` used to restart the fetch with every chunk and
