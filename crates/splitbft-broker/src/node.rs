@@ -727,9 +727,12 @@ struct Accept {
     per_address: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>,
     /// The live authenticated connection of each identity: a newer one closes it, so
     /// authenticated connections are bounded by `n` plus the configured clients.
-    live: Arc<std::sync::Mutex<HashMap<Source, (u64, Arc<tokio::sync::Notify>)>>>,
+    live: Arc<std::sync::Mutex<LiveConnections>>,
     next_connection: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// Per identity: the live connection's number and how to close it.
+type LiveConnections = HashMap<Source, (u64, Arc<tokio::sync::Notify>)>;
 
 /// A handshake slot; gives itself back when the handshake ends either way.
 struct Handshaking {

@@ -396,7 +396,7 @@ fn fuzzing_peer(
                     let mut frame = vec![0u8; usize::from(u16::from_le_bytes(len)) % 2048];
                     getrandom::fill(&mut frame).unwrap();
                     // Half the frames look like this wire version, to reach the decoders.
-                    if frame.len() > 1 && frame[1] % 2 == 0 {
+                    if frame.len() > 1 && frame[1].is_multiple_of(2) {
                         frame[0] = splitbft_types::codec::WIRE_VERSION;
                         frame[1] %= 16;
                     }
