@@ -137,6 +137,15 @@ pub struct BrokerCore {
     keys: Keyring,
     /// When each peer last had our out-log resent on its request.
     resent_at: Vec<Option<u64>>,
+    /// When each peer last had our out-log resent on its reconnection.
+    reconnect_resent_at: Vec<Option<u64>>,
+    /// The snapshot each peer was last served and when (rate limit, SPEC §11).
+    state_served_at: Vec<Option<(Seq, u64)>>,
+    /// The encoded chunks of the snapshot served last: `(seq, digest, frames)`.
+    state_frames: Option<(Seq, Digest, Vec<Bytes>)>,
+    /// A reconnection inside [`RESEND_INTERVAL_US`] of the last resend: when the deferred
+    /// resend is due (SPEC §11: resends to a peer are rate-limited, never lost).
+    resend_due: Vec<Option<u64>>,
     counters: Counters,
     stats: [Option<Stats>; 3],
 }
@@ -165,10 +174,14 @@ impl BrokerCore {
             missing: BTreeMap::new(),
             snapshots: BTreeMap::new(),
             fetch: None,
-            future: FutureBuffer::default(),
+            future: FutureBuffer::new(protocol.n()),
             vc_views: vec![0; protocol.n()],
             keys: protocol.validate().expect("a broker is started with a validated configuration"),
             resent_at: vec![None; protocol.n()],
+            resend_due: vec![None; protocol.n()],
+            reconnect_resent_at: vec![None; protocol.n()],
+            state_served_at: vec![None; protocol.n()],
+            state_frames: None,
             counters: Counters::default(),
             stats: [None, None, None],
             protocol,
@@ -218,12 +231,13 @@ impl BrokerCore {
 
     /// Delivers `msg` to a local compartment, or holds it until the compartment enters
     /// `view` if that is ahead of it.
-    fn deliver(&mut self, kind: CompartmentKind, view: View, msg: Message, out: &mut Vec<Action>) {
+    fn deliver(&mut self, from: ReplicaId, kind: CompartmentKind, view: View, msg: Message, out: &mut Vec<Action>) {
         let input = Bytes::from(to_bytes(&Input::Message(msg)));
-        if view <= self.views[kind.index()] {
+        let current = self.views[kind.index()];
+        if view <= current {
             out.push(Action::Enclave(kind, input));
-        } else if !self.future.hold(kind, view, input) {
-            self.counters.bump(Counter::FutureMessagesDropped);
+        } else if let Err(refusal) = self.future.hold(from, kind, current, view, input) {
+            self.counters.bump(refusal.counter());
         }
     }
 
@@ -250,19 +264,19 @@ impl BrokerCore {
                 // A batch of an older view (fetched after a view change) is for Execution only.
                 // Preparation backups need the bytes: they check every request (SPEC §4.1 (2)).
                 if pp.body.view >= self.views[Preparation.index()] {
-                    self.deliver(Preparation, pp.body.view, Message::Batch(b.clone()), out);
+                    self.deliver(from, Preparation, pp.body.view, Message::Batch(b.clone()), out);
                 }
                 if pp.body.view >= self.views[Confirmation.index()] {
-                    self.deliver(Confirmation, pp.body.view, Message::PrePrepare(pp), out);
+                    self.deliver(from, Confirmation, pp.body.view, Message::PrePrepare(pp), out);
                 }
                 Self::to_enclave(Execution, Message::Batch(b), out);
             }
             Message::PrePrepare(pp) => {
-                self.deliver(Preparation, pp.body.view, Message::PrePrepare(pp), out);
-                self.deliver(Confirmation, pp.body.view, Message::PrePrepare(pp), out);
+                self.deliver(from, Preparation, pp.body.view, Message::PrePrepare(pp), out);
+                self.deliver(from, Confirmation, pp.body.view, Message::PrePrepare(pp), out);
             }
-            Message::Prepare(p) => self.deliver(Confirmation, p.body.view, Message::Prepare(p), out),
-            Message::Commit(c) => self.deliver(Execution, c.body.view, Message::Commit(c), out),
+            Message::Prepare(p) => self.deliver(from, Confirmation, p.body.view, Message::Prepare(p), out),
+            Message::Commit(c) => self.deliver(from, Execution, c.body.view, Message::Commit(c), out),
             Message::Checkpoint(cp) => {
                 for kind in CompartmentKind::ALL {
                     Self::to_enclave(kind, Message::Checkpoint(cp), out);
@@ -293,7 +307,7 @@ impl BrokerCore {
                 }
                 None => self.counters.bump(Counter::FetchBatchUnknown),
             },
-            Message::StateRequest { seq, digest } => self.serve_state(from, seq, digest, out),
+            Message::StateRequest { seq, digest } => self.serve_state(from, seq, digest, now_us, out),
             Message::StateChunk(chunk) => self.on_state_chunk(from, chunk, now_us, out),
             Message::ResendOutLog => {
                 let last = self.resent_at.get(from.0 as usize).copied().flatten();
@@ -302,7 +316,7 @@ impl BrokerCore {
                 }
                 if let Some(slot) = self.resent_at.get_mut(from.0 as usize) {
                     *slot = Some(now_us);
-                    self.on_peer_up(from, out);
+                    self.resend_out_log(from, out);
                 }
             }
             Message::Reply(_) => self.counters.bump(Counter::PeerUnexpectedReply),
@@ -443,6 +457,7 @@ impl BrokerCore {
             self.timer.deadline_us(),
             self.missing.values().map(|(_, at)| *at).min(),
             self.fetch.as_ref().map(|f| f.deadline_us),
+            self.resend_due.iter().flatten().min().copied(),
         ]
         .into_iter()
         .flatten()
@@ -473,32 +488,78 @@ impl BrokerCore {
         if self.fetch.as_ref().is_some_and(|f| f.deadline_us <= now_us) {
             self.next_state_peer(now_us, out);
         }
+        for i in 0..self.resend_due.len() {
+            if self.resend_due[i].is_some_and(|at| at <= now_us) {
+                self.resend_due[i] = None;
+                self.reconnect_resent_at[i] = Some(now_us);
+                self.resend_out_log(ReplicaId(i as u32), out);
+            }
+        }
     }
 
-    /// A peer connected (or reconnected): resend the out-log (SPEC §5).
-    pub fn on_peer_up(&mut self, peer: ReplicaId, out: &mut Vec<Action>) {
-        if peer == self.me {
+    /// A peer connected (or reconnected): resend the out-log (SPEC §5), at most once per
+    /// [`RESEND_INTERVAL_US`] per peer (SPEC §11): a reconnection sooner than that defers
+    /// the resend to the end of the interval, so reconnecting in a loop cannot multiply the
+    /// traffic, and the last reconnection is still served.
+    pub fn on_peer_up(&mut self, peer: ReplicaId, now_us: u64, out: &mut Vec<Action>) {
+        let i = peer.0 as usize;
+        if peer == self.me || i >= self.reconnect_resent_at.len() {
             return;
         }
         self.counters.bump(Counter::PeerReconnects);
+        match self.reconnect_resent_at[i] {
+            Some(at) if now_us < at + RESEND_INTERVAL_US => {
+                self.counters.bump(Counter::PeerResendsDeferred);
+                self.resend_due[i] = Some(at + RESEND_INTERVAL_US);
+            }
+            _ => {
+                self.reconnect_resent_at[i] = Some(now_us);
+                self.resend_due[i] = None;
+                self.resend_out_log(peer, out);
+            }
+        }
+    }
+
+    fn resend_out_log(&mut self, peer: ReplicaId, out: &mut Vec<Action>) {
+        self.counters.bump(Counter::PeerResends);
         for frame in self.outlog.frames() {
             out.push(Action::Send(peer, frame.clone()));
         }
     }
 
-    fn serve_state(&mut self, to: ReplicaId, seq: Seq, digest: Digest, out: &mut Vec<Action>) {
+    fn serve_state(&mut self, to: ReplicaId, seq: Seq, digest: Digest, now_us: u64, out: &mut Vec<Action>) {
         let Some((have, bytes)) = self.snapshots.get(&seq) else {
             return self.counters.bump(Counter::StateRequestUnknown);
         };
         if *have != digest {
             return self.counters.bump(Counter::StateRequestUnknown);
         }
-        let total = bytes.len().div_ceil(STATE_CHUNK_BYTES).max(1) as u32;
-        for index in 0..total {
-            let start = index as usize * STATE_CHUNK_BYTES;
-            let end = (start + STATE_CHUNK_BYTES).min(bytes.len());
-            let chunk = StateChunk { seq, digest, index, total, bytes: bytes[start..end].to_vec() };
-            out.push(Action::Send(to, Bytes::from(encode_message(&Message::StateChunk(chunk)))));
+        // SPEC §11: one serving per peer per interval, and the chunks are encoded once per
+        // snapshot and shared, so repeated requests cannot multiply copies of the state.
+        // A newer snapshot than the last one served to that peer is always served.
+        let i = to.0 as usize;
+        let last = self.state_served_at.get(i).copied().flatten();
+        if last.is_some_and(|(served, at)| seq <= served && now_us < at + STATE_PEER_TIMEOUT_US) {
+            return self.counters.bump(Counter::StateRequestsThrottled);
+        }
+        if let Some(slot) = self.state_served_at.get_mut(i) {
+            *slot = Some((seq, now_us));
+        }
+        if self.state_frames.as_ref().is_none_or(|(s, d, _)| (*s, *d) != (seq, digest)) {
+            let total = bytes.len().div_ceil(STATE_CHUNK_BYTES).max(1) as u32;
+            let frames = (0..total)
+                .map(|index| {
+                    let start = index as usize * STATE_CHUNK_BYTES;
+                    let end = (start + STATE_CHUNK_BYTES).min(bytes.len());
+                    let chunk = StateChunk { seq, digest, index, total, bytes: bytes[start..end].to_vec() };
+                    Bytes::from(encode_message(&Message::StateChunk(chunk)))
+                })
+                .collect();
+            self.state_frames = Some((seq, digest, frames));
+            self.counters.bump(Counter::StateChunksEncoded);
+        }
+        if let Some((_, _, frames)) = &self.state_frames {
+            out.extend(frames.iter().map(|frame| Action::Send(to, frame.clone())));
         }
         self.counters.bump(Counter::StatesServed);
     }
@@ -546,11 +607,21 @@ impl BrokerCore {
         {
             return self.counters.bump(Counter::StateChunkUnexpected);
         }
-        if fetch.chunks.len() != total {
+        if fetch.chunks.is_empty() {
             fetch.chunks = vec![None; total];
+        } else if fetch.chunks.len() != total {
+            // A peer that changes `total` mid-transfer is lying: ask the next one at once
+            // rather than start over with it (issue 14: it could stall the fetch for ever).
+            self.counters.bump(Counter::StateChunkInconsistent);
+            return self.next_state_peer(now_us, out);
+        }
+        let slot = &mut fetch.chunks[chunk.index as usize];
+        if slot.is_some() {
+            // Not progress: a duplicate does not extend the peer's deadline.
+            return self.counters.bump(Counter::StateChunkDuplicate);
         }
         self.counters.add(Counter::StateTransferBytes, chunk.bytes.len() as u64);
-        fetch.chunks[chunk.index as usize] = Some(chunk.bytes);
+        *slot = Some(chunk.bytes);
         fetch.deadline_us = now_us + STATE_PEER_TIMEOUT_US;
         if fetch.chunks.iter().all(Option::is_some) {
             let bytes: Vec<u8> = fetch.chunks.iter_mut().flat_map(|c| c.take().unwrap_or_default()).collect();
@@ -585,14 +656,14 @@ impl BrokerCore {
                 self.batches.insert(pp.digest, pp.seq, frame.clone());
                 self.outlog.push(pp.seq, frame.clone());
                 out.push(Action::Broadcast(frame));
-                self.deliver(Confirmation, pp.view, Message::PrePrepare(b.pre_prepare), out);
+                self.deliver(self.me, Confirmation, pp.view, Message::PrePrepare(b.pre_prepare), out);
                 Self::to_enclave(Execution, Message::Batch(b), out);
             }
             (Preparation, Output::Send(Message::Prepare(p))) => {
                 let frame = Bytes::from(encode_message(&Message::Prepare(p)));
                 self.outlog.push(p.body.seq, frame.clone());
                 out.push(Action::Broadcast(frame));
-                self.deliver(Confirmation, p.body.view, Message::Prepare(p), out);
+                self.deliver(self.me, Confirmation, p.body.view, Message::Prepare(p), out);
             }
             (Preparation, Output::Send(Message::NewView(nv))) => {
                 let frame = Bytes::from(encode_message(&Message::NewView(nv.clone())));
@@ -606,7 +677,7 @@ impl BrokerCore {
                 let frame = Bytes::from(encode_message(&Message::Commit(c)));
                 self.outlog.push(c.body.seq, frame.clone());
                 out.push(Action::Broadcast(frame));
-                self.deliver(Execution, c.body.view, Message::Commit(c), out);
+                self.deliver(self.me, Execution, c.body.view, Message::Commit(c), out);
             }
             (Confirmation, Output::Send(Message::ViewChange(vc))) => {
                 let frame = Bytes::from(encode_message(&Message::ViewChange(vc.clone())));
@@ -1186,6 +1257,99 @@ mod tests {
             &mut out,
         );
         assert!(matches!(out.as_slice(), [Action::Send(ReplicaId(2), f)] if *f == genuine), "{out:?}");
+    }
+
+    /// SPEC §11: a peer reconnecting in a loop (or strangers faking it, before the
+    /// handshake) gets the out-log at most once per `RESEND_INTERVAL_US`; the last
+    /// reconnection is still served when the interval ends.
+    #[test]
+    fn reconnections_in_a_loop_resend_the_out_log_at_most_once_per_interval() {
+        let mut core = backup(1_000_000);
+        let mut out = Vec::new();
+        for k in 0..1000 {
+            core.on_peer_up(ReplicaId(3), 1 + k * 100, &mut out);
+        }
+        assert_eq!(core.counters().get(Counter::PeerResends), 1);
+        assert_eq!(core.counters().get(Counter::PeerResendsDeferred), 999);
+        assert_eq!(core.next_deadline_us(), Some(1 + RESEND_INTERVAL_US));
+        core.on_tick(RESEND_INTERVAL_US, &mut out);
+        assert_eq!(core.counters().get(Counter::PeerResends), 1, "not due yet");
+        core.on_tick(1 + RESEND_INTERVAL_US, &mut out);
+        assert_eq!(core.counters().get(Counter::PeerResends), 2, "the deferred resend happens");
+        core.on_tick(10 * RESEND_INTERVAL_US, &mut out);
+        assert_eq!(core.counters().get(Counter::PeerResends), 2, "and only once");
+        // Other peers have their own interval; a reconnection after it resends at once.
+        core.on_peer_up(ReplicaId(0), 10 * RESEND_INTERVAL_US, &mut out);
+        core.on_peer_up(ReplicaId(3), 10 * RESEND_INTERVAL_US, &mut out);
+        assert_eq!(core.counters().get(Counter::PeerResends), 4);
+    }
+
+    /// SPEC §11: repeated StateRequests cannot make the replica copy its state again (the
+    /// chunks are encoded once and shared) or send it faster than once per interval.
+    #[test]
+    fn state_requests_neither_copy_the_state_again_nor_flood_a_peer() {
+        let mut core = backup(1_000_000);
+        let mut out = Vec::new();
+        let bytes = vec![5u8; 2 * STATE_CHUNK_BYTES + 10];
+        let digest = Digest::of(&bytes);
+        event(&mut core, CompartmentKind::Execution, Event::Snapshot { seq: 4, digest, bytes }, &mut out);
+        let request = Bytes::from(encode_message(&Message::StateRequest { seq: 4, digest }));
+        out.clear();
+        for k in 0..100 {
+            core.on_peer_frame(ReplicaId(3), request.clone(), 1 + k, &mut out);
+        }
+        assert_eq!(out.len(), 3, "one serving of three chunks");
+        assert_eq!(core.counters().get(Counter::StateRequestsThrottled), 99);
+        core.on_peer_frame(ReplicaId(0), request.clone(), 200, &mut out);
+        core.on_peer_frame(ReplicaId(3), request, 1 + STATE_PEER_TIMEOUT_US, &mut out);
+        assert_eq!(out.len(), 9);
+        assert_eq!(core.counters().get(Counter::StateChunksEncoded), 1, "encoded once, shared after");
+        let first = |to: u32| {
+            out.iter().find_map(|a| match a {
+                Action::Send(r, f) if r.0 == to => Some(f.clone()),
+                _ => None,
+            })
+        };
+        assert_eq!(first(3).unwrap().as_ptr(), first(0).unwrap().as_ptr(), "the same bytes, not a copy");
+    }
+
+    /// Issue 14: a peer alternating `total` used to restart the fetch with every chunk and
+    /// keep its deadline alive for ever; now the fetch moves to the next peer.
+    #[test]
+    fn a_peer_alternating_total_loses_the_state_transfer() {
+        let mut core = backup(1_000_000);
+        let mut out = Vec::new();
+        let digest = Digest::of(b"state");
+        event(&mut core, CompartmentKind::Execution, Event::StateNeeded { seq: 8, digest }, &mut out);
+        let asked = |out: &[Action]| -> Vec<u32> {
+            out.iter()
+                .filter_map(|a| match a {
+                    Action::Send(r, f) if matches!(decode_message(f), Ok(Message::StateRequest { .. })) => Some(r.0),
+                    _ => None,
+                })
+                .collect()
+        };
+        let first = asked(&out);
+        assert_eq!(first.len(), 1);
+        let liar = ReplicaId(first[0]);
+        out.clear();
+        let chunk = |total, index| {
+            let chunk = StateChunk { seq: 8, digest, index, total, bytes: vec![1; 8] };
+            Bytes::from(encode_message(&Message::StateChunk(chunk)))
+        };
+        core.on_peer_frame(liar, chunk(3, 0), 10, &mut out);
+        // A duplicate is not progress.
+        core.on_peer_frame(liar, chunk(3, 0), 11, &mut out);
+        assert_eq!(core.counters().get(Counter::StateChunkDuplicate), 1);
+        assert!(asked(&out).is_empty());
+        core.on_peer_frame(liar, chunk(4, 1), 12, &mut out);
+        assert_eq!(core.counters().get(Counter::StateChunkInconsistent), 1);
+        let next = asked(&out);
+        assert_eq!(next.len(), 1, "the next peer is asked at once");
+        assert_ne!(next[0], liar.0);
+        // The liar's later chunks are ignored.
+        core.on_peer_frame(liar, chunk(3, 1), 13, &mut out);
+        assert_eq!(core.counters().get(Counter::StateChunkUnexpected), 1);
     }
 
     #[test]

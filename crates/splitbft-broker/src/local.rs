@@ -124,7 +124,8 @@ impl LocalCluster {
             return;
         }
         let mut actions = Vec::new();
-        self.nodes[from.0 as usize].core.on_peer_up(to, &mut actions);
+        let now = self.now_us;
+        self.nodes[from.0 as usize].core.on_peer_up(to, now, &mut actions);
         self.execute(from, actions);
     }
 
@@ -136,7 +137,8 @@ impl LocalCluster {
                 continue;
             }
             let mut actions = Vec::new();
-            self.nodes[i].core.on_peer_up(replica, &mut actions);
+            let now = self.now_us;
+            self.nodes[i].core.on_peer_up(replica, now, &mut actions);
             self.execute(peer, actions);
         }
     }

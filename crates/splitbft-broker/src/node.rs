@@ -14,8 +14,10 @@ use splitbft_enclave::process::ProcessLauncher;
 use splitbft_enclave::{
     Backend, DurableStart, EnclaveHandle, ReplicaSecrets, start_processes, start_replica, start_replica_durable,
 };
+use splitbft_transport::{Identity, initiate, respond};
 use splitbft_types::boundary::Stats;
 use splitbft_types::counters::Counter;
+use splitbft_types::keys::TransportSecret;
 use splitbft_types::wire::{Hello, MAX_FRAME_BYTES};
 use splitbft_types::{Application, ClientId, CompartmentKind, ProtocolConfig, ReplicaId};
 use tokio::net::{TcpListener, TcpStream};
@@ -37,8 +39,27 @@ pub const CORE_QUEUE_EVENTS: usize = 8 * 1024;
 const EVENTS_PER_ROUND: usize = 512;
 /// Frames one writer coalesces into one flush.
 const FRAMES_PER_FLUSH: usize = 256;
-/// A connection must introduce itself within this time.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes queued for one peer (SPEC §11 byte budget): a few full out-logs' worth. Beyond
+/// it frames are dropped and counted, and retransmission repairs the loss.
+pub const PEER_QUEUE_BYTES: usize = 256 * 1024 * 1024;
+/// Bytes queued for one client connection: replies for a full window of the largest
+/// results, twice. Beyond it replies are dropped (the client retransmits).
+pub const CLIENT_QUEUE_BYTES: usize = 32 * 1024 * 1024;
+/// Bytes of frames read from all connections and not yet handled by the core: readers wait
+/// (TCP back-pressure) while it is spent. At least one largest frame (checked at start).
+pub const CORE_QUEUE_BYTES: usize = 128 * 1024 * 1024;
+/// A write that makes no progress for this long means the reader at the other end is not
+/// reading: the connection is closed rather than buffered for without end (SPEC §11).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client connection with no frame for this long is closed (the client library
+/// reconnects when it next sends).
+pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Connections still in their handshake, in total: each costs a task, a socket and at most
+/// one handshake message. Strangers cannot hold more than this many sockets.
+pub const MAX_HANDSHAKING: usize = 256;
+/// Connections still in their handshake from one IP address: fair admission, so one
+/// address cannot take every handshake slot.
+pub const MAX_HANDSHAKING_PER_ADDRESS: usize = 16;
 /// Reconnection back-off bounds.
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
@@ -64,11 +85,20 @@ pub struct NodeConfig {
     /// Sealed write-ahead compartment state in `data_dir` (SPEC §10): every round's state
     /// is fsync'd before its outputs leave, and a restart resumes from it. Needs `data_dir`.
     pub durable: bool,
+    /// This replica environment's transport secret (SPEC §11): its public half must be
+    /// `protocol.transport_keys[me]`.
+    pub transport: TransportSecret,
 }
 
 impl NodeConfig {
     /// A node with default broker options.
-    pub fn new(protocol: ProtocolConfig, me: ReplicaId, addresses: Vec<SocketAddr>, backend: Backend) -> Self {
+    pub fn new(
+        protocol: ProtocolConfig,
+        me: ReplicaId,
+        addresses: Vec<SocketAddr>,
+        backend: Backend,
+        transport: TransportSecret,
+    ) -> Self {
         NodeConfig {
             options: BrokerOptions::new(&protocol),
             protocol,
@@ -78,6 +108,7 @@ impl NodeConfig {
             max_frame_bytes: MAX_FRAME_BYTES,
             data_dir: None,
             durable: false,
+            transport,
         }
     }
 }
@@ -105,6 +136,9 @@ pub enum NodeError {
     /// Durability asked for with the process backend, whose compartments cannot restore yet.
     #[error("the process backend does not restore sealed compartment state yet (SPEC §10): run it with --no-durable")]
     DurableProcesses,
+    /// The configuration lacks transport keys, or this replica's secret is not its key.
+    #[error("transport keys (SPEC §11): {0}")]
+    Transport(&'static str),
     /// The data directory or its block file could not be opened.
     #[error("data directory {path}: {source}")]
     DataDir {
@@ -168,10 +202,13 @@ impl NodeReport {
     }
 }
 
+/// A frame's share of [`CORE_QUEUE_BYTES`], given back when the core has handled it.
+type Budget = tokio::sync::OwnedSemaphorePermit;
+
 enum Event {
-    Peer(ReplicaId, Bytes),
-    Client(ClientId, Bytes),
-    ClientUp(ClientId, mpsc::Sender<Bytes>),
+    Peer(ReplicaId, Bytes, Budget),
+    Client(ClientId, Bytes, Budget),
+    ClientUp(ClientId, Outbox),
     PeerUp(ReplicaId),
     Count(Counter),
     Report(oneshot::Sender<NodeReport>),
@@ -287,10 +324,20 @@ pub async fn spawn_node_processes(
 }
 
 fn check_addresses(config: &NodeConfig) -> Result<(), NodeError> {
+    if config.max_frame_bytes > CORE_QUEUE_BYTES || config.max_frame_bytes > u32::MAX as usize {
+        // A frame must fit the readers' byte budget, or its reader would wait for ever.
+        return Err(NodeError::Transport("max_frame_bytes exceeds the core queue's byte budget"));
+    }
     if config.addresses.len() != config.protocol.n() {
         return Err(NodeError::Addresses { addresses: config.addresses.len(), replicas: config.protocol.n() });
     }
-    Ok(())
+    match config.protocol.transport_keys.get(config.me.0 as usize) {
+        _ if config.protocol.transport_keys.len() != config.protocol.n() => {
+            Err(NodeError::Transport("the configuration needs one transport key per replica"))
+        }
+        Some(key) if *key == config.transport.public() => Ok(()),
+        _ => Err(NodeError::Transport("this replica's transport secret does not match its key in the configuration")),
+    }
 }
 
 /// What the compartments' threads hand the driver.
@@ -321,11 +368,30 @@ fn start_driver(
         if peer == config.me {
             continue;
         }
-        let (tx, rx) = mpsc::channel(CONNECTION_QUEUE_FRAMES);
+        let (tx, rx) = Outbox::new(PEER_QUEUE_BYTES);
         peers.insert(peer, tx);
-        tasks.push(tokio::spawn(dial_peer(config.me, peer, *addr, rx, events_tx.clone(), config.max_frame_bytes)));
+        let dial = Dial {
+            me: config.me,
+            peer,
+            addr: *addr,
+            cluster_id: config.protocol.cluster_id,
+            peer_key: config.protocol.transport_keys[i],
+            secret: config.transport.clone(),
+            max_frame: config.max_frame_bytes,
+        };
+        tasks.push(tokio::spawn(dial_peer(dial, rx, events_tx.clone())));
     }
-    tasks.push(tokio::spawn(accept_loop(listener, events_tx.clone(), config.protocol.clone(), config.max_frame_bytes)));
+    let accept = Accept {
+        protocol: Arc::new(config.protocol.clone()),
+        secret: Arc::new(config.transport.clone()),
+        max_frame: config.max_frame_bytes,
+        budget: Arc::new(tokio::sync::Semaphore::new(CORE_QUEUE_BYTES)),
+        handshaking: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKING)),
+        per_address: Arc::default(),
+        live: Arc::default(),
+        next_connection: Arc::default(),
+    };
+    tasks.push(tokio::spawn(accept_loop(listener, events_tx.clone(), accept)));
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
     let mut core = BrokerCore::new(config.protocol.clone(), config.me, config.options.clone());
     if ledger.as_ref().is_some_and(|l| l.torn_tail_bytes > 0) {
@@ -365,8 +431,8 @@ fn codec(max_frame_bytes: usize) -> LengthDelimitedCodec {
 struct Driver {
     core: BrokerCore,
     enclaves: [Box<dyn EnclaveHandle>; 3],
-    peers: HashMap<ReplicaId, mpsc::Sender<Bytes>>,
-    clients: HashMap<ClientId, mpsc::Sender<Bytes>>,
+    peers: HashMap<ReplicaId, Outbox>,
+    clients: HashMap<ClientId, Outbox>,
     ledger: Option<Ledger>,
     durable: Option<Durable>,
     start: Instant,
@@ -505,12 +571,13 @@ impl Driver {
     fn on_event(&mut self, event: Event, actions: &mut Vec<Action>) {
         let now = self.now_us();
         match event {
-            Event::Peer(from, frame) => self.core.on_peer_frame(from, frame, now, actions),
-            Event::Client(client, frame) => self.core.on_client_frame(client, frame, now, actions),
+            // The budget is given back once the core has handled the frame.
+            Event::Peer(from, frame, _budget) => self.core.on_peer_frame(from, frame, now, actions),
+            Event::Client(client, frame, _budget) => self.core.on_client_frame(client, frame, now, actions),
             Event::ClientUp(client, tx) => {
                 self.clients.insert(client, tx);
             }
-            Event::PeerUp(peer) => self.core.on_peer_up(peer, actions),
+            Event::PeerUp(peer) => self.core.on_peer_up(peer, now, actions),
             Event::Count(what) => self.core.count(what),
             Event::Report(tx) => {
                 let _ = tx.send(self.report());
@@ -664,24 +731,24 @@ impl Driver {
 /// Hands a network action to the connection writers (frames to a full queue are dropped).
 fn send(
     core: &mut BrokerCore,
-    peers: &HashMap<ReplicaId, mpsc::Sender<Bytes>>,
-    clients: &HashMap<ClientId, mpsc::Sender<Bytes>>,
+    peers: &HashMap<ReplicaId, Outbox>,
+    clients: &HashMap<ClientId, Outbox>,
     action: Action,
 ) {
     match action {
         Action::Broadcast(frame) => {
             for tx in peers.values() {
-                if tx.try_send(frame.clone()).is_err() {
+                if !tx.try_send(frame.clone()) {
                     core.count(Counter::PeerFramesDropped);
                 }
             }
         }
         Action::Send(to, frame) => match peers.get(&to) {
-            Some(tx) if tx.try_send(frame).is_ok() => {}
+            Some(tx) if tx.try_send(frame) => {}
             _ => core.count(Counter::PeerFramesDropped),
         },
         Action::Reply(to, frame) => match clients.get(&to) {
-            Some(tx) if tx.try_send(frame).is_ok() => {}
+            Some(tx) if tx.try_send(frame) => {}
             _ => core.count(Counter::ClientFramesDropped),
         },
         Action::Persist { .. } | Action::SealState(..) | Action::Enclave(..) => {
@@ -690,118 +757,313 @@ fn send(
     }
 }
 
-async fn accept_loop(listener: TcpListener, events: mpsc::Sender<Event>, protocol: ProtocolConfig, max_frame: usize) {
+/// What the accepting side of every connection needs.
+#[derive(Clone)]
+struct Accept {
+    protocol: Arc<ProtocolConfig>,
+    secret: Arc<TransportSecret>,
+    max_frame: usize,
+    /// [`CORE_QUEUE_BYTES`], shared by every reader.
+    budget: Arc<tokio::sync::Semaphore>,
+    /// [`MAX_HANDSHAKING`] slots.
+    handshaking: Arc<tokio::sync::Semaphore>,
+    /// Handshakes in progress per remote address ([`MAX_HANDSHAKING_PER_ADDRESS`]).
+    per_address: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>,
+    /// The live authenticated connection of each identity: a newer one closes it, so
+    /// authenticated connections are bounded by `n` plus the configured clients.
+    live: Arc<std::sync::Mutex<LiveConnections>>,
+    next_connection: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Per identity: the live connection's number and how to close it.
+type LiveConnections = HashMap<Source, (u64, Arc<tokio::sync::Notify>)>;
+
+/// A handshake slot; gives itself back when the handshake ends either way.
+struct Handshaking {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    address: std::net::IpAddr,
+    per_address: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>,
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        let mut map = self.per_address.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = map.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.address);
+            }
+        }
+    }
+}
+
+impl Accept {
+    /// Admits a new connection from `address` into the handshake, or says which limit
+    /// refused it (SPEC §11 connection cap with fair admission).
+    fn admit(&self, address: std::net::IpAddr) -> Result<Handshaking, Counter> {
+        let mut map = self.per_address.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = map.entry(address).or_insert(0);
+        if *count >= MAX_HANDSHAKING_PER_ADDRESS {
+            return Err(Counter::ConnectionsRefusedPerAddress);
+        }
+        let slot = Arc::clone(&self.handshaking).try_acquire_owned().map_err(|_| Counter::ConnectionsRefusedBusy)?;
+        *count += 1;
+        Ok(Handshaking { _slot: slot, address, per_address: Arc::clone(&self.per_address) })
+    }
+
+    /// Registers the authenticated connection of `source`, closing the previous one.
+    fn register(&self, source: Source) -> (u64, Arc<tokio::sync::Notify>) {
+        let id = self.next_connection.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let mut live = self.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, old)) = live.insert(source, (id, Arc::clone(&notify))) {
+            old.notify_one();
+        }
+        (id, notify)
+    }
+
+    fn unregister(&self, source: Source, id: u64) {
+        let mut live = self.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if live.get(&source).is_some_and(|(current, _)| *current == id) {
+            live.remove(&source);
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, events: mpsc::Sender<Event>, accept: Accept) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, remote)) = listener.accept().await else {
             let _ = events.send(Event::Count(Counter::AcceptErrors)).await;
             tokio::time::sleep(RECONNECT_MIN).await;
             continue;
         };
+        let slot = match accept.admit(remote.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                // Dropping the stream closes it at once: no task, no buffer.
+                let _ = events.try_send(Event::Count(why));
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(stream, events.clone(), protocol.clone(), max_frame));
+        tokio::spawn(serve_connection(stream, events.clone(), accept.clone(), slot));
     }
 }
 
-async fn serve_connection(stream: TcpStream, events: mpsc::Sender<Event>, protocol: ProtocolConfig, max_frame: usize) {
+/// Why a reader stopped (counted).
+fn read_error_counter(e: &std::io::Error) -> Counter {
+    // An oversize length or an I/O error: the stream cannot be resynchronised.
+    if e.kind() == std::io::ErrorKind::InvalidData { Counter::FramesOversize } else { Counter::ConnectionErrors }
+}
+
+async fn serve_connection(stream: TcpStream, events: mpsc::Sender<Event>, accept: Accept, slot: Handshaking) {
     let (read, write) = stream.into_split();
-    let mut frames = FramedRead::new(read, codec(max_frame));
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, frames.next()).await {
-        Ok(Some(Ok(frame))) => Hello::decode(&frame),
-        _ => {
-            let _ = events.send(Event::Count(Counter::ConnectionsWithoutHello)).await;
+    let mut frames = FramedRead::new(read, codec(accept.max_frame));
+    let mut sink = FramedWrite::new(write, codec(accept.max_frame));
+    // SPEC §11: nothing but the handshake until it proves who is at the other end.
+    let hello = match respond(&mut frames, &mut sink, &accept.protocol, &accept.secret).await {
+        Ok(hello) => hello,
+        Err(e) => {
+            let _ = events.send(Event::Count(e.counter())).await;
             return;
         }
     };
-    let (source, mut writer) = match hello {
-        Ok(Hello::Replica(r)) if (r.0 as usize) < protocol.n() => {
+    drop(slot);
+    let source = match hello {
+        Hello::Replica(r) => Source::Peer(r),
+        Hello::Client(c) => Source::Client(c),
+    };
+    let (id, replaced) = accept.register(source);
+    // A peer's connection carries frames one way only; its write half stays open (the
+    // peer reads it to notice a closed connection) until this reader stops.
+    let mut peer_sink = None;
+    let mut writer = match source {
+        Source::Peer(r) => {
             // A peer (re)connected: it may have missed what we sent (SPEC §5 out-log).
             let _ = events.send(Event::PeerUp(r)).await;
-            (Source::Peer(r), None)
+            peer_sink = Some(sink);
+            None
         }
-        Ok(Hello::Client(c)) if (c.0 as usize) < protocol.clients.len() => {
-            let (tx, rx) = mpsc::channel(CONNECTION_QUEUE_FRAMES);
+        Source::Client(c) => {
+            let (tx, rx) = Outbox::new(CLIENT_QUEUE_BYTES);
             let _ = events.send(Event::ClientUp(c, tx)).await;
-            let sink = FramedWrite::new(write, codec(max_frame));
-            (Source::Client(c), Some(tokio::spawn(write_frames(sink, rx))))
-        }
-        _ => {
-            let _ = events.send(Event::Count(Counter::ConnectionsBadHello)).await;
-            return;
+            Some(tokio::spawn(write_frames(sink, rx)))
         }
     };
-    while let Some(frame) = frames.next().await {
-        let event = match frame {
-            Ok(frame) => match source {
-                Source::Peer(r) => Event::Peer(r, frame.freeze()),
-                Source::Client(c) => Event::Client(c, frame.freeze()),
-            },
-            Err(e) => {
-                // An oversize length or an I/O error: the stream cannot be resynchronised.
-                let what = if e.kind() == std::io::ErrorKind::InvalidData {
-                    Counter::FramesOversize
-                } else {
-                    Counter::ConnectionErrors
-                };
+    let idle = match source {
+        Source::Peer(_) => None,
+        Source::Client(_) => Some(CLIENT_IDLE_TIMEOUT),
+    };
+    loop {
+        let next = async {
+            match idle {
+                Some(limit) => tokio::time::timeout(limit, frames.next()).await.map_err(|_| Counter::ClientsIdleClosed),
+                None => Ok(frames.next().await),
+            }
+        };
+        let writer_done = async {
+            match writer.as_mut() {
+                Some(handle) => handle.await.unwrap_or(WriteEnd::Closed),
+                None => std::future::pending().await,
+            }
+        };
+        let frame = tokio::select! {
+            frame = next => frame,
+            end = writer_done => {
+                writer = None;
+                if end == WriteEnd::Stalled {
+                    let _ = events.send(Event::Count(Counter::ClientsDisconnectedSlow)).await;
+                }
+                break;
+            }
+            _ = replaced.notified() => {
+                let _ = events.send(Event::Count(Counter::ConnectionsReplaced)).await;
+                break;
+            }
+        };
+        let frame = match frame {
+            Ok(Some(Ok(frame))) => frame.freeze(),
+            Ok(Some(Err(e))) => {
+                let _ = events.send(Event::Count(read_error_counter(&e))).await;
+                break;
+            }
+            Ok(None) => break,
+            Err(what) => {
                 let _ = events.send(Event::Count(what)).await;
                 break;
             }
+        };
+        // Frames are at most `max_frame` bytes, which fits the budget (checked at start).
+        let Ok(budget) = Arc::clone(&accept.budget).acquire_many_owned(frame.len().max(1) as u32).await else {
+            break;
+        };
+        let event = match source {
+            Source::Peer(r) => Event::Peer(r, frame, budget),
+            Source::Client(c) => Event::Client(c, frame, budget),
         };
         if events.send(event).await.is_err() {
             break;
         }
     }
+    accept.unregister(source, id);
     if let Some(writer) = writer.take() {
         writer.abort();
     }
+    drop(peer_sink);
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Source {
     Peer(ReplicaId),
     Client(ClientId),
 }
 
+/// A connection's outgoing queue with a frame bound and a byte budget (SPEC §11).
+#[derive(Clone)]
+struct Outbox {
+    tx: mpsc::Sender<Bytes>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    limit: usize,
+}
+
+/// The receiving end of an [`Outbox`], for its writer.
+struct Inbox {
+    rx: mpsc::Receiver<Bytes>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Outbox {
+    fn new(limit: usize) -> (Outbox, Inbox) {
+        let (tx, rx) = mpsc::channel(CONNECTION_QUEUE_FRAMES);
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        (Outbox { tx, queued: Arc::clone(&queued), limit }, Inbox { rx, queued })
+    }
+
+    /// Queues `frame` unless the queue is full by frames or by bytes.
+    fn try_send(&self, frame: Bytes) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let len = frame.len();
+        if self.queued.fetch_add(len, Relaxed) + len > self.limit {
+            self.queued.fetch_sub(len, Relaxed);
+            return false;
+        }
+        if self.tx.try_send(frame).is_err() {
+            self.queued.fetch_sub(len, Relaxed);
+            return false;
+        }
+        true
+    }
+}
+
+impl Inbox {
+    async fn recv(&mut self) -> Option<Bytes> {
+        let frame = self.rx.recv().await?;
+        self.queued.fetch_sub(frame.len(), std::sync::atomic::Ordering::Relaxed);
+        Some(frame)
+    }
+
+    fn try_recv(&mut self) -> Option<Bytes> {
+        let frame = self.rx.try_recv().ok()?;
+        self.queued.fetch_sub(frame.len(), std::sync::atomic::Ordering::Relaxed);
+        Some(frame)
+    }
+}
+
 type FrameSink = FramedWrite<tokio::net::tcp::OwnedWriteHalf, LengthDelimitedCodec>;
 
+/// How a writer ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WriteEnd {
+    /// The connection failed or the queue closed.
+    Closed,
+    /// A write made no progress for [`WRITE_TIMEOUT`]: the other end does not read.
+    Stalled,
+}
+
 /// Writes `first` and every frame already queued, then flushes once: one syscall for
-/// many frames (PERFORMANCE.md lesson 2). Returns false when the connection failed.
-async fn write_coalesced(sink: &mut FrameSink, first: Bytes, rx: &mut mpsc::Receiver<Bytes>) -> bool {
-    if sink.feed(first).await.is_err() {
-        return false;
-    }
-    for _ in 0..FRAMES_PER_FLUSH {
-        match rx.try_recv() {
-            Ok(frame) => {
-                if sink.feed(frame).await.is_err() {
-                    return false;
-                }
+/// many frames (PERFORMANCE.md lesson 2). The whole must finish within [`WRITE_TIMEOUT`].
+async fn write_coalesced(sink: &mut FrameSink, first: Bytes, rx: &mut Inbox) -> Result<(), WriteEnd> {
+    let write = async {
+        sink.feed(first).await?;
+        for _ in 0..FRAMES_PER_FLUSH {
+            match rx.try_recv() {
+                Some(frame) => sink.feed(frame).await?,
+                None => break,
             }
-            Err(_) => break,
         }
+        SinkExt::<Bytes>::flush(sink).await
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(WriteEnd::Closed),
+        Err(_) => Err(WriteEnd::Stalled),
     }
-    SinkExt::<Bytes>::flush(sink).await.is_ok()
 }
 
-/// Writes queued frames to a client until the connection fails.
-async fn write_frames(mut sink: FrameSink, mut rx: mpsc::Receiver<Bytes>) {
+/// Writes queued frames to a client until the connection fails or stalls.
+async fn write_frames(mut sink: FrameSink, mut rx: Inbox) -> WriteEnd {
     while let Some(frame) = rx.recv().await {
-        if !write_coalesced(&mut sink, frame, &mut rx).await {
-            return;
+        if let Err(end) = write_coalesced(&mut sink, frame, &mut rx).await {
+            return end;
         }
     }
+    WriteEnd::Closed
 }
 
-/// Keeps a connection to one peer, reconnecting with back-off. After every (re)connection
-/// the core resends its out-log to that peer: frames written to a connection that broke may
-/// never have arrived (SPEC §5).
-async fn dial_peer(
+/// What the dialing side of one peer connection needs.
+struct Dial {
     me: ReplicaId,
     peer: ReplicaId,
     addr: SocketAddr,
-    mut rx: mpsc::Receiver<Bytes>,
-    events: mpsc::Sender<Event>,
+    cluster_id: u64,
+    /// The peer's transport key: the handshake must prove the other end holds it.
+    peer_key: [u8; 32],
+    secret: TransportSecret,
     max_frame: usize,
-) {
+}
+
+async fn dial_peer(dial: Dial, mut rx: Inbox, events: mpsc::Sender<Event>) {
+    let Dial { me, peer, addr, .. } = dial;
     let mut backoff = RECONNECT_MIN;
     loop {
         let Ok(stream) = TcpStream::connect(addr).await else {
@@ -809,16 +1071,24 @@ async fn dial_peer(
             backoff = (backoff * 2).min(RECONNECT_MAX);
             continue;
         };
-        backoff = RECONNECT_MIN;
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
-        let mut sink = FramedWrite::new(write, codec(max_frame));
-        if sink.send(Bytes::from(Hello::Replica(me).encode())).await.is_err() {
+        let mut sink = FramedWrite::new(write, codec(dial.max_frame));
+        let mut reader = FramedRead::new(read, codec(dial.max_frame));
+        let me = Identity::Replica(me, &dial.secret);
+        if let Err(e) = initiate(&mut reader, &mut sink, dial.cluster_id, &dial.peer_key, me).await {
+            // Not the peer the configuration names, or it is not up yet: back off.
+            tracing::debug!(%peer, %addr, %e, "peer handshake failed");
+            let _ = events.send(Event::Count(e.counter())).await;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(RECONNECT_MAX);
             continue;
         }
+        backoff = RECONNECT_MIN;
         let _ = events.send(Event::PeerUp(peer)).await;
-        // Detect a closed peer: it never writes on this connection, so a read returning
-        // means the connection is gone.
+        // Detect a closed peer: it never writes on this connection after the handshake, so
+        // a read returning means the connection is gone.
+        let read = reader.into_inner();
         let mut closed = Box::pin(async move {
             let mut buf = [0u8; 1];
             let _ = tokio::io::AsyncReadExt::read(&mut tokio::io::BufReader::new(read), &mut buf).await;
@@ -828,7 +1098,10 @@ async fn dial_peer(
                 _ = &mut closed => break,
                 frame = rx.recv() => {
                     let Some(frame) = frame else { return };
-                    if !write_coalesced(&mut sink, frame, &mut rx).await {
+                    if let Err(end) = write_coalesced(&mut sink, frame, &mut rx).await {
+                        if end == WriteEnd::Stalled {
+                            let _ = events.send(Event::Count(Counter::PeersDisconnectedSlow)).await;
+                        }
                         break;
                     }
                 }

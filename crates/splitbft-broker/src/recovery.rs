@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
+use splitbft_types::counters::Counter;
 use splitbft_types::msg::Digest;
 use splitbft_types::{ClientId, CompartmentKind, ReplicaId, Seq, Timestamp, View};
 
@@ -24,6 +25,13 @@ pub const MAX_COMPLETED_REMEMBERED: usize = 65_536;
 pub const MAX_CACHED_BATCHES: usize = 1024;
 /// Messages held for views a compartment has not entered yet.
 pub const MAX_FUTURE_MESSAGES: usize = 16_384;
+/// Bytes of messages held for views a compartment has not entered, shared out equally
+/// among the sources (SPEC §11 byte budgets): a few windows of PrePrepares with batches.
+pub const MAX_FUTURE_BYTES: usize = 64 * 1024 * 1024;
+/// Views ahead of a compartment's own that are held at all. A replica further behind
+/// catches up through the view change itself (the `f + 1` join rule and the NewView), so
+/// junk for view `u64::MAX` is refused instead of squatting the buffer (issue 14).
+pub const MAX_FUTURE_VIEWS_AHEAD: View = 16;
 /// Bytes per state-transfer chunk: well under the frame limit.
 pub const STATE_CHUNK_BYTES: usize = 1024 * 1024;
 /// Largest snapshot accepted in a state transfer (bounds the reassembly buffer).
@@ -311,31 +319,97 @@ pub struct StateFetch {
 }
 
 /// Messages held until a compartment enters their view.
-#[derive(Debug, Default)]
+///
+/// Bounded per source (each replica, this one included, gets an equal share of
+/// [`MAX_FUTURE_MESSAGES`] and [`MAX_FUTURE_BYTES`]) and by distance
+/// ([`MAX_FUTURE_VIEWS_AHEAD`]), so one Byzantine peer cannot take the space correct
+/// replicas' messages need.
+#[derive(Debug)]
 pub struct FutureBuffer {
-    held: Vec<(CompartmentKind, View, Bytes)>,
+    held: Vec<Held>,
+    /// `(items, bytes)` held per source replica.
+    per_source: Vec<(usize, usize)>,
+}
+
+#[derive(Debug)]
+struct Held {
+    from: ReplicaId,
+    kind: CompartmentKind,
+    view: View,
+    input: Bytes,
+}
+
+/// Why a message was not held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FutureRefusal {
+    /// More than [`MAX_FUTURE_VIEWS_AHEAD`] views ahead.
+    TooFarAhead,
+    /// Its source used up its share.
+    SourceFull,
+}
+
+impl FutureRefusal {
+    /// Counter name.
+    pub fn counter(self) -> Counter {
+        match self {
+            FutureRefusal::TooFarAhead => Counter::FutureMessagesTooFarAhead,
+            FutureRefusal::SourceFull => Counter::FutureMessagesDropped,
+        }
+    }
 }
 
 impl FutureBuffer {
-    /// Holds an encoded input for `kind` until it reaches `view`; false if full.
-    pub fn hold(&mut self, kind: CompartmentKind, view: View, input: Bytes) -> bool {
-        if self.held.len() >= MAX_FUTURE_MESSAGES {
-            return false;
+    /// A buffer for `n` sources.
+    pub fn new(n: usize) -> Self {
+        FutureBuffer { held: Vec::new(), per_source: vec![(0, 0); n.max(1)] }
+    }
+
+    fn share(&self) -> (usize, usize) {
+        let n = self.per_source.len();
+        (MAX_FUTURE_MESSAGES / n, MAX_FUTURE_BYTES / n)
+    }
+
+    /// Holds an encoded input from `from` for `kind`, now in view `current`, until it
+    /// reaches `view`.
+    pub fn hold(
+        &mut self,
+        from: ReplicaId,
+        kind: CompartmentKind,
+        current: View,
+        view: View,
+        input: Bytes,
+    ) -> Result<(), FutureRefusal> {
+        if view > current.saturating_add(MAX_FUTURE_VIEWS_AHEAD) {
+            return Err(FutureRefusal::TooFarAhead);
         }
-        self.held.push((kind, view, input));
-        true
+        let (max_items, max_bytes) = self.share();
+        let Some((items, bytes)) = self.per_source.get_mut(from.0 as usize) else {
+            return Err(FutureRefusal::SourceFull);
+        };
+        if *items + 1 > max_items || *bytes + input.len() > max_bytes {
+            return Err(FutureRefusal::SourceFull);
+        }
+        *items += 1;
+        *bytes += input.len();
+        self.held.push(Held { from, kind, view, input });
+        Ok(())
     }
 
     /// Takes the inputs for `kind` at views up to `view` (older ones are dropped: the
     /// compartment would refuse them).
     pub fn release(&mut self, kind: CompartmentKind, view: View) -> Vec<Bytes> {
         let mut ready = Vec::new();
-        self.held.retain(|(k, v, input)| {
-            if *k != kind || *v > view {
+        let per_source = &mut self.per_source;
+        self.held.retain(|held| {
+            if held.kind != kind || held.view > view {
                 return true;
             }
-            if *v == view {
-                ready.push(input.clone());
+            if let Some((items, bytes)) = per_source.get_mut(held.from.0 as usize) {
+                *items -= 1;
+                *bytes -= held.input.len();
+            }
+            if held.view == view {
+                ready.push(held.input.clone());
             }
             false
         });
@@ -350,6 +424,11 @@ impl FutureBuffer {
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
         self.held.is_empty()
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.per_source.iter().map(|(_, b)| b).sum()
     }
 }
 
@@ -422,13 +501,47 @@ mod tests {
 
     #[test]
     fn future_buffer_releases_only_the_entered_view() {
-        let mut f = FutureBuffer::default();
-        f.hold(CompartmentKind::Confirmation, 2, Bytes::from_static(b"a"));
-        f.hold(CompartmentKind::Confirmation, 3, Bytes::from_static(b"b"));
-        f.hold(CompartmentKind::Execution, 2, Bytes::from_static(b"c"));
+        let mut f = FutureBuffer::new(4);
+        let r = ReplicaId(1);
+        f.hold(r, CompartmentKind::Confirmation, 0, 2, Bytes::from_static(b"a")).unwrap();
+        f.hold(r, CompartmentKind::Confirmation, 0, 3, Bytes::from_static(b"b")).unwrap();
+        f.hold(r, CompartmentKind::Execution, 0, 2, Bytes::from_static(b"c")).unwrap();
         assert_eq!(f.release(CompartmentKind::Confirmation, 2), vec![Bytes::from_static(b"a")]);
         assert_eq!(f.len(), 2);
         assert!(f.release(CompartmentKind::Confirmation, 4).is_empty(), "view 3 was skipped: dropped");
         assert_eq!(f.len(), 1);
+        assert_eq!(f.bytes(), 1);
+    }
+
+    /// Issue 14: junk for view `u64::MAX` cannot squat the buffer, and one source filling
+    /// its share leaves the others theirs (f = 2 too: seven sources).
+    #[test]
+    fn junk_from_one_peer_cannot_squat_the_future_buffer() {
+        for n in [4usize, 7] {
+            let mut f = FutureBuffer::new(n);
+            let junk = |v| (ReplicaId(3), CompartmentKind::Confirmation, 0, v, Bytes::from_static(b"junk"));
+            let (from, kind, current, _, input) = junk(0);
+            assert_eq!(f.hold(from, kind, current, View::MAX, input.clone()), Err(FutureRefusal::TooFarAhead));
+            assert_eq!(
+                f.hold(from, kind, current, MAX_FUTURE_VIEWS_AHEAD + 1, input.clone()),
+                Err(FutureRefusal::TooFarAhead)
+            );
+            let mut held = 0;
+            while f.hold(from, kind, current, MAX_FUTURE_VIEWS_AHEAD, input.clone()).is_ok() {
+                held += 1;
+                assert!(held <= MAX_FUTURE_MESSAGES, "unbounded");
+            }
+            assert_eq!(held, MAX_FUTURE_MESSAGES / n);
+            // A correct peer still has its whole share.
+            for _ in 0..MAX_FUTURE_MESSAGES / n {
+                f.hold(ReplicaId(0), kind, current, 1, input.clone()).unwrap();
+            }
+            // Bytes are bounded too: one frame larger than a share is refused.
+            let big = Bytes::from(vec![0u8; MAX_FUTURE_BYTES / n + 1]);
+            assert_eq!(f.hold(ReplicaId(1), kind, current, 1, big), Err(FutureRefusal::SourceFull));
+            // Entering view 1 releases the correct peer's messages and frees its share.
+            assert_eq!(f.release(kind, 1).len(), MAX_FUTURE_MESSAGES / n);
+            f.hold(ReplicaId(0), kind, 1, 2, input).unwrap();
+        }
     }
 }

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tracing::{debug, trace};
 
-use splitbft_types::wire::Hello;
+use splitbft_transport::{Identity, initiate};
 
 use crate::Shared;
 use crate::stats::bump;
@@ -41,22 +41,28 @@ fn codec(max_frame_bytes: usize) -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder().max_frame_length(max_frame_bytes).new_codec()
 }
 
-/// Connects to `addr` and introduces the client, all within [`CONNECT_TIMEOUT`].
-pub(crate) async fn establish(shared: &Shared, addr: SocketAddr) -> std::io::Result<Established> {
-    let attempt = async {
-        let stream = TcpStream::connect(addr).await?;
-        // Requests are small and latency-bound; the writer already coalesces.
-        stream.set_nodelay(true)?;
-        let (read, write) = stream.into_split();
-        let mut writer = FramedWrite::new(write, codec(shared.max_frame_bytes));
-        writer.send(Bytes::from(Hello::Client(shared.id).encode())).await?;
-        let reader = FramedRead::new(read, codec(shared.max_frame_bytes));
-        Ok(Established { reader, writer })
+/// Connects to replica `replica` at `addr` and proves the client's identity in the
+/// transport handshake (SPEC §11), which also proves the replica's: connecting (TCP) within
+/// [`CONNECT_TIMEOUT`], the handshake within its own timeout.
+pub(crate) async fn establish(shared: &Shared, replica: usize, addr: SocketAddr) -> std::io::Result<Established> {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(stream) => stream?,
+        Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
     };
-    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-        Ok(result) => result,
-        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
-    }
+    // Requests are small and latency-bound; the writer already coalesces.
+    stream.set_nodelay(true)?;
+    let (read, write) = stream.into_split();
+    let mut writer = FramedWrite::new(write, codec(shared.max_frame_bytes));
+    let mut reader = FramedRead::new(read, codec(shared.max_frame_bytes));
+    let responder =
+        shared.config.transport_keys.get(replica).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "no transport key for this replica")
+        })?;
+    let me = Identity::Client(shared.id, &shared.secret);
+    initiate(&mut reader, &mut writer, shared.config.cluster_id, responder, me)
+        .await
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e))?;
+    Ok(Established { reader, writer })
 }
 
 /// Aborts the task when dropped, so that aborting the writer also stops its reader.
@@ -90,7 +96,7 @@ pub(crate) async fn run_connection(
         // `connect` already counted the initial connection.
         let (connection, reconnected) = match initial.take() {
             Some(connection) => (connection, false),
-            None => match establish(&shared, addr).await {
+            None => match establish(&shared, replica, addr).await {
                 Ok(connection) => {
                     debug!(replica, %addr, "connected to replica");
                     (connection, true)

@@ -167,6 +167,9 @@ pub(crate) struct Shared {
     /// `connected[r]`: a connection to replica `r` is up and introduced.
     pub(crate) connected: Vec<AtomicBool>,
     pub(crate) max_frame_bytes: usize,
+    /// The client's Ed25519 key: it proves the client's identity in every transport
+    /// handshake (SPEC §11).
+    pub(crate) secret: SecretKey,
 }
 
 impl Shared {
@@ -347,6 +350,9 @@ impl Client {
         if options.max_frame_bytes == 0 {
             return Err(ConfigError::InvalidParameter("max_frame_bytes must be positive").into());
         }
+        if protocol.transport_keys.len() != n {
+            return Err(ConfigError::InvalidParameter("need one transport key per replica (SPEC §11)").into());
+        }
 
         // The validated keyring holds every replica's keys, so deriving cannot fail.
         let keys = ClientKeys::derive(&secret, &protocol, &keyring, id);
@@ -361,9 +367,10 @@ impl Client {
             counters: Counters::default(),
             connected: (0..n).map(|_| AtomicBool::new(false)).collect(),
             max_frame_bytes: options.max_frame_bytes,
+            secret,
         });
 
-        let attempts = addresses.iter().map(|&addr| conn::establish(&shared, addr));
+        let attempts = addresses.iter().enumerate().map(|(replica, &addr)| conn::establish(&shared, replica, addr));
         let mut initial = futures_util::future::join_all(attempts).await;
         let reachable = initial.iter().filter(|attempt| attempt.is_ok()).count();
         for (replica, attempt) in initial.iter().enumerate() {

@@ -94,6 +94,8 @@ struct Fake {
 /// Execution's session rules are the real ones (`Sessions`, SPEC §6).
 struct Sequencer {
     config: ProtocolConfig,
+    /// Each fake replica's transport secret: the real handshake runs (SPEC §11).
+    transport: Vec<splitbft_types::keys::TransportSecret>,
     keys: Keyring,
     group: GroupSecret,
     sessions: Mutex<Sessions>,
@@ -169,6 +171,7 @@ impl Cluster {
         assert!(sessions.install(CLIENT, SESSION_EPOCH, SESSION_KEY));
         let sequencer = Arc::new(Sequencer {
             config: secrets.config.clone(),
+            transport: secrets.transport.clone(),
             keys,
             group: secrets.execution_group_secret(),
             sessions: Mutex::new(sessions),
@@ -276,10 +279,11 @@ async fn handle(stream: TcpStream, fake: Arc<Fake>, sequencer: Arc<Sequencer>) {
     let (read, write) = stream.into_split();
     let mut reader = FramedRead::new(read, LengthDelimitedCodec::new());
     let mut writer = FramedWrite::new(write, LengthDelimitedCodec::new());
-    let Some(Ok(hello)) = reader.next().await else {
+    let transport = &sequencer.transport[fake.index as usize];
+    let Ok(hello) = splitbft_transport::respond(&mut reader, &mut writer, &sequencer.config, transport).await else {
         return;
     };
-    if Hello::decode(&hello) != Ok(Hello::Client(CLIENT)) {
+    if hello != Hello::Client(CLIENT) {
         // Counted as a protocol violation by the client; the tests assert there are none.
         fake.bad_request_macs.fetch_add(1, Ordering::SeqCst);
         return;

@@ -91,6 +91,12 @@ pub struct ProtocolConfig {
     /// Public X25519 key of the Execution group, to which clients seal session keys (SPEC §6).
     #[serde(default)]
     pub execution_group_key: crate::session::GroupPublicKey,
+    /// Public X25519 transport key of every replica environment, indexed by replica id
+    /// (SPEC §11): the static key of its Noise handshakes. Empty only in configurations
+    /// that never reach a network (enclave and simulator tests); a node refuses to start
+    /// without one per replica.
+    #[serde(default)]
+    pub transport_keys: Vec<[u8; 32]>,
     /// PBFT baseline only (SPEC §8): the parts of one replica share verified signatures.
     /// Never set for SplitBFT, and never read from a file.
     #[serde(skip)]
@@ -112,6 +118,7 @@ impl ProtocolConfig {
             max_op_bytes: DEFAULT_MAX_OP_BYTES,
             confidential: true,
             execution_group_key: crate::session::GroupPublicKey::default(),
+            transport_keys: Vec::new(),
             pbft_shared_verification: None,
         }
     }
@@ -140,6 +147,9 @@ impl ProtocolConfig {
     pub fn validate(&self) -> Result<Keyring, ConfigError> {
         let n = self.n();
         // Quorums of 2f + 1 intersect in a correct replica only when n = 3f + 1 exactly.
+        if !self.transport_keys.is_empty() && self.transport_keys.len() != n {
+            return Err(ConfigError::InvalidParameter("transport_keys must list one key per replica"));
+        }
         if n != 3 * self.f as usize + 1 {
             return Err(ConfigError::WrongReplicaCount { n, f: self.f });
         }

@@ -50,6 +50,9 @@ pub enum Purpose {
     Attestation = 10,
     /// A client's signature over `(client, t, op)` of a Request (SPEC §6).
     ClientRequest = 11,
+    /// A client's proof of identity in a transport handshake (SPEC §11): its signature
+    /// over the Noise handshake hash.
+    Transport = 12,
 }
 
 /// Why a signature or key was refused.

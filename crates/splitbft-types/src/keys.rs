@@ -7,6 +7,35 @@ use crate::ids::{CompartmentKind, EnclaveId, ReplicaId};
 use crate::msg::Digest;
 use crate::session::GroupSecret;
 
+/// A replica environment's X25519 transport secret (SPEC §11): the static key of its Noise
+/// handshakes. Wiped from memory when dropped; never printed.
+#[derive(Clone)]
+pub struct TransportSecret(zeroize::Zeroizing<[u8; 32]>);
+
+impl TransportSecret {
+    /// The secret with these bytes (any 32 bytes: X25519 clamps them).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        TransportSecret(zeroize::Zeroizing::new(bytes))
+    }
+
+    /// The secret bytes (for the Noise library and the key file only).
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The public half: the clamped scalar times the X25519 base point (RFC 7748).
+    pub fn public(&self) -> [u8; 32] {
+        curve25519_dalek::MontgomeryPoint::mul_base_clamped(*self.0).to_bytes()
+    }
+}
+
+impl std::fmt::Debug for TransportSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let public = self.public();
+        write!(f, "TransportSecret(public {:02x}{:02x}{:02x}{:02x}…)", public[0], public[1], public[2], public[3])
+    }
+}
+
 /// Every secret of a cluster, with its public configuration.
 #[derive(Debug)]
 pub struct ClusterSecrets {
@@ -18,6 +47,8 @@ pub struct ClusterSecrets {
     pub clients: Vec<SecretKey>,
     /// The Execution group key (SPEC §6): its private half goes to Execution enclaves only.
     pub execution_group: GroupSecret,
+    /// Transport secrets of the replica environments (SPEC §11), indexed by replica id.
+    pub transport: Vec<TransportSecret>,
 }
 
 impl ClusterSecrets {
@@ -41,7 +72,10 @@ impl ClusterSecrets {
         let mut config =
             ProtocolConfig::new(cluster_id, f, replicas, clients.iter().map(|c| c.public().to_bytes()).collect());
         config.execution_group_key = execution_group.public();
-        ClusterSecrets { config, enclaves, clients, execution_group }
+        // Drawn after everything else, for the same reason.
+        let transport: Vec<TransportSecret> = (0..n).map(|_| TransportSecret::from_bytes(seed())).collect();
+        config.transport_keys = transport.iter().map(TransportSecret::public).collect();
+        ClusterSecrets { config, enclaves, clients, execution_group, transport }
     }
 
     /// Keys for the PBFT baseline (SPEC §8): one key per replica, shared by its three parts,

@@ -328,7 +328,8 @@ impl LocalTcpCluster {
             if protocol == Protocol::Pbft {
                 protocol_config.pbft_shared_verification = Some(Arc::new(VerifiedCache::default()));
             }
-            let mut config = NodeConfig::new(protocol_config, me, addresses.clone(), backend);
+            let transport = secrets.transport[i].clone();
+            let mut config = NodeConfig::new(protocol_config, me, addresses.clone(), backend, transport);
             config.options.batch_timeout_us = batch_timeout_ms * 1000;
             config.data_dir = spec.data_dir.as_ref().map(|d| replica_data_dir(d, me));
             config.durable = spec.durable;

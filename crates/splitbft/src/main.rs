@@ -9,14 +9,14 @@ mod sim_sweep;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use splitbft::clusterfile::{
-    ClusterFile, client_key_path, enclave_key_path, group_key_path, read_group_key, read_key, write_group_key,
-    write_key,
+    ClusterFile, client_key_path, enclave_key_path, group_key_path, read_group_key, read_key, read_transport_key,
+    transport_key_path, write_group_key, write_key, write_transport_key,
 };
 use splitbft::demo::{self, DemoOptions};
 use splitbft::hostport::HostPort;
 use splitbft_apps::kv::{KvOp, KvResult};
 use splitbft_broker::{NodeConfig, ProcessField, spawn_node};
-use splitbft_client::{Client, ClientOptions, verify_attestation};
+use splitbft_client::{Client, ClientOptions};
 use splitbft_enclave::{Backend, ReplicaSecrets};
 use splitbft_types::attest::SoftwarePlatform;
 use splitbft_types::counters::Counter;
@@ -371,6 +371,7 @@ fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
             write_key(&enclave_key_path(&dir, replica, kind), secrets.enclave(replica, kind))?;
         }
         write_group_key(&group_key_path(&dir, replica), &secrets.execution_group)?;
+        write_transport_key(&transport_key_path(&dir, replica), &secrets.transport[r])?;
         if per_host {
             file.save(&dir.join("cluster.toml"))?;
         }
@@ -441,7 +442,9 @@ async fn replica(
     let addresses = file.addresses()?;
     let bind = listen.unwrap_or(addresses[id as usize]);
     let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("listening on {bind}"))?;
-    let mut node_config = NodeConfig::new(protocol.clone(), me, addresses, backend);
+    let transport =
+        read_transport_key(&transport_key_path(&config_dir(config_path), me), &protocol.transport_keys[id as usize])?;
+    let mut node_config = NodeConfig::new(protocol.clone(), me, addresses, backend, transport);
     node_config.options.batch_timeout_us = file.batch_timeout_ms * 1000;
     node_config.data_dir = data_dir.clone();
     node_config.durable = durable;
@@ -587,19 +590,7 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 
 /// Connects client `client_id` to the cluster of `config_path` and registers a session.
 async fn connect_session(config_path: &Path, client_id: u32, options: ClientOptions) -> anyhow::Result<Client> {
-    let file = ClusterFile::load(config_path)?;
-    let protocol = file.protocol(config_path)?;
-    let id = ClientId(client_id);
-    let Some(public) = protocol.clients.get(client_id as usize) else {
-        bail!("client id {client_id} is not in {} ({} clients)", config_path.display(), protocol.clients.len());
-    };
-    let secret = read_key(&client_key_path(&config_dir(config_path), id), public)?;
-    let (verifier, expected) = file.attestation(config_path)?;
-    // Every Execution enclave's report is checked before the session key leaves (SPEC §6).
-    let attested = verify_attestation(&protocol, &verifier, &expected)?;
-    let client = Client::connect(protocol, file.addresses()?, id, secret, options).await?;
-    client.register(attested).await.with_context(|| format!("registering a session for client {client_id}"))?;
-    Ok(client)
+    splitbft::clusterfile::connect_client(config_path, client_id, options).await
 }
 
 async fn gateway(

@@ -32,13 +32,14 @@ fn keygen_hosts_writes_one_directory_per_host_and_the_cluster_serves_across_them
         .unwrap();
     assert!(out.status.success(), "keygen failed: {}", String::from_utf8_lossy(&out.stderr));
 
-    // Each host's directory holds its own four secrets and nothing of anyone else's.
+    // Each host's directory holds its own five secrets (the transport key is its broker's,
+    // SPEC §11) and nothing of anyone else's.
     for (i, host) in hosts.iter().enumerate() {
         let keys = dir.path().join(format!("replica-{i}/keys"));
         let mut names: Vec<String> =
             std::fs::read_dir(&keys).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         names.sort();
-        let mut expected: Vec<String> = ["confirmation", "execution", "execution-group", "preparation"]
+        let mut expected: Vec<String> = ["confirmation", "execution", "execution-group", "preparation", "transport"]
             .iter()
             .map(|k| format!("replica-{i}-{k}.key"))
             .collect();
