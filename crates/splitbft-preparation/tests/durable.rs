@@ -14,7 +14,7 @@ use splitbft_types::codec::{from_bytes, to_bytes};
 use splitbft_types::crypto::{ClientKeys, Purpose, SecretKey};
 use splitbft_types::durable::{RecordKind, RestoreError, SealedState};
 use splitbft_types::keys::ClusterSecrets;
-use splitbft_types::msg::{BatchMsg, Digest, Message, PrePrepare, Signed};
+use splitbft_types::msg::{BatchMsg, Checkpoint, Digest, Message, PrePrepare, Signed};
 use splitbft_types::{ClientId, CompartmentKind, ReplicaId, Seq, View};
 
 fn secrets() -> &'static ClusterSecrets {
@@ -126,4 +126,45 @@ fn rolled_back_altered_or_foreign_state_is_refused() {
     assert!(matches!(restore(1, &altered, 0), Err(RestoreError::Unauthentic { index: 0 })));
     assert!(matches!(restore(2, &log, 0), Err(RestoreError::Unauthentic { index: 0 })), "another replica's");
     assert!(matches!(restore(1, &[], 0), Err(RestoreError::NoImage)));
+}
+
+/// `2f + 1` Checkpoints for `(seq, state)` from Execution enclaves `0..2f + 1`.
+fn checkpoint_quorum(seq: Seq, tag: &str) -> Vec<Message> {
+    let s = secrets();
+    (0..s.config.quorum() as u32)
+        .map(|r| {
+            let body = Checkpoint { seq, state: Digest::of(tag.as_bytes()), replica: ReplicaId(r) };
+            let sig = s.enclave(ReplicaId(r), CompartmentKind::Execution).sign(s.config.cluster_id, Purpose::Checkpoint, &body);
+            Message::Checkpoint(Signed { body, sig })
+        })
+        .collect()
+}
+
+/// SPEC §10 "Recovery fence", with zero faulty enclaves: the host restarts a correct
+/// backup Preparation after it prepared `(0, 1, a)` — once with no state at all, once with
+/// a sealed state older than the monotonic counter (refused, so the host starts it without
+/// state) — and offers it a PrePrepare for the same slot with another digest. A second
+/// Prepare for `(0, 1)` would complete a second prepare certificate (P1 across restarts).
+#[test]
+fn a_host_restart_without_fresh_state_cannot_make_a_correct_backup_prepare_twice() {
+    let mut p = fresh(3);
+    p.enable_durability(0);
+    let (prepared, old) = cross(&mut p, vec![pp(0, 1, "a")]);
+    assert_eq!(prepared, vec![(1, d("a"))]);
+    // A stable checkpoint starts a new epoch; the environment raises the counter to it.
+    let k = secrets().config.checkpoint_interval;
+    let (_, newer) = cross(&mut p, checkpoint_quorum(k, "state"));
+    assert_eq!(newer.last().unwrap().epoch, 2);
+    let counter = 2;
+
+    // Restart 1: no state. Restart 2: the older image, refused as rolled back, then no state.
+    assert!(matches!(restore(3, &old, counter), Err(RestoreError::RolledBack { epoch: 1, counter: 2 })));
+    for restart in ["no state", "older state"] {
+        let mut restarted = fresh(3);
+        restarted.enable_durability(counter);
+        for seq in [1, 2, k + 1] {
+            let (prepared, _) = cross(&mut restarted, vec![pp(0, seq, "x")]);
+            assert!(prepared.is_empty(), "{restart}: a restarted backup prepared {prepared:?} before recovering");
+        }
+    }
 }
