@@ -19,6 +19,7 @@ use splitbft_types::checkpoint::CheckpointLog;
 use splitbft_types::config::{ConfigError, Keyring};
 use splitbft_types::counters::Counters;
 use splitbft_types::crypto::{Purpose, SecretKey};
+use splitbft_types::recovery::{Fence, RecoveryStatement};
 use splitbft_types::msg::{
     Checkpoint, Commit, Digest, Message, NewView, PrePrepare, Prepare, PreparedCert, Signed, ViewChange,
 };
@@ -53,6 +54,9 @@ pub struct Confirmation {
     counters: Counters,
     /// Sealed write-ahead state, when durability is on (SPEC §10, `durable.rs`).
     durable: Option<durable::Journal>,
+    /// Behind the recovery fence (SPEC §10): no Commit or ViewChange is signed while this
+    /// is set; cleared once a stable checkpoint at or above `H` is adopted.
+    fence: Option<Fence>,
 }
 
 impl Confirmation {
@@ -73,8 +77,56 @@ impl Confirmation {
             checkpoints: CheckpointLog::new(genesis),
             counters: Counters::default(),
             durable: None,
+            fence: None,
             config,
         })
+    }
+
+    /// Puts the enclave behind the recovery fence (SPEC §10): it may have committed, or
+    /// sent ViewChanges, it no longer remembers. `epoch` is its monotonic counter epoch (0
+    /// without a counter). [`Confirmation::enable_durability`] calls it when the counter
+    /// shows an earlier life; an environment without a counter calls it on every restart.
+    pub fn fence(&mut self, epoch: u64) {
+        let me = EnclaveId { replica: self.me, kind: CompartmentKind::Confirmation };
+        self.fence = Some(Fence::new(&self.config, me, epoch));
+        self.counters.bump("recoveries_started");
+    }
+
+    /// Whether the enclave is behind the recovery fence.
+    pub fn recovering(&self) -> bool {
+        self.fence.is_some()
+    }
+
+    /// Recovery step 1: send a query with the environment's nonce.
+    fn on_begin_recovery(&mut self, nonce: u64, out: &mut Vec<Output>) {
+        let Some(query) = self.fence.as_mut().and_then(|f| f.begin(nonce)) else {
+            return self.counters.bump("recovery_query_not_needed");
+        };
+        self.counters.bump("recovery_queries_sent");
+        out.push(Output::Send(Message::RecoveryQuery(query)));
+    }
+
+    /// Recovery step 3: count a statement; with `2f + 1`, `H` is set.
+    fn on_recovery_statement(&mut self, st: Signed<RecoveryStatement>) {
+        let Some(fence) = self.fence.as_mut() else {
+            return self.counters.bump("recovery_statement_not_needed");
+        };
+        match fence.on_statement(&self.config, &self.keys, &st) {
+            Err(e) => self.counters.bump(e.name()),
+            Ok(None) => self.counters.bump("recovery_statements_accepted"),
+            Ok(Some(_)) => {
+                self.counters.bump("recovery_statements_accepted");
+                self.maybe_lift_fence();
+            }
+        }
+    }
+
+    /// Recovery step 4: the fence lifts once the low watermark reaches `H`.
+    fn maybe_lift_fence(&mut self) {
+        if self.fence.as_ref().is_some_and(|f| f.lifted(self.checkpoints.low())) {
+            self.fence = None;
+            self.counters.bump("recoveries_completed");
+        }
     }
 
     /// Common checks for a message about `(view, seq)`; returns the slot if acceptable.
@@ -153,6 +205,10 @@ impl Confirmation {
             // C4: no Commit between our ViewChange and the NewView.
             return;
         }
+        if self.fence.is_some() {
+            // SPEC §10: it may have committed another digest here before losing its state.
+            return self.counters.bump("signatures_fenced");
+        }
         let slot = self.slot_mut(seq);
         let Some(pp) = slot.pre_prepare else { return };
         if slot.committed.is_some() {
@@ -182,6 +238,7 @@ impl Confirmation {
                 self.prepared = self.prepared.split_off(&(seq + 1));
                 self.counters.bump("checkpoints_stable");
                 out.push(Output::Event(Event::Stable { seq }));
+                self.maybe_lift_fence();
             }
         }
     }
@@ -193,6 +250,10 @@ impl Confirmation {
         let target = view.saturating_add(1);
         if target <= self.view {
             return self.counters.bump("suspect_stale");
+        }
+        if self.fence.is_some() {
+            // SPEC §10: a ViewChange now could omit a certificate it lost.
+            return self.counters.bump("signatures_fenced");
         }
         self.view = target;
         self.active = false;
@@ -232,6 +293,7 @@ impl Confirmation {
             self.prepared = self.prepared.split_off(&(stable_seq + 1));
             out.push(Output::Event(Event::Stable { seq: stable_seq }));
         }
+        self.maybe_lift_fence();
         let low = self.checkpoints.low();
         for pp in accepted.pre_prepares.into_iter().filter(|pp| pp.body.seq > low) {
             if let Some(slot) = self.slot(
@@ -257,6 +319,7 @@ impl Confirmation {
             log_entries: (self.slots.len() + self.checkpoints.pending_slots()) as u64,
             low_watermark: self.checkpoints.low(),
             view: self.view,
+            recovering: self.recovering(),
             ..Stats::default()
         }
     }
@@ -275,6 +338,8 @@ impl Compartment for Confirmation {
             Input::Message(Message::Checkpoint(cp)) => self.on_checkpoint(cp, out),
             Input::Message(Message::NewView(nv)) => self.on_new_view(nv, out),
             Input::Suspect(view) => self.on_suspect(view, out),
+            Input::Message(Message::RecoveryStatement(st)) => self.on_recovery_statement(st),
+            Input::BeginRecovery { nonce } => self.on_begin_recovery(nonce, out),
             Input::Message(_) | Input::OrderBatch(_) | Input::RestoreState { .. } => {
                 self.counters.bump("unexpected_input")
             }

@@ -35,6 +35,7 @@ use splitbft_types::counters::Counters;
 use splitbft_types::crypto::{MacKey, Purpose, SecretKey, reply_mac};
 use splitbft_types::dedup::ClientWindow;
 use splitbft_types::msg::{BatchMsg, Checkpoint, Commit, Digest, Message, NewView, Reply, Request, Signed};
+use splitbft_types::recovery::{RecoveryQuery, RecoveryStatement};
 use splitbft_types::session::{Admission, GroupSecret, ReplyBody, SessionRecord, Sessions};
 use splitbft_types::viewchange::{Depth, check_new_view, null_batch, null_digest, reject_name};
 use splitbft_types::{ClientId, CompartmentKind, EnclaveId, ProtocolConfig, ReplicaId, Seq, Timestamp, View};
@@ -568,6 +569,9 @@ impl Execution {
             low_watermark: self.checkpoints.low(),
             view: self.view,
             last_executed: self.executed,
+            // Execution signs no slot: it never fences (a restarted one catches up by
+            // state transfer, SPEC §4.3).
+            recovering: false,
             // No digest of the plaintext state: the host sees counts, never anything
             // derived from what Execution keeps confidential (SPEC §6 last bullet; issue
             // 11 finding 7). Checkpoint digests are the one exception the protocol needs.
@@ -597,6 +601,20 @@ impl Execution {
         self.sessions.epoch(client)
     }
 
+    /// Answers a recovering enclave's query (SPEC §10 recovery fence) with a signed
+    /// statement of this enclave's latest checkpoint and view, echoing the query so that
+    /// the statement counts for that query only.
+    pub fn on_recovery_query(&mut self, query: RecoveryQuery, out: &mut Vec<Output>) {
+        if query.requester.replica.0 as usize >= self.config.n() {
+            return self.counters.bump("recovery_query_unknown_replica");
+        }
+        let checkpoint = self.executed - self.executed % self.config.checkpoint_interval;
+        let body = RecoveryStatement { query, replica: self.me, checkpoint, view: self.view };
+        let sig = self.secret.sign(self.config.cluster_id, Purpose::RecoveryStatement, &body);
+        self.counters.bump("recovery_statements_sent");
+        out.push(Output::Send(Message::RecoveryStatement(Signed { body, sig })));
+    }
+
     /// Digest of the whole checkpointed Execution state (application, dedup windows, cached
     /// results, sessions): equal on every correct Execution enclave after the same order.
     pub fn state_digest(&self) -> Digest {
@@ -617,7 +635,10 @@ impl Compartment for Execution {
             Input::Message(Message::NewView(nv)) => self.on_new_view(nv, out),
             Input::Message(Message::Request(req)) => self.on_retransmitted_request(req, out),
             Input::RestoreState { seq, bytes } => self.on_restore_state(seq, bytes, out),
-            Input::Message(_) | Input::OrderBatch(_) | Input::Suspect(_) => self.counters.bump("unexpected_input"),
+            Input::Message(Message::RecoveryQuery(query)) => self.on_recovery_query(query, out),
+            Input::Message(_) | Input::OrderBatch(_) | Input::Suspect(_) | Input::BeginRecovery { .. } => {
+                self.counters.bump("unexpected_input")
+            }
             Input::QueryStats => out.push(Output::Stats(self.stats())),
         }
     }

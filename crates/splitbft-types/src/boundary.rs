@@ -27,6 +27,13 @@ pub enum Input {
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
+    /// (Preparation, Confirmation) while recovering (SPEC §10 recovery fence): ask every
+    /// replica for its checkpoint and view, with this fresh nonce. The environment sends it
+    /// at start and again, with a new nonce, while the enclave reports `recovering`.
+    BeginRecovery {
+        /// Chosen by the environment; statements must echo it.
+        nonce: u64,
+    },
 }
 
 /// One output of a compartment.
@@ -147,6 +154,8 @@ pub struct Stats {
     pub view: View,
     /// Last executed sequence number (Execution only).
     pub last_executed: Seq,
+    /// Behind the recovery fence (SPEC §10): signs nothing until it has recovered.
+    pub recovering: bool,
 }
 
 impl Stats {

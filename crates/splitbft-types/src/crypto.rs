@@ -50,6 +50,8 @@ pub enum Purpose {
     Attestation = 10,
     /// A client's signature over `(client, t, op)` of a Request (SPEC §6).
     ClientRequest = 11,
+    /// A recovery statement, signed by an Execution enclave (SPEC §10 recovery fence).
+    RecoveryStatement = 12,
 }
 
 /// Why a signature or key was refused.
