@@ -19,10 +19,10 @@ use splitbft_types::checkpoint::CheckpointLog;
 use splitbft_types::config::{ConfigError, Keyring};
 use splitbft_types::counters::Counters;
 use splitbft_types::crypto::{Purpose, SecretKey};
-use splitbft_types::recovery::{Fence, RecoveryStatement};
 use splitbft_types::msg::{
     Checkpoint, Commit, Digest, Message, NewView, PrePrepare, Prepare, PreparedCert, Signed, ViewChange,
 };
+use splitbft_types::recovery::{Fence, RecoveryStatement};
 use splitbft_types::viewchange::{Depth, check_new_view, reject_name};
 use splitbft_types::{CompartmentKind, EnclaveId, ProtocolConfig, ReplicaId, Seq, View};
 
@@ -107,15 +107,16 @@ impl Confirmation {
     }
 
     /// Recovery step 3: count a statement; with `2f + 1`, `H` is set.
-    fn on_recovery_statement(&mut self, st: Signed<RecoveryStatement>) {
+    fn on_recovery_statement(&mut self, st: Signed<RecoveryStatement>, out: &mut Vec<Output>) {
         let Some(fence) = self.fence.as_mut() else {
             return self.counters.bump("recovery_statement_not_needed");
         };
         match fence.on_statement(&self.config, &self.keys, &st) {
             Err(e) => self.counters.bump(e.name()),
             Ok(None) => self.counters.bump("recovery_statements_accepted"),
-            Ok(Some(_)) => {
+            Ok(Some(horizon)) => {
                 self.counters.bump("recovery_statements_accepted");
+                out.push(Output::Event(Event::RecoveryHorizon { horizon }));
                 self.maybe_lift_fence();
             }
         }
@@ -338,7 +339,7 @@ impl Compartment for Confirmation {
             Input::Message(Message::Checkpoint(cp)) => self.on_checkpoint(cp, out),
             Input::Message(Message::NewView(nv)) => self.on_new_view(nv, out),
             Input::Suspect(view) => self.on_suspect(view, out),
-            Input::Message(Message::RecoveryStatement(st)) => self.on_recovery_statement(st),
+            Input::Message(Message::RecoveryStatement(st)) => self.on_recovery_statement(st, out),
             Input::BeginRecovery { nonce } => self.on_begin_recovery(nonce, out),
             Input::Message(_) | Input::OrderBatch(_) | Input::RestoreState { .. } => {
                 self.counters.bump("unexpected_input")

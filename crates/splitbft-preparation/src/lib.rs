@@ -134,15 +134,16 @@ impl Preparation {
     }
 
     /// Recovery step 3: count a statement; with `2f + 1`, `H` is set.
-    fn on_recovery_statement(&mut self, st: Signed<RecoveryStatement>) {
+    fn on_recovery_statement(&mut self, st: Signed<RecoveryStatement>, out: &mut Vec<Output>) {
         let Some(fence) = self.fence.as_mut() else {
             return self.counters.bump("recovery_statement_not_needed");
         };
         match fence.on_statement(&self.config, &self.keys, &st) {
             Err(e) => self.counters.bump(e.name()),
             Ok(None) => self.counters.bump("recovery_statements_accepted"),
-            Ok(Some(_)) => {
+            Ok(Some(horizon)) => {
                 self.counters.bump("recovery_statements_accepted");
+                out.push(Output::Event(Event::RecoveryHorizon { horizon }));
                 self.maybe_lift_fence();
             }
         }
@@ -539,7 +540,7 @@ impl Compartment for Preparation {
             Input::Message(Message::Checkpoint(cp)) => self.on_checkpoint(cp, out),
             Input::Message(Message::ViewChange(vc)) => self.on_view_change(vc, out),
             Input::Message(Message::NewView(nv)) => self.on_new_view(nv, out),
-            Input::Message(Message::RecoveryStatement(st)) => self.on_recovery_statement(st),
+            Input::Message(Message::RecoveryStatement(st)) => self.on_recovery_statement(st, out),
             Input::BeginRecovery { nonce } => self.on_begin_recovery(nonce, out),
             Input::Message(_) | Input::Suspect(_) | Input::RestoreState { .. } => {
                 self.counters.bump("unexpected_input")

@@ -135,7 +135,11 @@ fn checkpoint_quorum(seq: Seq, tag: &str) -> Vec<Message> {
     (0..s.config.quorum() as u32)
         .map(|r| {
             let body = Checkpoint { seq, state: Digest::of(tag.as_bytes()), replica: ReplicaId(r) };
-            let sig = s.enclave(ReplicaId(r), CompartmentKind::Execution).sign(s.config.cluster_id, Purpose::Checkpoint, &body);
+            let sig = s.enclave(ReplicaId(r), CompartmentKind::Execution).sign(
+                s.config.cluster_id,
+                Purpose::Checkpoint,
+                &body,
+            );
             Message::Checkpoint(Signed { body, sig })
         })
         .collect()
@@ -174,7 +178,11 @@ fn a_host_restart_without_fresh_state_cannot_make_a_correct_backup_prepare_twice
 fn statement(r: u32, query: RecoveryQuery, checkpoint: Seq) -> Message {
     let s = secrets();
     let body = RecoveryStatement { query, replica: ReplicaId(r), checkpoint, view: 0 };
-    let sig = s.enclave(ReplicaId(r), CompartmentKind::Execution).sign(s.config.cluster_id, Purpose::RecoveryStatement, &body);
+    let sig = s.enclave(ReplicaId(r), CompartmentKind::Execution).sign(
+        s.config.cluster_id,
+        Purpose::RecoveryStatement,
+        &body,
+    );
     Message::RecoveryStatement(Signed { body, sig })
 }
 
@@ -203,7 +211,8 @@ fn a_fenced_backup_recovers_after_2f_plus_1_statements_and_a_stable_checkpoint_a
     let query = begin(&mut p, 11).unwrap();
     // A statement for the old nonce (a replay), for another enclave, forged, or duplicate.
     cross(&mut p, vec![statement(0, old, 0)]);
-    let foreign = RecoveryQuery { requester: EnclaveId { replica: ReplicaId(4), kind: CompartmentKind::Preparation }, ..query };
+    let foreign =
+        RecoveryQuery { requester: EnclaveId { replica: ReplicaId(4), kind: CompartmentKind::Preparation }, ..query };
     cross(&mut p, vec![statement(1, foreign, 0)]);
     let Message::RecoveryStatement(mut forged) = statement(2, query, 0) else { unreachable!() };
     forged.body.checkpoint = 0;
@@ -251,7 +260,8 @@ fn a_restart_from_state_sealed_behind_the_fence_stays_behind_it() {
     assert!(cross(&mut restored, vec![pp(0, 1, "x")]).0.is_empty());
     // With H known, the restored enclave keeps it (and asks nothing more).
     let query = begin(&mut restored, 2).unwrap();
-    let (_, log2) = cross(&mut restored, (0..secrets().config.quorum() as u32).map(|r| statement(r, query, 0)).collect());
+    let (_, log2) =
+        cross(&mut restored, (0..secrets().config.quorum() as u32).map(|r| statement(r, query, 0)).collect());
     let mut all = log.clone();
     all.extend(log2);
     let mut again = restore(2, &all[1..], 5).unwrap();

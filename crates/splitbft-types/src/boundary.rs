@@ -132,6 +132,12 @@ pub enum Event {
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
+    /// (Preparation, Confirmation) the recovery fence has `2f + 1` statements: it now waits
+    /// for a stable checkpoint at or above `horizon` (SPEC §10); stop re-asking.
+    RecoveryHorizon {
+        /// `H = max checkpoint + L`.
+        horizon: Seq,
+    },
     /// (Execution) a certified or re-proposed batch is missing: fetch it by digest.
     MissingBatch {
         /// Sequence number.

@@ -156,7 +156,8 @@ impl Fence {
         if self.query != Some(msg.body.query) {
             return Err(StatementReject::NotMyQuery);
         }
-        let slot = self.statements.get(msg.body.replica.0 as usize).ok_or(CertError::UnknownReplica(msg.body.replica))?;
+        let slot =
+            self.statements.get(msg.body.replica.0 as usize).ok_or(CertError::UnknownReplica(msg.body.replica))?;
         if slot.is_some() {
             return Err(StatementReject::Duplicate);
         }
