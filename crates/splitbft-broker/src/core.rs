@@ -873,9 +873,15 @@ impl BrokerCore {
     /// to the queue. A restarted primary Preparation no longer knows which sequence numbers
     /// it assigned in this view, so the replica suspects its own view at once instead of
     /// waiting for the request timers. Every compartment then catches up through the next
-    /// checkpoint certificate and Execution through state transfer (SPEC §4.3).
+    /// checkpoint certificate and Execution through state transfer (SPEC §4.3); a fresh
+    /// Preparation or Confirmation does so behind the recovery fence (SPEC §10), for which
+    /// it gets a nonce here.
     pub fn on_enclave_restarted(&mut self, kind: CompartmentKind, now_us: u64, out: &mut Vec<Action>) {
         self.counters.bump("enclave_restarts");
+        if kind != CompartmentKind::Execution {
+            // The fresh process starts behind the recovery fence (SPEC §10): give it a nonce.
+            self.send_begin_recovery(kind, out);
+        }
         if kind == CompartmentKind::Preparation {
             let lost: Vec<Bytes> = self.awaiting_order.drain(..).flatten().collect();
             for body in lost.into_iter().rev() {

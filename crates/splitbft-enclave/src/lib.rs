@@ -225,6 +225,34 @@ pub fn build_compartment(
     })
 }
 
+/// [`build_compartment`] for a compartment process restarted without state (incarnation
+/// above 0 of the `process` backend, which has no counter): Preparation and Confirmation
+/// start behind the recovery fence (SPEC §10), since they may have signed things the dead
+/// process took with it.
+pub fn build_restarted_compartment(
+    kind: CompartmentKind,
+    config: &ProtocolConfig,
+    me: ReplicaId,
+    key: SecretKey,
+    group: Option<GroupSecret>,
+    app: Box<dyn Application>,
+) -> Result<Box<dyn Compartment>, EnclaveError> {
+    let genesis = Execution::genesis_digest(config, app.as_ref());
+    Ok(match kind {
+        CompartmentKind::Preparation => {
+            let mut prep = Preparation::new(config.clone(), me, key, genesis)?;
+            prep.fence(0);
+            Box::new(prep)
+        }
+        CompartmentKind::Confirmation => {
+            let mut conf = Confirmation::new(config.clone(), me, key, genesis)?;
+            conf.fence(0);
+            Box::new(conf)
+        }
+        CompartmentKind::Execution => build_compartment(kind, config, me, key, group, app)?,
+    })
+}
+
 /// Builds one replica's three compartments behind `backend` (inline or thread), in
 /// [`CompartmentKind::ALL`] order.
 pub fn start_replica(
