@@ -148,7 +148,22 @@ pub struct BrokerCore {
     resend_due: Vec<Option<u64>>,
     counters: Counters,
     stats: [Option<Stats>; 3],
+    /// Per compartment behind the recovery fence and still waiting for statements: when to
+    /// ask again with a new nonce (SPEC §10). Only Preparation and Confirmation fence.
+    recovery_retry_us: [Option<u64>; 3],
+    /// Where the next recovery nonce comes from: the driver's random seed, then a counter.
+    recovery_nonce: u64,
+    /// When each peer's last recovery query reached our Execution enclave.
+    queried_at: Vec<Option<u64>>,
 }
+
+/// How long a recovering compartment waits for `2f + 1` statements before asking again
+/// with a new nonce (liveness only: statements answering an older nonce do not count).
+pub const RECOVERY_RETRY_US: u64 = 500_000;
+/// At most one recovery query per peer per this interval reaches our Execution enclave
+/// (each costs it a signature; a correct peer asks every [`RECOVERY_RETRY_US`] per
+/// compartment).
+pub const RECOVERY_QUERY_INTERVAL_US: u64 = RECOVERY_RETRY_US / 4;
 
 impl BrokerCore {
     /// A broker for replica `me`.
@@ -184,6 +199,9 @@ impl BrokerCore {
             state_frames: None,
             counters: Counters::default(),
             stats: [None, None, None],
+            recovery_retry_us: [None; 3],
+            recovery_nonce: 0,
+            queried_at: vec![None; protocol.n()],
             protocol,
             options,
         }
@@ -320,6 +338,26 @@ impl BrokerCore {
                 }
             }
             Message::Reply(_) => self.counters.bump(Counter::PeerUnexpectedReply),
+            Message::RecoveryQuery(query) => {
+                if query.requester.replica != from || query.requester.kind == CompartmentKind::Execution {
+                    return self.counters.bump(Counter::RecoveryQueryNotFromSender);
+                }
+                let last = self.queried_at.get(from.0 as usize).copied().flatten();
+                if last.is_some_and(|at| now_us < at + RECOVERY_QUERY_INTERVAL_US) {
+                    return self.counters.bump(Counter::RecoveryQueriesThrottled);
+                }
+                if let Some(slot) = self.queried_at.get_mut(from.0 as usize) {
+                    *slot = Some(now_us);
+                }
+                Self::to_enclave(Execution, Message::RecoveryQuery(query), out);
+            }
+            Message::RecoveryStatement(st) => {
+                let requester = st.body.query.requester;
+                if requester.replica != self.me || requester.kind == CompartmentKind::Execution {
+                    return self.counters.bump(Counter::RecoveryStatementNotForUs);
+                }
+                Self::to_enclave(requester.kind, Message::RecoveryStatement(st), out);
+            }
         }
     }
 
@@ -458,6 +496,7 @@ impl BrokerCore {
             self.missing.values().map(|(_, at)| *at).min(),
             self.fetch.as_ref().map(|f| f.deadline_us),
             self.resend_due.iter().flatten().min().copied(),
+            self.recovery_retry_us.iter().flatten().min().copied(),
         ]
         .into_iter()
         .flatten()
@@ -495,6 +534,31 @@ impl BrokerCore {
                 self.resend_out_log(ReplicaId(i as u32), out);
             }
         }
+        for kind in [CompartmentKind::Preparation, CompartmentKind::Confirmation] {
+            if self.recovery_retry_us[kind.index()].is_some_and(|at| at <= now_us) {
+                self.counters.bump(Counter::RecoveryRetries);
+                self.send_begin_recovery(kind, out);
+            }
+        }
+    }
+
+    /// Starts (or restarts) the recovery fence's query in the local Preparation and
+    /// Confirmation (SPEC §10). `nonce_seed` is the driver's randomness: the compartments
+    /// have none. A compartment that is not recovering ignores it.
+    pub fn begin_recovery(&mut self, nonce_seed: u64, out: &mut Vec<Action>) {
+        self.recovery_nonce = nonce_seed;
+        for kind in [CompartmentKind::Preparation, CompartmentKind::Confirmation] {
+            self.send_begin_recovery(kind, out);
+        }
+    }
+
+    fn send_begin_recovery(&mut self, kind: CompartmentKind, out: &mut Vec<Action>) {
+        // Distinct per query (Weyl sequence); unpredictability is not what protects the
+        // requester, the echo and the counter epoch are (see `splitbft_types::recovery`).
+        self.recovery_nonce = self.recovery_nonce.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let input = Input::BeginRecovery { nonce: self.recovery_nonce };
+        out.push(Action::Enclave(kind, Bytes::from(to_bytes(&input))));
+        self.recovery_retry_us[kind.index()] = None;
     }
 
     /// A peer connected (or reconnected): resend the out-log (SPEC §5), at most once per
@@ -696,6 +760,27 @@ impl BrokerCore {
                     Self::to_enclave(kind, Message::Checkpoint(cp), out);
                 }
             }
+            (Preparation | Confirmation, Output::Send(Message::RecoveryQuery(query))) => {
+                // SPEC §10 recovery fence: every replica's Execution answers, ours included.
+                self.counters.bump(Counter::RecoveryQueriesSent);
+                out.push(Action::Broadcast(Bytes::from(encode_message(&Message::RecoveryQuery(query)))));
+                Self::to_enclave(Execution, Message::RecoveryQuery(query), out);
+                self.recovery_retry_us[from.index()] = Some(now_us + RECOVERY_RETRY_US);
+            }
+            (Preparation | Confirmation, Output::Event(Event::RecoveryHorizon { .. })) => {
+                self.recovery_retry_us[from.index()] = None;
+            }
+            (Execution, Output::Send(Message::RecoveryStatement(st))) => {
+                let requester = st.body.query.requester;
+                if requester.replica == self.me {
+                    Self::to_enclave(requester.kind, Message::RecoveryStatement(st), out);
+                } else {
+                    out.push(Action::Send(
+                        requester.replica,
+                        Bytes::from(encode_message(&Message::RecoveryStatement(st))),
+                    ));
+                }
+            }
             (Execution, Output::Send(msg @ Message::Reply(_))) => {
                 let Message::Reply(reply) = &msg else { unreachable!("matched above") };
                 let key = (reply.client, reply.timestamp);
@@ -868,9 +953,15 @@ impl BrokerCore {
     /// to the queue. A restarted primary Preparation no longer knows which sequence numbers
     /// it assigned in this view, so the replica suspects its own view at once instead of
     /// waiting for the request timers. Every compartment then catches up through the next
-    /// checkpoint certificate and Execution through state transfer (SPEC §4.3).
+    /// checkpoint certificate and Execution through state transfer (SPEC §4.3); a fresh
+    /// Preparation or Confirmation does so behind the recovery fence (SPEC §10), for which
+    /// it gets a nonce here.
     pub fn on_enclave_restarted(&mut self, kind: CompartmentKind, now_us: u64, out: &mut Vec<Action>) {
         self.counters.bump(Counter::EnclaveRestarts);
+        if kind != CompartmentKind::Execution {
+            // The fresh process starts behind the recovery fence (SPEC §10): give it a nonce.
+            self.send_begin_recovery(kind, out);
+        }
         if kind == CompartmentKind::Preparation {
             let lost: Vec<Bytes> = self.awaiting_order.drain(..).flatten().collect();
             for body in lost.into_iter().rev() {
@@ -1366,5 +1457,87 @@ mod tests {
         let frames: Vec<Bytes> =
             reqs.iter().map(|r| Bytes::from(encode_message(&Message::Request(r.clone()))).slice(2..)).collect();
         assert_eq!(concat_requests(&frames), to_bytes(&reqs));
+    }
+
+    /// SPEC §10 recovery fence routing: a recovering compartment's query goes to every peer
+    /// and to our own Execution; statements go back to the requester's compartment only;
+    /// a peer cannot ask in another replica's name, and its queries are rate-limited; the
+    /// query is asked again with a new nonce until the horizon is reported.
+    #[test]
+    fn recovery_queries_and_statements_are_routed_to_the_right_enclaves() {
+        use splitbft_types::crypto::Purpose;
+        use splitbft_types::msg::Signed;
+        use splitbft_types::recovery::{RecoveryQuery, RecoveryStatement};
+        use splitbft_types::{CompartmentKind::*, EnclaveId};
+        let secrets = splitbft_types::keys::ClusterSecrets::deterministic(1, 1, 1, 1);
+        let mut core = BrokerCore::new(secrets.config.clone(), ReplicaId(0), BrokerOptions::new(&secrets.config));
+        let mut out = Vec::new();
+        core.begin_recovery(42, &mut out);
+        let nonces: Vec<u64> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Enclave(Preparation | Confirmation, b) => match from_bytes::<Input>(b) {
+                    Ok(Input::BeginRecovery { nonce }) => Some(nonce),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        assert_eq!(nonces.len(), 2);
+        assert_ne!(nonces[0], nonces[1]);
+        out.clear();
+        let query =
+            RecoveryQuery { requester: EnclaveId { replica: ReplicaId(0), kind: Preparation }, epoch: 1, nonce: 9 };
+        core.on_enclave_outputs(
+            Preparation,
+            vec![Bytes::from(to_bytes(&Output::Send(Message::RecoveryQuery(query))))],
+            0,
+            &mut out,
+        );
+        assert!(out.iter().any(|a| matches!(a, Action::Broadcast(_))));
+        assert!(out.iter().any(|a| matches!(a, Action::Enclave(Execution, _))));
+        assert_eq!(core.next_deadline_us(), Some(RECOVERY_RETRY_US), "asks again unless answered");
+        out.clear();
+        core.on_tick(RECOVERY_RETRY_US, &mut out);
+        assert!(out.iter().any(|a| matches!(a, Action::Enclave(Preparation, _))), "a new nonce");
+        assert_eq!(core.counters().get(Counter::RecoveryRetries), 1);
+        event(&mut core, Preparation, Event::RecoveryHorizon { horizon: 8 }, &mut out);
+        assert_eq!(core.next_deadline_us(), None, "the horizon stops the retries");
+
+        // Peer 1's Preparation asks: our Execution answers, once per interval.
+        let peer_query = RecoveryQuery { requester: EnclaveId { replica: ReplicaId(1), kind: Preparation }, ..query };
+        let frame = |m: Message| Bytes::from(encode_message(&m));
+        out.clear();
+        core.on_peer_frame(ReplicaId(1), frame(Message::RecoveryQuery(peer_query)), 0, &mut out);
+        core.on_peer_frame(ReplicaId(1), frame(Message::RecoveryQuery(peer_query)), 1, &mut out);
+        core.on_peer_frame(ReplicaId(2), frame(Message::RecoveryQuery(peer_query)), 2, &mut out);
+        assert_eq!(out.iter().filter(|a| matches!(a, Action::Enclave(Execution, _))).count(), 1);
+        assert_eq!(core.counters().get(Counter::RecoveryQueriesThrottled), 1);
+        assert_eq!(core.counters().get(Counter::RecoveryQueryNotFromSender), 1);
+        // Our Execution's statement for peer 1 goes to peer 1; a peer's statement for our
+        // Confirmation goes to our Confirmation; one for another replica goes nowhere.
+        let statement = |query: RecoveryQuery| {
+            let body = RecoveryStatement { query, replica: ReplicaId(0), checkpoint: 0, view: 0 };
+            let sig = secrets.enclave(ReplicaId(0), Execution).sign(
+                secrets.config.cluster_id,
+                Purpose::RecoveryStatement,
+                &body,
+            );
+            Message::RecoveryStatement(Signed { body, sig })
+        };
+        out.clear();
+        core.on_enclave_outputs(
+            Execution,
+            vec![Bytes::from(to_bytes(&Output::Send(statement(peer_query))))],
+            0,
+            &mut out,
+        );
+        assert!(matches!(out.as_slice(), [Action::Send(ReplicaId(1), _)]));
+        out.clear();
+        let ours = RecoveryQuery { requester: EnclaveId { replica: ReplicaId(0), kind: Confirmation }, ..query };
+        core.on_peer_frame(ReplicaId(2), frame(statement(ours)), 0, &mut out);
+        core.on_peer_frame(ReplicaId(2), frame(statement(peer_query)), 0, &mut out);
+        assert!(matches!(out.as_slice(), [Action::Enclave(Confirmation, _)]));
+        assert_eq!(core.counters().get(Counter::RecoveryStatementNotForUs), 1);
     }
 }

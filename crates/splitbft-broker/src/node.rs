@@ -420,6 +420,15 @@ fn start_driver(
         driver.core.on_enclave_outputs(CompartmentKind::Execution, replay, 0, &mut actions);
         driver.execute(&mut actions);
     }
+    {
+        // SPEC §10 recovery fence: a compartment that started without fresh state asks for
+        // statements; the nonce seed is the OS's randomness (std's hasher keys draw it).
+        use std::hash::{BuildHasher, Hasher};
+        let seed = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        let mut actions = Vec::new();
+        driver.core.begin_recovery(seed, &mut actions);
+        driver.execute(&mut actions);
+    }
     let task = tokio::spawn(driver.run(events_rx, out_rx, shutdown_rx));
     Ok(NodeHandle { events: events_tx, shutdown: Some(shutdown_tx), task, tasks })
 }

@@ -16,6 +16,7 @@ use splitbft_types::counters::Counter;
 use splitbft_types::crypto::SecretKey;
 use splitbft_types::durable::{RecordKind, RestoreError, SealedState, StateSealer};
 use splitbft_types::msg::{CheckpointCert, Digest, PreparedCert};
+use splitbft_types::recovery::Fence;
 use splitbft_types::{CompartmentKind, EnclaveId, ProtocolConfig, ReplicaId, Seq, View};
 
 use crate::{Confirmation, Slot};
@@ -27,6 +28,9 @@ struct Image {
     active: bool,
     stable: CheckpointCert,
     prepared: Vec<PreparedCert>,
+    /// Behind the recovery fence, with `H` once known (SPEC §10): a restart from this
+    /// image stays behind it.
+    fence: Option<Option<Seq>>,
 }
 
 /// Certificates committed on in one crossing.
@@ -44,6 +48,7 @@ pub(crate) struct Journal {
     /// `(view, digest)` of each certificate sealed.
     prepared: BTreeMap<Seq, (View, Digest)>,
     need_image: bool,
+    fence: Option<Option<Seq>>,
 }
 
 fn key(cert: &PreparedCert) -> (View, Digest) {
@@ -52,7 +57,7 @@ fn key(cert: &PreparedCert) -> (View, Digest) {
 
 impl Journal {
     fn new(sealer: StateSealer, need_image: bool) -> Self {
-        Journal { sealer, view: 0, active: true, low: 0, prepared: BTreeMap::new(), need_image }
+        Journal { sealer, view: 0, active: true, low: 0, prepared: BTreeMap::new(), need_image, fence: None }
     }
 
     fn remember(&mut self, c: &Confirmation) {
@@ -60,12 +65,16 @@ impl Journal {
         self.active = c.active;
         self.low = c.checkpoints.low();
         self.prepared = c.prepared.iter().map(|(s, cert)| (*s, key(cert))).collect();
+        self.fence = c.fence.as_ref().map(|f| f.horizon());
     }
 
     /// Seals what changed since the last record, if anything.
     pub(crate) fn step(&mut self, c: &Confirmation, out: &mut Vec<Output>) {
-        if self.need_image || c.view != self.view || c.active != self.active || c.checkpoints.low() != self.low {
+        let fence = c.fence.as_ref().map(|f| f.horizon());
+        let changed = c.view != self.view || c.active != self.active || c.checkpoints.low() != self.low;
+        if self.need_image || changed || fence != self.fence {
             let image = Image {
+                fence,
                 view: c.view,
                 active: c.active,
                 stable: c.checkpoints.stable().clone(),
@@ -95,10 +104,16 @@ fn sealer(config: &ProtocolConfig, me: ReplicaId, secret: &SecretKey, counter: u
 
 impl Confirmation {
     /// Turns on sealed write-ahead state for an enclave starting without state: its first
-    /// crossing emits an image bound to `counter + 1` (SPEC §10).
+    /// crossing emits an image bound to `counter + 1` (SPEC §10). With `counter > 0` the
+    /// enclave had state once and enters the recovery fence.
     pub fn enable_durability(&mut self, counter: u64) {
         let sealer = sealer(&self.config, self.me, &self.secret, counter);
         self.durable = Some(Journal::new(sealer, true));
+        // A counter above zero means this enclave sealed state before: starting without it
+        // it may have signed things it no longer remembers (SPEC §10 recovery fence).
+        if counter > 0 {
+            self.fence(counter);
+        }
     }
 
     /// Restarts the enclave from its sealed state (an image and the deltas after it),
@@ -147,6 +162,10 @@ impl Confirmation {
                 }
                 c.prepared.insert(seq, cert);
             }
+        }
+        if let Some(horizon) = image.fence {
+            let me = EnclaveId { replica: me, kind: CompartmentKind::Confirmation };
+            c.fence = Some(Fence::resume(&c.config, me, counter, horizon));
         }
         let mut journal = Journal::new(sealer, false);
         journal.remember(&c);

@@ -23,6 +23,7 @@ use splitbft_types::crypto::{Purpose, SecretKey};
 use splitbft_types::msg::{
     Checkpoint, Commit, Digest, Message, NewView, PrePrepare, Prepare, PreparedCert, Signed, ViewChange,
 };
+use splitbft_types::recovery::{Fence, RecoveryStatement};
 use splitbft_types::viewchange::{Depth, check_new_view, reject_counter};
 use splitbft_types::{CompartmentKind, EnclaveId, ProtocolConfig, ReplicaId, Seq, View};
 
@@ -54,6 +55,9 @@ pub struct Confirmation {
     counters: Counters,
     /// Sealed write-ahead state, when durability is on (SPEC §10, `durable.rs`).
     durable: Option<durable::Journal>,
+    /// Behind the recovery fence (SPEC §10): no Commit or ViewChange is signed while this
+    /// is set; cleared once a stable checkpoint at or above `H` is adopted.
+    fence: Option<Fence>,
 }
 
 impl Confirmation {
@@ -74,8 +78,57 @@ impl Confirmation {
             checkpoints: CheckpointLog::new(genesis),
             counters: Counters::default(),
             durable: None,
+            fence: None,
             config,
         })
+    }
+
+    /// Puts the enclave behind the recovery fence (SPEC §10): it may have committed, or
+    /// sent ViewChanges, it no longer remembers. `epoch` is its monotonic counter epoch (0
+    /// without a counter). [`Confirmation::enable_durability`] calls it when the counter
+    /// shows an earlier life; an environment without a counter calls it on every restart.
+    pub fn fence(&mut self, epoch: u64) {
+        let me = EnclaveId { replica: self.me, kind: CompartmentKind::Confirmation };
+        self.fence = Some(Fence::new(&self.config, me, epoch));
+        self.counters.bump(Counter::RecoveriesStarted);
+    }
+
+    /// Whether the enclave is behind the recovery fence.
+    pub fn recovering(&self) -> bool {
+        self.fence.is_some()
+    }
+
+    /// Recovery step 1: send a query with the environment's nonce.
+    fn on_begin_recovery(&mut self, nonce: u64, out: &mut Vec<Output>) {
+        let Some(query) = self.fence.as_mut().and_then(|f| f.begin(nonce)) else {
+            return self.counters.bump(Counter::RecoveryQueryNotNeeded);
+        };
+        self.counters.bump(Counter::RecoveryQueriesSent);
+        out.push(Output::Send(Message::RecoveryQuery(query)));
+    }
+
+    /// Recovery step 3: count a statement; with `2f + 1`, `H` is set.
+    fn on_recovery_statement(&mut self, st: Signed<RecoveryStatement>, out: &mut Vec<Output>) {
+        let Some(fence) = self.fence.as_mut() else {
+            return self.counters.bump(Counter::RecoveryStatementNotNeeded);
+        };
+        match fence.on_statement(&self.config, &self.keys, &st) {
+            Err(e) => self.counters.bump(e.counter()),
+            Ok(None) => self.counters.bump(Counter::RecoveryStatementsAccepted),
+            Ok(Some(horizon)) => {
+                self.counters.bump(Counter::RecoveryStatementsAccepted);
+                out.push(Output::Event(Event::RecoveryHorizon { horizon }));
+                self.maybe_lift_fence();
+            }
+        }
+    }
+
+    /// Recovery step 4: the fence lifts once the low watermark reaches `H`.
+    fn maybe_lift_fence(&mut self) {
+        if self.fence.as_ref().is_some_and(|f| f.lifted(self.checkpoints.low())) {
+            self.fence = None;
+            self.counters.bump(Counter::RecoveriesCompleted);
+        }
     }
 
     /// Common checks for a message about `(view, seq)`; returns the slot if acceptable.
@@ -156,6 +209,10 @@ impl Confirmation {
             // C4: no Commit between our ViewChange and the NewView.
             return;
         }
+        if self.fence.is_some() {
+            // SPEC §10: it may have committed another digest here before losing its state.
+            return self.counters.bump(Counter::SignaturesFenced);
+        }
         let slot = self.slot_mut(seq);
         let Some(pp) = slot.pre_prepare else { return };
         if slot.committed.is_some() {
@@ -185,6 +242,7 @@ impl Confirmation {
                 self.prepared = self.prepared.split_off(&(seq + 1));
                 self.counters.bump(Counter::CheckpointsStable);
                 out.push(Output::Event(Event::Stable { seq }));
+                self.maybe_lift_fence();
             }
         }
     }
@@ -196,6 +254,10 @@ impl Confirmation {
         let target = view.saturating_add(1);
         if target <= self.view {
             return self.counters.bump(Counter::SuspectStale);
+        }
+        if self.fence.is_some() {
+            // SPEC §10: a ViewChange now could omit a certificate it lost.
+            return self.counters.bump(Counter::SignaturesFenced);
         }
         self.view = target;
         self.active = false;
@@ -235,6 +297,7 @@ impl Confirmation {
             self.prepared = self.prepared.split_off(&(stable_seq + 1));
             out.push(Output::Event(Event::Stable { seq: stable_seq }));
         }
+        self.maybe_lift_fence();
         let low = self.checkpoints.low();
         for pp in accepted.pre_prepares.into_iter().filter(|pp| pp.body.seq > low) {
             if let Some(slot) = self.slot(
@@ -260,6 +323,7 @@ impl Confirmation {
             log_entries: (self.slots.len() + self.checkpoints.pending_slots()) as u64,
             low_watermark: self.checkpoints.low(),
             view: self.view,
+            recovering: self.recovering(),
             ..Stats::default()
         }
     }
@@ -278,6 +342,8 @@ impl Compartment for Confirmation {
             Input::Message(Message::Checkpoint(cp)) => self.on_checkpoint(cp, out),
             Input::Message(Message::NewView(nv)) => self.on_new_view(nv, out),
             Input::Suspect(view) => self.on_suspect(view, out),
+            Input::Message(Message::RecoveryStatement(st)) => self.on_recovery_statement(st, out),
+            Input::BeginRecovery { nonce } => self.on_begin_recovery(nonce, out),
             Input::Message(_) | Input::OrderBatch(_) | Input::RestoreState { .. } => {
                 self.counters.bump(Counter::UnexpectedInput)
             }

@@ -363,3 +363,53 @@ fn unexpected_and_malformed_inputs_are_counted() {
     assert_eq!(s.get(Counter::UnexpectedInput), 2);
     assert_eq!(s.get(Counter::MalformedInput), 3);
 }
+
+/// SPEC §10 recovery fence at n = 4 (f = 1): a Confirmation restarted without fresh state
+/// signs no Commit and no ViewChange, even on a complete prepare certificate, until it has
+/// `2f + 1` Execution statements for its query and a stable checkpoint at or above
+/// `H = max checkpoint + L`; then it commits again, above `H`.
+#[test]
+fn a_fenced_confirmation_signs_no_commit_or_view_change_until_it_recovered() {
+    use splitbft_types::msg::Checkpoint;
+    use splitbft_types::recovery::{RecoveryQuery, RecoveryStatement};
+    let mut h = Harness::new(2);
+    h.conf.fence(0);
+    let certificate = |h: &Harness, seq: Seq, tag: &str| {
+        vec![h.pp(0, seq, d(tag)), h.prepare(1, 0, seq, d(tag)), h.prepare(3, 0, seq, d(tag))]
+    };
+    let msgs = certificate(&h, 1, "x");
+    assert!(h.feed_all(msgs).is_empty(), "committed behind the fence");
+    let mut out = Vec::new();
+    h.conf.handle(Input::Suspect(0), &mut out);
+    assert!(!out.iter().any(|o| matches!(o, Output::Send(Message::ViewChange(_)))), "ViewChange behind the fence");
+    out.clear();
+    h.conf.handle(Input::BeginRecovery { nonce: 7 }, &mut out);
+    let Some(Output::Send(Message::RecoveryQuery(query))) = out.pop() else { panic!("no query") };
+    let statement = |h: &Harness, r: u32, query: RecoveryQuery, checkpoint: Seq| {
+        let body = RecoveryStatement { query, replica: ReplicaId(r), checkpoint, view: 0 };
+        Message::RecoveryStatement(h.sign(r, CompartmentKind::Execution, Purpose::RecoveryStatement, body))
+    };
+    let checkpoints = |h: &Harness, seq: Seq| {
+        (0..3u32)
+            .map(|r| {
+                let body = Checkpoint { seq, state: d("state"), replica: ReplicaId(r) };
+                Message::Checkpoint(h.sign(r, CompartmentKind::Execution, Purpose::Checkpoint, body))
+            })
+            .collect::<Vec<_>>()
+    };
+    // 2f + 1 = 3 statements, highest checkpoint K: H = K + L.
+    let msgs = vec![statement(&h, 0, query, 0), statement(&h, 1, query, K), statement(&h, 3, query, 0)];
+    h.feed_all(msgs);
+    assert!(h.stats().recovering);
+    let msgs = checkpoints(&h, L);
+    h.feed_all(msgs);
+    assert!(h.stats().recovering, "a stable checkpoint below H = K + L lifted the fence");
+    let msgs = certificate(&h, L + 1, "y");
+    assert!(h.feed_all(msgs).is_empty(), "committed at or below H");
+    let msgs = checkpoints(&h, K + L);
+    h.feed_all(msgs);
+    assert!(!h.stats().recovering);
+    assert_eq!(h.counter(Counter::RecoveriesCompleted), 1);
+    let msgs = certificate(&h, K + L + 1, "z");
+    assert_eq!(h.feed_all(msgs).len(), 1, "recovered: commits above H");
+}

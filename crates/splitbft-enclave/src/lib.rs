@@ -27,6 +27,7 @@ use splitbft_preparation::Preparation;
 use splitbft_types::boundary::Compartment;
 use splitbft_types::config::ConfigError;
 use splitbft_types::crypto::SecretKey;
+use splitbft_types::durable::RestoreError;
 use splitbft_types::session::GroupSecret;
 use splitbft_types::{Application, CompartmentKind, ProtocolConfig, ReplicaId};
 
@@ -224,6 +225,34 @@ pub fn build_compartment(
     })
 }
 
+/// [`build_compartment`] for a compartment process restarted without state (incarnation
+/// above 0 of the `process` backend, which has no counter): Preparation and Confirmation
+/// start behind the recovery fence (SPEC §10), since they may have signed things the dead
+/// process took with it.
+pub fn build_restarted_compartment(
+    kind: CompartmentKind,
+    config: &ProtocolConfig,
+    me: ReplicaId,
+    key: SecretKey,
+    group: Option<GroupSecret>,
+    app: Box<dyn Application>,
+) -> Result<Box<dyn Compartment>, EnclaveError> {
+    let genesis = Execution::genesis_digest(config, app.as_ref());
+    Ok(match kind {
+        CompartmentKind::Preparation => {
+            let mut prep = Preparation::new(config.clone(), me, key, genesis)?;
+            prep.fence(0);
+            Box::new(prep)
+        }
+        CompartmentKind::Confirmation => {
+            let mut conf = Confirmation::new(config.clone(), me, key, genesis)?;
+            conf.fence(0);
+            Box::new(conf)
+        }
+        CompartmentKind::Execution => build_compartment(kind, config, me, key, group, app)?,
+    })
+}
+
 /// Builds one replica's three compartments behind `backend` (inline or thread), in
 /// [`CompartmentKind::ALL`] order.
 pub fn start_replica(
@@ -284,21 +313,40 @@ pub fn start_replica_durable(
     let genesis = Execution::genesis_digest(config, app.as_ref());
     let ReplicaSecrets { keys: [prep_key, conf_key, exec_key], execution_group } = secrets;
     let [p, c, e] = start;
-    let prep = if p.records.is_empty() {
-        let mut prep = Preparation::new(config.clone(), me, prep_key, genesis)?;
-        prep.enable_durability(p.counter);
-        prep
-    } else {
-        Preparation::restore(config.clone(), me, prep_key, genesis, &p.records, p.counter)
-            .map_err(|e| EnclaveError::Restore(CompartmentKind::Preparation, e))?
+    // A state older than the counter cannot be proven fresh: the compartment starts without
+    // it, behind the recovery fence (SPEC §10; `enable_durability` with a counter above 0).
+    let rolled_back = |e: &RestoreError| matches!(e, RestoreError::RolledBack { .. });
+    let prep = match Preparation::restore(
+        config.clone(),
+        me,
+        SecretKey::from_seed(prep_key.seed()),
+        genesis,
+        &p.records,
+        p.counter,
+    ) {
+        Ok(prep) => prep,
+        Err(e) if p.records.is_empty() || rolled_back(&e) => {
+            let mut prep = Preparation::new(config.clone(), me, prep_key, genesis)?;
+            prep.enable_durability(p.counter);
+            prep
+        }
+        Err(e) => return Err(EnclaveError::Restore(CompartmentKind::Preparation, e)),
     };
-    let conf = if c.records.is_empty() {
-        let mut conf = Confirmation::new(config.clone(), me, conf_key, genesis)?;
-        conf.enable_durability(c.counter);
-        conf
-    } else {
-        Confirmation::restore(config.clone(), me, conf_key, genesis, &c.records, c.counter)
-            .map_err(|e| EnclaveError::Restore(CompartmentKind::Confirmation, e))?
+    let conf = match Confirmation::restore(
+        config.clone(),
+        me,
+        SecretKey::from_seed(conf_key.seed()),
+        genesis,
+        &c.records,
+        c.counter,
+    ) {
+        Ok(conf) => conf,
+        Err(e) if c.records.is_empty() || rolled_back(&e) => {
+            let mut conf = Confirmation::new(config.clone(), me, conf_key, genesis)?;
+            conf.enable_durability(c.counter);
+            conf
+        }
+        Err(e) => return Err(EnclaveError::Restore(CompartmentKind::Confirmation, e)),
     };
     let (exec, replay) = if e.records.is_empty() {
         let mut exec = Execution::new(config.clone(), me, exec_key, execution_group, app)?;

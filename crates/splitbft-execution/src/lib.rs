@@ -36,6 +36,7 @@ use splitbft_types::counters::Counters;
 use splitbft_types::crypto::{MacKey, Purpose, SecretKey, reply_mac};
 use splitbft_types::dedup::ClientWindow;
 use splitbft_types::msg::{BatchMsg, Checkpoint, Commit, Digest, Message, NewView, Reply, Request, Signed};
+use splitbft_types::recovery::{RecoveryQuery, RecoveryStatement};
 use splitbft_types::session::{Admission, GroupSecret, ReplyBody, SessionRecord, Sessions};
 use splitbft_types::viewchange::{Depth, check_new_view, null_batch, null_digest, reject_counter};
 use splitbft_types::{ClientId, CompartmentKind, EnclaveId, ProtocolConfig, ReplicaId, Seq, Timestamp, View};
@@ -569,6 +570,9 @@ impl Execution {
             low_watermark: self.checkpoints.low(),
             view: self.view,
             last_executed: self.executed,
+            // Execution signs no slot: it never fences (a restarted one catches up by
+            // state transfer, SPEC §4.3).
+            recovering: false,
             // No digest of the plaintext state: the host sees counts, never anything
             // derived from what Execution keeps confidential (SPEC §6 last bullet; issue
             // 11 finding 7). Checkpoint digests are the one exception the protocol needs.
@@ -598,6 +602,20 @@ impl Execution {
         self.sessions.epoch(client)
     }
 
+    /// Answers a recovering enclave's query (SPEC §10 recovery fence) with a signed
+    /// statement of this enclave's latest checkpoint and view, echoing the query so that
+    /// the statement counts for that query only.
+    pub fn on_recovery_query(&mut self, query: RecoveryQuery, out: &mut Vec<Output>) {
+        if query.requester.replica.0 as usize >= self.config.n() {
+            return self.counters.bump(Counter::RecoveryQueryUnknownReplica);
+        }
+        let checkpoint = self.executed - self.executed % self.config.checkpoint_interval;
+        let body = RecoveryStatement { query, replica: self.me, checkpoint, view: self.view };
+        let sig = self.secret.sign(self.config.cluster_id, Purpose::RecoveryStatement, &body);
+        self.counters.bump(Counter::RecoveryStatementsSent);
+        out.push(Output::Send(Message::RecoveryStatement(Signed { body, sig })));
+    }
+
     /// Digest of the whole checkpointed Execution state (application, dedup windows, cached
     /// results, sessions): equal on every correct Execution enclave after the same order.
     pub fn state_digest(&self) -> Digest {
@@ -618,7 +636,8 @@ impl Compartment for Execution {
             Input::Message(Message::NewView(nv)) => self.on_new_view(nv, out),
             Input::Message(Message::Request(req)) => self.on_retransmitted_request(req, out),
             Input::RestoreState { seq, bytes } => self.on_restore_state(seq, bytes, out),
-            Input::Message(_) | Input::OrderBatch(_) | Input::Suspect(_) => {
+            Input::Message(Message::RecoveryQuery(query)) => self.on_recovery_query(query, out),
+            Input::Message(_) | Input::OrderBatch(_) | Input::Suspect(_) | Input::BeginRecovery { .. } => {
                 self.counters.bump(Counter::UnexpectedInput)
             }
             Input::QueryStats => out.push(Output::Stats(self.stats())),

@@ -16,6 +16,7 @@ use splitbft_types::counters::Counter;
 use splitbft_types::crypto::SecretKey;
 use splitbft_types::durable::{RecordKind, RestoreError, SealedState, StateSealer};
 use splitbft_types::msg::{CheckpointCert, Digest};
+use splitbft_types::recovery::Fence;
 use splitbft_types::{CompartmentKind, EnclaveId, ProtocolConfig, ReplicaId, Seq, View};
 
 use crate::Preparation;
@@ -27,6 +28,9 @@ struct Image {
     next_seq: Seq,
     stable: CheckpointCert,
     accepted: Vec<(Seq, Digest)>,
+    /// Behind the recovery fence, with `H` once known (SPEC §10): a restart from this
+    /// image stays behind it.
+    fence: Option<Option<Seq>>,
 }
 
 /// Entries accepted in one crossing.
@@ -45,18 +49,21 @@ pub(crate) struct Journal {
     accepted: BTreeMap<Seq, Digest>,
     /// No image written yet (fresh start).
     need_image: bool,
+    fence: Option<Option<Seq>>,
 }
 
 impl Journal {
     fn new(sealer: StateSealer, need_image: bool) -> Self {
-        Journal { sealer, view: 0, low: 0, next_seq: 1, accepted: BTreeMap::new(), need_image }
+        Journal { sealer, view: 0, low: 0, next_seq: 1, accepted: BTreeMap::new(), need_image, fence: None }
     }
 
     /// Seals what changed since the last record, if anything.
     pub(crate) fn step(&mut self, p: &Preparation, out: &mut Vec<Output>) {
         let low = p.checkpoints.low();
-        if self.need_image || p.view != self.view || low != self.low {
+        let fence = p.fence.as_ref().map(|f| f.horizon());
+        if self.need_image || p.view != self.view || low != self.low || fence != self.fence {
             let image = Image {
+                fence,
                 view: p.view,
                 next_seq: p.next_seq,
                 stable: p.checkpoints.stable().clone(),
@@ -77,6 +84,7 @@ impl Journal {
         self.low = low;
         self.next_seq = p.next_seq;
         self.accepted.clone_from(&p.accepted);
+        self.fence = fence;
     }
 }
 
@@ -86,10 +94,17 @@ fn sealer(config: &ProtocolConfig, me: ReplicaId, secret: &SecretKey, counter: u
 
 impl Preparation {
     /// Turns on sealed write-ahead state for an enclave starting without state: its first
-    /// crossing emits an image bound to `counter + 1` (SPEC §10).
+    /// crossing emits an image bound to `counter + 1` (SPEC §10). With `counter > 0` the
+    /// enclave had state once and enters the recovery fence.
     pub fn enable_durability(&mut self, counter: u64) {
         let sealer = sealer(&self.config, self.me, &self.secret, counter);
         self.durable = Some(Journal::new(sealer, true));
+        // A counter above zero means this enclave sealed state before: starting without it
+        // (none handed back, or refused as rolled back) it may have signed things it no
+        // longer remembers, so it recovers behind the fence (SPEC §10).
+        if counter > 0 {
+            self.fence(counter);
+        }
     }
 
     /// Restarts the enclave from its sealed state (an image and the deltas after it),
@@ -131,7 +146,12 @@ impl Preparation {
             }
             p.next_seq = p.next_seq.max(delta.next_seq);
         }
+        if let Some(horizon) = image.fence {
+            let me = EnclaveId { replica: me, kind: CompartmentKind::Preparation };
+            p.fence = Some(Fence::resume(&p.config, me, counter, horizon));
+        }
         let mut journal = Journal::new(sealer, false);
+        journal.fence = image.fence;
         journal.view = p.view;
         journal.low = low;
         journal.next_seq = p.next_seq;

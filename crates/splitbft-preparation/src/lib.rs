@@ -30,6 +30,7 @@ use splitbft_types::dedup::ClientWindow;
 use splitbft_types::msg::{
     BatchMsg, Checkpoint, Digest, Message, NewView, PrePrepare, Prepare, Request, Signed, ViewChange,
 };
+use splitbft_types::recovery::{Fence, RecoveryStatement};
 use splitbft_types::session::MAX_NONCE_TIMESTAMP;
 use splitbft_types::viewchange::{
     AcceptedNewView, Depth, check_new_view, check_view_change, compute_o_within, reject_counter,
@@ -68,6 +69,9 @@ pub struct Preparation {
     counters: Counters,
     /// Sealed write-ahead state, when durability is on (SPEC §10, `durable.rs`).
     durable: Option<durable::Journal>,
+    /// Behind the recovery fence (SPEC §10): no PrePrepare, Prepare or NewView is signed
+    /// while this is set; cleared once a stable checkpoint at or above `H` is adopted.
+    fence: Option<Fence>,
 }
 
 impl Preparation {
@@ -93,8 +97,68 @@ impl Preparation {
             genesis,
             counters: Counters::default(),
             durable: None,
+            fence: None,
             config,
         })
+    }
+
+    /// Puts the enclave behind the recovery fence (SPEC §10): it may have signed things it
+    /// no longer remembers. `epoch` is its monotonic counter epoch (0 without a counter).
+    /// [`Preparation::enable_durability`] calls it when the counter shows an earlier life;
+    /// an environment without a counter calls it on every restart.
+    pub fn fence(&mut self, epoch: u64) {
+        let me = EnclaveId { replica: self.me, kind: CompartmentKind::Preparation };
+        self.fence = Some(Fence::new(&self.config, me, epoch));
+        self.counters.bump(Counter::RecoveriesStarted);
+    }
+
+    /// Whether the enclave is behind the recovery fence.
+    pub fn recovering(&self) -> bool {
+        self.fence.is_some()
+    }
+
+    /// Whether the fence forbids signing now; counts the refusal.
+    fn fenced(&mut self) -> bool {
+        if self.fence.is_some() {
+            self.counters.bump(Counter::SignaturesFenced);
+        }
+        self.fence.is_some()
+    }
+
+    /// Recovery step 1: send a query with the environment's nonce.
+    fn on_begin_recovery(&mut self, nonce: u64, out: &mut Vec<Output>) {
+        let Some(query) = self.fence.as_mut().and_then(|f| f.begin(nonce)) else {
+            return self.counters.bump(Counter::RecoveryQueryNotNeeded);
+        };
+        self.counters.bump(Counter::RecoveryQueriesSent);
+        out.push(Output::Send(Message::RecoveryQuery(query)));
+    }
+
+    /// Recovery step 3: count a statement; with `2f + 1`, `H` is set.
+    fn on_recovery_statement(&mut self, st: Signed<RecoveryStatement>, out: &mut Vec<Output>) {
+        let Some(fence) = self.fence.as_mut() else {
+            return self.counters.bump(Counter::RecoveryStatementNotNeeded);
+        };
+        match fence.on_statement(&self.config, &self.keys, &st) {
+            Err(e) => self.counters.bump(e.counter()),
+            Ok(None) => self.counters.bump(Counter::RecoveryStatementsAccepted),
+            Ok(Some(horizon)) => {
+                self.counters.bump(Counter::RecoveryStatementsAccepted);
+                out.push(Output::Event(Event::RecoveryHorizon { horizon }));
+                self.maybe_lift_fence();
+            }
+        }
+    }
+
+    /// Recovery step 4: the fence lifts once the low watermark reaches `H`.
+    fn maybe_lift_fence(&mut self) {
+        if self.fence.as_ref().is_some_and(|f| f.lifted(self.checkpoints.low())) {
+            self.fence = None;
+            // Nothing accepted before the fence lifted is above `H`: the log starts clean.
+            self.accepted.clear();
+            self.next_seq = self.next_seq.max(self.checkpoints.low() + 1);
+            self.counters.bump(Counter::RecoveriesCompleted);
+        }
     }
 
     fn is_primary(&self) -> bool {
@@ -104,6 +168,9 @@ impl Preparation {
     /// Handler (1), OrderBatch: admit requests, assign the next sequence number, sign a
     /// PrePrepare. Only at primary(v).
     pub fn on_order_batch(&mut self, encoded: Vec<u8>, out: &mut Vec<Output>) {
+        if self.fenced() {
+            return out.push(Output::Event(Event::NotOrdered { window_full: false }));
+        }
         if !self.is_primary() {
             self.counters.bump(Counter::OrderBatchNotPrimary);
             return out.push(Output::Event(Event::NotOrdered { window_full: false }));
@@ -242,6 +309,11 @@ impl Preparation {
         if verify_signed(&self.config, &self.keys, &pp).is_err() {
             return self.counters.bump(Counter::PrePrepareBadSignature);
         }
+        if self.fenced() {
+            // SPEC §10: this enclave may have prepared another digest for the slot before
+            // it lost its state. Not recorded either: the slot stays open for after `H`.
+            return;
+        }
         // The primary signed this digest: from here on the slot is decided, so a faulty
         // primary pays for one check of one batch per slot, whatever it resends.
         self.accepted.insert(body.seq, body.digest);
@@ -270,6 +342,7 @@ impl Preparation {
                 self.next_seq = self.next_seq.max(seq + 1);
                 self.counters.bump(Counter::CheckpointsStable);
                 out.push(Output::Event(Event::Stable { seq }));
+                self.maybe_lift_fence();
             }
         }
     }
@@ -302,7 +375,7 @@ impl Preparation {
         }
         self.view_changes[r] = Some((vc, false));
         self.counters.bump(Counter::ViewChangesAccepted);
-        if self.config.primary(view) == self.me {
+        if self.config.primary(view) == self.me && !self.fenced() {
             self.send_new_view(view, out);
         }
     }
@@ -386,6 +459,7 @@ impl Preparation {
             return self.counters.bump(Counter::NewViewSenderRefused);
         }
         match check_new_view(&self.config, &self.keys, &nv, self.genesis, Depth::Full) {
+            Ok(accepted) if self.fence.is_some() => self.enter_view_fenced(accepted, out),
             Ok(accepted) => self.enter_view(accepted, out),
             Err(e) => {
                 self.refused_new_views[p] = nv.body.view;
@@ -425,6 +499,22 @@ impl Preparation {
         out.push(Output::Event(Event::ViewEntered { view: self.view }));
     }
 
+    /// (7) behind the fence: enter the view and adopt its checkpoint, but sign no Prepare
+    /// for `O` and accept none of its slots (they may be slots signed before the restart).
+    fn enter_view_fenced(&mut self, nv: AcceptedNewView, out: &mut Vec<Output>) {
+        self.counters.bump(Counter::SignaturesFenced);
+        self.view = nv.view;
+        self.accepted.clear();
+        let stable_seq = nv.stable.seq;
+        if self.checkpoints.adopt(nv.stable) {
+            out.push(Output::Event(Event::Stable { seq: stable_seq }));
+        }
+        self.next_seq = self.checkpoints.low() + 1;
+        self.counters.bump(Counter::ViewsEntered);
+        out.push(Output::Event(Event::ViewEntered { view: self.view }));
+        self.maybe_lift_fence();
+    }
+
     /// Counters and log size.
     pub fn stats(&self) -> Stats {
         Stats {
@@ -432,6 +522,7 @@ impl Preparation {
             log_entries: (self.accepted.len() + self.checkpoints.pending_slots()) as u64,
             low_watermark: self.checkpoints.low(),
             view: self.view,
+            recovering: self.recovering(),
             ..Stats::default()
         }
     }
@@ -450,6 +541,8 @@ impl Compartment for Preparation {
             Input::Message(Message::Checkpoint(cp)) => self.on_checkpoint(cp, out),
             Input::Message(Message::ViewChange(vc)) => self.on_view_change(vc, out),
             Input::Message(Message::NewView(nv)) => self.on_new_view(nv, out),
+            Input::Message(Message::RecoveryStatement(st)) => self.on_recovery_statement(st, out),
+            Input::BeginRecovery { nonce } => self.on_begin_recovery(nonce, out),
             Input::Message(_) | Input::Suspect(_) | Input::RestoreState { .. } => {
                 self.counters.bump(Counter::UnexpectedInput)
             }

@@ -9,13 +9,15 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 use serde::Serialize;
 use splitbft_preparation::Preparation;
-use splitbft_types::boundary::{Compartment, Input, Output};
+use splitbft_types::boundary::{Compartment, Input, Output, Stats};
 use splitbft_types::codec::{from_bytes, to_bytes};
+use splitbft_types::counters::Counter;
 use splitbft_types::crypto::{ClientKeys, Purpose, SecretKey};
 use splitbft_types::durable::{RecordKind, RestoreError, SealedState};
 use splitbft_types::keys::ClusterSecrets;
-use splitbft_types::msg::{BatchMsg, Digest, Message, PrePrepare, Signed};
-use splitbft_types::{ClientId, CompartmentKind, ReplicaId, Seq, View};
+use splitbft_types::msg::{BatchMsg, Checkpoint, Digest, Message, PrePrepare, Signed};
+use splitbft_types::recovery::{RecoveryQuery, RecoveryStatement};
+use splitbft_types::{ClientId, CompartmentKind, EnclaveId, ReplicaId, Seq, View};
 
 fn secrets() -> &'static ClusterSecrets {
     static SECRETS: OnceLock<ClusterSecrets> = OnceLock::new();
@@ -126,4 +128,155 @@ fn rolled_back_altered_or_foreign_state_is_refused() {
     assert!(matches!(restore(1, &altered, 0), Err(RestoreError::Unauthentic { index: 0 })));
     assert!(matches!(restore(2, &log, 0), Err(RestoreError::Unauthentic { index: 0 })), "another replica's");
     assert!(matches!(restore(1, &[], 0), Err(RestoreError::NoImage)));
+}
+
+/// `2f + 1` Checkpoints for `(seq, state)` from Execution enclaves `0..2f + 1`.
+fn checkpoint_quorum(seq: Seq, tag: &str) -> Vec<Message> {
+    let s = secrets();
+    (0..s.config.quorum() as u32)
+        .map(|r| {
+            let body = Checkpoint { seq, state: Digest::of(tag.as_bytes()), replica: ReplicaId(r) };
+            let sig = s.enclave(ReplicaId(r), CompartmentKind::Execution).sign(
+                s.config.cluster_id,
+                Purpose::Checkpoint,
+                &body,
+            );
+            Message::Checkpoint(Signed { body, sig })
+        })
+        .collect()
+}
+
+/// SPEC §10 "Recovery fence", with zero faulty enclaves: the host restarts a correct
+/// backup Preparation after it prepared `(0, 1, a)` — once with no state at all, once with
+/// a sealed state older than the monotonic counter (refused, so the host starts it without
+/// state) — and offers it a PrePrepare for the same slot with another digest. A second
+/// Prepare for `(0, 1)` would complete a second prepare certificate (P1 across restarts).
+#[test]
+fn a_host_restart_without_fresh_state_cannot_make_a_correct_backup_prepare_twice() {
+    let mut p = fresh(3);
+    p.enable_durability(0);
+    let (prepared, old) = cross(&mut p, vec![pp(0, 1, "a")]);
+    assert_eq!(prepared, vec![(1, d("a"))]);
+    // A stable checkpoint starts a new epoch; the environment raises the counter to it.
+    let k = secrets().config.checkpoint_interval;
+    let (_, newer) = cross(&mut p, checkpoint_quorum(k, "state"));
+    assert_eq!(newer.last().unwrap().epoch, 2);
+    let counter = 2;
+
+    // Restart 1: no state. Restart 2: the older image, refused as rolled back, then no state.
+    assert!(matches!(restore(3, &old, counter), Err(RestoreError::RolledBack { epoch: 1, counter: 2 })));
+    for restart in ["no state", "older state"] {
+        let mut restarted = fresh(3);
+        restarted.enable_durability(counter);
+        for seq in [1, 2, k + 1] {
+            let (prepared, _) = cross(&mut restarted, vec![pp(0, seq, "x")]);
+            assert!(prepared.is_empty(), "{restart}: a restarted backup prepared {prepared:?} before recovering");
+        }
+    }
+}
+
+/// Execution(`r`)'s signed statement answering `query`.
+fn statement(r: u32, query: RecoveryQuery, checkpoint: Seq) -> Message {
+    let s = secrets();
+    let body = RecoveryStatement { query, replica: ReplicaId(r), checkpoint, view: 0 };
+    let sig = s.enclave(ReplicaId(r), CompartmentKind::Execution).sign(
+        s.config.cluster_id,
+        Purpose::RecoveryStatement,
+        &body,
+    );
+    Message::RecoveryStatement(Signed { body, sig })
+}
+
+/// Sends `BeginRecovery(nonce)`; returns the query it produced.
+fn begin(p: &mut Preparation, nonce: u64) -> Option<RecoveryQuery> {
+    let mut out = Vec::new();
+    p.handle(Input::BeginRecovery { nonce }, &mut out);
+    out.into_iter().find_map(|o| match o {
+        Output::Send(Message::RecoveryQuery(q)) => Some(q),
+        _ => None,
+    })
+}
+
+/// SPEC §10 recovery fence at n = 7 (f = 2): the fence lifts only after `2f + 1` statements
+/// answering the current query *and* a stable checkpoint at or above `H = max + L`;
+/// replayed, foreign, forged and duplicate statements do not count; a restart from a state
+/// sealed behind the fence stays behind it.
+#[test]
+fn a_fenced_backup_recovers_after_2f_plus_1_statements_and_a_stable_checkpoint_at_h() {
+    let (k, l, quorum) = (secrets().config.checkpoint_interval, secrets().config.log_window, secrets().config.quorum());
+    let mut p = fresh(3);
+    p.enable_durability(1);
+    assert!(p.recovering());
+    let old = begin(&mut p, 10).unwrap();
+    assert_eq!((old.requester.replica, old.epoch, old.nonce), (ReplicaId(3), 1, 10));
+    let query = begin(&mut p, 11).unwrap();
+    // A statement for the old nonce (a replay), for another enclave, forged, or duplicate.
+    cross(&mut p, vec![statement(0, old, 0)]);
+    let foreign =
+        RecoveryQuery { requester: EnclaveId { replica: ReplicaId(4), kind: CompartmentKind::Preparation }, ..query };
+    cross(&mut p, vec![statement(1, foreign, 0)]);
+    let Message::RecoveryStatement(mut forged) = statement(2, query, 0) else { unreachable!() };
+    forged.body.checkpoint = 0;
+    forged.body.replica = ReplicaId(5);
+    cross(&mut p, vec![Message::RecoveryStatement(forged)]);
+    // 2f statements (one from replica 0, twice), the highest checkpoint 2K: H = 2K + L.
+    let (_, sealed) = cross(&mut p, vec![statement(0, query, k), statement(0, query, k), statement(1, query, 2 * k)]);
+    assert!(sealed.is_empty(), "nothing to seal before H");
+    for r in 2..quorum as u32 - 1 {
+        cross(&mut p, vec![statement(r, query, 0)]);
+    }
+    let stats = stats_of(&mut p);
+    assert_eq!(stats.get(Counter::RecoveryStatementsAccepted), quorum as u64 - 1);
+    assert_eq!(stats.get(Counter::RecoveryStatementNotMyQuery), 2);
+    assert_eq!(stats.get(Counter::RecoveryStatementBadSignature), 1);
+    assert_eq!(stats.get(Counter::RecoveryStatementDuplicate), 1);
+    assert!(stats.recovering);
+    let (_, sealed) = cross(&mut p, vec![statement(quorum as u32 - 1, query, 0)]);
+    assert_eq!(sealed[0].kind, RecordKind::Image, "H is sealed with the fence");
+    assert!(begin(&mut p, 12).is_none(), "H known: no new query");
+    let horizon = 2 * k + l;
+
+    // Still fenced: a stable checkpoint below H does not lift it.
+    cross(&mut p, checkpoint_quorum(horizon - k, "below"));
+    assert!(p.recovering());
+    assert!(cross(&mut p, vec![pp(0, horizon - k + 1, "x")]).0.is_empty());
+    // A stable checkpoint at H lifts it; slots above H are prepared again.
+    cross(&mut p, checkpoint_quorum(horizon, "at"));
+    assert!(!p.recovering());
+    assert_eq!(stats_of(&mut p).get(Counter::RecoveriesCompleted), 1);
+    assert_eq!(cross(&mut p, vec![pp(0, horizon + 1, "y")]).0, vec![(horizon + 1, d("y"))]);
+}
+
+/// A host restarting an enclave from a state it sealed while behind the fence gets an
+/// enclave that is still behind it (otherwise one more restart would lift the fence).
+#[test]
+fn a_restart_from_state_sealed_behind_the_fence_stays_behind_it() {
+    let mut p = fresh(2);
+    p.enable_durability(3);
+    let query = begin(&mut p, 1).unwrap();
+    let (_, log) = cross(&mut p, vec![statement(0, query, 0)]);
+    assert_eq!(log[0].kind, RecordKind::Image);
+    let mut restored = restore(2, &log, 4).unwrap();
+    assert!(restored.recovering());
+    assert!(cross(&mut restored, vec![pp(0, 1, "x")]).0.is_empty());
+    // With H known, the restored enclave keeps it (and asks nothing more).
+    let query = begin(&mut restored, 2).unwrap();
+    let (_, log2) =
+        cross(&mut restored, (0..secrets().config.quorum() as u32).map(|r| statement(r, query, 0)).collect());
+    let mut all = log.clone();
+    all.extend(log2);
+    let mut again = restore(2, &all[1..], 5).unwrap();
+    assert!(again.recovering());
+    assert!(begin(&mut again, 3).is_none(), "H survived the restart");
+    cross(&mut again, checkpoint_quorum(secrets().config.log_window, "h"));
+    assert!(!again.recovering());
+}
+
+fn stats_of(p: &mut Preparation) -> Stats {
+    let mut out = Vec::new();
+    p.handle(Input::QueryStats, &mut out);
+    match out.pop() {
+        Some(Output::Stats(s)) => s,
+        other => panic!("no stats: {other:?}"),
+    }
 }

@@ -16,6 +16,7 @@
 mod adversary;
 mod byzantine;
 mod checkers;
+pub mod enclave_restart;
 mod hostile;
 mod network;
 mod workload;

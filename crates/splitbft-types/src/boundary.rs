@@ -27,6 +27,13 @@ pub enum Input {
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
+    /// (Preparation, Confirmation) while recovering (SPEC §10 recovery fence): ask every
+    /// replica for its checkpoint and view, with this fresh nonce. The environment sends it
+    /// at start and again, with a new nonce, while the enclave reports `recovering`.
+    BeginRecovery {
+        /// Chosen by the environment; statements must echo it.
+        nonce: u64,
+    },
 }
 
 /// One output of a compartment.
@@ -125,6 +132,12 @@ pub enum Event {
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
+    /// (Preparation, Confirmation) the recovery fence has `2f + 1` statements: it now waits
+    /// for a stable checkpoint at or above `horizon` (SPEC §10); stop re-asking.
+    RecoveryHorizon {
+        /// `H = max checkpoint + L`.
+        horizon: Seq,
+    },
     /// (Execution) a certified or re-proposed batch is missing: fetch it by digest.
     MissingBatch {
         /// Sequence number.
@@ -147,6 +160,8 @@ pub struct Stats {
     pub view: View,
     /// Last executed sequence number (Execution only).
     pub last_executed: Seq,
+    /// Behind the recovery fence (SPEC §10): signs nothing until it has recovered.
+    pub recovering: bool,
 }
 
 impl Stats {

@@ -53,6 +53,8 @@ pub enum Purpose {
     /// A client's proof of identity in a transport handshake (SPEC §11): its signature
     /// over the Noise handshake hash.
     Transport = 12,
+    /// A recovery statement, signed by an Execution enclave (SPEC §10 recovery fence).
+    RecoveryStatement = 13,
 }
 
 /// Why a signature or key was refused.

@@ -29,7 +29,7 @@ use crate::crypto::SecretKey;
 use crate::ids::EnclaveId;
 
 /// Version of the sealed state layout; bound into every record's associated data.
-pub const STATE_VERSION: u8 = 1;
+pub const STATE_VERSION: u8 = 2;
 /// HKDF label of the state-sealing key.
 pub const STATE_SEAL_LABEL: &[u8] = b"state-seal";
 /// First bytes of every record's associated data.

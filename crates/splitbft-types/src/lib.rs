@@ -21,6 +21,7 @@ pub mod durable;
 pub mod ids;
 pub mod keys;
 pub mod msg;
+pub mod recovery;
 pub mod session;
 pub mod viewchange;
 pub mod wire;

@@ -262,10 +262,15 @@ pub enum Message {
     StateChunk(StateChunk),
     /// (environment to environment) resend me your out-log (after a state transfer).
     ResendOutLog,
+    /// A recovering enclave asks every Execution enclave for its checkpoint and view
+    /// (SPEC §10 recovery fence).
+    RecoveryQuery(crate::recovery::RecoveryQuery),
+    /// An Execution enclave's signed answer, for the requester's compartment.
+    RecoveryStatement(Signed<crate::recovery::RecoveryStatement>),
 }
 
 /// Number of [`Message`] variants; discriminants at or above it are unknown kinds.
-pub const MESSAGE_KINDS: u32 = 13;
+pub const MESSAGE_KINDS: u32 = 15;
 
 impl Message {
     /// Short name of the message kind, for logs and counters.
@@ -284,6 +289,8 @@ impl Message {
             Message::StateRequest { .. } => "state_request",
             Message::StateChunk(_) => "state_chunk",
             Message::ResendOutLog => "resend_out_log",
+            Message::RecoveryQuery(_) => "recovery_query",
+            Message::RecoveryStatement(_) => "recovery_statement",
         }
     }
 }

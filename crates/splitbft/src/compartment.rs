@@ -105,14 +105,18 @@ pub fn run(args: &EnclaveArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let mut compartment = splitbft_enclave::build_compartment(args.kind, &protocol, me, key, group, args.app.build()?)
-        .context("building the compartment")?;
-    if args.incarnation > 0 {
+    let build = if args.incarnation > 0 {
         tracing::warn!(
             kind = %args.kind, replica = args.id, incarnation = args.incarnation,
-            "compartment restarted from its configuration: catching up through checkpoints and state transfer"
+            "compartment restarted from its configuration: behind the recovery fence (SPEC §10), \
+             catching up through checkpoints and state transfer"
         );
-    }
+        splitbft_enclave::build_restarted_compartment
+    } else {
+        splitbft_enclave::build_compartment
+    };
+    let mut compartment =
+        build(args.kind, &protocol, me, key, group, args.app.build()?).context("building the compartment")?;
     serve_stdio(compartment.as_mut(), args.test_probe).with_context(|| format!("{} compartment", args.kind))?;
     Ok(())
 }

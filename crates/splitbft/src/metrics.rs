@@ -70,12 +70,19 @@ impl ReplicaSnapshot {
         self.report.enclaves.get(kind.index()).and_then(Option::as_ref)
     }
 
-    /// Whether a state transfer is under way (started and neither completed nor refused).
+    /// Whether the replica is recovering: a state transfer is under way (started and
+    /// neither completed nor refused), or a compartment is behind the recovery fence.
     pub fn recovering(&self) -> bool {
         let started = self.report.broker_counter(Tally::StateTransfersStarted);
         let ended = self.report.broker_counter(Tally::StateTransfersCompleted)
             + self.report.broker_counter(Tally::StateTransfersRejected);
-        started > ended
+        started > ended || self.fenced()
+    }
+
+    /// Whether a compartment is behind the recovery fence (SPEC §10): it signs nothing
+    /// yet, and the replica counts against `f` meanwhile.
+    pub fn fenced(&self) -> bool {
+        CompartmentKind::ALL.into_iter().any(|kind| self.stats(kind).is_some_and(|s| s.recovering))
     }
 
     /// Healthy: every compartment answered its stats query (none is wedged or gone).
@@ -108,7 +115,8 @@ impl ReplicaSnapshot {
         registry.register("broker_events", "Broker counters by event (rejections, batches, transfers)", broker);
 
         let events = Family::<Labels, Counter>::default();
-        let (view, low, log, up) = (
+        let (view, low, log, up, fenced) = (
+            Family::<Labels, Gauge>::default(),
             Family::<Labels, Gauge>::default(),
             Family::<Labels, Gauge>::default(),
             Family::<Labels, Gauge>::default(),
@@ -128,6 +136,7 @@ impl ReplicaSnapshot {
             view.get_or_create(&compartment()).set(gauge_value(stats.view));
             low.get_or_create(&compartment()).set(gauge_value(stats.low_watermark));
             log.get_or_create(&compartment()).set(gauge_value(stats.log_entries));
+            fenced.get_or_create(&compartment()).set(i64::from(stats.recovering));
         }
         registry.register(
             "compartment_events",
@@ -137,6 +146,11 @@ impl ReplicaSnapshot {
         registry.register("compartment_view", "View each compartment is in", view);
         registry.register("compartment_low_watermark", "Low watermark h: the last stable checkpoint", low);
         registry.register("compartment_log_entries", "Log entries held (bounded by L)", log);
+        registry.register(
+            "compartment_recovering",
+            "1 while the compartment is behind the recovery fence and signs nothing (SPEC §10)",
+            fenced,
+        );
         registry.register("compartment_up", "1 if the compartment answered the stats query", up);
 
         let gauge = |registry: &mut Registry, name: &str, help: &str, value: u64| {
@@ -159,7 +173,12 @@ impl ReplicaSnapshot {
             "Network events waiting for the broker core",
             self.core_queue_depth as u64,
         );
-        gauge(&mut registry, "recovering", "1 while a state transfer is under way", u64::from(self.recovering()));
+        gauge(
+            &mut registry,
+            "recovering",
+            "1 while a state transfer is under way or a compartment is behind the recovery fence",
+            u64::from(self.recovering()),
+        );
         gauge(&mut registry, "healthy", "1 if every compartment answers", u64::from(self.healthy()));
         let counter = |registry: &mut Registry, name: &str, help: &str, value: u64| {
             let c = Counter::<u64>::default();

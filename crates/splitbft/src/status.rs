@@ -25,7 +25,7 @@ pub struct Health {
     pub last_executed: u64,
     /// Last stable checkpoint.
     pub stable_checkpoint: u64,
-    /// A state transfer is under way.
+    /// A state transfer is under way, or a compartment is behind the recovery fence.
     pub recovering: bool,
 }
 
