@@ -17,7 +17,7 @@ use splitbft_types::codec::{
 use splitbft_types::config::Keyring;
 use splitbft_types::counters::Counter;
 use splitbft_types::counters::Counters;
-use splitbft_types::crypto::verify_request_signature;
+use splitbft_types::crypto::{MAX_SIGNATURE_BATCH, verify_request_signatures};
 use splitbft_types::msg::{BatchMsg, Digest, Message, Request, StateChunk};
 use splitbft_types::session::ReplyBody;
 use splitbft_types::{ClientId, CompartmentKind, ProtocolConfig, ReplicaId, Seq, View};
@@ -111,6 +111,10 @@ pub struct BrokerCore {
     /// cost an ordering attempt.
     pending_set: HashSet<Bytes>,
     pending_since_us: Option<u64>,
+    /// Requests for the queue whose client signature is not checked yet, with their bodies
+    /// (also in `pending_set`): checked together at the end of the round, or once
+    /// [`MAX_SIGNATURE_BATCH`] wait ([`BrokerCore::verify_queued`]).
+    unverified: Vec<(Request, Bytes)>,
     /// Requests of each OrderBatch submitted but not yet answered by Preparation, oldest
     /// first (Preparation answers in order); re-queued if it found the window full.
     awaiting_order: VecDeque<Vec<Bytes>>,
@@ -176,6 +180,7 @@ impl BrokerCore {
             pending: VecDeque::new(),
             pending_set: HashSet::new(),
             pending_since_us: None,
+            unverified: Vec::new(),
             awaiting_order: VecDeque::new(),
             stable: 0,
             last_ordered: 0,
@@ -418,12 +423,13 @@ impl BrokerCore {
         }
     }
 
-    /// Queues a request at the primary for the next batch, if its client signature verifies:
-    /// a filter, so that one faulty client cannot make this (correct) primary propose a batch
-    /// that correct backups refuse (SPEC §5, §6). It decides nothing: Preparation enclaves
-    /// check every request again.
+    /// Queues a request at the primary for the next batch, once its client signature
+    /// verifies: a filter, so that one faulty client cannot make this (correct) primary
+    /// propose a batch that correct backups refuse (SPEC §5, §6). It decides nothing:
+    /// Preparation enclaves check every request again. The signature is checked with the
+    /// round's others in one batch equation ([`BrokerCore::verify_queued`]).
     fn enqueue(&mut self, request: &Request, frame: Bytes, now_us: u64, out: &mut Vec<Action>) {
-        if self.pending.len() >= self.options.max_pending_requests {
+        if self.pending.len() + self.unverified.len() >= self.options.max_pending_requests {
             return self.counters.bump(Counter::RequestsDroppedQueueFull);
         }
         // The encoded Request is the frame minus the version byte and the kind, so a batch
@@ -435,16 +441,41 @@ impl BrokerCore {
         if self.pending_set.contains(&body) {
             return self.counters.bump(Counter::RequestAlreadyPending);
         }
-        let genuine = self
-            .keys
-            .client(request.client)
-            .is_some_and(|key| verify_request_signature(key, self.protocol.cluster_id, request).is_ok());
-        if !genuine {
+        if self.keys.client(request.client).is_none() {
             return self.counters.bump(Counter::RequestsBadSignatureDropped);
         }
         self.pending_set.insert(body.clone());
-        self.pending.push_back(body);
-        self.pending_since_us.get_or_insert(now_us);
+        self.unverified.push((request.clone(), body));
+        if self.unverified.len() >= MAX_SIGNATURE_BATCH {
+            self.verify_queued(now_us, out);
+        }
+    }
+
+    /// Checks the client signatures of the requests enqueued since the last call, in
+    /// batches (PERFORMANCE.md lesson 8): those that verify join the queue in arrival order
+    /// and batches are cut; the others are counted and dropped. Drivers call it at the end
+    /// of every round ([`crate::drive::drive`] does), so no request waits past its round.
+    pub fn verify_queued(&mut self, now_us: u64, out: &mut Vec<Action>) {
+        if self.unverified.is_empty() {
+            return;
+        }
+        let unverified = std::mem::take(&mut self.unverified);
+        let keys: Vec<_> = unverified
+            .iter()
+            .map(|(r, _)| self.keys.client(r.client).expect("enqueue admits known clients only"))
+            .collect();
+        let requests: Vec<&Request> = unverified.iter().map(|(r, _)| r).collect();
+        let verdicts = verify_request_signatures(self.protocol.cluster_id, &keys, &requests);
+        self.counters.bump(Counter::SignatureBatches);
+        for ((_, body), genuine) in unverified.into_iter().zip(verdicts) {
+            if genuine {
+                self.pending.push_back(body);
+                self.pending_since_us.get_or_insert(now_us);
+            } else {
+                self.pending_set.remove(&body);
+                self.counters.bump(Counter::RequestsBadSignatureDropped);
+            }
+        }
         self.maybe_cut(now_us, out);
     }
 
@@ -925,8 +956,10 @@ impl BrokerCore {
         self.view = self.view.max(view);
         self.window_full = false;
         self.pending_set.clear();
+        let unverified = std::mem::take(&mut self.unverified).into_iter().map(|(_, body)| body);
         let mut frames: Vec<Bytes> = std::mem::take(&mut self.pending)
             .into_iter()
+            .chain(unverified)
             .map(|body| Bytes::from([&[WIRE_VERSION, 0][..], &body].concat()))
             .collect();
         self.pending_since_us = None;
@@ -1089,12 +1122,14 @@ mod tests {
         core.options.eager_inflight = 1;
         let mut out = Vec::new();
         core.on_client_frame(ClientId(0), request_frame(1), 0, &mut out);
+        core.verify_queued(0, &mut out);
         assert_eq!(order_batches(&out).len(), 1, "cut at once: nothing in flight");
         out.clear();
         for _ in 0..3 {
             core.on_client_frame(ClientId(0), request_frame(2), 0, &mut out);
             core.on_peer_frame(ReplicaId(1), request_frame(2), 0, &mut out);
         }
+        core.verify_queued(0, &mut out);
         assert_eq!(core.pending.len(), 1);
         assert_eq!(core.counters().get(Counter::RequestAlreadyPending), 5);
         event(&mut core, CompartmentKind::Preparation, Event::Ordered { view: 0, seq: 1, requests: 1 }, &mut out);
@@ -1108,6 +1143,7 @@ mod tests {
         assert!(core.pending.is_empty() && core.pending_set.is_empty());
         out.clear();
         core.on_client_frame(ClientId(0), request_frame(2), 0, &mut out);
+        core.verify_queued(0, &mut out);
         assert_eq!(core.pending.len() + order_batches(&out).len(), 1, "a copy after the cut is queued again");
     }
 
@@ -1120,6 +1156,7 @@ mod tests {
         for t in 1..=10 {
             core.on_client_frame(ClientId(0), request_frame(t), 0, &mut out);
         }
+        core.verify_queued(0, &mut out);
         let cut = order_batches(&out);
         assert_eq!(cut.len(), 4, "L = 4 sequence numbers above h = 0");
         out.clear();
@@ -1441,6 +1478,55 @@ mod tests {
         // The liar's later chunks are ignored.
         core.on_peer_frame(liar, chunk(3, 1), 13, &mut out);
         assert_eq!(core.counters().get(Counter::StateChunkUnexpected), 1);
+    }
+
+    /// The primary's filter (SPEC §5, §6) checks a round's client signatures together: the
+    /// genuine requests are queued in arrival order, a forged one is counted and dropped
+    /// without holding up the others, and a genuine copy of the forged request arriving
+    /// later is queued (the forgery left nothing behind in the dedup set).
+    #[test]
+    fn a_forged_signature_drops_only_its_own_request() {
+        let mut core = primary(64);
+        core.options.eager_inflight = 0;
+        core.options.batch_max = 1000;
+        let forged = |t: u64| {
+            let Ok(Message::Request(mut r)) = decode_message(&request_frame(t)) else { unreachable!("a request") };
+            r.sig.0[7] ^= 1;
+            Bytes::from(encode_message(&Message::Request(r)))
+        };
+        let mut out = Vec::new();
+        for t in 1..=5 {
+            let frame = if t == 3 { forged(t) } else { request_frame(t) };
+            core.on_client_frame(ClientId(0), frame, 0, &mut out);
+        }
+        assert!(core.pending.is_empty(), "nothing is queued before its signature is checked");
+        core.verify_queued(0, &mut out);
+        assert_eq!(core.counters().get(Counter::RequestsBadSignatureDropped), 1);
+        let queued: Vec<Bytes> = core.pending.iter().cloned().collect();
+        let expected: Vec<Bytes> = [1, 2, 4, 5].iter().map(|t| request_frame(*t).slice(2..)).collect();
+        assert_eq!(queued, expected);
+        core.on_peer_frame(ReplicaId(2), request_frame(3), 0, &mut out);
+        core.verify_queued(0, &mut out);
+        assert_eq!(core.pending.len(), 5, "the genuine copy of request 3 is queued");
+        assert_eq!(core.counters().get(Counter::RequestAlreadyPending), 0);
+    }
+
+    /// `MAX_SIGNATURE_BATCH` bounds how many requests wait for their signature check: the
+    /// request that fills it triggers the check within the round; one fewer waits for the
+    /// round's end.
+    #[test]
+    fn a_full_signature_batch_is_checked_before_the_round_ends() {
+        let mut core = primary(64);
+        let mut out = Vec::new();
+        for t in 1..MAX_SIGNATURE_BATCH as u64 {
+            core.on_client_frame(ClientId(0), request_frame(t), 0, &mut out);
+        }
+        assert!(order_batches(&out).is_empty());
+        assert_eq!(core.unverified.len(), MAX_SIGNATURE_BATCH - 1);
+        core.on_client_frame(ClientId(0), request_frame(MAX_SIGNATURE_BATCH as u64), 0, &mut out);
+        assert!(core.unverified.is_empty());
+        assert_eq!(order_batches(&out).len(), MAX_SIGNATURE_BATCH, "batch_max = 1, eager: one batch each");
+        assert_eq!(core.counters().get(Counter::SignatureBatches), 1);
     }
 
     #[test]

@@ -9,7 +9,8 @@ use crate::core::{Action, BrokerCore};
 /// Runs `actions` to quiescence. Network actions go to `network`; enclave inputs cross the
 /// boundary in one batch per compartment per round; outputs of inline compartments are
 /// shown to `observe` (the simulator's checkers) and fed back into the core (thread-backed
-/// ones answer later, through the driver).
+/// ones answer later, through the driver). Client signatures of the requests the round
+/// queued are checked first, in batches ([`BrokerCore::verify_queued`]).
 pub fn drive(
     core: &mut BrokerCore,
     enclaves: &mut [Box<dyn EnclaveHandle>; 3],
@@ -18,7 +19,11 @@ pub fn drive(
     mut network: impl FnMut(&mut BrokerCore, Action),
     mut observe: impl FnMut(CompartmentKind, &[Bytes]),
 ) {
-    while !actions.is_empty() {
+    loop {
+        core.verify_queued(now_us, &mut actions);
+        if actions.is_empty() {
+            break;
+        }
         let mut inputs: [Vec<Bytes>; 3] = Default::default();
         for action in actions.drain(..) {
             match action {

@@ -200,6 +200,7 @@ counters! {
     RetransmissionNotExecuted = "retransmission_not_executed",
     SealedStateWithoutDurability = "sealed_state_without_durability",
     SessionsRegistered = "sessions_registered",
+    SignatureBatches = "signature_batches",
     SignaturesFenced = "signatures_fenced",
     StateChunkDuplicate = "state_chunk_duplicate",
     StateChunkInconsistent = "state_chunk_inconsistent",
