@@ -124,8 +124,13 @@ pub struct BrokerCore {
     batches: BatchCache,
     /// Certified or re-proposed batches Execution lacks: digest -> (seq, when to fetch).
     missing: BTreeMap<Digest, (Seq, u64)>,
-    /// Own snapshots served to peers: seq -> (digest, bytes).
+    /// Own snapshots served to peers: seq -> (digest, bytes). Holds the one of Execution's
+    /// stable checkpoint and those of the uncertified checkpoints above it (at most
+    /// [`BrokerCore::max_snapshots`]).
     snapshots: BTreeMap<Seq, (Digest, Bytes)>,
+    /// The local Execution's stable checkpoint: its snapshot is the one a replica behind
+    /// asks for (its certificate names it), so no newer one evicts it.
+    execution_stable: Seq,
     fetch: Option<StateFetch>,
     future: FutureBuffer,
     /// Highest view each replica sent a (validly signed) ViewChange for.
@@ -159,6 +164,7 @@ impl BrokerCore {
             batches: BatchCache::default(),
             missing: BTreeMap::new(),
             snapshots: BTreeMap::new(),
+            execution_stable: 0,
             fetch: None,
             future: FutureBuffer::default(),
             vc_views: vec![0; protocol.n()],
@@ -498,6 +504,12 @@ impl BrokerCore {
         self.counters.bump("states_served");
     }
 
+    /// Snapshots kept: the stable checkpoint's and one per checkpoint Execution may sign
+    /// inside its window `(h, h + L]` (SPEC §4.3).
+    fn max_snapshots(&self) -> usize {
+        (self.protocol.log_window / self.protocol.checkpoint_interval.max(1)) as usize + 1
+    }
+
     fn start_state_fetch(&mut self, seq: Seq, digest: Digest, now_us: u64, out: &mut Vec<Action>) {
         if self.fetch.as_ref().is_some_and(|f| f.seq >= seq) {
             return;
@@ -669,7 +681,8 @@ impl BrokerCore {
             }
             (Execution, Output::Event(Event::Stable { seq })) => {
                 // Keep the stable snapshot (peers may fetch it) and any newer one.
-                self.snapshots = self.snapshots.split_off(&seq);
+                self.execution_stable = self.execution_stable.max(seq);
+                self.snapshots = self.snapshots.split_off(&self.execution_stable);
                 // Progress this replica has not seen itself holds the timer; a checkpoint it
                 // executed up to proves nothing about requests still waiting here.
                 if self.last_executed < seq {
@@ -693,9 +706,18 @@ impl BrokerCore {
                 self.enter(kind, view, out);
             }
             (Execution, Output::Event(Event::Snapshot { seq, digest, bytes })) => {
+                if seq < self.execution_stable {
+                    return self.counters.bump("snapshot_below_stable");
+                }
                 self.snapshots.insert(seq, (digest, Bytes::from(bytes)));
-                while self.snapshots.len() > 2 {
-                    self.snapshots.pop_first();
+                // Checkpoints above the stable one may never be certified (a faulty
+                // Execution signs other digests, peers lag): a replica restarted without
+                // state can then only fetch the stable one. Evict the oldest newer one.
+                while self.snapshots.len() > self.max_snapshots() {
+                    let stable = self.execution_stable;
+                    let Some(victim) = self.snapshots.keys().copied().find(|s| *s != stable) else { break };
+                    self.snapshots.remove(&victim);
+                    self.counters.bump("snapshots_evicted");
                 }
             }
             (Execution, Output::Event(Event::StateNeeded { seq, digest })) => {
@@ -1002,6 +1024,45 @@ mod tests {
         assert_eq!(suspects(&out), 0);
         core.on_peer_frame(ReplicaId(2), vc(2, true), 0, &mut out);
         assert_eq!(suspects(&out), 1);
+    }
+
+    /// SPEC §4.3 state transfer: a replica restarted without state asks for the snapshot of
+    /// the stable checkpoint its certificate names. Checkpoints above it that never get
+    /// certified (a faulty Execution signs other digests) must not evict that snapshot, or
+    /// the restarted replica waits for ever (simulator `random` n = 4 seeds 71 and 386).
+    #[test]
+    fn the_stable_snapshot_is_served_however_many_uncertified_ones_follow() {
+        let mut core = primary(16);
+        let interval = core.protocol.checkpoint_interval;
+        let mut out = Vec::new();
+        let snapshot = |seq: Seq| Event::Snapshot { seq, digest: Digest::of(&seq.to_le_bytes()), bytes: vec![seq as u8] };
+        let chunks = |out: &[Action]| {
+            out.iter()
+                .filter(|a| {
+                    matches!(a, Action::Send(ReplicaId(3), f)
+                        if matches!(decode_message(f), Ok(Message::StateChunk(c)) if c.seq == interval))
+                })
+                .count()
+        };
+        event(&mut core, CompartmentKind::Execution, snapshot(interval), &mut out);
+        event(&mut core, CompartmentKind::Execution, Event::Stable { seq: interval }, &mut out);
+        // Execution runs on to the end of its window; none of those checkpoints is certified.
+        for k in 2..=3 {
+            event(&mut core, CompartmentKind::Execution, snapshot(k * interval), &mut out);
+        }
+        assert!(core.snapshots.len() <= core.max_snapshots());
+        out.clear();
+        let request = Message::StateRequest { seq: interval, digest: Digest::of(&interval.to_le_bytes()) };
+        core.on_peer_frame(ReplicaId(3), Bytes::from(encode_message(&request)), 0, &mut out);
+        assert_eq!(chunks(&out), 1, "the stable checkpoint's snapshot was evicted");
+        // Whatever Execution sends, the cache stays bounded and keeps the stable snapshot.
+        for k in 4..100 {
+            event(&mut core, CompartmentKind::Execution, snapshot(k * interval), &mut out);
+        }
+        assert_eq!(core.snapshots.len(), core.max_snapshots());
+        out.clear();
+        core.on_peer_frame(ReplicaId(3), Bytes::from(encode_message(&request)), 0, &mut out);
+        assert_eq!(chunks(&out), 1);
     }
 
     /// A backup broker of the fixture cluster (primary(0) = 0) with a request timeout of
