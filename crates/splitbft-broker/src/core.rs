@@ -235,7 +235,7 @@ impl BrokerCore {
         match msg {
             Message::Request(request) => {
                 if self.is_primary() {
-                    self.enqueue(&request, frame, now_us, out);
+                    self.enqueue(&request, frame, false, now_us, out);
                 } else {
                     self.counters.bump("peer_request_not_primary");
                 }
@@ -355,11 +355,17 @@ impl BrokerCore {
         if done {
             return;
         }
+        // Only a request that could ever be ordered starts a timer: a faulty client's
+        // unsigned or oversized requests, sent to backups, would otherwise force a view
+        // change each (issue 12, Byzantine clients; SPEC §4.2 (5), §6, §11).
+        if !self.admissible(&request) {
+            return self.counters.bump("client_requests_inadmissible");
+        }
         if !self.timer.track(key, frame.clone(), now_us) {
             self.counters.bump("requests_untracked");
         }
         if self.is_primary() {
-            self.enqueue(&request, frame, now_us, out);
+            self.enqueue(&request, frame, true, now_us, out);
         } else {
             // Backups forward to the primary, unchanged (SPEC §5).
             self.counters.bump("requests_forwarded");
@@ -371,7 +377,7 @@ impl BrokerCore {
     /// a filter, so that one faulty client cannot make this (correct) primary propose a batch
     /// that correct backups refuse (SPEC §5, §6). It decides nothing: Preparation enclaves
     /// check every request again.
-    fn enqueue(&mut self, request: &Request, frame: Bytes, now_us: u64, out: &mut Vec<Action>) {
+    fn enqueue(&mut self, request: &Request, frame: Bytes, admitted: bool, now_us: u64, out: &mut Vec<Action>) {
         if self.pending.len() >= self.options.max_pending_requests {
             return self.counters.bump("requests_dropped_queue_full");
         }
@@ -384,17 +390,24 @@ impl BrokerCore {
         if self.pending_set.contains(&body) {
             return self.counters.bump("request_already_pending");
         }
-        let genuine = self
-            .keys
-            .client(request.client)
-            .is_some_and(|key| verify_request_signature(key, self.protocol.cluster_id, request).is_ok());
-        if !genuine {
+        if !admitted && !self.admissible(request) {
             return self.counters.bump("requests_bad_signature_dropped");
         }
         self.pending_set.insert(body.clone());
         self.pending.push_back(body);
         self.pending_since_us.get_or_insert(now_us);
         self.maybe_cut(now_us, out);
+    }
+
+    /// Whether a request can be ordered at all: its op within the limit and its client
+    /// signature valid (Preparation enclaves check both again, SPEC §4.1 (1)-(2)). One
+    /// verification per client frame; backups get client frames only on retransmission.
+    fn admissible(&self, request: &Request) -> bool {
+        request.op.len() <= self.protocol.max_op_bytes as usize
+            && self
+                .keys
+                .client(request.client)
+                .is_some_and(|key| verify_request_signature(key, self.protocol.cluster_id, request).is_ok())
     }
 
     fn inflight(&self) -> u64 {
@@ -791,7 +804,7 @@ impl BrokerCore {
         if self.is_primary() {
             for frame in frames {
                 match decode_message(&frame) {
-                    Ok(Message::Request(request)) => self.enqueue(&request, frame, now_us, out),
+                    Ok(Message::Request(request)) => self.enqueue(&request, frame, false, now_us, out),
                     _ => self.counters.bump("request_malformed"),
                 }
             }
@@ -1024,6 +1037,32 @@ mod tests {
         assert_eq!(suspects(&out), 0);
         core.on_peer_frame(ReplicaId(2), vc(2, true), 0, &mut out);
         assert_eq!(suspects(&out), 1);
+    }
+
+    /// A Byzantine client sends backups requests that can never be ordered — a signature
+    /// that does not verify, an op over the limit — with valid MACs. They start no timer,
+    /// so they cannot force a view change (issue 12); a genuine request still does.
+    #[test]
+    fn unorderable_client_requests_start_no_timer() {
+        let timeout = 1_000;
+        let mut core = backup(timeout);
+        let secrets = splitbft_types::keys::ClusterSecrets::deterministic(1, 1, 1, 1);
+        let keyring = secrets.config.validate().unwrap();
+        let keys =
+            splitbft_types::crypto::ClientKeys::derive(&secrets.clients[0], &secrets.config, &keyring, ClientId(0));
+        let mut unsigned = keys.request(1, vec![1]);
+        unsigned.sig.0[0] ^= 1;
+        let oversized = keys.request(2, vec![0; secrets.config.max_op_bytes as usize + 1]);
+        let mut out = Vec::new();
+        for req in [unsigned, oversized] {
+            core.on_client_frame(ClientId(0), Bytes::from(encode_message(&Message::Request(req))), 0, &mut out);
+        }
+        core.on_tick(10 * timeout, &mut out);
+        assert!(!suspected(&out), "an unorderable request made the backup suspect the primary");
+        assert_eq!(core.counters().get("client_requests_inadmissible"), 2);
+        core.on_client_frame(ClientId(0), request_frame(3), 10 * timeout, &mut out);
+        core.on_tick(12 * timeout, &mut out);
+        assert!(suspected(&out), "a genuine request left unordered must fire the timer");
     }
 
     /// SPEC §4.3 state transfer: a replica restarted without state asks for the snapshot of
