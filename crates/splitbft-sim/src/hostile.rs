@@ -144,13 +144,19 @@ impl Hostile {
 }
 
 /// How long after a batch frame a poisoning host sends its junk copy: after the genuine
-/// one has arrived, so the copy overwrites it in the receiver's batch cache.
+/// one has arrived, so the copy would overwrite it in a receiver's batch cache that keeps
+/// without checking.
 pub const POISON_AFTER_US: u64 = 30_000;
 
 /// What a hostile host does to a frame it sends: strip withheld batches down to their
-/// header, or send a junk copy (right header, wrong bytes) [`POISON_AFTER_US`] after every
-/// batch. Returns the frames and how much later than usual each leaves.
-pub fn outgoing(env: Env, packet: Packet, loot: &Loot) -> Vec<(Packet, u64)> {
+/// header, or poison batch caches (SPEC §11 "caches check before they keep"): of every
+/// Batch frame it sends (its own proposals and its answers to fetches), only the next
+/// replica gets the genuine bytes, followed [`POISON_AFTER_US`] later by a junk copy under
+/// the same signed header; every other peer gets the junk copy alone. The peers that lack
+/// the bytes must fetch them from the one that has them: a cache that keeps junk (or lets
+/// it replace the genuine frame, or end the fetch) serves junk to all of them, and the
+/// batch is lost for good. Returns the frames and how much later than usual each leaves.
+pub fn outgoing(env: Env, packet: Packet, loot: &Loot, n: usize) -> Vec<(Packet, u64)> {
     let Ok(Message::Batch(b)) = decode_message(&packet.frame) else { return vec![(packet, 0)] };
     match env {
         Env::StripBatches if loot.withheld.contains(&b.pre_prepare.body.digest) => {
@@ -161,7 +167,12 @@ pub fn outgoing(env: Env, packet: Packet, loot: &Loot) -> Vec<(Packet, u64)> {
             let mut junk = b.clone();
             junk.batch.push(0);
             let frame = Bytes::from(encode_message(&Message::Batch(junk)));
-            vec![(Packet { frame, ..packet.clone() }, POISON_AFTER_US), (packet, 0)]
+            let favoured = packet.to.0 as usize == (packet.from.0 as usize + 1) % n;
+            if favoured {
+                vec![(Packet { frame, ..packet.clone() }, POISON_AFTER_US), (packet, 0)]
+            } else {
+                vec![(Packet { frame, ..packet }, 0)]
+            }
         }
         _ => vec![(packet, 0)],
     }
