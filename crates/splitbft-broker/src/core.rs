@@ -1074,7 +1074,8 @@ mod tests {
         let mut core = primary(16);
         let interval = core.protocol.checkpoint_interval;
         let mut out = Vec::new();
-        let snapshot = |seq: Seq| Event::Snapshot { seq, digest: Digest::of(&seq.to_le_bytes()), bytes: vec![seq as u8] };
+        let snapshot =
+            |seq: Seq| Event::Snapshot { seq, digest: Digest::of(&seq.to_le_bytes()), bytes: vec![seq as u8] };
         let chunks = |out: &[Action]| {
             out.iter()
                 .filter(|a| {

@@ -31,8 +31,8 @@ pub enum Env {
     StripBatches,
     /// Injects `Suspect` into its Confirmation every so often (view changes on demand).
     InjectSuspect,
-    /// Sends every Batch frame genuine to one peer only (with a junk copy after it) and as
-    /// a junk copy (right header, wrong bytes) to the others (see `hostile::outgoing`).
+    /// Sends every Batch frame genuine to `2f` peers only (with a junk copy after it) and
+    /// as a junk copy (right header, wrong bytes) to the others (see `hostile::outgoing`).
     PoisonCache,
 }
 
@@ -169,7 +169,13 @@ impl fmt::Display for Draw {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let faulty: Vec<String> = self.faulty.iter().map(|(r, k, s)| format!("{r} {k} {}", s.name())).collect();
         let hosts: Vec<String> = self.hosts.iter().map(|(r, e)| format!("{r} {}", e.name())).collect();
-        write!(f, "faulty [{}] hostile hosts [{}] network {}", faulty.join(", "), hosts.join(", "), self.network.name())?;
+        write!(
+            f,
+            "faulty [{}] hostile hosts [{}] network {}",
+            faulty.join(", "),
+            hosts.join(", "),
+            self.network.name()
+        )?;
         match self.client {
             Some(c) => write!(f, " byzantine client {}", c.name()),
             None => Ok(()),

@@ -144,18 +144,19 @@ impl Hostile {
 }
 
 /// How long after a batch frame a poisoning host sends its junk copy: after the genuine
-/// one has arrived, so the copy would overwrite it in a receiver's batch cache that keeps
-/// without checking.
-pub const POISON_AFTER_US: u64 = 30_000;
+/// one has arrived (delays are below 2 ms on a healthy network) and before a peer that
+/// lacks the batch fetches it, so the copy would overwrite the genuine frame in a cache
+/// that keeps without checking.
+pub const POISON_AFTER_US: u64 = 5_000;
 
 /// What a hostile host does to a frame it sends: strip withheld batches down to their
 /// header, or poison batch caches (SPEC §11 "caches check before they keep"): of every
-/// Batch frame it sends (its own proposals and its answers to fetches), only the next
-/// replica gets the genuine bytes, followed [`POISON_AFTER_US`] later by a junk copy under
-/// the same signed header; every other peer gets the junk copy alone. The peers that lack
-/// the bytes must fetch them from the one that has them: a cache that keeps junk (or lets
-/// it replace the genuine frame, or end the fetch) serves junk to all of them, and the
-/// batch is lost for good. Returns the frames and how much later than usual each leaves.
+/// Batch frame it sends, the `2f` replicas after it get the genuine bytes (enough to
+/// prepare and commit it), each followed [`POISON_AFTER_US`] later by a junk copy under the
+/// same signed header; the other `f` get the junk copy alone and must fetch the bytes from
+/// a correct peer's cache. A cache that keeps junk, lets it replace the genuine frame, or
+/// lets it end a fetch serves them junk, and they skip the batch (state transfer).
+/// Returns the frames and how much later than usual each leaves.
 pub fn outgoing(env: Env, packet: Packet, loot: &Loot, n: usize) -> Vec<(Packet, u64)> {
     let Ok(Message::Batch(b)) = decode_message(&packet.frame) else { return vec![(packet, 0)] };
     match env {
@@ -167,8 +168,8 @@ pub fn outgoing(env: Env, packet: Packet, loot: &Loot, n: usize) -> Vec<(Packet,
             let mut junk = b.clone();
             junk.batch.push(0);
             let frame = Bytes::from(encode_message(&Message::Batch(junk)));
-            let favoured = packet.to.0 as usize == (packet.from.0 as usize + 1) % n;
-            if favoured {
+            let after = (packet.to.0 as usize + n - packet.from.0 as usize) % n;
+            if (1..=2 * ((n - 1) / 3)).contains(&after) {
                 vec![(Packet { frame, ..packet.clone() }, POISON_AFTER_US), (packet, 0)]
             } else {
                 vec![(Packet { frame, ..packet }, 0)]

@@ -186,4 +186,3 @@ fn byzantine_clients_break_only_their_own_session() {
         }
     }
 }
-
