@@ -17,7 +17,7 @@ use splitbft_types::codec::{
 use splitbft_types::config::Keyring;
 use splitbft_types::counters::Counter;
 use splitbft_types::counters::Counters;
-use splitbft_types::crypto::{MAX_SIGNATURE_BATCH, verify_request_signatures};
+use splitbft_types::crypto::{MAX_SIGNATURE_BATCH, verify_request_signature, verify_request_signatures};
 use splitbft_types::msg::{BatchMsg, Digest, Message, Request, StateChunk};
 use splitbft_types::session::ReplyBody;
 use splitbft_types::{ClientId, CompartmentKind, ProtocolConfig, ReplicaId, Seq, View};
@@ -132,8 +132,13 @@ pub struct BrokerCore {
     batches: BatchCache,
     /// Certified or re-proposed batches Execution lacks: digest -> (seq, when to fetch).
     missing: BTreeMap<Digest, (Seq, u64)>,
-    /// Own snapshots served to peers: seq -> (digest, bytes).
+    /// Own snapshots served to peers: seq -> (digest, bytes). Holds the one of Execution's
+    /// stable checkpoint and those of the uncertified checkpoints above it (at most
+    /// [`BrokerCore::max_snapshots`]).
     snapshots: BTreeMap<Seq, (Digest, Bytes)>,
+    /// The local Execution's stable checkpoint: its snapshot is the one a replica behind
+    /// asks for (its certificate names it), so no newer one evicts it.
+    execution_stable: Seq,
     fetch: Option<StateFetch>,
     future: FutureBuffer,
     /// Highest view each replica sent a (validly signed) ViewChange for.
@@ -193,6 +198,7 @@ impl BrokerCore {
             batches: BatchCache::default(),
             missing: BTreeMap::new(),
             snapshots: BTreeMap::new(),
+            execution_stable: 0,
             fetch: None,
             future: FutureBuffer::new(protocol.n()),
             vc_views: vec![0; protocol.n()],
@@ -411,6 +417,15 @@ impl BrokerCore {
         if done {
             return;
         }
+        // Only a request that could ever be ordered keeps a timer: a faulty client's
+        // unsigned or oversized requests would otherwise force a view change each (issue
+        // 12, Byzantine clients; SPEC §4.2 (5), §6, §11). A backup checks on arrival (it
+        // sees client frames only on retransmission); the primary checks the signature with
+        // the round's others ([`BrokerCore::verify_queued`]), which stops a forgery's timer.
+        let admissible = if self.is_primary() { self.orderable(&request) } else { self.admissible(&request) };
+        if !admissible {
+            return self.counters.bump(Counter::ClientRequestsInadmissible);
+        }
         if !self.timer.track(key, frame.clone(), now_us) {
             self.counters.bump(Counter::RequestsUntracked);
         }
@@ -441,7 +456,7 @@ impl BrokerCore {
         if self.pending_set.contains(&body) {
             return self.counters.bump(Counter::RequestAlreadyPending);
         }
-        if self.keys.client(request.client).is_none() {
+        if self.keys.client(request.client).is_none() || request.op.len() > self.protocol.max_op_bytes as usize {
             return self.counters.bump(Counter::RequestsBadSignatureDropped);
         }
         self.pending_set.insert(body.clone());
@@ -467,16 +482,36 @@ impl BrokerCore {
         let requests: Vec<&Request> = unverified.iter().map(|(r, _)| r).collect();
         let verdicts = verify_request_signatures(self.protocol.cluster_id, &keys, &requests);
         self.counters.bump(Counter::SignatureBatches);
-        for ((_, body), genuine) in unverified.into_iter().zip(verdicts) {
+        for ((request, body), genuine) in unverified.into_iter().zip(verdicts) {
             if genuine {
                 self.pending.push_back(body);
                 self.pending_since_us.get_or_insert(now_us);
             } else {
                 self.pending_set.remove(&body);
+                // A forgery starts no view change: its timer stops (a genuine copy starts
+                // it again when it comes).
+                self.timer.refused((request.client, request.timestamp));
                 self.counters.bump(Counter::RequestsBadSignatureDropped);
             }
         }
         self.maybe_cut(now_us, out);
+    }
+
+    /// Whether a request can be ordered at all: its op within the limit and its client
+    /// signature valid (Preparation enclaves check both again, SPEC §4.1 (1)-(2)). One
+    /// verification per client frame; backups get client frames only on retransmission.
+    fn admissible(&self, request: &Request) -> bool {
+        self.orderable(request)
+            && self
+                .keys
+                .client(request.client)
+                .is_some_and(|key| verify_request_signature(key, self.protocol.cluster_id, request).is_ok())
+    }
+
+    /// The checks of [`BrokerCore::admissible`] that cost no signature: a known client and
+    /// an op within the limit.
+    fn orderable(&self, request: &Request) -> bool {
+        request.op.len() <= self.protocol.max_op_bytes as usize && self.keys.client(request.client).is_some()
     }
 
     fn inflight(&self) -> u64 {
@@ -657,6 +692,12 @@ impl BrokerCore {
             out.extend(frames.iter().map(|frame| Action::Send(to, frame.clone())));
         }
         self.counters.bump(Counter::StatesServed);
+    }
+
+    /// Snapshots kept: the stable checkpoint's and one per checkpoint Execution may sign
+    /// inside its window `(h, h + L]` (SPEC §4.3).
+    fn max_snapshots(&self) -> usize {
+        (self.protocol.log_window / self.protocol.checkpoint_interval.max(1)) as usize + 1
     }
 
     fn start_state_fetch(&mut self, seq: Seq, digest: Digest, now_us: u64, out: &mut Vec<Action>) {
@@ -865,7 +906,8 @@ impl BrokerCore {
             }
             (Execution, Output::Event(Event::Stable { seq })) => {
                 // Keep the stable snapshot (peers may fetch it) and any newer one.
-                self.snapshots = self.snapshots.split_off(&seq);
+                self.execution_stable = self.execution_stable.max(seq);
+                self.snapshots = self.snapshots.split_off(&self.execution_stable);
                 // Progress this replica has not seen itself holds the timer; a checkpoint it
                 // executed up to proves nothing about requests still waiting here.
                 if self.last_executed < seq {
@@ -889,9 +931,18 @@ impl BrokerCore {
                 self.enter(kind, view, out);
             }
             (Execution, Output::Event(Event::Snapshot { seq, digest, bytes })) => {
+                if seq < self.execution_stable {
+                    return self.counters.bump(Counter::SnapshotBelowStable);
+                }
                 self.snapshots.insert(seq, (digest, Bytes::from(bytes)));
-                while self.snapshots.len() > 2 {
-                    self.snapshots.pop_first();
+                // Checkpoints above the stable one may never be certified (a faulty
+                // Execution signs other digests, peers lag): a replica restarted without
+                // state can then only fetch the stable one. Evict the oldest newer one.
+                while self.snapshots.len() > self.max_snapshots() {
+                    let stable = self.execution_stable;
+                    let Some(victim) = self.snapshots.keys().copied().find(|s| *s != stable) else { break };
+                    self.snapshots.remove(&victim);
+                    self.counters.bump(Counter::SnapshotsEvicted);
                 }
             }
             (Execution, Output::Event(Event::StateNeeded { seq, digest })) => {
@@ -1215,6 +1266,73 @@ mod tests {
         assert_eq!(suspects(&out), 0);
         core.on_peer_frame(ReplicaId(2), vc(2, true), 0, &mut out);
         assert_eq!(suspects(&out), 1);
+    }
+
+    /// A Byzantine client sends backups requests that can never be ordered — a signature
+    /// that does not verify, an op over the limit — with valid MACs. They start no timer,
+    /// so they cannot force a view change (issue 12); a genuine request still does.
+    #[test]
+    fn unorderable_client_requests_start_no_timer() {
+        let timeout = 1_000;
+        let mut core = backup(timeout);
+        let secrets = splitbft_types::keys::ClusterSecrets::deterministic(1, 1, 1, 1);
+        let keyring = secrets.config.validate().unwrap();
+        let keys =
+            splitbft_types::crypto::ClientKeys::derive(&secrets.clients[0], &secrets.config, &keyring, ClientId(0));
+        let mut unsigned = keys.request(1, vec![1]);
+        unsigned.sig.0[0] ^= 1;
+        let oversized = keys.request(2, vec![0; secrets.config.max_op_bytes as usize + 1]);
+        let mut out = Vec::new();
+        for req in [unsigned, oversized] {
+            core.on_client_frame(ClientId(0), Bytes::from(encode_message(&Message::Request(req))), 0, &mut out);
+        }
+        core.on_tick(10 * timeout, &mut out);
+        assert!(!suspected(&out), "an unorderable request made the backup suspect the primary");
+        assert_eq!(core.counters().get(Counter::ClientRequestsInadmissible), 2);
+        core.on_client_frame(ClientId(0), request_frame(3), 10 * timeout, &mut out);
+        core.on_tick(12 * timeout, &mut out);
+        assert!(suspected(&out), "a genuine request left unordered must fire the timer");
+    }
+
+    /// SPEC §4.3 state transfer: a replica restarted without state asks for the snapshot of
+    /// the stable checkpoint its certificate names. Checkpoints above it that never get
+    /// certified (a faulty Execution signs other digests) must not evict that snapshot, or
+    /// the restarted replica waits for ever (simulator `random` n = 4 seeds 71 and 386).
+    #[test]
+    fn the_stable_snapshot_is_served_however_many_uncertified_ones_follow() {
+        let mut core = primary(16);
+        let interval = core.protocol.checkpoint_interval;
+        let mut out = Vec::new();
+        let snapshot =
+            |seq: Seq| Event::Snapshot { seq, digest: Digest::of(&seq.to_le_bytes()), bytes: vec![seq as u8] };
+        let chunks = |out: &[Action]| {
+            out.iter()
+                .filter(|a| {
+                    matches!(a, Action::Send(ReplicaId(3), f)
+                        if matches!(decode_message(f), Ok(Message::StateChunk(c)) if c.seq == interval))
+                })
+                .count()
+        };
+        event(&mut core, CompartmentKind::Execution, snapshot(interval), &mut out);
+        event(&mut core, CompartmentKind::Execution, Event::Stable { seq: interval }, &mut out);
+        // Execution runs on to the end of its window; none of those checkpoints is certified.
+        for k in 2..=3 {
+            event(&mut core, CompartmentKind::Execution, snapshot(k * interval), &mut out);
+        }
+        assert!(core.snapshots.len() <= core.max_snapshots());
+        out.clear();
+        let request = Message::StateRequest { seq: interval, digest: Digest::of(&interval.to_le_bytes()) };
+        core.on_peer_frame(ReplicaId(3), Bytes::from(encode_message(&request)), 0, &mut out);
+        assert_eq!(chunks(&out), 1, "the stable checkpoint's snapshot was evicted");
+        // Whatever Execution sends, the cache stays bounded and keeps the stable snapshot.
+        for k in 4..100 {
+            event(&mut core, CompartmentKind::Execution, snapshot(k * interval), &mut out);
+        }
+        assert_eq!(core.snapshots.len(), core.max_snapshots());
+        out.clear();
+        // A later request (the same snapshot is served to a peer once per interval, SPEC §11).
+        core.on_peer_frame(ReplicaId(3), Bytes::from(encode_message(&request)), 1 + STATE_PEER_TIMEOUT_US, &mut out);
+        assert_eq!(chunks(&out), 1);
     }
 
     /// A backup broker of the fixture cluster (primary(0) = 0) with a request timeout of

@@ -17,6 +17,7 @@ use splitbft_types::{ClientId, CompartmentKind, ProtocolConfig, ReplicaId, View}
 
 use crate::Scenario;
 use crate::byzantine::Strategy;
+use crate::byzantine_client::ClientStrategy;
 
 /// What a hostile environment (the untrusted broker of one host) does beyond relaying.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,7 +31,8 @@ pub enum Env {
     StripBatches,
     /// Injects `Suspect` into its Confirmation every so often (view changes on demand).
     InjectSuspect,
-    /// Sends a junk copy (right header, wrong bytes) ahead of every Batch frame it sends.
+    /// Sends every Batch frame genuine to `2f` peers only (with a junk copy after it) and
+    /// as a junk copy (right header, wrong bytes) to the others (see `hostile::outgoing`).
     PoisonCache,
 }
 
@@ -57,6 +59,8 @@ pub struct Draw {
     pub hosts: BTreeMap<ReplicaId, Env>,
     /// The network's misbehaviour (one of the benign scenarios).
     pub network: Scenario,
+    /// A Byzantine client, if any (it does not count against `f`: liveness stays owed).
+    pub client: Option<ClientStrategy>,
 }
 
 impl Draw {
@@ -103,12 +107,12 @@ impl Draw {
                 )
             }
             Scenario::Censor => (vec![(p0, Preparation, Strategy::JunkCopies)], vec![]),
-            Scenario::PoisonedBatchCache => (vec![], vec![(anywhere, Env::PoisonCache)]),
+            // The primary's host: every batch starts out at one backup only (SPEC §11).
+            Scenario::PoisonedBatchCache => (vec![], vec![(p0, Env::PoisonCache)]),
             _ => (vec![], vec![]),
         };
-        // Batches get lost now and then, so brokers serve them from their caches.
-        let network = if scenario == Scenario::PoisonedBatchCache { Scenario::Lossy } else { Scenario::Normal };
-        Draw { faulty, hosts: hosts.into_iter().collect(), network }
+        let network = Scenario::Normal;
+        Draw { faulty, hosts: hosts.into_iter().collect(), network, client: None }
     }
 
     /// A random draw: up to `f` faulty enclaves of each kind anywhere, a strategy each,
@@ -149,7 +153,15 @@ impl Draw {
         }
         let networks = [Scenario::Normal, Scenario::Lossy, Scenario::Partition, Scenario::CrashRestart];
         let network = networks[rng.random_range(0..networks.len())];
-        Draw { faulty, hosts, network }
+        Draw { faulty, hosts, network, client: None }
+    }
+
+    /// Half the random draws add a Byzantine client, drawn from `rng` (a stream of its own,
+    /// so that the rest of a seed's draw and run does not depend on it).
+    pub fn random_client(&mut self, rng: &mut ChaCha8Rng) {
+        if rng.random_bool(0.5) {
+            self.client = Some(ClientStrategy::ALL[rng.random_range(0..ClientStrategy::ALL.len())]);
+        }
     }
 }
 
@@ -157,7 +169,17 @@ impl fmt::Display for Draw {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let faulty: Vec<String> = self.faulty.iter().map(|(r, k, s)| format!("{r} {k} {}", s.name())).collect();
         let hosts: Vec<String> = self.hosts.iter().map(|(r, e)| format!("{r} {}", e.name())).collect();
-        write!(f, "faulty [{}] hostile hosts [{}] network {}", faulty.join(", "), hosts.join(", "), self.network.name())
+        write!(
+            f,
+            "faulty [{}] hostile hosts [{}] network {}",
+            faulty.join(", "),
+            hosts.join(", "),
+            self.network.name()
+        )?;
+        match self.client {
+            Some(c) => write!(f, " byzantine client {}", c.name()),
+            None => Ok(()),
+        }
     }
 }
 

@@ -144,13 +144,20 @@ impl Hostile {
 }
 
 /// How long after a batch frame a poisoning host sends its junk copy: after the genuine
-/// one has arrived, so the copy overwrites it in the receiver's batch cache.
-pub const POISON_AFTER_US: u64 = 30_000;
+/// one has arrived (delays are below 2 ms on a healthy network) and before a peer that
+/// lacks the batch fetches it, so the copy would overwrite the genuine frame in a cache
+/// that keeps without checking.
+pub const POISON_AFTER_US: u64 = 5_000;
 
 /// What a hostile host does to a frame it sends: strip withheld batches down to their
-/// header, or send a junk copy (right header, wrong bytes) [`POISON_AFTER_US`] after every
-/// batch. Returns the frames and how much later than usual each leaves.
-pub fn outgoing(env: Env, packet: Packet, loot: &Loot) -> Vec<(Packet, u64)> {
+/// header, or poison batch caches (SPEC §11 "caches check before they keep"): of every
+/// Batch frame it sends, the `2f` replicas after it get the genuine bytes (enough to
+/// prepare and commit it), each followed [`POISON_AFTER_US`] later by a junk copy under the
+/// same signed header; the other `f` get the junk copy alone and must fetch the bytes from
+/// a correct peer's cache. A cache that keeps junk, lets it replace the genuine frame, or
+/// lets it end a fetch serves them junk, and they skip the batch (state transfer).
+/// Returns the frames and how much later than usual each leaves.
+pub fn outgoing(env: Env, packet: Packet, loot: &Loot, n: usize) -> Vec<(Packet, u64)> {
     let Ok(Message::Batch(b)) = decode_message(&packet.frame) else { return vec![(packet, 0)] };
     match env {
         Env::StripBatches if loot.withheld.contains(&b.pre_prepare.body.digest) => {
@@ -161,7 +168,12 @@ pub fn outgoing(env: Env, packet: Packet, loot: &Loot) -> Vec<(Packet, u64)> {
             let mut junk = b.clone();
             junk.batch.push(0);
             let frame = Bytes::from(encode_message(&Message::Batch(junk)));
-            vec![(Packet { frame, ..packet.clone() }, POISON_AFTER_US), (packet, 0)]
+            let after = (packet.to.0 as usize + n - packet.from.0 as usize) % n;
+            if (1..=2 * ((n - 1) / 3)).contains(&after) {
+                vec![(Packet { frame, ..packet.clone() }, POISON_AFTER_US), (packet, 0)]
+            } else {
+                vec![(Packet { frame, ..packet }, 0)]
+            }
         }
         _ => vec![(packet, 0)],
     }

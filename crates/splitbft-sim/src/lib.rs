@@ -15,6 +15,7 @@
 
 mod adversary;
 mod byzantine;
+mod byzantine_client;
 mod checkers;
 pub mod enclave_restart;
 mod hostile;
@@ -22,7 +23,7 @@ mod network;
 mod workload;
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -40,6 +41,7 @@ use splitbft_types::{CompartmentKind, ProtocolConfig, ReplicaId, Seq, View};
 
 use adversary::{Draw, Env, SharedLoot};
 use byzantine::Strategy;
+use byzantine_client::{ByzantineClient, ClientStrategy};
 
 pub use checkers::History;
 use network::{Network, Scheduled};
@@ -94,6 +96,9 @@ pub enum Scenario {
     Censor,
     /// A hostile host sends junk batch frames under real headers (SPEC §5 batch cache).
     PoisonedBatchCache,
+    /// One Byzantine client runs one strategy (bad MACs or signatures, replays, huge
+    /// timestamps, oversized ops, floods) next to the correct ones (SPEC §1.1, §6).
+    ByzantineClients,
 }
 
 /// Which trust model the cluster runs under.
@@ -129,7 +134,7 @@ impl std::str::FromStr for Protocol {
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 13] = [
+    pub const ALL: [Scenario; 14] = [
         Scenario::Normal,
         Scenario::Lossy,
         Scenario::Partition,
@@ -143,12 +148,13 @@ impl Scenario {
         Scenario::HugeSeqViewChange,
         Scenario::Censor,
         Scenario::PoisonedBatchCache,
+        Scenario::ByzantineClients,
     ];
 
     /// The sweep `splitbft sim` runs without `--scenario`: every scenario, `random` and
     /// the named attacks of "Table 1 for real" included (they fail on the code before its
     /// fixes, by design: that is how the simulator showed it finds them).
-    pub const DEFAULT: [Scenario; 13] = Scenario::ALL;
+    pub const DEFAULT: [Scenario; 14] = Scenario::ALL;
 
     /// The CLI name.
     pub fn name(self) -> &'static str {
@@ -166,6 +172,7 @@ impl Scenario {
             Scenario::HugeSeqViewChange => "huge-seq-viewchange",
             Scenario::Censor => "censor",
             Scenario::PoisonedBatchCache => "poisoned-batch-cache",
+            Scenario::ByzantineClients => "byzantine-clients",
         }
     }
 }
@@ -232,13 +239,90 @@ struct Observed {
     committed: BTreeMap<(ReplicaId, View, Seq), Digest>,
     /// SPEC §9 C4: the highest view each correct Confirmation sent a ViewChange for.
     view_change_sent: BTreeMap<ReplicaId, View>,
+    /// Cluster size (the primary of a view, quorum sizes).
+    n: usize,
+    /// SPEC §9 P2 evidence: every `(v, s, d)` the primary of `v` signed a PrePrepare for
+    /// (in a Batch or in a NewView's `O`), whoever sent it.
+    pre_prepared: BTreeSet<(View, Seq, Digest)>,
+    /// SPEC §9 C2 evidence: the Preparation enclaves that signed a Prepare for `(v, s, d)`.
+    prepares: BTreeMap<(View, Seq, Digest), BTreeSet<ReplicaId>>,
+    /// SPEC §9 P3: the view each correct Preparation entered.
+    preparation_view: BTreeMap<ReplicaId, View>,
+    /// Prepares of a view their correct Preparation had not entered yet: one step (one
+    /// input) may prepare `O` before reporting the view entered; what is left at the end of
+    /// the step breaks P3.
+    p3_pending: Vec<(ReplicaId, View)>,
+    /// SPEC §9 E2: the prefix each correct Execution executed or restored.
+    executed_prefix: BTreeMap<ReplicaId, Seq>,
 }
 
 impl Observed {
+    fn primary(&self, view: View) -> ReplicaId {
+        ReplicaId((view % self.n as u64) as u32)
+    }
+
+    /// Records what any enclave (correct or not) signed: the evidence SPEC §9 P2 and C2
+    /// ask of a correct enclave's Prepare and Commit. Called before [`Observed::invariants`].
+    fn evidence(&mut self, replica: ReplicaId, output: &Output) {
+        match output {
+            Output::Send(Message::Batch(b)) if self.primary(b.pre_prepare.body.view) == replica => {
+                let pp = b.pre_prepare.body;
+                self.pre_prepared.insert((pp.view, pp.seq, pp.digest));
+            }
+            Output::Send(Message::PrePrepare(pp)) if self.primary(pp.body.view) == replica => {
+                self.pre_prepared.insert((pp.body.view, pp.body.seq, pp.body.digest));
+            }
+            Output::Send(Message::NewView(nv)) if self.primary(nv.body.view) == replica => {
+                for pp in &nv.body.pre_prepares {
+                    self.pre_prepared.insert((pp.body.view, pp.body.seq, pp.body.digest));
+                }
+            }
+            Output::Send(Message::Prepare(p)) => {
+                let key = (p.body.view, p.body.seq, p.body.digest);
+                self.prepares.entry(key).or_default().insert(p.body.replica);
+            }
+            _ => {}
+        }
+    }
+
     /// Checks one output of a correct enclave against the SPEC §9 invariants it owns.
     fn invariants(&mut self, replica: ReplicaId, kind: CompartmentKind, output: &Output) {
+        let f = (self.n.max(1) - 1) / 3;
         match (kind, output) {
+            (CompartmentKind::Preparation, Output::Event(Event::ViewEntered { view })) => {
+                let v = self.preparation_view.entry(replica).or_default();
+                *v = (*v).max(*view);
+                self.p3_pending.retain(|(r, pv)| *r != replica || pv > view);
+            }
+            (CompartmentKind::Execution, Output::Event(Event::Executed { seq, .. })) => {
+                let prefix = self.executed_prefix.entry(replica).or_default();
+                if *seq == *prefix + 1 {
+                    *prefix = *seq;
+                }
+            }
+            (CompartmentKind::Execution, Output::Event(Event::StateRestored { seq })) => {
+                let prefix = self.executed_prefix.entry(replica).or_default();
+                *prefix = (*prefix).max(*seq);
+            }
+            (CompartmentKind::Execution, Output::Send(Message::Checkpoint(cp))) => {
+                let prefix = self.executed_prefix.get(&replica).copied().unwrap_or(0);
+                if prefix < cp.body.seq {
+                    self.violations.push(format!(
+                        "E2: correct {replica} Execution signed a Checkpoint for s {} having executed only up to {prefix}",
+                        cp.body.seq
+                    ));
+                }
+            }
             (CompartmentKind::Preparation, Output::Send(Message::Prepare(p))) => {
+                let (view, seq, digest) = (p.body.view, p.body.seq, p.body.digest);
+                if !self.pre_prepared.contains(&(view, seq, digest)) {
+                    self.violations.push(format!(
+                        "P2: correct {replica} Preparation prepared (v {view}, s {seq}) without a PrePrepare of primary(v)"
+                    ));
+                }
+                if view > self.preparation_view.get(&replica).copied().unwrap_or(0) {
+                    self.p3_pending.push((replica, view));
+                }
                 let key = (replica, p.body.view, p.body.seq);
                 if *self.prepared.entry(key).or_insert(p.body.digest) != p.body.digest {
                     self.violations.push(format!(
@@ -248,6 +332,17 @@ impl Observed {
                 }
             }
             (CompartmentKind::Confirmation, Output::Send(Message::Commit(c))) => {
+                let (view, seq, digest) = (c.body.view, c.body.seq, c.body.digest);
+                let primary = self.primary(view);
+                let backups = self
+                    .prepares
+                    .get(&(view, seq, digest))
+                    .map_or(0, |senders| senders.iter().filter(|r| **r != primary).count());
+                if !self.pre_prepared.contains(&(view, seq, digest)) || backups < 2 * f {
+                    self.violations.push(format!(
+                        "C2: correct {replica} Confirmation committed (v {view}, s {seq}) without a prepare certificate ({backups} Prepares)"
+                    ));
+                }
                 let key = (replica, c.body.view, c.body.seq);
                 if *self.committed.entry(key).or_insert(c.body.digest) != c.body.digest {
                     self.violations.push(format!(
@@ -270,12 +365,24 @@ impl Observed {
         }
     }
 
+    /// The end of one simulation step (every input of it handled): a Prepare whose view
+    /// its Preparation still has not entered breaks P3.
+    fn end_of_step(&mut self) {
+        for (replica, view) in std::mem::take(&mut self.p3_pending) {
+            self.violations
+                .push(format!("P3: correct {replica} Preparation prepared in view {view} before entering it"));
+        }
+    }
+
     /// A restarted replica starts over (amnesia counts against f, SPEC §1.1): its
     /// invariant memory goes with it.
     fn restarted(&mut self, replica: ReplicaId) {
         self.prepared.retain(|(r, _, _), _| *r != replica);
         self.committed.retain(|(r, _, _), _| *r != replica);
         self.view_change_sent.remove(&replica);
+        self.preparation_view.remove(&replica);
+        self.p3_pending.retain(|(r, _)| *r != replica);
+        self.executed_prefix.remove(&replica);
     }
 }
 
@@ -292,13 +399,26 @@ fn cluster_secrets(seed: u64, f: u32, clients: usize, protocol: Protocol) -> Clu
     }
 }
 
-/// The adversary of `scenario` for one seed.
-fn draw(scenario: Scenario, config: &ProtocolConfig, rng: &mut ChaCha8Rng) -> Draw {
+/// Correct simulated clients; a Byzantine client, if drawn, is one more identity.
+const CORRECT_CLIENTS: usize = 3;
+
+/// The adversary of `scenario` for `seed`.
+fn draw(seed: u64, scenario: Scenario, config: &ProtocolConfig, rng: &mut ChaCha8Rng) -> Draw {
     match scenario {
         Scenario::Normal | Scenario::Lossy | Scenario::Partition | Scenario::CrashPrimary | Scenario::CrashRestart => {
-            Draw { faulty: Vec::new(), hosts: Default::default(), network: scenario }
+            Draw { faulty: Vec::new(), hosts: Default::default(), network: scenario, client: None }
         }
-        Scenario::Random => Draw::random(config, rng),
+        Scenario::Random => {
+            let mut draw = Draw::random(config, rng);
+            draw.random_client(&mut ChaCha8Rng::seed_from_u64(seed ^ 0xb1a5_c11e));
+            draw
+        }
+        Scenario::ByzantineClients => {
+            // Seeds take the client strategies in turn: any six consecutive seeds cover all.
+            let mut draw = Draw::named(scenario, config, rng);
+            draw.client = Some(ClientStrategy::ALL[(seed % ClientStrategy::ALL.len() as u64) as usize]);
+            draw
+        }
         _ => Draw::named(scenario, config, rng),
     }
 }
@@ -391,10 +511,10 @@ pub fn run_with(seed: u64, scenario: Scenario, protocol: Protocol, replicas: usi
 /// process still names its adversary), and on how many replicas it puts faults.
 pub fn draw_of(seed: u64, scenario: Scenario, protocol: Protocol, n: usize) -> (String, usize) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut secrets = cluster_secrets(seed, ((n - 1) / 3) as u32, 3, protocol);
+    let mut secrets = cluster_secrets(seed, ((n - 1) / 3) as u32, CORRECT_CLIENTS, protocol);
     secrets.config.checkpoint_interval = 8;
     secrets.config.log_window = 16;
-    let draw = draw(scenario, &secrets.config, &mut rng);
+    let draw = draw(seed, scenario, &secrets.config, &mut rng);
     (draw.to_string(), draw.faulty_replicas())
 }
 
@@ -410,18 +530,25 @@ fn run_inner(
     faulty_count: &mut usize,
 ) -> RunReport {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let clients = 3;
     let f = ((n - 1) / 3) as u32;
-    let mut secrets = cluster_secrets(seed, f, clients, protocol);
-    secrets.config.checkpoint_interval = 8;
-    secrets.config.log_window = 16;
+    let with_config = |clients: usize| {
+        let mut secrets = cluster_secrets(seed, f, clients, protocol);
+        secrets.config.checkpoint_interval = 8;
+        secrets.config.log_window = 16;
+        secrets
+    };
+    let mut secrets = with_config(CORRECT_CLIENTS);
+    // The draw needs only n and the primaries; a Byzantine client adds one identity.
+    let draw = draw(seed, scenario, &secrets.config, &mut rng);
+    if draw.client.is_some() {
+        secrets = with_config(CORRECT_CLIENTS + 1);
+    }
     let config = secrets.config.clone();
     let mut options = BrokerOptions::new(&config);
     options.batch_max = 4;
     options.batch_timeout_us = 2_000;
     options.view_change_timeout_us = 150_000;
     let mut cluster = LocalCluster::new(&secrets, || Box::new(KvStore::new()), options);
-    let draw = draw(scenario, &config, &mut rng);
     *draw_text = draw.to_string();
     *faulty_count = draw.faulty_replicas();
     let faulty = match protocol {
@@ -441,12 +568,13 @@ fn run_inner(
         })
         .collect();
     let mut mangler = hostile::Hostile::default();
-    let observed = Rc::new(RefCell::new(Observed { executed: vec![BTreeMap::new(); n], ..Default::default() }));
+    let observed = Rc::new(RefCell::new(Observed { executed: vec![BTreeMap::new(); n], n, ..Default::default() }));
     let sink = observed.clone();
     let faulty_enclaves: std::collections::BTreeSet<(ReplicaId, CompartmentKind)> =
         faulty.iter().map(|(r, k, _)| (*r, *k)).collect();
     cluster.set_observer(move |replica, kind, output| {
         let mut o = sink.borrow_mut();
+        o.evidence(replica, output);
         if !faulty_enclaves.contains(&(replica, kind)) {
             o.invariants(replica, kind, output);
         }
@@ -468,7 +596,11 @@ fn run_inner(
     let mut net = Network::new(draw.network, &mut rng);
     // Session keys come from their own stream, so the run's schedule does not depend on them.
     let mut session_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5e55_10e5);
-    let mut clients = Clients::new(&secrets, &config, FAULT_PHASE_US, OPS_AFTER_HEAL, &mut session_rng);
+    let mut clients =
+        Clients::new(&secrets, &config, CORRECT_CLIENTS, FAULT_PHASE_US, OPS_AFTER_HEAL, &mut session_rng);
+    let mut byzantine_client =
+        draw.client.map(|strategy| ByzantineClient::new(strategy, &secrets, &config, &mut session_rng));
+    let mut byzantine_issued = BTreeMap::new();
     let memory_bound = config.log_window + config.log_window / config.checkpoint_interval + n as u64 + 4;
     let mut next_memory_check = MEMORY_CHECK_US;
     let mut next_suspect = SUSPECT_EVERY_US;
@@ -520,11 +652,14 @@ fn run_inner(
             }
         }
         clients.on_tick(now, &mut net, &cluster, &mut rng);
+        if let Some(c) = byzantine_client.as_mut() {
+            c.on_tick(now, &mut net, &cluster, &mut rng, &mut byzantine_issued);
+        }
         // Whatever the replicas sent goes through the simulated network (and, from a
         // hostile host, through its environment first).
         while let Some(packet) = cluster.network.pop_front() {
             let packets = match draw.hosts.get(&packet.from) {
-                Some(env) => hostile::outgoing(*env, packet, &loot.lock().expect("loot")),
+                Some(env) => hostile::outgoing(*env, packet, &loot.lock().expect("loot"), n),
                 None => vec![(packet, 0)],
             };
             for (packet, later) in packets {
@@ -534,6 +669,7 @@ fn run_inner(
         for reply in cluster.take_replies() {
             net.send_to_client(reply, now, &mut rng);
         }
+        observed.borrow_mut().end_of_step();
         if now >= next_memory_check {
             next_memory_check = now + MEMORY_CHECK_US;
             for r in 0..n as u32 {
@@ -572,21 +708,20 @@ fn run_inner(
             )
         })
         .collect();
+    let last_executed: Vec<Seq> =
+        (0..n as u32).map(|r| cluster.stats(ReplicaId(r), CompartmentKind::Execution).last_executed).collect();
     let o = observed.borrow();
     let mut safety_violations = o.violations.clone();
     let executed: Vec<BTreeMap<Seq, Digest>> =
         o.executed.iter().zip(&correct).map(|(log, ok)| if *ok { log.clone() } else { BTreeMap::new() }).collect();
     safety_violations.extend(checkers::agreement(&executed));
-    let replay = checkers::linearizable(
-        &executed,
-        &o.batches,
-        clients.issued(),
-        &history,
-        &config,
-        &secrets.execution_group_secret(),
-    );
+    // What the Byzantine client really signed may execute; the rest must not.
+    let mut issued = clients.issued().clone();
+    issued.extend(byzantine_issued);
+    let replay =
+        checkers::linearizable(&executed, &o.batches, &issued, &history, &config, &secrets.execution_group_secret());
     safety_violations.extend(replay.linearizability);
-    let liveness_failure = (live_expected && !clients.all_done()).then(|| {
+    let mut liveness_failure = (live_expected && !clients.all_done()).then(|| {
         format!(
             "{} of {} operations incomplete {} s after faults healed",
             clients.total() - history.len(),
@@ -594,6 +729,18 @@ fn run_inner(
             HEAL_PHASE_US / 1_000_000
         )
     });
+    if scenario == Scenario::PoisonedBatchCache && liveness_failure.is_none() {
+        // A batch some correct replica holds reaches the others from a correct cache (SPEC
+        // §11). The replicas the poisoner sent only junk fetch every batch, so they lag and
+        // catch up by state transfer now and then; but a replica that executed no batch at
+        // all got none from any correct cache (a cache that kept or served the junk).
+        liveness_failure = o.executed.iter().zip(&last_executed).enumerate().find_map(|(r, (log, last))| {
+            let ran = log.range(..=*last).count();
+            (ran == 0 && *last > 0).then(|| {
+                format!("r{r} executed none of sequence numbers 1..={last} itself: no correct cache served it a batch")
+            })
+        });
+    }
     RunReport {
         seed,
         scenario,
@@ -626,14 +773,31 @@ mod tests {
 
     /// SPEC §9 P1, C1 and C4 flag a correct enclave's second digest per `(v, s)` and a
     /// Commit in an abandoned view; a restart forgets what the enclave did before.
+    fn prepare_of(replica: u32, view: View, seq: Seq, d: u8) -> Output {
+        let body = Prepare { view, seq, digest: Digest([d; 32]), replica: ReplicaId(replica) };
+        Output::Send(Message::Prepare(Signed { body, sig: Sig([0; 64]) }))
+    }
+
+    /// The evidence of a prepare certificate for `(v, s, d)` at n = 4: the primary's
+    /// PrePrepare (in a Batch) and Prepares of backups 1 and 2.
+    fn certificate(o: &mut Observed, view: View, seq: Seq, d: u8) {
+        let body = splitbft_types::msg::PrePrepare { view, seq, digest: Digest([d; 32]) };
+        let batch =
+            splitbft_types::msg::BatchMsg { pre_prepare: Signed { body, sig: Sig([0; 64]) }, batch: Vec::new() };
+        o.evidence(ReplicaId((view % 4) as u32), &Output::Send(Message::Batch(batch)));
+        for r in [1, 2, 3].into_iter().filter(|r| *r != (view % 4) as u32).take(2) {
+            o.evidence(ReplicaId(r), &prepare_of(r, view, seq, d));
+        }
+    }
+
     #[test]
     fn invariants_flag_what_a_correct_enclave_must_not_do() {
-        let mut o = Observed::default();
+        let mut o = Observed { n: 4, ..Default::default() };
         let r = ReplicaId(1);
-        let prepare = |d: u8| {
-            let body = Prepare { view: 0, seq: 3, digest: Digest([d; 32]), replica: r };
-            Output::Send(Message::Prepare(Signed { body, sig: Sig([0; 64]) }))
-        };
+        for (seq, d) in [(3, 1), (3, 2), (3, 3), (4, 1)] {
+            certificate(&mut o, 0, seq, d);
+        }
+        let prepare = |d: u8| prepare_of(1, 0, 3, d);
         o.invariants(r, CompartmentKind::Preparation, &prepare(1));
         o.invariants(r, CompartmentKind::Preparation, &prepare(1));
         assert!(o.violations.is_empty());
@@ -656,5 +820,62 @@ mod tests {
         o.invariants(r, CompartmentKind::Preparation, &prepare(3));
         o.invariants(r, CompartmentKind::Confirmation, &commit(0, 3, 3));
         assert_eq!(o.violations.len(), before, "a restarted enclave starts over");
+    }
+
+    /// SPEC §9 P2, P3, C2 and E2: a correct Prepare needs the primary's PrePrepare and a
+    /// view entered, a correct Commit a prepare certificate (2f backup Prepares: at n = 7
+    /// two are not enough), a correct Checkpoint an executed prefix.
+    #[test]
+    fn invariants_p2_p3_c2_e2() {
+        let flagged = |o: &Observed, id: &str| o.violations.iter().filter(|v| v.starts_with(id)).count();
+        let mut o = Observed { n: 4, ..Default::default() };
+        let r = ReplicaId(1);
+        // P2: no PrePrepare of primary(0) = r0 for digest 9; r3 (not the primary) signing one
+        // does not count.
+        let body = splitbft_types::msg::PrePrepare { view: 0, seq: 1, digest: Digest([9; 32]) };
+        o.evidence(ReplicaId(3), &Output::Send(Message::PrePrepare(Signed { body, sig: Sig([0; 64]) })));
+        o.invariants(r, CompartmentKind::Preparation, &prepare_of(1, 0, 1, 9));
+        assert_eq!(flagged(&o, "P2"), 1, "{:?}", o.violations);
+        // P3: a Prepare in view 1 before Preparation entered view 1, then after.
+        certificate(&mut o, 1, 2, 5);
+        o.invariants(r, CompartmentKind::Preparation, &prepare_of(1, 1, 2, 5));
+        o.end_of_step();
+        assert_eq!(flagged(&o, "P3"), 1, "{:?}", o.violations);
+        // Preparing `O` and then reporting the view entered, in one step, is entering first.
+        o.invariants(r, CompartmentKind::Preparation, &prepare_of(1, 1, 3, 5));
+        o.invariants(r, CompartmentKind::Preparation, &Output::Event(Event::ViewEntered { view: 1 }));
+        o.end_of_step();
+        o.invariants(r, CompartmentKind::Preparation, &prepare_of(1, 1, 3, 5));
+        o.end_of_step();
+        assert_eq!(flagged(&o, "P3"), 1, "entered: no new P3");
+        // C2: a Commit with one backup Prepare only, then with a certificate.
+        o.evidence(ReplicaId(0), &Output::Send(Message::PrePrepare(Signed { body, sig: Sig([0; 64]) })));
+        o.evidence(ReplicaId(2), &prepare_of(2, 0, 1, 9));
+        o.invariants(r, CompartmentKind::Confirmation, &commit(0, 1, 9));
+        assert_eq!(flagged(&o, "C2"), 1, "{:?}", o.violations);
+        certificate(&mut o, 0, 5, 7);
+        o.invariants(r, CompartmentKind::Confirmation, &commit(0, 5, 7));
+        assert_eq!(flagged(&o, "C2"), 1, "{:?}", o.violations);
+        // At n = 7 (f = 2) the same two backup Prepares are no certificate.
+        let mut seven = Observed { n: 7, ..Default::default() };
+        certificate(&mut seven, 0, 5, 7);
+        seven.invariants(r, CompartmentKind::Confirmation, &commit(0, 5, 7));
+        assert_eq!(flagged(&seven, "C2"), 1, "{:?}", seven.violations);
+        // E2: a Checkpoint at 8 after executing 1..=7, then after 8; a restored state counts.
+        let executed = |seq| Output::Event(Event::Executed { seq, digest: Digest([0; 32]), requests: 1 });
+        let checkpoint = |seq| {
+            let body = splitbft_types::msg::Checkpoint { seq, state: Digest([0; 32]), replica: r };
+            Output::Send(Message::Checkpoint(Signed { body, sig: Sig([0; 64]) }))
+        };
+        for seq in 1..=7 {
+            o.invariants(r, CompartmentKind::Execution, &executed(seq));
+        }
+        o.invariants(r, CompartmentKind::Execution, &checkpoint(8));
+        assert_eq!(flagged(&o, "E2"), 1, "{:?}", o.violations);
+        o.invariants(r, CompartmentKind::Execution, &executed(8));
+        o.invariants(r, CompartmentKind::Execution, &checkpoint(8));
+        o.invariants(r, CompartmentKind::Execution, &Output::Event(Event::StateRestored { seq: 16 }));
+        o.invariants(r, CompartmentKind::Execution, &checkpoint(16));
+        assert_eq!(flagged(&o, "E2"), 1, "{:?}", o.violations);
     }
 }

@@ -3,7 +3,8 @@
 //! believe in, retransmitted to every replica on timeout, accepted on `f + 1` matching
 //! authentic replies (the client library's rules). Each client first registers a session
 //! key with an ordered Register (SPEC §6), then seals its ops under it; it votes on the
-//! decrypted results and waits on past refusals a forger could provoke.
+//! decrypted results and waits on past refusals a forger could provoke. These clients are
+//! correct; `byzantine_client` has the others.
 
 use std::collections::BTreeMap;
 
@@ -74,6 +75,7 @@ impl Clients {
     pub fn new(
         secrets: &ClusterSecrets,
         config: &ProtocolConfig,
+        correct: usize,
         faults_until_us: u64,
         ops_after: usize,
         rng: &mut ChaCha8Rng,
@@ -82,6 +84,7 @@ impl Clients {
         let clients = secrets
             .clients
             .iter()
+            .take(correct)
             .enumerate()
             .map(|(c, secret)| {
                 let id = ClientId(c as u32);
