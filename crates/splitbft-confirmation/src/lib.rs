@@ -23,7 +23,7 @@ use splitbft_types::crypto::{Purpose, SecretKey};
 use splitbft_types::msg::{
     Checkpoint, Commit, Digest, Message, NewView, PrePrepare, Prepare, PreparedCert, Signed, ViewChange,
 };
-use splitbft_types::recovery::{Fence, RecoveryStatement};
+use splitbft_types::recovery::{self, Fence, RecoveryStatement};
 use splitbft_types::viewchange::{Depth, check_new_view, reject_counter};
 use splitbft_types::{CompartmentKind, EnclaveId, ProtocolConfig, ReplicaId, Seq, View};
 
@@ -100,26 +100,13 @@ impl Confirmation {
 
     /// Recovery step 1: send a query with the environment's nonce.
     fn on_begin_recovery(&mut self, nonce: u64, out: &mut Vec<Output>) {
-        let Some(query) = self.fence.as_mut().and_then(|f| f.begin(nonce)) else {
-            return self.counters.bump(Counter::RecoveryQueryNotNeeded);
-        };
-        self.counters.bump(Counter::RecoveryQueriesSent);
-        out.push(Output::Send(Message::RecoveryQuery(query)));
+        recovery::begin_recovery(&mut self.fence, nonce, &mut self.counters, out);
     }
 
     /// Recovery step 3: count a statement; with `2f + 1`, `H` is set.
     fn on_recovery_statement(&mut self, st: Signed<RecoveryStatement>, out: &mut Vec<Output>) {
-        let Some(fence) = self.fence.as_mut() else {
-            return self.counters.bump(Counter::RecoveryStatementNotNeeded);
-        };
-        match fence.on_statement(&self.config, &self.keys, &st) {
-            Err(e) => self.counters.bump(e.counter()),
-            Ok(None) => self.counters.bump(Counter::RecoveryStatementsAccepted),
-            Ok(Some(horizon)) => {
-                self.counters.bump(Counter::RecoveryStatementsAccepted);
-                out.push(Output::Event(Event::RecoveryHorizon { horizon }));
-                self.maybe_lift_fence();
-            }
+        if recovery::take_statement(&mut self.fence, &self.config, &self.keys, &st, &mut self.counters, out) {
+            self.maybe_lift_fence();
         }
     }
 

@@ -35,12 +35,13 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::boundary::{Event, Output};
 use crate::cert::{CertError, SignedBody, verify_signed};
 use crate::config::{Keyring, ProtocolConfig};
-use crate::counters::Counter;
+use crate::counters::{Counter, Counters};
 use crate::crypto::Purpose;
 use crate::ids::{CompartmentKind, EnclaveId, ReplicaId, Seq, View};
-use crate::msg::Signed;
+use crate::msg::{Message, Signed};
 
 /// A recovering enclave asks every replica's Execution enclave for its checkpoint and view.
 /// Unsigned: a forged query costs an Execution enclave one signature, and the environment
@@ -183,5 +184,47 @@ impl Fence {
     /// stable checkpoint at or above it was adopted.
     pub fn lifted(&self, low: Seq) -> bool {
         self.horizon.is_some_and(|h| low >= h)
+    }
+}
+
+/// Recovery step 1 in a fenced compartment (Preparation and Confirmation share it): the
+/// query with the environment's nonce, or a count if there is no fence.
+pub fn begin_recovery(fence: &mut Option<Fence>, nonce: u64, counters: &mut Counters, out: &mut Vec<Output>) {
+    let Some(query) = fence.as_mut().and_then(|f| f.begin(nonce)) else {
+        return counters.bump(Counter::RecoveryQueryNotNeeded);
+    };
+    counters.bump(Counter::RecoveryQueriesSent);
+    out.push(Output::Send(Message::RecoveryQuery(query)));
+}
+
+/// Recovery step 3 in a fenced compartment: counts a statement and, when it completes
+/// `2f + 1`, reports `H` to the environment. Returns whether `H` was set now (the caller
+/// then checks whether its low watermark already lifts the fence).
+pub fn take_statement(
+    fence: &mut Option<Fence>,
+    config: &ProtocolConfig,
+    keys: &Keyring,
+    st: &Signed<RecoveryStatement>,
+    counters: &mut Counters,
+    out: &mut Vec<Output>,
+) -> bool {
+    let Some(fence) = fence.as_mut() else {
+        counters.bump(Counter::RecoveryStatementNotNeeded);
+        return false;
+    };
+    match fence.on_statement(config, keys, st) {
+        Err(e) => {
+            counters.bump(e.counter());
+            false
+        }
+        Ok(None) => {
+            counters.bump(Counter::RecoveryStatementsAccepted);
+            false
+        }
+        Ok(Some(horizon)) => {
+            counters.bump(Counter::RecoveryStatementsAccepted);
+            out.push(Output::Event(Event::RecoveryHorizon { horizon }));
+            true
+        }
     }
 }

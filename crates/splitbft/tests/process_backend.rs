@@ -17,26 +17,13 @@ use splitbft_testkit::process::{self, Replicas, children};
 
 const BIN: &str = env!("CARGO_BIN_EXE_splitbft");
 
-fn free_base_port() -> u16 {
-    process::free_ports(4)
-}
-
 fn client(config: &Path, args: &[&str]) -> Output {
     process::client(BIN, config, args)
 }
 const KINDS: [&str; 3] = ["preparation", "confirmation", "execution"];
 
 fn keygen(dir: &Path, extra: &[&str]) -> PathBuf {
-    let base = free_base_port();
-    let out = Command::new(BIN)
-        .args(["keygen", "--replicas", "4", "--clients", "4", "--base-port", &base.to_string()])
-        .args(extra)
-        .arg("--out")
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "keygen failed: {}", String::from_utf8_lossy(&out.stderr));
-    dir.join("cluster.toml")
+    process::keygen(BIN, dir, 4, extra)
 }
 
 fn start_replica(config: &Path, id: u32, extra: &[&str]) -> Child {
