@@ -27,15 +27,7 @@ fn keygen(dir: &Path, extra: &[&str]) -> PathBuf {
 }
 
 fn start_replica(config: &Path, id: u32, extra: &[&str]) -> Child {
-    Command::new(BIN)
-        .args(["replica", "--backend", "process", "--config"])
-        .arg(config)
-        .args(["--id", &id.to_string()])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    process::start_replica(BIN, config, id, &[&["--backend", "process"], extra].concat())
 }
 
 fn put_ok(config: &Path, key: &str, value: &str) {
