@@ -169,16 +169,7 @@ impl PublicKey {
         body: &T,
         sig: &Sig,
     ) -> Result<(), CryptoError> {
-        let bytes = signed_bytes(cluster_id, purpose, body);
-        let memo = memo::id(self, &bytes, sig);
-        if memo.is_some_and(memo::verified) {
-            return Ok(());
-        }
-        self.0.verify_strict(&bytes, &Signature::from_bytes(&sig.0)).map_err(|_| CryptoError::BadSignature)?;
-        if let Some(id) = memo {
-            memo::remember(id);
-        }
-        Ok(())
+        self.verify_under(Rule::Strict, cluster_id, purpose, body, sig)
     }
 }
 
@@ -200,17 +191,42 @@ impl PublicKey {
         body: &T,
         sig: &Sig,
     ) -> Result<(), CryptoError> {
+        self.verify_under(Rule::Cofactored, cluster_id, purpose, body, sig)
+    }
+
+    fn verify_under<T: Serialize>(
+        &self,
+        rule: Rule,
+        cluster_id: u64,
+        purpose: Purpose,
+        body: &T,
+        sig: &Sig,
+    ) -> Result<(), CryptoError> {
         let bytes = signed_bytes(cluster_id, purpose, body);
-        let memo = memo::id(self, &bytes, sig);
+        let memo = memo::id(rule, self, &bytes, sig);
         if memo.is_some_and(memo::verified) {
             return Ok(());
         }
-        cofactored_equation_holds(&self.0, &bytes, sig).then_some(()).ok_or(CryptoError::BadSignature)?;
+        let holds = match rule {
+            Rule::Strict => self.0.verify_strict(&bytes, &Signature::from_bytes(&sig.0)).is_ok(),
+            Rule::Cofactored => cofactored_equation_holds(&self.0, &bytes, sig),
+        };
+        if !holds {
+            return Err(CryptoError::BadSignature);
+        }
         if let Some(id) = memo {
             memo::remember(id);
         }
         Ok(())
     }
+}
+
+/// The equation a signature was checked with. The memo keeps them apart: a signature that
+/// holds under the cofactored rule need not pass the strict one.
+#[derive(Clone, Copy)]
+enum Rule {
+    Strict,
+    Cofactored,
 }
 
 fn cofactored_equation_holds(key: &VerifyingKey, message: &[u8], sig: &Sig) -> bool {
@@ -235,8 +251,8 @@ fn cofactored_equation_holds(key: &VerifyingKey, message: &[u8], sig: &Sig) -> b
 /// A process-wide memo of signatures that verified, for the simulator only (off unless
 /// [`memoize_verifications`] is called). A simulated cluster runs every enclave in one
 /// process, so each signature is verified by up to `3n` enclaves; the memo verifies it
-/// once per (key, signed bytes, signature) and answers the rest from memory. Only
-/// successes are kept, keyed by SHA-256 over all three, so a memo hit is exactly a
+/// once per (rule, key, signed bytes, signature) and answers the rest from memory. Only
+/// successes are kept, keyed by SHA-256 over all four, so a memo hit is exactly a
 /// signature that verified: caching by message, never skipping a check.
 mod memo {
     use std::collections::BTreeSet;
@@ -245,7 +261,7 @@ mod memo {
 
     use sha2::{Digest as _, Sha256};
 
-    use super::PublicKey;
+    use super::{PublicKey, Rule};
     use crate::msg::Sig;
 
     /// Entries kept before the memo starts over (bounds its memory, ~10 MB).
@@ -254,9 +270,10 @@ mod memo {
     pub(super) static ON: AtomicBool = AtomicBool::new(false);
     static VERIFIED: Mutex<BTreeSet<[u8; 32]>> = Mutex::new(BTreeSet::new());
 
-    pub(super) fn id(key: &PublicKey, bytes: &[u8], sig: &Sig) -> Option<[u8; 32]> {
+    pub(super) fn id(rule: Rule, key: &PublicKey, bytes: &[u8], sig: &Sig) -> Option<[u8; 32]> {
         ON.load(Ordering::Relaxed).then(|| {
             let mut h = Sha256::new();
+            h.update([rule as u8]);
             h.update(key.0.as_bytes());
             h.update(sig.0);
             h.update(bytes);
@@ -606,6 +623,21 @@ mod tests {
             ed25519_dalek::verify_batch(&[&a, &b], &sigs, &[k.public().0, k.public().0]).is_ok()
         });
         assert!(accepted, "no batch accepted the torsion signature");
+    }
+
+    /// The simulator's memo of verified signatures keeps the two rules apart: a torsion
+    /// signature that passed the cofactored rule is still refused by `verify` (strict).
+    /// (Turning the memo on here is harmless to the other tests: hits are exact.)
+    #[test]
+    fn the_memo_does_not_carry_a_cofactored_verdict_to_the_strict_rule() {
+        memoize_verifications();
+        let k = key(11);
+        let bad = torsion_signed_request(&k, 3, 4);
+        let body = SignedRequest { client: bad.client, timestamp: 3, op: &bad.op };
+        for _ in 0..2 {
+            k.public().verify_cofactored(5, Purpose::ClientRequest, &body, &bad.sig).expect("cofactored holds");
+            assert_eq!(k.public().verify(5, Purpose::ClientRequest, &body, &bad.sig), Err(CryptoError::BadSignature));
+        }
     }
 
     /// The filter's verdicts are Preparation's, signature by signature, whatever shares a
