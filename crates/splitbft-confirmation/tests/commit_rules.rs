@@ -8,12 +8,11 @@
 use bytes::Bytes;
 use serde::Serialize;
 use splitbft_confirmation::Confirmation;
+use splitbft_testkit::cluster::Fixture;
 use splitbft_types::boundary::{Compartment, Input, Output, Stats};
 use splitbft_types::cert::verify_signed;
-use splitbft_types::config::Keyring;
 use splitbft_types::counters::Counter;
-use splitbft_types::crypto::{Purpose, SecretKey};
-use splitbft_types::keys::ClusterSecrets;
+use splitbft_types::crypto::Purpose;
 use splitbft_types::msg::{BatchMsg, Commit, Digest, Message, PrePrepare, Prepare, Signed};
 use splitbft_types::{CompartmentKind, ReplicaId, Seq, View};
 
@@ -23,31 +22,29 @@ const K: u64 = 4;
 const L: u64 = 8;
 
 struct Harness {
-    secrets: ClusterSecrets,
-    keys: Keyring,
+    fx: Fixture,
     conf: Confirmation,
 }
 
 impl Harness {
     /// The Confirmation enclave of replica `me` in a 4-replica cluster with K = 4, L = 8.
     fn new(me: u32) -> Harness {
-        let mut secrets = ClusterSecrets::deterministic(3, 1, 1, 17);
-        secrets.config.checkpoint_interval = K;
-        secrets.config.log_window = L;
-        let keys = secrets.config.validate().unwrap();
-        let secret = SecretKey::from_seed(secrets.enclave(ReplicaId(me), CompartmentKind::Confirmation).seed());
+        let fx = Fixture::new(3, 1, 1, 17, |c| {
+            c.checkpoint_interval = K;
+            c.log_window = L;
+        });
+        let secret = fx.secret(me, CompartmentKind::Confirmation);
         // Confirmation never compares the genesis state digest with anything.
-        let conf = Confirmation::new(secrets.config.clone(), ReplicaId(me), secret, Digest::of(b"genesis")).unwrap();
-        Harness { secrets, keys, conf }
+        let conf = Confirmation::new(fx.secrets.config.clone(), ReplicaId(me), secret, Digest::of(b"genesis")).unwrap();
+        Harness { fx, conf }
     }
 
     fn sign<T: Serialize>(&self, r: u32, kind: CompartmentKind, purpose: Purpose, body: T) -> Signed<T> {
-        let sig = self.secrets.enclave(ReplicaId(r), kind).sign(self.secrets.config.cluster_id, purpose, &body);
-        Signed { body, sig }
+        self.fx.sign(r, kind, purpose, body)
     }
 
     fn pp(&self, view: View, seq: Seq, digest: Digest) -> Message {
-        let primary = self.secrets.config.primary(view).0;
+        let primary = self.fx.secrets.config.primary(view).0;
         Message::PrePrepare(self.sign(primary, Preparation, Purpose::PrePrepare, PrePrepare { view, seq, digest }))
     }
 
@@ -67,7 +64,7 @@ impl Harness {
         out.into_iter()
             .filter_map(|o| match o {
                 Output::Send(Message::Commit(c)) => {
-                    assert_eq!(verify_signed(&self.secrets.config, &self.keys, &c), Ok(c.body.replica));
+                    assert_eq!(verify_signed(&self.fx.secrets.config, &self.fx.keys, &c), Ok(c.body.replica));
                     Some(c.body)
                 }
                 _ => None,

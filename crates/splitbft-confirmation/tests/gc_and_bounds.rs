@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 use proptest::prelude::*;
 use serde::Serialize;
 use splitbft_confirmation::Confirmation;
+use splitbft_testkit::cluster::Fixture;
 use splitbft_types::boundary::{Compartment, Event, Input, Output, Stats};
 use splitbft_types::counters::Counter;
 use splitbft_types::crypto::{Purpose, SecretKey};
@@ -26,19 +27,22 @@ const L: u64 = 8;
 /// beyond the window (n = 4).
 const MAX_ENTRIES: u64 = L + L / K + 4;
 
-fn secrets() -> &'static ClusterSecrets {
-    static SECRETS: OnceLock<ClusterSecrets> = OnceLock::new();
-    SECRETS.get_or_init(|| {
-        let mut s = ClusterSecrets::deterministic(3, 1, 1, 23);
-        s.config.checkpoint_interval = K;
-        s.config.log_window = L;
-        s
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        Fixture::new(3, 1, 1, 23, |c| {
+            c.checkpoint_interval = K;
+            c.log_window = L;
+        })
     })
 }
 
+fn secrets() -> &'static ClusterSecrets {
+    &fixture().secrets
+}
+
 fn sign<T: Serialize>(r: u32, kind: CompartmentKind, purpose: Purpose, body: T) -> Signed<T> {
-    let s = secrets();
-    Signed { sig: s.enclave(ReplicaId(r), kind).sign(s.config.cluster_id, purpose, &body), body }
+    fixture().sign(r, kind, purpose, body)
 }
 
 fn pp(view: View, seq: Seq, digest: Digest) -> Message {

@@ -91,8 +91,7 @@ fn persisted(out: &[Output]) -> Vec<(u64, Vec<u8>)> {
 }
 
 fn sign<T: Serialize>(r: u32, kind: CompartmentKind, purpose: Purpose, body: T) -> Signed<T> {
-    let s = &fixture().secrets;
-    Signed { sig: s.enclave(ReplicaId(r), kind).sign(s.config.cluster_id, purpose, &body), body }
+    fixture().sign(r, kind, purpose, body)
 }
 
 /// A KV Put by client `c` at timestamp `t`, authenticated like a real client's.

@@ -11,10 +11,10 @@ use rand_chacha::rand_core::SeedableRng;
 use serde::Serialize;
 use splitbft_apps::kv::{KvOp, KvResult, KvStore};
 use splitbft_execution::Execution;
+use splitbft_testkit::cluster::Fixture;
 use splitbft_types::boundary::{Compartment, Event, Input, Output};
 use splitbft_types::codec::{from_bytes, to_bytes};
-use splitbft_types::crypto::{ClientKeys, Purpose, SecretKey};
-use splitbft_types::keys::ClusterSecrets;
+use splitbft_types::crypto::Purpose;
 use splitbft_types::msg::{BatchMsg, Checkpoint, Commit, Digest, Message, PrePrepare, Reply, Request, Signed};
 use splitbft_types::session::{ClientSession, Opened, Refusal, SessionOp, open_reply_body};
 use splitbft_types::{ClientId, CompartmentKind, ReplicaId, Seq, Timestamp};
@@ -23,37 +23,33 @@ use splitbft_types::{ClientId, CompartmentKind, ReplicaId, Seq, Timestamp};
 const K: u64 = 2;
 
 struct Cluster {
-    secrets: ClusterSecrets,
-    clients: Vec<ClientKeys>,
+    fx: Fixture,
     replicas: Vec<Execution>,
     seq: Seq,
 }
 
+/// Replica `r`'s Execution enclave with the KV store, from its genesis.
+fn execution(fx: &Fixture, r: u32) -> Execution {
+    let s = &fx.secrets;
+    let secret = fx.secret(r, CompartmentKind::Execution);
+    Execution::new(s.config.clone(), ReplicaId(r), secret, s.execution_group_secret(), Box::new(KvStore::new()))
+        .unwrap()
+}
+
 impl Cluster {
     fn new(confidential: bool) -> Cluster {
-        let mut secrets = ClusterSecrets::deterministic(31, 1, 2, 8);
-        secrets.config.confidential = confidential;
-        secrets.config.checkpoint_interval = K;
-        // A wide window: the fixture delivers no checkpoint certificates to its own replicas.
-        secrets.config.log_window = 32 * K;
-        let keys = secrets.config.validate().unwrap();
-        let clients = (0..2)
-            .map(|c| ClientKeys::derive(&secrets.clients[c], &secrets.config, &keys, ClientId(c as u32)))
-            .collect();
-        let replicas = (0..4)
-            .map(|r| {
-                let me = ReplicaId(r);
-                let secret = SecretKey::from_seed(secrets.enclave(me, CompartmentKind::Execution).seed());
-                let group = secrets.execution_group_secret();
-                Execution::new(secrets.config.clone(), me, secret, group, Box::new(KvStore::new())).unwrap()
-            })
-            .collect();
-        Cluster { secrets, clients, replicas, seq: 0 }
+        let fx = Fixture::new(31, 1, 2, 8, |c| {
+            c.confidential = confidential;
+            c.checkpoint_interval = K;
+            // A wide window: the fixture delivers no checkpoint certificates to its own replicas.
+            c.log_window = 32 * K;
+        });
+        let replicas = (0..4).map(|r| execution(&fx, r)).collect();
+        Cluster { fx, replicas, seq: 0 }
     }
 
     fn sign<T: Serialize>(&self, r: u32, kind: CompartmentKind, purpose: Purpose, body: T) -> Signed<T> {
-        let s = &self.secrets;
-        Signed { sig: s.enclave(ReplicaId(r), kind).sign(s.config.cluster_id, purpose, &body), body }
+        self.fx.sign(r, kind, purpose, body)
     }
 
     /// Orders `requests` at the next sequence number on every replica; returns each
@@ -100,11 +96,11 @@ impl Cluster {
 
     fn register(&self, c: u32, epoch: u64, key: [u8; 32]) -> (ClientSession, Vec<u8>) {
         let mut rng = ChaCha20Rng::seed_from_u64(epoch);
-        ClientSession::register(&mut rng, &self.secrets.config, ClientId(c), epoch, key).unwrap()
+        ClientSession::register(&mut rng, &self.fx.secrets.config, ClientId(c), epoch, key).unwrap()
     }
 
     fn request(&self, c: u32, t: Timestamp, op: Vec<u8>) -> Request {
-        self.clients[c as usize].request(t, op)
+        self.fx.clients[c as usize].request(t, op)
     }
 
     fn digests(&self) -> Vec<Digest> {
@@ -296,9 +292,7 @@ fn sessions_survive_state_transfer_and_snapshots_leave_sealed() {
 
     // A fresh replica 3 learns the checkpoint certificate, asks for state, restores it.
     let me = ReplicaId(3);
-    let secret = SecretKey::from_seed(cl.secrets.enclave(me, CompartmentKind::Execution).seed());
-    let group = cl.secrets.execution_group_secret();
-    let mut fresh = Execution::new(cl.secrets.config.clone(), me, secret, group, Box::new(KvStore::new())).unwrap();
+    let mut fresh = execution(&cl.fx, me.0);
     let mut out = Vec::new();
     for r in 0..3 {
         let cp = cl.sign(
@@ -333,7 +327,7 @@ fn only_an_authentic_op_can_be_refused_for_the_wrong_mode() {
     // The client's own op in the other mode (it authenticates under K_c).
     let plain = ClientSession::installed(
         &{
-            let mut c = cl.secrets.config.clone();
+            let mut c = cl.fx.secrets.config.clone();
             c.confidential = false;
             c
         },

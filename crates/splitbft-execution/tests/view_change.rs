@@ -83,8 +83,7 @@ fn opened(r: &Reply) -> Opened {
 }
 
 fn sign<T: Serialize>(r: u32, kind: CompartmentKind, purpose: Purpose, body: T) -> Signed<T> {
-    let s = &fixture().secrets;
-    Signed { sig: s.enclave(ReplicaId(r), kind).sign(s.config.cluster_id, purpose, &body), body }
+    fixture().sign(r, kind, purpose, body)
 }
 
 fn primary(view: View) -> u32 {

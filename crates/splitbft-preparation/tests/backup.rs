@@ -13,11 +13,12 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use serde::Serialize;
 use splitbft_preparation::Preparation;
+use splitbft_testkit::cluster::Fixture;
 use splitbft_types::boundary::{Compartment, Event, Input, Output, Stats};
 use splitbft_types::cert::verify_signed;
 use splitbft_types::codec::to_bytes;
 use splitbft_types::counters::Counter;
-use splitbft_types::crypto::{ClientKeys, Purpose, SecretKey};
+use splitbft_types::crypto::{ClientKeys, Purpose};
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::msg::{BatchMsg, Checkpoint, Commit, Digest, Message, PrePrepare, Prepare, Request, Signed};
 use splitbft_types::{ClientId, CompartmentKind, ReplicaId, Seq, View};
@@ -27,25 +28,27 @@ use CompartmentKind::{Execution, Preparation as Prep};
 const K: u64 = 4;
 const L: u64 = 8;
 
-fn secrets() -> &'static ClusterSecrets {
-    static SECRETS: OnceLock<ClusterSecrets> = OnceLock::new();
-    SECRETS.get_or_init(|| {
-        let mut s = ClusterSecrets::deterministic(5, 1, 2, 31);
-        s.config.checkpoint_interval = K;
-        s.config.log_window = L;
-        s
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        Fixture::new(5, 1, 2, 31, |c| {
+            c.checkpoint_interval = K;
+            c.log_window = L;
+        })
     })
 }
 
+fn secrets() -> &'static ClusterSecrets {
+    &fixture().secrets
+}
+
 fn sign<T: Serialize>(r: u32, kind: CompartmentKind, purpose: Purpose, body: T) -> Signed<T> {
-    let s = secrets();
-    Signed { sig: s.enclave(ReplicaId(r), kind).sign(s.config.cluster_id, purpose, &body), body }
+    fixture().sign(r, kind, purpose, body)
 }
 
 /// A PrePrepare signed by Preparation(primary(view)).
 fn pp(view: View, seq: Seq, digest: Digest) -> Signed<PrePrepare> {
-    let primary = secrets().config.primary(view).0;
-    sign(primary, Prep, Purpose::PrePrepare, PrePrepare { view, seq, digest })
+    fixture().pre_prepare(view, seq, digest)
 }
 
 fn checkpoint(r: u32, seq: Seq, state: Digest) -> Message {
@@ -53,23 +56,19 @@ fn checkpoint(r: u32, seq: Seq, state: Digest) -> Message {
 }
 
 fn client(c: u32) -> ClientKeys {
-    let s = secrets();
-    ClientKeys::derive(&s.clients[c as usize], &s.config, &s.config.validate().unwrap(), ClientId(c))
+    fixture().clients[c as usize].clone()
 }
 
-/// The encoded batch named `tag`: one genuine request of client 0 whose op is the tag.
 fn batch(tag: &str) -> Vec<u8> {
-    to_bytes(&vec![client(0).request(1, tag.as_bytes().to_vec())])
+    fixture().tagged_batch(tag)
 }
 
-/// The digest of [`batch`]`(tag)`.
 fn d(tag: &str) -> Digest {
-    Digest::of(&batch(tag))
+    fixture().tagged_digest(tag)
 }
 
-/// A PrePrepare of primary(view) for batch `tag`, with the batch.
 fn bm(view: View, seq: Seq, tag: &str) -> Message {
-    Message::Batch(BatchMsg { pre_prepare: pp(view, seq, d(tag)), batch: batch(tag) })
+    fixture().tagged_batch_msg(view, seq, tag)
 }
 
 /// A signed header (possibly forged) with the bytes of batch `tag`.
@@ -78,9 +77,8 @@ fn with_batch(pre_prepare: Signed<PrePrepare>, tag: &str) -> Message {
 }
 
 fn preparation(me: u32) -> Preparation {
-    let s = secrets();
-    let secret = SecretKey::from_seed(s.enclave(ReplicaId(me), Prep).seed());
-    Preparation::new(s.config.clone(), ReplicaId(me), secret, Digest::of(b"genesis")).unwrap()
+    Preparation::new(secrets().config.clone(), ReplicaId(me), fixture().secret(me, Prep), Digest::of(b"genesis"))
+        .unwrap()
 }
 
 fn feed(p: &mut Preparation, msg: Message) -> Vec<Output> {
@@ -93,11 +91,11 @@ fn feed(p: &mut Preparation, msg: Message) -> Vec<Output> {
 /// enclave (so other compartments will accept it).
 fn prepares(out: &[Output]) -> Vec<Prepare> {
     let s = secrets();
-    let keys = s.config.validate().unwrap();
+    let keys = &fixture().keys;
     out.iter()
         .filter_map(|o| match o {
             Output::Send(Message::Prepare(p)) => {
-                assert_eq!(verify_signed(&s.config, &keys, p), Ok(p.body.replica));
+                assert_eq!(verify_signed(&s.config, keys, p), Ok(p.body.replica));
                 Some(p.body)
             }
             _ => None,

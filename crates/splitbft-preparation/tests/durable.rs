@@ -7,56 +7,37 @@
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use serde::Serialize;
 use splitbft_preparation::Preparation;
+use splitbft_testkit::cluster::Fixture;
 use splitbft_types::boundary::{Compartment, Input, Output, Stats};
 use splitbft_types::codec::{from_bytes, to_bytes};
 use splitbft_types::counters::Counter;
-use splitbft_types::crypto::{ClientKeys, Purpose, SecretKey};
+use splitbft_types::crypto::{Purpose, SecretKey};
 use splitbft_types::durable::{RecordKind, RestoreError, SealedState};
 use splitbft_types::keys::ClusterSecrets;
-use splitbft_types::msg::{BatchMsg, Checkpoint, Digest, Message, PrePrepare, Signed};
+use splitbft_types::msg::{Checkpoint, Digest, Message};
 use splitbft_types::recovery::{RecoveryQuery, RecoveryStatement};
-use splitbft_types::{ClientId, CompartmentKind, EnclaveId, ReplicaId, Seq, View};
+use splitbft_types::{CompartmentKind, EnclaveId, ReplicaId, Seq, View};
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| Fixture::new(5, 2, 1, 31, |_| {}))
+}
 
 fn secrets() -> &'static ClusterSecrets {
-    static SECRETS: OnceLock<ClusterSecrets> = OnceLock::new();
-    SECRETS.get_or_init(|| ClusterSecrets::deterministic(5, 2, 1, 31))
+    &fixture().secrets
 }
 
-fn sign<T: Serialize>(r: u32, purpose: Purpose, body: T) -> Signed<T> {
-    let s = secrets();
-    Signed {
-        sig: s.enclave(ReplicaId(r), CompartmentKind::Preparation).sign(s.config.cluster_id, purpose, &body),
-        body,
-    }
-}
-
-fn client(c: u32) -> ClientKeys {
-    let s = secrets();
-    ClientKeys::derive(&s.clients[c as usize], &s.config, &s.config.validate().unwrap(), ClientId(c))
-}
-
-/// The encoded batch named `tag`: one genuine request of client 0 whose op is the tag
-/// (backups prepare only batches they hold and checked, SPEC §4.1 (2)).
-fn batch(tag: &str) -> Vec<u8> {
-    to_bytes(&vec![client(0).request(1, tag.as_bytes().to_vec())])
-}
-
-/// The digest of [`batch`]`(tag)`.
 fn d(tag: &str) -> Digest {
-    Digest::of(&batch(tag))
+    fixture().tagged_digest(tag)
 }
 
-/// A PrePrepare of primary(view) for batch `tag`, with the batch.
 fn pp(view: View, seq: Seq, tag: &str) -> Message {
-    let primary = secrets().config.primary(view).0;
-    let pre_prepare = sign(primary, Purpose::PrePrepare, PrePrepare { view, seq, digest: d(tag) });
-    Message::Batch(BatchMsg { pre_prepare, batch: batch(tag) })
+    fixture().tagged_batch_msg(view, seq, tag)
 }
 
 fn secret(me: u32) -> SecretKey {
-    SecretKey::from_seed(secrets().enclave(ReplicaId(me), CompartmentKind::Preparation).seed())
+    fixture().secret(me, CompartmentKind::Preparation)
 }
 
 fn fresh(me: u32) -> Preparation {
@@ -132,16 +113,10 @@ fn rolled_back_altered_or_foreign_state_is_refused() {
 
 /// `2f + 1` Checkpoints for `(seq, state)` from Execution enclaves `0..2f + 1`.
 fn checkpoint_quorum(seq: Seq, tag: &str) -> Vec<Message> {
-    let s = secrets();
-    (0..s.config.quorum() as u32)
+    (0..secrets().config.quorum() as u32)
         .map(|r| {
             let body = Checkpoint { seq, state: Digest::of(tag.as_bytes()), replica: ReplicaId(r) };
-            let sig = s.enclave(ReplicaId(r), CompartmentKind::Execution).sign(
-                s.config.cluster_id,
-                Purpose::Checkpoint,
-                &body,
-            );
-            Message::Checkpoint(Signed { body, sig })
+            Message::Checkpoint(fixture().sign(r, CompartmentKind::Execution, Purpose::Checkpoint, body))
         })
         .collect()
 }
@@ -177,14 +152,8 @@ fn a_host_restart_without_fresh_state_cannot_make_a_correct_backup_prepare_twice
 
 /// Execution(`r`)'s signed statement answering `query`.
 fn statement(r: u32, query: RecoveryQuery, checkpoint: Seq) -> Message {
-    let s = secrets();
     let body = RecoveryStatement { query, replica: ReplicaId(r), checkpoint, view: 0 };
-    let sig = s.enclave(ReplicaId(r), CompartmentKind::Execution).sign(
-        s.config.cluster_id,
-        Purpose::RecoveryStatement,
-        &body,
-    );
-    Message::RecoveryStatement(Signed { body, sig })
+    Message::RecoveryStatement(fixture().sign(r, CompartmentKind::Execution, Purpose::RecoveryStatement, body))
 }
 
 /// Sends `BeginRecovery(nonce)`; returns the query it produced.

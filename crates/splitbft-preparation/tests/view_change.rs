@@ -17,7 +17,7 @@ use splitbft_types::boundary::{Compartment, Event, Input, Output, Stats};
 use splitbft_types::cert::verify_signed;
 use splitbft_types::codec::to_bytes;
 use splitbft_types::counters::Counter;
-use splitbft_types::crypto::{Purpose, SecretKey};
+use splitbft_types::crypto::Purpose;
 use splitbft_types::msg::{
     BatchMsg, Checkpoint, CheckpointCert, Digest, Message, NewView, PrePrepare, Prepare, PreparedCert, Signed,
     ViewChange,
@@ -46,31 +46,20 @@ fn genesis() -> Digest {
     Digest::of(b"genesis state")
 }
 
-/// The encoded batch named `tag`: one genuine request whose op is the tag (backups check
-/// every request of a batch, SPEC §4.1 (2)).
-fn batch(tag: &str) -> Vec<u8> {
-    to_bytes(&vec![fixture().clients[0].request(1, tag.as_bytes().to_vec())])
-}
-
-/// The digest of [`batch`]`(tag)`.
 fn d(tag: &str) -> Digest {
-    Digest::of(&batch(tag))
+    fixture().tagged_digest(tag)
 }
 
-/// A PrePrepare of primary(view) for batch `tag`, with the batch.
 fn bm(view: View, seq: Seq, tag: &str) -> Message {
-    Message::Batch(BatchMsg { pre_prepare: pp(view, seq, d(tag)), batch: batch(tag) })
+    fixture().tagged_batch_msg(view, seq, tag)
 }
 
 fn preparation(me: u32) -> Preparation {
-    let s = &fixture().secrets;
-    let secret = SecretKey::from_seed(s.enclave(ReplicaId(me), Prep).seed());
-    Preparation::new(s.config.clone(), ReplicaId(me), secret, genesis()).unwrap()
+    Preparation::new(fixture().secrets.config.clone(), ReplicaId(me), fixture().secret(me, Prep), genesis()).unwrap()
 }
 
 fn sign<T: Serialize>(r: u32, kind: CompartmentKind, purpose: Purpose, body: T) -> Signed<T> {
-    let s = &fixture().secrets;
-    Signed { sig: s.enclave(ReplicaId(r), kind).sign(s.config.cluster_id, purpose, &body), body }
+    fixture().sign(r, kind, purpose, body)
 }
 
 fn primary(view: View) -> u32 {
@@ -78,7 +67,7 @@ fn primary(view: View) -> u32 {
 }
 
 fn pp(view: View, seq: Seq, digest: Digest) -> Signed<PrePrepare> {
-    sign(primary(view), Prep, Purpose::PrePrepare, PrePrepare { view, seq, digest })
+    fixture().pre_prepare(view, seq, digest)
 }
 
 /// A real prepare certificate: the primary's PrePrepare and `2f` backups' Prepares.

@@ -1,9 +1,12 @@
 //! Deterministic cluster secrets for compartment-level tests.
 
-use splitbft_types::ClientId;
+use serde::Serialize;
+use splitbft_types::codec::to_bytes;
 use splitbft_types::config::{Keyring, ProtocolConfig};
-use splitbft_types::crypto::ClientKeys;
+use splitbft_types::crypto::{ClientKeys, Purpose, SecretKey};
 use splitbft_types::keys::ClusterSecrets;
+use splitbft_types::msg::{BatchMsg, Digest, Message, PrePrepare, Signed};
+use splitbft_types::{ClientId, CompartmentKind, ReplicaId, Seq, View};
 
 /// A cluster's secrets, its validated keyring and every client's keys.
 pub struct Fixture {
@@ -26,5 +29,39 @@ impl Fixture {
             .map(|c| ClientKeys::derive(&secrets.clients[c], &secrets.config, &keys, ClientId(c as u32)))
             .collect();
         Fixture { secrets, keys, clients }
+    }
+
+    /// `body` signed for `purpose` by enclave `kind` of replica `r`.
+    pub fn sign<T: Serialize>(&self, r: u32, kind: CompartmentKind, purpose: Purpose, body: T) -> Signed<T> {
+        let sig = self.secrets.enclave(ReplicaId(r), kind).sign(self.secrets.config.cluster_id, purpose, &body);
+        Signed { sig, body }
+    }
+
+    /// A copy of the signing key of enclave `kind` of replica `r`, to build the compartment.
+    pub fn secret(&self, r: u32, kind: CompartmentKind) -> SecretKey {
+        SecretKey::from_seed(self.secrets.enclave(ReplicaId(r), kind).seed())
+    }
+
+    /// The PrePrepare for `(view, seq, digest)` signed by Preparation(primary(view)).
+    pub fn pre_prepare(&self, view: View, seq: Seq, digest: Digest) -> Signed<PrePrepare> {
+        let primary = self.secrets.config.primary(view).0;
+        self.sign(primary, CompartmentKind::Preparation, Purpose::PrePrepare, PrePrepare { view, seq, digest })
+    }
+
+    /// The encoded batch named `tag`: one genuine request of client 0 whose op is the tag
+    /// (backups prepare only batches they hold and checked, SPEC §4.1 (2)).
+    pub fn tagged_batch(&self, tag: &str) -> Vec<u8> {
+        to_bytes(&vec![self.clients[0].request(1, tag.as_bytes().to_vec())])
+    }
+
+    /// The digest of [`Self::tagged_batch`]`(tag)`.
+    pub fn tagged_digest(&self, tag: &str) -> Digest {
+        Digest::of(&self.tagged_batch(tag))
+    }
+
+    /// primary(view)'s PrePrepare for batch `tag` at `seq`, with the batch.
+    pub fn tagged_batch_msg(&self, view: View, seq: Seq, tag: &str) -> Message {
+        let batch = self.tagged_batch(tag);
+        Message::Batch(BatchMsg { pre_prepare: self.pre_prepare(view, seq, Digest::of(&batch)), batch })
     }
 }
