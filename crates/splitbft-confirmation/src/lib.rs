@@ -112,10 +112,7 @@ impl Confirmation {
 
     /// Recovery step 4: the fence lifts once the low watermark reaches `H`.
     fn maybe_lift_fence(&mut self) {
-        if self.fence.as_ref().is_some_and(|f| f.lifted(self.checkpoints.low())) {
-            self.fence = None;
-            self.counters.bump(Counter::RecoveriesCompleted);
-        }
+        recovery::lift_if_recovered(&mut self.fence, self.checkpoints.low(), &mut self.counters);
     }
 
     /// Common checks for a message about `(view, seq)`; returns the slot if acceptable.
@@ -196,9 +193,9 @@ impl Confirmation {
             // C4: no Commit between our ViewChange and the NewView.
             return;
         }
-        if self.fence.is_some() {
+        if recovery::refuses_to_sign(&self.fence, &mut self.counters) {
             // SPEC §10: it may have committed another digest here before losing its state.
-            return self.counters.bump(Counter::SignaturesFenced);
+            return;
         }
         let slot = self.slot_mut(seq);
         let Some(pp) = slot.pre_prepare else { return };
@@ -242,9 +239,9 @@ impl Confirmation {
         if target <= self.view {
             return self.counters.bump(Counter::SuspectStale);
         }
-        if self.fence.is_some() {
+        if recovery::refuses_to_sign(&self.fence, &mut self.counters) {
             // SPEC §10: a ViewChange now could omit a certificate it lost.
-            return self.counters.bump(Counter::SignaturesFenced);
+            return;
         }
         self.view = target;
         self.active = false;

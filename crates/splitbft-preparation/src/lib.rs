@@ -119,10 +119,7 @@ impl Preparation {
 
     /// Whether the fence forbids signing now; counts the refusal.
     fn fenced(&mut self) -> bool {
-        if self.fence.is_some() {
-            self.counters.bump(Counter::SignaturesFenced);
-        }
-        self.fence.is_some()
+        recovery::refuses_to_sign(&self.fence, &mut self.counters)
     }
 
     /// Recovery step 1: send a query with the environment's nonce.
@@ -139,12 +136,10 @@ impl Preparation {
 
     /// Recovery step 4: the fence lifts once the low watermark reaches `H`.
     fn maybe_lift_fence(&mut self) {
-        if self.fence.as_ref().is_some_and(|f| f.lifted(self.checkpoints.low())) {
-            self.fence = None;
+        if recovery::lift_if_recovered(&mut self.fence, self.checkpoints.low(), &mut self.counters) {
             // Nothing accepted before the fence lifted is above `H`: the log starts clean.
             self.accepted.clear();
             self.next_seq = self.next_seq.max(self.checkpoints.low() + 1);
-            self.counters.bump(Counter::RecoveriesCompleted);
         }
     }
 

@@ -187,6 +187,26 @@ impl Fence {
     }
 }
 
+/// Whether `fence` forbids signing a consensus message now (SPEC §10); a refusal is
+/// counted as `SignaturesFenced`. Preparation and Confirmation ask before every signature.
+pub fn refuses_to_sign(fence: &Option<Fence>, counters: &mut Counters) -> bool {
+    if fence.is_some() {
+        counters.bump(Counter::SignaturesFenced);
+    }
+    fence.is_some()
+}
+
+/// Recovery step 4: lifts the fence once the low watermark `low` reaches `H`. Returns
+/// whether it lifted now, so the caller can drop what it accepted while fenced.
+pub fn lift_if_recovered(fence: &mut Option<Fence>, low: Seq, counters: &mut Counters) -> bool {
+    if !fence.as_ref().is_some_and(|f| f.lifted(low)) {
+        return false;
+    }
+    *fence = None;
+    counters.bump(Counter::RecoveriesCompleted);
+    true
+}
+
 /// Recovery step 1 in a fenced compartment (Preparation and Confirmation share it): the
 /// query with the environment's nonce, or a count if there is no fence.
 pub fn begin_recovery(fence: &mut Option<Fence>, nonce: u64, counters: &mut Counters, out: &mut Vec<Output>) {
