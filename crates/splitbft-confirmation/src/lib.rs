@@ -208,7 +208,12 @@ impl Confirmation {
         }
         slot.committed = Some(digest);
         let prepares = slot.prepares.matching(|p| p.digest == digest).take(need).copied().collect();
-        self.prepared.insert(seq, PreparedCert { pre_prepare: pp, prepares });
+        let cert = PreparedCert { pre_prepare: pp, prepares };
+        // SPEC §9 on this enclave's own output. C1: the slot had no Commit (checked above).
+        // C2: a full prepare certificate. C4: still active in the Commit's view.
+        assert!(cert.well_formed(self.config.f, self.config.primary(pp.body.view)), "C2: Commit without a certificate");
+        assert!(self.active && pp.body.view == self.view, "C4: Commit after a ViewChange or outside the view");
+        self.prepared.insert(seq, cert);
         let commit = Commit { view: pp.body.view, seq, digest, replica: self.me };
         let sig = self.secret.sign(self.config.cluster_id, Purpose::Commit, &commit);
         self.counters.bump(Counter::CommitsSent);

@@ -317,6 +317,9 @@ impl Execution {
             let Some(i) = slot.batches.iter().position(|(d, _)| *d == digest) else { return };
             let slot = self.slots.remove(&next).expect("slot looked up above");
             let (_, batch) = slot.batches.into_iter().nth(i).expect("index found above");
+            // SPEC §9 C3/E1 on this enclave's own step: the next sequence number, with a
+            // commit certificate's digest, and the bytes that digest names.
+            assert!(Digest::of(&batch) == digest, "E1: executing bytes its certificate does not name");
             if let Some(journal) = &mut self.durable {
                 journal.executed(next, digest, &batch);
             }
@@ -436,6 +439,8 @@ impl Execution {
 
     /// Handler (8): snapshot, keep it until a later checkpoint is stable, sign Checkpoint.
     fn send_checkpoint(&mut self, seq: Seq, out: &mut Vec<Output>) {
+        // SPEC §9 E2: every sequence number up to `seq` was executed (in order, so `seq` last).
+        assert_eq!(seq, self.executed, "E2: Checkpoint for a state not reached");
         let bytes = state_bytes(self.app.as_ref(), &self.windows, &self.results, &self.sessions.records());
         let state = Digest::of(&bytes);
         self.snapshots.insert(seq, state);

@@ -306,10 +306,21 @@ impl Preparation {
             self.counters.bump(reason);
             return self.counters.bump(Counter::BatchesRefusedPrimaryFaulty);
         }
-        let prepare = Prepare { view: body.view, seq: body.seq, digest: body.digest, replica: self.me };
-        let sig = self.secret.sign(self.config.cluster_id, Purpose::Prepare, &prepare);
         self.counters.bump(Counter::PreparesSent);
-        out.push(Output::Send(Message::Prepare(Signed { body: prepare, sig })));
+        out.push(Output::Send(Message::Prepare(self.sign_prepare(&body))));
+    }
+
+    /// This backup's Prepare for primary(v)'s PrePrepare `pp`, checked against SPEC §9 on
+    /// its own output first. P1: the slot's one accepted digest is `pp`'s. P2: it repeats
+    /// `pp`'s `(v, s, d)` and comes from a backup. P3: `v` is the view this enclave entered
+    /// (only `enter_view` moves `view`).
+    fn sign_prepare(&self, pp: &PrePrepare) -> Signed<Prepare> {
+        assert_eq!(self.accepted.get(&pp.seq), Some(&pp.digest), "P1: one digest per (v, s)");
+        assert!(!self.is_primary(), "P2: primary(v) sends no Prepare");
+        assert_eq!(pp.view, self.view, "P3: Prepares only in the view entered");
+        let prepare = Prepare { view: pp.view, seq: pp.seq, digest: pp.digest, replica: self.me };
+        let sig = self.secret.sign(self.config.cluster_id, Purpose::Prepare, &prepare);
+        Signed { body: prepare, sig }
     }
 
     /// Handler (9): on a checkpoint certificate, advance `h` and drop the log below it.
@@ -466,9 +477,7 @@ impl Preparation {
             self.accepted.insert(body.seq, body.digest);
             last = body.seq;
             if !primary {
-                let prepare = Prepare { view: body.view, seq: body.seq, digest: body.digest, replica: self.me };
-                let sig = self.secret.sign(self.config.cluster_id, Purpose::Prepare, &prepare);
-                out.push(Output::Send(Message::Prepare(Signed { body: prepare, sig })));
+                out.push(Output::Send(Message::Prepare(self.sign_prepare(&body))));
             }
         }
         self.next_seq = last + 1;

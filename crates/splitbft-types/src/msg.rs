@@ -170,6 +170,22 @@ pub struct PreparedCert {
     pub prepares: Vec<Signed<Prepare>>,
 }
 
+impl PreparedCert {
+    /// The certificate's shape without its signatures (those are checked on receipt,
+    /// SPEC §9 L1): `2f` Prepares from distinct backups of `v`, each for the PrePrepare's
+    /// `(v, s, d)`. Confirmation asserts it on every certificate it commits on (C2).
+    pub fn well_formed(&self, f: u32, primary: crate::ReplicaId) -> bool {
+        let pp = self.pre_prepare.body;
+        let mut replicas: Vec<_> = self.prepares.iter().map(|p| p.body.replica).collect();
+        replicas.sort_unstable();
+        replicas.dedup();
+        replicas.len() == self.prepares.len()
+            && self.prepares.len() == 2 * f as usize
+            && !replicas.contains(&primary)
+            && self.prepares.iter().all(|p| (p.body.view, p.body.seq, p.body.digest) == (pp.view, pp.seq, pp.digest))
+    }
+}
+
 /// A checkpoint certificate (SPEC §3): `2f + 1` Checkpoints for `(s, D)`. The genesis
 /// checkpoint `(0, D0)` has an empty proof.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

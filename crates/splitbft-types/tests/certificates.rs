@@ -17,7 +17,7 @@ use splitbft_types::cert::{
 use splitbft_types::config::Keyring;
 use splitbft_types::crypto::Purpose;
 use splitbft_types::keys::ClusterSecrets;
-use splitbft_types::msg::{Checkpoint, Commit, Digest, PrePrepare, Prepare, Signed};
+use splitbft_types::msg::{Checkpoint, Commit, Digest, PrePrepare, Prepare, PreparedCert, Signed};
 use splitbft_types::{CompartmentKind, ReplicaId, Seq, View};
 
 use CompartmentKind::{Confirmation, Execution, Preparation};
@@ -221,6 +221,32 @@ fn prepare_certificate_rejects_duplicates_mismatches_primary_unknown_and_too_few
     // Fewer than 2f.
     assert_eq!(s.prepare_cert(&pp, &[p1]), Err(CertError::TooFew { have: 1, need: 2 }));
     assert_eq!(s.prepare_cert(&pp, &[]), Err(CertError::TooFew { have: 0, need: 2 }));
+}
+
+/// `PreparedCert::well_formed`, the shape Confirmation asserts before every Commit (SPEC §9
+/// C2), at f = 1 and f = 2: exactly `2f` distinct backups for the PrePrepare's `(v, s, d)`.
+#[test]
+fn prepared_cert_shape_is_exactly_2f_distinct_backups_for_the_slot() {
+    for f in [1, 2] {
+        let s = setup(f);
+        let primary = s.secrets.config.primary(0);
+        let pp = s.pre_prepare(0, 3, d("a"));
+        let cert = |rs: &[u32], digest: Digest| PreparedCert {
+            pre_prepare: pp,
+            prepares: rs.iter().map(|r| s.prepare(*r, 0, 3, digest)).collect(),
+        };
+        let backups: Vec<u32> = (1..=2 * f).collect();
+        assert!(cert(&backups, d("a")).well_formed(f, primary));
+        assert!(!cert(&backups[1..], d("a")).well_formed(f, primary), "f = {f}: too few");
+        assert!(!cert(&(1..=2 * f + 1).collect::<Vec<_>>(), d("a")).well_formed(f, primary), "too many");
+        let mut twice = backups.clone();
+        twice[0] = twice[1];
+        assert!(!cert(&twice, d("a")).well_formed(f, primary), "f = {f}: one backup twice");
+        let mut with_primary = backups.clone();
+        with_primary[0] = primary.0;
+        assert!(!cert(&with_primary, d("a")).well_formed(f, primary), "f = {f}: the primary's Prepare");
+        assert!(!cert(&backups, d("b")).well_formed(f, primary), "f = {f}: another digest");
+    }
 }
 
 // ---------------------------------------------------------------- commit certificate
