@@ -508,10 +508,11 @@ impl BrokerCore {
                 .is_some_and(|key| verify_request_signature(key, self.protocol.cluster_id, request).is_ok())
     }
 
-    /// The checks of [`BrokerCore::admissible`] that cost no signature: a known client and
-    /// an op within the limit.
+    /// The checks of [`BrokerCore::admissible`] that cost no signature: the request's shape
+    /// as Preparation checks it (`Request::well_formed`: known client, op within the limit,
+    /// one MAC per replica, timestamp in range).
     fn orderable(&self, request: &Request) -> bool {
-        request.op.len() <= self.protocol.max_op_bytes as usize && self.keys.client(request.client).is_some()
+        request.well_formed(&self.protocol, self.keys.clients()).is_ok()
     }
 
     fn inflight(&self) -> u64 {

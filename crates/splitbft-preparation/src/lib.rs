@@ -31,7 +31,6 @@ use splitbft_types::msg::{
     BatchMsg, Checkpoint, Digest, Message, NewView, PrePrepare, Prepare, Request, Signed, ViewChange,
 };
 use splitbft_types::recovery::{self, Fence, RecoveryStatement};
-use splitbft_types::session::MAX_NONCE_TIMESTAMP;
 use splitbft_types::viewchange::{
     AcceptedNewView, Depth, check_new_view, check_view_change, compute_o_within, reject_counter,
 };
@@ -206,22 +205,7 @@ impl Preparation {
     /// limit, one authenticator entry per Preparation enclave, a timestamp inside the nonce
     /// space (no op could ever be opened beyond it, SPEC §6).
     fn well_formed(&self, request: &Request) -> Result<(), Counter> {
-        if request.client.0 as usize >= self.client_macs.len() {
-            return Err(Counter::RequestUnknownClient);
-        }
-        if request.op.len() > self.config.max_op_bytes as usize {
-            return Err(Counter::RequestOpTooLarge);
-        }
-        if request.auth.is_empty() {
-            return Err(Counter::RequestAuthMissing);
-        }
-        if request.auth.len() != self.config.n() {
-            return Err(Counter::RequestAuthWrongLength);
-        }
-        if request.timestamp >= MAX_NONCE_TIMESTAMP {
-            return Err(Counter::RequestTimestampOutOfRange);
-        }
-        Ok(())
+        request.well_formed(&self.config, self.client_macs.len())
     }
 
     /// Whether a well-formed request *authenticates for* this enclave (SPEC §6): its MAC

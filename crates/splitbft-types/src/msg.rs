@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use crate::counters::Counter;
 use crate::ids::{ClientId, ReplicaId, Seq, Timestamp, View};
 
 /// A SHA-256 digest.
@@ -69,6 +70,31 @@ pub struct Request {
     pub auth: Vec<Mac>,
     /// The client's signature ([`crate::crypto::Purpose::ClientRequest`]).
     pub sig: Sig,
+}
+
+impl Request {
+    /// The checks of a request's validity (SPEC §6) that need no key and no state: a client
+    /// among `clients`, an op within `max_op_bytes`, one MAC per replica, a timestamp inside
+    /// the session nonce space. Preparation refuses what fails them, so every broker applies
+    /// them on arrival too: a request no correct primary orders starts no backup's timer.
+    pub fn well_formed(&self, config: &crate::config::ProtocolConfig, clients: usize) -> Result<(), Counter> {
+        if self.client.0 as usize >= clients {
+            return Err(Counter::RequestUnknownClient);
+        }
+        if self.op.len() > config.max_op_bytes as usize {
+            return Err(Counter::RequestOpTooLarge);
+        }
+        if self.auth.is_empty() {
+            return Err(Counter::RequestAuthMissing);
+        }
+        if self.auth.len() != config.n() {
+            return Err(Counter::RequestAuthWrongLength);
+        }
+        if self.timestamp >= crate::session::MAX_NONCE_TIMESTAMP {
+            return Err(Counter::RequestTimestampOutOfRange);
+        }
+        Ok(())
+    }
 }
 
 /// A PrePrepare header `(v, s, d)`, signed by Preparation(primary(v)).
