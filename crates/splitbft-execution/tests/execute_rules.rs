@@ -21,9 +21,9 @@ use splitbft_execution::{Execution, RecordSealer};
 use splitbft_types::boundary::{Compartment, Event, Input, Output, Stats};
 use splitbft_types::codec::to_bytes;
 use splitbft_types::counters::Counter;
-use splitbft_types::crypto::{Purpose, SecretKey};
-use splitbft_types::msg::{BatchMsg, Checkpoint, Commit, Digest, Message, PrePrepare, Reply, Request, Signed};
-use splitbft_types::session::{ClientSession, Opened, open_reply_body};
+use splitbft_types::crypto::Purpose;
+use splitbft_types::msg::{BatchMsg, Checkpoint, Commit, Digest, Message, Reply, Request, Signed};
+use splitbft_types::session::Opened;
 use splitbft_types::{Application, ClientId, CompartmentKind, ReplicaId, Seq, Timestamp, View};
 
 const K: u64 = 4;
@@ -46,33 +46,16 @@ fn execution(me: u32) -> Execution {
 
 fn execution_with(me: u32, app: Box<dyn Application>) -> Execution {
     let s = &fixture().secrets;
-    let secret = SecretKey::from_seed(s.enclave(ReplicaId(me), CompartmentKind::Execution).seed());
+    let secret = fixture().secret(me, CompartmentKind::Execution);
     let mut e = Execution::new(s.config.clone(), ReplicaId(me), secret, s.execution_group_secret(), app).unwrap();
     for c in 0..CLIENTS as u32 {
-        assert!(e.install_session(ClientId(c), 1, session_key(c)));
+        assert!(e.install_session(ClientId(c), 1, Fixture::session_key(c)));
     }
     e
 }
 
-/// Client `c`'s session key (installed in every Execution enclave of the fixture).
-fn session_key(c: u32) -> [u8; 32] {
-    [c as u8 + 1; 32]
-}
-
-/// Client `c`'s side of its session: seals ops like a real client (SPEC §6).
-fn session(c: u32) -> ClientSession {
-    ClientSession::installed(&fixture().secrets.config, ClientId(c), 1, session_key(c))
-}
-
-/// A reply's result as its client reads it: decrypted under the client's session key
-/// (each replica encrypts with its own nonce, so ciphertexts differ; plaintexts must not).
-#[allow(dead_code, reason = "not every test file compares results")]
 fn opened(r: &Reply) -> Opened {
-    if (r.client.0 as usize) < CLIENTS {
-        session(r.client.0).open_reply(r.timestamp, r.replica, &r.result).unwrap()
-    } else {
-        open_reply_body(None, r.client, r.timestamp, r.replica, &r.result).unwrap()
-    }
+    fixture().opened(r)
 }
 
 /// The sealing key of replica `me`'s Execution enclave, re-derived as an auditor would.
@@ -97,13 +80,12 @@ fn sign<T: Serialize>(r: u32, kind: CompartmentKind, purpose: Purpose, body: T) 
 /// A KV Put by client `c` at timestamp `t`, authenticated like a real client's.
 fn put(c: u32, t: Timestamp) -> Request {
     let op = KvOp::Put { key: format!("k{c}").into_bytes(), value: t.to_le_bytes().to_vec() };
-    fixture().clients[c as usize].request(t, session(c).seal_op(t, &op.encode()).unwrap())
+    fixture().sealed_request(c, t, &op.encode())
 }
 
 /// A batch message for `(view 0, seq)` over raw bytes, its header signed by primary 0.
 fn raw_batch(seq: Seq, bytes: Vec<u8>) -> BatchMsg {
-    let body = PrePrepare { view: 0, seq, digest: Digest::of(&bytes) };
-    BatchMsg { pre_prepare: sign(0, CompartmentKind::Preparation, Purpose::PrePrepare, body), batch: bytes }
+    fixture().batch_msg(0, seq, bytes)
 }
 
 fn batch(seq: Seq, requests: &[Request]) -> BatchMsg {
@@ -111,21 +93,11 @@ fn batch(seq: Seq, requests: &[Request]) -> BatchMsg {
 }
 
 fn commit(r: u32, view: View, seq: Seq, digest: Digest) -> Message {
-    Message::Commit(sign(
-        r,
-        CompartmentKind::Confirmation,
-        Purpose::Commit,
-        Commit { view, seq, digest, replica: ReplicaId(r) },
-    ))
+    Message::Commit(fixture().commit(r, view, seq, digest))
 }
 
 fn checkpoint(r: u32, seq: Seq, state: Digest) -> Message {
-    Message::Checkpoint(sign(
-        r,
-        CompartmentKind::Execution,
-        Purpose::Checkpoint,
-        Checkpoint { seq, state, replica: ReplicaId(r) },
-    ))
+    Message::Checkpoint(fixture().checkpoint(r, seq, state))
 }
 
 fn feed(e: &mut Execution, msg: Message) -> Vec<Output> {

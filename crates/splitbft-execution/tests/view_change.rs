@@ -18,12 +18,12 @@ use splitbft_execution::Execution;
 use splitbft_types::boundary::{Compartment, Event, Input, Output, Stats};
 use splitbft_types::codec::to_bytes;
 use splitbft_types::counters::Counter;
-use splitbft_types::crypto::{Purpose, SecretKey};
+use splitbft_types::crypto::Purpose;
 use splitbft_types::msg::{
-    BatchMsg, Checkpoint, CheckpointCert, Commit, Digest, Message, NewView, PrePrepare, Prepare, PreparedCert, Reply,
-    Request, Signed, ViewChange,
+    BatchMsg, Checkpoint, CheckpointCert, Digest, Message, NewView, PrePrepare, Prepare, PreparedCert, Reply, Request,
+    Signed, ViewChange,
 };
-use splitbft_types::session::{ClientSession, Opened, open_reply_body};
+use splitbft_types::session::Opened;
 use splitbft_types::viewchange::{compute_o, null_digest};
 use splitbft_types::{ClientId, CompartmentKind, ReplicaId, Seq, Timestamp, View};
 
@@ -51,35 +51,17 @@ fn fixture() -> &'static Fixture {
 
 fn execution(me: u32) -> Execution {
     let s = &fixture().secrets;
-    let secret = SecretKey::from_seed(s.enclave(ReplicaId(me), Exec).seed());
-    let mut e =
-        Execution::new(s.config.clone(), ReplicaId(me), secret, s.execution_group_secret(), Box::new(KvStore::new()))
-            .unwrap();
+    let secret = fixture().secret(me, Exec);
+    let app = Box::new(KvStore::new());
+    let mut e = Execution::new(s.config.clone(), ReplicaId(me), secret, s.execution_group_secret(), app).unwrap();
     for c in 0..CLIENTS as u32 {
-        assert!(e.install_session(ClientId(c), 1, session_key(c)));
+        assert!(e.install_session(ClientId(c), 1, Fixture::session_key(c)));
     }
     e
 }
 
-/// Client `c`'s session key (installed in every Execution enclave of the fixture).
-fn session_key(c: u32) -> [u8; 32] {
-    [c as u8 + 1; 32]
-}
-
-/// Client `c`'s side of its session: seals ops like a real client (SPEC §6).
-fn session(c: u32) -> ClientSession {
-    ClientSession::installed(&fixture().secrets.config, ClientId(c), 1, session_key(c))
-}
-
-/// A reply's result as its client reads it: decrypted under the client's session key
-/// (each replica encrypts with its own nonce, so ciphertexts differ; plaintexts must not).
-#[allow(dead_code, reason = "not every test file compares results")]
 fn opened(r: &Reply) -> Opened {
-    if (r.client.0 as usize) < CLIENTS {
-        session(r.client.0).open_reply(r.timestamp, r.replica, &r.result).unwrap()
-    } else {
-        open_reply_body(None, r.client, r.timestamp, r.replica, &r.result).unwrap()
-    }
+    fixture().opened(r)
 }
 
 fn sign<T: Serialize>(r: u32, kind: CompartmentKind, purpose: Purpose, body: T) -> Signed<T> {
@@ -93,18 +75,16 @@ fn primary(view: View) -> u32 {
 /// A KV Put by client `c` at timestamp `t` (the value names `tag`).
 fn put(c: u32, t: Timestamp, tag: &str) -> Request {
     let op = KvOp::Put { key: format!("k{c}").into_bytes(), value: tag.as_bytes().to_vec() };
-    fixture().clients[c as usize].request(t, session(c).seal_op(t, &op.encode()).unwrap())
+    fixture().sealed_request(c, t, &op.encode())
 }
 
 /// The batch of `requests` proposed at `(view, seq)`, its header signed by primary(view).
 fn batch(view: View, seq: Seq, requests: &[Request]) -> BatchMsg {
-    let bytes = to_bytes(requests);
-    let body = PrePrepare { view, seq, digest: Digest::of(&bytes) };
-    BatchMsg { pre_prepare: sign(primary(view), Preparation, Purpose::PrePrepare, body), batch: bytes }
+    fixture().batch_msg(view, seq, to_bytes(requests))
 }
 
 fn commit(r: u32, view: View, seq: Seq, digest: Digest) -> Message {
-    Message::Commit(sign(r, Confirmation, Purpose::Commit, Commit { view, seq, digest, replica: ReplicaId(r) }))
+    Message::Commit(fixture().commit(r, view, seq, digest))
 }
 
 /// Commits of Confirmation enclaves 0, 1, 2 (a commit certificate).
@@ -113,7 +93,7 @@ fn certificate(view: View, seq: Seq, digest: Digest) -> Vec<Message> {
 }
 
 fn checkpoint(r: u32, seq: Seq, state: Digest) -> Signed<Checkpoint> {
-    sign(r, Exec, Purpose::Checkpoint, Checkpoint { seq, state, replica: ReplicaId(r) })
+    fixture().checkpoint(r, seq, state)
 }
 
 fn run(e: &mut Execution, input: Input) -> Vec<Output> {

@@ -5,8 +5,9 @@ use splitbft_types::codec::to_bytes;
 use splitbft_types::config::{Keyring, ProtocolConfig};
 use splitbft_types::crypto::{ClientKeys, Purpose, SecretKey};
 use splitbft_types::keys::ClusterSecrets;
-use splitbft_types::msg::{BatchMsg, Digest, Message, PrePrepare, Signed};
-use splitbft_types::{ClientId, CompartmentKind, ReplicaId, Seq, View};
+use splitbft_types::msg::{BatchMsg, Checkpoint, Commit, Digest, Message, PrePrepare, Reply, Signed};
+use splitbft_types::session::{ClientSession, Opened, open_reply_body};
+use splitbft_types::{ClientId, CompartmentKind, ReplicaId, Seq, Timestamp, View};
 
 /// A cluster's secrets, its validated keyring and every client's keys.
 pub struct Fixture {
@@ -63,5 +64,48 @@ impl Fixture {
     pub fn tagged_batch_msg(&self, view: View, seq: Seq, tag: &str) -> Message {
         let batch = self.tagged_batch(tag);
         Message::Batch(BatchMsg { pre_prepare: self.pre_prepare(view, seq, Digest::of(&batch)), batch })
+    }
+
+    /// Confirmation(`r`)'s Commit for `(view, seq, digest)`.
+    pub fn commit(&self, r: u32, view: View, seq: Seq, digest: Digest) -> Signed<Commit> {
+        let body = Commit { view, seq, digest, replica: ReplicaId(r) };
+        self.sign(r, CompartmentKind::Confirmation, Purpose::Commit, body)
+    }
+
+    /// Execution(`r`)'s Checkpoint for `(seq, state)`.
+    pub fn checkpoint(&self, r: u32, seq: Seq, state: Digest) -> Signed<Checkpoint> {
+        self.sign(r, CompartmentKind::Execution, Purpose::Checkpoint, Checkpoint { seq, state, replica: ReplicaId(r) })
+    }
+
+    /// primary(view)'s batch message for `(view, seq)` over `bytes`.
+    pub fn batch_msg(&self, view: View, seq: Seq, bytes: Vec<u8>) -> BatchMsg {
+        BatchMsg { pre_prepare: self.pre_prepare(view, seq, Digest::of(&bytes)), batch: bytes }
+    }
+
+    /// Client `c`'s session key in epoch 1, as tests install it in every Execution enclave
+    /// (`Execution::install_session`) instead of running the Register exchange.
+    pub fn session_key(c: u32) -> [u8; 32] {
+        [c as u8 + 1; 32]
+    }
+
+    /// Client `c`'s side of that session: seals ops like a real client (SPEC §6).
+    pub fn session(&self, c: u32) -> ClientSession {
+        ClientSession::installed(&self.secrets.config, ClientId(c), 1, Self::session_key(c))
+    }
+
+    /// Client `c`'s request at `t` for `op`, sealed in its session and authenticated.
+    pub fn sealed_request(&self, c: u32, t: Timestamp, op: &[u8]) -> splitbft_types::msg::Request {
+        self.clients[c as usize].request(t, self.session(c).seal_op(t, op).expect("timestamp in range"))
+    }
+
+    /// A reply's result as its client reads it: decrypted under the client's session key
+    /// (each replica encrypts with its own nonce, so ciphertexts differ; plaintexts must
+    /// not); clients without a fixture session read it in clear.
+    pub fn opened(&self, r: &Reply) -> Opened {
+        if (r.client.0 as usize) < self.clients.len() {
+            self.session(r.client.0).open_reply(r.timestamp, r.replica, &r.result).expect("reply opens")
+        } else {
+            open_reply_body(None, r.client, r.timestamp, r.replica, &r.result).expect("reply opens")
+        }
     }
 }
