@@ -54,9 +54,12 @@ pub const SIZES: [usize; 3] = [4, 7, 10];
 /// Simulated time during which faults are injected (clients work throughout).
 const FAULT_PHASE_US: u64 = 1_500_000;
 /// Operations each client completes after the faults healed (the liveness check).
-const OPS_AFTER_HEAL: usize = 5;
+const OPS_AFTER_HEAL: usize = 2;
 /// Simulated time after faults heal by which every client must have finished.
 const HEAL_PHASE_US: u64 = 30_000_000;
+/// Checkpoint interval `K` of simulated clusters (log window `L = 2K`): small, so that a
+/// short run still takes several checkpoints, garbage-collects and transfers state.
+const CHECKPOINT_INTERVAL: u64 = 4;
 /// Granularity of broker timers in the simulation.
 const TICK_US: u64 = 1_000;
 /// How often compartment memory is checked.
@@ -386,12 +389,16 @@ impl Observed {
     }
 }
 
-/// Keys from `seed`; under PBFT the three parts of a replica share one key.
+/// The cluster of seed `seed` (its cluster id, so no signature of one seed verifies in
+/// another); under PBFT the three parts of a replica share one key. The keys are the same
+/// in every seed: a seed draws the adversary and the schedule, never the keys (nothing in
+/// the fault model depends on their bits), and one process's sweep derives each key once
+/// (see `splitbft_types::crypto::memoize_verifications`).
 fn cluster_secrets(seed: u64, f: u32, clients: usize, protocol: Protocol) -> ClusterSecrets {
     let mut draws = 0u64;
     let next = move || {
         draws += 1;
-        Digest::of(&[seed.to_le_bytes(), draws.to_le_bytes()].concat()).0
+        Digest::of(&[b"splitbft-sim keys".as_slice(), &draws.to_le_bytes()].concat()).0
     };
     match protocol {
         Protocol::Splitbft => ClusterSecrets::generate(seed, f, clients, next),
@@ -512,8 +519,8 @@ pub fn run_with(seed: u64, scenario: Scenario, protocol: Protocol, replicas: usi
 pub fn draw_of(seed: u64, scenario: Scenario, protocol: Protocol, n: usize) -> (String, usize) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut secrets = cluster_secrets(seed, ((n - 1) / 3) as u32, CORRECT_CLIENTS, protocol);
-    secrets.config.checkpoint_interval = 8;
-    secrets.config.log_window = 16;
+    secrets.config.checkpoint_interval = CHECKPOINT_INTERVAL;
+    secrets.config.log_window = 2 * CHECKPOINT_INTERVAL;
     let draw = draw(seed, scenario, &secrets.config, &mut rng);
     (draw.to_string(), draw.faulty_replicas())
 }
@@ -533,8 +540,8 @@ fn run_inner(
     let f = ((n - 1) / 3) as u32;
     let with_config = |clients: usize| {
         let mut secrets = cluster_secrets(seed, f, clients, protocol);
-        secrets.config.checkpoint_interval = 8;
-        secrets.config.log_window = 16;
+        secrets.config.checkpoint_interval = CHECKPOINT_INTERVAL;
+        secrets.config.log_window = 2 * CHECKPOINT_INTERVAL;
         secrets
     };
     let mut secrets = with_config(CORRECT_CLIENTS);

@@ -103,7 +103,9 @@ impl SecretKey {
 
     /// Derives the MAC key this party shares with `peer` for the (client, enclave) pair.
     pub fn mac_key(&self, peer: &PublicKey, cluster_id: u64, client: ClientId, enclave: EnclaveId) -> MacKey {
-        let shared = peer.0.to_montgomery().mul_clamped(self.0.to_scalar_bytes());
+        let shared = memo::shared_secret(&self.0.to_bytes(), &peer.0.to_bytes(), || {
+            peer.0.to_montgomery().mul_clamped(self.0.to_scalar_bytes()).to_bytes()
+        });
         let salt = [DOMAIN, &cluster_id.to_le_bytes()].concat();
         let info = [
             b"mac".as_slice(),
@@ -113,7 +115,7 @@ impl SecretKey {
         ]
         .concat();
         let mut okm = [0u8; 32];
-        Hkdf::<Sha256>::new(Some(&salt), shared.as_bytes())
+        Hkdf::<Sha256>::new(Some(&salt), &shared)
             .expand(&info, &mut okm)
             .expect("32 bytes is a valid HKDF-SHA256 output length");
         MacKey::new(&okm)
@@ -149,10 +151,14 @@ pub struct PublicKey(VerifyingKey);
 impl PublicKey {
     /// Parses and checks a public key (rejects invalid and weak points).
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<PublicKey, CryptoError> {
+        if let Some(key) = memo::public_key(bytes) {
+            return Ok(PublicKey(key));
+        }
         let key = VerifyingKey::from_bytes(bytes).map_err(|_| CryptoError::InvalidPublicKey)?;
         if key.is_weak() {
             return Err(CryptoError::InvalidPublicKey);
         }
+        memo::remember_public_key(bytes, key);
         Ok(PublicKey(key))
     }
 
@@ -237,12 +243,17 @@ fn cofactored_equation_holds(key: &VerifyingKey, message: &[u8], sig: &Sig) -> b
 /// process, so each signature is verified by up to `3n` enclaves; the memo verifies it
 /// once per (key, signed bytes, signature) and answers the rest from memory. Only
 /// successes are kept, keyed by SHA-256 over all three, so a memo hit is exactly a
-/// signature that verified: caching by message, never skipping a check.
+/// signature that verified: caching by message, never skipping a check. The same switch
+/// memoizes the key work every enclave, client and restart repeats with the simulator's
+/// few keys: parsing a public key (only keys that parsed and are not weak are kept) and
+/// the X25519 secret behind each MAC key (by its inputs; pure functions, so a hit is the
+/// value a computation would give).
 mod memo {
-    use std::collections::BTreeSet;
+    use std::collections::{BTreeMap, BTreeSet};
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicBool, Ordering};
 
+    use ed25519_dalek::VerifyingKey;
     use sha2::{Digest as _, Sha256};
 
     use super::PublicKey;
@@ -268,6 +279,51 @@ mod memo {
         VERIFIED.lock().map(|set| set.contains(&id)).unwrap_or(false)
     }
 
+    /// Public keys that parsed and are not weak, by their bytes (the simulator parses the
+    /// same few keys in every enclave, client and restart).
+    static PUBLIC_KEYS: Mutex<BTreeMap<[u8; 32], VerifyingKey>> = Mutex::new(BTreeMap::new());
+    /// X25519 shared secrets, by SHA-256 over (own seed, peer key).
+    static SHARED: Mutex<BTreeMap<[u8; 32], [u8; 32]>> = Mutex::new(BTreeMap::new());
+    /// Keys and shared secrets kept before their memo starts over.
+    const KEY_LIMIT: usize = 20_000;
+
+    pub(super) fn public_key(bytes: &[u8; 32]) -> Option<VerifyingKey> {
+        if !ON.load(Ordering::Relaxed) {
+            return None;
+        }
+        PUBLIC_KEYS.lock().ok().and_then(|map| map.get(bytes).copied())
+    }
+
+    pub(super) fn remember_public_key(bytes: &[u8; 32], key: VerifyingKey) {
+        if ON.load(Ordering::Relaxed)
+            && let Ok(mut map) = PUBLIC_KEYS.lock()
+        {
+            if map.len() >= KEY_LIMIT {
+                map.clear();
+            }
+            map.insert(*bytes, key);
+        }
+    }
+
+    /// The X25519 secret of `seed` and `peer`, computed by `compute` unless remembered.
+    pub(super) fn shared_secret(seed: &[u8; 32], peer: &[u8; 32], compute: impl FnOnce() -> [u8; 32]) -> [u8; 32] {
+        if !ON.load(Ordering::Relaxed) {
+            return compute();
+        }
+        let id: [u8; 32] = Sha256::new().chain_update(seed).chain_update(peer).finalize().into();
+        if let Some(shared) = SHARED.lock().ok().and_then(|map| map.get(&id).copied()) {
+            return shared;
+        }
+        let shared = compute();
+        if let Ok(mut map) = SHARED.lock() {
+            if map.len() >= KEY_LIMIT {
+                map.clear();
+            }
+            map.insert(id, shared);
+        }
+        shared
+    }
+
     pub(super) fn remember(id: [u8; 32]) {
         if let Ok(mut set) = VERIFIED.lock() {
             if set.len() >= LIMIT {
@@ -278,7 +334,7 @@ mod memo {
     }
 }
 
-/// Turns on the process-wide memo of verified signatures (the simulator's speed-up; see
+/// Turns on the process-wide memo of verified signatures and derived keys (the simulator's speed-up; see
 /// the `memo` module). Never called by replicas, clients or tools.
 pub fn memoize_verifications() {
     memo::ON.store(true, std::sync::atomic::Ordering::Relaxed);
