@@ -18,6 +18,7 @@ use splitbft_types::{ClientId, CompartmentKind, ProtocolConfig, ReplicaId, View}
 use crate::Scenario;
 use crate::byzantine::Strategy;
 use crate::byzantine_client::ClientStrategy;
+use crate::restart::{self, Restart};
 
 /// What a hostile environment (the untrusted broker of one host) does beyond relaying.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +62,8 @@ pub struct Draw {
     pub network: Scenario,
     /// A Byzantine client, if any (it does not count against `f`: liveness stays owed).
     pub client: Option<ClientStrategy>,
+    /// Correct enclaves their hosts restart (each counts against `f` of its kind).
+    pub restarts: Vec<Restart>,
 }
 
 impl Draw {
@@ -69,6 +72,7 @@ impl Draw {
     pub fn faulty_replicas(&self) -> usize {
         let mut set: BTreeSet<ReplicaId> = self.faulty.iter().map(|(r, _, _)| *r).collect();
         set.extend(self.hosts.keys().copied());
+        set.extend(self.restarts.iter().map(|r| r.replica));
         set.len() + usize::from(self.network == Scenario::CrashPrimary)
     }
 
@@ -112,7 +116,7 @@ impl Draw {
             _ => (vec![], vec![]),
         };
         let network = Scenario::Normal;
-        Draw { faulty, hosts: hosts.into_iter().collect(), network, client: None }
+        Draw { faulty, hosts: hosts.into_iter().collect(), network, client: None, restarts: Vec::new() }
     }
 
     /// A random draw: up to `f` faulty enclaves of each kind anywhere, a strategy each,
@@ -153,7 +157,28 @@ impl Draw {
         }
         let networks = [Scenario::Normal, Scenario::Lossy, Scenario::Partition, Scenario::CrashRestart];
         let network = networks[rng.random_range(0..networks.len())];
-        Draw { faulty, hosts, network, client: None }
+        Draw { faulty, hosts, network, client: None, restarts: Vec::new() }
+    }
+
+    /// Restarts of correct Preparation and Confirmation enclaves by their hosts, within what
+    /// `f` leaves of each kind after the faulty ones (SPEC §1.1), drawn from `rng` (a stream
+    /// of its own). `always`: at least one Preparation restart, the first aimed at the
+    /// primary of view 0 half the time; otherwise a third of the draws restart anything.
+    pub fn random_restarts(
+        &mut self,
+        config: &ProtocolConfig,
+        fault_phase_us: u64,
+        always: bool,
+        rng: &mut ChaCha8Rng,
+    ) {
+        if !always && !rng.random_bool(1.0 / 3.0) {
+            return;
+        }
+        let f = config.f as usize;
+        let faulty: Vec<(ReplicaId, CompartmentKind)> = self.faulty.iter().map(|(r, k, _)| (*r, *k)).collect();
+        let budget = |kind| f - faulty.iter().filter(|(_, k)| *k == kind).count().min(f);
+        let aim = rng.random_bool(0.5).then(|| config.primary(0));
+        self.restarts = restart::draw(config.n() as u32, budget, &faulty, fault_phase_us, aim, always, rng);
     }
 
     /// Half the random draws add a Byzantine client, drawn from `rng` (a stream of its own,
@@ -176,6 +201,10 @@ impl fmt::Display for Draw {
             hosts.join(", "),
             self.network.name()
         )?;
+        if !self.restarts.is_empty() {
+            let restarts: Vec<String> = self.restarts.iter().map(|r| r.to_string()).collect();
+            write!(f, " restarts [{}]", restarts.join(", "))?;
+        }
         match self.client {
             Some(c) => write!(f, " byzantine client {}", c.name()),
             None => Ok(()),

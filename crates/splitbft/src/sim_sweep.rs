@@ -38,6 +38,10 @@ pub struct SimArgs {
     /// End with one JSON object per protocol, scenario and size.
     #[arg(long)]
     json: bool,
+    /// Simulator only: restarted enclaves start without the recovery fence (SPEC §10), to
+    /// show what it prevents (`enclave-restart`, `random`); expect equivocations.
+    #[arg(long, hide = true)]
+    no_fence: bool,
     /// Internal: run the seeds in this process and print one JSON line per seed.
     #[arg(long, hide = true)]
     worker: bool,
@@ -74,7 +78,7 @@ pub fn sim(args: SimArgs) -> anyhow::Result<()> {
     }
     let seeds = args.seeds.unwrap_or(if args.duration.is_some() { u64::MAX } else { 20 });
     if args.worker {
-        return worker(&scenarios, &protocols, &sizes, args.seed, seeds);
+        return worker(&scenarios, &protocols, &sizes, args.seed, seeds, !args.no_fence);
     }
     let mut summaries = Vec::new();
     let mut failed = false;
@@ -83,7 +87,7 @@ pub fn sim(args: SimArgs) -> anyhow::Result<()> {
             for &n in &sizes {
                 let f = (n - 1) / 3;
                 let started = Instant::now();
-                let lines = supervise(scenario, protocol, n, args.seed, seeds, args.duration, started)?;
+                let lines = supervise(scenario, protocol, n, args.seed, seeds, args.duration, !args.no_fence, started)?;
                 let secs = started.elapsed().as_secs_f64().max(1e-9);
                 let (mut safety, mut validity, mut liveness, mut expected) = (0u64, 0u64, 0u64, 0u64);
                 let mut failing = Vec::new();
@@ -172,6 +176,7 @@ fn supervise(
     first: u64,
     seeds: u64,
     duration: Option<f64>,
+    fence: bool,
     started: Instant,
 ) -> anyhow::Result<Vec<SeedLine>> {
     let exe = std::env::current_exe().context("locating this binary for the simulator worker")?;
@@ -183,6 +188,7 @@ fn supervise(
         let mut child = Command::new(&exe)
             .args(["sim", "--worker", "--scenario", scenario.name(), "--protocol", protocol.name()])
             .args(["--replicas", &n.to_string(), "--seed", &next.to_string(), "--seeds", &(end - next).to_string()])
+            .args(if fence { &[][..] } else { &["--no-fence"][..] })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -239,6 +245,7 @@ fn worker(
     sizes: &[usize],
     first: u64,
     seeds: u64,
+    fence: bool,
 ) -> anyhow::Result<()> {
     use std::io::Write;
     let (&[scenario], &[protocol], &[n]) = (scenarios, protocols, sizes) else {
@@ -252,7 +259,7 @@ fn worker(
         let start = SeedLine { seed, start: true, draw, faulty_replicas, ..Default::default() };
         writeln!(out, "{}", serde_json::to_string(&start)?)?;
         out.flush()?;
-        let report = splitbft_sim::run_with(seed, scenario, protocol, n);
+        let report = splitbft_sim::run_with_fence(seed, scenario, protocol, n, fence);
         if seeds == 1 {
             eprintln!(
                 "seed {seed}: {} ops completed, max seq {}, max view {}, {} frames delivered\n  draw: {}",
