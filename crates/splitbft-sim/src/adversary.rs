@@ -111,6 +111,15 @@ impl Draw {
                 )
             }
             Scenario::Censor => (vec![(p0, Preparation, Strategy::JunkCopies)], vec![]),
+            Scenario::Fork => {
+                let kind = CompartmentKind::ALL[rng.random_range(0..3usize)];
+                let at = if kind == Preparation && rng.random_bool(0.5) { p0 } else { anywhere };
+                (vec![(at, kind, Strategy::Fork)], vec![])
+            }
+            // The flooder's own host forces view changes: one faulty replica in all.
+            Scenario::ViewChangeFlood => {
+                (vec![(anywhere, Preparation, Strategy::ViewChangeFlood)], vec![(anywhere, Env::InjectSuspect)])
+            }
             // The primary's host: every batch starts out at one backup only (SPEC §11).
             Scenario::PoisonedBatchCache => (vec![], vec![(p0, Env::PoisonCache)]),
             _ => (vec![], vec![]),
@@ -181,6 +190,30 @@ impl Draw {
         self.restarts = restart::draw(config.n() as u32, budget, &faulty, fault_phase_us, aim, always, rng);
     }
 
+    /// Strategies added after the first ones, from a stream of their own (so that the rest
+    /// of a seed's draw stayed as it was): a sixth of the draws add a ViewChange-flooding
+    /// Preparation, a sixth a forked enclave of any kind, where `f` leaves room.
+    pub fn random_extras(&mut self, config: &ProtocolConfig, rng: &mut ChaCha8Rng) {
+        let n = config.n() as u32;
+        let f = config.f as usize;
+        for strategy in [Strategy::ViewChangeFlood, Strategy::Fork] {
+            if !rng.random_bool(1.0 / 6.0) {
+                continue;
+            }
+            let kind = match strategy {
+                Strategy::Fork => CompartmentKind::ALL[rng.random_range(0..3usize)],
+                _ => CompartmentKind::Preparation,
+            };
+            let taken: Vec<ReplicaId> = self.faulty.iter().filter(|(_, k, _)| *k == kind).map(|(r, _, _)| *r).collect();
+            if taken.len() >= f {
+                continue;
+            }
+            let free: Vec<ReplicaId> = (0..n).map(ReplicaId).filter(|r| !taken.contains(r)).collect();
+            let replica = free[rng.random_range(0..free.len())];
+            self.faulty.push((replica, kind, strategy));
+        }
+    }
+
     /// Half the random draws add a Byzantine client, drawn from `rng` (a stream of its own,
     /// so that the rest of a seed's draw and run does not depend on it).
     pub fn random_client(&mut self, rng: &mut ChaCha8Rng) {
@@ -225,7 +258,12 @@ pub struct Loot {
     pub refusable: BTreeSet<(View, ReplicaId)>,
     /// Batch digests whose bytes the adversary withholds.
     pub withheld: BTreeSet<Digest>,
+    /// ViewChanges a flooding Preparation made for its host to broadcast, by sender.
+    pub flood: Vec<(ReplicaId, Signed<ViewChange>)>,
 }
+
+/// Flood ViewChanges queued for the hosts between two simulation steps, at most.
+pub const FLOOD_QUEUE: usize = 256;
 
 /// Views back from the newest for which ViewChanges are kept.
 const VIEWS_KEPT: usize = 8;

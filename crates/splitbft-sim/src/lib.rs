@@ -18,6 +18,7 @@ mod byzantine;
 mod byzantine_client;
 mod checkers;
 pub mod enclave_restart;
+mod fork;
 mod hostile;
 mod network;
 pub mod restart;
@@ -107,6 +108,12 @@ pub enum Scenario {
     /// state, with a rolled-back state, or with their state — up to `f` of each kind,
     /// counted against `f` (SPEC §1.1, §10 recovery fence; `restart.rs`).
     EnclaveRestart,
+    /// A host runs two copies of one enclave (any kind; the primary's Preparation half the
+    /// time) and shows each different inputs, counted against `f` (SPEC §1.1; `fork.rs`).
+    Fork,
+    /// A faulty Preparation floods every peer with ViewChange verification work while its
+    /// host forces view changes (SPEC §4.1 (5)); liveness must hold.
+    ViewChangeFlood,
 }
 
 /// Which trust model the cluster runs under.
@@ -142,7 +149,7 @@ impl std::str::FromStr for Protocol {
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 15] = [
+    pub const ALL: [Scenario; 17] = [
         Scenario::Normal,
         Scenario::Lossy,
         Scenario::Partition,
@@ -158,12 +165,14 @@ impl Scenario {
         Scenario::PoisonedBatchCache,
         Scenario::ByzantineClients,
         Scenario::EnclaveRestart,
+        Scenario::Fork,
+        Scenario::ViewChangeFlood,
     ];
 
     /// The sweep `splitbft sim` runs without `--scenario`: every scenario, `random` and
     /// the named attacks of "Table 1 for real" included (they fail on the code before its
     /// fixes, by design: that is how the simulator showed it finds them).
-    pub const DEFAULT: [Scenario; 15] = Scenario::ALL;
+    pub const DEFAULT: [Scenario; 17] = Scenario::ALL;
 
     /// The CLI name.
     pub fn name(self) -> &'static str {
@@ -183,6 +192,8 @@ impl Scenario {
             Scenario::PoisonedBatchCache => "poisoned-batch-cache",
             Scenario::ByzantineClients => "byzantine-clients",
             Scenario::EnclaveRestart => "enclave-restart",
+            Scenario::Fork => "fork",
+            Scenario::ViewChangeFlood => "view-change-flood",
         }
     }
 }
@@ -450,6 +461,9 @@ const CORRECT_CLIENTS: usize = 3;
 /// Seeds the stream enclave restarts are drawn from (apart, so that adding them left the
 /// rest of every seed's draw unchanged).
 const RESTART_STREAM: u64 = 0x7e57_a27e;
+/// Seeds the stream of the strategies added after the first ones (forks, ViewChange
+/// floods), for the same reason.
+const EXTRAS_STREAM: u64 = 0xe7_7a5;
 
 /// The adversary of `scenario` for `seed`.
 fn draw(seed: u64, scenario: Scenario, config: &ProtocolConfig, rng: &mut ChaCha8Rng) -> Draw {
@@ -466,6 +480,7 @@ fn draw(seed: u64, scenario: Scenario, config: &ProtocolConfig, rng: &mut ChaCha
         Scenario::Random => {
             let mut draw = Draw::random(config, rng);
             draw.random_client(&mut ChaCha8Rng::seed_from_u64(seed ^ 0xb1a5_c11e));
+            draw.random_extras(config, &mut ChaCha8Rng::seed_from_u64(seed ^ EXTRAS_STREAM));
             draw.random_restarts(config, FAULT_PHASE_US, false, &mut ChaCha8Rng::seed_from_u64(seed ^ RESTART_STREAM));
             draw
         }
@@ -754,6 +769,14 @@ fn run_inner(
             };
             for (packet, later) in packets {
                 net.send_peer(packet, now + later, &mut rng);
+            }
+        }
+        // A flooding Preparation's host broadcasts the ViewChanges it made.
+        let flood = std::mem::take(&mut loot.lock().expect("loot").flood);
+        for (from, vc) in flood {
+            let frame = Bytes::from(splitbft_types::codec::encode_message(&Message::ViewChange(vc)));
+            for to in (0..n as u32).map(ReplicaId).filter(|to| *to != from && !cluster.down.contains(&from)) {
+                net.send_peer(splitbft_broker::local::Packet { from, to, frame: frame.clone() }, now, &mut rng);
             }
         }
         for reply in cluster.take_replies() {

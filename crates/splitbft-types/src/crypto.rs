@@ -177,14 +177,14 @@ impl PublicKey {
     ) -> Result<(), CryptoError> {
         let bytes = signed_bytes(cluster_id, purpose, body);
         let memo = memo::id(self, &bytes, sig);
-        if memo.is_some_and(memo::verified) {
-            return Ok(());
+        if let Some(known) = memo.and_then(memo::outcome) {
+            return known.then_some(()).ok_or(CryptoError::BadSignature);
         }
-        self.0.verify_strict(&bytes, &Signature::from_bytes(&sig.0)).map_err(|_| CryptoError::BadSignature)?;
+        let ok = self.0.verify_strict(&bytes, &Signature::from_bytes(&sig.0)).is_ok();
         if let Some(id) = memo {
-            memo::remember(id);
+            memo::remember(id, ok);
         }
-        Ok(())
+        ok.then_some(()).ok_or(CryptoError::BadSignature)
     }
 }
 
@@ -208,14 +208,14 @@ impl PublicKey {
     ) -> Result<(), CryptoError> {
         let bytes = signed_bytes(cluster_id, purpose, body);
         let memo = memo::id(self, &bytes, sig);
-        if memo.is_some_and(memo::verified) {
-            return Ok(());
+        if let Some(known) = memo.and_then(memo::outcome) {
+            return known.then_some(()).ok_or(CryptoError::BadSignature);
         }
-        cofactored_equation_holds(&self.0, &bytes, sig).then_some(()).ok_or(CryptoError::BadSignature)?;
+        let ok = cofactored_equation_holds(&self.0, &bytes, sig);
         if let Some(id) = memo {
-            memo::remember(id);
+            memo::remember(id, ok);
         }
-        Ok(())
+        ok.then_some(()).ok_or(CryptoError::BadSignature)
     }
 }
 
@@ -241,15 +241,16 @@ fn cofactored_equation_holds(key: &VerifyingKey, message: &[u8], sig: &Sig) -> b
 /// A process-wide memo of signatures that verified, for the simulator only (off unless
 /// [`memoize_verifications`] is called). A simulated cluster runs every enclave in one
 /// process, so each signature is verified by up to `3n` enclaves; the memo verifies it
-/// once per (key, signed bytes, signature) and answers the rest from memory. Only
-/// successes are kept, keyed by SHA-256 over all three, so a memo hit is exactly a
-/// signature that verified: caching by message, never skipping a check. The same switch
+/// once per (key, signed bytes, signature) and answers the rest from memory, keyed by
+/// SHA-256 over all three: a memo hit is exactly the outcome the check had (it is a
+/// pure function of the three; failures are kept too, so a flood of one bad signature
+/// costs one check): caching by message, never skipping a check. The same switch
 /// memoizes the key work every enclave, client and restart repeats with the simulator's
 /// few keys: parsing a public key (only keys that parsed and are not weak are kept) and
 /// the X25519 secret behind each MAC key (by its inputs; pure functions, so a hit is the
 /// value a computation would give).
 mod memo {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeMap;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -263,7 +264,7 @@ mod memo {
     const LIMIT: usize = 200_000;
 
     pub(super) static ON: AtomicBool = AtomicBool::new(false);
-    static VERIFIED: Mutex<BTreeSet<[u8; 32]>> = Mutex::new(BTreeSet::new());
+    static VERIFIED: Mutex<BTreeMap<[u8; 32], bool>> = Mutex::new(BTreeMap::new());
 
     pub(super) fn id(key: &PublicKey, bytes: &[u8], sig: &Sig) -> Option<[u8; 32]> {
         ON.load(Ordering::Relaxed).then(|| {
@@ -275,8 +276,10 @@ mod memo {
         })
     }
 
-    pub(super) fn verified(id: [u8; 32]) -> bool {
-        VERIFIED.lock().map(|set| set.contains(&id)).unwrap_or(false)
+    /// Whether the signature `id` names verified (`Some(true)`), failed (`Some(false)`),
+    /// or has not been checked yet.
+    pub(super) fn outcome(id: [u8; 32]) -> Option<bool> {
+        VERIFIED.lock().ok().and_then(|map| map.get(&id).copied())
     }
 
     /// Public keys that parsed and are not weak, by their bytes (the simulator parses the
@@ -324,12 +327,12 @@ mod memo {
         shared
     }
 
-    pub(super) fn remember(id: [u8; 32]) {
-        if let Ok(mut set) = VERIFIED.lock() {
-            if set.len() >= LIMIT {
-                set.clear();
+    pub(super) fn remember(id: [u8; 32], verified: bool) {
+        if let Ok(mut map) = VERIFIED.lock() {
+            if map.len() >= LIMIT {
+                map.clear();
             }
-            set.insert(id);
+            map.insert(id, verified);
         }
     }
 }
