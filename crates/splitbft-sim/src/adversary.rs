@@ -18,6 +18,7 @@ use splitbft_types::{ClientId, CompartmentKind, ProtocolConfig, ReplicaId, View}
 use crate::Scenario;
 use crate::byzantine::Strategy;
 use crate::byzantine_client::ClientStrategy;
+use crate::restart::{self, Restart};
 
 /// What a hostile environment (the untrusted broker of one host) does beyond relaying.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +62,8 @@ pub struct Draw {
     pub network: Scenario,
     /// A Byzantine client, if any (it does not count against `f`: liveness stays owed).
     pub client: Option<ClientStrategy>,
+    /// Correct enclaves their hosts restart (each counts against `f` of its kind).
+    pub restarts: Vec<Restart>,
 }
 
 impl Draw {
@@ -69,6 +72,7 @@ impl Draw {
     pub fn faulty_replicas(&self) -> usize {
         let mut set: BTreeSet<ReplicaId> = self.faulty.iter().map(|(r, _, _)| *r).collect();
         set.extend(self.hosts.keys().copied());
+        set.extend(self.restarts.iter().map(|r| r.replica));
         set.len() + usize::from(self.network == Scenario::CrashPrimary)
     }
 
@@ -107,12 +111,21 @@ impl Draw {
                 )
             }
             Scenario::Censor => (vec![(p0, Preparation, Strategy::JunkCopies)], vec![]),
+            Scenario::Fork => {
+                let kind = CompartmentKind::ALL[rng.random_range(0..3usize)];
+                let at = if kind == Preparation && rng.random_bool(0.5) { p0 } else { anywhere };
+                (vec![(at, kind, Strategy::Fork)], vec![])
+            }
+            // The flooder's own host forces view changes: one faulty replica in all.
+            Scenario::ViewChangeFlood => {
+                (vec![(anywhere, Preparation, Strategy::ViewChangeFlood)], vec![(anywhere, Env::InjectSuspect)])
+            }
             // The primary's host: every batch starts out at one backup only (SPEC §11).
             Scenario::PoisonedBatchCache => (vec![], vec![(p0, Env::PoisonCache)]),
             _ => (vec![], vec![]),
         };
         let network = Scenario::Normal;
-        Draw { faulty, hosts: hosts.into_iter().collect(), network, client: None }
+        Draw { faulty, hosts: hosts.into_iter().collect(), network, client: None, restarts: Vec::new() }
     }
 
     /// A random draw: up to `f` faulty enclaves of each kind anywhere, a strategy each,
@@ -153,7 +166,52 @@ impl Draw {
         }
         let networks = [Scenario::Normal, Scenario::Lossy, Scenario::Partition, Scenario::CrashRestart];
         let network = networks[rng.random_range(0..networks.len())];
-        Draw { faulty, hosts, network, client: None }
+        Draw { faulty, hosts, network, client: None, restarts: Vec::new() }
+    }
+
+    /// Restarts of correct Preparation and Confirmation enclaves by their hosts, within what
+    /// `f` leaves of each kind after the faulty ones (SPEC §1.1), drawn from `rng` (a stream
+    /// of its own). `always`: at least one Preparation restart, the first aimed at the
+    /// primary of view 0 half the time; otherwise a third of the draws restart anything.
+    pub fn random_restarts(
+        &mut self,
+        config: &ProtocolConfig,
+        fault_phase_us: u64,
+        always: bool,
+        rng: &mut ChaCha8Rng,
+    ) {
+        if !always && !rng.random_bool(1.0 / 3.0) {
+            return;
+        }
+        let f = config.f as usize;
+        let faulty: Vec<(ReplicaId, CompartmentKind)> = self.faulty.iter().map(|(r, k, _)| (*r, *k)).collect();
+        let budget = |kind| f - faulty.iter().filter(|(_, k)| *k == kind).count().min(f);
+        let aim = rng.random_bool(0.5).then(|| config.primary(0));
+        self.restarts = restart::draw(config.n() as u32, budget, &faulty, fault_phase_us, aim, always, rng);
+    }
+
+    /// Strategies added after the first ones, from a stream of their own (so that the rest
+    /// of a seed's draw stayed as it was): a sixth of the draws add a ViewChange-flooding
+    /// Preparation, a sixth a forked enclave of any kind, where `f` leaves room.
+    pub fn random_extras(&mut self, config: &ProtocolConfig, rng: &mut ChaCha8Rng) {
+        let n = config.n() as u32;
+        let f = config.f as usize;
+        for strategy in [Strategy::ViewChangeFlood, Strategy::Fork] {
+            if !rng.random_bool(1.0 / 6.0) {
+                continue;
+            }
+            let kind = match strategy {
+                Strategy::Fork => CompartmentKind::ALL[rng.random_range(0..3usize)],
+                _ => CompartmentKind::Preparation,
+            };
+            let taken: Vec<ReplicaId> = self.faulty.iter().filter(|(_, k, _)| *k == kind).map(|(r, _, _)| *r).collect();
+            if taken.len() >= f {
+                continue;
+            }
+            let free: Vec<ReplicaId> = (0..n).map(ReplicaId).filter(|r| !taken.contains(r)).collect();
+            let replica = free[rng.random_range(0..free.len())];
+            self.faulty.push((replica, kind, strategy));
+        }
     }
 
     /// Half the random draws add a Byzantine client, drawn from `rng` (a stream of its own,
@@ -176,6 +234,10 @@ impl fmt::Display for Draw {
             hosts.join(", "),
             self.network.name()
         )?;
+        if !self.restarts.is_empty() {
+            let restarts: Vec<String> = self.restarts.iter().map(|r| r.to_string()).collect();
+            write!(f, " restarts [{}]", restarts.join(", "))?;
+        }
         match self.client {
             Some(c) => write!(f, " byzantine client {}", c.name()),
             None => Ok(()),
@@ -196,7 +258,12 @@ pub struct Loot {
     pub refusable: BTreeSet<(View, ReplicaId)>,
     /// Batch digests whose bytes the adversary withholds.
     pub withheld: BTreeSet<Digest>,
+    /// ViewChanges a flooding Preparation made for its host to broadcast, by sender.
+    pub flood: Vec<(ReplicaId, Signed<ViewChange>)>,
 }
+
+/// Flood ViewChanges queued for the hosts between two simulation steps, at most.
+pub const FLOOD_QUEUE: usize = 256;
 
 /// Views back from the newest for which ViewChanges are kept.
 const VIEWS_KEPT: usize = 8;

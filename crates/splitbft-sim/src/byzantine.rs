@@ -33,6 +33,8 @@ const WITHHELD_FROM: Seq = 3;
 const RACE_AHEAD: u64 = 3;
 /// How far ahead of the real one a far-ahead Checkpoint claims to be, in intervals.
 const FAR_AHEAD_INTERVALS: u64 = 100;
+/// ViewChanges a flooding Preparation sends per PrePrepare or ViewChange it receives.
+const FLOOD: usize = 6;
 
 /// A Byzantine behaviour (each names one attack).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +75,15 @@ pub enum Strategy {
     FarAheadCheckpoints,
     /// Execution: behaves, but hands the group secret to the other faulty enclaves.
     Leak,
+    /// Preparation and its host: flood every peer's Preparation with ViewChange
+    /// verification work on every input: replays of genuine ViewChanges, copies with a
+    /// flipped signature bit, claimed for a later view, or with their prepared certificates
+    /// repeated, and made-up ones in the name of every replica (SPEC §4.1 (5): checked,
+    /// counted, dropped; liveness holds).
+    ViewChangeFlood,
+    /// Any kind: its host runs two copies of it and shows each different inputs
+    /// (`fork.rs`; SPEC §1.1 counts a fork against `f`).
+    Fork,
 }
 
 impl Strategy {
@@ -105,6 +116,8 @@ impl Strategy {
             WrongResultsAndCheckpoints => "wrong-results",
             FarAheadCheckpoints => "far-ahead-checkpoints",
             Leak => "leak",
+            ViewChangeFlood => "view-change-flood",
+            Fork => "fork",
         }
     }
 }
@@ -124,6 +137,10 @@ pub struct Byzantine {
     loot: SharedLoot,
     /// Views this Preparation sent a NewView for.
     new_views: BTreeSet<View>,
+    /// The highest view seen in an input (a flooder's made-up ViewChanges claim the next).
+    view_seen: View,
+    /// Flood rounds so far.
+    floods: u64,
 }
 
 impl Byzantine {
@@ -156,6 +173,43 @@ impl Byzantine {
             acted: BTreeSet::new(),
             loot,
             new_views: BTreeSet::new(),
+            view_seen: 0,
+            floods: 0,
+        }
+    }
+
+    /// [`FLOOD`] ViewChanges that each cost a receiving Preparation a check: genuine ones
+    /// from the loot (newest views first) replayed or altered, else made up. A broker sends
+    /// no ViewChange a Preparation outputs (only Confirmations sign them), so they go to
+    /// the loot and the flooder's colluding host broadcasts them (`Loot::flood`).
+    fn flood(&mut self) {
+        self.floods += 1;
+        let genuine: Vec<Signed<ViewChange>> = {
+            let loot = self.loot.lock().expect("loot");
+            loot.view_changes.values().rev().flat_map(|by| by.values().cloned()).take(FLOOD).collect()
+        };
+        let n = self.config.n() as u64;
+        for i in 0..FLOOD {
+            let mut vc = genuine.get(i).cloned().unwrap_or_else(|| {
+                let replica = ReplicaId(((self.floods + i as u64) % n) as u32);
+                let stable = splitbft_types::msg::CheckpointCert { seq: 0, state: Digest([0; 32]), proof: Vec::new() };
+                let body = ViewChange { view: self.view_seen + 1, replica, stable, prepared: Vec::new() };
+                Signed { body, sig: Sig([(self.floods as u8) ^ (i as u8); 64]) }
+            });
+            match (self.floods as usize + i) % 4 {
+                0 => {}
+                1 => vc.sig.0[i % 64] ^= 1,
+                2 => vc.body.view += 1 + self.floods % 3,
+                _ => {
+                    let prepared = vc.body.prepared.clone();
+                    vc.body.prepared.extend(prepared);
+                    vc.body.stable.seq += self.config.checkpoint_interval;
+                }
+            }
+            let mut loot = self.loot.lock().expect("loot");
+            if loot.flood.len() < crate::adversary::FLOOD_QUEUE {
+                loot.flood.push((self.me, vc));
+            }
         }
     }
 
@@ -400,6 +454,10 @@ impl Compartment for Byzantine {
     fn handle(&mut self, input: Input, out: &mut Vec<Output>) {
         let seen = pre_prepare_of(&input);
         let is_prepare = matches!(input, Input::Message(Message::Prepare(_)));
+        let floods_now = matches!(input, Input::Message(_) | Input::OrderBatch(_));
+        if let Some(pp) = seen {
+            self.view_seen = self.view_seen.max(pp.view);
+        }
         self.learn(&input);
         let mut produced = Vec::new();
         if self.strategy == Strategy::BadNewView {
@@ -424,6 +482,12 @@ impl Compartment for Byzantine {
             Strategy::JunkCopies => self.rewrite_batches(&mut produced, |_, _, r| Self::junk(r)),
             Strategy::WithholdBatch => self.withhold(&produced),
             Strategy::BadNewView | Strategy::Leak => {}
+            Strategy::ViewChangeFlood => {
+                if floods_now {
+                    self.flood();
+                }
+            }
+            Strategy::Fork => unreachable!("a fork is installed as `fork::Forked`, not wrapped"),
             Strategy::CommitWithoutCertificate => {
                 if let Some(pp) = seen {
                     self.sign_commit(pp, &mut produced);
@@ -469,17 +533,17 @@ pub fn install(
     let genesis = Execution::genesis_digest(&config, &KvStore::new());
     for (replica, kind, strategy) in faulty {
         let key = || SecretKey::from_seed(secrets.enclave(*replica, *kind).seed());
-        let honest: Box<dyn Compartment> = match kind {
-            CompartmentKind::Preparation => Box::new(
-                splitbft_preparation::Preparation::new(config.clone(), *replica, key(), genesis).expect("valid config"),
-            ),
-            CompartmentKind::Confirmation => Box::new(
-                splitbft_confirmation::Confirmation::new(config.clone(), *replica, key(), genesis)
-                    .expect("valid config"),
-            ),
-            CompartmentKind::Execution => {
-                loot.lock().expect("loot").group = Some(secrets.execution_group_secret());
-                Box::new(
+        let honest = || -> Box<dyn Compartment> {
+            match kind {
+                CompartmentKind::Preparation => Box::new(
+                    splitbft_preparation::Preparation::new(config.clone(), *replica, key(), genesis)
+                        .expect("valid config"),
+                ),
+                CompartmentKind::Confirmation => Box::new(
+                    splitbft_confirmation::Confirmation::new(config.clone(), *replica, key(), genesis)
+                        .expect("valid config"),
+                ),
+                CompartmentKind::Execution => Box::new(
                     Execution::new(
                         config.clone(),
                         *replica,
@@ -488,11 +552,27 @@ pub fn install(
                         Box::new(KvStore::new()),
                     )
                     .expect("valid config"),
-                )
+                ),
             }
         };
-        let byzantine =
-            Byzantine::new(honest, *strategy, *replica, config.clone(), &keys, key(), replica_key, loot.clone());
-        cluster.replace_enclave(*replica, *kind, Box::new(splitbft_enclave::InlineEnclave::new(Box::new(byzantine))));
+        if *kind == CompartmentKind::Execution {
+            loot.lock().expect("loot").group = Some(secrets.execution_group_secret());
+        }
+        let faulty: Box<dyn Compartment> = if *strategy == Strategy::Fork {
+            // Two copies from the same (genesis) state.
+            Box::new(crate::fork::Forked::new([honest(), honest()], config.cluster_id, *replica))
+        } else {
+            Box::new(Byzantine::new(
+                honest(),
+                *strategy,
+                *replica,
+                config.clone(),
+                &keys,
+                key(),
+                replica_key,
+                loot.clone(),
+            ))
+        };
+        cluster.replace_enclave(*replica, *kind, Box::new(splitbft_enclave::InlineEnclave::new(faulty)));
     }
 }

@@ -18,8 +18,10 @@ mod byzantine;
 mod byzantine_client;
 mod checkers;
 pub mod enclave_restart;
+mod fork;
 mod hostile;
 mod network;
+pub mod restart;
 mod workload;
 
 use std::cell::RefCell;
@@ -54,9 +56,12 @@ pub const SIZES: [usize; 3] = [4, 7, 10];
 /// Simulated time during which faults are injected (clients work throughout).
 const FAULT_PHASE_US: u64 = 1_500_000;
 /// Operations each client completes after the faults healed (the liveness check).
-const OPS_AFTER_HEAL: usize = 5;
+const OPS_AFTER_HEAL: usize = 2;
 /// Simulated time after faults heal by which every client must have finished.
 const HEAL_PHASE_US: u64 = 30_000_000;
+/// Checkpoint interval `K` of simulated clusters (log window `L = 2K`): small, so that a
+/// short run still takes several checkpoints, garbage-collects and transfers state.
+const CHECKPOINT_INTERVAL: u64 = 4;
 /// Granularity of broker timers in the simulation.
 const TICK_US: u64 = 1_000;
 /// How often compartment memory is checked.
@@ -99,6 +104,16 @@ pub enum Scenario {
     /// One Byzantine client runs one strategy (bad MACs or signatures, replays, huge
     /// timestamps, oversized ops, floods) next to the correct ones (SPEC §1.1, §6).
     ByzantineClients,
+    /// Hostile hosts restart correct Preparation and Confirmation enclaves — without
+    /// state, with a rolled-back state, or with their state — up to `f` of each kind,
+    /// counted against `f` (SPEC §1.1, §10 recovery fence; `restart.rs`).
+    EnclaveRestart,
+    /// A host runs two copies of one enclave (any kind; the primary's Preparation half the
+    /// time) and shows each different inputs, counted against `f` (SPEC §1.1; `fork.rs`).
+    Fork,
+    /// A faulty Preparation floods every peer with ViewChange verification work while its
+    /// host forces view changes (SPEC §4.1 (5)); liveness must hold.
+    ViewChangeFlood,
 }
 
 /// Which trust model the cluster runs under.
@@ -134,7 +149,7 @@ impl std::str::FromStr for Protocol {
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 14] = [
+    pub const ALL: [Scenario; 17] = [
         Scenario::Normal,
         Scenario::Lossy,
         Scenario::Partition,
@@ -149,12 +164,15 @@ impl Scenario {
         Scenario::Censor,
         Scenario::PoisonedBatchCache,
         Scenario::ByzantineClients,
+        Scenario::EnclaveRestart,
+        Scenario::Fork,
+        Scenario::ViewChangeFlood,
     ];
 
     /// The sweep `splitbft sim` runs without `--scenario`: every scenario, `random` and
     /// the named attacks of "Table 1 for real" included (they fail on the code before its
     /// fixes, by design: that is how the simulator showed it finds them).
-    pub const DEFAULT: [Scenario; 14] = Scenario::ALL;
+    pub const DEFAULT: [Scenario; 17] = Scenario::ALL;
 
     /// The CLI name.
     pub fn name(self) -> &'static str {
@@ -173,6 +191,9 @@ impl Scenario {
             Scenario::Censor => "censor",
             Scenario::PoisonedBatchCache => "poisoned-batch-cache",
             Scenario::ByzantineClients => "byzantine-clients",
+            Scenario::EnclaveRestart => "enclave-restart",
+            Scenario::Fork => "fork",
+            Scenario::ViewChangeFlood => "view-change-flood",
         }
     }
 }
@@ -313,6 +334,19 @@ impl Observed {
                     ));
                 }
             }
+            (CompartmentKind::Preparation, Output::Send(Message::Batch(b)))
+                if self.primary(b.pre_prepare.body.view) == replica =>
+            {
+                let pp = b.pre_prepare.body;
+                self.signed_once(replica, pp.view, pp.seq, pp.digest, "PrePrepares");
+            }
+            (CompartmentKind::Preparation, Output::Send(Message::NewView(nv)))
+                if self.primary(nv.body.view) == replica =>
+            {
+                for pp in &nv.body.pre_prepares {
+                    self.signed_once(replica, pp.body.view, pp.body.seq, pp.body.digest, "PrePrepares");
+                }
+            }
             (CompartmentKind::Preparation, Output::Send(Message::Prepare(p))) => {
                 let (view, seq, digest) = (p.body.view, p.body.seq, p.body.digest);
                 if !self.pre_prepared.contains(&(view, seq, digest)) {
@@ -365,6 +399,14 @@ impl Observed {
         }
     }
 
+    /// SPEC §9 P1 (and SPEC §10 across restarts): a correct Preparation signs one digest per
+    /// `(v, s)`, in its PrePrepares and Prepares alike.
+    fn signed_once(&mut self, replica: ReplicaId, view: View, seq: Seq, digest: Digest, what: &str) {
+        if *self.prepared.entry((replica, view, seq)).or_insert(digest) != digest {
+            self.violations.push(format!("P1: correct {replica} Preparation signed two {what} at (v {view}, s {seq})"));
+        }
+    }
+
     /// The end of one simulation step (every input of it handled): a Prepare whose view
     /// its Preparation still has not entered breaks P3.
     fn end_of_step(&mut self) {
@@ -376,6 +418,16 @@ impl Observed {
 
     /// A restarted replica starts over (amnesia counts against f, SPEC §1.1): its
     /// invariant memory goes with it.
+    /// A host restarted one correct enclave (`restart.rs`). What it signed before stays
+    /// remembered: the recovery fence promises it never signs a second digest for a
+    /// `(v, s)` (SPEC §10). A restarted Confirmation's ViewChanges are forgotten: it commits
+    /// again only above `H`, beyond every slot those could have carried.
+    fn enclave_restarted(&mut self, replica: ReplicaId, kind: CompartmentKind) {
+        if kind == CompartmentKind::Confirmation {
+            self.view_change_sent.remove(&replica);
+        }
+    }
+
     fn restarted(&mut self, replica: ReplicaId) {
         self.prepared.retain(|(r, _, _), _| *r != replica);
         self.committed.retain(|(r, _, _), _| *r != replica);
@@ -386,12 +438,16 @@ impl Observed {
     }
 }
 
-/// Keys from `seed`; under PBFT the three parts of a replica share one key.
+/// The cluster of seed `seed` (its cluster id, so no signature of one seed verifies in
+/// another); under PBFT the three parts of a replica share one key. The keys are the same
+/// in every seed: a seed draws the adversary and the schedule, never the keys (nothing in
+/// the fault model depends on their bits), and one process's sweep derives each key once
+/// (see `splitbft_types::crypto::memoize_verifications`).
 fn cluster_secrets(seed: u64, f: u32, clients: usize, protocol: Protocol) -> ClusterSecrets {
     let mut draws = 0u64;
     let next = move || {
         draws += 1;
-        Digest::of(&[seed.to_le_bytes(), draws.to_le_bytes()].concat()).0
+        Digest::of(&[b"splitbft-sim keys".as_slice(), &draws.to_le_bytes()].concat()).0
     };
     match protocol {
         Protocol::Splitbft => ClusterSecrets::generate(seed, f, clients, next),
@@ -402,15 +458,35 @@ fn cluster_secrets(seed: u64, f: u32, clients: usize, protocol: Protocol) -> Clu
 /// Correct simulated clients; a Byzantine client, if drawn, is one more identity.
 const CORRECT_CLIENTS: usize = 3;
 
+/// Seeds the stream enclave restarts are drawn from (apart, so that adding them left the
+/// rest of every seed's draw unchanged).
+const RESTART_STREAM: u64 = 0x7e57_a27e;
+/// Seeds the stream of the strategies added after the first ones (forks, ViewChange
+/// floods), for the same reason.
+const EXTRAS_STREAM: u64 = 0xe7_7a5;
+
 /// The adversary of `scenario` for `seed`.
 fn draw(seed: u64, scenario: Scenario, config: &ProtocolConfig, rng: &mut ChaCha8Rng) -> Draw {
     match scenario {
         Scenario::Normal | Scenario::Lossy | Scenario::Partition | Scenario::CrashPrimary | Scenario::CrashRestart => {
-            Draw { faulty: Vec::new(), hosts: Default::default(), network: scenario, client: None }
+            Draw {
+                faulty: Vec::new(),
+                hosts: Default::default(),
+                network: scenario,
+                client: None,
+                restarts: Vec::new(),
+            }
         }
         Scenario::Random => {
             let mut draw = Draw::random(config, rng);
             draw.random_client(&mut ChaCha8Rng::seed_from_u64(seed ^ 0xb1a5_c11e));
+            draw.random_extras(config, &mut ChaCha8Rng::seed_from_u64(seed ^ EXTRAS_STREAM));
+            draw.random_restarts(config, FAULT_PHASE_US, false, &mut ChaCha8Rng::seed_from_u64(seed ^ RESTART_STREAM));
+            draw
+        }
+        Scenario::EnclaveRestart => {
+            let mut draw = Draw::named(scenario, config, rng);
+            draw.random_restarts(config, FAULT_PHASE_US, true, &mut ChaCha8Rng::seed_from_u64(seed ^ RESTART_STREAM));
             draw
         }
         Scenario::ByzantineClients => {
@@ -471,13 +547,19 @@ pub fn quiet_panics() {
 /// panic anywhere in the run (a compartment or broker crashing) is reported as a safety
 /// violation of that seed.
 pub fn run_with(seed: u64, scenario: Scenario, protocol: Protocol, replicas: usize) -> RunReport {
+    run_with_fence(seed, scenario, protocol, replicas, true)
+}
+
+/// [`run_with`], with the recovery fence of restarted enclaves on or (`fence: false`, the
+/// simulator-only switch that shows what the fence prevents, `restart.rs`) off.
+pub fn run_with_fence(seed: u64, scenario: Scenario, protocol: Protocol, replicas: usize, fence: bool) -> RunReport {
     assert!(SIZES.contains(&replicas), "the simulator runs n = 4, 7 or 10");
     // Every enclave of the cluster runs in this process: verify each signature once.
     splitbft_types::crypto::memoize_verifications();
     let mut draw_text = String::new();
     let mut faulty_replicas = 0;
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run_inner(seed, scenario, protocol, replicas, &mut draw_text, &mut faulty_replicas)
+        run_inner(seed, scenario, protocol, replicas, fence, &mut draw_text, &mut faulty_replicas)
     }));
     outcome.unwrap_or_else(|payload| {
         let message = payload
@@ -512,8 +594,8 @@ pub fn run_with(seed: u64, scenario: Scenario, protocol: Protocol, replicas: usi
 pub fn draw_of(seed: u64, scenario: Scenario, protocol: Protocol, n: usize) -> (String, usize) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut secrets = cluster_secrets(seed, ((n - 1) / 3) as u32, CORRECT_CLIENTS, protocol);
-    secrets.config.checkpoint_interval = 8;
-    secrets.config.log_window = 16;
+    secrets.config.checkpoint_interval = CHECKPOINT_INTERVAL;
+    secrets.config.log_window = 2 * CHECKPOINT_INTERVAL;
     let draw = draw(seed, scenario, &secrets.config, &mut rng);
     (draw.to_string(), draw.faulty_replicas())
 }
@@ -526,6 +608,7 @@ fn run_inner(
     scenario: Scenario,
     protocol: Protocol,
     n: usize,
+    fence: bool,
     draw_text: &mut String,
     faulty_count: &mut usize,
 ) -> RunReport {
@@ -533,8 +616,8 @@ fn run_inner(
     let f = ((n - 1) / 3) as u32;
     let with_config = |clients: usize| {
         let mut secrets = cluster_secrets(seed, f, clients, protocol);
-        secrets.config.checkpoint_interval = 8;
-        secrets.config.log_window = 16;
+        secrets.config.checkpoint_interval = CHECKPOINT_INTERVAL;
+        secrets.config.log_window = 2 * CHECKPOINT_INTERVAL;
         secrets
     };
     let mut secrets = with_config(CORRECT_CLIENTS);
@@ -567,6 +650,17 @@ fn run_inner(
             Protocol::Pbft => !faulty_replicas.contains(&ReplicaId(r)),
         })
         .collect();
+    let faulty_pairs: Vec<(ReplicaId, CompartmentKind)> = faulty.iter().map(|(r, k, _)| (*r, *k)).collect();
+    let mut restarts = restart::Restarts::new(&draw.restarts, &faulty_pairs, fence);
+    restarts.install(&mut cluster, &secrets);
+    // The targets' sealed records, as their hosts keep them (drained into `restarts`).
+    let sealed_queue: Rc<RefCell<Vec<(ReplicaId, CompartmentKind, splitbft_types::durable::SealedState)>>> =
+        Rc::default();
+    let sealed_sink = sealed_queue.clone();
+    let targets: Vec<(ReplicaId, CompartmentKind)> = (0..n as u32)
+        .flat_map(|r| restart::KINDS.map(|k| (ReplicaId(r), k)))
+        .filter(|(r, k)| restarts.is_target(*r, *k))
+        .collect();
     let mut mangler = hostile::Hostile::default();
     let observed = Rc::new(RefCell::new(Observed { executed: vec![BTreeMap::new(); n], n, ..Default::default() }));
     let sink = observed.clone();
@@ -579,6 +673,9 @@ fn run_inner(
             o.invariants(replica, kind, output);
         }
         match (kind, output) {
+            (_, Output::Sealed(record)) if targets.contains(&(replica, kind)) => {
+                sealed_sink.borrow_mut().push((replica, kind, record.clone()));
+            }
             (CompartmentKind::Execution, Output::Event(Event::Executed { seq, digest, .. })) => {
                 if let Some(prior) = o.executed[replica.0 as usize].insert(*seq, *digest)
                     && prior != *digest
@@ -622,8 +719,16 @@ fn run_inner(
         let now = cluster.now_us();
         let down_before = cluster.down.clone();
         net.faults(now, &mut cluster, &mut rng);
-        for replica in down_before.difference(&cluster.down) {
-            observed.borrow_mut().restarted(*replica);
+        let came_back: Vec<ReplicaId> = down_before.difference(&cluster.down).copied().collect();
+        for replica in came_back {
+            observed.borrow_mut().restarted(replica);
+            restarts.replica_restarted(&mut cluster, &secrets, replica);
+        }
+        for (replica, kind, record) in std::mem::take(&mut *sealed_queue.borrow_mut()) {
+            restarts.sealed(replica, kind, &record);
+        }
+        for (replica, kind) in restarts.step(now, &mut cluster, &secrets, &mut rng) {
+            observed.borrow_mut().enclave_restarted(replica, kind);
         }
         if now >= next_suspect && now < FAULT_PHASE_US {
             next_suspect = now + SUSPECT_EVERY_US;
@@ -664,6 +769,14 @@ fn run_inner(
             };
             for (packet, later) in packets {
                 net.send_peer(packet, now + later, &mut rng);
+            }
+        }
+        // A flooding Preparation's host broadcasts the ViewChanges it made.
+        let flood = std::mem::take(&mut loot.lock().expect("loot").flood);
+        for (from, vc) in flood {
+            let frame = Bytes::from(splitbft_types::codec::encode_message(&Message::ViewChange(vc)));
+            for to in (0..n as u32).map(ReplicaId).filter(|to| *to != from && !cluster.down.contains(&from)) {
+                net.send_peer(splitbft_broker::local::Packet { from, to, frame: frame.clone() }, now, &mut rng);
             }
         }
         for reply in cluster.take_replies() {
@@ -820,6 +933,31 @@ mod tests {
         o.invariants(r, CompartmentKind::Preparation, &prepare(3));
         o.invariants(r, CompartmentKind::Confirmation, &commit(0, 3, 3));
         assert_eq!(o.violations.len(), before, "a restarted enclave starts over");
+    }
+
+    /// SPEC §9 P1 for a primary (and SPEC §10 across its restarts): a correct
+    /// Preparation's PrePrepares, in Batches and NewViews, name one digest per `(v, s)`.
+    #[test]
+    fn invariants_flag_a_primary_signing_two_preprepares() {
+        let mut o = Observed { n: 4, ..Default::default() };
+        let batch = |view: View, seq: Seq, d: u8| {
+            let body = splitbft_types::msg::PrePrepare { view, seq, digest: Digest([d; 32]) };
+            let batch =
+                splitbft_types::msg::BatchMsg { pre_prepare: Signed { body, sig: Sig([0; 64]) }, batch: Vec::new() };
+            Output::Send(Message::Batch(batch))
+        };
+        let r0 = ReplicaId(0);
+        o.invariants(r0, CompartmentKind::Preparation, &batch(0, 1, 1));
+        o.invariants(r0, CompartmentKind::Preparation, &batch(0, 1, 1));
+        o.invariants(r0, CompartmentKind::Preparation, &batch(0, 2, 2));
+        assert!(o.violations.is_empty(), "{:?}", o.violations);
+        o.enclave_restarted(r0, CompartmentKind::Preparation);
+        o.invariants(r0, CompartmentKind::Preparation, &batch(0, 1, 3));
+        assert!(o.violations.last().is_some_and(|v| v.starts_with("P1")), "{:?}", o.violations);
+        // r1 is not primary(0): its Batch is no PrePrepare of view 0 (a faulty one's forgery).
+        let before = o.violations.len();
+        o.invariants(ReplicaId(1), CompartmentKind::Preparation, &batch(0, 1, 4));
+        assert_eq!(o.violations.len(), before);
     }
 
     /// SPEC §9 P2, P3, C2 and E2: a correct Prepare needs the primary's PrePrepare and a

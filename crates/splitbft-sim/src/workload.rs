@@ -28,7 +28,7 @@ const KEYS: u32 = 4;
 /// While faults are injected a client pauses between operations for a time drawn from
 /// this range: fewer operations per simulated second (the crypto of each one is the
 /// simulator's main cost) over the same fault schedule, so more seeds per second.
-const THINK_US: std::ops::Range<u64> = 10_000..40_000;
+const THINK_US: std::ops::Range<u64> = 100_000..250_000;
 /// The epoch every simulated client registers its session with.
 pub const SESSION_EPOCH: u64 = 1;
 

@@ -128,7 +128,7 @@ fn random_draws_cover_the_fault_model() {
             stacked |= per_replica.values().any(|c| *c > 1);
         }
         assert!(stacked && elsewhere, "n = {n}: draws never stacked kinds or left replica 0");
-        assert_eq!(strategies.len(), 13, "n = {n}: strategies drawn: {strategies:?}");
+        assert_eq!(strategies.len(), 15, "n = {n}: strategies drawn: {strategies:?}");
     }
 }
 
@@ -182,6 +182,31 @@ fn byzantine_clients_break_only_their_own_session() {
             // (the network is healthy and every enclave correct).
             if ["bad-signature", "oversized-op", "huge-timestamp"].iter().any(|s| r.draw.ends_with(s)) {
                 assert_eq!(r.max_view, 0, "n={n} {}: a faulty client forced a view change", r.draw);
+            }
+        }
+    }
+}
+
+/// SPEC §1.1 clones and SPEC §4.1 (5): a forked enclave (two copies under one key, shown
+/// different inputs, counted against f) and a ViewChange flood (every peer's Preparation
+/// checks and drops it) leave SplitBFT safe and live, at f = 1 and f = 2.
+#[test]
+fn forks_and_view_change_floods_are_harmless() {
+    for n in [4, 7] {
+        for seed in 1..=3 {
+            for scenario in [Scenario::Fork, Scenario::ViewChangeFlood] {
+                let r = run_with(seed, scenario, Protocol::Splitbft, n);
+                assert!(r.safety_violations.is_empty(), "n={n} {}: {:?}", r.draw, r.safety_violations);
+                assert!(r.validity_violations.is_empty(), "n={n} {}: {:?}", r.draw, r.validity_violations);
+                assert_eq!(r.liveness_failure, None, "n={n} {}: {:?}", r.draw, r.replicas);
+                if scenario == Scenario::ViewChangeFlood {
+                    // The flood reached the peers' Preparations and cost them checks.
+                    assert!(
+                        r.replicas.iter().any(|line| line.contains("view_change_bad_signature")),
+                        "{:?}",
+                        r.replicas
+                    );
+                }
             }
         }
     }

@@ -103,7 +103,9 @@ impl SecretKey {
 
     /// Derives the MAC key this party shares with `peer` for the (client, enclave) pair.
     pub fn mac_key(&self, peer: &PublicKey, cluster_id: u64, client: ClientId, enclave: EnclaveId) -> MacKey {
-        let shared = peer.0.to_montgomery().mul_clamped(self.0.to_scalar_bytes());
+        let shared = memo::shared_secret(&self.0.to_bytes(), &peer.0.to_bytes(), || {
+            peer.0.to_montgomery().mul_clamped(self.0.to_scalar_bytes()).to_bytes()
+        });
         let salt = [DOMAIN, &cluster_id.to_le_bytes()].concat();
         let info = [
             b"mac".as_slice(),
@@ -113,7 +115,7 @@ impl SecretKey {
         ]
         .concat();
         let mut okm = [0u8; 32];
-        Hkdf::<Sha256>::new(Some(&salt), shared.as_bytes())
+        Hkdf::<Sha256>::new(Some(&salt), &shared)
             .expand(&info, &mut okm)
             .expect("32 bytes is a valid HKDF-SHA256 output length");
         MacKey::new(&okm)
@@ -149,10 +151,14 @@ pub struct PublicKey(VerifyingKey);
 impl PublicKey {
     /// Parses and checks a public key (rejects invalid and weak points).
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<PublicKey, CryptoError> {
+        if let Some(key) = memo::public_key(bytes) {
+            return Ok(PublicKey(key));
+        }
         let key = VerifyingKey::from_bytes(bytes).map_err(|_| CryptoError::InvalidPublicKey)?;
         if key.is_weak() {
             return Err(CryptoError::InvalidPublicKey);
         }
+        memo::remember_public_key(bytes, key);
         Ok(PublicKey(key))
     }
 
@@ -204,20 +210,17 @@ impl PublicKey {
     ) -> Result<(), CryptoError> {
         let bytes = signed_bytes(cluster_id, purpose, body);
         let memo = memo::id(rule, self, &bytes, sig);
-        if memo.is_some_and(memo::verified) {
-            return Ok(());
+        if let Some(known) = memo.and_then(memo::outcome) {
+            return known.then_some(()).ok_or(CryptoError::BadSignature);
         }
-        let holds = match rule {
+        let ok = match rule {
             Rule::Strict => self.0.verify_strict(&bytes, &Signature::from_bytes(&sig.0)).is_ok(),
             Rule::Cofactored => cofactored_equation_holds(&self.0, &bytes, sig),
         };
-        if !holds {
-            return Err(CryptoError::BadSignature);
-        }
         if let Some(id) = memo {
-            memo::remember(id);
+            memo::remember(id, ok);
         }
-        Ok(())
+        ok.then_some(()).ok_or(CryptoError::BadSignature)
     }
 }
 
@@ -251,14 +254,20 @@ fn cofactored_equation_holds(key: &VerifyingKey, message: &[u8], sig: &Sig) -> b
 /// A process-wide memo of signatures that verified, for the simulator only (off unless
 /// [`memoize_verifications`] is called). A simulated cluster runs every enclave in one
 /// process, so each signature is verified by up to `3n` enclaves; the memo verifies it
-/// once per (rule, key, signed bytes, signature) and answers the rest from memory. Only
-/// successes are kept, keyed by SHA-256 over all four, so a memo hit is exactly a
-/// signature that verified: caching by message, never skipping a check.
+/// once per (rule, key, signed bytes, signature) and answers the rest from memory, keyed
+/// by SHA-256 over all four: a memo hit is exactly the outcome the check had (it is a
+/// pure function of the four; failures are kept too, so a flood of one bad signature
+/// costs one check): caching by message, never skipping a check. The same switch
+/// memoizes the key work every enclave, client and restart repeats with the simulator's
+/// few keys: parsing a public key (only keys that parsed and are not weak are kept) and
+/// the X25519 secret behind each MAC key (by its inputs; pure functions, so a hit is the
+/// value a computation would give).
 mod memo {
-    use std::collections::BTreeSet;
+    use std::collections::BTreeMap;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicBool, Ordering};
 
+    use ed25519_dalek::VerifyingKey;
     use sha2::{Digest as _, Sha256};
 
     use super::{PublicKey, Rule};
@@ -268,7 +277,7 @@ mod memo {
     const LIMIT: usize = 200_000;
 
     pub(super) static ON: AtomicBool = AtomicBool::new(false);
-    static VERIFIED: Mutex<BTreeSet<[u8; 32]>> = Mutex::new(BTreeSet::new());
+    static VERIFIED: Mutex<BTreeMap<[u8; 32], bool>> = Mutex::new(BTreeMap::new());
 
     pub(super) fn id(rule: Rule, key: &PublicKey, bytes: &[u8], sig: &Sig) -> Option<[u8; 32]> {
         ON.load(Ordering::Relaxed).then(|| {
@@ -281,21 +290,68 @@ mod memo {
         })
     }
 
-    pub(super) fn verified(id: [u8; 32]) -> bool {
-        VERIFIED.lock().map(|set| set.contains(&id)).unwrap_or(false)
+    /// Whether the signature `id` names verified (`Some(true)`), failed (`Some(false)`),
+    /// or has not been checked yet.
+    pub(super) fn outcome(id: [u8; 32]) -> Option<bool> {
+        VERIFIED.lock().ok().and_then(|map| map.get(&id).copied())
     }
 
-    pub(super) fn remember(id: [u8; 32]) {
-        if let Ok(mut set) = VERIFIED.lock() {
-            if set.len() >= LIMIT {
-                set.clear();
+    /// Public keys that parsed and are not weak, by their bytes (the simulator parses the
+    /// same few keys in every enclave, client and restart).
+    static PUBLIC_KEYS: Mutex<BTreeMap<[u8; 32], VerifyingKey>> = Mutex::new(BTreeMap::new());
+    /// X25519 shared secrets, by SHA-256 over (own seed, peer key).
+    static SHARED: Mutex<BTreeMap<[u8; 32], [u8; 32]>> = Mutex::new(BTreeMap::new());
+    /// Keys and shared secrets kept before their memo starts over.
+    const KEY_LIMIT: usize = 20_000;
+
+    pub(super) fn public_key(bytes: &[u8; 32]) -> Option<VerifyingKey> {
+        if !ON.load(Ordering::Relaxed) {
+            return None;
+        }
+        PUBLIC_KEYS.lock().ok().and_then(|map| map.get(bytes).copied())
+    }
+
+    pub(super) fn remember_public_key(bytes: &[u8; 32], key: VerifyingKey) {
+        if ON.load(Ordering::Relaxed)
+            && let Ok(mut map) = PUBLIC_KEYS.lock()
+        {
+            if map.len() >= KEY_LIMIT {
+                map.clear();
             }
-            set.insert(id);
+            map.insert(*bytes, key);
+        }
+    }
+
+    /// The X25519 secret of `seed` and `peer`, computed by `compute` unless remembered.
+    pub(super) fn shared_secret(seed: &[u8; 32], peer: &[u8; 32], compute: impl FnOnce() -> [u8; 32]) -> [u8; 32] {
+        if !ON.load(Ordering::Relaxed) {
+            return compute();
+        }
+        let id: [u8; 32] = Sha256::new().chain_update(seed).chain_update(peer).finalize().into();
+        if let Some(shared) = SHARED.lock().ok().and_then(|map| map.get(&id).copied()) {
+            return shared;
+        }
+        let shared = compute();
+        if let Ok(mut map) = SHARED.lock() {
+            if map.len() >= KEY_LIMIT {
+                map.clear();
+            }
+            map.insert(id, shared);
+        }
+        shared
+    }
+
+    pub(super) fn remember(id: [u8; 32], verified: bool) {
+        if let Ok(mut map) = VERIFIED.lock() {
+            if map.len() >= LIMIT {
+                map.clear();
+            }
+            map.insert(id, verified);
         }
     }
 }
 
-/// Turns on the process-wide memo of verified signatures (the simulator's speed-up; see
+/// Turns on the process-wide memo of verified signatures and derived keys (the simulator's speed-up; see
 /// the `memo` module). Never called by replicas, clients or tools.
 pub fn memoize_verifications() {
     memo::ON.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -38,6 +38,17 @@ pub struct SimArgs {
     /// End with one JSON object per protocol, scenario and size.
     #[arg(long)]
     json: bool,
+    /// Worker processes per protocol, scenario and size, each taking every `jobs`-th seed
+    /// (default 1: the machine is shared; the seeds and their outcomes do not depend on it).
+    #[arg(long, default_value_t = 1)]
+    jobs: u64,
+    /// Internal: a worker runs every `stride`-th seed from --seed on.
+    #[arg(long, hide = true, default_value_t = 1)]
+    stride: u64,
+    /// Simulator only: restarted enclaves start without the recovery fence (SPEC §10), to
+    /// show what it prevents (`enclave-restart`, `random`); expect equivocations.
+    #[arg(long, hide = true)]
+    no_fence: bool,
     /// Internal: run the seeds in this process and print one JSON line per seed.
     #[arg(long, hide = true)]
     worker: bool,
@@ -74,7 +85,7 @@ pub fn sim(args: SimArgs) -> anyhow::Result<()> {
     }
     let seeds = args.seeds.unwrap_or(if args.duration.is_some() { u64::MAX } else { 20 });
     if args.worker {
-        return worker(&scenarios, &protocols, &sizes, args.seed, seeds);
+        return worker(&scenarios, &protocols, &sizes, args.seed, seeds, args.stride.max(1), !args.no_fence);
     }
     let mut summaries = Vec::new();
     let mut failed = false;
@@ -83,7 +94,17 @@ pub fn sim(args: SimArgs) -> anyhow::Result<()> {
             for &n in &sizes {
                 let f = (n - 1) / 3;
                 let started = Instant::now();
-                let lines = supervise(scenario, protocol, n, args.seed, seeds, args.duration, started)?;
+                let sweep = Sweep {
+                    scenario,
+                    protocol,
+                    n,
+                    end: args.seed.saturating_add(seeds),
+                    duration: args.duration,
+                    fence: !args.no_fence,
+                    stride: args.jobs.max(1),
+                    started,
+                };
+                let lines = sweep.run(args.seed, seeds == 1)?;
                 let secs = started.elapsed().as_secs_f64().max(1e-9);
                 let (mut safety, mut validity, mut liveness, mut expected) = (0u64, 0u64, 0u64, 0u64);
                 let mut failing = Vec::new();
@@ -163,73 +184,100 @@ pub fn sim(args: SimArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs seeds `[first, first + seeds)` in worker processes; a worker that dies mid-seed
-/// is that seed's crash, and the next worker resumes after it.
-fn supervise(
+/// One protocol, scenario and size of a sweep: seeds up to `end` (exclusive), split
+/// between `stride` worker processes.
+struct Sweep {
     scenario: Scenario,
     protocol: Protocol,
     n: usize,
-    first: u64,
-    seeds: u64,
+    end: u64,
     duration: Option<f64>,
+    fence: bool,
+    stride: u64,
     started: Instant,
-) -> anyhow::Result<Vec<SeedLine>> {
-    let exe = std::env::current_exe().context("locating this binary for the simulator worker")?;
-    let end = first.saturating_add(seeds);
-    let mut next = first;
-    let mut lines = Vec::new();
-    let out_of_time = || duration.is_some_and(|d| started.elapsed().as_secs_f64() >= d);
-    while next < end && !out_of_time() {
-        let mut child = Command::new(&exe)
-            .args(["sim", "--worker", "--scenario", scenario.name(), "--protocol", protocol.name()])
-            .args(["--replicas", &n.to_string(), "--seed", &next.to_string(), "--seeds", &(end - next).to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting the simulator worker")?;
-        let stdout = child.stdout.take().context("worker stdout")?;
-        let mut running = None;
-        let mut timed_out = false;
-        for line in BufReader::new(stdout).lines() {
-            let line = line.context("reading the simulator worker")?;
-            let seed: SeedLine = serde_json::from_str(&line).context("a worker line")?;
-            if seed.start {
-                running = Some(seed);
-                continue;
+}
+
+impl Sweep {
+    /// Runs seeds `[first, end)`, worker `k` of `stride` taking `first + k`, `first + k +
+    /// stride`, ...; the lines in seed order.
+    fn run(&self, first: u64, replay: bool) -> anyhow::Result<Vec<SeedLine>> {
+        let parts: Vec<anyhow::Result<Vec<SeedLine>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..self.stride)
+                .map(|k| first.saturating_add(k))
+                .filter(|start| *start < self.end)
+                .map(|start| scope.spawn(move || self.supervise(start, replay)))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| bail!("a supervisor thread panicked"))).collect()
+        });
+        let mut lines = Vec::new();
+        for part in parts {
+            lines.extend(part?);
+        }
+        lines.sort_by_key(|l| l.seed);
+        Ok(lines)
+    }
+
+    /// Runs seeds `start, start + stride, ...` below `end` in worker processes; a worker
+    /// that dies mid-seed is that seed's crash, and the next worker resumes after it.
+    fn supervise(&self, start: u64, replay: bool) -> anyhow::Result<Vec<SeedLine>> {
+        let exe = std::env::current_exe().context("locating this binary for the simulator worker")?;
+        let mut next = start;
+        let mut lines = Vec::new();
+        let out_of_time = || self.duration.is_some_and(|d| self.started.elapsed().as_secs_f64() >= d);
+        while next < self.end && !out_of_time() {
+            let mut child = Command::new(&exe)
+                .args(["sim", "--worker", "--scenario", self.scenario.name(), "--protocol", self.protocol.name()])
+                .args(["--replicas", &self.n.to_string(), "--seed", &next.to_string()])
+                .args(["--seeds", &(self.end - next).to_string(), "--stride", &self.stride.to_string()])
+                .args(if self.fence { &[][..] } else { &["--no-fence"][..] })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("starting the simulator worker")?;
+            let stdout = child.stdout.take().context("worker stdout")?;
+            let mut running = None;
+            let mut timed_out = false;
+            for line in BufReader::new(stdout).lines() {
+                let line = line.context("reading the simulator worker")?;
+                let seed: SeedLine = serde_json::from_str(&line).context("a worker line")?;
+                if seed.start {
+                    running = Some(seed);
+                    continue;
+                }
+                running = None;
+                lines.push(seed);
+                if out_of_time() {
+                    timed_out = true;
+                    break;
+                }
             }
-            running = None;
-            lines.push(seed);
-            if out_of_time() {
-                timed_out = true;
+            if timed_out {
+                child.kill().ok();
+                child.wait().ok();
                 break;
             }
-        }
-        if timed_out {
-            child.kill().ok();
-            child.wait().ok();
-            break;
-        }
-        let mut stderr = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            e.read_to_string(&mut stderr).ok();
-        }
-        let status = child.wait().context("waiting for the simulator worker")?;
-        if seeds == 1 {
-            eprint!("{stderr}");
-        }
-        match running {
-            Some(mut seed) => {
-                let last = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("").to_string();
-                seed.start = false;
-                seed.safety = vec![format!("crash: the process died ({status}): {last}")];
-                next = seed.seed + 1;
-                lines.push(seed);
+            let mut stderr = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                e.read_to_string(&mut stderr).ok();
             }
-            None if !status.success() => bail!("the simulator worker failed ({status}): {stderr}"),
-            None => break,
+            let status = child.wait().context("waiting for the simulator worker")?;
+            if replay {
+                eprint!("{stderr}");
+            }
+            match running {
+                Some(mut seed) => {
+                    let last = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("").to_string();
+                    seed.start = false;
+                    seed.safety = vec![format!("crash: the process died ({status}): {last}")];
+                    next = seed.seed.saturating_add(self.stride);
+                    lines.push(seed);
+                }
+                None if !status.success() => bail!("the simulator worker failed ({status}): {stderr}"),
+                None => break,
+            }
         }
+        Ok(lines)
     }
-    Ok(lines)
 }
 
 /// The worker: runs the seeds, one JSON line before and after each.
@@ -239,6 +287,8 @@ fn worker(
     sizes: &[usize],
     first: u64,
     seeds: u64,
+    stride: u64,
+    fence: bool,
 ) -> anyhow::Result<()> {
     use std::io::Write;
     let (&[scenario], &[protocol], &[n]) = (scenarios, protocols, sizes) else {
@@ -246,13 +296,13 @@ fn worker(
     };
     splitbft_sim::quiet_panics();
     let mut out = std::io::stdout().lock();
-    for seed in first..first.saturating_add(seeds) {
+    for seed in (first..first.saturating_add(seeds)).step_by(stride as usize) {
         // Announced first, so a crash still names the seed and what it drew.
         let (draw, faulty_replicas) = splitbft_sim::draw_of(seed, scenario, protocol, n);
         let start = SeedLine { seed, start: true, draw, faulty_replicas, ..Default::default() };
         writeln!(out, "{}", serde_json::to_string(&start)?)?;
         out.flush()?;
-        let report = splitbft_sim::run_with(seed, scenario, protocol, n);
+        let report = splitbft_sim::run_with_fence(seed, scenario, protocol, n, fence);
         if seeds == 1 {
             eprintln!(
                 "seed {seed}: {} ops completed, max seq {}, max view {}, {} frames delivered\n  draw: {}",

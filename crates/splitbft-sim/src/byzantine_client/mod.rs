@@ -29,7 +29,7 @@ use crate::network::Network;
 use crate::workload::SESSION_EPOCH;
 
 /// How often a Byzantine client acts.
-const ACT_EVERY_US: u64 = 20_000;
+const ACT_EVERY_US: u64 = 100_000;
 /// Own requests a client keeps to replay.
 const REPLAY_MEMORY: usize = 64;
 
