@@ -373,7 +373,7 @@ fn start_driver(
                 let _ = tx.send(synced);
             })
             .map_err(|source| NodeError::DataDir { path: config.data_dir.clone().unwrap_or_default(), source })?;
-            let pipeline = DurableDriver { writer, pipeline: Pipeline::default(), synced: rx, _lock: d.lock };
+            let pipeline = DurableDriver { writer: Some(writer), pipeline: Pipeline::default(), synced: rx, _lock: d.lock };
             (None, Some((pipeline, recovered_bytes, torn)))
         }
         None => (ledger, None),
@@ -478,7 +478,8 @@ struct Durable {
 
 /// The event loop's side of the pipelined group commit ([`crate::commit`]).
 struct DurableDriver {
-    writer: Writer,
+    /// None once closed (shutdown).
+    writer: Option<Writer>,
     /// Frames held until their round is durable.
     pipeline: Pipeline<Action>,
     /// The writer's reports.
@@ -625,17 +626,20 @@ impl Driver {
                 break;
             }
         }
-        let report = self.final_report(&mut outputs).await;
-        if let Some(d) = self.durable.take() {
-            // Let the writer finish the rounds it has (their frames no longer leave) and
-            // release the directory's lock only after it has closed the log.
-            let DurableDriver { writer, _lock, .. } = d;
-            let _ = tokio::task::spawn_blocking(move || {
-                writer.close();
-                drop(_lock);
-            })
-            .await;
+        // Let the writer finish the rounds it has and count what they wrote; their frames
+        // no longer leave. The directory's lock goes only after the log is closed.
+        self.peers.clear();
+        self.clients.clear();
+        if let Some(writer) = self.durable.as_mut().and_then(|d| d.writer.take()) {
+            let _ = tokio::task::spawn_blocking(move || writer.close()).await;
         }
+        if let Some(rx) = synced.as_mut() {
+            while let Ok(report) = rx.try_recv() {
+                self.on_synced(report);
+            }
+        }
+        let report = self.final_report(&mut outputs).await;
+        self.durable = None;
         report
     }
 
@@ -721,7 +725,7 @@ impl Driver {
                 self.core.count(Counter::StateRoundsSubmitted);
                 // A writer that stopped has reported (or is reporting) its error: the
                 // round's frames stay held for ever and `on_synced` stops the replica.
-                let _ = d.writer.submit(round);
+                let _ = d.writer.as_ref().is_some_and(|w| w.submit(round));
             }
         }
     }
