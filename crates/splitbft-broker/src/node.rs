@@ -24,10 +24,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
+use crate::commit::{Committer, MAX_ROUNDS_IN_FLIGHT, Pipeline, Round, Submitted, Synced, Writer};
 use crate::core::{Action, BrokerCore, BrokerOptions};
 use crate::drive::drive;
 use crate::store::BlockFile;
-use crate::commit::{Committer, MAX_ROUNDS_IN_FLIGHT, Pipeline, Round, Submitted, Synced, Writer};
 use crate::wal::{DirLock, MonotonicCounter, SoftwareCounter, Wal, WalError, lock_dir};
 
 /// Frames queued per outgoing connection; when full, frames to that peer or client are
@@ -373,7 +373,8 @@ fn start_driver(
                 let _ = tx.send(synced);
             })
             .map_err(|source| NodeError::DataDir { path: config.data_dir.clone().unwrap_or_default(), source })?;
-            let pipeline = DurableDriver { writer: Some(writer), pipeline: Pipeline::default(), synced: rx, _lock: d.lock };
+            let pipeline =
+                DurableDriver { writer: Some(writer), pipeline: Pipeline::default(), synced: rx, _lock: d.lock };
             (None, Some((pipeline, recovered_bytes, torn)))
         }
         None => (ledger, None),

@@ -307,11 +307,7 @@ impl Wal {
 
 /// Reads a segment's records. In the last segment a bad record with nothing valid after
 /// it is a torn tail (returns the good prefix length); anywhere else it is corruption.
-fn read_segment(
-    path: &Path,
-    bytes: &[u8],
-    last: bool,
-) -> Result<(Vec<(CompartmentKind, SealedState)>, u64), WalError> {
+fn read_segment(path: &Path, bytes: &[u8], last: bool) -> Result<(Vec<(CompartmentKind, SealedState)>, u64), WalError> {
     let mut records = Vec::new();
     let mut at = 0usize;
     while at < bytes.len() {

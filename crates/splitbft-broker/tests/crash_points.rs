@@ -236,7 +236,8 @@ fn an_fsync_error_stops_the_writer_and_no_later_round_is_reported_durable() {
     let (counters, paths) = counters(&counter_dir);
     let reports: Arc<Mutex<Vec<Synced>>> = Arc::default();
     let sink = Arc::clone(&reports);
-    let writer = Writer::spawn(Committer::new(wal, counters, paths, None), move |s| sink.lock().unwrap().push(s)).unwrap();
+    let writer =
+        Writer::spawn(Committer::new(wal, counters, paths, None), move |s| sink.lock().unwrap().push(s)).unwrap();
     assert!(writer.submit(round(1, RecordKind::Image)));
     // Wait for the first group before arming the fault (groups form by timing).
     while reports.lock().unwrap().is_empty() {

@@ -293,7 +293,9 @@ fn ledger_chains_verify_and_agree_after_sigkill_of_all_four() {
     let mut verify = Command::new(BIN);
     verify.args(["ledger", "verify", "--config"]).arg(&config);
     for r in 0..4 {
-        verify.args(["--replica", &r.to_string(), "--data-dir"]).arg(dir.path().join("data").join(format!("replica-{r}")));
+        verify
+            .args(["--replica", &r.to_string(), "--data-dir"])
+            .arg(dir.path().join("data").join(format!("replica-{r}")));
     }
     let out = verify.output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

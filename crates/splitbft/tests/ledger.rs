@@ -292,9 +292,8 @@ async fn a_failing_disk_stops_a_durable_replica_and_the_others_keep_serving() {
     let victim = replica_data_dir(tmp.path(), ReplicaId(1));
     std::fs::create_dir_all(&victim).unwrap();
     std::os::unix::fs::symlink("/dev/full", victim.join(BLOCK_FILE)).unwrap();
-    let cluster = demo::LocalTcpCluster::start_spec(&demo::ClusterSpec { durable: true, ..spec(tmp.path()) })
-        .await
-        .unwrap();
+    let cluster =
+        demo::LocalTcpCluster::start_spec(&demo::ClusterSpec { durable: true, ..spec(tmp.path()) }).await.unwrap();
     let client = cluster.client(0, splitbft_client::ClientOptions::default()).await.unwrap();
     for i in 0..20u8 {
         client.invoke(KvOp::Put { key: vec![i], value: vec![i] }.encode()).await.unwrap();
