@@ -374,7 +374,7 @@ fn start_driver(
             })
             .map_err(|source| NodeError::DataDir { path: config.data_dir.clone().unwrap_or_default(), source })?;
             let pipeline =
-                DurableDriver { writer: Some(writer), pipeline: Pipeline::default(), synced: rx, _lock: d.lock };
+                DurableDriver { writer: Some(writer), pipeline: Pipeline::default(), synced: Some(rx), _lock: d.lock };
             (None, Some((pipeline, recovered_bytes, torn)))
         }
         None => (ledger, None),
@@ -483,8 +483,8 @@ struct DurableDriver {
     writer: Option<Writer>,
     /// Frames held until their round is durable.
     pipeline: Pipeline<Action>,
-    /// The writer's reports.
-    synced: mpsc::UnboundedReceiver<Synced>,
+    /// The writer's reports (taken by the event loop).
+    synced: Option<mpsc::UnboundedReceiver<Synced>>,
     /// Held for the process's life: a second replica on the directory is refused.
     _lock: DirLock,
 }
@@ -567,10 +567,7 @@ impl Driver {
         mut shutdown: oneshot::Receiver<()>,
     ) -> NodeReport {
         let mut actions = Vec::new();
-        let mut synced = self.durable.as_mut().map(|d| {
-            let (_, empty) = mpsc::unbounded_channel();
-            std::mem::replace(&mut d.synced, empty)
-        });
+        let mut synced = self.durable.as_mut().and_then(|d| d.synced.take());
         loop {
             let wait = self.core.next_deadline_us().map(|at| Duration::from_micros(at.saturating_sub(self.now_us())));
             let sleep = async move {
@@ -589,7 +586,14 @@ impl Driver {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
-                Some(report) = next_synced => {
+                report = next_synced => {
+                    let Some(report) = report else {
+                        // The writer thread ended without reporting an error: it panicked
+                        // (a programmer error). Nothing more can be made durable.
+                        tracing::error!("the write-ahead writer thread ended: stopping this replica, its unsynced rounds unsent");
+                        self.core.count(Counter::StateWriteErrors);
+                        break;
+                    };
                     self.on_synced(report);
                     if let Some(rx) = synced.as_mut() {
                         while let Ok(report) = rx.try_recv() {
