@@ -6,15 +6,20 @@
 //!   compartments behind the enclave boundary.
 //! * [`latency`] — the per-replica request latency histogram served on `/metrics`.
 //! * [`store`] — the data directory: sealed ledger blocks appended to one file.
+//! * [`wal`] — sealed compartment state, written ahead (SPEC §10), over [`storage`].
+//! * [`commit`] — pipelined group commit: the log and the ledger synced on a writer
+//!   thread while the event loop works on the next round.
 //! * [`local`] — an in-memory, single-threaded cluster driving the same core and the
 //!   inline compartments deterministically (tests; the simulator's seed).
 
+pub mod commit;
 pub mod core;
 pub mod drive;
 pub mod latency;
 pub mod local;
 pub mod node;
 pub mod recovery;
+pub mod storage;
 pub mod store;
 pub mod wal;
 

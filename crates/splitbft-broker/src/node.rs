@@ -24,6 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
+use crate::commit::{Committer, MAX_ROUNDS_IN_FLIGHT, Pipeline, Round, Submitted, Synced, Writer};
 use crate::core::{Action, BrokerCore, BrokerOptions};
 use crate::drive::drive;
 use crate::store::BlockFile;
@@ -360,6 +361,24 @@ fn start_driver(
         Some(dir) => Some(BlockFile::open(dir).map_err(|source| NodeError::DataDir { path: dir.clone(), source })?),
         None => None,
     };
+    let ledger_torn = ledger.as_ref().is_some_and(|l| l.torn_tail_bytes > 0);
+    // Durable: the block file is written and synced with the round by the writer thread
+    // (SPEC §10); otherwise the event loop appends and flushes it.
+    let (ledger, writer) = match durable {
+        Some(d) => {
+            let (recovered_bytes, torn) = (d.wal.recovered_bytes, d.wal.torn_tail_bytes);
+            let committer = Committer::new(d.wal, d.counters, d.counter_paths, ledger);
+            let (tx, rx) = mpsc::unbounded_channel();
+            let writer = Writer::spawn(committer, move |synced| {
+                let _ = tx.send(synced);
+            })
+            .map_err(|source| NodeError::DataDir { path: config.data_dir.clone().unwrap_or_default(), source })?;
+            let pipeline =
+                DurableDriver { writer: Some(writer), pipeline: Pipeline::default(), synced: Some(rx), _lock: d.lock };
+            (None, Some((pipeline, recovered_bytes, torn)))
+        }
+        None => (ledger, None),
+    };
     let (events_tx, events_rx) = mpsc::channel(CORE_QUEUE_EVENTS);
     let mut tasks = Vec::new();
     let mut peers = HashMap::new();
@@ -394,10 +413,17 @@ fn start_driver(
     tasks.push(tokio::spawn(accept_loop(listener, events_tx.clone(), accept)));
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
     let mut core = BrokerCore::new(config.protocol.clone(), config.me, config.options.clone());
-    if ledger.as_ref().is_some_and(|l| l.torn_tail_bytes > 0) {
+    if ledger_torn {
         core.count(Counter::LedgerTornTailCut);
     }
     let ledger = ledger.map(|file| Ledger { file, error_logged: false });
+    let durable = writer.map(|(d, recovered_bytes, torn)| {
+        core.count_n(Counter::StateRecoveredBytes, recovered_bytes);
+        if torn > 0 {
+            core.count(Counter::StateTornTailCut);
+        }
+        d
+    });
     let mut driver = Driver {
         core,
         enclaves,
@@ -408,12 +434,6 @@ fn start_driver(
         start: Instant::now(),
         failed: false,
     };
-    if let Some(d) = &driver.durable {
-        driver.core.count_n(Counter::StateRecoveredBytes, d.wal.recovered_bytes);
-        if d.wal.torn_tail_bytes > 0 {
-            driver.core.count(Counter::StateTornTailCut);
-        }
-    }
     if !replay.is_empty() {
         // Execution's local replay: ledger blocks, checkpoints and snapshots it rebuilt.
         let mut actions = Vec::new();
@@ -443,16 +463,28 @@ struct Driver {
     peers: HashMap<ReplicaId, Outbox>,
     clients: HashMap<ClientId, Outbox>,
     ledger: Option<Ledger>,
-    durable: Option<Durable>,
+    durable: Option<DurableDriver>,
     start: Instant,
     /// Storage failed: nothing more may leave this replica (SPEC §10 write-ahead).
     failed: bool,
 }
 
-/// The write-ahead state of a durable replica (SPEC §10).
+/// The write-ahead state of a durable replica (SPEC §10), as opened.
 struct Durable {
     wal: Wal,
-    counters: [SoftwareCounter; 3],
+    counters: [Box<dyn MonotonicCounter + Send>; 3],
+    counter_paths: [PathBuf; 3],
+    lock: DirLock,
+}
+
+/// The event loop's side of the pipelined group commit ([`crate::commit`]).
+struct DurableDriver {
+    /// None once closed (shutdown).
+    writer: Option<Writer>,
+    /// Frames held until their round is durable.
+    pipeline: Pipeline<Action>,
+    /// The writer's reports (taken by the event loop).
+    synced: Option<mpsc::UnboundedReceiver<Synced>>,
     /// Held for the process's life: a second replica on the directory is refused.
     _lock: DirLock,
 }
@@ -475,6 +507,7 @@ fn open_durable(
         SoftwareCounter::open(dir, CompartmentKind::Confirmation)?,
         SoftwareCounter::open(dir, CompartmentKind::Execution)?,
     ];
+    let counter_paths = CompartmentKind::ALL.map(|kind| SoftwareCounter::path(dir, kind));
     let [p, c, e] = recovered;
     let start = [
         DurableStart { records: p, counter: counters[0].read() },
@@ -488,7 +521,8 @@ fn open_durable(
     );
     let (enclaves, replay) =
         start_replica_durable(&config.protocol, config.me, secrets, app, config.backend, sink, start)?;
-    Ok((enclaves, Durable { wal, counters, _lock: lock }, replay))
+    let counters = counters.map(|c| Box::new(c) as Box<dyn MonotonicCounter + Send>);
+    Ok((enclaves, Durable { wal, counters, counter_paths, lock }, replay))
 }
 
 /// The block file and whether an I/O error was already logged (they are all counted).
@@ -533,6 +567,7 @@ impl Driver {
         mut shutdown: oneshot::Receiver<()>,
     ) -> NodeReport {
         let mut actions = Vec::new();
+        let mut synced = self.durable.as_mut().and_then(|d| d.synced.take());
         loop {
             let wait = self.core.next_deadline_us().map(|at| Duration::from_micros(at.saturating_sub(self.now_us())));
             let sleep = async move {
@@ -541,10 +576,32 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
+            let next_synced = async {
+                match synced.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let open = !self.disk_behind();
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
-                Some(from) = outputs.recv() => {
+                report = next_synced => {
+                    let Some(report) = report else {
+                        // The writer thread ended without reporting an error: it panicked
+                        // (a programmer error). Nothing more can be made durable.
+                        tracing::error!("the write-ahead writer thread ended: stopping this replica, its unsynced rounds unsent");
+                        self.core.count(Counter::StateWriteErrors);
+                        break;
+                    };
+                    self.on_synced(report);
+                    if let Some(rx) = synced.as_mut() {
+                        while let Ok(report) = rx.try_recv() {
+                            self.on_synced(report);
+                        }
+                    }
+                }
+                Some(from) = outputs.recv(), if open => {
                     let now = self.now_us();
                     self.on_from_enclave(from, now, &mut actions);
                     // Group commit: every compartment's outputs queued now share one fsync.
@@ -555,7 +612,7 @@ impl Driver {
                         }
                     }
                 }
-                Some(event) = events.recv() => {
+                Some(event) = events.recv(), if open => {
                     self.on_event(event, &mut actions);
                     for _ in 0..EVENTS_PER_ROUND {
                         match events.try_recv() {
@@ -564,7 +621,7 @@ impl Driver {
                         }
                     }
                 }
-                _ = sleep => {
+                _ = sleep, if open => {
                     let now = self.now_us();
                     self.core.on_tick(now, &mut actions);
                 }
@@ -574,7 +631,21 @@ impl Driver {
                 break;
             }
         }
-        self.final_report(&mut outputs).await
+        // Let the writer finish the rounds it has and count what they wrote; their frames
+        // no longer leave. The directory's lock goes only after the log is closed.
+        self.peers.clear();
+        self.clients.clear();
+        if let Some(writer) = self.durable.as_mut().and_then(|d| d.writer.take()) {
+            let _ = tokio::task::spawn_blocking(move || writer.close()).await;
+        }
+        if let Some(rx) = synced.as_mut() {
+            while let Ok(report) = rx.try_recv() {
+                self.on_synced(report);
+            }
+        }
+        let report = self.final_report(&mut outputs).await;
+        self.durable = None;
+        report
     }
 
     fn on_event(&mut self, event: Event, actions: &mut Vec<Action>) {
@@ -597,10 +668,11 @@ impl Driver {
 
     /// Carries out actions; inline compartments answer at once, so loop until quiet.
     ///
-    /// With durability on this is one round of the write-ahead rule (SPEC §10): sealed
-    /// state records go to the log, network actions are held, the log is committed with
-    /// one fsync, and only then do the held frames leave. A storage error stops the replica
-    /// (`failed`) with the round's outputs unsent: never a silent divergence.
+    /// With durability on this is one round of the write-ahead rule (SPEC §10): the sealed
+    /// state records and ledger blocks of the round go to the writer thread, the round's
+    /// network actions are held, and they leave when the writer reports the group that
+    /// covers the round durable ([`Driver::on_synced`]) — meanwhile the loop carries on
+    /// with the next rounds (pipelined group commit, [`crate::commit`]).
     fn execute(&mut self, actions: &mut Vec<Action>) {
         if self.failed {
             actions.clear();
@@ -608,10 +680,9 @@ impl Driver {
         }
         let now = self.now_us();
         let (peers, clients, ledger) = (&self.peers, &self.clients, &mut self.ledger);
-        let mut durable = self.durable.as_mut();
+        let durable = self.durable.is_some();
         let mut held = Vec::new();
-        let mut images = Vec::new();
-        let mut wal_error = None;
+        let mut round = Round::default();
         // Records appended to the buffer this round: counted as written once flushed.
         let mut appended = 0u64;
         drive(
@@ -620,6 +691,7 @@ impl Driver {
             std::mem::take(actions),
             now,
             |core, action| match action {
+                Action::Persist { height, sealed } if durable => round.blocks.push((height, sealed)),
                 Action::Persist { height, sealed } => match ledger.as_mut() {
                     Some(ledger) => match ledger.file.append_new(height, &sealed) {
                         Ok(true) => appended += 1,
@@ -628,19 +700,10 @@ impl Driver {
                     },
                     None => core.count(Counter::LedgerRecordsWithoutDataDir),
                 },
-                Action::SealState(kind, state) => match durable.as_mut() {
-                    Some(d) => {
-                        if state.kind == splitbft_types::durable::RecordKind::Image {
-                            images.push((kind, state.epoch));
-                        }
-                        if let Err(e) = d.wal.append(kind, &state) {
-                            wal_error.get_or_insert(e);
-                        }
-                    }
-                    None => core.count(Counter::SealedStateWithoutDurability),
-                },
+                Action::SealState(kind, state) if durable => round.records.push((kind, state)),
+                Action::SealState(..) => core.count(Counter::SealedStateWithoutDurability),
                 Action::Enclave(..) => unreachable!("drive crosses enclave inputs itself"),
-                network if durable.is_some() => held.push(network),
+                network if durable => held.push(network),
                 network => send(core, peers, clients, network),
             },
             |_, _| {},
@@ -655,38 +718,54 @@ impl Driver {
             }
         }
         let Some(d) = self.durable.as_mut() else { return };
-        if !images.is_empty()
-            && let Some(ledger) = self.ledger.as_mut()
-            && let Err(e) = ledger.file.sync()
-        {
-            // An image drops the batches before it from the log: blocks they made must be on
-            // disk first, or a crash would lose them for good.
-            ledger.failed(&mut self.core, Counter::LedgerSyncErrors, &e);
-        }
-        let result = match wal_error {
-            Some(e) => Err(e),
-            None if d.wal.dirty() => d.wal.commit().map(|()| self.core.count(Counter::StateCommits)),
-            None => Ok(()),
-        };
-        if let Err(e) = result {
-            tracing::error!(%e, "sealed state could not be made durable: stopping this replica, its last round unsent");
-            self.core.count(Counter::StateWriteErrors);
-            self.failed = true;
-            return;
-        }
-        for (kind, epoch) in images {
-            let counter = &mut d.counters[kind.index()];
-            while counter.read() < epoch {
-                if let Err(e) = counter.increment() {
-                    tracing::error!(%e, "software monotonic counter could not be raised: stopping this replica");
-                    self.failed = true;
-                    return;
+        match d.pipeline.submit(!round.is_empty(), held) {
+            Submitted::SendNow(frames) => {
+                for action in frames {
+                    send(&mut self.core, &self.peers, &self.clients, action);
                 }
             }
+            Submitted::Held => {}
+            Submitted::Write(id) => {
+                round.id = id;
+                self.core.count(Counter::StateRoundsSubmitted);
+                // A writer that stopped has reported (or is reporting) its error: the
+                // round's frames stay held for ever and `on_synced` stops the replica.
+                let _ = d.writer.as_ref().is_some_and(|w| w.submit(round));
+            }
         }
-        for action in held {
-            send(&mut self.core, &self.peers, &self.clients, action);
+    }
+
+    /// The writer made a group durable (its held frames leave, in order), or failed (the
+    /// replica stops with every held frame unsent: never a silent divergence).
+    fn on_synced(&mut self, synced: Synced) {
+        let Some(d) = self.durable.as_mut() else { return };
+        match synced.result {
+            Ok(group) => {
+                let frames = d.pipeline.on_durable(group.upto);
+                self.core.count_n(Counter::StateCommits, group.wal_syncs);
+                self.core.count_n(Counter::StateRoundsCommitted, group.rounds);
+                self.core.count_n(Counter::LedgerSyncs, group.ledger_syncs);
+                self.core.count_n(Counter::LedgerRecordsWritten, group.blocks_written);
+                self.core.count_n(Counter::LedgerRecordsAlreadyStored, group.blocks_already_stored);
+                for action in frames {
+                    send(&mut self.core, &self.peers, &self.clients, action);
+                }
+            }
+            Err(e) => {
+                tracing::error!(
+                    %e,
+                    held_rounds = d.pipeline.in_flight(),
+                    "sealed state could not be made durable: stopping this replica, its unsynced rounds unsent"
+                );
+                self.core.count(Counter::StateWriteErrors);
+                self.failed = true;
+            }
         }
+    }
+
+    /// Whether the disk is this many rounds behind: take no new input until it catches up.
+    fn disk_behind(&self) -> bool {
+        self.durable.as_ref().is_some_and(|d| d.pipeline.in_flight() >= MAX_ROUNDS_IN_FLIGHT)
     }
 
     fn report(&self) -> NodeReport {

@@ -1,13 +1,17 @@
 //! The replica's data directory (SPEC §7): sealed ledger blocks, appended to one file.
 //!
 //! The broker is untrusted and the blocks are sealed by the Execution enclave, so this is
-//! plain storage: it frames each record and appends it. One file, buffered, flushed once
-//! per drained round of outputs (not one file or one syscall per block: a busy cluster
-//! closes about 10,000 blocks a second). No fsync: a host crash may lose the unflushed
-//! tail, which a restarted replica rewrites byte for byte when it re-executes.
+//! plain storage: it frames each record and appends it. One file, buffered (not one file
+//! or one syscall per block: a busy cluster closes about 10,000 blocks a second). A
+//! durable replica (SPEC §10) writes it on the group-commit thread ([`crate::commit`]) and
+//! `fdatasync`s it with the round, before the round's outputs leave; without durability it
+//! is flushed once per drained round and a host crash may lose the unflushed tail.
 //!
 //! File format: a sequence of records, each
-//! `u32 big-endian length of what follows · version byte · u64 big-endian height · sealed`.
+//! `u32 big-endian length of what follows · version byte · u64 big-endian height · sealed ·
+//! u32 big-endian CRC-32 of version, height and sealed`. On open every record is read back
+//! and checked: a damaged record with nothing valid after it is a torn tail and is cut; one
+//! followed by valid records is a startup error naming the file and offset.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -15,26 +19,38 @@ use std::path::{Path, PathBuf};
 
 /// Name of the block file inside a replica's data directory.
 pub const BLOCK_FILE: &str = "ledger.blocks";
-/// Version byte of every record.
-pub const RECORD_VERSION: u8 = 1;
+/// Version byte of every record (2: with a checksum).
+pub const RECORD_VERSION: u8 = 2;
 /// Bytes of a record's header after its length: version and height.
 const RECORD_HEADER: usize = 1 + 8;
+/// Bytes of a record's trailer: the CRC-32.
+const RECORD_TRAILER: usize = 4;
 /// Largest record read back. A sealed block holds 5 ops and 5 results; an op is bounded by
 /// the request size and a result by the reply frame (16 MiB), so 5 * 2 * 16 MiB bounds
 /// any honest record; a larger length is corruption.
-pub const MAX_RECORD_BYTES: usize = 5 * 2 * 16 * 1024 * 1024 + RECORD_HEADER + 64;
+pub const MAX_RECORD_BYTES: usize = 5 * 2 * 16 * 1024 * 1024 + RECORD_HEADER + RECORD_TRAILER + 64;
 /// Write buffer: many records per `write` syscall.
 const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 
 /// The encoding of one record, length prefix included.
 pub fn encode_record(height: u64, sealed: &[u8]) -> Vec<u8> {
-    let len = RECORD_HEADER + sealed.len();
+    let len = RECORD_HEADER + sealed.len() + RECORD_TRAILER;
     let mut out = Vec::with_capacity(4 + len);
     out.extend_from_slice(&u32::try_from(len).expect("a record is far below 4 GiB (MAX_RECORD_BYTES)").to_be_bytes());
     out.push(RECORD_VERSION);
     out.extend_from_slice(&height.to_be_bytes());
     out.extend_from_slice(sealed);
+    let crc = crc32fast::hash(&out[4..]);
+    out.extend_from_slice(&crc.to_be_bytes());
     out
+}
+
+/// Whether `body` (a record after its length) ends with the CRC-32 of the rest.
+fn checksum_ok(body: &[u8]) -> bool {
+    body.len() >= RECORD_HEADER + RECORD_TRAILER && {
+        let (data, crc) = body.split_at(body.len() - RECORD_TRAILER);
+        crc32fast::hash(data).to_be_bytes() == crc
+    }
 }
 
 /// An append-only block file.
@@ -51,8 +67,9 @@ pub struct BlockFile {
 
 impl BlockFile {
     /// Opens (creating it and the directory if needed) `data_dir/ledger.blocks` for
-    /// appending. A torn last record — the process died mid-write — is cut off first, so
-    /// that new records stay framed.
+    /// appending, reading every record back. A torn or corrupt last record — the process
+    /// died mid-write — is cut off first (durably), so that new records stay framed; a
+    /// damaged record with valid ones after it is an error naming the file and offset.
     pub fn open(data_dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join(BLOCK_FILE);
@@ -60,7 +77,20 @@ impl BlockFile {
         let end = file.seek(SeekFrom::End(0))?;
         let (complete, highest) = complete_prefix(&mut file, end)?;
         if complete < end {
+            file.seek(SeekFrom::Start(complete))?;
+            let mut rest = Vec::new();
+            file.read_to_end(&mut rest)?;
+            if any_valid_record_in(&rest[1.min(rest.len())..]) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: damaged block record at byte {complete} with valid records after it; refusing to start from a corrupt ledger",
+                        path.display()
+                    ),
+                ));
+            }
             file.set_len(complete)?;
+            file.sync_all()?;
         }
         file.seek(SeekFrom::Start(complete))?;
         Ok(BlockFile {
@@ -107,29 +137,44 @@ impl BlockFile {
     }
 }
 
-/// Length of the longest prefix of `file` made of whole records (by their length fields),
-/// and the highest height among them.
+/// Length of the longest prefix of `file` made of whole records whose checksums hold, and
+/// the highest height among them.
 fn complete_prefix(file: &mut File, end: u64) -> io::Result<(u64, Option<u64>)> {
     file.seek(SeekFrom::Start(0))?;
     let mut reader = io::BufReader::new(file);
     let mut at = 0u64;
     let mut highest: Option<u64> = None;
+    let mut body = Vec::new();
     loop {
         let mut len = [0u8; 4];
         if end - at < 4 || reader.read_exact(&mut len).is_err() {
             return Ok((at, highest));
         }
         let len = u64::from(u32::from_be_bytes(len));
-        if len > end - at - 4 || len < RECORD_HEADER as u64 {
+        if len > end - at - 4 || len < (RECORD_HEADER + RECORD_TRAILER) as u64 || len > MAX_RECORD_BYTES as u64 {
             return Ok((at, highest));
         }
-        let mut header = [0u8; RECORD_HEADER];
-        reader.read_exact(&mut header)?;
-        let height = u64::from_be_bytes(header[1..].try_into().expect("8 bytes"));
+        body.resize(len as usize, 0);
+        reader.read_exact(&mut body)?;
+        if body[0] != RECORD_VERSION || !checksum_ok(&body) {
+            return Ok((at, highest));
+        }
+        let height = u64::from_be_bytes(body[1..RECORD_HEADER].try_into().expect("8 bytes"));
         highest = Some(highest.map_or(height, |h| h.max(height)));
-        reader.seek_relative(len as i64 - RECORD_HEADER as i64)?;
         at += 4 + len;
     }
+}
+
+/// Whether a whole record with a valid checksum starts anywhere in `bytes`: if so, damage
+/// before it is in the middle of the file, not a torn tail.
+fn any_valid_record_in(bytes: &[u8]) -> bool {
+    (0..bytes.len().saturating_sub(4)).any(|at| {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        (RECORD_HEADER + RECORD_TRAILER..=MAX_RECORD_BYTES).contains(&len)
+            && len <= bytes.len() - at - 4
+            && bytes[at + 4] == RECORD_VERSION
+            && checksum_ok(&bytes[at + 4..at + 4 + len])
+    })
 }
 
 /// One record read back.
@@ -178,6 +223,16 @@ pub enum RecordError {
         /// The claimed length.
         len: u64,
     },
+    /// A record whose checksum does not hold.
+    #[error("{path}: record {index} at byte {offset} fails its checksum")]
+    BadChecksum {
+        /// File.
+        path: PathBuf,
+        /// Record index.
+        index: u64,
+        /// Byte offset.
+        offset: u64,
+    },
     /// An unknown record version.
     #[error("{path}: record {index} at byte {offset} has version {version}, expected {RECORD_VERSION}")]
     BadVersion {
@@ -218,7 +273,7 @@ impl RecordReader {
             _ => return Err(RecordError::Truncated { path, index, offset }),
         }
         let len = u32::from_be_bytes(len) as usize;
-        if !(RECORD_HEADER..=MAX_RECORD_BYTES).contains(&len) {
+        if !(RECORD_HEADER + RECORD_TRAILER..=MAX_RECORD_BYTES).contains(&len) {
             return Err(RecordError::BadLength { path, index, offset, len: len as u64 });
         }
         let mut body = vec![0u8; len];
@@ -228,9 +283,13 @@ impl RecordReader {
         if body[0] != RECORD_VERSION {
             return Err(RecordError::BadVersion { path, index, offset, version: body[0] });
         }
+        if !checksum_ok(&body) {
+            return Err(RecordError::BadChecksum { path, index, offset });
+        }
         let height = u64::from_be_bytes(body[1..RECORD_HEADER].try_into().expect("8 header bytes"));
         self.index += 1;
         self.offset += 4 + len as u64;
+        body.truncate(len - RECORD_TRAILER);
         Ok(Some(StoredRecord { index, offset, height, sealed: body.split_off(RECORD_HEADER) }))
     }
 }
@@ -293,7 +352,7 @@ mod tests {
         let summary: Vec<(u64, u64, &[u8])> =
             records.iter().map(|r| (r.index, r.height, r.sealed.as_slice())).collect();
         assert_eq!(summary, [(0, 0, &b"zero"[..]), (1, 1, &b""[..]), (2, 0, &b"again"[..])]);
-        assert_eq!(records[1].offset, 4 + 9 + 4);
+        assert_eq!(records[1].offset, 4 + 9 + 4 + 4);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -318,6 +377,37 @@ mod tests {
     }
 
     #[test]
+    fn a_corrupt_tail_is_cut_and_a_corrupt_middle_is_an_error_naming_the_file() {
+        let dir = dir("crc");
+        let mut file = BlockFile::open(&dir).unwrap();
+        for h in 0..3 {
+            file.append(h, b"sealed block").unwrap();
+        }
+        file.sync().unwrap();
+        let path = file.path().to_owned();
+        drop(file);
+        let whole = std::fs::read(&path).unwrap();
+        let record = whole.len() / 3;
+        // A flipped byte inside the last record: its length still fits, its checksum does not.
+        let mut bad_tail = whole.clone();
+        bad_tail[2 * record + 10] ^= 1;
+        std::fs::write(&path, &bad_tail).unwrap();
+        assert!(matches!(read_all(&path)[2], Err(RecordError::BadChecksum { index: 2, .. })));
+        let file = BlockFile::open(&dir).unwrap();
+        assert_eq!(file.torn_tail_bytes, record as u64);
+        assert_eq!(file.highest, Some(1));
+        drop(file);
+        // The same damage in the first record, with good records after it: refused.
+        let mut bad_middle = whole.clone();
+        bad_middle[10] ^= 1;
+        std::fs::write(&path, &bad_middle).unwrap();
+        let err = BlockFile::open(&dir).unwrap_err();
+        assert!(err.to_string().contains(&path.display().to_string()) && err.to_string().contains("byte 0"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), bad_middle, "nothing cut from a corrupt middle");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn bad_lengths_and_versions_are_typed_errors() {
         let dir = dir("bad");
         std::fs::create_dir_all(&dir).unwrap();
@@ -326,7 +416,7 @@ mod tests {
         bad_version[4] = 9;
         std::fs::write(&path, &bad_version).unwrap();
         assert!(matches!(read_all(&path)[..], [Err(RecordError::BadVersion { version: 9, .. })]));
-        std::fs::write(&path, [0, 0, 0, 2, 1, 0]).unwrap();
+        std::fs::write(&path, [0, 0, 0, 2, RECORD_VERSION, 0]).unwrap();
         assert!(matches!(read_all(&path)[..], [Err(RecordError::BadLength { len: 2, .. })]));
         std::fs::write(&path, [0xff, 0xff, 0xff, 0xff]).unwrap();
         assert!(matches!(read_all(&path)[..], [Err(RecordError::BadLength { .. })]));

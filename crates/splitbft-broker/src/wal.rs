@@ -18,12 +18,14 @@
 //! The sealed records are opaque here: the compartments authenticate them on restore.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use splitbft_types::CompartmentKind;
 use splitbft_types::codec::{from_bytes, to_bytes};
 use splitbft_types::durable::{RecordKind, SealedState};
+
+use crate::storage::{AppendFile, DiskStorage, SharedStorage};
 
 /// Directory of the log inside the data directory.
 pub const STATE_DIR: &str = "state";
@@ -36,8 +38,6 @@ pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 pub const MAX_WAL_RECORD_BYTES: usize = crate::recovery::MAX_STATE_BYTES + 1024 * 1024;
 /// Bytes of a record's header.
 const RECORD_HEADER: usize = 8;
-/// Write buffer of the current segment.
-const WRITE_BUFFER_BYTES: usize = 1024 * 1024;
 /// Name of the lock file that keeps a second process off a data directory.
 pub const LOCK_FILE: &str = "LOCK";
 
@@ -62,6 +62,13 @@ pub enum WalError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// An earlier write or sync of the log failed; nothing more is written to it.
+    #[error("{0}: an earlier write or fsync of the log failed; refusing further writes (what is on disk is unknown)")]
+    Poisoned(PathBuf),
+    /// A ledger block to write in a replica without a block file (a programmer error in
+    /// the driver's setup, reported rather than dropped).
+    #[error("a sealed ledger block reached the writer, but this replica has no block file")]
+    LedgerWithoutFile,
     /// Another process holds the data directory.
     #[error("data directory {0} is in use by another process (lock held on its LOCK file)")]
     Locked(PathBuf),
@@ -97,16 +104,22 @@ pub type Recovered = [Vec<SealedState>; 3];
 /// The write-ahead log of one replica.
 #[derive(Debug)]
 pub struct Wal {
+    storage: SharedStorage,
     dir: PathBuf,
     /// Numbers of the segments on disk, oldest first; the last is being written.
     segments: Vec<u64>,
-    writer: BufWriter<File>,
+    writer: Box<dyn AppendFile>,
     /// Bytes in the current segment.
     written: u64,
+    /// The current segment is closed once it holds this much ([`SEGMENT_BYTES`]).
+    segment_bytes: u64,
     /// Segment holding each compartment's latest image (None: none yet).
     latest_image: [Option<u64>; 3],
     /// Records appended since the last commit.
     uncommitted: u64,
+    /// A write or sync failed: what is on disk is unknown (a failed `fsync` may have
+    /// dropped the dirty pages while a later one succeeds), so nothing more is accepted.
+    poisoned: bool,
     /// Bytes cut from a torn tail on open.
     pub torn_tail_bytes: u64,
     /// Bytes read on open.
@@ -117,22 +130,20 @@ fn segment_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("wal-{n:020}.log"))
 }
 
-fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
-}
-
 impl Wal {
-    /// Opens (creating) `<data_dir>/state`, reads every segment, cuts a torn tail and
-    /// returns the log ready to append with what each compartment had sealed.
+    /// Opens (creating) `<data_dir>/state` on the real disk, reads every segment, cuts a
+    /// torn tail and returns the log ready to append with what each compartment had sealed.
     pub fn open(data_dir: &Path) -> Result<(Wal, Recovered), WalError> {
+        Wal::open_on(DiskStorage::shared(), data_dir, SEGMENT_BYTES)
+    }
+
+    /// [`Wal::open`] on `storage`, closing segments at `segment_bytes`.
+    pub fn open_on(storage: SharedStorage, data_dir: &Path, segment_bytes: u64) -> Result<(Wal, Recovered), WalError> {
         let dir = data_dir.join(STATE_DIR);
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        storage.create_dir_all(&dir).map_err(io_err(&dir))?;
         let mut segments = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
-            let entry = entry.map_err(io_err(&dir))?;
-            let name = entry.file_name();
-            let Some(n) = name.to_str().and_then(|s| s.strip_prefix("wal-")).and_then(|s| s.strip_suffix(".log"))
-            else {
+        for name in storage.list(&dir).map_err(io_err(&dir))? {
+            let Some(n) = name.strip_prefix("wal-").and_then(|s| s.strip_suffix(".log")) else {
                 continue;
             };
             if let Ok(n) = n.parse::<u64>() {
@@ -146,12 +157,12 @@ impl Wal {
         for (i, &n) in segments.iter().enumerate() {
             let path = segment_path(&dir, n);
             let last = i + 1 == segments.len();
-            let (records, good) = read_segment(&path, last)?;
-            let len = std::fs::metadata(&path).map_err(io_err(&path))?.len();
+            let bytes = storage.read(&path).map_err(io_err(&path))?;
+            let (records, good) = read_segment(&path, &bytes, last)?;
+            let len = bytes.len() as u64;
             if good < len {
                 torn = len - good;
-                let file = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
-                file.set_len(good).and_then(|()| file.sync_all()).map_err(io_err(&path))?;
+                storage.truncate(&path, good).map_err(io_err(&path))?;
             }
             read_bytes += good;
             last_len = good;
@@ -174,15 +185,18 @@ impl Wal {
             }
         };
         let path = segment_path(&dir, current);
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
-        sync_dir(&dir)?;
+        let writer = storage.append(&path).map_err(io_err(&path))?;
+        storage.sync_dir(&dir).map_err(io_err(&dir))?;
         let wal = Wal {
+            storage,
             dir,
             segments,
-            writer: BufWriter::with_capacity(WRITE_BUFFER_BYTES, file),
+            writer,
             written: last_len,
+            segment_bytes,
             latest_image,
             uncommitted: 0,
+            poisoned: false,
             torn_tail_bytes: torn,
             recovered_bytes: read_bytes,
         };
@@ -198,19 +212,40 @@ impl Wal {
         *self.segments.last().expect("the log always has a current segment")
     }
 
+    fn current_path(&self) -> PathBuf {
+        segment_path(&self.dir, self.current())
+    }
+
+    /// Marks the log unusable and returns the error.
+    fn poison(&mut self, e: WalError) -> WalError {
+        self.poisoned = true;
+        e
+    }
+
+    fn check_usable(&self) -> Result<(), WalError> {
+        if self.poisoned {
+            return Err(WalError::Poisoned(self.current_path()));
+        }
+        Ok(())
+    }
+
     /// Appends one record (buffered until [`Wal::commit`]).
     pub fn append(&mut self, kind: CompartmentKind, state: &SealedState) -> Result<(), WalError> {
+        self.check_usable()?;
         let payload = to_bytes(&(kind, state));
         let len = u32::try_from(payload.len()).map_err(|_| WalError::Io {
-            path: segment_path(&self.dir, self.current()),
+            path: self.current_path(),
             source: io::Error::new(io::ErrorKind::InvalidInput, "sealed state record above 4 GiB"),
         })?;
-        let mut header = [0u8; RECORD_HEADER];
-        header[..4].copy_from_slice(&len.to_be_bytes());
-        header[4..].copy_from_slice(&crc32fast::hash(&payload).to_be_bytes());
-        let path = segment_path(&self.dir, self.current());
-        self.writer.write_all(&header).and_then(|()| self.writer.write_all(&payload)).map_err(io_err(&path))?;
-        self.written += (RECORD_HEADER + payload.len()) as u64;
+        let mut record = Vec::with_capacity(RECORD_HEADER + payload.len());
+        record.extend_from_slice(&len.to_be_bytes());
+        record.extend_from_slice(&crc32fast::hash(&payload).to_be_bytes());
+        record.extend_from_slice(&payload);
+        let path = self.current_path();
+        if let Err(e) = self.writer.write_all(&record) {
+            return Err(self.poison(WalError::Io { path, source: e }));
+        }
+        self.written += record.len() as u64;
         self.uncommitted += 1;
         if state.kind == RecordKind::Image {
             self.latest_image[kind.index()] = Some(self.current());
@@ -226,21 +261,26 @@ impl Wal {
     /// Makes every appended record durable (one write and one `fdatasync`), then compacts:
     /// rolls to a new segment when the current one is full and deletes segments every
     /// compartment has a later image for. An error here means the round's outputs must not
-    /// leave the replica.
+    /// leave the replica, and the log refuses everything after it.
     pub fn commit(&mut self) -> Result<(), WalError> {
+        self.check_usable()?;
         if self.uncommitted == 0 {
             return Ok(());
         }
-        let path = segment_path(&self.dir, self.current());
-        self.writer.flush().map_err(io_err(&path))?;
-        self.writer.get_ref().sync_data().map_err(io_err(&path))?;
+        let result = self.commit_inner();
+        result.map_err(|e| self.poison(e))
+    }
+
+    fn commit_inner(&mut self) -> Result<(), WalError> {
+        let path = self.current_path();
+        self.writer.sync().map_err(io_err(&path))?;
         self.uncommitted = 0;
-        if self.written >= SEGMENT_BYTES {
+        if self.written >= self.segment_bytes {
             let next = self.current() + 1;
             let path = segment_path(&self.dir, next);
-            let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
-            sync_dir(&self.dir)?;
-            self.writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
+            let writer = self.storage.append(&path).map_err(io_err(&path))?;
+            self.storage.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+            self.writer = writer;
             self.segments.push(next);
             self.written = 0;
         }
@@ -250,10 +290,10 @@ impl Wal {
             if !old.is_empty() {
                 for n in &old {
                     let path = segment_path(&self.dir, *n);
-                    std::fs::remove_file(&path).map_err(io_err(&path))?;
+                    self.storage.remove(&path).map_err(io_err(&path))?;
                 }
                 self.segments.retain(|n| *n >= keep_from);
-                sync_dir(&self.dir)?;
+                self.storage.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
             }
         }
         Ok(())
@@ -267,14 +307,12 @@ impl Wal {
 
 /// Reads a segment's records. In the last segment a bad record with nothing valid after
 /// it is a torn tail (returns the good prefix length); anywhere else it is corruption.
-fn read_segment(path: &Path, last: bool) -> Result<(Vec<(CompartmentKind, SealedState)>, u64), WalError> {
-    let mut bytes = Vec::new();
-    File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io_err(path))?;
+fn read_segment(path: &Path, bytes: &[u8], last: bool) -> Result<(Vec<(CompartmentKind, SealedState)>, u64), WalError> {
     let mut records = Vec::new();
     let mut at = 0usize;
     while at < bytes.len() {
         let bad = |reason| -> Result<(Vec<(CompartmentKind, SealedState)>, u64), WalError> {
-            if last && !any_valid_record_after(&bytes, at + 1) {
+            if last && !any_valid_record_after(bytes, at + 1) {
                 Ok((Vec::new(), 0))
             } else {
                 Err(WalError::Corrupt { path: path.to_path_buf(), offset: at as u64, reason })
@@ -340,7 +378,7 @@ pub struct SoftwareCounter {
 impl SoftwareCounter {
     /// Opens (at 0 if absent) the counter of `kind` in `data_dir`.
     pub fn open(data_dir: &Path, kind: CompartmentKind) -> Result<Self, WalError> {
-        let path = data_dir.join(format!("counter-{}", kind.name()));
+        let path = SoftwareCounter::path(data_dir, kind);
         let value = match std::fs::read(&path) {
             Ok(bytes) if bytes.len() == 12 => {
                 let value = u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
@@ -354,6 +392,11 @@ impl SoftwareCounter {
             Err(source) => return Err(WalError::Io { path, source }),
         };
         Ok(SoftwareCounter { path, value })
+    }
+
+    /// Where the counter of `kind` lives in `data_dir`.
+    pub fn path(data_dir: &Path, kind: CompartmentKind) -> PathBuf {
+        data_dir.join(format!("counter-{}", kind.name()))
     }
 
     fn store(&self, value: u64) -> io::Result<()> {

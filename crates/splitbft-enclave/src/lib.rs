@@ -348,7 +348,23 @@ pub fn start_replica_durable(
         }
         Err(e) => return Err(EnclaveError::Restore(CompartmentKind::Confirmation, e)),
     };
-    let (exec, replay) = if e.records.is_empty() {
+    // An Execution whose state is refused as rolled back starts from no state and catches
+    // up by state transfer: it signs no consensus message, and every reply and checkpoint
+    // it signs follows from certified batches and a certified snapshot, so it cannot
+    // equivocate (SPEC §10). Until then it answers recovery queries with its low checkpoint
+    // and counts against `f`. Any other refusal (altered, incomplete) stops the start.
+    let exec_rolled_back = !e.records.is_empty()
+        && matches!(
+            Execution::check_sealed(config, me, &exec_key, &e.records, e.counter),
+            Err(RestoreError::RolledBack { .. })
+        );
+    if exec_rolled_back {
+        tracing::warn!(
+            counter = e.counter,
+            "Execution's sealed state is older than its monotonic counter (rolled back): starting it without state; state transfer brings it up to date"
+        );
+    }
+    let (exec, replay) = if e.records.is_empty() || exec_rolled_back {
         let mut exec = Execution::new(config.clone(), me, exec_key, execution_group, app)?;
         exec.enable_durability(e.counter);
         (exec, Vec::new())

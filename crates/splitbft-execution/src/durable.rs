@@ -110,6 +110,21 @@ impl Execution {
         self.durable = Some(Journal::new(sealer, true));
     }
 
+    /// Checks, without restoring anything, that `records` can be restored under `counter`:
+    /// their image authenticates and is not older than the counter (SPEC §10). The
+    /// environment asks before [`Execution::restore`] so that a state refused as rolled back
+    /// can be replaced by a fresh start that keeps the application it was given.
+    pub fn check_sealed(
+        config: &ProtocolConfig,
+        me: ReplicaId,
+        secret: &SecretKey,
+        records: &[SealedState],
+        counter: u64,
+    ) -> Result<(), RestoreError> {
+        let image = records.get(..1).ok_or(RestoreError::NoImage)?;
+        sealer(config, me, secret, counter).open_all(image, counter).map(drop)
+    }
+
     /// Restarts the enclave from its sealed state: restores the image, then re-executes the
     /// batches of every delta in order (SPEC §10). Returns the enclave and the outputs of
     /// that replay (replies, checkpoints, sealed ledger blocks) for the environment to route

@@ -152,8 +152,13 @@ pub struct DemoSummary {
     pub data_dir: Option<String>,
     /// Sealed write-ahead state on (SPEC §10).
     pub durable: bool,
-    /// Rounds whose sealed state was committed with one fdatasync, summed over replicas.
+    /// Groups of rounds whose sealed state was committed with one fdatasync, summed over
+    /// replicas (pipelined group commit: one group covers every round queued meanwhile).
     pub state_commits: u64,
+    /// Rounds those groups covered, summed over replicas.
+    pub state_rounds: u64,
+    /// Log fsyncs per batch ordered, over all replicas (`state_commits` / batches).
+    pub fsyncs_per_batch: f64,
     /// (`--app ledger`) sealed blocks the brokers wrote, summed over replicas.
     pub ledger_blocks_written: Option<u64>,
     /// (`--app ledger`) heights every replica's chain holds, checked to agree.
@@ -534,6 +539,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         other => other,
     };
     let completed = outcome.completed;
+    let state_commits: u64 = reports.iter().map(|r| r.broker_counter(Counter::StateCommits)).sum();
     Ok(DemoSummary {
         protocol: opts.protocol,
         app: opts.app,
@@ -559,7 +565,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         recovery_ms,
         data_dir: data_dir.map(|d| d.display().to_string()),
         durable,
-        state_commits: reports.iter().map(|r| r.broker_counter(Counter::StateCommits)).sum(),
+        state_commits,
+        state_rounds: reports.iter().map(|r| r.broker_counter(Counter::StateRoundsCommitted)).sum(),
+        fsyncs_per_batch: state_commits as f64
+            / reports.iter().map(|r| r.broker_counter(Counter::BatchesOrdered)).sum::<u64>().max(1) as f64,
         ledger_blocks_written,
         ledger_common_blocks,
         ledger_head,
@@ -597,9 +606,11 @@ pub fn print_summary(s: &DemoSummary) {
     println!("  views        final view {}, {} view change(s)", s.final_view, s.view_changes);
     if s.durable {
         println!(
-            "  durable      sealed state fsync'd once per round: {} commits ({:.0}/s over all replicas) in {}",
+            "  durable      sealed state fsync'd before outputs leave: {} group commits for {} rounds ({:.0}/s over all replicas, {:.2} per batch) in {}",
             s.state_commits,
+            s.state_rounds,
             s.state_commits as f64 / s.seconds,
+            s.fsyncs_per_batch,
             s.data_dir.as_deref().unwrap_or("?"),
         );
     } else {

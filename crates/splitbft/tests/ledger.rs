@@ -94,7 +94,16 @@ async fn a_ledger_cluster_writes_chains_that_verify_and_agree_and_tampering_is_n
     let path = replica_data_dir(&dir, ReplicaId(*victim)).join(BLOCK_FILE);
     let record = RecordReader::open(&path).unwrap().nth(7).unwrap().unwrap();
     let mut bytes = std::fs::read(&path).unwrap();
-    bytes[record.offset as usize + 4 + 9 + 3] ^= 0x20;
+    let at = record.offset as usize;
+    bytes[at + 4 + 9 + 3] ^= 0x20;
+    // Damage on the disk fails the record's checksum (SPEC §10)...
+    std::fs::write(&path, &bytes).unwrap();
+    let err = verify_replicas(protocol.cluster_id, &inputs).unwrap_err();
+    assert!(err.to_string().contains("record 7") && err.to_string().contains("checksum"), "{err}");
+    // ...and a host that rewrites the checksum too is caught by the seal.
+    let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let crc = crc32fast::hash(&bytes[at + 4..at + len]);
+    bytes[at + len..at + 4 + len].copy_from_slice(&crc.to_be_bytes());
     std::fs::write(&path, &bytes).unwrap();
     let err = verify_replicas(protocol.cluster_id, &inputs).unwrap_err();
     assert!(matches!(err, VerifyError::Unsealed { index: 7, source: SealError::Unauthentic, .. }), "{err}");
@@ -268,4 +277,39 @@ async fn a_failing_disk_is_counted_and_the_replica_keeps_serving() {
     let healthy = [0, 2, 3].map(|r| &reports[r]);
     assert!(healthy.iter().all(|r| r.broker_counter(Counter::LedgerFlushErrors) == 0));
     assert!(healthy.iter().filter(|r| r.broker_counter(Counter::LedgerRecordsWritten) == 4).count() >= 1);
+}
+
+/// SPEC §10: a durable replica syncs its blocks with the round, before the round's outputs
+/// leave; a block file that cannot be written stops that replica (never a silent gap in
+/// its ledger), with nothing of the failed round sent, and the others carry on (f = 1).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_disk_stops_a_durable_replica_and_the_others_keep_serving() {
+    if !Path::new("/dev/full").exists() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let victim = replica_data_dir(tmp.path(), ReplicaId(1));
+    std::fs::create_dir_all(&victim).unwrap();
+    std::os::unix::fs::symlink("/dev/full", victim.join(BLOCK_FILE)).unwrap();
+    let cluster =
+        demo::LocalTcpCluster::start_spec(&demo::ClusterSpec { durable: true, ..spec(tmp.path()) }).await.unwrap();
+    let client = cluster.client(0, splitbft_client::ClientOptions::default()).await.unwrap();
+    for i in 0..20u8 {
+        client.invoke(KvOp::Put { key: vec![i], value: vec![i] }.encode()).await.unwrap();
+    }
+    drop(client);
+    let reports = cluster.shutdown().await;
+    let victim = &reports[1];
+    assert_eq!(victim.broker_counter(Counter::StateWriteErrors), 1, "{:?}", victim.broker);
+    assert_eq!(victim.broker_counter(Counter::LedgerRecordsWritten), 0);
+    assert_eq!(victim.broker_counter(Counter::LedgerSyncs), 0);
+    let healthy = [0, 2, 3].map(|r| &reports[r]);
+    assert!(healthy.iter().all(|r| r.broker_counter(Counter::StateWriteErrors) == 0));
+    // Every block a healthy replica wrote was synced with its round.
+    assert!(healthy.iter().filter(|r| r.broker_counter(Counter::LedgerRecordsWritten) == 4).count() >= 1);
+    for r in healthy {
+        let written = r.broker_counter(Counter::LedgerRecordsWritten);
+        assert!(written == 0 || r.broker_counter(Counter::LedgerSyncs) >= 1, "{:?}", r.broker);
+    }
 }
