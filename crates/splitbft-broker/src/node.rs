@@ -28,6 +28,7 @@ use crate::core::{Action, BrokerCore, BrokerOptions};
 use crate::drive::drive;
 use crate::store::BlockFile;
 use crate::wal::{DirLock, MonotonicCounter, SoftwareCounter, Wal, WalError, lock_dir};
+use splitbft_types::durable::{RecordKind, SealedState};
 
 /// Frames queued per outgoing connection; when full, frames to that peer or client are
 /// dropped (and counted) instead of stalling the replica: a slow or dead peer must not
@@ -133,9 +134,6 @@ pub enum NodeError {
     /// Durability asked for without a data directory.
     #[error("durable state needs a data directory")]
     DurableWithoutDataDir,
-    /// Durability asked for with the process backend, whose compartments cannot restore yet.
-    #[error("the process backend does not restore sealed compartment state yet (SPEC §10): run it with --no-durable")]
-    DurableProcesses,
     /// The configuration lacks transport keys, or this replica's secret is not its key.
     #[error("transport keys (SPEC §11): {0}")]
     Transport(&'static str),
@@ -300,17 +298,24 @@ pub async fn spawn_node(
 
 /// Starts a replica whose compartments run as sandboxed processes (SPEC §5.1 `process`
 /// backend) started by `launcher`: each reads its own key, and this process holds none.
+/// With `durable` (the launcher must start the processes with durable state on) the log is
+/// kept here exactly as for the other backends; each compartment process gets its sealed
+/// records at start and at every restart and unseals them itself (SPEC §10).
 pub async fn spawn_node_processes(
     config: NodeConfig,
     listener: TcpListener,
     launcher: ProcessLauncher,
 ) -> Result<NodeHandle, NodeError> {
     check_addresses(&config)?;
-    if config.durable {
-        // The compartment processes do not yet restore sealed state (SPEC §10): a restarted
-        // process would start empty. Refuse rather than pretend to be durable.
-        return Err(NodeError::DurableProcesses);
-    }
+    let (durable, starts) = if config.durable {
+        let dir = config.data_dir.as_ref().ok_or(NodeError::DurableWithoutDataDir)?;
+        let (mut durable, starts) = open_store(dir)?;
+        // What a restarted process resumes from: the log's records since each latest image.
+        durable.latest = Some(starts.clone().map(|s| s.records));
+        (Some(durable), Some(starts))
+    } else {
+        (None, None)
+    };
     let (out_tx, out_rx) = mpsc::unbounded_channel::<FromEnclave>();
     let restart_tx = out_tx.clone();
     let sink: splitbft_enclave::OutputSink = Arc::new(move |kind, outputs| {
@@ -319,8 +324,9 @@ pub async fn spawn_node_processes(
     let notice: splitbft_enclave::process::RestartNotice = Arc::new(move |kind, report| {
         let _ = restart_tx.send(FromEnclave::Restarted(kind, report));
     });
-    let enclaves = start_processes(&launcher, sink, notice)?;
-    start_driver(config, listener, enclaves, None, Vec::new(), out_rx)
+    // Execution's local replay, if any, is the first crossing out of its process.
+    let enclaves = start_processes(&launcher, sink, notice, starts)?;
+    start_driver(config, listener, enclaves, durable, Vec::new(), out_rx)
 }
 
 fn check_addresses(config: &NodeConfig) -> Result<(), NodeError> {
@@ -407,6 +413,7 @@ fn start_driver(
         durable,
         start: Instant::now(),
         failed: false,
+        resumes: Vec::new(),
     };
     if let Some(d) = &driver.durable {
         driver.core.count_n(Counter::StateRecoveredBytes, d.wal.recovered_bytes);
@@ -447,6 +454,8 @@ struct Driver {
     start: Instant,
     /// Storage failed: nothing more may leave this replica (SPEC §10 write-ahead).
     failed: bool,
+    /// Restarted compartment processes (kind, incarnation) waiting for their sealed state.
+    resumes: Vec<(CompartmentKind, u64)>,
 }
 
 /// The write-ahead state of a durable replica (SPEC §10).
@@ -455,6 +464,32 @@ struct Durable {
     counters: [SoftwareCounter; 3],
     /// Held for the process's life: a second replica on the directory is refused.
     _lock: DirLock,
+    /// `process` backend: each compartment's records since its latest image, as in the log
+    /// (appended ones included: they commit before anything of their round leaves), for a
+    /// restarted compartment process to resume from.
+    latest: Option<[Vec<SealedState>; 3]>,
+}
+
+impl Durable {
+    /// Keeps a record appended to the log for a restarted compartment process.
+    fn remember(&mut self, kind: CompartmentKind, state: SealedState) {
+        if let Some(latest) = self.latest.as_mut() {
+            let records = &mut latest[kind.index()];
+            if state.kind == RecordKind::Image {
+                records.clear();
+            }
+            // Deltas before a first image are not state to restore (as on reading the log).
+            if !records.is_empty() || state.kind == RecordKind::Image {
+                records.push(state);
+            }
+        }
+    }
+
+    /// What compartment `kind` resumes from now.
+    fn start_of(&self, kind: CompartmentKind) -> DurableStart {
+        let records = self.latest.as_ref().map(|l| l[kind.index()].clone()).unwrap_or_default();
+        DurableStart { records, counter: self.counters[kind.index()].read() }
+    }
 }
 
 type Started = ([Box<dyn EnclaveHandle>; 3], Durable, Vec<Bytes>);
@@ -468,6 +503,15 @@ fn open_durable(
     app: Box<dyn Application>,
     sink: splitbft_enclave::OutputSink,
 ) -> Result<Started, NodeError> {
+    let (durable, start) = open_store(dir)?;
+    let (enclaves, replay) =
+        start_replica_durable(&config.protocol, config.me, secrets, app, config.backend, sink, start)?;
+    Ok((enclaves, durable, replay))
+}
+
+/// Locks the data directory and reads the log and counters: the durable store and what
+/// each compartment starts from (SPEC §10), whichever backend hosts them.
+fn open_store(dir: &std::path::Path) -> Result<(Durable, [DurableStart; 3]), NodeError> {
     let lock = lock_dir(dir)?;
     let (wal, recovered) = Wal::open(dir)?;
     let counters = [
@@ -486,9 +530,7 @@ fn open_durable(
         records = start.iter().map(|s| s.records.len()).sum::<usize>(),
         "durable state: software monotonic counter (trusts the host)"
     );
-    let (enclaves, replay) =
-        start_replica_durable(&config.protocol, config.me, secrets, app, config.backend, sink, start)?;
-    Ok((enclaves, Durable { wal, counters, _lock: lock }, replay))
+    Ok((Durable { wal, counters, _lock: lock, latest: None }, start))
 }
 
 /// The block file and whether an I/O error was already logged (they are all counted).
@@ -521,8 +563,27 @@ impl Driver {
                     %kind, exit = %report.exit, new_pid = report.new_pid, restarts = report.restarts,
                     "compartment process died and was restarted"
                 );
-                self.core.on_enclave_restarted(kind, now, actions);
+                let resumes = self.durable.as_ref().is_some_and(|d| d.latest.is_some());
+                self.core.on_enclave_restarted(kind, resumes, now, actions);
+                if resumes {
+                    // Its state is handed over after this round's records are appended:
+                    // everything the dead process sent was received before this notice.
+                    self.resumes.push((kind, report.restarts));
+                }
             }
+        }
+    }
+
+    /// Hands each restarted compartment process the state it resumes from (SPEC §10).
+    fn resume_restarted(&mut self) {
+        let Some(d) = self.durable.as_ref() else { return };
+        for (kind, incarnation) in self.resumes.drain(..) {
+            let start = d.start_of(kind);
+            tracing::warn!(
+                %kind, incarnation, records = start.records.len(),
+                "restarted compartment process resumes from its sealed state"
+            );
+            self.enclaves[kind.index()].resume(incarnation, start);
         }
     }
 
@@ -573,6 +634,7 @@ impl Driver {
             if self.failed {
                 break;
             }
+            self.resume_restarted();
         }
         self.final_report(&mut outputs).await
     }
@@ -636,6 +698,7 @@ impl Driver {
                         if let Err(e) = d.wal.append(kind, &state) {
                             wal_error.get_or_insert(e);
                         }
+                        d.remember(kind, state);
                     }
                     None => core.count(Counter::SealedStateWithoutDurability),
                 },

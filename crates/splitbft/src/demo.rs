@@ -334,7 +334,7 @@ impl LocalTcpCluster {
             config.data_dir = spec.data_dir.as_ref().map(|d| replica_data_dir(d, me));
             config.durable = spec.durable;
             if let Some((_, path)) = &keys_dir {
-                let launcher = crate::compartment::launcher(path, me, app, Vec::new())?;
+                let launcher = crate::compartment::launcher(path, me, app, spec.durable, Vec::new())?;
                 nodes.push(Some(splitbft_broker::spawn_node_processes(config, listener, launcher).await?));
                 continue;
             }
@@ -418,8 +418,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     if opts.clients == 0 || opts.outstanding == 0 {
         bail!("--clients and --outstanding must be at least 1");
     }
-    // The process backend's compartments do not restore sealed state yet (SPEC §10).
-    let durable = !opts.no_durable && opts.backend != Backend::Process;
+    let durable = !opts.no_durable;
     let data_dir = match (opts.app, &opts.data_dir) {
         (AppKind::Ledger, Some(dir)) => Some(dir.clone()),
         (AppKind::Kv, Some(dir)) if durable => Some(dir.clone()),
