@@ -542,6 +542,24 @@ mod tests {
     }
 
     #[test]
+    fn start_crossings_round_trip_and_refuse_malformed_items() {
+        use splitbft_types::durable::RecordKind;
+        let record = |index| SealedState { kind: RecordKind::Delta, epoch: 3, index, sealed: vec![index as u8; 40] };
+        let start = DurableStart { records: vec![record(1), record(2)], counter: 3 };
+        let items = start_crossing(&start);
+        assert_eq!(items.len(), 3);
+        let back = decode_start(&items).unwrap();
+        assert_eq!((back.records, back.counter), (start.records, start.counter));
+        assert!(matches!(decode_start(&[]), Err(StartError::Empty)));
+        let mut bad = items.clone();
+        bad[2] = Bytes::from_static(&[0xff; 3]);
+        assert!(matches!(decode_start(&bad), Err(StartError::Malformed(2, _))));
+        let mut trailing = items[0].to_vec();
+        trailing.push(0);
+        assert!(matches!(decode_start(&[Bytes::from(trailing)]), Err(StartError::Malformed(0, _))));
+    }
+
+    #[test]
     fn truncated_and_oversize_crossings_are_errors_not_allocations() {
         let mut buf = Vec::new();
         write_crossing(&mut buf, &[Bytes::from_static(b"hello")]).unwrap();
