@@ -158,12 +158,22 @@ pub enum ProcessField {
     SeccompKills,
     /// Enclave-boundary crossings served.
     Crossings,
+    /// Inputs in those crossings.
+    Inputs,
+    /// Crossings it answered with.
+    Answers,
 }
 
 impl ProcessField {
     /// Every field.
-    pub const ALL: [ProcessField; 4] =
-        [ProcessField::Pid, ProcessField::Restarts, ProcessField::SeccompKills, ProcessField::Crossings];
+    pub const ALL: [ProcessField; 6] = [
+        ProcessField::Pid,
+        ProcessField::Restarts,
+        ProcessField::SeccompKills,
+        ProcessField::Crossings,
+        ProcessField::Inputs,
+        ProcessField::Answers,
+    ];
 
     /// Name suffix in the report (`enclave_<kind>_<name>`).
     pub fn name(self) -> &'static str {
@@ -172,6 +182,8 @@ impl ProcessField {
             ProcessField::Restarts => "restarts",
             ProcessField::SeccompKills => "seccomp_kills",
             ProcessField::Crossings => "crossings",
+            ProcessField::Inputs => "inputs",
+            ProcessField::Answers => "answers",
         }
     }
 }
@@ -325,8 +337,39 @@ pub async fn spawn_node_processes(
         let _ = restart_tx.send(FromEnclave::Restarted(kind, report));
     });
     // Execution's local replay, if any, is the first crossing out of its process.
-    let enclaves = start_processes(&launcher, sink, notice, starts)?;
+    let mut enclaves = start_processes(&launcher, sink, notice, starts)?;
+    wait_until_answering(&mut enclaves).await;
     start_driver(config, listener, enclaves, durable, Vec::new(), out_rx)
+}
+
+/// How long [`spawn_node_processes`] waits for its compartment processes to answer.
+pub const PROCESS_START_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until every compartment process has answered a stats query (its key loaded, its
+/// measurement checked, its state restored, its sandbox on), at most
+/// [`PROCESS_START_WAIT`]: like the in-process backends, whose compartments are built
+/// before the replica starts, a replica does not take work its compartments cannot take
+/// yet. Past the wait, or once one died, it starts anyway (the supervisors keep restarting
+/// a process that cannot start, and the log says why).
+async fn wait_until_answering(enclaves: &mut [Box<dyn EnclaveHandle>; 3]) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let query = Bytes::from(splitbft_types::codec::to_bytes(&splitbft_types::boundary::Input::QueryStats));
+    for enclave in enclaves.iter_mut() {
+        enclave.submit(vec![query.clone()], &mut Vec::new());
+    }
+    let deadline = Instant::now() + PROCESS_START_WAIT;
+    // One that died is restarted by its supervisor and, with durable state, waits for the
+    // driver to hand it its state: do not wait for it here.
+    let answered = |e: &dyn EnclaveHandle| {
+        e.process_status().is_none_or(|s| s.answers.load(Relaxed) > 0 || s.restarts.load(Relaxed) > 0)
+    };
+    while !enclaves.iter().all(|e| answered(e.as_ref())) {
+        if Instant::now() >= deadline {
+            tracing::warn!("compartment processes did not all answer within {PROCESS_START_WAIT:?}: starting anyway");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 fn check_addresses(config: &NodeConfig) -> Result<(), NodeError> {
@@ -764,6 +807,8 @@ impl Driver {
                         ProcessField::Restarts => status.restarts.load(Relaxed),
                         ProcessField::SeccompKills => status.seccomp_kills.load(Relaxed),
                         ProcessField::Crossings => status.crossings.load(Relaxed),
+                        ProcessField::Inputs => status.inputs.load(Relaxed),
+                        ProcessField::Answers => status.answers.load(Relaxed),
                     };
                     broker.push((format!("enclave_{kind}_{}", field.name()), value));
                 }

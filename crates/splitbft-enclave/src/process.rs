@@ -149,8 +149,12 @@ pub fn read_crossing(r: &mut impl Read) -> Result<Vec<Bytes>, FrameError> {
         if total > MAX_CROSSING_BYTES {
             return Err(FrameError::TooLarge { what: "crossing bytes", value: total, limit: MAX_CROSSING_BYTES });
         }
-        let mut item = vec![0u8; len];
-        r.read_exact(&mut item)?;
+        // Read into the spare capacity: no zeroing of what the read overwrites anyway.
+        let mut item = Vec::with_capacity(len);
+        (&mut *r).take(len as u64).read_to_end(&mut item)?;
+        if item.len() != len {
+            return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
         items.push(Bytes::from(item));
     }
     Ok(items)
@@ -204,6 +208,10 @@ pub struct ProcessStatus {
     pub seccomp_kills: AtomicU64,
     /// Crossings written to it.
     pub crossings: AtomicU64,
+    /// Inputs in those crossings (÷ crossings = inputs per crossing).
+    pub inputs: AtomicU64,
+    /// Crossings it answered with (any incarnation).
+    pub answers: AtomicU64,
 }
 
 /// A compartment in its own process, supervised by a broker thread.
@@ -295,13 +303,27 @@ impl Drop for ProcessEnclave {
     }
 }
 
+/// Pipe capacity asked for each direction (Linux's default is 64 KiB, and
+/// `/proc/sys/fs/pipe-max-size`, 1 MiB by default, caps what an unprivileged process may
+/// ask): a batched crossing (a PrePrepare with its batch, sealed state) fits whole, so the
+/// writer does not block and wake up once per 64 KiB while the reader drains it.
+pub const PIPE_BYTES: usize = 1 << 20;
+
 fn spawn_child(launcher: &ProcessLauncher, kind: CompartmentKind, incarnation: u64) -> std::io::Result<Child> {
-    Command::new(&launcher.program)
+    let child = Command::new(&launcher.program)
         .args((launcher.args)(kind, incarnation))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .spawn()
+        .spawn()?;
+    // Best effort: a smaller pipe is slower, not wrong.
+    if let Some(stdin) = &child.stdin {
+        let _ = rustix::pipe::fcntl_setpipe_size(stdin, PIPE_BYTES);
+    }
+    if let Some(stdout) = &child.stdout {
+        let _ = rustix::pipe::fcntl_setpipe_size(stdout, PIPE_BYTES);
+    }
+    Ok(child)
 }
 
 struct Supervisor {
@@ -445,13 +467,14 @@ impl Supervisor {
         let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let answered_reader = answered.clone();
         let (died_tx, died_rx) = crossbeam_channel::bounded::<()>(1);
-        let (kind, sink) = (self.kind, self.sink.clone());
+        let (kind, sink, status) = (self.kind, self.sink.clone(), self.status.clone());
         let reader = std::thread::Builder::new().name(format!("enclave-{kind}-out")).spawn(move || {
             let mut r = BufReader::with_capacity(1 << 16, stdout);
             loop {
                 match read_crossing(&mut r) {
                     Ok(outputs) => {
                         answered_reader.store(true, Ordering::Relaxed);
+                        status.answers.fetch_add(1, Ordering::Relaxed);
                         if !outputs.is_empty() {
                             sink(kind, outputs);
                         }
@@ -479,6 +502,7 @@ impl Supervisor {
                 break;
             }
             self.status.crossings.fetch_add(1, Ordering::Relaxed);
+            self.status.inputs.fetch_add(crossing.len() as u64, Ordering::Relaxed);
         }
         let ended = loop {
             if failed {
@@ -497,6 +521,7 @@ impl Supervisor {
                             break Ended::Died;
                         }
                         self.status.crossings.fetch_add(1, Ordering::Relaxed);
+                        self.status.inputs.fetch_add(inputs.len() as u64, Ordering::Relaxed);
                     }
                     Err(_) => break Ended::Shutdown,
                 },
