@@ -3,7 +3,9 @@
 //!
 //! The compartment process reads `cluster.toml` and its own key file (Execution: also the
 //! group secret) itself, then sandboxes itself (`splitbft_enclave::sandbox`) before its first
-//! input. The broker passes only paths: it never opens or maps a compartment secret.
+//! input. The broker passes only paths: it never opens or maps a compartment secret. With
+//! durable state (`--durable`, SPEC §10) the broker's first crossing is the compartment's
+//! sealed records, which only this process's key opens.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -52,8 +54,9 @@ pub struct EnclaveArgs {
     /// Replicated application (Preparation and Confirmation need its genesis checkpoint).
     #[arg(long, value_enum, default_value = "kv")]
     pub app: crate::AppKind,
-    /// How many times this compartment was started before (0: first start). A restarted
-    /// compartment starts from its configuration and catches up (SPEC §4.3).
+    /// How many times this compartment was started before (0: first start). Without
+    /// `--durable` a restarted compartment starts from its configuration, behind the
+    /// recovery fence, and catches up (SPEC §4.3, §10).
     #[arg(long, default_value_t = 0)]
     pub incarnation: u64,
     /// Durable state (SPEC §10): the first crossing on stdin is this compartment's sealed
