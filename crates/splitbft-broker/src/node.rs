@@ -162,17 +162,20 @@ pub enum ProcessField {
     Inputs,
     /// Crossings it answered with.
     Answers,
+    /// Crossings dropped while a restarted process waited for its sealed state.
+    Dropped,
 }
 
 impl ProcessField {
     /// Every field.
-    pub const ALL: [ProcessField; 6] = [
+    pub const ALL: [ProcessField; 7] = [
         ProcessField::Pid,
         ProcessField::Restarts,
         ProcessField::SeccompKills,
         ProcessField::Crossings,
         ProcessField::Inputs,
         ProcessField::Answers,
+        ProcessField::Dropped,
     ];
 
     /// Name suffix in the report (`enclave_<kind>_<name>`).
@@ -184,6 +187,7 @@ impl ProcessField {
             ProcessField::Crossings => "crossings",
             ProcessField::Inputs => "inputs",
             ProcessField::Answers => "answers",
+            ProcessField::Dropped => "crossings_dropped",
         }
     }
 }
@@ -809,6 +813,7 @@ impl Driver {
                         ProcessField::Crossings => status.crossings.load(Relaxed),
                         ProcessField::Inputs => status.inputs.load(Relaxed),
                         ProcessField::Answers => status.answers.load(Relaxed),
+                        ProcessField::Dropped => status.dropped.load(Relaxed),
                     };
                     broker.push((format!("enclave_{kind}_{}", field.name()), value));
                 }

@@ -212,6 +212,9 @@ pub struct ProcessStatus {
     pub inputs: AtomicU64,
     /// Crossings it answered with (any incarnation).
     pub answers: AtomicU64,
+    /// Crossings dropped while a restarted durable process waited for its state (beyond
+    /// [`THREAD_QUEUE_CROSSINGS`] held).
+    pub dropped: AtomicU64,
 }
 
 /// A compartment in its own process, supervised by a broker thread.
@@ -448,6 +451,7 @@ impl Supervisor {
                         if held.len() >= THREAD_QUEUE_CROSSINGS {
                             // Lost like inputs a dead process had; the protocol repairs it.
                             held.remove(0);
+                            self.status.dropped.fetch_add(1, Ordering::Relaxed);
                         }
                         held.push(inputs);
                     }
