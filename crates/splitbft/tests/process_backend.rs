@@ -241,14 +241,15 @@ fn kill_9_of_durable_compartments_under_load_loses_no_acknowledged_write() {
 }
 
 /// The same without durable state: the restarted compartments start from their
-/// configuration and catch up; the restarted primary Preparation forgot its sequence
-/// numbers, so the replica suspected its view and the cluster moved on.
+/// configuration, behind the recovery fence, and catch up; the restarted primary
+/// Preparation forgot its sequence numbers, so its replica suspects its view.
 #[test]
 fn kill_9_of_compartments_without_durable_state_under_load_loses_no_acknowledged_write() {
     let (_, log2) = kill_9_of_compartments_under_load(&["--no-durable"]);
-    // Replica 2 shows the view change: the restarted Preparation of replica 0 itself starts
-    // at view 0 and may not have seen the NewView, so its own report is no evidence.
-    assert!(stopped_field(&log2, "view ") >= 1, "{log2}");
+    // Usually the cluster changes view; not always: when the batches already in flight
+    // carry the stable checkpoint past the fence's horizon, the fence lifts and the
+    // restarted Preparation orders again in view 0 (SPEC §10). Shown, not asserted.
+    eprintln!("replica 2's final view: {}", stopped_field(&log2, "view "));
 }
 
 /// Kills replica 2's Execution and then replica 0's Preparation under load; checks every
