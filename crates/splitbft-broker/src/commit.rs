@@ -60,6 +60,8 @@ pub struct GroupReport {
     pub blocks_written: u64,
     /// Ledger blocks already stored (a restarted Execution re-seals the blocks it replays).
     pub blocks_already_stored: u64,
+    /// Each monotonic counter after the group ([`CompartmentKind::ALL`] order).
+    pub counters: [u64; 3],
 }
 
 /// The durable side of a replica: its log, its monotonic counters and its block file.
@@ -132,6 +134,7 @@ impl Committer {
                     .increment()
                     .map_err(|source| WalError::Io { path: self.counter_paths[kind.index()].clone(), source })?;
             }
+            report.counters[kind.index()] = counter.read();
         }
         Ok(report)
     }

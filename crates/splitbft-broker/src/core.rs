@@ -1033,16 +1033,29 @@ impl BrokerCore {
     }
 
     /// A compartment process died and a fresh one took its place (SPEC §5.1 `process`
-    /// backend). The fresh one starts from its configuration: view 0, empty log, genesis
-    /// state; inputs the dead one held are lost. Preparation's unanswered batches go back
-    /// to the queue. A restarted primary Preparation no longer knows which sequence numbers
-    /// it assigned in this view, so the replica suspects its own view at once instead of
-    /// waiting for the request timers. Every compartment then catches up through the next
-    /// checkpoint certificate and Execution through state transfer (SPEC §4.3); a fresh
-    /// Preparation or Confirmation does so behind the recovery fence (SPEC §10), for which
-    /// it gets a nonce here.
-    pub fn on_enclave_restarted(&mut self, kind: CompartmentKind, now_us: u64, out: &mut Vec<Action>) {
+    /// backend); inputs the dead one held are lost, and Preparation's unanswered batches go
+    /// back to the queue. Without durable state (`resumes_state` false) the fresh one starts
+    /// from its configuration: view 0, empty log, genesis state. A restarted primary
+    /// Preparation then no longer knows which sequence numbers it assigned in this view, so
+    /// the replica suspects its own view at once instead of waiting for the request timers.
+    /// Every compartment then catches up through the next checkpoint certificate and
+    /// Execution through state transfer (SPEC §4.3); a fresh Preparation or Confirmation
+    /// does so behind the recovery fence (SPEC §10), for which it gets a nonce here. With
+    /// durable state the fresh one resumes from its sealed records (SPEC §10): it remembers
+    /// its sequence numbers, and a suspicion would only move this replica's Confirmation
+    /// into a view nobody else is changing to. It still gets a nonce: a state it cannot use
+    /// (none, or rolled back) puts it behind the fence.
+    pub fn on_enclave_restarted(
+        &mut self,
+        kind: CompartmentKind,
+        resumes_state: bool,
+        now_us: u64,
+        out: &mut Vec<Action>,
+    ) {
         self.counters.bump(Counter::EnclaveRestarts);
+        // The dead process's last stats describe nothing that runs: report the compartment
+        // as not answering until the new one does.
+        self.stats[kind.index()] = None;
         if kind != CompartmentKind::Execution {
             // The fresh process starts behind the recovery fence (SPEC §10): give it a nonce.
             self.send_begin_recovery(kind, out);
@@ -1058,7 +1071,7 @@ impl BrokerCore {
                 self.pending_since_us.get_or_insert(now_us);
             }
             self.window_full = false;
-            if self.is_primary() {
+            if self.is_primary() && !resumes_state {
                 self.counters.bump(Counter::EnclaveRestartSuspects);
                 out.push(Action::Enclave(
                     CompartmentKind::Confirmation,

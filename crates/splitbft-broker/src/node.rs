@@ -29,6 +29,7 @@ use crate::core::{Action, BrokerCore, BrokerOptions};
 use crate::drive::drive;
 use crate::store::BlockFile;
 use crate::wal::{DirLock, MonotonicCounter, SoftwareCounter, Wal, WalError, lock_dir};
+use splitbft_types::durable::{RecordKind, SealedState};
 
 /// Frames queued per outgoing connection; when full, frames to that peer or client are
 /// dropped (and counted) instead of stalling the replica: a slow or dead peer must not
@@ -134,9 +135,6 @@ pub enum NodeError {
     /// Durability asked for without a data directory.
     #[error("durable state needs a data directory")]
     DurableWithoutDataDir,
-    /// Durability asked for with the process backend, whose compartments cannot restore yet.
-    #[error("the process backend does not restore sealed compartment state yet (SPEC §10): run it with --no-durable")]
-    DurableProcesses,
     /// The configuration lacks transport keys, or this replica's secret is not its key.
     #[error("transport keys (SPEC §11): {0}")]
     Transport(&'static str),
@@ -161,12 +159,25 @@ pub enum ProcessField {
     SeccompKills,
     /// Enclave-boundary crossings served.
     Crossings,
+    /// Inputs in those crossings.
+    Inputs,
+    /// Crossings it answered with.
+    Answers,
+    /// Crossings dropped while a restarted process waited for its sealed state.
+    Dropped,
 }
 
 impl ProcessField {
     /// Every field.
-    pub const ALL: [ProcessField; 4] =
-        [ProcessField::Pid, ProcessField::Restarts, ProcessField::SeccompKills, ProcessField::Crossings];
+    pub const ALL: [ProcessField; 7] = [
+        ProcessField::Pid,
+        ProcessField::Restarts,
+        ProcessField::SeccompKills,
+        ProcessField::Crossings,
+        ProcessField::Inputs,
+        ProcessField::Answers,
+        ProcessField::Dropped,
+    ];
 
     /// Name suffix in the report (`enclave_<kind>_<name>`).
     pub fn name(self) -> &'static str {
@@ -175,6 +186,9 @@ impl ProcessField {
             ProcessField::Restarts => "restarts",
             ProcessField::SeccompKills => "seccomp_kills",
             ProcessField::Crossings => "crossings",
+            ProcessField::Inputs => "inputs",
+            ProcessField::Answers => "answers",
+            ProcessField::Dropped => "crossings_dropped",
         }
     }
 }
@@ -301,17 +315,24 @@ pub async fn spawn_node(
 
 /// Starts a replica whose compartments run as sandboxed processes (SPEC §5.1 `process`
 /// backend) started by `launcher`: each reads its own key, and this process holds none.
+/// With `durable` (the launcher must start the processes with durable state on) the log is
+/// kept here exactly as for the other backends; each compartment process gets its sealed
+/// records at start and at every restart and unseals them itself (SPEC §10).
 pub async fn spawn_node_processes(
     config: NodeConfig,
     listener: TcpListener,
     launcher: ProcessLauncher,
 ) -> Result<NodeHandle, NodeError> {
     check_addresses(&config)?;
-    if config.durable {
-        // The compartment processes do not yet restore sealed state (SPEC §10): a restarted
-        // process would start empty. Refuse rather than pretend to be durable.
-        return Err(NodeError::DurableProcesses);
-    }
+    let (durable, starts) = if config.durable {
+        let dir = config.data_dir.as_ref().ok_or(NodeError::DurableWithoutDataDir)?;
+        let (mut durable, starts) = open_store(dir)?;
+        // What a restarted process resumes from: the log's records since each latest image.
+        durable.latest = Some(starts.clone().map(|s| s.records));
+        (Some(durable), Some(starts))
+    } else {
+        (None, None)
+    };
     let (out_tx, out_rx) = mpsc::unbounded_channel::<FromEnclave>();
     let restart_tx = out_tx.clone();
     let sink: splitbft_enclave::OutputSink = Arc::new(move |kind, outputs| {
@@ -320,8 +341,40 @@ pub async fn spawn_node_processes(
     let notice: splitbft_enclave::process::RestartNotice = Arc::new(move |kind, report| {
         let _ = restart_tx.send(FromEnclave::Restarted(kind, report));
     });
-    let enclaves = start_processes(&launcher, sink, notice)?;
-    start_driver(config, listener, enclaves, None, Vec::new(), out_rx)
+    // Execution's local replay, if any, is the first crossing out of its process.
+    let mut enclaves = start_processes(&launcher, sink, notice, starts)?;
+    wait_until_answering(&mut enclaves).await;
+    start_driver(config, listener, enclaves, durable, Vec::new(), out_rx)
+}
+
+/// How long [`spawn_node_processes`] waits for its compartment processes to answer.
+pub const PROCESS_START_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until every compartment process has answered a stats query (its key loaded, its
+/// measurement checked, its state restored, its sandbox on), at most
+/// [`PROCESS_START_WAIT`]: like the in-process backends, whose compartments are built
+/// before the replica starts, a replica does not take work its compartments cannot take
+/// yet. Past the wait, or once one died, it starts anyway (the supervisors keep restarting
+/// a process that cannot start, and the log says why).
+async fn wait_until_answering(enclaves: &mut [Box<dyn EnclaveHandle>; 3]) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let query = Bytes::from(splitbft_types::codec::to_bytes(&splitbft_types::boundary::Input::QueryStats));
+    for enclave in enclaves.iter_mut() {
+        enclave.submit(vec![query.clone()], &mut Vec::new());
+    }
+    let deadline = Instant::now() + PROCESS_START_WAIT;
+    // One that died is restarted by its supervisor and, with durable state, waits for the
+    // driver to hand it its state: do not wait for it here.
+    let answered = |e: &dyn EnclaveHandle| {
+        e.process_status().is_none_or(|s| s.answers.load(Relaxed) > 0 || s.restarts.load(Relaxed) > 0)
+    };
+    while !enclaves.iter().all(|e| answered(e.as_ref())) {
+        if Instant::now() >= deadline {
+            tracing::warn!("compartment processes did not all answer within {PROCESS_START_WAIT:?}: starting anyway");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 fn check_addresses(config: &NodeConfig) -> Result<(), NodeError> {
@@ -367,14 +420,21 @@ fn start_driver(
     let (ledger, writer) = match durable {
         Some(d) => {
             let (recovered_bytes, torn) = (d.wal.recovered_bytes, d.wal.torn_tail_bytes);
+            let counters = d.counters.each_ref().map(|c| c.read());
+            let latest = d.latest.map(|records| Latest { records, counters });
             let committer = Committer::new(d.wal, d.counters, d.counter_paths, ledger);
             let (tx, rx) = mpsc::unbounded_channel();
             let writer = Writer::spawn(committer, move |synced| {
                 let _ = tx.send(synced);
             })
             .map_err(|source| NodeError::DataDir { path: config.data_dir.clone().unwrap_or_default(), source })?;
-            let pipeline =
-                DurableDriver { writer: Some(writer), pipeline: Pipeline::default(), synced: Some(rx), _lock: d.lock };
+            let pipeline = DurableDriver {
+                writer: Some(writer),
+                pipeline: Pipeline::default(),
+                synced: Some(rx),
+                _lock: d.lock,
+                latest,
+            };
             (None, Some((pipeline, recovered_bytes, torn)))
         }
         None => (ledger, None),
@@ -433,6 +493,7 @@ fn start_driver(
         durable,
         start: Instant::now(),
         failed: false,
+        resumes: Vec::new(),
     };
     if !replay.is_empty() {
         // Execution's local replay: ledger blocks, checkpoints and snapshots it rebuilt.
@@ -467,6 +528,8 @@ struct Driver {
     start: Instant,
     /// Storage failed: nothing more may leave this replica (SPEC §10 write-ahead).
     failed: bool,
+    /// Restarted compartment processes (kind, incarnation) waiting for their sealed state.
+    resumes: Vec<(CompartmentKind, u64)>,
 }
 
 /// The write-ahead state of a durable replica (SPEC §10), as opened.
@@ -475,6 +538,9 @@ struct Durable {
     counters: [Box<dyn MonotonicCounter + Send>; 3],
     counter_paths: [PathBuf; 3],
     lock: DirLock,
+    /// `process` backend: each compartment's records as read from the log, kept up to date
+    /// for restarted compartment processes ([`Latest`]).
+    latest: Option<[Vec<SealedState>; 3]>,
 }
 
 /// The event loop's side of the pipelined group commit ([`crate::commit`]).
@@ -487,6 +553,37 @@ struct DurableDriver {
     synced: Option<mpsc::UnboundedReceiver<Synced>>,
     /// Held for the process's life: a second replica on the directory is refused.
     _lock: DirLock,
+    /// `process` backend: what a restarted compartment process resumes from.
+    latest: Option<Latest>,
+}
+
+/// What a restarted compartment process resumes from (SPEC §10, `process` backend): each
+/// compartment's records since its latest image, as in the log — appended ones included,
+/// since they are durable before anything of their round (or of the restarted process's
+/// later rounds) leaves — and each monotonic counter as of the last synced group (the
+/// writer thread owns the counters; a record newer than its counter is not refused).
+struct Latest {
+    records: [Vec<SealedState>; 3],
+    counters: [u64; 3],
+}
+
+impl Latest {
+    /// Keeps a record appended to the log.
+    fn remember(&mut self, kind: CompartmentKind, state: &SealedState) {
+        let records = &mut self.records[kind.index()];
+        if state.kind == RecordKind::Image {
+            records.clear();
+        }
+        // Deltas before a first image are not state to restore (as on reading the log).
+        if !records.is_empty() || state.kind == RecordKind::Image {
+            records.push(state.clone());
+        }
+    }
+
+    /// What compartment `kind` resumes from now.
+    fn start_of(&self, kind: CompartmentKind) -> DurableStart {
+        DurableStart { records: self.records[kind.index()].clone(), counter: self.counters[kind.index()] }
+    }
 }
 
 type Started = ([Box<dyn EnclaveHandle>; 3], Durable, Vec<Bytes>);
@@ -500,6 +597,15 @@ fn open_durable(
     app: Box<dyn Application>,
     sink: splitbft_enclave::OutputSink,
 ) -> Result<Started, NodeError> {
+    let (durable, start) = open_store(dir)?;
+    let (enclaves, replay) =
+        start_replica_durable(&config.protocol, config.me, secrets, app, config.backend, sink, start)?;
+    Ok((enclaves, durable, replay))
+}
+
+/// Locks the data directory and reads the log and counters: the durable store and what
+/// each compartment starts from (SPEC §10), whichever backend hosts them.
+fn open_store(dir: &std::path::Path) -> Result<(Durable, [DurableStart; 3]), NodeError> {
     let lock = lock_dir(dir)?;
     let (wal, recovered) = Wal::open(dir)?;
     let counters = [
@@ -519,10 +625,8 @@ fn open_durable(
         records = start.iter().map(|s| s.records.len()).sum::<usize>(),
         "durable state: software monotonic counter (trusts the host)"
     );
-    let (enclaves, replay) =
-        start_replica_durable(&config.protocol, config.me, secrets, app, config.backend, sink, start)?;
     let counters = counters.map(|c| Box::new(c) as Box<dyn MonotonicCounter + Send>);
-    Ok((enclaves, Durable { wal, counters, counter_paths, lock }, replay))
+    Ok((Durable { wal, counters, counter_paths, lock, latest: None }, start))
 }
 
 /// The block file and whether an I/O error was already logged (they are all counted).
@@ -555,8 +659,27 @@ impl Driver {
                     %kind, exit = %report.exit, new_pid = report.new_pid, restarts = report.restarts,
                     "compartment process died and was restarted"
                 );
-                self.core.on_enclave_restarted(kind, now, actions);
+                let resumes = self.durable.as_ref().is_some_and(|d| d.latest.is_some());
+                self.core.on_enclave_restarted(kind, resumes, now, actions);
+                if resumes {
+                    // Its state is handed over after this round's records are appended:
+                    // everything the dead process sent was received before this notice.
+                    self.resumes.push((kind, report.restarts));
+                }
             }
+        }
+    }
+
+    /// Hands each restarted compartment process the state it resumes from (SPEC §10).
+    fn resume_restarted(&mut self) {
+        let Some(latest) = self.durable.as_ref().and_then(|d| d.latest.as_ref()) else { return };
+        for (kind, incarnation) in self.resumes.drain(..) {
+            let start = latest.start_of(kind);
+            tracing::warn!(
+                %kind, incarnation, records = start.records.len(),
+                "restarted compartment process resumes from its sealed state"
+            );
+            self.enclaves[kind.index()].resume(incarnation, start);
         }
     }
 
@@ -630,6 +753,7 @@ impl Driver {
             if self.failed {
                 break;
             }
+            self.resume_restarted();
         }
         // Let the writer finish the rounds it has and count what they wrote; their frames
         // no longer leave. The directory's lock goes only after the log is closed.
@@ -681,6 +805,7 @@ impl Driver {
         let now = self.now_us();
         let (peers, clients, ledger) = (&self.peers, &self.clients, &mut self.ledger);
         let durable = self.durable.is_some();
+        let mut latest = self.durable.as_mut().and_then(|d| d.latest.as_mut());
         let mut held = Vec::new();
         let mut round = Round::default();
         // Records appended to the buffer this round: counted as written once flushed.
@@ -700,7 +825,12 @@ impl Driver {
                     },
                     None => core.count(Counter::LedgerRecordsWithoutDataDir),
                 },
-                Action::SealState(kind, state) if durable => round.records.push((kind, state)),
+                Action::SealState(kind, state) if durable => {
+                    if let Some(latest) = latest.as_mut() {
+                        latest.remember(kind, &state);
+                    }
+                    round.records.push((kind, state))
+                }
                 Action::SealState(..) => core.count(Counter::SealedStateWithoutDurability),
                 Action::Enclave(..) => unreachable!("drive crosses enclave inputs itself"),
                 network if durable => held.push(network),
@@ -742,6 +872,9 @@ impl Driver {
         match synced.result {
             Ok(group) => {
                 let frames = d.pipeline.on_durable(group.upto);
+                if let Some(latest) = d.latest.as_mut() {
+                    latest.counters = group.counters;
+                }
                 self.core.count_n(Counter::StateCommits, group.wal_syncs);
                 self.core.count_n(Counter::StateRoundsCommitted, group.rounds);
                 self.core.count_n(Counter::LedgerSyncs, group.ledger_syncs);
@@ -780,6 +913,9 @@ impl Driver {
                         ProcessField::Restarts => status.restarts.load(Relaxed),
                         ProcessField::SeccompKills => status.seccomp_kills.load(Relaxed),
                         ProcessField::Crossings => status.crossings.load(Relaxed),
+                        ProcessField::Inputs => status.inputs.load(Relaxed),
+                        ProcessField::Answers => status.answers.load(Relaxed),
+                        ProcessField::Dropped => status.dropped.load(Relaxed),
                     };
                     broker.push((format!("enclave_{kind}_{}", field.name()), value));
                 }

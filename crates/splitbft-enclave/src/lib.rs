@@ -110,6 +110,11 @@ pub trait EnclaveHandle: Send {
     fn process_status(&self) -> Option<&Arc<process::ProcessStatus>> {
         None
     }
+
+    /// Durable `process` backend only (SPEC §10): the sealed state the compartment's
+    /// restarted process `incarnation` starts from (see [`process::RestartReport`]). The
+    /// other backends never restart a compartment and ignore it.
+    fn resume(&mut self, _incarnation: u64, _start: DurableStart) {}
 }
 
 /// A compartment called directly.
@@ -313,84 +318,137 @@ pub fn start_replica_durable(
     let genesis = Execution::genesis_digest(config, app.as_ref());
     let ReplicaSecrets { keys: [prep_key, conf_key, exec_key], execution_group } = secrets;
     let [p, c, e] = start;
-    // A state older than the counter cannot be proven fresh: the compartment starts without
-    // it, behind the recovery fence (SPEC §10; `enable_durability` with a counter above 0).
-    let rolled_back = |e: &RestoreError| matches!(e, RestoreError::RolledBack { .. });
-    let prep = match Preparation::restore(
-        config.clone(),
-        me,
-        SecretKey::from_seed(prep_key.seed()),
-        genesis,
-        &p.records,
-        p.counter,
-    ) {
-        Ok(prep) => prep,
-        Err(e) if p.records.is_empty() || rolled_back(&e) => {
-            let mut prep = Preparation::new(config.clone(), me, prep_key, genesis)?;
-            prep.enable_durability(p.counter);
-            prep
-        }
-        Err(e) => return Err(EnclaveError::Restore(CompartmentKind::Preparation, e)),
-    };
-    let conf = match Confirmation::restore(
-        config.clone(),
-        me,
-        SecretKey::from_seed(conf_key.seed()),
-        genesis,
-        &c.records,
-        c.counter,
-    ) {
-        Ok(conf) => conf,
-        Err(e) if c.records.is_empty() || rolled_back(&e) => {
-            let mut conf = Confirmation::new(config.clone(), me, conf_key, genesis)?;
-            conf.enable_durability(c.counter);
-            conf
-        }
-        Err(e) => return Err(EnclaveError::Restore(CompartmentKind::Confirmation, e)),
-    };
-    // An Execution whose state is refused as rolled back starts from no state and catches
-    // up by state transfer: it signs no consensus message, and every reply and checkpoint
-    // it signs follows from certified batches and a certified snapshot, so it cannot
-    // equivocate (SPEC §10). Until then it answers recovery queries with its low checkpoint
-    // and counts against `f`. Any other refusal (altered, incomplete) stops the start.
-    let exec_rolled_back = !e.records.is_empty()
-        && matches!(
-            Execution::check_sealed(config, me, &exec_key, &e.records, e.counter),
-            Err(RestoreError::RolledBack { .. })
-        );
-    if exec_rolled_back {
-        tracing::warn!(
-            counter = e.counter,
-            "Execution's sealed state is older than its monotonic counter (rolled back): starting it without state; state transfer brings it up to date"
-        );
-    }
-    let (exec, replay) = if e.records.is_empty() || exec_rolled_back {
-        let mut exec = Execution::new(config.clone(), me, exec_key, execution_group, app)?;
-        exec.enable_durability(e.counter);
-        (exec, Vec::new())
-    } else {
-        Execution::restore(config.clone(), me, exec_key, execution_group, app, &e.records, e.counter)
-            .map_err(|err| EnclaveError::Restore(CompartmentKind::Execution, err))?
-    };
-    let replay = replay.iter().map(|o| Bytes::from(splitbft_types::codec::to_bytes(o))).collect();
+    let (prep, _) = restore_with_genesis(Restoring::Preparation, config, me, prep_key, genesis, &p)?;
+    let (conf, _) = restore_with_genesis(Restoring::Confirmation, config, me, conf_key, genesis, &c)?;
+    let (exec, replay) =
+        restore_with_genesis(Restoring::Execution(execution_group, app), config, me, exec_key, genesis, &e)?;
     let wrap = |c: Box<dyn Compartment>| -> Result<Box<dyn EnclaveHandle>, EnclaveError> {
         Ok(match backend {
             Backend::Inline => Box::new(InlineEnclave::new(c)),
             Backend::Thread | Backend::Process => Box::new(ThreadEnclave::spawn(c, sink.clone())?),
         })
     };
-    Ok(([wrap(Box::new(prep))?, wrap(Box::new(conf))?, wrap(Box::new(exec))?], replay))
+    Ok(([wrap(prep)?, wrap(conf)?, wrap(exec)?], replay))
+}
+
+/// One compartment restored from its sealed state (SPEC §10), as a compartment process of
+/// the `process` backend does for itself ([`start_replica_durable`] does the same for all
+/// three in this process). `group` is the Execution group secret (Execution only); `app`
+/// defines the genesis checkpoint and, for Execution, is the application. Returns the
+/// compartment and the encoded outputs of Execution's local replay (ledger blocks,
+/// checkpoints, snapshots it rebuilt), for the environment to route.
+pub fn restore_compartment(
+    kind: CompartmentKind,
+    config: &ProtocolConfig,
+    me: ReplicaId,
+    key: SecretKey,
+    group: Option<GroupSecret>,
+    app: Box<dyn Application>,
+    start: &DurableStart,
+) -> Result<(Box<dyn Compartment>, Vec<Bytes>), EnclaveError> {
+    let genesis = Execution::genesis_digest(config, app.as_ref());
+    let restoring = match (kind, group) {
+        (CompartmentKind::Preparation, _) => Restoring::Preparation,
+        (CompartmentKind::Confirmation, _) => Restoring::Confirmation,
+        (CompartmentKind::Execution, Some(group)) => Restoring::Execution(group, app),
+        (CompartmentKind::Execution, None) => return Err(EnclaveError::MissingGroupSecret),
+    };
+    restore_with_genesis(restoring, config, me, key, genesis, start)
+}
+
+/// Which compartment [`restore_with_genesis`] restores, with what only Execution needs.
+enum Restoring {
+    Preparation,
+    Confirmation,
+    Execution(GroupSecret, Box<dyn Application>),
+}
+
+fn restore_with_genesis(
+    restoring: Restoring,
+    config: &ProtocolConfig,
+    me: ReplicaId,
+    key: SecretKey,
+    genesis: splitbft_types::msg::Digest,
+    start: &DurableStart,
+) -> Result<(Box<dyn Compartment>, Vec<Bytes>), EnclaveError> {
+    // A state older than the counter cannot be proven fresh: the compartment starts without
+    // it, behind the recovery fence (SPEC §10; `enable_durability` with a counter above 0).
+    let rolled_back = |e: &RestoreError| matches!(e, RestoreError::RolledBack { .. });
+    let DurableStart { records, counter } = start;
+    let (records, counter) = (&records[..], *counter);
+    Ok(match restoring {
+        Restoring::Preparation => {
+            let copy = SecretKey::from_seed(key.seed());
+            let prep = match Preparation::restore(config.clone(), me, copy, genesis, records, counter) {
+                Ok(prep) => prep,
+                Err(e) if records.is_empty() || rolled_back(&e) => {
+                    let mut prep = Preparation::new(config.clone(), me, key, genesis)?;
+                    prep.enable_durability(counter);
+                    prep
+                }
+                Err(e) => return Err(EnclaveError::Restore(CompartmentKind::Preparation, e)),
+            };
+            (Box::new(prep), Vec::new())
+        }
+        Restoring::Confirmation => {
+            let copy = SecretKey::from_seed(key.seed());
+            let conf = match Confirmation::restore(config.clone(), me, copy, genesis, records, counter) {
+                Ok(conf) => conf,
+                Err(e) if records.is_empty() || rolled_back(&e) => {
+                    let mut conf = Confirmation::new(config.clone(), me, key, genesis)?;
+                    conf.enable_durability(counter);
+                    conf
+                }
+                Err(e) => return Err(EnclaveError::Restore(CompartmentKind::Confirmation, e)),
+            };
+            (Box::new(conf), Vec::new())
+        }
+        Restoring::Execution(group, app) => {
+            // An Execution whose state is refused as rolled back starts from no state and
+            // catches up by state transfer: it signs no consensus message, and every reply
+            // and checkpoint it signs follows from certified batches and a certified
+            // snapshot, so it cannot equivocate (SPEC §10). Until then it answers recovery
+            // queries with its low checkpoint and counts against `f`. Any other refusal
+            // (altered, incomplete) stops the start.
+            let exec_rolled_back = !records.is_empty()
+                && matches!(
+                    Execution::check_sealed(config, me, &key, records, counter),
+                    Err(RestoreError::RolledBack { .. })
+                );
+            if exec_rolled_back {
+                tracing::warn!(
+                    counter,
+                    "Execution's sealed state is older than its monotonic counter (rolled back): starting it without state; state transfer brings it up to date"
+                );
+            }
+            let (exec, replay) = if records.is_empty() || exec_rolled_back {
+                let mut exec = Execution::new(config.clone(), me, key, group, app)?;
+                exec.enable_durability(counter);
+                (exec, Vec::new())
+            } else {
+                Execution::restore(config.clone(), me, key, group, app, records, counter)
+                    .map_err(|err| EnclaveError::Restore(CompartmentKind::Execution, err))?
+            };
+            let replay = replay.iter().map(|o| Bytes::from(splitbft_types::codec::to_bytes(o))).collect();
+            (Box::new(exec), replay)
+        }
+    })
 }
 
 /// Starts one replica's three compartment processes (SPEC §5.1 `process` backend), in
-/// [`CompartmentKind::ALL`] order. Each reads its own key; the broker holds none.
+/// [`CompartmentKind::ALL`] order. Each reads its own key; the broker holds none. With
+/// `durable` (SPEC §10; the launcher must then start them with durable state on), each
+/// process starts from its sealed records, which it unseals itself.
 pub fn start_processes(
     launcher: &process::ProcessLauncher,
     sink: OutputSink,
     notice: process::RestartNotice,
+    durable: Option<[DurableStart; 3]>,
 ) -> Result<[Box<dyn EnclaveHandle>; 3], EnclaveError> {
-    let start = |kind| -> Result<Box<dyn EnclaveHandle>, EnclaveError> {
-        Ok(Box::new(process::ProcessEnclave::spawn(kind, launcher.clone(), sink.clone(), notice.clone())?))
+    let mut durable = durable.map(|starts| starts.map(Some));
+    let mut start = |kind: CompartmentKind| -> Result<Box<dyn EnclaveHandle>, EnclaveError> {
+        let state = durable.as_mut().and_then(|starts| starts[kind.index()].take());
+        Ok(Box::new(process::ProcessEnclave::spawn(kind, launcher.clone(), sink.clone(), notice.clone(), state)?))
     };
     Ok([
         start(CompartmentKind::Preparation)?,

@@ -5,10 +5,16 @@
 //!
 //! A compartment process that dies (a crash, `kill -9`, or the kernel's seccomp filter
 //! killing it for a forbidden system call) is logged, counted and started again; the
-//! replica keeps its other two compartments meanwhile. The new process starts from its
-//! configuration (see [`ProcessLauncher`]'s `incarnation`), so the broker is told
-//! ([`RestartNotice`]) and the compartment catches up through checkpoints and state
-//! transfer (SPEC §4.3).
+//! replica keeps its other two compartments meanwhile. The broker is told
+//! ([`RestartNotice`]). Without durable state the new process starts from its configuration
+//! (see [`ProcessLauncher`]'s `incarnation`) and catches up through checkpoints and state
+//! transfer (SPEC §4.3). With durable state (SPEC §10) every process, the first and each
+//! restarted one, gets a *start crossing* before its first ordinary input: the sealed
+//! records the broker holds for it and the monotonic counter's value
+//! ([`start_crossing`]); it unseals them with its own key and resumes from them. The broker
+//! hands the records over ([`crate::EnclaveHandle::resume`]) only once it has stored
+//! everything the dead process sent, so the new one resumes from the latest state anything
+//! that left the replica was recorded in.
 
 use std::ffi::OsString;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -23,7 +29,9 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use splitbft_types::CompartmentKind;
 
-use crate::{EnclaveHandle, MAX_MERGED_CROSSINGS, OutputSink, THREAD_QUEUE_CROSSINGS};
+use splitbft_types::durable::SealedState;
+
+use crate::{DurableStart, EnclaveHandle, MAX_MERGED_CROSSINGS, OutputSink, THREAD_QUEUE_CROSSINGS};
 
 /// Most items (inputs or outputs) in one crossing. A crossing merges at most
 /// [`MAX_MERGED_CROSSINGS`] submissions of at most a few thousand inputs each.
@@ -40,6 +48,39 @@ pub const RESTART_BACKOFF: Duration = Duration::from_millis(100);
 /// having answered anything (it cannot start: a wrong key path, a binary that does not
 /// match its attestation), and resets once one answers.
 pub const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The start crossing of a durable compartment process (SPEC §10): the counter value, then
+/// one item per sealed record (its latest image and the deltas after it).
+pub fn start_crossing(start: &DurableStart) -> Vec<Bytes> {
+    let mut items = Vec::with_capacity(start.records.len() + 1);
+    items.push(Bytes::from(splitbft_types::codec::to_bytes(&start.counter)));
+    items.extend(start.records.iter().map(|r| Bytes::from(splitbft_types::codec::to_bytes(r))));
+    items
+}
+
+/// Why a start crossing was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// No counter item.
+    #[error("the start crossing is empty")]
+    Empty,
+    /// An item does not decode.
+    #[error("start crossing item {0} does not decode: {1}")]
+    Malformed(usize, splitbft_types::codec::CodecError),
+}
+
+/// Decodes a start crossing (from the untrusted broker: every item is checked; the records'
+/// authenticity is the compartment's restore's business).
+pub fn decode_start(items: &[Bytes]) -> Result<DurableStart, StartError> {
+    let (first, rest) = items.split_first().ok_or(StartError::Empty)?;
+    let counter = splitbft_types::codec::from_bytes(first).map_err(|e| StartError::Malformed(0, e))?;
+    let records = rest
+        .iter()
+        .enumerate()
+        .map(|(i, r)| splitbft_types::codec::from_bytes::<SealedState>(r).map_err(|e| StartError::Malformed(i + 1, e)))
+        .collect::<Result<_, _>>()?;
+    Ok(DurableStart { records, counter })
+}
 
 /// Why a crossing could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -108,8 +149,12 @@ pub fn read_crossing(r: &mut impl Read) -> Result<Vec<Bytes>, FrameError> {
         if total > MAX_CROSSING_BYTES {
             return Err(FrameError::TooLarge { what: "crossing bytes", value: total, limit: MAX_CROSSING_BYTES });
         }
-        let mut item = vec![0u8; len];
-        r.read_exact(&mut item)?;
+        // Read into the spare capacity: no zeroing of what the read overwrites anyway.
+        let mut item = Vec::with_capacity(len);
+        (&mut *r).take(len as u64).read_to_end(&mut item)?;
+        if item.len() != len {
+            return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
         items.push(Bytes::from(item));
     }
     Ok(items)
@@ -146,7 +191,9 @@ pub struct RestartReport {
     pub signal: Option<i32>,
     /// Process id of the new one (0 if it could not be started yet).
     pub new_pid: u32,
-    /// Restarts of this compartment so far.
+    /// Restarts of this compartment so far: the new process's incarnation. With durable
+    /// state it waits for its start crossing, [`crate::EnclaveHandle::resume`] with this
+    /// number.
     pub restarts: u64,
 }
 
@@ -161,33 +208,55 @@ pub struct ProcessStatus {
     pub seccomp_kills: AtomicU64,
     /// Crossings written to it.
     pub crossings: AtomicU64,
+    /// Inputs in those crossings (÷ crossings = inputs per crossing).
+    pub inputs: AtomicU64,
+    /// Crossings it answered with (any incarnation).
+    pub answers: AtomicU64,
+    /// Crossings dropped while a restarted durable process waited for its state (beyond
+    /// [`THREAD_QUEUE_CROSSINGS`] held).
+    pub dropped: AtomicU64,
 }
 
 /// A compartment in its own process, supervised by a broker thread.
 pub struct ProcessEnclave {
     kind: CompartmentKind,
     tx: Option<Sender<Vec<Bytes>>>,
+    /// Durable state only: each process's start state, by incarnation.
+    starts: Option<Sender<(u64, DurableStart)>>,
     thread: Option<JoinHandle<()>>,
     status: Arc<ProcessStatus>,
 }
 
 impl ProcessEnclave {
     /// Starts the compartment process and its supervisor. Fails if the first process
-    /// cannot be spawned (a wrong program path should stop the replica, not loop).
+    /// cannot be spawned (a wrong program path should stop the replica, not loop). With
+    /// `durable` (SPEC §10) the first process starts from that state, and every restarted
+    /// one waits for the state [`EnclaveHandle::resume`] hands it.
     pub fn spawn(
         kind: CompartmentKind,
         launcher: ProcessLauncher,
         sink: OutputSink,
         notice: RestartNotice,
+        durable: Option<DurableStart>,
     ) -> std::io::Result<Self> {
         let status = Arc::new(ProcessStatus::default());
         let first = spawn_child(&launcher, kind, 0)?;
         status.pid.store(first.id(), Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::bounded(THREAD_QUEUE_CROSSINGS);
-        let supervisor = Supervisor { kind, launcher, sink, notice, status: status.clone(), rx };
+        let (starts, starts_rx) = match durable {
+            Some(start) => {
+                // One start per incarnation at most is ever queued unread: a bounded channel
+                // of a few is plenty, and `resume` never blocks on it.
+                let (tx, rx) = crossbeam_channel::bounded(MAX_QUEUED_STARTS);
+                let _ = tx.send((0, start));
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        let supervisor = Supervisor { kind, launcher, sink, notice, status: status.clone(), rx, starts: starts_rx };
         let thread =
             std::thread::Builder::new().name(format!("enclave-{kind}-proc")).spawn(move || supervisor.run(first))?;
-        Ok(ProcessEnclave { kind, tx: Some(tx), thread: Some(thread), status })
+        Ok(ProcessEnclave { kind, tx: Some(tx), starts, thread: Some(thread), status })
     }
 
     /// The compartment process's state.
@@ -215,24 +284,49 @@ impl EnclaveHandle for ProcessEnclave {
     fn process_status(&self) -> Option<&Arc<ProcessStatus>> {
         Some(&self.status)
     }
+
+    fn resume(&mut self, incarnation: u64, start: DurableStart) {
+        if let Some(starts) = &self.starts
+            && starts.try_send((incarnation, start)).is_err()
+        {
+            // Only if the supervisor is gone or several restarts went unserved: the newest
+            // restart sends its own.
+            tracing::warn!(kind = %self.kind, incarnation, "start state for a restarted compartment dropped");
+        }
+    }
 }
 
 impl Drop for ProcessEnclave {
     fn drop(&mut self) {
         self.tx.take();
+        self.starts.take();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
 }
 
+/// Pipe capacity asked for each direction (Linux's default is 64 KiB, and
+/// `/proc/sys/fs/pipe-max-size`, 1 MiB by default, caps what an unprivileged process may
+/// ask): a batched crossing (a PrePrepare with its batch, sealed state) fits whole, so the
+/// writer does not block and wake up once per 64 KiB while the reader drains it.
+pub const PIPE_BYTES: usize = 1 << 20;
+
 fn spawn_child(launcher: &ProcessLauncher, kind: CompartmentKind, incarnation: u64) -> std::io::Result<Child> {
-    Command::new(&launcher.program)
+    let child = Command::new(&launcher.program)
         .args((launcher.args)(kind, incarnation))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .spawn()
+        .spawn()?;
+    // Best effort: a smaller pipe is slower, not wrong.
+    if let Some(stdin) = &child.stdin {
+        let _ = rustix::pipe::fcntl_setpipe_size(stdin, PIPE_BYTES);
+    }
+    if let Some(stdout) = &child.stdout {
+        let _ = rustix::pipe::fcntl_setpipe_size(stdout, PIPE_BYTES);
+    }
+    Ok(child)
 }
 
 struct Supervisor {
@@ -242,7 +336,12 @@ struct Supervisor {
     notice: RestartNotice,
     status: Arc<ProcessStatus>,
     rx: Receiver<Vec<Bytes>>,
+    /// Durable state only: start states by incarnation.
+    starts: Option<Receiver<(u64, DurableStart)>>,
 }
+
+/// Start states queued for a durable compartment's supervisor.
+const MAX_QUEUED_STARTS: usize = 8;
 
 enum Ended {
     /// The broker dropped the handle: stop the compartment.
@@ -273,7 +372,22 @@ impl Supervisor {
                 }
                 continue;
             };
-            let (ended, answered) = self.serve(&mut current);
+            // SPEC §10: a durable compartment's process gets its state before anything else.
+            let mut held = Vec::new();
+            let start = match &self.starts {
+                None => None,
+                Some(starts) => match self.await_start(starts, incarnation, &mut held) {
+                    Some(start) => Some(start),
+                    None => {
+                        // The broker is gone: the process sees its input close and exits.
+                        drop(current.stdin.take());
+                        let _ = current.wait();
+                        self.status.pid.store(0, Ordering::Relaxed);
+                        return;
+                    }
+                },
+            };
+            let (ended, answered) = self.serve(&mut current, start, held);
             backoff = if answered { RESTART_BACKOFF } else { (backoff * 2).min(MAX_RESTART_BACKOFF) };
             match ended {
                 Ended::Shutdown => {
@@ -314,22 +428,57 @@ impl Supervisor {
         RestartReport { exit, signal, new_pid, restarts: self.status.restarts.load(Ordering::Relaxed) }
     }
 
+    /// Waits for the start state of `incarnation` (older ones are stale: a process that died
+    /// before it was served). Inputs arriving meanwhile are kept, at most
+    /// [`THREAD_QUEUE_CROSSINGS`] crossings (the broker waits for room beyond that, and it
+    /// must not: it sends the start state), and go to the process after its start. `None`
+    /// when the broker has stopped.
+    fn await_start(
+        &self,
+        starts: &Receiver<(u64, DurableStart)>,
+        incarnation: u64,
+        held: &mut Vec<Vec<Bytes>>,
+    ) -> Option<Vec<Bytes>> {
+        loop {
+            crossbeam_channel::select! {
+                recv(starts) -> msg => match msg {
+                    Ok((n, start)) if n == incarnation => return Some(start_crossing(&start)),
+                    Ok(_) => {}
+                    Err(_) => return None,
+                },
+                recv(self.rx) -> msg => match msg {
+                    Ok(inputs) => {
+                        if held.len() >= THREAD_QUEUE_CROSSINGS {
+                            // Lost like inputs a dead process had; the protocol repairs it.
+                            held.remove(0);
+                            self.status.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        held.push(inputs);
+                    }
+                    Err(_) => return None,
+                },
+            }
+        }
+    }
+
     /// Moves crossings to and from one process until it dies or the broker stops; also
-    /// says whether it answered anything.
-    fn serve(&self, child: &mut Child) -> (Ended, bool) {
+    /// says whether it answered anything. `start` (durable state) is written first, then
+    /// `held` inputs.
+    fn serve(&self, child: &mut Child, start: Option<Vec<Bytes>>, held: Vec<Vec<Bytes>>) -> (Ended, bool) {
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return (Ended::Died, false);
         };
         let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let answered_reader = answered.clone();
         let (died_tx, died_rx) = crossbeam_channel::bounded::<()>(1);
-        let (kind, sink) = (self.kind, self.sink.clone());
+        let (kind, sink, status) = (self.kind, self.sink.clone(), self.status.clone());
         let reader = std::thread::Builder::new().name(format!("enclave-{kind}-out")).spawn(move || {
             let mut r = BufReader::with_capacity(1 << 16, stdout);
             loop {
                 match read_crossing(&mut r) {
                     Ok(outputs) => {
                         answered_reader.store(true, Ordering::Relaxed);
+                        status.answers.fetch_add(1, Ordering::Relaxed);
                         if !outputs.is_empty() {
                             sink(kind, outputs);
                         }
@@ -348,7 +497,21 @@ impl Supervisor {
             Err(_) => return (Ended::Died, false),
         };
         let mut w: BufWriter<ChildStdin> = BufWriter::with_capacity(1 << 16, stdin);
+        let held: Vec<Bytes> = held.into_iter().flatten().collect();
+        let first = start.into_iter().chain((!held.is_empty()).then_some(held));
+        let mut failed = false;
+        for crossing in first {
+            if write_crossing(&mut w, &crossing).is_err() {
+                failed = true;
+                break;
+            }
+            self.status.crossings.fetch_add(1, Ordering::Relaxed);
+            self.status.inputs.fetch_add(crossing.len() as u64, Ordering::Relaxed);
+        }
         let ended = loop {
+            if failed {
+                break Ended::Died;
+            }
             crossbeam_channel::select! {
                 recv(self.rx) -> msg => match msg {
                     Ok(mut inputs) => {
@@ -362,6 +525,7 @@ impl Supervisor {
                             break Ended::Died;
                         }
                         self.status.crossings.fetch_add(1, Ordering::Relaxed);
+                        self.status.inputs.fetch_add(inputs.len() as u64, Ordering::Relaxed);
                     }
                     Err(_) => break Ended::Shutdown,
                 },
@@ -404,6 +568,24 @@ mod tests {
         assert_eq!(read_crossing(&mut r).unwrap(), items);
         assert!(read_crossing(&mut r).unwrap().is_empty());
         assert!(matches!(read_crossing(&mut r), Err(FrameError::Closed)));
+    }
+
+    #[test]
+    fn start_crossings_round_trip_and_refuse_malformed_items() {
+        use splitbft_types::durable::RecordKind;
+        let record = |index| SealedState { kind: RecordKind::Delta, epoch: 3, index, sealed: vec![index as u8; 40] };
+        let start = DurableStart { records: vec![record(1), record(2)], counter: 3 };
+        let items = start_crossing(&start);
+        assert_eq!(items.len(), 3);
+        let back = decode_start(&items).unwrap();
+        assert_eq!((back.records, back.counter), (start.records, start.counter));
+        assert!(matches!(decode_start(&[]), Err(StartError::Empty)));
+        let mut bad = items.clone();
+        bad[2] = Bytes::from_static(&[0xff; 3]);
+        assert!(matches!(decode_start(&bad), Err(StartError::Malformed(2, _))));
+        let mut trailing = items[0].to_vec();
+        trailing.push(0);
+        assert!(matches!(decode_start(&[Bytes::from(trailing)]), Err(StartError::Malformed(0, _))));
     }
 
     #[test]

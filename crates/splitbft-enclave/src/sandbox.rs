@@ -98,9 +98,24 @@ pub struct SandboxReport {
     pub allowed_syscalls: usize,
 }
 
+/// Reads the first crossing on stdin (a durable compartment's start crossing, SPEC §10)
+/// without buffering past it: the rest of the stream is [`serve_stdio`]'s. Before the
+/// sandbox, like reading the key: a broker that could exploit this decoder could as well
+/// ptrace the process now (it is dumpable until [`enter`]).
+pub fn read_first_crossing() -> Result<Vec<bytes::Bytes>, SandboxError> {
+    let setup = |what| move |source| SandboxError::Setup { what, source };
+    let mut input = File::from(std::io::stdin().as_fd().try_clone_to_owned().map_err(setup("dup stdin"))?);
+    Ok(read_crossing(&mut input)?)
+}
+
 /// Serves a compartment on this process's stdin and stdout until the broker closes stdin.
-/// Sandboxes first. With `probe`, tries that forbidden call right after the first crossing.
-pub fn serve_stdio(compartment: &mut dyn Compartment, probe: Option<Probe>) -> Result<(), SandboxError> {
+/// Sandboxes first, then writes `first` (outputs of a restore, SPEC §10) if any. With
+/// `probe`, tries that forbidden call right after the first crossing.
+pub fn serve_stdio(
+    compartment: &mut dyn Compartment,
+    probe: Option<Probe>,
+    first: Vec<bytes::Bytes>,
+) -> Result<(), SandboxError> {
     let setup = |what| move |source| SandboxError::Setup { what, source };
     // Own duplicates of the pipes: plain files, no std line buffering, known numbers for the
     // filter.
@@ -111,7 +126,12 @@ pub fn serve_stdio(compartment: &mut dyn Compartment, probe: Option<Probe>) -> R
     tracing::debug!(kind = %compartment.kind(), ?report, "compartment sandboxed");
     let mut reader = BufReader::with_capacity(1 << 16, input);
     let mut writer = BufWriter::with_capacity(1 << 16, output);
-    let served = serve(compartment, &mut reader, &mut writer, probe);
+    let served = if first.is_empty() {
+        Ok(())
+    } else {
+        write_crossing(&mut writer, &first).map_err(|e| SandboxError::Frame(FrameError::Io(e)))
+    };
+    let served = served.and_then(|()| serve(compartment, &mut reader, &mut writer, probe));
     // The process exits next and the kernel closes the pipes; dropping them here would run
     // descriptor checks (`fcntl`) the filter forbids.
     std::mem::forget(reader);

@@ -2,9 +2,11 @@
 //! (`env!("CARGO_BIN_EXE_splitbft")` in the caller: only the `splitbft` crate's tests
 //! know it).
 
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 /// Attempts at finding free ports before giving up.
 const PORT_ATTEMPTS: u16 = 200;
@@ -119,4 +121,22 @@ pub fn client(bin: &str, config: &Path, args: &[&str]) -> Output {
 /// A process's stdout, trimmed.
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `GET path` over HTTP/1.1 (a replica's or the gateway's `/metrics`, `/healthz`): the
+/// status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    try_http_get(addr, path).unwrap()
+}
+
+/// [`http_get`], with an error while nothing listens at `addr` (a process still starting).
+pub fn try_http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    Ok((status, body.to_owned()))
 }

@@ -71,12 +71,13 @@ fn crossing(c: &mut Criterion) {
 
     let launcher = {
         // The bench executable is not `splitbft`: name the program the launcher runs.
-        let mut l = splitbft::compartment::launcher(&config, ReplicaId(0), splitbft::AppKind::Kv, Vec::new()).unwrap();
+        let mut l =
+            splitbft::compartment::launcher(&config, ReplicaId(0), splitbft::AppKind::Kv, false, Vec::new()).unwrap();
         l.program = BIN.into();
         l
     };
     let notice: RestartNotice = Arc::new(|kind, report| panic!("{kind} compartment died: {}", report.exit));
-    let mut process = ProcessEnclave::spawn(CompartmentKind::Preparation, launcher, sink, notice).unwrap();
+    let mut process = ProcessEnclave::spawn(CompartmentKind::Preparation, launcher, sink, notice, None).unwrap();
     group.bench_function("process", |b| {
         b.iter(|| {
             process.submit(vec![query.clone()], &mut Vec::new());

@@ -3,7 +3,9 @@
 //!
 //! The compartment process reads `cluster.toml` and its own key file (Execution: also the
 //! group secret) itself, then sandboxes itself (`splitbft_enclave::sandbox`) before its first
-//! input. The broker passes only paths: it never opens or maps a compartment secret.
+//! input. The broker passes only paths: it never opens or maps a compartment secret. With
+//! durable state (`--durable`, SPEC §10) the broker's first crossing is the compartment's
+//! sealed records, which only this process's key opens.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -52,10 +54,16 @@ pub struct EnclaveArgs {
     /// Replicated application (Preparation and Confirmation need its genesis checkpoint).
     #[arg(long, value_enum, default_value = "kv")]
     pub app: crate::AppKind,
-    /// How many times this compartment was started before (0: first start). A restarted
-    /// compartment starts from its configuration and catches up (SPEC §4.3).
+    /// How many times this compartment was started before (0: first start). Without
+    /// `--durable` a restarted compartment starts from its configuration, behind the
+    /// recovery fence, and catches up (SPEC §4.3, §10).
     #[arg(long, default_value_t = 0)]
     pub incarnation: u64,
+    /// Durable state (SPEC §10): the first crossing on stdin is this compartment's sealed
+    /// records and counter value; it restores from them (whatever its incarnation) and
+    /// seals its state as outputs from then on.
+    #[arg(long)]
+    pub durable: bool,
     /// Test only: try this forbidden system call (socket or open) after the first crossing,
     /// to show the kernel kills the process.
     #[arg(long, hide = true)]
@@ -105,6 +113,24 @@ pub fn run(args: &EnclaveArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let app = args.app.build()?;
+    if args.durable {
+        // SPEC §10: the broker's start crossing carries the sealed records; only this
+        // process's key opens them. Restored state is as fresh as the host's storage; a
+        // compartment without state (or with state below the counter) fences itself.
+        let items = splitbft_enclave::sandbox::read_first_crossing().context("reading the start crossing")?;
+        let start = splitbft_enclave::process::decode_start(&items)?;
+        let (mut compartment, replay) =
+            splitbft_enclave::restore_compartment(args.kind, &protocol, me, key, group, app, &start)
+                .context("restoring the compartment from its sealed state")?;
+        tracing::info!(
+            kind = %args.kind, replica = args.id, incarnation = args.incarnation,
+            records = start.records.len(), "compartment restored from its sealed state"
+        );
+        serve_stdio(compartment.as_mut(), args.test_probe, replay)
+            .with_context(|| format!("{} compartment", args.kind))?;
+        return Ok(());
+    }
     let build = if args.incarnation > 0 {
         tracing::warn!(
             kind = %args.kind, replica = args.id, incarnation = args.incarnation,
@@ -115,9 +141,9 @@ pub fn run(args: &EnclaveArgs) -> anyhow::Result<()> {
     } else {
         splitbft_enclave::build_compartment
     };
-    let mut compartment =
-        build(args.kind, &protocol, me, key, group, args.app.build()?).context("building the compartment")?;
-    serve_stdio(compartment.as_mut(), args.test_probe).with_context(|| format!("{} compartment", args.kind))?;
+    let mut compartment = build(args.kind, &protocol, me, key, group, app).context("building the compartment")?;
+    serve_stdio(compartment.as_mut(), args.test_probe, Vec::new())
+        .with_context(|| format!("{} compartment", args.kind))?;
     Ok(())
 }
 
@@ -130,11 +156,13 @@ pub fn enclave_program() -> anyhow::Result<PathBuf> {
 }
 
 /// A launcher that runs `PROGRAM enclave --config CONFIG --id ID --kind K --app APP` for
-/// replica `id`. `probes` (tests only) are passed to a compartment's first start.
+/// replica `id` (with `--durable` if `durable`: the broker then sends each process its
+/// sealed state first). `probes` (tests only) are passed to a compartment's first start.
 pub fn launcher(
     config: &Path,
     id: ReplicaId,
     app: crate::AppKind,
+    durable: bool,
     probes: Vec<(CompartmentKind, Probe)>,
 ) -> anyhow::Result<ProcessLauncher> {
     let config = std::path::absolute(config).context("resolving the cluster file path")?;
@@ -153,6 +181,9 @@ pub fn launcher(
             "--incarnation".into(),
             incarnation.to_string().into(),
         ];
+        if durable {
+            args.push("--durable".into());
+        }
         if incarnation == 0
             && let Some((_, probe)) = probes.iter().find(|(k, _)| *k == kind)
         {

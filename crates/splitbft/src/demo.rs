@@ -134,6 +134,9 @@ pub struct DemoSummary {
     pub p99_us: u64,
     /// Requests per batch at the primary.
     pub avg_batch: f64,
+    /// `process` backend: crossings into compartment processes and the inputs they carried,
+    /// over every replica (None for the in-process backends).
+    pub process_crossings: Option<(u64, u64)>,
     /// Client retransmissions.
     pub retransmissions: u64,
     /// Inputs rejected by any broker or compartment (counters whose name says so).
@@ -339,7 +342,7 @@ impl LocalTcpCluster {
             config.data_dir = spec.data_dir.as_ref().map(|d| replica_data_dir(d, me));
             config.durable = spec.durable;
             if let Some((_, path)) = &keys_dir {
-                let launcher = crate::compartment::launcher(path, me, app, Vec::new())?;
+                let launcher = crate::compartment::launcher(path, me, app, spec.durable, Vec::new())?;
                 nodes.push(Some(splitbft_broker::spawn_node_processes(config, listener, launcher).await?));
                 continue;
             }
@@ -423,8 +426,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     if opts.clients == 0 || opts.outstanding == 0 {
         bail!("--clients and --outstanding must be at least 1");
     }
-    // The process backend's compartments do not restore sealed state yet (SPEC §10).
-    let durable = !opts.no_durable && opts.backend != Backend::Process;
+    let durable = !opts.no_durable;
     let data_dir = match (opts.app, &opts.data_dir) {
         (AppKind::Ledger, Some(dir)) => Some(dir.clone()),
         (AppKind::Kv, Some(dir)) if durable => Some(dir.clone()),
@@ -556,6 +558,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         p50_us: outcome.latencies.value_at_quantile(0.5),
         p99_us: outcome.latencies.value_at_quantile(0.99),
         avg_batch: crate::bench::average_batch(&reports),
+        process_crossings: (opts.backend == Backend::Process).then(|| {
+            let sum = |field| {
+                reports.iter().flat_map(|r| CompartmentKind::ALL.map(|k| r.process_figure(k, field))).sum::<u64>()
+            };
+            (sum(splitbft_broker::ProcessField::Crossings), sum(splitbft_broker::ProcessField::Inputs))
+        }),
         retransmissions: outcome.retransmissions,
         rejected_inputs,
         final_view,
@@ -602,6 +610,12 @@ pub fn print_summary(s: &DemoSummary) {
     println!("  throughput   {:.0} ops/s", s.throughput_ops_s);
     println!("  latency      p50 {:.3} ms, p99 {:.3} ms", s.p50_us as f64 / 1000.0, s.p99_us as f64 / 1000.0);
     println!("  batching     {:.1} requests per batch at the primary", s.avg_batch);
+    if let Some((crossings, inputs)) = s.process_crossings {
+        println!(
+            "  crossings    {crossings} into compartment processes, {:.1} inputs each",
+            inputs as f64 / crossings.max(1) as f64
+        );
+    }
     println!("  retransmits  {}, rejected inputs {}", s.retransmissions, s.rejected_inputs);
     println!("  views        final view {}, {} view change(s)", s.final_view, s.view_changes);
     if s.durable {

@@ -419,12 +419,6 @@ async fn replica(
     metrics: Option<SocketAddr>,
     listen: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
-    if durable && backend == Backend::Process {
-        eprintln!(
-            "replica {id}: the process backend does not restore sealed compartment state yet (SPEC §10): running without durable state"
-        );
-    }
-    let durable = durable && backend != Backend::Process;
     let data_dir = match data_dir {
         Some(dir) => Some(dir),
         None if durable => Some(config_dir(config_path).join("data").join(format!("replica-{id}"))),
@@ -450,7 +444,7 @@ async fn replica(
     node_config.durable = durable;
     let node = if backend == Backend::Process {
         // Each compartment process reads its own key: this process never opens one.
-        let launcher = splitbft::compartment::launcher(config_path, me, app, test_probe)?;
+        let launcher = splitbft::compartment::launcher(config_path, me, app, durable, test_probe)?;
         splitbft_broker::spawn_node_processes(node_config, listener, launcher).await?
     } else {
         if !test_probe.is_empty() {

@@ -24,6 +24,10 @@ fn start_replica(config: &Path, id: u32) -> Child {
     process::start_replica(BIN, config, id, &[])
 }
 
+fn start_replica_on(config: &Path, id: u32, backend: &str) -> Child {
+    process::start_replica(BIN, config, id, &["--backend", backend])
+}
+
 fn client(config: &Path, id: u32, args: &[&str]) -> Output {
     Command::new(BIN)
         .args(["client", "--config"])
@@ -155,21 +159,31 @@ fn sigterm_report(child: Child) -> String {
 #[cfg(unix)]
 #[test]
 fn sigkill_of_all_four_replicas_loses_no_acknowledged_write() {
+    sigkill_of_all_four("thread");
+}
+
+/// The same with every compartment in its own process (SPEC §5.1): the brokers and their
+/// compartment processes all killed, each compartment process restored from the sealed
+/// records its broker hands it.
+#[cfg(target_os = "linux")]
+#[test]
+fn sigkill_of_all_four_process_backend_replicas_loses_no_acknowledged_write() {
+    sigkill_of_all_four("process");
+}
+
+fn sigkill_of_all_four(backend: &str) {
     let (_dir, config) = cluster(3);
-    let mut replicas = Replicas((0..4).map(|i| Some(start_replica(&config, i))).collect());
+    let mut replicas = Replicas((0..4).map(|i| Some(start_replica_on(&config, i, backend))).collect());
     wait_up(&config);
     let workload = Workload::start(&config, 2);
     wait_progress(&workload, Instant::now(), 10);
-    // All four at once.
-    for child in replicas.0.iter_mut().flatten() {
-        child.kill().unwrap();
-    }
+    // All four at once, with their compartment processes (if any).
     for child in replicas.0.iter_mut().filter_map(Option::take) {
         let mut child = child;
-        child.wait().unwrap();
+        process::kill_tree(&mut child);
     }
     let before = workload.acked.lock().unwrap().len();
-    replicas.0 = (0..4).map(|i| Some(start_replica(&config, i))).collect();
+    replicas.0 = (0..4).map(|i| Some(start_replica_on(&config, i, backend))).collect();
     let restarted = Instant::now();
     wait_progress(&workload, restarted, 10);
     let total = workload.finish(&config);

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use splitbft_testkit::process::{Processes, free_ports};
+use splitbft_testkit::process::{Processes, free_ports, http_get};
 
 const BIN: &str = env!("CARGO_BIN_EXE_splitbft");
 
@@ -51,17 +51,6 @@ fn text(out: &Output) -> String {
 }
 
 /// `GET path` over plain HTTP; the status code and the body.
-fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
-}
-
 /// Strict line check of the text exposition format: every sample belongs to a family
 /// declared by a preceding `# TYPE`, names and labels are well formed, values are numbers,
 /// and the OpenMetrics `# EOF` ends it. Returns the samples as `(name{labels}, value)`.

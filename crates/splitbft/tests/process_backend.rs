@@ -3,17 +3,19 @@
 //! under a seccomp filter with no new privileges; the broker's memory holds no compartment
 //! key and each compartment's only its own; a forbidden system call gets a compartment
 //! killed by the kernel, reported and restarted; `kill -9` of a compartment under load
-//! loses no acknowledged write.
+//! loses no acknowledged write; with durable state (the default, SPEC §10) a compartment
+//! process, or the whole replica, killed with `kill -9` comes back with its sealed state.
 
 #![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Seek, SeekFrom};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use splitbft_testkit::process::{self, Replicas, children};
+use splitbft_testkit::process::{self, Replicas, children, kill_tree, try_http_get};
 
 const BIN: &str = env!("CARGO_BIN_EXE_splitbft");
 
@@ -225,13 +227,37 @@ fn forbidden_system_calls_kill_the_compartment_and_it_is_restarted() {
 }
 
 /// `kill -9` of compartment processes under load (a backup's Execution, then the
-/// primary's Preparation): the cluster keeps serving, the compartments come back, and
-/// every acknowledged write is still there.
+/// primary's Preparation) with durable state (the default, SPEC §10): the cluster keeps
+/// serving, the compartments come back with their sealed state, and every acknowledged
+/// write is still there.
 #[test]
-fn kill_9_of_compartments_under_load_loses_no_acknowledged_write() {
+fn kill_9_of_durable_compartments_under_load_loses_no_acknowledged_write() {
+    let (log0, log2) = kill_9_of_compartments_under_load(&[]);
+    // Both came back from their sealed records: the primary's Preparation remembered the
+    // sequence numbers it had assigned.
+    for log in [&log0, &log2] {
+        assert!(log.contains("restarted compartment process resumes from its sealed state"), "{log}");
+    }
+}
+
+/// The same without durable state: the restarted compartments start from their
+/// configuration, behind the recovery fence, and catch up; the restarted primary
+/// Preparation forgot its sequence numbers, so its replica suspects its view.
+#[test]
+fn kill_9_of_compartments_without_durable_state_under_load_loses_no_acknowledged_write() {
+    let (_, log2) = kill_9_of_compartments_under_load(&["--no-durable"]);
+    // Usually the cluster changes view; not always: when the batches already in flight
+    // carry the stable checkpoint past the fence's horizon, the fence lifts and the
+    // restarted Preparation orders again in view 0 (SPEC §10). Shown, not asserted.
+    eprintln!("replica 2's final view: {}", stopped_field(&log2, "view "));
+}
+
+/// Kills replica 2's Execution and then replica 0's Preparation under load; checks every
+/// acknowledged write; returns replica 0's and replica 2's logs.
+fn kill_9_of_compartments_under_load(extra: &[&str]) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
     let config = keygen(dir.path(), &["--checkpoint-interval", "8"]);
-    let mut replicas = Replicas((0..4).map(|i| Some(start_replica(&config, i, &[]))).collect());
+    let mut replicas = Replicas((0..4).map(|i| Some(start_replica(&config, i, extra))).collect());
     wait_until_serving(&config);
 
     // Load: three clients writing distinct keys back to back, recording what was acknowledged.
@@ -281,14 +307,10 @@ fn kill_9_of_compartments_under_load_loses_no_acknowledged_write() {
     let log0 = stop(replicas.0[0].take().unwrap());
     assert!(log0.contains("1 compartment process restarts (0 seccomp kills)"), "{log0}");
     assert!(log0.contains("killed by SIGKILL"), "{log0}");
-    // The restarted primary Preparation forgot its sequence numbers: the replica suspected
-    // its view and the cluster moved on. Replica 2 shows it: the restarted Preparation of
-    // replica 0 itself starts at view 0 and may not have seen the NewView (it has no
-    // durable state, SPEC §10), so its own report is no evidence either way.
-    assert!(stopped_field(&log2, "view ") >= 1, "{log2}");
     // Whether the restarted Execution needed a state transfer depends on how far the load
     // moved on while it was down (a stable checkpoint past it); shown, not asserted.
     eprintln!("replica 2 state transfers: {}", stopped_field(&log2, "executed, "));
+    (log0, log2)
 }
 
 /// Software attestation binds the Execution measurement to the executable (SPEC §6): an
@@ -318,4 +340,99 @@ fn execution_process_serves_only_under_its_own_binary_measurement() {
     let refused = run(&forged);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("this executable measures"));
+}
+
+/// What replica's `/healthz` says, once every compartment answers (a restarted one
+/// included: the broker forgets a dead process's stats).
+struct Health {
+    last_executed: u64,
+    recovering: bool,
+}
+
+fn healthy(metrics: SocketAddr) -> Health {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = try_http_get(metrics, "/healthz").unwrap_or((0, "not listening".into()));
+        if status == 200 {
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+            return Health {
+                last_executed: json["last_executed"].as_u64().unwrap(),
+                recovering: json["recovering"].as_bool().unwrap(),
+            };
+        }
+        assert!(Instant::now() < deadline, "replica never healthy: {status} {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// SPEC §10 with the process backend: each compartment process of a durable replica,
+/// killed with `kill -9` while the cluster is idle, comes back with its sealed state — its
+/// last executed sequence number, no recovery fence — which neither state transfer nor
+/// the fence could give it with no traffic to catch up from; then the whole replica,
+/// killed with `kill -9` and started again, resumes from its disk. Every acknowledged
+/// write is still there.
+#[test]
+fn durable_compartment_processes_resume_from_their_sealed_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keygen(dir.path(), &["--checkpoint-interval", "8"]);
+    let metrics: SocketAddr = format!("127.0.0.1:{}", process::free_ports(1)).parse().unwrap();
+    let metrics_arg = metrics.to_string();
+    let with_metrics = ["--metrics", metrics_arg.as_str()];
+    let start = |i: u32| start_replica(&config, i, if i == 2 { &with_metrics[..] } else { &[] });
+    let mut replicas = Replicas((0..4).map(|i| Some(start(i))).collect());
+    wait_until_serving(&config);
+    let mut acked = Vec::new();
+    for i in 0..30 {
+        put_ok(&config, &format!("k{i}"), &format!("v{i}"));
+        acked.push(i);
+    }
+    // Replica 2 may trail the f + 1 replies a client waits for: wait until it is still.
+    let mut executed = healthy(metrics).last_executed;
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = healthy(metrics).last_executed;
+        if now == executed {
+            break;
+        }
+        executed = now;
+    }
+    assert!(executed > 8, "replica 2 executed only {executed} batches");
+
+    for kind in KINDS {
+        let broker = replicas.0[2].as_ref().unwrap();
+        let old = compartment_pid(broker, kind, None);
+        assert!(Command::new("kill").args(["-9", &old.to_string()]).status().unwrap().success());
+        let new = compartment_pid(broker, kind, Some(old));
+        assert_sandboxed(new);
+        let health = healthy(metrics);
+        assert_eq!(health.last_executed, executed, "after kill -9 of its {kind} process");
+        assert!(!health.recovering, "the restarted {kind} process is behind the fence or transferring state");
+    }
+
+    // The whole replica: broker and compartments.
+    let mut whole = replicas.0[2].take().unwrap();
+    kill_tree(&mut whole);
+    replicas.0[2] = Some(start(2));
+    let health = healthy(metrics);
+    assert_eq!(health.last_executed, executed, "after kill -9 of the whole replica");
+    assert!(!health.recovering);
+
+    // It takes part again: it executes what the cluster orders next, and every acknowledged
+    // write reads back.
+    for i in 30..40 {
+        put_ok(&config, &format!("k{i}"), &format!("v{i}"));
+        acked.push(i);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while healthy(metrics).last_executed < executed + 10 {
+        assert!(Instant::now() < deadline, "the restarted replica does not execute new batches");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for i in acked {
+        let get = client(&config, &["get", &format!("k{i}")]);
+        assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), format!("v{i}"), "acknowledged write k{i} lost");
+    }
+    let log = stop(replicas.0[2].take().unwrap());
+    assert!(log.contains("0 compartment process restarts"), "{log}");
+    assert!(!log.contains(": 0 bytes of sealed state read from disk"), "{log}");
 }
