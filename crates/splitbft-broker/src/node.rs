@@ -14,7 +14,7 @@ use splitbft_enclave::process::ProcessLauncher;
 use splitbft_enclave::{
     Backend, DurableStart, EnclaveHandle, ReplicaSecrets, start_processes, start_replica, start_replica_durable,
 };
-use splitbft_transport::{Identity, initiate, respond};
+use splitbft_transport::{Identity, SecureWrite, initiate, respond};
 use splitbft_types::boundary::Stats;
 use splitbft_types::counters::Counter;
 use splitbft_types::keys::TransportSecret;
@@ -859,25 +859,22 @@ async fn accept_loop(listener: TcpListener, events: mpsc::Sender<Event>, accept:
     }
 }
 
-/// Why a reader stopped (counted).
-fn read_error_counter(e: &std::io::Error) -> Counter {
-    // An oversize length or an I/O error: the stream cannot be resynchronised.
-    if e.kind() == std::io::ErrorKind::InvalidData { Counter::FramesOversize } else { Counter::ConnectionErrors }
-}
-
 async fn serve_connection(stream: TcpStream, events: mpsc::Sender<Event>, accept: Accept, slot: Handshaking) {
     let (read, write) = stream.into_split();
     let mut frames = FramedRead::new(read, codec(accept.max_frame));
     let mut sink = FramedWrite::new(write, codec(accept.max_frame));
     // SPEC §11: nothing but the handshake until it proves who is at the other end.
-    let hello = match respond(&mut frames, &mut sink, &accept.protocol, &accept.secret).await {
-        Ok(hello) => hello,
+    let (hello, session) = match respond(&mut frames, &mut sink, &accept.protocol, &accept.secret).await {
+        Ok(done) => done,
         Err(e) => {
             let _ = events.send(Event::Count(e.counter())).await;
             return;
         }
     };
     drop(slot);
+    // Every later frame is sealed with the session's keys: a record that does not
+    // authenticate (altered, injected, replayed on the path) ends the connection.
+    let (mut frames, sink) = session.secure(frames, sink, accept.max_frame);
     let source = match hello {
         Hello::Replica(r) => Source::Peer(r),
         Hello::Client(c) => Source::Client(c),
@@ -933,7 +930,8 @@ async fn serve_connection(stream: TcpStream, events: mpsc::Sender<Event>, accept
         let frame = match frame {
             Ok(Some(Ok(frame))) => frame.freeze(),
             Ok(Some(Err(e))) => {
-                let _ = events.send(Event::Count(read_error_counter(&e))).await;
+                // Oversize, unauthenticated, or an I/O error: the stream cannot be resynchronised.
+                let _ = events.send(Event::Count(e.counter())).await;
                 break;
             }
             Ok(None) => break,
@@ -1018,7 +1016,7 @@ impl Inbox {
     }
 }
 
-type FrameSink = FramedWrite<tokio::net::tcp::OwnedWriteHalf, LengthDelimitedCodec>;
+type FrameSink = SecureWrite<tokio::net::tcp::OwnedWriteHalf>;
 
 /// How a writer ended.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1085,14 +1083,18 @@ async fn dial_peer(dial: Dial, mut rx: Inbox, events: mpsc::Sender<Event>) {
         let mut sink = FramedWrite::new(write, codec(dial.max_frame));
         let mut reader = FramedRead::new(read, codec(dial.max_frame));
         let me = Identity::Replica(me, &dial.secret);
-        if let Err(e) = initiate(&mut reader, &mut sink, dial.cluster_id, &dial.peer_key, me).await {
-            // Not the peer the configuration names, or it is not up yet: back off.
-            tracing::debug!(%peer, %addr, %e, "peer handshake failed");
-            let _ = events.send(Event::Count(e.counter())).await;
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(RECONNECT_MAX);
-            continue;
-        }
+        let session = match initiate(&mut reader, &mut sink, dial.cluster_id, &dial.peer_key, me).await {
+            Ok(session) => session,
+            Err(e) => {
+                // Not the peer the configuration names, or it is not up yet: back off.
+                tracing::debug!(%peer, %addr, %e, "peer handshake failed");
+                let _ = events.send(Event::Count(e.counter())).await;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+                continue;
+            }
+        };
+        let mut sink: FrameSink = sink.map_encoder(|_| session.encoder(dial.max_frame));
         backoff = RECONNECT_MIN;
         let _ = events.send(Event::PeerUp(peer)).await;
         // Detect a closed peer: it never writes on this connection after the handshake, so
