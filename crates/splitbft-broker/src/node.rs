@@ -18,6 +18,7 @@ use splitbft_transport::{Identity, SecureWrite, initiate, respond};
 use splitbft_types::boundary::Stats;
 use splitbft_types::counters::Counter;
 use splitbft_types::keys::TransportSecret;
+use splitbft_types::limits::Limits;
 use splitbft_types::wire::{Hello, MAX_FRAME_BYTES};
 use splitbft_types::{Application, ClientId, CompartmentKind, ProtocolConfig, ReplicaId};
 use tokio::net::{TcpListener, TcpStream};
@@ -136,6 +137,10 @@ pub enum NodeError {
     /// Durability asked for with the process backend, whose compartments cannot restore yet.
     #[error("the process backend does not restore sealed compartment state yet (SPEC §10): run it with --no-durable")]
     DurableProcesses,
+    /// Two size limits disagree (SPEC §11): something could be accepted that cannot later
+    /// be framed, replied to or transferred.
+    #[error(transparent)]
+    Limits(#[from] splitbft_types::limits::LimitsError),
     /// The configuration lacks transport keys, or this replica's secret is not its key.
     #[error("transport keys (SPEC §11): {0}")]
     Transport(&'static str),
@@ -284,6 +289,8 @@ pub async fn spawn_node(
     app: Box<dyn Application>,
 ) -> Result<NodeHandle, NodeError> {
     check_addresses(&config)?;
+    // SPEC §11: refuse to start with limits that disagree, naming the two.
+    Limits::new(&config.protocol, app.limits(), config.max_frame_bytes).check()?;
     let (out_tx, out_rx) = mpsc::unbounded_channel::<FromEnclave>();
     let sink: splitbft_enclave::OutputSink = Arc::new(move |kind, outputs| {
         let _ = out_tx.send(FromEnclave::Outputs(kind, outputs));

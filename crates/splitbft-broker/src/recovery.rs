@@ -32,10 +32,10 @@ pub const MAX_FUTURE_BYTES: usize = 64 * 1024 * 1024;
 /// catches up through the view change itself (the `f + 1` join rule and the NewView), so
 /// junk for view `u64::MAX` is refused instead of squatting the buffer (issue 14).
 pub const MAX_FUTURE_VIEWS_AHEAD: View = 16;
-/// Bytes per state-transfer chunk: well under the frame limit.
-pub const STATE_CHUNK_BYTES: usize = 1024 * 1024;
-/// Largest snapshot accepted in a state transfer (bounds the reassembly buffer).
-pub const MAX_STATE_BYTES: usize = 1024 * 1024 * 1024;
+/// Bytes per state-transfer chunk, and the largest snapshot accepted in a state transfer
+/// (bounds the reassembly buffer): named with every other limit in
+/// [`splitbft_types::limits`] and checked against them at start.
+pub use splitbft_types::limits::{MAX_STATE_BYTES, STATE_CHUNK_BYTES};
 /// How long to wait for progress from one peer before asking the next.
 pub const STATE_PEER_TIMEOUT_US: u64 = 1_000_000;
 /// A peer's request to resend the out-log is honoured at most this often (a faulty peer

@@ -284,3 +284,48 @@ async fn the_pbft_baseline_serves_clients() {
     );
     cluster.shutdown().await;
 }
+
+/// SPEC §11: a replica whose size limits disagree refuses to start, naming the two limits;
+/// with the defaults (n = 4 and n = 7) it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_limits_disagree_refuses_to_start() {
+    use splitbft_broker::{NodeConfig, NodeError, spawn_node};
+    use splitbft_enclave::ReplicaSecrets;
+    use splitbft_types::keys::ClusterSecrets;
+    use splitbft_types::{CompartmentKind, ProtocolConfig};
+    async fn start(secrets: &ClusterSecrets, protocol: ProtocolConfig, frame: usize) -> Result<(), NodeError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addresses = vec![listener.local_addr().unwrap(); protocol.n()];
+        let me = ReplicaId(0);
+        let mut config = NodeConfig::new(protocol, me, addresses, Backend::Inline, secrets.transport[0].clone());
+        config.max_frame_bytes = frame;
+        let keys = ReplicaSecrets {
+            keys: CompartmentKind::ALL.map(|k| SecretKey::from_seed(secrets.enclave(me, k).seed())),
+            execution_group: secrets.execution_group_secret(),
+        };
+        let node = spawn_node(config, listener, keys, splitbft::AppKind::Kv.build().unwrap()).await?;
+        node.shutdown().await;
+        Ok(())
+    }
+    for f in [1, 2] {
+        let secrets = ClusterSecrets::deterministic(9, f, 10, 1);
+        start(&secrets, secrets.config.clone(), MAX_FRAME_BYTES).await.unwrap();
+        // Batches of B largest requests no longer fit a 4 MiB frame.
+        let Err(NodeError::Limits(e)) = start(&secrets, secrets.config.clone(), 4 << 20).await else { panic!() };
+        assert_eq!((e.what, e.within), ("a batch (max_batch largest requests)", "the frame limit"), "{e}");
+        // An op limit below the KV store's largest op (a CAS with two values).
+        let mut small = secrets.config.clone();
+        small.max_op_bytes = 60 * 1024;
+        let Err(NodeError::Limits(e)) = start(&secrets, small, MAX_FRAME_BYTES).await else { panic!() };
+        assert_eq!(e.within, "max_op_bytes", "{e}");
+    }
+    // So many clients that their reply caches and the store's largest state do not fit
+    // state transfer: refused before anything starts, for `replica` and `demo` alike.
+    let mut many = ClusterSecrets::deterministic(9, 1, 1, 1).config;
+    many.clients = vec![many.clients[0]; 3000];
+    let e = splitbft::AppKind::Kv.check_limits(&many, MAX_FRAME_BYTES).unwrap_err().to_string();
+    assert!(e.contains("the Execution snapshot") && e.contains("the state-transfer limit"), "{e}");
+    splitbft::AppKind::Ledger
+        .check_limits(&ClusterSecrets::deterministic(9, 2, 1000, 1).config, MAX_FRAME_BYTES)
+        .unwrap();
+}
