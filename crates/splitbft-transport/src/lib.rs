@@ -130,6 +130,8 @@ fn prologue(cluster_id: u64) -> Vec<u8> {
     [PROLOGUE, &cluster_id.to_le_bytes()].concat()
 }
 
+mod cipher;
+
 fn params() -> snow::params::NoiseParams {
     NOISE_PARAMS.parse().expect("NOISE_PARAMS is a valid Noise protocol name")
 }
@@ -176,7 +178,7 @@ where
 {
     bounded(reader, async |reader| {
         let prologue = prologue(cluster_id);
-        let builder = snow::Builder::new(params());
+        let builder = snow::Builder::with_resolver(params(), cipher::resolver());
         // A client's static key only keeps XX's shape; its identity is the signature.
         let fresh;
         let local: &[u8] = match &me {
@@ -227,8 +229,10 @@ where
 {
     bounded(reader, async |reader| {
         let prologue = prologue(config.cluster_id);
-        let mut noise =
-            snow::Builder::new(params()).local_private_key(me.as_bytes())?.prologue(&prologue)?.build_responder()?;
+        let mut noise = snow::Builder::with_resolver(params(), cipher::resolver())
+            .local_private_key(me.as_bytes())?
+            .prologue(&prologue)?
+            .build_responder()?;
         let mut buf = [0u8; MAX_HANDSHAKE_FRAME];
         // -> e
         let message = read_message(reader).await?;
