@@ -10,20 +10,37 @@ use std::ops::Bound;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_bytes::{ByteBuf, Bytes};
+use splitbft_types::limits::AppLimits;
 use splitbft_types::{AppError, Application, Digest};
 
 /// Largest key, in bytes. Keys are identifiers; 1 KiB is ample for them and keeps the
 /// per-entry overhead of the ordered map and of scan prefixes small.
 pub const MAX_KEY_BYTES: usize = 1024;
-/// Largest value, in bytes. 64 KiB keeps one op well inside a client request and one entry
-/// cheap to copy into a reply or a snapshot.
-pub const MAX_VALUE_BYTES: usize = 64 * 1024;
-/// Most entries one Scan returns; larger limits (and `0`) are clamped to it. Bounds the work
-/// one op does and the size of its reply, which every Execution enclave produces.
+/// Largest value, in bytes. 32 KiB so that the largest op — a CAS carrying a key and two
+/// values — fits the cluster's `max_op_bytes` (66 KiB by default) once sealed: checked at
+/// start against it ([`splitbft_types::limits`], SPEC §11).
+pub const MAX_VALUE_BYTES: usize = 32 * 1024;
+/// Most entries one Scan page returns; larger limits (and `0`) are clamped to it. Bounds the
+/// work one op does and the size of its reply, which every Execution enclave produces.
 pub const MAX_SCAN_ENTRIES: usize = 1000;
+/// Most key and value bytes one Scan page returns: a page ends before the entry that would
+/// exceed it (but holds at least one), and says where the next page starts. 256 KiB keeps a
+/// reply well inside a frame and the per-client reply cache small (SPEC §11).
+pub const MAX_SCAN_PAGE_BYTES: usize = 256 * 1024;
 /// Most keys the store holds. Bounds the state, hence memory and the cost of every
 /// snapshot and digest taken at a checkpoint, whatever clients send.
 pub const MAX_KEYS: usize = 1_000_000;
+/// Most key and value bytes the store holds, all entries together: with [`MAX_KEYS`] this
+/// bounds a snapshot ([`MAX_STATE_BYTES`]), which must fit state transfer's limit with the
+/// clients' reply caches (checked at start, SPEC §11).
+pub const MAX_STORE_BYTES: usize = 512 * 1024 * 1024;
+/// Largest encoded op: a CAS with a key and two values, plus tags and length prefixes.
+pub const MAX_OP_BYTES: usize = MAX_KEY_BYTES + 2 * MAX_VALUE_BYTES + 32;
+/// Largest encoded result: a Scan page (its entries' bytes, two length prefixes per entry,
+/// the continuation key) or a single value, plus tags.
+pub const MAX_RESULT_BYTES: usize = MAX_SCAN_PAGE_BYTES + 8 * MAX_SCAN_ENTRIES + MAX_KEY_BYTES + 32;
+/// Largest snapshot: every byte held plus two length prefixes per key, and the header.
+pub const MAX_STATE_BYTES: usize = MAX_STORE_BYTES + 8 * MAX_KEYS + 16;
 
 /// `(key, value)` pairs in key order, as scans and snapshots carry them.
 type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
@@ -67,12 +84,24 @@ pub enum KvOp {
         #[serde(with = "serde_bytes")]
         new: Option<Vec<u8>>,
     },
-    /// Lists entries whose key starts with `prefix`, in key order.
+    /// Lists entries whose key starts with `prefix`, in key order: the first page (see
+    /// [`KvResult::Page`]).
     Scan {
         /// Key prefix to match (empty matches every key).
         #[serde(with = "serde_bytes")]
         prefix: Vec<u8>,
         /// Most entries to return; `0` or anything above [`MAX_SCAN_ENTRIES`] means that.
+        limit: u32,
+    },
+    /// The page of a Scan that starts at key `start` (a previous page's `next`).
+    ScanFrom {
+        /// Key prefix to match.
+        #[serde(with = "serde_bytes")]
+        prefix: Vec<u8>,
+        /// First key to consider.
+        #[serde(with = "serde_bytes")]
+        start: Vec<u8>,
+        /// As in [`KvOp::Scan`].
         limit: u32,
     },
 }
@@ -102,8 +131,16 @@ pub enum KvResult {
         #[serde(with = "serde_bytes")]
         current: Option<Vec<u8>>,
     },
-    /// Answer to Scan: `(key, value)` pairs in increasing key order.
-    Entries(#[serde(with = "pairs")] Vec<(Vec<u8>, Vec<u8>)>),
+    /// Answer to Scan: one page of `(key, value)` pairs in increasing key order, at most
+    /// `limit` entries and [`MAX_SCAN_PAGE_BYTES`] of keys and values.
+    Page {
+        /// The entries.
+        #[serde(with = "pairs")]
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+        /// Where the next page starts (`KvOp::ScanFrom`), if more entries match.
+        #[serde(with = "serde_bytes")]
+        next: Option<Vec<u8>>,
+    },
     /// The op was refused; the state is unchanged.
     Error(KvError),
 }
@@ -133,6 +170,12 @@ pub enum KvError {
     /// Inserting a new key would exceed [`MAX_KEYS`].
     #[error("the store already holds the maximum of {max} keys")]
     TooManyKeys {
+        /// The limit.
+        max: u64,
+    },
+    /// The write would take the store past [`MAX_STORE_BYTES`] of keys and values.
+    #[error("the store would exceed its maximum of {max} bytes")]
+    StoreFull {
         /// The limit.
         max: u64,
     },
@@ -237,6 +280,8 @@ fn check_value(value: &[u8]) -> Result<(), KvError> {
 pub struct KvStore {
     /// Ordered, so iteration (scans, snapshots) is deterministic.
     entries: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Key and value bytes held, at most [`MAX_STORE_BYTES`].
+    bytes: usize,
 }
 
 impl KvStore {
@@ -270,12 +315,12 @@ impl KvStore {
             KvOp::Put { key, value } => {
                 check_key(&key)?;
                 check_value(&value)?;
-                self.check_room_for(&key)?;
-                KvResult::Stored { previous: self.entries.insert(key, value) }
+                self.check_room_for(&key, &value)?;
+                KvResult::Stored { previous: self.insert(key, value) }
             }
             KvOp::Delete { key } => {
                 check_key(&key)?;
-                KvResult::Deleted { previous: self.entries.remove(&key) }
+                KvResult::Deleted { previous: self.remove(&key) }
             }
             KvOp::Cas { key, expected, new } => {
                 check_key(&key)?;
@@ -286,45 +331,86 @@ impl KvStore {
                 }
                 match &new {
                     Some(value) => {
-                        self.check_room_for(&key)?;
-                        self.entries.insert(key, value.clone());
+                        self.check_room_for(&key, value)?;
+                        self.insert(key, value.clone());
                     }
                     None => {
-                        self.entries.remove(&key);
+                        self.remove(&key);
                     }
                 }
                 KvResult::Cas { swapped: true, current: new }
             }
             KvOp::Scan { prefix, limit } => {
                 check_key(&prefix)?;
-                let limit = match usize::try_from(limit) {
-                    Ok(0) | Err(_) => MAX_SCAN_ENTRIES,
-                    Ok(n) => n.min(MAX_SCAN_ENTRIES),
-                };
-                let from = (Bound::Included(prefix.as_slice()), Bound::Unbounded);
-                let entries = self
-                    .entries
-                    .range::<[u8], _>(from)
-                    .take_while(|(k, _)| k.starts_with(&prefix))
-                    .take(limit)
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                KvResult::Entries(entries)
+                self.page(&prefix, &prefix, limit)
+            }
+            KvOp::ScanFrom { prefix, start, limit } => {
+                check_key(&prefix)?;
+                check_key(&start)?;
+                let start = if start < prefix { &prefix } else { &start };
+                self.page(&prefix, start, limit)
             }
         })
     }
 
-    /// Refuses to insert `key` if it is new and the store is full.
-    fn check_room_for(&self, key: &[u8]) -> Result<(), KvError> {
-        if self.entries.len() >= MAX_KEYS && !self.entries.contains_key(key) {
+    /// The page of entries under `prefix` from key `start` on: at most `limit` (clamped to
+    /// [`MAX_SCAN_ENTRIES`]) entries and [`MAX_SCAN_PAGE_BYTES`], but at least one entry.
+    fn page(&self, prefix: &[u8], start: &[u8], limit: u32) -> KvResult {
+        let limit = match usize::try_from(limit) {
+            Ok(0) | Err(_) => MAX_SCAN_ENTRIES,
+            Ok(n) => n.min(MAX_SCAN_ENTRIES),
+        };
+        let from = (Bound::Included(start), Bound::Unbounded);
+        let mut matching = self.entries.range::<[u8], _>(from).take_while(|(k, _)| k.starts_with(prefix));
+        let (mut entries, mut bytes) = (Vec::new(), 0);
+        for (key, value) in matching.by_ref() {
+            let size = key.len() + value.len();
+            if entries.len() == limit || (!entries.is_empty() && bytes + size > MAX_SCAN_PAGE_BYTES) {
+                return KvResult::Page { entries, next: Some(key.clone()) };
+            }
+            bytes += size;
+            entries.push((key.clone(), value.clone()));
+        }
+        KvResult::Page { entries, next: None }
+    }
+
+    /// Refuses to store `value` under `key` if the key is new and the store holds
+    /// [`MAX_KEYS`], or if the store's bytes would exceed [`MAX_STORE_BYTES`].
+    fn check_room_for(&self, key: &[u8], value: &[u8]) -> Result<(), KvError> {
+        let previous = self.entries.get(key);
+        if self.entries.len() >= MAX_KEYS && previous.is_none() {
             return Err(KvError::TooManyKeys { max: MAX_KEYS as u64 });
+        }
+        let freed = previous.map_or(0, |p| key.len() + p.len());
+        if self.bytes - freed + key.len() + value.len() > MAX_STORE_BYTES {
+            return Err(KvError::StoreFull { max: MAX_STORE_BYTES as u64 });
         }
         Ok(())
     }
+
+    /// Inserts, keeping the byte count.
+    fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) -> Option<Vec<u8>> {
+        let (key_len, added) = (key.len(), key.len() + value.len());
+        let previous = self.entries.insert(key, value);
+        self.bytes = self.bytes + added - previous.as_ref().map_or(0, |p| key_len + p.len());
+        previous
+    }
+
+    /// Removes, keeping the byte count.
+    fn remove(&mut self, key: &[u8]) -> Option<Vec<u8>> {
+        let previous = self.entries.remove(key);
+        self.bytes -= previous.as_ref().map_or(0, |p| key.len() + p.len());
+        previous
+    }
+
+    /// Key and value bytes held (at most [`MAX_STORE_BYTES`]).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
 }
 
-/// Decodes and validates a snapshot into the map it describes.
-fn decode_snapshot(bytes: &[u8]) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, String> {
+/// Decodes and validates a snapshot into the store it describes.
+fn decode_snapshot(bytes: &[u8]) -> Result<KvStore, String> {
     let snapshot: SnapshotOwned = decode_exact(bytes).map_err(|e| e.to_string())?;
     if snapshot.version != SNAPSHOT_VERSION {
         return Err(format!("unsupported snapshot version {}", snapshot.version));
@@ -340,10 +426,18 @@ fn decode_snapshot(bytes: &[u8]) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, String> {
         }
         previous = Some(key);
     }
-    Ok(snapshot.entries.into_iter().collect())
+    let bytes: usize = snapshot.entries.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > MAX_STORE_BYTES {
+        return Err(format!("{bytes} bytes of keys and values exceed the maximum of {MAX_STORE_BYTES}"));
+    }
+    Ok(KvStore { entries: snapshot.entries.into_iter().collect(), bytes })
 }
 
 impl Application for KvStore {
+    fn limits(&self) -> AppLimits {
+        AppLimits { max_op_bytes: MAX_OP_BYTES, max_result_bytes: MAX_RESULT_BYTES, max_state_bytes: MAX_STATE_BYTES }
+    }
+
     fn execute(&mut self, op: &[u8]) -> Vec<u8> {
         match KvOp::decode(op) {
             Ok(op) => self.apply(op),
@@ -358,7 +452,7 @@ impl Application for KvStore {
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), AppError> {
-        self.entries = decode_snapshot(snapshot).map_err(AppError::MalformedSnapshot)?;
+        *self = decode_snapshot(snapshot).map_err(AppError::MalformedSnapshot)?;
         Ok(())
     }
 
@@ -405,7 +499,7 @@ mod tests {
     }
 
     fn scan_keys(store: &mut KvStore, prefix: &str, limit: u32) -> Vec<String> {
-        let KvResult::Entries(entries) = run(store, scan(prefix, limit)) else { panic!() };
+        let KvResult::Page { entries, .. } = run(store, scan(prefix, limit)) else { panic!() };
         entries.into_iter().map(|(k, _)| String::from_utf8_lossy(&k).into_owned()).collect()
     }
 
@@ -448,8 +542,9 @@ mod tests {
         assert_eq!(scan_keys(&mut s, "ab", 10), ["ab", "abc"]);
         assert_eq!(scan_keys(&mut s, "", 0), ["", "a", "aa", "ab", "abc", "ac", "b"]);
         assert!(scan_keys(&mut s, "c", 0).is_empty());
-        let KvResult::Entries(entries) = run(&mut s, scan("ab", 1)) else { panic!() };
+        let KvResult::Page { entries, next } = run(&mut s, scan("ab", 1)) else { panic!() };
         assert_eq!(entries, [(v("ab"), v("ab"))]);
+        assert_eq!(next, Some(v("abc")));
     }
 
     #[test]
@@ -510,6 +605,7 @@ mod tests {
     fn key_count_at_and_past_the_bound() {
         let mut s = KvStore::new();
         s.entries = (0..MAX_KEYS as u32 - 1).map(|i| (v(i.to_be_bytes()), vec![])).collect();
+        s.bytes = 4 * (MAX_KEYS - 1);
         assert_eq!(run(&mut s, put("last", "")), stored(None));
         assert_eq!(s.len(), MAX_KEYS);
         let full = KvResult::Error(KvError::TooManyKeys { max: MAX_KEYS as u64 });
@@ -569,5 +665,89 @@ mod tests {
         let mut other = KvStore::new();
         other.restore(&encode(1, &[(b"a", b"1"), (b"b", b"2")])).unwrap();
         assert_eq!(other, s);
+    }
+
+    /// SPEC §11: a Scan pages by entries and by bytes; following `next` with ScanFrom
+    /// visits every matching key exactly once, in order.
+    #[test]
+    fn scan_pages_by_bytes_and_continues_from_next() {
+        let mut s = KvStore::new();
+        let value = vec![7u8; MAX_VALUE_BYTES];
+        // Keys "p000".."p019", each entry 4 + 32 KiB: 7 entries fill a 256 KiB page (8 would not).
+        for i in 0..20 {
+            s.apply(put(format!("p{i:03}"), &value));
+        }
+        s.apply(put("q", "other prefix"));
+        let per_page = MAX_SCAN_PAGE_BYTES / (4 + MAX_VALUE_BYTES);
+        assert_eq!(per_page, 7);
+        let mut seen = Vec::new();
+        let mut op = scan("p", 0);
+        loop {
+            let result = run(&mut s, op);
+            assert!(result.encode().len() <= MAX_RESULT_BYTES);
+            let KvResult::Page { entries, next } = result else { panic!() };
+            let bytes: usize = entries.iter().map(|(k, v)| k.len() + v.len()).sum();
+            assert!(bytes <= MAX_SCAN_PAGE_BYTES && !entries.is_empty());
+            assert!(entries.len() == per_page || next.is_none(), "{} entries", entries.len());
+            seen.extend(entries.into_iter().map(|(k, _)| String::from_utf8(k).unwrap()));
+            match next {
+                Some(start) => op = KvOp::ScanFrom { prefix: v("p"), start, limit: 0 },
+                None => break,
+            }
+        }
+        assert_eq!(seen, (0..20).map(|i| format!("p{i:03}")).collect::<Vec<_>>());
+        // The entry limit still cuts pages, and `next` is the first key not returned.
+        let KvResult::Page { entries, next } = run(&mut s, scan("p", 3)) else { panic!() };
+        assert_eq!((entries.len(), next), (3, Some(v("p003"))));
+        // A start before the prefix is the prefix; a start past every key gives an empty page.
+        let KvResult::Page { entries, .. } = run(&mut s, KvOp::ScanFrom { prefix: v("p"), start: v("a"), limit: 1 })
+        else {
+            panic!()
+        };
+        assert_eq!(entries[0].0, v("p000"));
+        let last = KvOp::ScanFrom { prefix: v("p"), start: v("p999"), limit: 0 };
+        assert_eq!(run(&mut s, last), KvResult::Page { entries: vec![], next: None });
+    }
+
+    /// SPEC §11: the store's bytes stay within MAX_STORE_BYTES (at the bound and one past
+    /// it), overwrites and deletes give bytes back, and a snapshot past it is refused.
+    #[test]
+    fn store_bytes_at_and_past_the_bound() {
+        let mut s = KvStore::new();
+        s.apply(put("a", "12345"));
+        // Pretend the rest of the store is full up to 2 bytes short of the bound.
+        s.bytes = MAX_STORE_BYTES - 2;
+        let full = KvResult::Error(KvError::StoreFull { max: MAX_STORE_BYTES as u64 });
+        assert_eq!(run(&mut s, put("b", "xy")), full);
+        assert_eq!(run(&mut s, put("b", "x")), stored(None));
+        assert_eq!(s.bytes(), MAX_STORE_BYTES);
+        // Overwriting with a value as long is fine, one byte longer is not.
+        assert_eq!(run(&mut s, put("a", "54321")), stored(Some("12345")));
+        assert_eq!(run(&mut s, put("a", "543210")), full);
+        assert_eq!(run(&mut s, cas("a", Some("54321"), Some("5432100"))), full);
+        assert_eq!(run(&mut s, del("a")), KvResult::Deleted { previous: o(Some("54321")) });
+        assert_eq!(s.bytes(), MAX_STORE_BYTES - 6);
+        // The limits the store declares agree with what it produces.
+        let limits = s.limits();
+        assert_eq!(limits.max_state_bytes, MAX_STATE_BYTES);
+        let op = KvOp::Cas {
+            key: vec![1; MAX_KEY_BYTES],
+            expected: Some(value_of(MAX_VALUE_BYTES)),
+            new: Some(value_of(MAX_VALUE_BYTES)),
+        };
+        assert!(op.encode().len() <= limits.max_op_bytes);
+        let mut small = KvStore::new();
+        for i in 0..100u32 {
+            small.apply(put(i.to_be_bytes(), value_of(1000)));
+        }
+        assert!(small.snapshot().len() <= small.bytes() + 8 * small.len() + 16);
+        // A restored store counts its bytes again.
+        let mut copy = KvStore::new();
+        copy.restore(&small.snapshot()).unwrap();
+        assert_eq!(copy.bytes(), small.bytes());
+    }
+
+    fn value_of(len: usize) -> Vec<u8> {
+        vec![0xab; len]
     }
 }

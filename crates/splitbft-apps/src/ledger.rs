@@ -11,6 +11,7 @@
 //! as the store's.
 
 use serde::{Deserialize, Serialize};
+use splitbft_types::limits::AppLimits;
 use splitbft_types::{AppError, AppRecord, Application, Digest};
 
 use crate::kv::KvStore;
@@ -198,6 +199,14 @@ impl Ledger {
 }
 
 impl Application for Ledger {
+    /// The store's limits; the state adds the chain head and fewer than
+    /// [`BLOCK_ENTRIES`] pending `(op, result)` entries.
+    fn limits(&self) -> AppLimits {
+        let store = self.kv.limits();
+        let pending = (BLOCK_ENTRIES - 1) * (store.max_op_bytes + store.max_result_bytes + 16);
+        AppLimits { max_state_bytes: store.max_state_bytes + pending + 128, ..store }
+    }
+
     fn execute(&mut self, op: &[u8]) -> Vec<u8> {
         let result = self.kv.execute(op);
         self.pending.push(Entry { op: op.to_vec(), result: result.clone() });

@@ -8,6 +8,7 @@ pub mod kv;
 pub mod ledger;
 
 pub use kv::{
-    KvDecodeError, KvError, KvOp, KvResult, KvStore, MAX_KEY_BYTES, MAX_KEYS, MAX_SCAN_ENTRIES, MAX_VALUE_BYTES,
+    KvDecodeError, KvError, KvOp, KvResult, KvStore, MAX_KEY_BYTES, MAX_KEYS, MAX_SCAN_ENTRIES, MAX_SCAN_PAGE_BYTES,
+    MAX_STORE_BYTES, MAX_VALUE_BYTES,
 };
 pub use ledger::{BLOCK_ENTRIES, Block, Entry, Ledger, LedgerDecodeError};

@@ -22,6 +22,11 @@ fn op() -> impl Strategy<Value = KvOp> {
             new
         }),
         (bytes(), prop_oneof![0..5u32, any::<u32>()]).prop_map(|(prefix, limit)| KvOp::Scan { prefix, limit }),
+        (bytes(), bytes(), prop_oneof![0..5u32, any::<u32>()]).prop_map(|(prefix, start, limit)| KvOp::ScanFrom {
+            prefix,
+            start,
+            limit
+        }),
     ]
 }
 
@@ -31,6 +36,7 @@ fn error() -> impl Strategy<Value = KvError> {
         (any::<u64>(), any::<u64>()).prop_map(|(len, max)| KvError::KeyTooLarge { len, max }),
         (any::<u64>(), any::<u64>()).prop_map(|(len, max)| KvError::ValueTooLarge { len, max }),
         any::<u64>().prop_map(|max| KvError::TooManyKeys { max }),
+        any::<u64>().prop_map(|max| KvError::StoreFull { max }),
     ]
 }
 
@@ -41,7 +47,8 @@ fn result() -> impl Strategy<Value = KvResult> {
         value().prop_map(|previous| KvResult::Stored { previous }),
         value().prop_map(|previous| KvResult::Deleted { previous }),
         (any::<bool>(), value()).prop_map(|(swapped, current)| KvResult::Cas { swapped, current }),
-        prop::collection::vec((bytes(), bytes()), 0..5).prop_map(KvResult::Entries),
+        (prop::collection::vec((bytes(), bytes()), 0..5), prop::option::of(bytes()))
+            .prop_map(|(entries, next)| KvResult::Page { entries, next }),
         error().prop_map(KvResult::Error),
     ]
 }

@@ -6,18 +6,19 @@
 //! last column), and nothing it does can break safety; everything here is liveness and
 //! performance.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
 use splitbft_types::boundary::{Event, Input, Output, Stats};
 use splitbft_types::cert::verify_signed;
 use splitbft_types::codec::{
-    CodecError, WIRE_VERSION, body_offset, decode_message, encode_message, from_bytes, to_bytes,
+    CodecError, WIRE_VERSION, body_offset, decode_message, encode_message, from_bytes, request_client, to_bytes,
 };
 use splitbft_types::config::Keyring;
 use splitbft_types::counters::Counter;
 use splitbft_types::counters::Counters;
 use splitbft_types::crypto::{MAX_SIGNATURE_BATCH, verify_request_signature, verify_request_signatures};
+use splitbft_types::limits::{MAC_ENTRY_BYTES, REQUEST_OVERHEAD_BYTES};
 use splitbft_types::msg::{BatchMsg, Digest, Message, Request, StateChunk};
 use splitbft_types::session::ReplyBody;
 use splitbft_types::{ClientId, CompartmentKind, ProtocolConfig, ReplicaId, Seq, View};
@@ -38,6 +39,69 @@ pub const DEFAULT_EAGER_INFLIGHT: u64 = 1;
 /// Requests queued at the primary awaiting a batch; beyond it new requests are dropped
 /// (and counted): the clients retransmit. 50 full batches.
 pub const DEFAULT_MAX_PENDING_REQUESTS: usize = 10_000;
+/// Bytes of requests queued at the primary (SPEC §11 byte budget; the count alone would let
+/// 10,000 requests of 66 KiB pin 660 MB): about five of the largest batches, or far more
+/// than 10,000 small requests. Beyond it requests are dropped (counted); clients retransmit.
+pub const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
+
+/// The requests queued at the primary (encoded bodies), with their bytes in total and per
+/// client: a client may hold an equal share of [`MAX_PENDING_BYTES`] (at least one largest
+/// request), so a faulty client that signs junk fills its own share, not the queue.
+#[derive(Debug, Default)]
+struct PendingSet {
+    set: HashSet<Bytes>,
+    bytes: usize,
+    per_client: HashMap<ClientId, usize>,
+}
+
+impl PendingSet {
+    fn contains(&self, body: &Bytes) -> bool {
+        self.set.contains(body)
+    }
+
+    /// Bytes queued for `client`.
+    fn client_bytes(&self, client: ClientId) -> usize {
+        self.per_client.get(&client).copied().unwrap_or(0)
+    }
+
+    /// The client a queued body counts against (bodies were decoded before they queued).
+    fn owner(body: &[u8]) -> ClientId {
+        request_client(body).unwrap_or(ClientId(u32::MAX))
+    }
+
+    fn insert(&mut self, body: Bytes) -> bool {
+        let (len, owner) = (body.len(), Self::owner(&body));
+        let new = self.set.insert(body);
+        if new {
+            self.bytes += len;
+            *self.per_client.entry(owner).or_insert(0) += len;
+        }
+        new
+    }
+
+    fn remove(&mut self, body: &Bytes) {
+        if self.set.remove(body) {
+            self.bytes -= body.len();
+            if let std::collections::hash_map::Entry::Occupied(mut held) = self.per_client.entry(Self::owner(body)) {
+                *held.get_mut() -= body.len();
+                if *held.get() == 0 {
+                    held.remove();
+                }
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.set.clear();
+        self.bytes = 0;
+        self.per_client.clear();
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+}
 
 /// Broker tuning (liveness and performance only).
 #[derive(Clone, Debug)]
@@ -109,7 +173,7 @@ pub struct BrokerCore {
     /// backup) of a request still queued here is not queued again. Under overload every
     /// request may be retransmitted several times; unbatched, each copy would otherwise
     /// cost an ordering attempt.
-    pending_set: HashSet<Bytes>,
+    pending_set: PendingSet,
     pending_since_us: Option<u64>,
     /// Requests for the queue whose client signature is not checked yet, with their bodies
     /// (also in `pending_set`): checked together at the end of the round, or once
@@ -183,7 +247,7 @@ impl BrokerCore {
             me,
             view: 0,
             pending: VecDeque::new(),
-            pending_set: HashSet::new(),
+            pending_set: PendingSet::default(),
             pending_since_us: None,
             unverified: Vec::new(),
             awaiting_order: VecDeque::new(),
@@ -192,7 +256,7 @@ impl BrokerCore {
             last_executed: 0,
             window_full: false,
             views: [0; 3],
-            timer: RequestTimer::new(options.view_change_timeout_us),
+            timer: RequestTimer::new(options.view_change_timeout_us, protocol.clients.len()),
             latency: LatencyHistogram::default(),
             outlog: OutLog::default(),
             batches: BatchCache::default(),
@@ -444,7 +508,13 @@ impl BrokerCore {
     /// Preparation enclaves check every request again. The signature is checked with the
     /// round's others in one batch equation ([`BrokerCore::verify_queued`]).
     fn enqueue(&mut self, request: &Request, frame: Bytes, now_us: u64, out: &mut Vec<Action>) {
-        if self.pending.len() + self.unverified.len() >= self.options.max_pending_requests {
+        let largest =
+            self.protocol.max_op_bytes as usize + self.protocol.n() * MAC_ENTRY_BYTES + REQUEST_OVERHEAD_BYTES;
+        let share = (MAX_PENDING_BYTES / self.protocol.clients.len().max(1)).max(largest);
+        if self.pending.len() + self.unverified.len() >= self.options.max_pending_requests
+            || self.pending_set.bytes + frame.len() > MAX_PENDING_BYTES
+            || self.pending_set.client_bytes(request.client) + frame.len() > share
+        {
             return self.counters.bump(Counter::RequestsDroppedQueueFull);
         }
         // The encoded Request is the frame minus the version byte and the kind, so a batch
@@ -885,7 +955,9 @@ impl BrokerCore {
                 if window_full {
                     // Not the requests' fault: keep them, in order, for after the checkpoint.
                     self.window_full = true;
-                    self.pending_set.extend(requests.iter().cloned());
+                    for body in &requests {
+                        self.pending_set.insert(body.clone());
+                    }
                     let later = std::mem::replace(&mut self.pending, requests.into());
                     self.pending.extend(later);
                     self.pending_since_us.get_or_insert(now_us);
@@ -1158,6 +1230,58 @@ mod tests {
             ClientId(c),
         );
         Bytes::from(encode_message(&Message::Request(keys.request(t, vec![1]))))
+    }
+
+    /// SPEC §11 byte budgets: a faulty client that signs requests of the largest size with
+    /// fresh timestamps fills only its own share of the primary's queue (with two clients,
+    /// half of MAX_PENDING_BYTES), counted; a correct client's request still queues and is
+    /// ordered first when batches are cut.
+    #[test]
+    fn a_client_flooding_large_requests_fills_only_its_share_of_the_queue() {
+        let secrets = splitbft_types::keys::ClusterSecrets::deterministic(1, 1, 2, 1);
+        let keyring = secrets.config.validate().unwrap();
+        let keys: Vec<_> = (0..2)
+            .map(|c| {
+                splitbft_types::crypto::ClientKeys::derive(
+                    &secrets.clients[c],
+                    &secrets.config,
+                    &keyring,
+                    ClientId(c as u32),
+                )
+            })
+            .collect();
+        let largest = secrets.config.max_op_bytes as usize;
+        let mut options = BrokerOptions::new(&secrets.config);
+        options.max_inflight = 0; // nothing is cut while the flood arrives
+        let mut core = BrokerCore::new(secrets.config.clone(), ReplicaId(0), options);
+        let mut out = Vec::new();
+        let share = MAX_PENDING_BYTES / 2;
+        let frame_len = encode_message(&Message::Request(keys[0].request(1, vec![0; largest]))).len();
+        let fits = share / (frame_len - 2);
+        for t in 1..=(fits as u64 + 20) {
+            let flood = Bytes::from(encode_message(&Message::Request(keys[0].request(t, vec![t as u8; largest]))));
+            core.on_client_frame(ClientId(0), flood, 0, &mut out);
+            core.verify_queued(0, &mut out);
+        }
+        // Client 0 filled its share (to within one request) and no more; the rest was dropped.
+        let held = core.pending_set.client_bytes(ClientId(0));
+        assert!(held <= share && held + frame_len > share, "{held} of {share}");
+        assert!(core.pending_set.bytes <= MAX_PENDING_BYTES);
+        let dropped = core.counters().get(Counter::RequestsDroppedQueueFull);
+        assert!(dropped >= 19, "{:?}", core.counters().to_vec());
+        let queued = core.pending.len();
+        let genuine = Bytes::from(encode_message(&Message::Request(keys[1].request(1, b"genuine".to_vec()))));
+        core.on_client_frame(ClientId(1), genuine, 0, &mut out);
+        core.verify_queued(0, &mut out);
+        assert_eq!(core.pending.len(), queued + 1, "the correct client's request is queued");
+        assert_eq!(core.counters().get(Counter::RequestsDroppedQueueFull), dropped);
+        // Batches are cut again: everything queued leaves, and the byte counts return to 0.
+        core.options.max_inflight = 1_000;
+        core.options.eager_inflight = 1_000;
+        core.verify_queued(0, &mut out);
+        core.maybe_cut(0, &mut out);
+        assert!(core.pending.is_empty() && core.pending_set.is_empty());
+        assert_eq!((core.pending_set.bytes, core.pending_set.client_bytes(ClientId(0))), (0, 0));
     }
 
     fn order_batches(actions: &[Action]) -> Vec<Vec<u8>> {

@@ -14,6 +14,7 @@ use splitbft_types::boundary::{Output, Stats};
 use splitbft_types::codec::{decode_message, encode_message, from_bytes, to_bytes};
 use splitbft_types::crypto::SecretKey;
 use splitbft_types::keys::ClusterSecrets;
+use splitbft_types::limits::{Limits, MAX_FRAME_BYTES};
 use splitbft_types::msg::{Message, Reply, Request};
 use splitbft_types::session::GroupSecret;
 use splitbft_types::{Application, ClientId, CompartmentKind, ProtocolConfig, ReplicaId};
@@ -88,6 +89,11 @@ impl LocalCluster {
             observer: None,
             persisted: vec![Vec::new(); secrets.config.n()],
         };
+        // SPEC §11: a test cluster whose limits disagree is a mistake in the test.
+        let limits = (cluster.app)().limits();
+        if let Err(e) = Limits::new(&cluster.protocol, limits, MAX_FRAME_BYTES).check() {
+            panic!("LocalCluster: {e}");
+        }
         cluster.nodes = (0..cluster.protocol.n()).map(|i| cluster.fresh_node(ReplicaId(i as u32))).collect();
         cluster
     }

@@ -14,10 +14,11 @@ use splitbft_enclave::process::ProcessLauncher;
 use splitbft_enclave::{
     Backend, DurableStart, EnclaveHandle, ReplicaSecrets, start_processes, start_replica, start_replica_durable,
 };
-use splitbft_transport::{Identity, initiate, respond};
+use splitbft_transport::{Identity, SecureWrite, initiate, respond};
 use splitbft_types::boundary::Stats;
 use splitbft_types::counters::Counter;
 use splitbft_types::keys::TransportSecret;
+use splitbft_types::limits::Limits;
 use splitbft_types::wire::{Hello, MAX_FRAME_BYTES};
 use splitbft_types::{Application, ClientId, CompartmentKind, ProtocolConfig, ReplicaId};
 use tokio::net::{TcpListener, TcpStream};
@@ -135,6 +136,10 @@ pub enum NodeError {
     /// Durability asked for without a data directory.
     #[error("durable state needs a data directory")]
     DurableWithoutDataDir,
+    /// Two size limits disagree (SPEC §11): something could be accepted that cannot later
+    /// be framed, replied to or transferred.
+    #[error(transparent)]
+    Limits(#[from] splitbft_types::limits::LimitsError),
     /// The configuration lacks transport keys, or this replica's secret is not its key.
     #[error("transport keys (SPEC §11): {0}")]
     Transport(&'static str),
@@ -299,6 +304,8 @@ pub async fn spawn_node(
     app: Box<dyn Application>,
 ) -> Result<NodeHandle, NodeError> {
     check_addresses(&config)?;
+    // SPEC §11: refuse to start with limits that disagree, naming the two.
+    Limits::new(&config.protocol, app.limits(), config.max_frame_bytes).check()?;
     let (out_tx, out_rx) = mpsc::unbounded_channel::<FromEnclave>();
     let sink: splitbft_enclave::OutputSink = Arc::new(move |kind, outputs| {
         let _ = out_tx.send(FromEnclave::Outputs(kind, outputs));
@@ -1074,25 +1081,22 @@ async fn accept_loop(listener: TcpListener, events: mpsc::Sender<Event>, accept:
     }
 }
 
-/// Why a reader stopped (counted).
-fn read_error_counter(e: &std::io::Error) -> Counter {
-    // An oversize length or an I/O error: the stream cannot be resynchronised.
-    if e.kind() == std::io::ErrorKind::InvalidData { Counter::FramesOversize } else { Counter::ConnectionErrors }
-}
-
 async fn serve_connection(stream: TcpStream, events: mpsc::Sender<Event>, accept: Accept, slot: Handshaking) {
     let (read, write) = stream.into_split();
     let mut frames = FramedRead::new(read, codec(accept.max_frame));
     let mut sink = FramedWrite::new(write, codec(accept.max_frame));
     // SPEC §11: nothing but the handshake until it proves who is at the other end.
-    let hello = match respond(&mut frames, &mut sink, &accept.protocol, &accept.secret).await {
-        Ok(hello) => hello,
+    let (hello, session) = match respond(&mut frames, &mut sink, &accept.protocol, &accept.secret).await {
+        Ok(done) => done,
         Err(e) => {
             let _ = events.send(Event::Count(e.counter())).await;
             return;
         }
     };
     drop(slot);
+    // Every later frame is sealed with the session's keys: a record that does not
+    // authenticate (altered, injected, replayed on the path) ends the connection.
+    let (mut frames, sink) = session.secure(frames, sink, accept.max_frame);
     let source = match hello {
         Hello::Replica(r) => Source::Peer(r),
         Hello::Client(c) => Source::Client(c),
@@ -1148,7 +1152,8 @@ async fn serve_connection(stream: TcpStream, events: mpsc::Sender<Event>, accept
         let frame = match frame {
             Ok(Some(Ok(frame))) => frame.freeze(),
             Ok(Some(Err(e))) => {
-                let _ = events.send(Event::Count(read_error_counter(&e))).await;
+                // Oversize, unauthenticated, or an I/O error: the stream cannot be resynchronised.
+                let _ = events.send(Event::Count(e.counter())).await;
                 break;
             }
             Ok(None) => break,
@@ -1233,7 +1238,7 @@ impl Inbox {
     }
 }
 
-type FrameSink = FramedWrite<tokio::net::tcp::OwnedWriteHalf, LengthDelimitedCodec>;
+type FrameSink = SecureWrite<tokio::net::tcp::OwnedWriteHalf>;
 
 /// How a writer ended.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1300,14 +1305,18 @@ async fn dial_peer(dial: Dial, mut rx: Inbox, events: mpsc::Sender<Event>) {
         let mut sink = FramedWrite::new(write, codec(dial.max_frame));
         let mut reader = FramedRead::new(read, codec(dial.max_frame));
         let me = Identity::Replica(me, &dial.secret);
-        if let Err(e) = initiate(&mut reader, &mut sink, dial.cluster_id, &dial.peer_key, me).await {
-            // Not the peer the configuration names, or it is not up yet: back off.
-            tracing::debug!(%peer, %addr, %e, "peer handshake failed");
-            let _ = events.send(Event::Count(e.counter())).await;
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(RECONNECT_MAX);
-            continue;
-        }
+        let session = match initiate(&mut reader, &mut sink, dial.cluster_id, &dial.peer_key, me).await {
+            Ok(session) => session,
+            Err(e) => {
+                // Not the peer the configuration names, or it is not up yet: back off.
+                tracing::debug!(%peer, %addr, %e, "peer handshake failed");
+                let _ = events.send(Event::Count(e.counter())).await;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+                continue;
+            }
+        };
+        let mut sink: FrameSink = sink.map_encoder(|_| session.encoder(dial.max_frame));
         backoff = RECONNECT_MIN;
         let _ = events.send(Event::PeerUp(peer)).await;
         // Detect a closed peer: it never writes on this connection after the handshake, so

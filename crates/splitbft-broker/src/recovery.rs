@@ -19,10 +19,19 @@ pub const DEFAULT_VIEW_CHANGE_TIMEOUT_US: u64 = 500_000;
 pub const MAX_VIEW_CHANGE_TIMEOUT_US: u64 = 16_000_000;
 /// Requests a broker tracks for its timer; beyond it new ones are not timed (counted).
 pub const MAX_TRACKED_REQUESTS: usize = 100_000;
+/// Bytes of request frames the timer holds, all clients together (SPEC §11 byte budget);
+/// each configured client gets an equal share, so a faulty client that signs junk
+/// requests of the largest size fills its own share and nobody else's. 256 MiB: a full
+/// window of the largest requests for 60 clients, or of 1 KiB requests for 4,000.
+pub const MAX_TRACKED_BYTES: usize = 256 * 1024 * 1024;
 /// Recently executed requests remembered to recognise retransmissions.
 pub const MAX_COMPLETED_REMEMBERED: usize = 65_536;
 /// Batches kept by digest to serve peers that missed them.
 pub const MAX_CACHED_BATCHES: usize = 1024;
+/// Bytes of batch frames kept (SPEC §11 byte budget): a batch can be ~13 MiB, so the count
+/// alone would allow 13 GiB. 256 MiB holds the whole in-flight window of batches of small
+/// requests, or about 19 of the largest; the oldest go first.
+pub const MAX_CACHED_BATCH_BYTES: usize = 256 * 1024 * 1024;
 /// Messages held for views a compartment has not entered yet.
 pub const MAX_FUTURE_MESSAGES: usize = 16_384;
 /// Bytes of messages held for views a compartment has not entered, shared out equally
@@ -32,10 +41,10 @@ pub const MAX_FUTURE_BYTES: usize = 64 * 1024 * 1024;
 /// catches up through the view change itself (the `f + 1` join rule and the NewView), so
 /// junk for view `u64::MAX` is refused instead of squatting the buffer (issue 14).
 pub const MAX_FUTURE_VIEWS_AHEAD: View = 16;
-/// Bytes per state-transfer chunk: well under the frame limit.
-pub const STATE_CHUNK_BYTES: usize = 1024 * 1024;
-/// Largest snapshot accepted in a state transfer (bounds the reassembly buffer).
-pub const MAX_STATE_BYTES: usize = 1024 * 1024 * 1024;
+/// Bytes per state-transfer chunk, and the largest snapshot accepted in a state transfer
+/// (bounds the reassembly buffer): named with every other limit in
+/// [`splitbft_types::limits`] and checked against them at start.
+pub use splitbft_types::limits::{MAX_STATE_BYTES, STATE_CHUNK_BYTES};
 /// How long to wait for progress from one peer before asking the next.
 pub const STATE_PEER_TIMEOUT_US: u64 = 1_000_000;
 /// A peer's request to resend the out-log is honoured at most this often (a faulty peer
@@ -63,6 +72,10 @@ pub struct RequestTimer {
     ages: BTreeSet<(u64, ClientId, Timestamp)>,
     completed: HashSet<(ClientId, Timestamp)>,
     completed_order: VecDeque<(ClientId, Timestamp)>,
+    /// Bytes of `waiting` frames per client, and each client's share of
+    /// [`MAX_TRACKED_BYTES`].
+    client_bytes: HashMap<ClientId, usize>,
+    client_share: usize,
     base_us: u64,
     timeout_us: u64,
     /// Deadline of the "nothing executed" rule.
@@ -72,13 +85,16 @@ pub struct RequestTimer {
 }
 
 impl RequestTimer {
-    /// A timer with `base_us` as the first timeout.
-    pub fn new(base_us: u64) -> Self {
+    /// A timer with `base_us` as the first timeout, for `clients` configured clients (each
+    /// gets an equal share of [`MAX_TRACKED_BYTES`]).
+    pub fn new(base_us: u64, clients: usize) -> Self {
         RequestTimer {
             waiting: HashMap::new(),
             ages: BTreeSet::new(),
             completed: HashSet::new(),
             completed_order: VecDeque::new(),
+            client_bytes: HashMap::new(),
+            client_share: MAX_TRACKED_BYTES / clients.max(1),
             base_us,
             timeout_us: base_us,
             idle_deadline_us: None,
@@ -102,9 +118,11 @@ impl RequestTimer {
         if self.completed.contains(&key) || self.waiting.contains_key(&key) {
             return true;
         }
-        if self.waiting.len() >= MAX_TRACKED_REQUESTS {
+        let held = self.client_bytes.get(&key.0).copied().unwrap_or(0);
+        if self.waiting.len() >= MAX_TRACKED_REQUESTS || held + frame.len() > self.client_share {
             return false;
         }
+        self.client_bytes.insert(key.0, held + frame.len());
         self.waiting.insert(key, (frame, now_us));
         self.ages.insert((now_us, key.0, key.1));
         self.idle_deadline_us.get_or_insert(now_us + self.timeout_us);
@@ -113,9 +131,20 @@ impl RequestTimer {
 
     /// Stops waiting for `key`; returns when it became known, if it was waited for.
     fn remove(&mut self, key: (ClientId, Timestamp)) -> Option<u64> {
-        let (_, since) = self.waiting.remove(&key)?;
+        let (frame, since) = self.waiting.remove(&key)?;
         self.ages.remove(&(since, key.0, key.1));
+        if let std::collections::hash_map::Entry::Occupied(mut held) = self.client_bytes.entry(key.0) {
+            *held.get_mut() -= frame.len();
+            if *held.get() == 0 {
+                held.remove();
+            }
+        }
         Some(since)
+    }
+
+    /// Bytes of request frames held, all clients together (at most [`MAX_TRACKED_BYTES`]).
+    pub fn bytes(&self) -> usize {
+        self.client_bytes.values().sum()
     }
 
     /// A request executed here: progress, so the "nothing executed" deadline restarts (or
@@ -165,6 +194,7 @@ impl RequestTimer {
     pub fn forget_waiting(&mut self) {
         self.waiting.clear();
         self.ages.clear();
+        self.client_bytes.clear();
         self.timeout_us = self.base_us;
         self.idle_deadline_us = None;
     }
@@ -281,20 +311,30 @@ impl OutLog {
 pub struct BatchCache {
     frames: HashMap<Digest, (Seq, Bytes)>,
     order: VecDeque<Digest>,
+    /// Bytes of `frames`, at most [`MAX_CACHED_BATCH_BYTES`].
+    bytes: usize,
 }
 
 impl BatchCache {
-    /// Keeps a verified batch frame, unless one is kept for `digest` already.
+    /// Keeps a verified batch frame, unless one is kept for `digest` already; the oldest
+    /// go while more than [`MAX_CACHED_BATCHES`] or [`MAX_CACHED_BATCH_BYTES`] are kept.
     pub fn insert(&mut self, digest: Digest, seq: Seq, frame: Bytes) {
         if let std::collections::hash_map::Entry::Vacant(slot) = self.frames.entry(digest) {
+            self.bytes += frame.len();
             slot.insert((seq, frame));
             self.order.push_back(digest);
-            if self.order.len() > MAX_CACHED_BATCHES
-                && let Some(old) = self.order.pop_front()
-            {
-                self.frames.remove(&old);
+            while self.order.len() > MAX_CACHED_BATCHES || self.bytes > MAX_CACHED_BATCH_BYTES {
+                let Some(old) = self.order.pop_front() else { break };
+                if let Some((_, frame)) = self.frames.remove(&old) {
+                    self.bytes -= frame.len();
+                }
             }
         }
+    }
+
+    /// Bytes of the frames kept.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// A cached batch frame.
@@ -441,7 +481,7 @@ mod tests {
 
     #[test]
     fn timer_fires_after_the_timeout_and_doubles() {
-        let mut t = RequestTimer::new(100);
+        let mut t = RequestTimer::new(100, 4);
         assert!(t.track(K1, Bytes::new(), 0));
         assert!(!t.fire(99));
         assert!(t.fire(100));
@@ -456,7 +496,7 @@ mod tests {
     /// change (regression: the demo went through five views after one crash).
     #[test]
     fn a_view_change_restarts_the_timer() {
-        let mut t = RequestTimer::new(100);
+        let mut t = RequestTimer::new(100, 4);
         t.track(K1, Bytes::new(), 0);
         t.restart(95);
         assert!(!t.fire(100));
@@ -469,7 +509,7 @@ mod tests {
     /// snapshot covers stop waiting.
     #[test]
     fn cluster_progress_and_state_transfer_hold_the_timer() {
-        let mut t = RequestTimer::new(100);
+        let mut t = RequestTimer::new(100, 4);
         t.track(K1, Bytes::new(), 0);
         assert!(t.fire(100), "no progress at all: suspect");
         t.progress(150);
@@ -485,7 +525,7 @@ mod tests {
 
     #[test]
     fn progress_resets_the_timeout_and_an_idle_timer_stops() {
-        let mut t = RequestTimer::new(100);
+        let mut t = RequestTimer::new(100, 4);
         t.track(K1, Bytes::new(), 0);
         t.track(K2, Bytes::new(), 10);
         assert!(t.fire(100));
@@ -543,5 +583,43 @@ mod tests {
             assert_eq!(f.release(kind, 1).len(), MAX_FUTURE_MESSAGES / n);
             f.hold(ReplicaId(0), kind, 1, 2, input).unwrap();
         }
+    }
+
+    /// SPEC §11: the timer holds at most a client's share of MAX_TRACKED_BYTES per client (at
+    /// the bound and one past it); another client is unaffected, and executed requests give
+    /// their bytes back.
+    #[test]
+    fn the_timer_holds_a_bounded_share_per_client() {
+        let mut t = RequestTimer::new(100, 4);
+        let share = MAX_TRACKED_BYTES / 4;
+        let mib = Bytes::from(vec![0u8; 1 << 20]);
+        let per_share = (share / mib.len()) as u64;
+        for ts in 1..=per_share {
+            assert!(t.track((ClientId(0), ts), mib.clone(), 0), "within the share: {ts}");
+        }
+        assert_eq!(t.bytes(), share);
+        assert!(!t.track((ClientId(0), per_share + 1), Bytes::from_static(b"x"), 0), "one byte past the share");
+        assert!(t.track((ClientId(1), 1), mib.clone(), 0), "another client has its own share");
+        assert_eq!(t.bytes(), share + mib.len());
+        t.executed((ClientId(0), 1), 1);
+        assert!(t.track((ClientId(0), per_share + 1), mib.clone(), 1));
+        t.refused((ClientId(0), 2));
+        t.forget_waiting();
+        assert_eq!(t.bytes(), 0);
+    }
+
+    /// SPEC §11: the batch cache keeps at most MAX_CACHED_BATCH_BYTES, dropping the oldest.
+    #[test]
+    fn the_batch_cache_is_bounded_in_bytes() {
+        let mut cache = BatchCache::default();
+        let big = Bytes::from(vec![0u8; 16 << 20]);
+        let kept = MAX_CACHED_BATCH_BYTES / big.len();
+        for i in 0..(kept as u64 + 4) {
+            cache.insert(Digest::of(&i.to_le_bytes()), i, big.clone());
+            assert!(cache.bytes() <= MAX_CACHED_BATCH_BYTES);
+        }
+        assert_eq!(cache.bytes(), kept * big.len());
+        assert!(cache.get(&Digest::of(&3u64.to_le_bytes())).is_none(), "the oldest went");
+        assert!(cache.get(&Digest::of(&(kept as u64 + 3).to_le_bytes())).is_some(), "the newest stays");
     }
 }

@@ -34,8 +34,8 @@ pub const STATE_DIR: &str = "state";
 /// enough that a restart reads little beyond the latest images.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Largest record read back: an Execution image holds the application snapshot, bounded
-/// by the state-transfer limit (`recovery::MAX_STATE_BYTES`), plus framing.
-pub const MAX_WAL_RECORD_BYTES: usize = crate::recovery::MAX_STATE_BYTES + 1024 * 1024;
+/// by the state-transfer limit, plus framing ([`splitbft_types::limits`]).
+pub use splitbft_types::limits::MAX_WAL_RECORD_BYTES;
 /// Bytes of a record's header.
 const RECORD_HEADER: usize = 8;
 /// Name of the lock file that keeps a second process off a data directory.

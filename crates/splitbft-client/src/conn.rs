@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tracing::{debug, trace};
 
-use splitbft_transport::{Identity, initiate};
+use splitbft_transport::{Identity, SecureRead, SecureWrite, initiate};
 
 use crate::Shared;
 use crate::stats::bump;
@@ -33,8 +33,8 @@ const MAX_COALESCED_FRAMES: usize = 256;
 
 /// A live connection after the Hello went out.
 pub(crate) struct Established {
-    reader: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
-    writer: FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    reader: SecureRead<OwnedReadHalf>,
+    writer: SecureWrite<OwnedWriteHalf>,
 }
 
 fn codec(max_frame_bytes: usize) -> LengthDelimitedCodec {
@@ -59,9 +59,11 @@ pub(crate) async fn establish(shared: &Shared, replica: usize, addr: SocketAddr)
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "no transport key for this replica")
         })?;
     let me = Identity::Client(shared.id, &shared.secret);
-    initiate(&mut reader, &mut writer, shared.config.cluster_id, responder, me)
+    let session = initiate(&mut reader, &mut writer, shared.config.cluster_id, responder, me)
         .await
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e))?;
+    // Frames after the handshake are sealed under the session's keys (SPEC §11).
+    let (reader, writer) = session.secure(reader, writer, shared.max_frame_bytes);
     Ok(Established { reader, writer })
 }
 
@@ -138,7 +140,7 @@ pub(crate) async fn run_connection(
 /// Forwards queued frames until the connection fails. After one frame it feeds whatever
 /// else is already queued and flushes once: one syscall for a burst of requests.
 async fn write_loop(
-    writer: &mut FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    writer: &mut SecureWrite<OwnedWriteHalf>,
     queue: &mut mpsc::Receiver<Bytes>,
     reader: &mut AbortOnDrop,
 ) -> WriteEnd {
@@ -183,12 +185,13 @@ async fn discard_for(shared: &Shared, queue: &mut mpsc::Receiver<Bytes>, pause: 
 }
 
 /// The reader task of one connection: every frame is untrusted bytes to check and count.
-async fn read_loop(shared: Arc<Shared>, replica: usize, mut reader: FramedRead<OwnedReadHalf, LengthDelimitedCodec>) {
+async fn read_loop(shared: Arc<Shared>, replica: usize, mut reader: SecureRead<OwnedReadHalf>) {
     while let Some(frame) = reader.next().await {
         match frame {
             Ok(frame) => shared.on_frame(&frame),
             Err(error) => {
-                // An oversized length prefix or an I/O error: the stream cannot be resynced.
+                // An oversized or unauthenticated record, or an I/O error: the stream
+                // cannot be resynced.
                 debug!(replica, %error, "dropping connection after read error");
                 return;
             }

@@ -280,9 +280,12 @@ async fn handle(stream: TcpStream, fake: Arc<Fake>, sequencer: Arc<Sequencer>) {
     let mut reader = FramedRead::new(read, LengthDelimitedCodec::new());
     let mut writer = FramedWrite::new(write, LengthDelimitedCodec::new());
     let transport = &sequencer.transport[fake.index as usize];
-    let Ok(hello) = splitbft_transport::respond(&mut reader, &mut writer, &sequencer.config, transport).await else {
+    let Ok((hello, session)) =
+        splitbft_transport::respond(&mut reader, &mut writer, &sequencer.config, transport).await
+    else {
         return;
     };
+    let (mut reader, mut writer) = session.secure(reader, writer, splitbft_types::wire::MAX_FRAME_BYTES);
     if hello != Hello::Client(CLIENT) {
         // Counted as a protocol violation by the client; the tests assert there are none.
         fake.bad_request_macs.fetch_add(1, Ordering::SeqCst);

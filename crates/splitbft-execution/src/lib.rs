@@ -35,6 +35,7 @@ use splitbft_types::counters::Counter;
 use splitbft_types::counters::Counters;
 use splitbft_types::crypto::{MacKey, Purpose, SecretKey, reply_mac};
 use splitbft_types::dedup::ClientWindow;
+use splitbft_types::limits::REPLY_CACHE_BYTES_PER_CLIENT;
 use splitbft_types::msg::{BatchMsg, Checkpoint, Commit, Digest, Message, NewView, Reply, Request, Signed};
 use splitbft_types::recovery::{RecoveryQuery, RecoveryStatement};
 use splitbft_types::session::{Admission, GroupSecret, ReplyBody, SessionRecord, Sessions};
@@ -86,7 +87,9 @@ struct OwnedExecutionState {
     sessions: Vec<Option<SessionRecord>>,
 }
 
-/// The last `W` results of one client, by timestamp: part of the checkpointed state (as
+/// The last `W` results of one client, by timestamp, and at most
+/// [`REPLY_CACHE_BYTES_PER_CLIENT`] of them (the newest kept whatever its size): part of
+/// the checkpointed state (as
 /// PBFT's last replies), so a replica that caught up by state transfer still answers a
 /// retransmission. Each is an encoded plaintext [`ReplyBody`]; views, MACs and the
 /// per-replica encryption are not: they differ between replicas.
@@ -380,7 +383,11 @@ impl Execution {
         }
         let cache = &mut self.results[c];
         cache.insert(request.timestamp, serde_bytes::ByteBuf::from(to_bytes(&cached)));
-        if cache.len() as u64 > self.config.client_window {
+        // At most `W` results and REPLY_CACHE_BYTES_PER_CLIENT bytes (but at least one):
+        // every client's cache is in every snapshot, which must fit state transfer (SPEC §11).
+        while cache.len() as u64 > self.config.client_window
+            || (cache.len() > 1 && cached_bytes(cache) > REPLY_CACHE_BYTES_PER_CLIENT)
+        {
             cache.pop_first();
         }
         out.push(Output::Send(Message::Reply(self.reply(request.client, request.timestamp, cached))));
@@ -548,6 +555,7 @@ impl Execution {
             || state.sessions.len() != self.windows.len()
             || state.results.iter().flat_map(|r| r.values()).any(|b| from_bytes::<ReplyBody>(b).is_err())
             || state.results.iter().any(|r| r.len() as u64 > self.config.client_window)
+            || state.results.iter().any(|r| r.len() > 1 && cached_bytes(r) > REPLY_CACHE_BYTES_PER_CLIENT)
             || self.app.restore(&state.app).is_err()
         {
             self.counters.bump(Counter::RestoreMalformed);
@@ -583,6 +591,11 @@ impl Execution {
             // 11 finding 7). Checkpoint digests are the one exception the protocol needs.
         }
     }
+}
+
+/// Bytes of one client's cached results.
+fn cached_bytes(cache: &Results) -> usize {
+    cache.values().map(|body| body.len()).sum()
 }
 
 fn state_bytes(

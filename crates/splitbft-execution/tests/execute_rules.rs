@@ -686,3 +686,27 @@ proptest! {
         prop_assert_eq!((sa.last_executed, sb.last_executed), (n, n));
     }
 }
+
+/// SPEC §11: a client's cached results are bounded in bytes as well as by `W`, since every
+/// client's cache is in every snapshot: after 20 results of 32 KiB only the newest that fit
+/// REPLY_CACHE_BYTES_PER_CLIENT are kept; a retransmission of one of them is answered, one
+/// of an evicted one is not (its replies went out when it executed).
+#[test]
+fn cached_results_are_bounded_in_bytes() {
+    use splitbft_apps::kv::MAX_VALUE_BYTES;
+    use splitbft_types::limits::REPLY_CACHE_BYTES_PER_CLIENT;
+    let request =
+        |t: Timestamp, op: KvOp| fixture().clients[0].request(t, session(0).seal_op(t, &op.encode()).unwrap());
+    let mut requests = vec![request(1, KvOp::Put { key: b"big".to_vec(), value: vec![7; MAX_VALUE_BYTES] })];
+    requests.extend((2..=21).map(|t| request(t, KvOp::Get { key: b"big".to_vec() })));
+    let mut e = execution(1);
+    let out = certify_and_deliver(&mut e, &batch(1, &requests));
+    assert_eq!(replies(&out).len(), 21);
+    let kept = REPLY_CACHE_BYTES_PER_CLIENT / (MAX_VALUE_BYTES + 64);
+    assert_eq!(kept, 7);
+    for t in 2..=21u64 {
+        let resent = replies(&feed(&mut e, Message::Request(requests[t as usize - 1].clone())));
+        let cached = t > 21 - kept as u64;
+        assert_eq!(resent.len(), usize::from(cached), "timestamp {t}");
+    }
+}

@@ -12,17 +12,29 @@
 //!   `Hello::Client(c)` only if the signature verifies under client `c`'s key.
 //!
 //! The introduction (`Hello` and, for clients, the signature) travels encrypted in the third
-//! handshake message. Later frames are not encrypted: protocol messages are signed end to
-//! end by enclaves, and client ops are sealed under session keys (SPEC §6). The handshake
-//! protects the environment — reply routes, peer resends — not safety.
+//! handshake message. Every later frame travels in Noise transport messages ([`Session`],
+//! [`FrameEncoder`], [`FrameDecoder`]): encrypted and authenticated with ChaChaPoly under
+//! the handshake's keys, with an implicit per-direction nonce, so an on-path attacker can
+//! neither read, alter, inject, drop-and-splice nor replay a frame — any of these fails
+//! authentication and closes the connection. Protocol messages are still signed end to end
+//! by enclaves and client ops sealed under session keys (SPEC §6): the transport protects
+//! the environment — reply routes, peer resends, what an authenticated peer may send — not
+//! safety.
 //!
 //! Handshake messages are length-prefixed like every other frame ([`LengthDelimitedCodec`]),
 //! but while the handshake runs the decoder accepts at most [`MAX_HANDSHAKE_FRAME`] bytes,
 //! so a stranger cannot make a replica buffer a large frame before proving who it is.
+//!
+//! After the handshake the stream is a sequence of *records*: a 2-byte big-endian length
+//! and one Noise transport message (at most [`MAX_NOISE_MESSAGE`] bytes). A frame is
+//! carried as the plaintext `u32 length ‖ frame bytes`, cut into as many records as it
+//! needs; a record never spans two frames. The length is inside the authenticated
+//! plaintext and checked against the frame limit before the frame is buffered.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use splitbft_types::codec::{from_bytes, to_bytes};
@@ -33,7 +45,7 @@ use splitbft_types::msg::Sig;
 use splitbft_types::wire::Hello;
 use splitbft_types::{ClientId, ProtocolConfig, ReplicaId};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite, LengthDelimitedCodec};
 
 /// The Noise protocol every connection runs (SPEC §11).
 pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
@@ -118,6 +130,8 @@ fn prologue(cluster_id: u64) -> Vec<u8> {
     [PROLOGUE, &cluster_id.to_le_bytes()].concat()
 }
 
+mod cipher;
+
 fn params() -> snow::params::NoiseParams {
     NOISE_PARAMS.parse().expect("NOISE_PARAMS is a valid Noise protocol name")
 }
@@ -148,22 +162,23 @@ async fn bounded<R, T>(
     result
 }
 
-/// The initiator's side: proves `me` to the replica holding transport key `responder`.
-/// `cluster_id` enters the prologue, so a handshake across clusters fails.
+/// The initiator's side: proves `me` to the replica holding transport key `responder`, and
+/// returns the session that protects the frames that follow. `cluster_id` enters the
+/// prologue, so a handshake across clusters fails.
 pub async fn initiate<R, W>(
     reader: &mut FramedRead<R, LengthDelimitedCodec>,
     writer: &mut FramedWrite<W, LengthDelimitedCodec>,
     cluster_id: u64,
     responder: &[u8; 32],
     me: Identity<'_>,
-) -> Result<(), HandshakeError>
+) -> Result<Session, HandshakeError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     bounded(reader, async |reader| {
         let prologue = prologue(cluster_id);
-        let builder = snow::Builder::new(params());
+        let builder = snow::Builder::with_resolver(params(), cipher::resolver());
         // A client's static key only keeps XX's shape; its identity is the signature.
         let fresh;
         let local: &[u8] = match &me {
@@ -194,27 +209,30 @@ where
         };
         let len = noise.write_message(&to_bytes(&introduction), &mut buf)?;
         writer.send(Bytes::copy_from_slice(&buf[..len])).await?;
-        Ok(())
+        Session::new(noise)
     })
     .await
 }
 
 /// The responder's (a replica's) side: runs the handshake with its transport secret `me`
-/// and returns the hello the initiator proved. Any other outcome closes the connection.
+/// and returns the hello the initiator proved, with the session that protects the frames
+/// that follow. Any other outcome closes the connection.
 pub async fn respond<R, W>(
     reader: &mut FramedRead<R, LengthDelimitedCodec>,
     writer: &mut FramedWrite<W, LengthDelimitedCodec>,
     config: &ProtocolConfig,
     me: &TransportSecret,
-) -> Result<Hello, HandshakeError>
+) -> Result<(Hello, Session), HandshakeError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     bounded(reader, async |reader| {
         let prologue = prologue(config.cluster_id);
-        let mut noise =
-            snow::Builder::new(params()).local_private_key(me.as_bytes())?.prologue(&prologue)?.build_responder()?;
+        let mut noise = snow::Builder::with_resolver(params(), cipher::resolver())
+            .local_private_key(me.as_bytes())?
+            .prologue(&prologue)?
+            .build_responder()?;
         let mut buf = [0u8; MAX_HANDSHAKE_FRAME];
         // -> e
         let message = read_message(reader).await?;
@@ -243,9 +261,225 @@ where
                     .map_err(|_| HandshakeError::UnprovenClient)?;
             }
         }
-        Ok(introduction.hello)
+        Ok((introduction.hello, Session::new(noise)?))
     })
     .await
+}
+
+/// Largest Noise message (Noise specification §3): a record's ciphertext.
+pub const MAX_NOISE_MESSAGE: usize = 65535;
+/// ChaChaPoly's authentication tag.
+const TAG_BYTES: usize = 16;
+/// Plaintext carried by one full record.
+pub const MAX_RECORD_PLAINTEXT: usize = MAX_NOISE_MESSAGE - TAG_BYTES;
+/// A record's length prefix.
+const RECORD_HEADER: usize = 2;
+/// A frame's length inside its first record's plaintext.
+const FRAME_HEADER: usize = 4;
+
+/// Why a protected connection stopped. The connection is closed; the reader counts it.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The socket failed.
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// A frame longer than the connection's frame limit, announced or offered.
+    #[error("frame of {len} bytes exceeds the limit of {limit}")]
+    Oversize {
+        /// The frame's length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A record that does not authenticate under the session's key and the next nonce:
+    /// altered, injected, replayed, reordered or cut by someone on the path.
+    #[error("record does not authenticate")]
+    Unauthenticated,
+    /// An authenticated record that breaks the framing (a first record without the whole
+    /// frame length, or one that runs past its frame): a faulty peer, not the path.
+    #[error("record breaks the framing")]
+    BadRecord,
+    /// 2^64 − 1 records in one direction: the nonce would repeat.
+    #[error("nonces exhausted")]
+    Exhausted,
+}
+
+impl FrameError {
+    /// The counter a reader bumps when a connection ends with this error.
+    pub fn counter(&self) -> Counter {
+        match self {
+            FrameError::Io(_) => Counter::ConnectionErrors,
+            FrameError::Oversize { .. } => Counter::FramesOversize,
+            FrameError::Unauthenticated => Counter::FramesUnauthenticated,
+            FrameError::BadRecord | FrameError::Exhausted => Counter::FramesBadRecords,
+        }
+    }
+}
+
+/// The keys a finished handshake agreed on: one ChaChaPoly key per direction. Stateless in
+/// snow's sense (each side keeps its own nonce), so the read and the write half of a
+/// connection each hold a copy and need no lock.
+#[derive(Clone)]
+pub struct Session {
+    state: Arc<snow::StatelessTransportState>,
+}
+
+/// A connection's read half after the handshake.
+pub type SecureRead<R> = FramedRead<R, FrameDecoder>;
+/// A connection's write half after the handshake.
+pub type SecureWrite<W> = FramedWrite<W, FrameEncoder>;
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Session { .. }")
+    }
+}
+
+impl Session {
+    fn new(handshake: snow::HandshakeState) -> Result<Session, HandshakeError> {
+        Ok(Session { state: Arc::new(handshake.into_stateless_transport_mode()?) })
+    }
+
+    /// The encoder of this side's outgoing frames, each at most `max_frame` bytes.
+    pub fn encoder(&self, max_frame: usize) -> FrameEncoder {
+        FrameEncoder { state: Arc::clone(&self.state), nonce: 0, max_frame, plaintext: Vec::new() }
+    }
+
+    /// The decoder of the other side's frames, each at most `max_frame` bytes.
+    pub fn decoder(&self, max_frame: usize) -> FrameDecoder {
+        FrameDecoder {
+            state: Arc::clone(&self.state),
+            nonce: 0,
+            max_frame,
+            plaintext: vec![0; MAX_NOISE_MESSAGE],
+            frame: BytesMut::new(),
+            expected: None,
+        }
+    }
+
+    /// Turns the handshake's framed halves into protected ones. The read buffer is kept:
+    /// records the initiator sent right after its last handshake message may be in it.
+    pub fn secure<R, W>(
+        &self,
+        reader: FramedRead<R, LengthDelimitedCodec>,
+        writer: FramedWrite<W, LengthDelimitedCodec>,
+        max_frame: usize,
+    ) -> (SecureRead<R>, SecureWrite<W>) {
+        (reader.map_decoder(|_| self.decoder(max_frame)), writer.map_encoder(|_| self.encoder(max_frame)))
+    }
+}
+
+/// Seals frames into records (see the module documentation for the layout).
+pub struct FrameEncoder {
+    state: Arc<snow::StatelessTransportState>,
+    /// The next record's nonce: records are numbered from 0 in each direction.
+    nonce: u64,
+    max_frame: usize,
+    /// Scratch for one record's plaintext.
+    plaintext: Vec<u8>,
+}
+
+impl Encoder<Bytes> for FrameEncoder {
+    type Error = FrameError;
+
+    fn encode(&mut self, frame: Bytes, dst: &mut BytesMut) -> Result<(), FrameError> {
+        if frame.len() > self.max_frame || frame.len() > u32::MAX as usize {
+            return Err(FrameError::Oversize { len: frame.len(), limit: self.max_frame });
+        }
+        let records = (FRAME_HEADER + frame.len()).div_ceil(MAX_RECORD_PLAINTEXT);
+        dst.reserve(FRAME_HEADER + frame.len() + records * (RECORD_HEADER + TAG_BYTES));
+        let mut rest = &frame[..];
+        let mut first = true;
+        while first || !rest.is_empty() {
+            self.plaintext.clear();
+            if first {
+                self.plaintext.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+                first = false;
+            }
+            let take = rest.len().min(MAX_RECORD_PLAINTEXT - self.plaintext.len());
+            self.plaintext.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            let sealed = self.plaintext.len() + TAG_BYTES;
+            debug_assert!(sealed <= MAX_NOISE_MESSAGE);
+            dst.put_u16(sealed as u16);
+            let start = dst.len();
+            dst.resize(start + sealed, 0);
+            let written = self
+                .state
+                .write_message(self.nonce, &self.plaintext, &mut dst[start..])
+                .map_err(|_| FrameError::Exhausted)?;
+            assert_eq!(written, sealed, "ChaChaPoly adds exactly one tag");
+            self.nonce += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Opens records and reassembles frames; any record that does not authenticate, or that
+/// breaks the framing, ends the connection.
+pub struct FrameDecoder {
+    state: Arc<snow::StatelessTransportState>,
+    /// The nonce the next record must have been sealed under.
+    nonce: u64,
+    max_frame: usize,
+    /// Scratch for one record's plaintext.
+    plaintext: Vec<u8>,
+    /// The frame being reassembled.
+    frame: BytesMut,
+    /// Its announced length, once its first record arrived.
+    expected: Option<usize>,
+}
+
+impl Decoder for FrameDecoder {
+    type Item = BytesMut;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
+        loop {
+            if src.len() < RECORD_HEADER {
+                return Ok(None);
+            }
+            let sealed = usize::from(u16::from_be_bytes([src[0], src[1]]));
+            if src.len() < RECORD_HEADER + sealed {
+                src.reserve(RECORD_HEADER + sealed - src.len());
+                return Ok(None);
+            }
+            src.advance(RECORD_HEADER);
+            let record = src.split_to(sealed);
+            let opened = match self.state.read_message(self.nonce, &record, &mut self.plaintext) {
+                Ok(opened) => opened,
+                Err(snow::Error::State(_)) => return Err(FrameError::Exhausted),
+                Err(_) => return Err(FrameError::Unauthenticated),
+            };
+            self.nonce += 1;
+            let mut plain = &self.plaintext[..opened];
+            let expected = match self.expected {
+                Some(expected) => expected,
+                None => {
+                    let Some((header, body)) = plain.split_first_chunk::<FRAME_HEADER>() else {
+                        return Err(FrameError::BadRecord);
+                    };
+                    let len = u32::from_be_bytes(*header) as usize;
+                    if len > self.max_frame {
+                        return Err(FrameError::Oversize { len, limit: self.max_frame });
+                    }
+                    plain = body;
+                    // Grows with the records that arrive, not with the announced length.
+                    self.frame = BytesMut::with_capacity(len.min(MAX_RECORD_PLAINTEXT));
+                    self.expected = Some(len);
+                    len
+                }
+            };
+            if plain.len() > expected - self.frame.len() {
+                return Err(FrameError::BadRecord);
+            }
+            self.frame.extend_from_slice(plain);
+            if self.frame.len() == expected {
+                self.expected = None;
+                return Ok(Some(std::mem::take(&mut self.frame)));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -275,7 +509,7 @@ mod tests {
         secrets: &ClusterSecrets,
         responder_key: [u8; 32],
         me: Identity<'_>,
-    ) -> (Result<(), HandshakeError>, Result<Hello, HandshakeError>) {
+    ) -> (Result<Session, HandshakeError>, Result<(Hello, Session), HandshakeError>) {
         let ((mut ir, mut iw), (mut rr, mut rw)) = pipe();
         let config = &secrets.config;
         tokio::join!(
@@ -284,16 +518,47 @@ mod tests {
         )
     }
 
+    /// The two sessions of a client's handshake with replica 0.
+    async fn sessions() -> (Session, Session) {
+        let secrets = ClusterSecrets::deterministic(7, 1, 2, 1);
+        let key0 = secrets.config.transport_keys[0];
+        let (i, r) = run(&secrets, key0, Identity::Client(ClientId(1), &secrets.clients[1])).await;
+        (i.unwrap(), r.unwrap().1)
+    }
+
+    /// Seals `frames` with `from`'s encoder into one byte stream.
+    fn seal(from: &Session, frames: &[Bytes]) -> BytesMut {
+        let mut encoder = from.encoder(usize::MAX);
+        let mut wire = BytesMut::new();
+        for frame in frames {
+            encoder.encode(frame.clone(), &mut wire).unwrap();
+        }
+        wire
+    }
+
+    /// Everything `to`'s decoder makes of `wire`: the frames before the first error, and it.
+    fn open(to: &Session, max_frame: usize, mut wire: BytesMut) -> (Vec<BytesMut>, Option<FrameError>) {
+        let mut decoder = to.decoder(max_frame);
+        let mut frames = Vec::new();
+        loop {
+            match decoder.decode(&mut wire) {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => return (frames, None),
+                Err(e) => return (frames, Some(e)),
+            }
+        }
+    }
+
     #[tokio::test]
     async fn replicas_and_clients_prove_who_they_are() {
         let secrets = ClusterSecrets::deterministic(7, 1, 2, 1);
         let key0 = secrets.config.transport_keys[0];
         let (i, r) = run(&secrets, key0, Identity::Replica(ReplicaId(2), &secrets.transport[2])).await;
         assert!(i.is_ok());
-        assert_eq!(r.unwrap(), Hello::Replica(ReplicaId(2)));
+        assert_eq!(r.unwrap().0, Hello::Replica(ReplicaId(2)));
         let (i, r) = run(&secrets, key0, Identity::Client(ClientId(1), &secrets.clients[1])).await;
         assert!(i.is_ok());
-        assert_eq!(r.unwrap(), Hello::Client(ClientId(1)));
+        assert_eq!(r.unwrap().0, Hello::Client(ClientId(1)));
     }
 
     #[tokio::test]
@@ -344,5 +609,100 @@ mod tests {
         let ((_ir, _iw), (mut rr, mut rw)) = pipe();
         let r = respond(&mut rr, &mut rw, &secrets.config, &secrets.transport[0]).await;
         assert!(matches!(r, Err(HandshakeError::Timeout)), "{r:?}");
+    }
+
+    /// Frames of every size around the record boundaries survive the round trip, both ways,
+    /// and each side's frames open only with the other side's decoder.
+    #[tokio::test]
+    async fn frames_round_trip_across_record_boundaries() {
+        let (client, replica) = sessions().await;
+        let sizes = [
+            0,
+            1,
+            MAX_RECORD_PLAINTEXT - FRAME_HEADER - 1,
+            MAX_RECORD_PLAINTEXT - FRAME_HEADER,
+            MAX_RECORD_PLAINTEXT - FRAME_HEADER + 1,
+            3 * MAX_RECORD_PLAINTEXT,
+            1 << 20,
+        ];
+        let frames: Vec<Bytes> =
+            sizes.iter().map(|&n| Bytes::from((0..n).map(|i| (i % 251) as u8).collect::<Vec<_>>())).collect();
+        for (from, to) in [(&client, &replica), (&replica, &client)] {
+            let wire = seal(from, &frames);
+            // Ciphertext: the plaintext of a large frame does not appear on the wire.
+            assert!(!wire.windows(64).any(|w| w == &frames[6][1000..1064]));
+            let (opened, error) = open(to, 1 << 20, wire.clone());
+            assert!(error.is_none(), "{error:?}");
+            assert_eq!(opened.iter().map(|f| f.len()).collect::<Vec<_>>(), sizes);
+            assert!(opened.iter().zip(&frames).all(|(o, f)| o[..] == f[..]));
+            // A side cannot open its own frames: the directions have different keys.
+            assert!(matches!(open(from, 1 << 20, wire).1, Some(FrameError::Unauthenticated)));
+        }
+        // Fed a byte at a time, the decoder yields the same frames.
+        let wire = seal(&client, &frames[..3]);
+        let mut decoder = replica.decoder(1 << 20);
+        let (mut buffer, mut opened) = (BytesMut::new(), 0);
+        for byte in wire {
+            buffer.put_u8(byte);
+            while let Some(frame) = decoder.decode(&mut buffer).unwrap() {
+                assert_eq!(frame[..], frames[opened][..]);
+                opened += 1;
+            }
+        }
+        assert_eq!(opened, 3);
+    }
+
+    /// SPEC §11: an on-path attacker who alters, injects, replays, reorders or drops a
+    /// record is caught at that record; nothing after it is delivered.
+    #[tokio::test]
+    async fn tampered_records_end_the_connection() {
+        let (client, replica) = sessions().await;
+        let frames = [Bytes::from_static(b"first"), Bytes::from_static(b"second"), Bytes::from_static(b"third")];
+        let wire = seal(&client, &frames);
+        let record = RECORD_HEADER + FRAME_HEADER + 5 + TAG_BYTES;
+        let (first, rest) = (&wire[..record], &wire[record..]);
+        let bad = |wire: &[u8]| {
+            let (opened, error) = open(&replica, 1024, BytesMut::from(wire));
+            (opened.len(), error.map(|e| e.counter()))
+        };
+        // Untouched: all three.
+        assert_eq!(bad(&wire), (3, None));
+        // A flipped bit anywhere in the first record's ciphertext or tag.
+        for at in [RECORD_HEADER, RECORD_HEADER + 3, record - 1] {
+            let mut flipped = wire.to_vec();
+            flipped[at] ^= 0x01;
+            assert_eq!(bad(&flipped), (0, Some(Counter::FramesUnauthenticated)), "byte {at}");
+        }
+        // A record injected before the genuine ones (plaintext made to look like a frame).
+        let mut injected = [&[0, 9][..], &[0, 0, 0, 1, 7], &[0; 4]].concat();
+        injected.extend_from_slice(&wire);
+        assert_eq!(bad(&injected), (0, Some(Counter::FramesUnauthenticated)));
+        // The first record replayed after itself; the second dropped; the two swapped.
+        assert_eq!(bad(&[first, first, rest].concat()), (1, Some(Counter::FramesUnauthenticated)));
+        assert_eq!(bad(&[first, &rest[record + 1..]].concat()), (1, Some(Counter::FramesUnauthenticated)));
+        assert_eq!(bad(&[&rest[..record + 1], first].concat()), (0, Some(Counter::FramesUnauthenticated)));
+        // A session from another handshake cannot open them either.
+        let (_, other) = sessions().await;
+        assert!(matches!(open(&other, 1024, wire.clone()).1, Some(FrameError::Unauthenticated)));
+    }
+
+    /// The frame limit holds at the bound and one past it, on both sides, and an announced
+    /// length past it is refused before the frame is buffered.
+    #[tokio::test]
+    async fn the_frame_limit_is_checked_before_buffering() {
+        let (client, replica) = sessions().await;
+        let limit = 100_000;
+        let at = Bytes::from(vec![1u8; limit]);
+        let past = Bytes::from(vec![1u8; limit + 1]);
+        let (opened, error) = open(&replica, limit, seal(&client, std::slice::from_ref(&at)));
+        assert!(error.is_none() && opened.len() == 1);
+        let mut wire = BytesMut::new();
+        assert!(matches!(client.encoder(limit).encode(past.clone(), &mut wire), Err(FrameError::Oversize { .. })));
+        // A sender without the limit: the receiver refuses at the first record.
+        let wire = seal(&client, &[past]);
+        let first = RECORD_HEADER + MAX_NOISE_MESSAGE;
+        let (opened, error) = open(&replica, limit, BytesMut::from(&wire[..first]));
+        assert!(opened.is_empty());
+        assert!(matches!(error, Some(FrameError::Oversize { len, limit: l }) if len == limit + 1 && l == limit));
     }
 }

@@ -31,6 +31,9 @@ pub struct AppRecord {
 pub trait Application: Send {
     /// Applies one operation and returns its encoded result.
     fn execute(&mut self, op: &[u8]) -> Vec<u8>;
+    /// The sizes it promises to stay within (SPEC §11): checked against the frame and
+    /// state-transfer limits at start ([`crate::limits::Limits::check`]).
+    fn limits(&self) -> crate::limits::AppLimits;
     /// Serialises the whole state canonically (equal states give equal bytes).
     fn snapshot(&self) -> Vec<u8>;
     /// Replaces the state with a snapshot produced by [`Application::snapshot`].

@@ -63,6 +63,13 @@ pub fn body_offset(bytes: &[u8]) -> Result<usize, CodecError> {
     Ok(bytes.len() - rest.len())
 }
 
+/// The client of an encoded request body (a [`crate::msg::Request`] without the version
+/// byte and kind): its first field.
+pub fn request_client(body: &[u8]) -> Result<crate::ClientId, CodecError> {
+    let (client, _) = postcard::take_from_bytes::<crate::ClientId>(body).map_err(CodecError::Malformed)?;
+    Ok(client)
+}
+
 /// Decodes a message produced by [`encode_message`].
 pub fn decode_message(bytes: &[u8]) -> Result<Message, CodecError> {
     let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;

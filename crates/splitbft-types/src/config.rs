@@ -14,8 +14,9 @@ pub const DEFAULT_MAX_BATCH: u32 = 200;
 /// Default per-client window `W` (SPEC §4.3): a client may keep this many requests
 /// outstanding; the issue asks for at least 64.
 pub const DEFAULT_CLIENT_WINDOW: u64 = 64;
-/// Default limit on a request's op (SPEC §2). Large enough for KV values of 64 KiB plus
-/// framing, small enough that a batch of `B` fits the frame limit.
+/// Default limit on a request's op (SPEC §2). Large enough for the KV store's largest op (a
+/// CAS with a 1 KiB key and two 32 KiB values) sealed, small enough that a batch of `B`
+/// fits the frame limit; both checked at start (`limits::Limits::check`).
 pub const DEFAULT_MAX_OP_BYTES: u32 = 66 * 1024;
 
 fn default_confidential() -> bool {

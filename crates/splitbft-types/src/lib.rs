@@ -20,6 +20,7 @@ pub mod dedup;
 pub mod durable;
 pub mod ids;
 pub mod keys;
+pub mod limits;
 pub mod msg;
 pub mod recovery;
 pub mod session;

@@ -1,9 +1,10 @@
 //! The connection protocol between brokers, and between clients and brokers (SPEC §5).
 //!
-//! Every TCP connection carries frames: a 4-byte big-endian length, then that many bytes
-//! (`tokio_util`'s `LengthDelimitedCodec` default layout), at most [`MAX_FRAME_BYTES`]
-//! unless configured otherwise. The first frame is a [`Hello`]; every later frame is a
-//! [`Message`](crate::Message) encoded by [`encode_message`](crate::codec::encode_message).
+//! Every TCP connection starts with the transport handshake (`splitbft-transport`, SPEC
+//! §11), whose last message carries a [`Hello`]; after it the connection carries frames of
+//! at most [`MAX_FRAME_BYTES`] unless configured otherwise, each sealed in Noise transport
+//! messages, each a [`Message`](crate::Message) encoded by
+//! [`encode_message`](crate::codec::encode_message).
 //! Connections are one-way for replicas (a replica dials each peer and only writes on
 //! that connection) and two-way for clients (requests in, replies out).
 
@@ -12,10 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{CodecError, WIRE_VERSION, append_bytes, from_bytes};
 use crate::ids::{ClientId, ReplicaId};
 
-/// Default frame size limit: a full batch of `B = 200` maximal requests is about 13 MiB,
-/// but batches of small requests are a few KiB; 16 MiB bounds a connection's buffer while
-/// admitting any valid batch.
-pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+/// Default frame size limit (see [`crate::limits`], where every limit is named).
+pub use crate::limits::MAX_FRAME_BYTES;
 
 /// First frame on a connection: who is speaking.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -329,6 +329,7 @@ impl LocalTcpCluster {
             }
             _ => None,
         };
+        app.check_limits(&secrets.config, splitbft_types::wire::MAX_FRAME_BYTES)?;
         let mut nodes = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
             let me = ReplicaId(i as u32);

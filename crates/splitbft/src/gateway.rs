@@ -35,7 +35,7 @@ use crate::metrics::{CommandLabels, GatewayMetrics};
 /// unbounded work (reading stops while it is full).
 pub const MAX_PIPELINE: usize = 256;
 /// Largest unparsed input held per connection. A command carries at most a few keys and
-/// values of [`splitbft_apps::kv::MAX_VALUE_BYTES`] (64 KiB); 4 MiB is far above any
+/// values of [`splitbft_apps::kv::MAX_VALUE_BYTES`] (32 KiB); 4 MiB is far above any
 /// sensible `MSET` and bounds the memory a client can pin. Past it the connection closes.
 pub const MAX_INPUT_BYTES: usize = 4 * 1024 * 1024;
 /// Most arguments one command may have (bounds the ops a single `MSET`/`MGET` fans out).
@@ -416,11 +416,27 @@ impl Gateway {
         let pattern = pattern.unwrap_or_else(|| b"*".to_vec());
         let prefix = glob_prefix(&pattern);
         let end = offset.saturating_add(count).min(MAX_SCAN_ENTRIES);
-        let entries = match self.kv(KvOp::Scan { prefix, limit: MAX_SCAN_ENTRIES as u32 }).await {
-            Ok(KvResult::Entries(entries)) => entries,
-            Ok(_) => return unexpected(),
-            Err(e) => return e,
-        };
+        // Pages (bounded in entries and bytes) up to MAX_SCAN_ENTRIES keys in all.
+        let mut entries = Vec::new();
+        let mut start: Option<Vec<u8>> = None;
+        while entries.len() < MAX_SCAN_ENTRIES {
+            let limit = (MAX_SCAN_ENTRIES - entries.len()) as u32;
+            let op = match start.take() {
+                None => KvOp::Scan { prefix: prefix.clone(), limit },
+                Some(start) => KvOp::ScanFrom { prefix: prefix.clone(), start, limit },
+            };
+            match self.kv(op).await {
+                Ok(KvResult::Page { entries: page, next }) => {
+                    entries.extend(page);
+                    match next {
+                        Some(next) => start = Some(next),
+                        None => break,
+                    }
+                }
+                Ok(_) => return unexpected(),
+                Err(e) => return e,
+            }
+        }
         let matching: Vec<Vec<u8>> = entries.into_iter().map(|(k, _)| k).filter(|k| glob_match(&pattern, k)).collect();
         let page: Vec<Reply> =
             matching.iter().skip(offset).take(end.saturating_sub(offset)).cloned().map(bulk).collect();

@@ -216,10 +216,11 @@ enum ClientOp {
     Get { key: String },
     /// Remove KEY.
     Delete { key: String },
-    /// List keys starting with PREFIX.
+    /// List keys starting with PREFIX, page by page (SPEC §11: a page is bounded in entries
+    /// and bytes; the next page starts at the key the last one names).
     Scan {
         prefix: String,
-        /// At most this many entries (0 = the server's maximum).
+        /// At most this many entries in all (0 = every matching entry).
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
@@ -442,6 +443,7 @@ async fn replica(
     node_config.options.batch_timeout_us = file.batch_timeout_ms * 1000;
     node_config.data_dir = data_dir.clone();
     node_config.durable = durable;
+    app.check_limits(&protocol, node_config.max_frame_bytes)?;
     let node = if backend == Backend::Process {
         // Each compartment process reads its own key: this process never opens one.
         let launcher = splitbft::compartment::launcher(config_path, me, app, durable, test_probe)?;
@@ -678,15 +680,23 @@ async fn client(config_path: &Path, client_id: u32, timeout_s: u64, op: ClientOp
     let options =
         ClientOptions { request_timeout: std::time::Duration::from_secs(timeout_s), ..ClientOptions::default() };
     let client = connect_session(config_path, client_id, options).await?;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let op = match op {
         ClientOp::Put { key, value } => KvOp::Put { key: key.into_bytes(), value: value.into_bytes() },
         ClientOp::Get { key } => KvOp::Get { key: key.into_bytes() },
         ClientOp::Delete { key } => KvOp::Delete { key: key.into_bytes() },
-        ClientOp::Scan { prefix, limit } => KvOp::Scan { prefix: prefix.into_bytes(), limit },
+        ClientOp::Scan { prefix, limit } => {
+            let mut stream = std::pin::pin!(splitbft::scan(&client, prefix.into_bytes(), limit as usize));
+            while let Some(page) = futures_util::StreamExt::next(&mut stream).await {
+                for (k, v) in page? {
+                    println!("{}\t{}", text(&k), text(&v));
+                }
+            }
+            return Ok(());
+        }
     };
     let result =
         KvResult::decode(&client.invoke(op.encode()).await?).context("the cluster returned an undecodable result")?;
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     match result {
         KvResult::Value(Some(v)) => println!("{}", text(&v)),
         KvResult::Value(None) => bail!("key not found"),
@@ -696,11 +706,7 @@ async fn client(config_path: &Path, client_id: u32, timeout_s: u64, op: ClientOp
         KvResult::Deleted { previous: Some(p) } => println!("deleted (was {})", text(&p)),
         KvResult::Deleted { previous: None } => println!("deleted (was absent)"),
         KvResult::Cas { swapped, .. } => println!("{}", if swapped { "swapped" } else { "not swapped" }),
-        KvResult::Entries(entries) => {
-            for (k, v) in entries {
-                println!("{}\t{}", text(&k), text(&v));
-            }
-        }
+        KvResult::Page { .. } => bail!("the cluster answered a non-scan op with a scan page"),
         KvResult::Error(e) => bail!("the cluster refused the operation: {e}"),
     }
     Ok(())

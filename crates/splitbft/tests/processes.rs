@@ -352,12 +352,13 @@ fn fuzzing_peer(
                     (_, Some(key), _, Some(c)) => Identity::Client(splitbft_types::ClientId(c), key),
                     _ => unreachable!("an identity is given"),
                 };
-                if initiate(&mut reader, &mut writer, protocol.cluster_id, &protocol.transport_keys[i], me)
-                    .await
-                    .is_err()
-                {
+                let Ok(session) =
+                    initiate(&mut reader, &mut writer, protocol.cluster_id, &protocol.transport_keys[i], me).await
+                else {
                     continue;
-                }
+                };
+                // Sealed with the session's keys, so the frames reach the replica's decoders.
+                let (_reader, mut writer) = session.secure(reader, writer, splitbft_types::wire::MAX_FRAME_BYTES);
                 for _ in 0..200 {
                     let mut len = [0u8; 2];
                     getrandom::fill(&mut len).unwrap();
