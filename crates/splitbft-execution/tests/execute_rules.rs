@@ -695,8 +695,7 @@ proptest! {
 fn cached_results_are_bounded_in_bytes() {
     use splitbft_apps::kv::MAX_VALUE_BYTES;
     use splitbft_types::limits::REPLY_CACHE_BYTES_PER_CLIENT;
-    let request =
-        |t: Timestamp, op: KvOp| fixture().clients[0].request(t, session(0).seal_op(t, &op.encode()).unwrap());
+    let request = |t: Timestamp, op: KvOp| fixture().sealed_request(0, t, &op.encode());
     let mut requests = vec![request(1, KvOp::Put { key: b"big".to_vec(), value: vec![7; MAX_VALUE_BYTES] })];
     requests.extend((2..=21).map(|t| request(t, KvOp::Get { key: b"big".to_vec() })));
     let mut e = execution(1);
