@@ -229,6 +229,7 @@ counters! {
     StatesServed = "states_served",
     SuspectStale = "suspect_stale",
     SuspectsFPlusOne = "suspects_f_plus_one",
+    SuspectsHeldForQuorum = "suspects_held_for_quorum",
     SuspectsTimer = "suspects_timer",
     UnexpectedInput = "unexpected_input",
     ViewChangeBadCertificate = "view_change_bad_certificate",
