@@ -691,6 +691,24 @@ fn run_inner(
         }
     });
     let mut net = Network::new(draw.network, &mut rng);
+    // A crash-restart loses a replica's state (amnesia, SPEC §1.1): allowed only where every
+    // kind stays within `f` beside the faulty and host-restarted enclaves. (Without this a
+    // forked Confirmation on one replica and amnesia on another broke agreement: two faulty
+    // Confirmations at f = 1, seed 22103.)
+    let lost: Vec<(ReplicaId, CompartmentKind)> =
+        faulty_pairs.iter().copied().chain(draw.restarts.iter().map(|r| (r.replica, r.kind))).collect();
+    net.limit_crashes(
+        (0..n as u32)
+            .map(ReplicaId)
+            .filter(|victim| {
+                CompartmentKind::ALL.iter().all(|kind| {
+                    let others: BTreeSet<ReplicaId> =
+                        lost.iter().filter(|(r, k)| k == kind && r != victim).map(|(r, _)| *r).collect();
+                    others.len() < f as usize
+                })
+            })
+            .collect(),
+    );
     // Session keys come from their own stream, so the run's schedule does not depend on them.
     let mut session_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5e55_10e5);
     let mut clients =

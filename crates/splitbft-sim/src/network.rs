@@ -38,6 +38,10 @@ pub struct Network {
     next_fault_us: u64,
     /// Links with a reconnection pending.
     reconnecting: std::collections::BTreeSet<(ReplicaId, ReplicaId)>,
+    /// Replicas a crash-restart may hit (`None`: any). A restart without persistence is
+    /// amnesia, a fault of all three kinds (SPEC §1.1): only where it keeps every kind within
+    /// `f` beside the seed's faulty and restarted enclaves.
+    may_lose_state: Option<Vec<ReplicaId>>,
 }
 
 impl Network {
@@ -52,7 +56,13 @@ impl Network {
             crashed: None,
             next_fault_us,
             reconnecting: Default::default(),
+            may_lose_state: None,
         }
+    }
+
+    /// Crash-restarts hit only `replicas` (see `may_lose_state`).
+    pub fn limit_crashes(&mut self, replicas: Vec<ReplicaId>) {
+        self.may_lose_state = Some(replicas);
     }
 
     fn faulty(&self, now: u64) -> bool {
@@ -162,6 +172,10 @@ impl Network {
                 let primary = cluster.protocol.primary(cluster.core(ReplicaId(1)).view());
                 cluster.down.insert(primary);
                 self.crashed = Some((primary, u64::MAX));
+            }
+            Scenario::CrashRestart if self.may_lose_state.as_ref().is_some_and(|ok| !ok.contains(&victim)) => {
+                // Amnesia there would exceed `f`: the draw spares it and waits as after a crash.
+                self.next_fault_us = now + rng.random_range(200_000..800_000);
             }
             Scenario::CrashRestart if self.crashed.is_none() => {
                 cluster.down.insert(victim);

@@ -42,6 +42,11 @@ fn regressions() {
     // partition: their timers leapfrogged each other through views and no view gathered
     // `2f + 1` ViewChanges (the background sweep, n = 4). Fixed by PBFT's rule that a
     // replica leaves view `v` only after `2f + 1` replicas asked for `v` or more.
+    // A crash-restart (amnesia) drawn on another replica than a forked Confirmation: two
+    // faulty Confirmations at f = 1, and agreement broke. The draw keeps amnesia within f.
+    let report = run_with(22103, Scenario::Random, Protocol::Splitbft, 4);
+    assert!(report.draw.contains("fork") && report.draw.contains("crash-restart"), "{}", report.draw);
+    assert!(report.safety_violations.is_empty(), "{:?}", report.safety_violations);
     for seed in [8524, 11383, 12295, 14068, 14304] {
         let report = run_with(seed, Scenario::Random, Protocol::Splitbft, 4);
         assert!(report.safety_violations.is_empty(), "{:?}", report.safety_violations);
