@@ -371,37 +371,14 @@ fn restore_with_genesis(
     genesis: splitbft_types::msg::Digest,
     start: &DurableStart,
 ) -> Result<(Box<dyn Compartment>, Vec<Bytes>), EnclaveError> {
-    // A state older than the counter cannot be proven fresh: the compartment starts without
-    // it, behind the recovery fence (SPEC §10; `enable_durability` with a counter above 0).
-    let rolled_back = |e: &RestoreError| matches!(e, RestoreError::RolledBack { .. });
     let DurableStart { records, counter } = start;
     let (records, counter) = (&records[..], *counter);
     Ok(match restoring {
         Restoring::Preparation => {
-            let copy = SecretKey::from_seed(key.seed());
-            let prep = match Preparation::restore(config.clone(), me, copy, genesis, records, counter) {
-                Ok(prep) => prep,
-                Err(e) if records.is_empty() || rolled_back(&e) => {
-                    let mut prep = Preparation::new(config.clone(), me, key, genesis)?;
-                    prep.enable_durability(counter);
-                    prep
-                }
-                Err(e) => return Err(EnclaveError::Restore(CompartmentKind::Preparation, e)),
-            };
-            (Box::new(prep), Vec::new())
+            (restore_signer::<Preparation>(config, me, key, genesis, records, counter)?, Vec::new())
         }
         Restoring::Confirmation => {
-            let copy = SecretKey::from_seed(key.seed());
-            let conf = match Confirmation::restore(config.clone(), me, copy, genesis, records, counter) {
-                Ok(conf) => conf,
-                Err(e) if records.is_empty() || rolled_back(&e) => {
-                    let mut conf = Confirmation::new(config.clone(), me, key, genesis)?;
-                    conf.enable_durability(counter);
-                    conf
-                }
-                Err(e) => return Err(EnclaveError::Restore(CompartmentKind::Confirmation, e)),
-            };
-            (Box::new(conf), Vec::new())
+            (restore_signer::<Confirmation>(config, me, key, genesis, records, counter)?, Vec::new())
         }
         Restoring::Execution(group, app) => {
             // An Execution whose state is refused as rolled back starts from no state and
@@ -433,6 +410,82 @@ fn restore_with_genesis(
             (Box::new(exec), replay)
         }
     })
+}
+
+/// The compartments that sign consensus messages (Preparation, Confirmation): restored
+/// from sealed state, or started behind the recovery fence.
+trait Signer: Compartment + Sized + 'static {
+    const KIND: CompartmentKind;
+    fn restore(
+        config: ProtocolConfig,
+        me: ReplicaId,
+        key: SecretKey,
+        genesis: splitbft_types::msg::Digest,
+        records: &[splitbft_types::durable::SealedState],
+        counter: u64,
+    ) -> Result<Self, RestoreError>;
+    fn fresh(
+        config: ProtocolConfig,
+        me: ReplicaId,
+        key: SecretKey,
+        genesis: splitbft_types::msg::Digest,
+    ) -> Result<Self, ConfigError>;
+    fn enable_durability(&mut self, counter: u64);
+}
+
+macro_rules! signer {
+    ($type:ty, $kind:expr) => {
+        impl Signer for $type {
+            const KIND: CompartmentKind = $kind;
+            fn restore(
+                config: ProtocolConfig,
+                me: ReplicaId,
+                key: SecretKey,
+                genesis: splitbft_types::msg::Digest,
+                records: &[splitbft_types::durable::SealedState],
+                counter: u64,
+            ) -> Result<Self, RestoreError> {
+                <$type>::restore(config, me, key, genesis, records, counter)
+            }
+            fn fresh(
+                config: ProtocolConfig,
+                me: ReplicaId,
+                key: SecretKey,
+                genesis: splitbft_types::msg::Digest,
+            ) -> Result<Self, ConfigError> {
+                <$type>::new(config, me, key, genesis)
+            }
+            fn enable_durability(&mut self, counter: u64) {
+                <$type>::enable_durability(self, counter)
+            }
+        }
+    };
+}
+signer!(Preparation, CompartmentKind::Preparation);
+signer!(Confirmation, CompartmentKind::Confirmation);
+
+/// A signing compartment from its sealed state. A state older than the counter cannot be
+/// proven fresh, and none at all after the counter moved means it was lost: the compartment
+/// starts without it, behind the recovery fence (SPEC §10; `enable_durability` with a
+/// counter above 0). Any other refusal (altered, incomplete) stops the start.
+fn restore_signer<C: Signer>(
+    config: &ProtocolConfig,
+    me: ReplicaId,
+    key: SecretKey,
+    genesis: splitbft_types::msg::Digest,
+    records: &[splitbft_types::durable::SealedState],
+    counter: u64,
+) -> Result<Box<dyn Compartment>, EnclaveError> {
+    let copy = SecretKey::from_seed(key.seed());
+    Ok(Box::new(match C::restore(config.clone(), me, copy, genesis, records, counter) {
+        Ok(c) => c,
+        Err(e) if records.is_empty() || matches!(e, RestoreError::RolledBack { .. }) => {
+            let mut c = C::fresh(config.clone(), me, key, genesis)?;
+            c.enable_durability(counter);
+            c
+        }
+        Err(e) => return Err(EnclaveError::Restore(C::KIND, e)),
+    }))
 }
 
 /// Starts one replica's three compartment processes (SPEC §5.1 `process` backend), in
