@@ -19,7 +19,9 @@ pub fn free_ports_on(hosts: &[&str], count: u16) -> u16 {
     let seed = std::process::id() as u16;
     for _ in 0..PORT_ATTEMPTS {
         let attempt = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let base = 20_000 + (seed.wrapping_mul(7).wrapping_add(attempt.wrapping_mul(13))) % 30_000;
+        // Below Linux's ephemeral range (32768-60999 by default): a client's outgoing
+        // connection can take a port there between this check and the replica's bind.
+        let base = 20_000 + (seed.wrapping_mul(7).wrapping_add(attempt.wrapping_mul(13))) % 12_000;
         if hosts.iter().all(|h| (0..count).all(|i| TcpListener::bind((*h, base + i)).is_ok())) {
             return base;
         }

@@ -528,7 +528,13 @@ fn attack_harness_the_cluster_keeps_serving() {
         ));
         for (i, child) in replicas.0.iter_mut().enumerate() {
             let child = child.as_mut().unwrap();
-            assert!(child.try_wait().unwrap().is_none(), "replica {i} exited during {name}");
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                if let Some(mut stderr) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut stderr, &mut err);
+                }
+                panic!("replica {i} exited ({status}) during {name}: {err}");
+            }
         }
         assert!(throughput >= 0.5 * base, "{name}: {throughput:.0} ops/s against {base:.0} unattacked");
         assert!(rss < PEAK_RSS_BOUND_KIB, "{name}: a replica's peak RSS reached {} MiB", rss / 1024);
