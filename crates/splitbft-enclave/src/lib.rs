@@ -375,10 +375,26 @@ fn restore_with_genesis(
     let (records, counter) = (&records[..], *counter);
     Ok(match restoring {
         Restoring::Preparation => {
-            (restore_signer::<Preparation>(config, me, key, genesis, records, counter)?, Vec::new())
+            let signer = restore_signer(
+                CompartmentKind::Preparation,
+                key,
+                records.is_empty(),
+                |k| Preparation::restore(config.clone(), me, k, genesis, records, counter),
+                |k| Preparation::new(config.clone(), me, k, genesis),
+                |p: &mut Preparation| p.enable_durability(counter),
+            )?;
+            (signer, Vec::new())
         }
         Restoring::Confirmation => {
-            (restore_signer::<Confirmation>(config, me, key, genesis, records, counter)?, Vec::new())
+            let signer = restore_signer(
+                CompartmentKind::Confirmation,
+                key,
+                records.is_empty(),
+                |k| Confirmation::restore(config.clone(), me, k, genesis, records, counter),
+                |k| Confirmation::new(config.clone(), me, k, genesis),
+                |c: &mut Confirmation| c.enable_durability(counter),
+            )?;
+            (signer, Vec::new())
         }
         Restoring::Execution(group, app) => {
             // An Execution whose state is refused as rolled back starts from no state and
@@ -412,79 +428,27 @@ fn restore_with_genesis(
     })
 }
 
-/// The compartments that sign consensus messages (Preparation, Confirmation): restored
-/// from sealed state, or started behind the recovery fence.
-trait Signer: Compartment + Sized + 'static {
-    const KIND: CompartmentKind;
-    fn restore(
-        config: ProtocolConfig,
-        me: ReplicaId,
-        key: SecretKey,
-        genesis: splitbft_types::msg::Digest,
-        records: &[splitbft_types::durable::SealedState],
-        counter: u64,
-    ) -> Result<Self, RestoreError>;
-    fn fresh(
-        config: ProtocolConfig,
-        me: ReplicaId,
-        key: SecretKey,
-        genesis: splitbft_types::msg::Digest,
-    ) -> Result<Self, ConfigError>;
-    fn enable_durability(&mut self, counter: u64);
-}
-
-macro_rules! signer {
-    ($type:ty, $kind:expr) => {
-        impl Signer for $type {
-            const KIND: CompartmentKind = $kind;
-            fn restore(
-                config: ProtocolConfig,
-                me: ReplicaId,
-                key: SecretKey,
-                genesis: splitbft_types::msg::Digest,
-                records: &[splitbft_types::durable::SealedState],
-                counter: u64,
-            ) -> Result<Self, RestoreError> {
-                <$type>::restore(config, me, key, genesis, records, counter)
-            }
-            fn fresh(
-                config: ProtocolConfig,
-                me: ReplicaId,
-                key: SecretKey,
-                genesis: splitbft_types::msg::Digest,
-            ) -> Result<Self, ConfigError> {
-                <$type>::new(config, me, key, genesis)
-            }
-            fn enable_durability(&mut self, counter: u64) {
-                <$type>::enable_durability(self, counter)
-            }
-        }
-    };
-}
-signer!(Preparation, CompartmentKind::Preparation);
-signer!(Confirmation, CompartmentKind::Confirmation);
-
-/// A signing compartment from its sealed state. A state older than the counter cannot be
-/// proven fresh, and none at all after the counter moved means it was lost: the compartment
-/// starts without it, behind the recovery fence (SPEC §10; `enable_durability` with a
-/// counter above 0). Any other refusal (altered, incomplete) stops the start.
-fn restore_signer<C: Signer>(
-    config: &ProtocolConfig,
-    me: ReplicaId,
+/// A signing compartment (Preparation, Confirmation) from its sealed state. A state older
+/// than the counter cannot be proven fresh, and none at all after the counter moved means it
+/// was lost: the compartment starts without it (`fresh`), behind the recovery fence (SPEC
+/// §10; `enable_durability` with a counter above 0). Any other refusal stops the start.
+fn restore_signer<C: Compartment + 'static>(
+    kind: CompartmentKind,
     key: SecretKey,
-    genesis: splitbft_types::msg::Digest,
-    records: &[splitbft_types::durable::SealedState],
-    counter: u64,
+    records_empty: bool,
+    restore: impl FnOnce(SecretKey) -> Result<C, RestoreError>,
+    fresh: impl FnOnce(SecretKey) -> Result<C, ConfigError>,
+    enable_durability: impl FnOnce(&mut C),
 ) -> Result<Box<dyn Compartment>, EnclaveError> {
     let copy = SecretKey::from_seed(key.seed());
-    Ok(Box::new(match C::restore(config.clone(), me, copy, genesis, records, counter) {
+    Ok(Box::new(match restore(copy) {
         Ok(c) => c,
-        Err(e) if records.is_empty() || matches!(e, RestoreError::RolledBack { .. }) => {
-            let mut c = C::fresh(config.clone(), me, key, genesis)?;
-            c.enable_durability(counter);
+        Err(e) if records_empty || matches!(e, RestoreError::RolledBack { .. }) => {
+            let mut c = fresh(key)?;
+            enable_durability(&mut c);
             c
         }
-        Err(e) => return Err(EnclaveError::Restore(C::KIND, e)),
+        Err(e) => return Err(EnclaveError::Restore(kind, e)),
     }))
 }
 
