@@ -16,8 +16,8 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use splitbft_types::CompartmentKind;
 use splitbft_types::durable::{RecordKind, SealedState};
+use splitbft_types::{CompartmentKind, Seq};
 
 use crate::store::BlockFile;
 use crate::wal::{MonotonicCounter, Wal, WalError};
@@ -36,12 +36,17 @@ pub struct Round {
     pub records: Vec<(CompartmentKind, SealedState)>,
     /// Sealed ledger blocks `(height, bytes)` (SPEC §7).
     pub blocks: Vec<(u64, Bytes)>,
+    /// Verified batch frames `(seq, frame)` the broker cached this round.
+    pub batches: Vec<(Seq, Bytes)>,
+    /// The broker's stable checkpoint when the round ended: logged batches at or below it
+    /// may be compacted away.
+    pub low: Seq,
 }
 
 impl Round {
     /// Whether the round has anything to write.
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.blocks.is_empty()
+        self.records.is_empty() && self.blocks.is_empty() && self.batches.is_empty()
     }
 }
 
@@ -60,6 +65,8 @@ pub struct GroupReport {
     pub blocks_written: u64,
     /// Ledger blocks already stored (a restarted Execution re-seals the blocks it replays).
     pub blocks_already_stored: u64,
+    /// Batch frames appended to the log.
+    pub batches_logged: u64,
     /// Each monotonic counter after the group ([`CompartmentKind::ALL`] order).
     pub counters: [u64; 3],
 }
@@ -110,6 +117,11 @@ impl Committer {
                     Err(source) => return Err(WalError::Io { path: ledger.path().to_owned(), source }),
                 }
             }
+            for (seq, frame) in &round.batches {
+                self.wal.append_batch(*seq, frame)?;
+                report.batches_logged += 1;
+            }
+            self.wal.set_low(round.low);
             for (kind, state) in &round.records {
                 if state.kind == RecordKind::Image {
                     epochs[kind.index()] = epochs[kind.index()].max(state.epoch);

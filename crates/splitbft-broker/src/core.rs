@@ -157,6 +157,17 @@ pub enum Action {
     /// Make a compartment's sealed state record durable before any network action of the
     /// same round is carried out (SPEC §10 write-ahead).
     SealState(CompartmentKind, splitbft_types::durable::SealedState),
+    /// Make a verified batch frame (PrePrepare and batch bytes) durable with the round, as
+    /// [`Action::SealState`]: a replica's Prepare, Commit or NewView for a batch leaves
+    /// only once the bytes are on its disk, so a whole-cluster restart always finds every
+    /// batch a certificate names held by the replicas that certified it (SPEC §10).
+    LogBatch {
+        /// The batch's sequence number (the log drops it once a checkpoint above it is
+        /// stable).
+        seq: Seq,
+        /// The encoded `Message::Batch`.
+        frame: Bytes,
+    },
 }
 
 /// The broker state of one replica.
@@ -352,7 +363,7 @@ impl BrokerCore {
                     // Junk neither enters the cache nor ends a pending fetch (SPEC §11).
                     return self.counters.bump(Counter::BatchFramesUnverified);
                 }
-                self.batches.insert(pp.body.digest, pp.body.seq, frame);
+                self.cache_batch(pp.body.digest, pp.body.seq, frame, out);
                 self.missing.remove(&pp.body.digest);
                 // A batch of an older view (fetched after a view change) is for Execution only.
                 // Preparation backups need the bytes: they check every request (SPEC §4.1 (2)).
@@ -443,6 +454,37 @@ impl BrokerCore {
     fn batch_is_genuine(&self, b: &BatchMsg) -> bool {
         Digest::of(&b.batch) == b.pre_prepare.body.digest
             && verify_signed(&self.protocol, &self.keys, &b.pre_prepare).is_ok()
+    }
+
+    /// Keeps a verified batch frame for peers and Execution, and has it logged with the
+    /// round if it is new and above the stable checkpoint (SPEC §10).
+    fn cache_batch(&mut self, digest: Digest, seq: Seq, frame: Bytes, out: &mut Vec<Action>) {
+        if self.batches.insert(digest, seq, frame.clone()) && seq > self.stable {
+            self.counters.bump(Counter::BatchesLogged);
+            out.push(Action::LogBatch { seq, frame });
+        }
+    }
+
+    /// Puts a batch frame read back from this replica's log into the cache, if it is
+    /// genuine (the disk is the host's: it is checked like a peer's frame). Returns whether
+    /// it was kept.
+    pub fn restore_batch(&mut self, frame: Bytes) -> bool {
+        let genuine = match decode_message(&frame) {
+            Ok(Message::Batch(b)) if self.batch_is_genuine(&b) => Some(b.pre_prepare.body),
+            _ => None,
+        };
+        let Some(pp) = genuine else {
+            self.counters.bump(Counter::BatchesRestoredUnverified);
+            return false;
+        };
+        self.batches.insert(pp.digest, pp.seq, frame);
+        self.counters.bump(Counter::BatchesRestored);
+        true
+    }
+
+    /// The highest checkpoint this broker has seen certified stable.
+    pub fn stable(&self) -> Seq {
+        self.stable
     }
 
     /// PBFT's liveness rule: `f + 1` replicas asking for views above ours means at least one
@@ -878,7 +920,7 @@ impl BrokerCore {
             (Preparation, Output::Send(Message::Batch(b))) => {
                 let pp = b.pre_prepare.body;
                 let frame = Bytes::from(encode_message(&Message::Batch(b.clone())));
-                self.batches.insert(pp.digest, pp.seq, frame.clone());
+                self.cache_batch(pp.digest, pp.seq, frame.clone(), out);
                 self.outlog.push(pp.seq, frame.clone());
                 out.push(Action::Broadcast(frame));
                 self.deliver(self.me, Confirmation, pp.view, Message::PrePrepare(b.pre_prepare), out);
@@ -1645,6 +1687,8 @@ mod tests {
         assert!(out.is_empty(), "junk was cached and served");
         core.on_peer_frame(ReplicaId(0), genuine.clone(), 3, &mut out);
         assert_eq!(core.missing_batches(), 0);
+        // SPEC §10: the verified frame is logged with the round.
+        assert!(out.contains(&Action::LogBatch { seq: 1, frame: genuine.clone() }), "{out:?}");
         // A second verified frame for the digest (the same batch at another seq) does not
         // replace the first; junk never does.
         let other = frame(signed(PrePrepare { view: 0, seq: 2, digest }), &batch);
@@ -1653,6 +1697,22 @@ mod tests {
         }
         out.clear();
         core.on_peer_frame(
+            ReplicaId(2),
+            Bytes::from(encode_message(&Message::FetchBatch { seq: 1, digest })),
+            5,
+            &mut out,
+        );
+        assert!(matches!(out.as_slice(), [Action::Send(ReplicaId(2), f)] if *f == genuine), "{out:?}");
+        assert_eq!(core.counters().get(Counter::BatchesLogged), 1, "junk or a repeat was logged");
+        // A restarted broker takes the logged frame back, checked like a peer's: junk from
+        // a tampered disk is refused, the genuine frame is served again.
+        let mut restarted = backup(1_000);
+        assert!(!restarted.restore_batch(junk[0].clone()));
+        assert!(!restarted.restore_batch(junk[1].clone()));
+        assert!(restarted.restore_batch(genuine.clone()));
+        assert_eq!(restarted.counters().get(Counter::BatchesRestoredUnverified), 2);
+        out.clear();
+        restarted.on_peer_frame(
             ReplicaId(2),
             Bytes::from(encode_message(&Message::FetchBatch { seq: 1, digest })),
             5,

@@ -274,7 +274,7 @@ impl LocalCluster {
                 }
                 Action::Persist { height, sealed } => persisted.push((height, sealed)),
                 // Inline compartments of the in-memory cluster run without durability.
-                Action::SealState(..) => {}
+                Action::SealState(..) | Action::LogBatch { .. } => {}
                 Action::Enclave(..) => unreachable!("drive crosses enclave inputs itself"),
             },
             observe,

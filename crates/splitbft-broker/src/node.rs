@@ -424,9 +424,11 @@ fn start_driver(
     let ledger_torn = ledger.as_ref().is_some_and(|l| l.torn_tail_bytes > 0);
     // Durable: the block file is written and synced with the round by the writer thread
     // (SPEC §10); otherwise the event loop appends and flushes it.
+    let mut recovered_batches = Vec::new();
     let (ledger, writer) = match durable {
-        Some(d) => {
+        Some(mut d) => {
             let (recovered_bytes, torn) = (d.wal.recovered_bytes, d.wal.torn_tail_bytes);
+            recovered_batches = d.wal.take_recovered_batches();
             let counters = d.counters.each_ref().map(|c| c.read());
             let latest = d.latest.map(|records| Latest { records, counters });
             let committer = Committer::new(d.wal, d.counters, d.counter_paths, ledger);
@@ -482,6 +484,11 @@ fn start_driver(
     let mut core = BrokerCore::new(config.protocol.clone(), config.me, config.options.clone());
     if ledger_torn {
         core.count(Counter::LedgerTornTailCut);
+    }
+    // The batches this replica logged (SPEC §10): peers may need them to execute what
+    // they certified before the restart.
+    for (_, frame) in recovered_batches {
+        core.restore_batch(Bytes::from(frame));
     }
     let ledger = ledger.map(|file| Ledger { file, error_logged: false });
     let durable = writer.map(|(d, recovered_bytes, torn)| {
@@ -839,6 +846,8 @@ impl Driver {
                     round.records.push((kind, state))
                 }
                 Action::SealState(..) => core.count(Counter::SealedStateWithoutDurability),
+                Action::LogBatch { seq, frame } if durable => round.batches.push((seq, frame)),
+                Action::LogBatch { .. } => {}
                 Action::Enclave(..) => unreachable!("drive crosses enclave inputs itself"),
                 network if durable => held.push(network),
                 network => send(core, peers, clients, network),
@@ -855,6 +864,7 @@ impl Driver {
             }
         }
         let Some(d) = self.durable.as_mut() else { return };
+        round.low = self.core.stable();
         match d.pipeline.submit(!round.is_empty(), held) {
             Submitted::SendNow(frames) => {
                 for action in frames {
@@ -982,7 +992,7 @@ fn send(
             Some(tx) if tx.try_send(frame) => {}
             _ => core.count(Counter::ClientFramesDropped),
         },
-        Action::Persist { .. } | Action::SealState(..) | Action::Enclave(..) => {
+        Action::Persist { .. } | Action::SealState(..) | Action::LogBatch { .. } | Action::Enclave(..) => {
             unreachable!("storage and enclave actions are carried out by `execute`")
         }
     }

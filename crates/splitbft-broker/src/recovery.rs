@@ -318,18 +318,19 @@ pub struct BatchCache {
 impl BatchCache {
     /// Keeps a verified batch frame, unless one is kept for `digest` already; the oldest
     /// go while more than [`MAX_CACHED_BATCHES`] or [`MAX_CACHED_BATCH_BYTES`] are kept.
-    pub fn insert(&mut self, digest: Digest, seq: Seq, frame: Bytes) {
-        if let std::collections::hash_map::Entry::Vacant(slot) = self.frames.entry(digest) {
-            self.bytes += frame.len();
-            slot.insert((seq, frame));
-            self.order.push_back(digest);
-            while self.order.len() > MAX_CACHED_BATCHES || self.bytes > MAX_CACHED_BATCH_BYTES {
-                let Some(old) = self.order.pop_front() else { break };
-                if let Some((_, frame)) = self.frames.remove(&old) {
-                    self.bytes -= frame.len();
-                }
+    /// Returns whether the frame is new.
+    pub fn insert(&mut self, digest: Digest, seq: Seq, frame: Bytes) -> bool {
+        let std::collections::hash_map::Entry::Vacant(slot) = self.frames.entry(digest) else { return false };
+        self.bytes += frame.len();
+        slot.insert((seq, frame));
+        self.order.push_back(digest);
+        while self.order.len() > MAX_CACHED_BATCHES || self.bytes > MAX_CACHED_BATCH_BYTES {
+            let Some(old) = self.order.pop_front() else { break };
+            if let Some((_, frame)) = self.frames.remove(&old) {
+                self.bytes -= frame.len();
             }
         }
+        true
     }
 
     /// Bytes of the frames kept.

@@ -3,12 +3,19 @@
 //!
 //! Layout of `<data dir>/state/`: segment files `wal-<n>.log`, each a sequence of records
 //! `u32 BE length · u32 BE CRC-32 of the payload · payload`, the payload the codec
-//! encoding of `(CompartmentKind, SealedState)`. The broker appends the records of a round
+//! encoding of an [`Entry`]: a compartment's sealed state record, or a batch frame the
+//! broker verified (PrePrepare and batch bytes). The broker appends the records of a round
 //! and calls [`Wal::commit`] once (one `fdatasync` per round, group commit) before it lets
 //! any output of that round leave the replica.
 //!
+//! Why batches: Preparation, Confirmation and Execution keep digests in their sealed state,
+//! and a certificate names a batch by digest. After a whole-cluster restart a NewView
+//! re-proposes a prepared batch by digest, and some replica must still have its bytes:
+//! the replicas that prepared it logged them before their Prepare left.
+//!
 //! Compaction: a segment is deleted once every compartment has a durable image in a later
-//! segment; the log rolls to a new segment once the current one passes [`SEGMENT_BYTES`].
+//! segment and every batch it holds is at or below the stable checkpoint ([`Wal::set_low`]);
+//! the log rolls to a new segment once the current one passes [`SEGMENT_BYTES`].
 //!
 //! Damage: a record that fails its length or checksum at the end of the last segment is a
 //! write torn by a crash (its round was never committed, so nothing of it left the
@@ -21,9 +28,14 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use splitbft_types::CompartmentKind;
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
 use splitbft_types::codec::{from_bytes, to_bytes};
 use splitbft_types::durable::{RecordKind, SealedState};
+use splitbft_types::{CompartmentKind, Seq};
+
+use crate::recovery::{MAX_CACHED_BATCH_BYTES, MAX_CACHED_BATCHES};
 
 use crate::storage::{AppendFile, DiskStorage, SharedStorage};
 
@@ -101,6 +113,47 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock, WalError> {
 /// its latest image and the deltas after it (empty: no state).
 pub type Recovered = [Vec<SealedState>; 3];
 
+/// One record of the log, as written. The three compartment variants come first, in
+/// [`CompartmentKind::ALL`] order, so their encoding is the `(CompartmentKind,
+/// SealedState)` pair logs held before batches were logged: those logs still open.
+#[derive(Serialize)]
+enum Entry<'a> {
+    Preparation(&'a SealedState),
+    Confirmation(&'a SealedState),
+    Execution(&'a SealedState),
+    Batch {
+        seq: Seq,
+        #[serde(with = "serde_bytes")]
+        frame: &'a [u8],
+    },
+}
+
+/// One record of the log, as read back ([`Entry`]).
+#[derive(Deserialize)]
+enum ReadEntry {
+    Preparation(SealedState),
+    Confirmation(SealedState),
+    Execution(SealedState),
+    Batch {
+        seq: Seq,
+        #[serde(with = "serde_bytes")]
+        frame: Vec<u8>,
+    },
+}
+
+impl<'a> Entry<'a> {
+    fn sealed(kind: CompartmentKind, state: &'a SealedState) -> Self {
+        match kind {
+            CompartmentKind::Preparation => Entry::Preparation(state),
+            CompartmentKind::Confirmation => Entry::Confirmation(state),
+            CompartmentKind::Execution => Entry::Execution(state),
+        }
+    }
+}
+
+/// A batch frame read back on open, with its sequence number.
+pub type RecoveredBatch = (Seq, Vec<u8>);
+
 /// The write-ahead log of one replica.
 #[derive(Debug)]
 pub struct Wal {
@@ -120,6 +173,14 @@ pub struct Wal {
     /// A write or sync failed: what is on disk is unknown (a failed `fsync` may have
     /// dropped the dirty pages while a later one succeeds), so nothing more is accepted.
     poisoned: bool,
+    /// Highest batch sequence number logged in each segment that holds batches: a segment
+    /// is kept while it holds a batch above `low`.
+    batch_seqs: BTreeMap<u64, Seq>,
+    /// The stable checkpoint: batches at or below it are no longer needed.
+    low: Seq,
+    /// The newest batch frames read on open (at most what the broker's cache keeps),
+    /// until [`Wal::take_recovered_batches`].
+    recovered_batches: VecDeque<RecoveredBatch>,
     /// Bytes cut from a torn tail on open.
     pub torn_tail_bytes: u64,
     /// Bytes read on open.
@@ -153,6 +214,8 @@ impl Wal {
         segments.sort_unstable();
         let mut recovered: Recovered = Default::default();
         let mut latest_image = [None; 3];
+        let mut batch_seqs = BTreeMap::new();
+        let (mut recovered_batches, mut batch_bytes) = (VecDeque::new(), 0usize);
         let (mut torn, mut read_bytes, mut last_len) = (0, 0, 0);
         for (i, &n) in segments.iter().enumerate() {
             let path = segment_path(&dir, n);
@@ -166,7 +229,23 @@ impl Wal {
             }
             read_bytes += good;
             last_len = good;
-            for (kind, state) in records {
+            for record in records {
+                let (kind, state) = match record {
+                    ReadEntry::Preparation(state) => (CompartmentKind::Preparation, state),
+                    ReadEntry::Confirmation(state) => (CompartmentKind::Confirmation, state),
+                    ReadEntry::Execution(state) => (CompartmentKind::Execution, state),
+                    ReadEntry::Batch { seq, frame } => {
+                        let max = batch_seqs.entry(n).or_insert(seq);
+                        *max = (*max).max(seq);
+                        batch_bytes += frame.len();
+                        recovered_batches.push_back((seq, frame));
+                        while recovered_batches.len() > MAX_CACHED_BATCHES || batch_bytes > MAX_CACHED_BATCH_BYTES {
+                            let Some((_, old)) = recovered_batches.pop_front() else { break };
+                            batch_bytes -= old.len();
+                        }
+                        continue;
+                    }
+                };
                 let k = kind.index();
                 if state.kind == RecordKind::Image {
                     recovered[k].clear();
@@ -197,6 +276,9 @@ impl Wal {
             latest_image,
             uncommitted: 0,
             poisoned: false,
+            batch_seqs,
+            low: 0,
+            recovered_batches,
             torn_tail_bytes: torn,
             recovered_bytes: read_bytes,
         };
@@ -229,10 +311,37 @@ impl Wal {
         Ok(())
     }
 
-    /// Appends one record (buffered until [`Wal::commit`]).
+    /// Appends one sealed state record (buffered until [`Wal::commit`]).
     pub fn append(&mut self, kind: CompartmentKind, state: &SealedState) -> Result<(), WalError> {
+        self.write_entry(&Entry::sealed(kind, state))?;
+        if state.kind == RecordKind::Image {
+            self.latest_image[kind.index()] = Some(self.current());
+        }
+        Ok(())
+    }
+
+    /// Appends one verified batch frame (buffered until [`Wal::commit`]).
+    pub fn append_batch(&mut self, seq: Seq, frame: &[u8]) -> Result<(), WalError> {
+        self.write_entry(&Entry::Batch { seq, frame })?;
+        let max = self.batch_seqs.entry(self.current()).or_insert(seq);
+        *max = (*max).max(seq);
+        Ok(())
+    }
+
+    /// Raises the stable checkpoint: segments whose batches are all at or below it may go.
+    pub fn set_low(&mut self, low: Seq) {
+        self.low = self.low.max(low);
+    }
+
+    /// The newest batch frames read on open, oldest first (at most [`MAX_CACHED_BATCHES`]
+    /// and [`MAX_CACHED_BATCH_BYTES`]); empty after the first call.
+    pub fn take_recovered_batches(&mut self) -> Vec<RecoveredBatch> {
+        std::mem::take(&mut self.recovered_batches).into()
+    }
+
+    fn write_entry(&mut self, entry: &Entry<'_>) -> Result<(), WalError> {
         self.check_usable()?;
-        let payload = to_bytes(&(kind, state));
+        let payload = to_bytes(entry);
         let len = u32::try_from(payload.len()).map_err(|_| WalError::Io {
             path: self.current_path(),
             source: io::Error::new(io::ErrorKind::InvalidInput, "sealed state record above 4 GiB"),
@@ -247,9 +356,6 @@ impl Wal {
         }
         self.written += record.len() as u64;
         self.uncommitted += 1;
-        if state.kind == RecordKind::Image {
-            self.latest_image[kind.index()] = Some(self.current());
-        }
         Ok(())
     }
 
@@ -285,7 +391,8 @@ impl Wal {
             self.written = 0;
         }
         if let [Some(a), Some(b), Some(c)] = self.latest_image {
-            let keep_from = a.min(b).min(c);
+            let needed_batches = self.batch_seqs.iter().find(|(_, max)| **max > self.low).map(|(n, _)| *n);
+            let keep_from = a.min(b).min(c).min(needed_batches.unwrap_or(u64::MAX));
             let old: Vec<u64> = self.segments.iter().copied().filter(|n| *n < keep_from).collect();
             if !old.is_empty() {
                 for n in &old {
@@ -293,6 +400,7 @@ impl Wal {
                     self.storage.remove(&path).map_err(io_err(&path))?;
                 }
                 self.segments.retain(|n| *n >= keep_from);
+                self.batch_seqs.retain(|n, _| *n >= keep_from);
                 self.storage.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
             }
         }
@@ -307,11 +415,11 @@ impl Wal {
 
 /// Reads a segment's records. In the last segment a bad record with nothing valid after
 /// it is a torn tail (returns the good prefix length); anywhere else it is corruption.
-fn read_segment(path: &Path, bytes: &[u8], last: bool) -> Result<(Vec<(CompartmentKind, SealedState)>, u64), WalError> {
+fn read_segment(path: &Path, bytes: &[u8], last: bool) -> Result<(Vec<ReadEntry>, u64), WalError> {
     let mut records = Vec::new();
     let mut at = 0usize;
     while at < bytes.len() {
-        let bad = |reason| -> Result<(Vec<(CompartmentKind, SealedState)>, u64), WalError> {
+        let bad = |reason| -> Result<(Vec<ReadEntry>, u64), WalError> {
             if last && !any_valid_record_after(bytes, at + 1) {
                 Ok((Vec::new(), 0))
             } else {
@@ -331,7 +439,7 @@ fn read_segment(path: &Path, bytes: &[u8], last: bool) -> Result<(Vec<(Compartme
         if crc32fast::hash(payload) != crc {
             return bad("checksum mismatch").map(|_| (records, at as u64));
         }
-        match from_bytes::<(CompartmentKind, SealedState)>(payload) {
+        match from_bytes::<ReadEntry>(payload) {
             Ok(record) => records.push(record),
             Err(_) => {
                 return Err(WalError::Corrupt { path: path.to_path_buf(), offset: at as u64, reason: "undecodable" });
@@ -351,8 +459,7 @@ fn any_valid_record_after(bytes: &[u8], from: usize) -> bool {
         len > 0
             && len <= bytes.len() - at - RECORD_HEADER
             && crc32fast::hash(&bytes[at + RECORD_HEADER..at + RECORD_HEADER + len]) == crc
-            && from_bytes::<(CompartmentKind, SealedState)>(&bytes[at + RECORD_HEADER..at + RECORD_HEADER + len])
-                .is_ok()
+            && from_bytes::<ReadEntry>(&bytes[at + RECORD_HEADER..at + RECORD_HEADER + len]).is_ok()
     })
 }
 
@@ -520,6 +627,54 @@ mod tests {
         let (_, recovered) = Wal::open(&dir).unwrap();
         assert!(recovered.iter().all(|r| r.len() == 1 && r[0].epoch == 2));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// SPEC §10, the whole-cluster restart liveness bug of issue 13: logged batch frames
+    /// come back on open, and a segment holding a batch above the stable checkpoint stays
+    /// even when every compartment has a later image.
+    #[test]
+    fn batches_come_back_and_stay_until_the_stable_checkpoint_passes_them() {
+        let dir = temp("batches");
+        let (mut wal, _) = Wal::open(&dir).unwrap();
+        let big = (SEGMENT_BYTES / 2) as usize;
+        for kind in CompartmentKind::ALL {
+            wal.append(kind, &record(RecordKind::Image, 1, 0, 16)).unwrap();
+        }
+        wal.append_batch(7, b"batch seven").unwrap();
+        wal.append(CompartmentKind::Execution, &record(RecordKind::Delta, 1, 1, big)).unwrap();
+        wal.append(CompartmentKind::Execution, &record(RecordKind::Delta, 1, 2, big)).unwrap();
+        wal.commit().unwrap();
+        assert_eq!(wal.segment_count(), 2, "rolled over");
+        for kind in CompartmentKind::ALL {
+            wal.append(kind, &record(RecordKind::Image, 2, 3, 16)).unwrap();
+        }
+        wal.set_low(6);
+        wal.commit().unwrap();
+        assert_eq!(wal.segment_count(), 2, "batch 7 is above the stable checkpoint: its segment stays");
+        drop(wal);
+        let (mut wal, recovered) = Wal::open(&dir).unwrap();
+        assert!(recovered.iter().all(|r| r.len() == 1 && r[0].epoch == 2));
+        assert_eq!(wal.take_recovered_batches(), vec![(7, b"batch seven".to_vec())]);
+        assert!(wal.take_recovered_batches().is_empty(), "handed out once");
+        wal.set_low(7);
+        wal.append(CompartmentKind::Preparation, &record(RecordKind::Delta, 2, 4, 16)).unwrap();
+        wal.commit().unwrap();
+        assert_eq!(wal.segment_count(), 1, "stable at 7: the old segment goes");
+        drop(wal);
+        let (mut wal, _) = Wal::open(&dir).unwrap();
+        assert!(wal.take_recovered_batches().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Logs written before batches were logged held `(CompartmentKind, SealedState)`
+    /// payloads: they still open, as the compartment variants of [`Entry`].
+    #[test]
+    fn a_log_of_the_previous_format_still_opens() {
+        let state = record(RecordKind::Image, 1, 0, 16);
+        for kind in CompartmentKind::ALL {
+            let old = to_bytes(&(kind, &state));
+            assert_eq!(old, to_bytes(&Entry::sealed(kind, &state)), "{kind}");
+        }
     }
 
     #[test]

@@ -14,7 +14,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use splitbft_broker::commit::{Committer, Round, Synced, Writer};
@@ -225,7 +224,7 @@ fn temp(name: &str) -> PathBuf {
 
 fn round(id: u64, kind: RecordKind) -> Round {
     let state = SealedState { kind, epoch: 1, index: id, sealed: vec![7; 32] };
-    Round { id, records: vec![(CompartmentKind::Confirmation, state)], blocks: Vec::<(u64, Bytes)>::new() }
+    Round { id, records: vec![(CompartmentKind::Confirmation, state)], ..Round::default() }
 }
 
 #[test]

@@ -156,16 +156,13 @@ fn sigterm_report(child: Child) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Whole-cluster SIGKILL under load, then restart. On 1e031c1 about half the runs made no
+/// progress after the restart: a batch committed and executed at one replica just before
+/// the kill was held only in memory elsewhere and in that replica's sealed Execution
+/// journal, so the NewView that re-proposed it by digest could never execute. Replicas now
+/// log a batch before their Prepare for it leaves (SPEC §10, `wal.rs`).
 #[cfg(unix)]
-// Whole-cluster SIGKILL: with pipelined group commit about half the runs stop making
-// progress after the restart. Cause (replica logs): seq s was committed and executed at one
-// replica only; its batch bytes were in memory everywhere else (brokers' caches, Executions'
-// uncommitted slots) and in that replica's sealed Execution journal, which serves nobody.
-// The NewView re-proposes s by digest, every Execution asks for the bytes, and no one can
-// answer: no progress. Fix to build: keep a batch durable (or servable from Execution's
-// journal) before a Commit for it leaves (SPEC §10).
 #[test]
-#[ignore = "known liveness bug (issue 13): a batch committed and executed at one replica just before a whole-cluster SIGKILL may be held by no one afterwards; run with --ignored"]
 fn sigkill_of_all_four_replicas_loses_no_acknowledged_write() {
     sigkill_of_all_four("thread");
 }
@@ -174,15 +171,7 @@ fn sigkill_of_all_four_replicas_loses_no_acknowledged_write() {
 /// compartment processes all killed, each compartment process restored from the sealed
 /// records its broker hands it.
 #[cfg(target_os = "linux")]
-// Whole-cluster SIGKILL: with pipelined group commit about half the runs stop making
-// progress after the restart. Cause (replica logs): seq s was committed and executed at one
-// replica only; its batch bytes were in memory everywhere else (brokers' caches, Executions'
-// uncommitted slots) and in that replica's sealed Execution journal, which serves nobody.
-// The NewView re-proposes s by digest, every Execution asks for the bytes, and no one can
-// answer: no progress. Fix to build: keep a batch durable (or servable from Execution's
-// journal) before a Commit for it leaves (SPEC §10).
 #[test]
-#[ignore = "known liveness bug (issue 13): a batch committed and executed at one replica just before a whole-cluster SIGKILL may be held by no one afterwards; run with --ignored"]
 fn sigkill_of_all_four_process_backend_replicas_loses_no_acknowledged_write() {
     sigkill_of_all_four("process");
 }
@@ -300,15 +289,7 @@ fn a_replica_whose_state_is_rolled_back_catches_up_and_carries_the_cluster() {
 /// replica is SIGKILLed mid-workload and restarted, `ledger verify` passes on all four
 /// data directories and the chains agree.
 #[cfg(unix)]
-// Whole-cluster SIGKILL: with pipelined group commit about half the runs stop making
-// progress after the restart. Cause (replica logs): seq s was committed and executed at one
-// replica only; its batch bytes were in memory everywhere else (brokers' caches, Executions'
-// uncommitted slots) and in that replica's sealed Execution journal, which serves nobody.
-// The NewView re-proposes s by digest, every Execution asks for the bytes, and no one can
-// answer: no progress. Fix to build: keep a batch durable (or servable from Execution's
-// journal) before a Commit for it leaves (SPEC §10).
 #[test]
-#[ignore = "known liveness bug (issue 13): a batch committed and executed at one replica just before a whole-cluster SIGKILL may be held by no one afterwards; run with --ignored"]
 fn ledger_chains_verify_and_agree_after_sigkill_of_all_four() {
     let (dir, config) = cluster(3);
     let ledger = ["--app", "ledger"];
