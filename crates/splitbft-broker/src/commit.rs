@@ -114,7 +114,9 @@ impl Committer {
                 match ledger.append_new(*height, sealed) {
                     Ok(true) => report.blocks_written += 1,
                     Ok(false) => report.blocks_already_stored += 1,
-                    Err(source) => return Err(WalError::Io { path: ledger.path().to_owned(), source }),
+                    Err(source) => {
+                        return Err(WalError::Ledger { path: ledger.path().to_owned(), source, sync: false });
+                    }
                 }
             }
             for (seq, frame) in &round.batches {
@@ -132,7 +134,7 @@ impl Committer {
         if report.blocks_written > 0
             && let Some(ledger) = self.ledger.as_mut()
         {
-            ledger.sync().map_err(|source| WalError::Io { path: ledger.path().to_owned(), source })?;
+            ledger.sync().map_err(|source| WalError::Ledger { path: ledger.path().to_owned(), source, sync: true })?;
             report.ledger_syncs = 1;
         }
         if self.wal.dirty() {

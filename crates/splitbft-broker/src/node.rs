@@ -907,7 +907,11 @@ impl Driver {
                     held_rounds = d.pipeline.in_flight(),
                     "sealed state could not be made durable: stopping this replica, its unsynced rounds unsent"
                 );
-                self.core.count(Counter::StateWriteErrors);
+                self.core.count(match e {
+                    WalError::Ledger { sync: true, .. } => Counter::LedgerSyncErrors,
+                    WalError::Ledger { sync: false, .. } => Counter::LedgerWriteErrors,
+                    _ => Counter::StateWriteErrors,
+                });
                 self.failed = true;
             }
         }

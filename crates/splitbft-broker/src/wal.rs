@@ -77,6 +77,17 @@ pub enum WalError {
     /// An earlier write or sync of the log failed; nothing more is written to it.
     #[error("{0}: an earlier write or fsync of the log failed; refusing further writes (what is on disk is unknown)")]
     Poisoned(PathBuf),
+    /// Writing or syncing the ledger's block file failed (SPEC §7, §10): the round's
+    /// outputs must not leave, as for the log.
+    #[error("{path}: {source} (ledger block file)")]
+    Ledger {
+        /// The block file.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+        /// Whether it was the `fdatasync` (else a write).
+        sync: bool,
+    },
     /// A ledger block to write in a replica without a block file (a programmer error in
     /// the driver's setup, reported rather than dropped).
     #[error("a sealed ledger block reached the writer, but this replica has no block file")]

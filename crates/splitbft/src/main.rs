@@ -518,7 +518,10 @@ async fn replica(
         eprintln!(
             "replica {id}: {} ledger blocks written, {} write errors",
             report.broker_counter(Counter::LedgerRecordsWritten),
-            report.broker_counter(Counter::LedgerWriteErrors) + report.broker_counter(Counter::LedgerFlushErrors),
+            [Counter::LedgerWriteErrors, Counter::LedgerFlushErrors, Counter::LedgerSyncErrors]
+                .map(|c| report.broker_counter(c))
+                .iter()
+                .sum::<u64>(),
         );
     }
     Ok(())
