@@ -53,6 +53,8 @@ struct Run {
     captured: Vec<u8>,
     /// Every other file written in the run's directory (replica output, cluster files).
     written: Vec<(std::path::PathBuf, Vec<u8>)>,
+    /// tcpdump's report (packets captured, dropped).
+    report: String,
 }
 
 #[cfg(unix)]
@@ -62,18 +64,21 @@ fn the_value_never_crosses_the_wire_or_the_disk_in_clear() {
     let run = run_under_capture(true);
     assert!(!contains(&run.captured, SECRET.as_bytes()), "the value crossed loopback in clear");
     assert!(!contains(&run.captured, b"CONFIDENTIAL-8f3a91c2e7"), "part of the value crossed loopback in clear");
+    assert!(
+        contains(&run.captured, CLEAR_MARKER),
+        "control failed: bytes sent in clear to a replica port are not in the capture, so its absence of the value proves nothing ({})",
+        run.report
+    );
     for (file, bytes) in &run.written {
         assert!(!contains(bytes, SECRET.as_bytes()), "{} holds the value in clear", file.display());
     }
 }
 
-// The control test that ran the cluster with `--no-confidential` and expected the value
-// in the capture was removed: since every frame after the handshake is encrypted by the
-// transport (SPEC §11), the value no longer crosses in clear with or without session
-// confidentiality. An attempt to replace it with a stranger's clear bytes on a replica
-// port did not show up in the capture and could not be diagnosed before the session ended
-// (see the issue notes). What still shows the capture sees the cluster is the size check
-// in `run_under_capture`.
+/// What a stranger sends in clear to a replica port during the capture: the control that
+/// shows the capture would hold the value had it crossed in clear. (The earlier control ran
+/// the cluster with `--no-confidential` and found the value; since the transport encrypts
+/// every frame (SPEC §11) it no longer crosses in clear either way.)
+const CLEAR_MARKER: &[u8] = b"zq-CLEAR-CONTROL-5b7e0d9a41-bytes-in-clear";
 
 fn run_under_capture(confidential: bool) -> Run {
     let tcpdump = Command::new("tcpdump").arg("--version").output();
@@ -101,7 +106,10 @@ fn run_under_capture(confidential: bool) -> Run {
     let mut guard = Kill(Vec::new());
     guard.0.push(
         Command::new("tcpdump")
-            .args(["-i", "lo", "-U", "-s", "0", "-w"])
+            // --immediate-mode: packets reach tcpdump as they come, not in blocks that
+            // SIGINT discards; without it the last second of traffic (the control, the
+            // get's reply) was missing from the capture.
+            .args(["-i", "lo", "--immediate-mode", "-U", "-s", "0", "-w"])
             .arg(&pcap)
             .arg(&filter)
             .stdout(Stdio::null())
@@ -152,6 +160,17 @@ fn run_under_capture(confidential: bool) -> Run {
     assert!(get.status.success(), "get failed: {}", String::from_utf8_lossy(&get.stderr));
     assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), SECRET, "get returns the value");
 
+    // The control: a stranger's clear bytes to replica 0's port (it closes the connection
+    // after the failed handshake; the bytes crossed loopback all the same).
+    {
+        use std::io::Write;
+        let mut stranger = std::net::TcpStream::connect(("127.0.0.1", base)).unwrap();
+        let mut frame = (CLEAR_MARKER.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(CLEAR_MARKER);
+        stranger.write_all(&frame).unwrap();
+        stranger.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // Let in-flight frames land in the capture, then stop everything.
     std::thread::sleep(Duration::from_millis(500));
     for child in guard.0.iter().skip(1) {
@@ -162,7 +181,7 @@ fn run_under_capture(confidential: bool) -> Run {
     }
     let _ = Command::new("kill").args(["-INT", &guard.0[0].id().to_string()]).status();
     let tcpdump = guard.0.pop().unwrap().wait_with_output().unwrap();
-    let report = String::from_utf8_lossy(&tcpdump.stderr);
+    let report = String::from_utf8_lossy(&tcpdump.stderr).into_owned();
 
     let captured = std::fs::read(&pcap).unwrap();
     // The capture really saw the cluster's traffic (PrePrepares, batches, checkpoints and
@@ -180,5 +199,5 @@ fn run_under_capture(confidential: bool) -> Run {
             (f, bytes)
         })
         .collect();
-    Run { captured, written }
+    Run { captured, written, report }
 }
