@@ -626,7 +626,7 @@ pub fn print_summary(s: &DemoSummary) {
             s.state_rounds,
             s.state_commits as f64 / s.seconds,
             s.fsyncs_per_batch,
-            s.data_dir.as_deref().unwrap_or("?"),
+            s.data_dir.as_deref().unwrap_or("temporary directories (removed)"),
         );
     } else {
         println!("  durable      off (--no-durable): a restarted replica starts from genesis");
