@@ -907,11 +907,12 @@ impl Driver {
                     held_rounds = d.pipeline.in_flight(),
                     "sealed state could not be made durable: stopping this replica, its unsynced rounds unsent"
                 );
-                self.core.count(match e {
-                    WalError::Ledger { sync: true, .. } => Counter::LedgerSyncErrors,
-                    WalError::Ledger { sync: false, .. } => Counter::LedgerWriteErrors,
-                    _ => Counter::StateWriteErrors,
-                });
+                self.core.count(Counter::StateWriteErrors);
+                match e {
+                    WalError::Ledger { sync: true, .. } => self.core.count(Counter::LedgerSyncErrors),
+                    WalError::Ledger { sync: false, .. } => self.core.count(Counter::LedgerWriteErrors),
+                    _ => {}
+                }
                 self.failed = true;
             }
         }

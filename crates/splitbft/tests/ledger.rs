@@ -302,6 +302,8 @@ async fn a_failing_disk_stops_a_durable_replica_and_the_others_keep_serving() {
     let reports = cluster.shutdown().await;
     let victim = &reports[1];
     assert_eq!(victim.broker_counter(Counter::StateWriteErrors), 1, "{:?}", victim.broker);
+    // /dev/full takes the write into the page cache and fails its fsync.
+    assert_eq!(victim.broker_counter(Counter::LedgerSyncErrors), 1, "{:?}", victim.broker);
     assert_eq!(victim.broker_counter(Counter::LedgerRecordsWritten), 0);
     assert_eq!(victim.broker_counter(Counter::LedgerSyncs), 0);
     let healthy = [0, 2, 3].map(|r| &reports[r]);
