@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use splitbft_types::durable::{RecordKind, SealedState};
+use splitbft_types::durable::SealedState;
 use splitbft_types::{CompartmentKind, Seq};
 
 use crate::store::BlockFile;
@@ -101,11 +101,12 @@ impl Committer {
 
     /// Appends every round of the group, then syncs once per file: the ledger first (an
     /// image in the group may drop the batches that could rebuild its blocks), then the
-    /// log; then raises each counter to the epoch of its compartment's newest image (a
-    /// counter above the state on disk would refuse that state as rolled back).
+    /// log; then advances each counter to its compartment's last durable record index plus
+    /// one (SPEC §10) — only now: a counter above the state on disk would refuse that state
+    /// as rolled back.
     pub fn commit_group(&mut self, rounds: &[Round]) -> Result<GroupReport, WalError> {
         let mut report = GroupReport { rounds: rounds.len() as u64, ..GroupReport::default() };
-        let mut epochs = [0u64; 3];
+        let mut ends = [0u64; 3];
         for round in rounds {
             assert!(round.id > report.upto, "rounds reach the writer in order");
             report.upto = round.id;
@@ -125,9 +126,7 @@ impl Committer {
             }
             self.wal.set_low(round.low);
             for (kind, state) in &round.records {
-                if state.kind == RecordKind::Image {
-                    epochs[kind.index()] = epochs[kind.index()].max(state.epoch);
-                }
+                ends[kind.index()] = ends[kind.index()].max(state.index.saturating_add(1));
                 self.wal.append(*kind, state)?;
             }
         }
@@ -143,12 +142,9 @@ impl Committer {
         }
         for kind in CompartmentKind::ALL {
             let counter = &mut self.counters[kind.index()];
-            while counter.read() < epochs[kind.index()] {
-                counter
-                    .increment()
-                    .map_err(|source| WalError::Io { path: self.counter_paths[kind.index()].clone(), source })?;
-            }
-            report.counters[kind.index()] = counter.read();
+            report.counters[kind.index()] = counter
+                .advance_to(ends[kind.index()])
+                .map_err(|source| WalError::Io { path: self.counter_paths[kind.index()].clone(), source })?;
         }
         Ok(report)
     }

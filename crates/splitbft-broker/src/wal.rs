@@ -25,7 +25,7 @@
 //! The sealed records are opaque here: the compartments authenticate them on restore.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use std::collections::{BTreeMap, VecDeque};
@@ -474,42 +474,70 @@ fn any_valid_record_after(bytes: &[u8], from: usize) -> bool {
     })
 }
 
-/// A monotonic counter (SPEC §10): sealed state binds its value, and a state below it is
-/// refused as rolled back. A TEE maps it to hardware — SGX or TPM NV counters, or a quorum
-/// counter service such as ROTE — which the host cannot lower.
+/// A monotonic counter (SPEC §10): it counts a compartment's sealed records made durable,
+/// and a restore whose records end below it is refused as rolled back (an older state, or
+/// records cut off the end of the current one). The writer advances it after each group
+/// commit to the last durable record's index plus one.
+///
+/// A TEE maps it to a counter the host cannot lower and that keeps up with group commits:
+/// a quorum counter service such as ROTE, or one the enclave keeps with its peers. An
+/// increment-only hardware counter (SGX/TPM NV, ~100 ms per increment and wear-limited)
+/// cannot follow every group commit; bound to images only, it would leave cut deltas
+/// undetected.
 pub trait MonotonicCounter {
     /// The current value.
     fn read(&self) -> u64;
-    /// Raises the value by one and returns it, durably.
-    fn increment(&mut self) -> io::Result<u64>;
+    /// Raises the value to `value` (nothing if it is there already) and returns it.
+    fn advance_to(&mut self, value: u64) -> io::Result<u64>;
 }
+
+/// Bytes of one counter slot: the value and its CRC-32.
+const COUNTER_SLOT: usize = 12;
 
 /// The software counter: a file in the data directory. It **trusts the host** — whoever
 /// can rewrite the data directory can lower it — and is named so in logs and docs; it
-/// still catches a stale copy of the state put back without the counter file.
+/// still catches a stale copy of the state put back, or records cut off its end, without
+/// the counter file being rewritten too.
+///
+/// Two slots (value · CRC-32 each), written alternately in place and not synced: a write
+/// torn by a crash spoils one slot and the other holds the previous value, and a lost
+/// write only leaves the counter lower, which refuses nothing honest (it advances only
+/// after the records it counts are durable). So advancing costs one `pwrite` per group
+/// commit, no `fsync`.
 #[derive(Debug)]
 pub struct SoftwareCounter {
     path: PathBuf,
     value: u64,
+    /// Open for writing once the counter first advances.
+    file: Option<File>,
+    /// The slot the next write goes to.
+    next_slot: u64,
+}
+
+fn counter_slot(bytes: &[u8]) -> Option<u64> {
+    let value = bytes.get(..8)?;
+    let crc = bytes.get(8..COUNTER_SLOT)?;
+    (crc32fast::hash(value).to_be_bytes() == crc).then(|| u64::from_be_bytes(value.try_into().expect("8 bytes")))
 }
 
 impl SoftwareCounter {
     /// Opens (at 0 if absent) the counter of `kind` in `data_dir`.
     pub fn open(data_dir: &Path, kind: CompartmentKind) -> Result<Self, WalError> {
         let path = SoftwareCounter::path(data_dir, kind);
-        let value = match std::fs::read(&path) {
-            Ok(bytes) if bytes.len() == 12 => {
-                let value = u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
-                if crc32fast::hash(&bytes[..8]).to_be_bytes() != bytes[8..12] {
-                    return Err(WalError::Corrupt { path, offset: 0, reason: "counter checksum mismatch" });
+        let (value, next_slot) = match std::fs::read(&path) {
+            Ok(bytes) if bytes.len() == COUNTER_SLOT || bytes.len() == 2 * COUNTER_SLOT => {
+                let slots: Vec<Option<u64>> = bytes.chunks(COUNTER_SLOT).map(counter_slot).collect();
+                // The newer slot is the larger value; the next write replaces the other.
+                match slots.iter().enumerate().filter_map(|(i, v)| v.map(|v| (v, i))).max() {
+                    Some((value, newest)) => (value, (newest as u64 + 1) % 2),
+                    None => return Err(WalError::Corrupt { path, offset: 0, reason: "counter checksum mismatch" }),
                 }
-                value
             }
             Ok(_) => return Err(WalError::Corrupt { path, offset: 0, reason: "counter file of the wrong size" }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (0, 0),
             Err(source) => return Err(WalError::Io { path, source }),
         };
-        Ok(SoftwareCounter { path, value })
+        Ok(SoftwareCounter { path, value, file: None, next_slot })
     }
 
     /// Where the counter of `kind` lives in `data_dir`.
@@ -517,18 +545,24 @@ impl SoftwareCounter {
         data_dir.join(format!("counter-{}", kind.name()))
     }
 
-    fn store(&self, value: u64) -> io::Result<()> {
-        let tmp = self.path.with_extension("tmp");
-        let mut bytes = value.to_be_bytes().to_vec();
-        bytes.extend_from_slice(&crc32fast::hash(&value.to_be_bytes()).to_be_bytes());
-        let mut file = File::create(&tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
-        match self.path.parent() {
-            Some(dir) => File::open(dir)?.sync_all(),
-            None => Ok(()),
-        }
+    fn store(&mut self, value: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let file = match &mut self.file {
+            Some(file) => file,
+            None => {
+                let created = !self.path.exists();
+                let file = OpenOptions::new().create(true).truncate(false).write(true).open(&self.path)?;
+                if created && let Some(dir) = self.path.parent() {
+                    File::open(dir)?.sync_all()?;
+                }
+                self.file.insert(file)
+            }
+        };
+        let mut slot = value.to_be_bytes().to_vec();
+        slot.extend_from_slice(&crc32fast::hash(&value.to_be_bytes()).to_be_bytes());
+        file.write_all_at(&slot, self.next_slot * COUNTER_SLOT as u64)?;
+        self.next_slot = (self.next_slot + 1) % 2;
+        Ok(())
     }
 }
 
@@ -537,11 +571,12 @@ impl MonotonicCounter for SoftwareCounter {
         self.value
     }
 
-    fn increment(&mut self) -> io::Result<u64> {
-        let next = self.value + 1;
-        self.store(next)?;
-        self.value = next;
-        Ok(next)
+    fn advance_to(&mut self, value: u64) -> io::Result<u64> {
+        if value > self.value {
+            self.store(value)?;
+            self.value = value;
+        }
+        Ok(self.value)
     }
 }
 
@@ -697,11 +732,29 @@ mod tests {
         assert!(lock_dir(&dir).is_ok());
         let mut c = SoftwareCounter::open(&dir, CompartmentKind::Execution).unwrap();
         assert_eq!(c.read(), 0);
-        assert_eq!(c.increment().unwrap(), 1);
-        assert_eq!(c.increment().unwrap(), 2);
-        assert_eq!(SoftwareCounter::open(&dir, CompartmentKind::Execution).unwrap().read(), 2);
+        assert_eq!(c.advance_to(5).unwrap(), 5);
+        assert_eq!(c.advance_to(3).unwrap(), 5, "never lowered");
+        assert_eq!(c.advance_to(9).unwrap(), 9);
+        drop(c);
+        assert_eq!(SoftwareCounter::open(&dir, CompartmentKind::Execution).unwrap().read(), 9);
         assert_eq!(SoftwareCounter::open(&dir, CompartmentKind::Preparation).unwrap().read(), 0);
-        std::fs::write(dir.join("counter-execution"), [0u8; 12]).unwrap();
+        // A write torn by a crash spoils one slot: the other holds the value before it.
+        let path = dir.join("counter-execution");
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 24);
+        bytes[COUNTER_SLOT + 3] ^= 0xff; // the slot holding 9 (the second write)
+        std::fs::write(&path, &bytes).unwrap();
+        let mut c = SoftwareCounter::open(&dir, CompartmentKind::Execution).unwrap();
+        assert_eq!(c.read(), 5);
+        assert_eq!(c.advance_to(6).unwrap(), 6, "the spoilt slot is the next written");
+        drop(c);
+        assert_eq!(SoftwareCounter::open(&dir, CompartmentKind::Execution).unwrap().read(), 6);
+        // A counter file of the previous format (one slot) still opens.
+        let mut one = 7u64.to_be_bytes().to_vec();
+        one.extend_from_slice(&crc32fast::hash(&7u64.to_be_bytes()).to_be_bytes());
+        std::fs::write(&path, &one).unwrap();
+        assert_eq!(SoftwareCounter::open(&dir, CompartmentKind::Execution).unwrap().read(), 7);
+        std::fs::write(&path, [0u8; 12]).unwrap();
         assert!(matches!(SoftwareCounter::open(&dir, CompartmentKind::Execution), Err(WalError::Corrupt { .. })));
         std::fs::remove_dir_all(&dir).unwrap();
     }

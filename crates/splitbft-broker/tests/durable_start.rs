@@ -53,25 +53,22 @@ fn a_rolled_back_execution_starts_without_state_and_an_altered_one_is_refused() 
     let mut first = start(&s, Vec::new(), 1).unwrap();
     let old = sealed_by_execution(&mut first);
     assert!(matches!(&old[..], [r] if r.kind == RecordKind::Image && r.epoch >= 1), "{old:?}");
-    let epoch = old[0].epoch;
-    // With the counter at its epoch the state restores.
-    assert!(start(&s, old.clone(), epoch).is_ok());
-    // The counter moved on (a later image was made durable): the old state is rolled back.
-    // The replica still starts; its Execution has no state and seals a new image of an
-    // epoch at or above the counter.
-    let counter = epoch + 1;
+    // The counter: every record made durable (SPEC §10). At it the state restores.
+    let counter = old[0].index + 1;
+    assert!(start(&s, old.clone(), counter).is_ok());
+    // The counter moved on (later records were made durable): the old state is rolled
+    // back. The replica still starts; its Execution has no state and seals a new image
+    // whose index continues the sequence at the counter.
+    let moved = counter + 1;
     let mut restarted =
-        start(&s, old.clone(), counter).unwrap_or_else(|e| panic!("a rolled-back Execution stops the start: {e}"));
+        start(&s, old.clone(), moved).unwrap_or_else(|e| panic!("a rolled-back Execution stops the start: {e}"));
     let fresh = sealed_by_execution(&mut restarted);
-    assert!(
-        matches!(&fresh[..], [r] if r.kind == RecordKind::Image && r.epoch >= counter && r.index == 0),
-        "{fresh:?}"
-    );
+    assert!(matches!(&fresh[..], [r] if r.kind == RecordKind::Image && r.index == moved), "{fresh:?}");
     // An altered state is not a rollback: the start fails, naming the compartment.
     let mut altered = old.clone();
     let last = altered[0].sealed.len() - 1;
     altered[0].sealed[last] ^= 1;
-    match start(&s, altered, epoch) {
+    match start(&s, altered, counter) {
         Err(EnclaveError::Restore(CompartmentKind::Execution, RestoreError::Unauthentic { .. })) => {}
         Err(e) => panic!("unexpected error: {e}"),
         Ok(_) => panic!("an altered Execution state was accepted"),

@@ -403,17 +403,20 @@ fn restore_with_genesis(
             // snapshot, so it cannot equivocate (SPEC §10). Until then it answers recovery
             // queries with its low checkpoint and counts against `f`. Any other refusal
             // (altered, incomplete) stops the start.
-            let exec_rolled_back = !records.is_empty()
-                && matches!(
-                    Execution::check_sealed(config, me, &key, records, counter),
-                    Err(RestoreError::RolledBack { .. })
-                );
-            if exec_rolled_back {
+            let rolled_back = match records.is_empty() {
+                true => None,
+                false => match Execution::check_sealed(config, me, &key, records, counter) {
+                    Err(e @ RestoreError::RolledBack { .. }) => Some(e),
+                    _ => None,
+                },
+            };
+            if let Some(e) = &rolled_back {
                 tracing::warn!(
-                    counter,
-                    "Execution's sealed state is older than its monotonic counter (rolled back): starting it without state; state transfer brings it up to date"
+                    %e,
+                    "Execution's sealed state is refused (rolled back): starting it without state; state transfer brings it up to date"
                 );
             }
+            let exec_rolled_back = rolled_back.is_some();
             let (exec, replay) = if records.is_empty() || exec_rolled_back {
                 let mut exec = Execution::new(config.clone(), me, key, group, app)?;
                 exec.enable_durability(counter);

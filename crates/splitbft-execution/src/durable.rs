@@ -111,9 +111,10 @@ impl Execution {
     }
 
     /// Checks, without restoring anything, that `records` can be restored under `counter`:
-    /// their image authenticates and is not older than the counter (SPEC §10). The
-    /// environment asks before [`Execution::restore`] so that a state refused as rolled back
-    /// can be replaced by a fresh start that keeps the application it was given.
+    /// they authenticate, follow each other, and reach the counter (SPEC §10: neither an
+    /// older state nor one with records cut off its end). The environment asks before
+    /// [`Execution::restore`] so that a state refused as rolled back can be replaced by a
+    /// fresh start that keeps the application it was given.
     pub fn check_sealed(
         config: &ProtocolConfig,
         me: ReplicaId,
@@ -121,8 +122,7 @@ impl Execution {
         records: &[SealedState],
         counter: u64,
     ) -> Result<(), RestoreError> {
-        let image = records.get(..1).ok_or(RestoreError::NoImage)?;
-        sealer(config, me, secret, counter).open_all(image, counter).map(drop)
+        sealer(config, me, secret, counter).open_all(records, counter).map(drop)
     }
 
     /// Restarts the enclave from its sealed state: restores the image, then re-executes the

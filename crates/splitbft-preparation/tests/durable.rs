@@ -101,13 +101,16 @@ fn rolled_back_altered_or_foreign_state_is_refused() {
     let mut p = fresh(1);
     p.enable_durability(4);
     let (_, log) = cross(&mut p, vec![pp(0, 1, "a")]);
-    assert_eq!(log[0].epoch, 5, "the image is bound to counter + 1");
-    assert!(restore(1, &log, 5).is_ok());
-    assert!(matches!(restore(1, &log, 6), Err(RestoreError::RolledBack { epoch: 5, counter: 6 })));
+    assert_eq!((log[0].index, log[0].epoch), (4, 5), "the records go on from the counter");
+    let end = log.last().unwrap().index + 1;
+    assert!(restore(1, &log, end).is_ok());
+    assert!(
+        matches!(restore(1, &log, end + 1), Err(RestoreError::RolledBack { end: e, counter }) if e == end && counter == end + 1)
+    );
     let mut altered = log.clone();
     altered[0].sealed[3] ^= 1;
-    assert!(matches!(restore(1, &altered, 0), Err(RestoreError::Unauthentic { index: 0 })));
-    assert!(matches!(restore(2, &log, 0), Err(RestoreError::Unauthentic { index: 0 })), "another replica's");
+    assert!(matches!(restore(1, &altered, 0), Err(RestoreError::Unauthentic { index: 4 })));
+    assert!(matches!(restore(2, &log, 0), Err(RestoreError::Unauthentic { index: 4 })), "another replica's");
     assert!(matches!(restore(1, &[], 0), Err(RestoreError::NoImage)));
 }
 
@@ -122,25 +125,37 @@ fn checkpoint_quorum(seq: Seq, tag: &str) -> Vec<Message> {
 }
 
 /// SPEC §10 "Recovery fence", with zero faulty enclaves: the host restarts a correct
-/// backup Preparation after it prepared `(0, 1, a)` — once with no state at all, once with
-/// a sealed state older than the monotonic counter (refused, so the host starts it without
-/// state) — and offers it a PrePrepare for the same slot with another digest. A second
-/// Prepare for `(0, 1)` would complete a second prepare certificate (P1 across restarts).
+/// backup Preparation after it prepared `(0, 1, a)` — with no state at all, with a sealed
+/// state older than the monotonic counter, or with the latest state minus the delta that
+/// records the Prepare (cut off its end) — and offers it a PrePrepare for the same slot
+/// with another digest. A second Prepare for `(0, 1)` would complete a second prepare
+/// certificate (P1 across restarts). The counter refuses both sealed states, so each
+/// restart starts without state, behind the fence.
 #[test]
 fn a_host_restart_without_fresh_state_cannot_make_a_correct_backup_prepare_twice() {
     let mut p = fresh(3);
     p.enable_durability(0);
-    let (prepared, old) = cross(&mut p, vec![pp(0, 1, "a")]);
+    let (_, image) = cross(&mut p, vec![pp(0, 2, "b")]);
+    let (prepared, delta) = cross(&mut p, vec![pp(0, 1, "a")]);
     assert_eq!(prepared, vec![(1, d("a"))]);
-    // A stable checkpoint starts a new epoch; the environment raises the counter to it.
+    assert!(matches!(&delta[..], [r] if r.kind == RecordKind::Delta), "{delta:?}");
+    let old: Vec<SealedState> = image.iter().chain(&delta).cloned().collect();
+    // A stable checkpoint starts a new image; the environment advances the counter past
+    // every durable record.
     let k = secrets().config.checkpoint_interval;
     let (_, newer) = cross(&mut p, checkpoint_quorum(k, "state"));
     assert_eq!(newer.last().unwrap().epoch, 2);
-    let counter = 2;
+    let counter = newer.last().unwrap().index + 1;
 
-    // Restart 1: no state. Restart 2: the older image, refused as rolled back, then no state.
-    assert!(matches!(restore(3, &old, counter), Err(RestoreError::RolledBack { epoch: 1, counter: 2 })));
-    for restart in ["no state", "older state"] {
+    // The older image is refused as rolled back.
+    assert!(matches!(restore(3, &old, counter), Err(RestoreError::RolledBack { .. })));
+    // The delta cut off the end: refused against the counter of the records before the cut
+    // was made. Accepted (a counter that believes the host), it forgets the Prepare.
+    let cut_counter = delta[0].index + 1;
+    assert!(matches!(restore(3, &image, cut_counter), Err(RestoreError::RolledBack { .. })));
+    let mut believed = restore(3, &image, image.last().unwrap().index + 1).unwrap();
+    assert_eq!(cross(&mut believed, vec![pp(0, 1, "x")]).0, vec![(1, d("x"))], "the cut would make it equivocate");
+    for restart in ["no state", "older state", "deltas cut"] {
         let mut restarted = fresh(3);
         restarted.enable_durability(counter);
         for seq in [1, 2, k + 1] {

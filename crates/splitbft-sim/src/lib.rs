@@ -47,6 +47,7 @@ use byzantine_client::{ByzantineClient, ClientStrategy};
 
 pub use checkers::History;
 use network::{Network, Scheduled};
+pub use restart::Guard;
 use workload::Clients;
 
 /// Replicas in a simulated cluster unless asked otherwise (`f = 1`).
@@ -553,13 +554,20 @@ pub fn run_with(seed: u64, scenario: Scenario, protocol: Protocol, replicas: usi
 /// [`run_with`], with the recovery fence of restarted enclaves on or (`fence: false`, the
 /// simulator-only switch that shows what the fence prevents, `restart.rs`) off.
 pub fn run_with_fence(seed: u64, scenario: Scenario, protocol: Protocol, replicas: usize, fence: bool) -> RunReport {
+    let guard = if fence { Guard::Full } else { Guard::NoFence };
+    run_with_guard(seed, scenario, protocol, replicas, guard)
+}
+
+/// [`run_with`] under one of the rollback guards ([`Guard`]): the full ones, or a weaker
+/// model that shows what the full ones prevent.
+pub fn run_with_guard(seed: u64, scenario: Scenario, protocol: Protocol, replicas: usize, guard: Guard) -> RunReport {
     assert!(SIZES.contains(&replicas), "the simulator runs n = 4, 7 or 10");
     // Every enclave of the cluster runs in this process: verify each signature once.
     splitbft_types::crypto::memoize_verifications();
     let mut draw_text = String::new();
     let mut faulty_replicas = 0;
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run_inner(seed, scenario, protocol, replicas, fence, &mut draw_text, &mut faulty_replicas)
+        run_inner(seed, scenario, protocol, replicas, guard, &mut draw_text, &mut faulty_replicas)
     }));
     outcome.unwrap_or_else(|payload| {
         let message = payload
@@ -608,7 +616,7 @@ fn run_inner(
     scenario: Scenario,
     protocol: Protocol,
     n: usize,
-    fence: bool,
+    guard: Guard,
     draw_text: &mut String,
     faulty_count: &mut usize,
 ) -> RunReport {
@@ -651,7 +659,7 @@ fn run_inner(
         })
         .collect();
     let faulty_pairs: Vec<(ReplicaId, CompartmentKind)> = faulty.iter().map(|(r, k, _)| (*r, *k)).collect();
-    let mut restarts = restart::Restarts::new(&draw.restarts, &faulty_pairs, fence);
+    let mut restarts = restart::Restarts::new(&draw.restarts, &faulty_pairs, guard);
     restarts.install(&mut cluster, &secrets);
     // The targets' sealed records, as their hosts keep them (drained into `restarts`).
     let sealed_queue: Rc<RefCell<Vec<(ReplicaId, CompartmentKind, splitbft_types::durable::SealedState)>>> =

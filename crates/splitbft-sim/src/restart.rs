@@ -1,15 +1,19 @@
 //! A hostile host restarts one of its *correct* Preparation or Confirmation enclaves (SPEC
 //! §1.1 "Restarts, rollback and clones", §10), as an environment action the `random`
 //! scenario may draw and the `enclave-restart` scenario always draws. Each target runs
-//! with sealed state on from the start (its records are what the host keeps; the
-//! monotonic counter is the latest image's epoch, SPEC §10), and at a drawn time the host
-//! brings it back in one of three ways:
+//! with sealed state on from the start (its records are what the host keeps; every record
+//! is durable once sealed, so the monotonic counter is the last record's index plus one,
+//! SPEC §10), and at a drawn time the host brings it back in one of four ways:
 //!
 //! - [`Mode::Fresh`]: without any state. It starts behind the recovery fence.
 //! - [`Mode::Rollback`]: with an image of an earlier epoch and its deltas. The counter
 //!   refuses it as rolled back, and it starts without state, behind the fence (as
 //!   `splitbft_enclave::start_replica_durable` does). With no earlier epoch yet, the host
 //!   has nothing older to hand: it is a [`Mode::WithState`] restart.
+//! - [`Mode::DeltaCut`]: with its latest image and only the first half of the deltas after
+//!   it (at least the last one cut): what it signed in the cut deltas is forgotten. The
+//!   counter refuses it too. With no delta after the latest image it is a
+//!   [`Mode::WithState`] restart.
 //! - [`Mode::WithState`]: with its latest image and every delta after it.
 //!
 //! A restarted enclave counts against `f` of its kind and its replica against liveness's
@@ -17,9 +21,8 @@
 //! checkers keep what it signed before the restart: a correct enclave never signs two
 //! digests for one `(v, s)`, across restarts too (SPEC §9 P1/C1, §10).
 //!
-//! The fence can be turned off here only ([`Restarts::new`]'s `fence`, the CLI's hidden
-//! `--no-fence`): a fresh enclave then starts unfenced, and a rolled-back state is accepted
-//! (a counter that trusts the host). That is how a sweep shows what the fence prevents.
+//! The guards can be weakened here only ([`Guard`], the CLI's hidden `--no-fence` and
+//! `--counter-at-images`). That is how a sweep shows what each prevents.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -40,6 +43,19 @@ use splitbft_types::durable::{RecordKind, SealedState};
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::{CompartmentKind, ReplicaId};
 
+/// What keeps a restarted enclave from equivocating (SPEC §10), as the simulator models it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guard {
+    /// The recovery fence and a counter advanced past every durable record.
+    Full,
+    /// No fence: a fresh enclave starts unfenced, and the counter believes whatever the
+    /// host hands back.
+    NoFence,
+    /// The fence, with the counter of the previous design: advanced at images only, so
+    /// deltas cut off the end of the latest image's epoch go unnoticed.
+    CounterAtImages,
+}
+
 /// How a restarted enclave comes back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -47,19 +63,22 @@ pub enum Mode {
     Fresh,
     /// An image of an earlier epoch and its deltas (refused by the counter).
     Rollback,
+    /// The latest image with deltas cut off its end (refused by the counter).
+    DeltaCut,
     /// The latest image and every delta after it.
     WithState,
 }
 
 impl Mode {
     /// Every mode.
-    pub const ALL: [Mode; 3] = [Mode::Fresh, Mode::Rollback, Mode::WithState];
+    pub const ALL: [Mode; 4] = [Mode::Fresh, Mode::Rollback, Mode::DeltaCut, Mode::WithState];
 
     /// The name printed with a draw.
     pub fn name(self) -> &'static str {
         match self {
             Mode::Fresh => "fresh",
             Mode::Rollback => "rollback",
+            Mode::DeltaCut => "delta-cut",
             Mode::WithState => "with-state",
         }
     }
@@ -99,19 +118,19 @@ pub struct Restarts {
     targets: Vec<(ReplicaId, CompartmentKind)>,
     /// Per target: its records, oldest first, from the image [`EPOCHS_KEPT`] back.
     sealed: BTreeMap<(ReplicaId, CompartmentKind), Vec<SealedState>>,
-    fence: bool,
+    guard: Guard,
     next_begin: u64,
     restarted: Vec<(ReplicaId, CompartmentKind)>,
 }
 
 impl Restarts {
     /// The drawn restarts whose target is a correct enclave (`faulty` lists the others).
-    pub fn new(drawn: &[Restart], faulty: &[(ReplicaId, CompartmentKind)], fence: bool) -> Self {
+    pub fn new(drawn: &[Restart], faulty: &[(ReplicaId, CompartmentKind)], guard: Guard) -> Self {
         let pending: Vec<Restart> = drawn.iter().filter(|r| !faulty.contains(&(r.replica, r.kind))).copied().collect();
         let mut targets: Vec<_> = pending.iter().map(|r| (r.replica, r.kind)).collect();
         targets.sort();
         targets.dedup();
-        Restarts { pending, targets, sealed: BTreeMap::new(), fence, next_begin: 0, restarted: Vec::new() }
+        Restarts { pending, targets, sealed: BTreeMap::new(), guard, next_begin: 0, restarted: Vec::new() }
     }
 
     /// Whether `(replica, kind)` keeps sealed state (the observer hands its records here).
@@ -195,21 +214,26 @@ impl Restarts {
         let records = self.sealed.remove(&key).unwrap_or_default();
         let images: Vec<usize> =
             records.iter().enumerate().filter(|(_, r)| r.kind == RecordKind::Image).map(|(i, _)| i).collect();
-        // The trusted counter: the latest image's epoch (the host raised it when that image
-        // became durable, SPEC §10).
-        let counter = images.last().map_or(0, |i| records[*i].epoch);
+        // The trusted counter: every record the enclave sealed is durable (the host
+        // advanced the counter past each, SPEC §10).
+        let counter = records.last().map_or(0, |r| r.index + 1);
         let (handed, mode) = match (restart.mode, images.as_slice()) {
             (Mode::Fresh, _) => (&[][..], Mode::Fresh),
             (Mode::Rollback, [older, newer, ..]) => (&records[*older..*newer], Mode::Rollback),
-            (Mode::Rollback | Mode::WithState, [.., latest]) => (&records[*latest..], Mode::WithState),
+            (Mode::DeltaCut, [.., latest]) if records.len() - latest > 1 => {
+                let deltas = records.len() - latest - 1;
+                (&records[*latest..=*latest + deltas / 2], Mode::DeltaCut)
+            }
+            (Mode::Rollback | Mode::DeltaCut | Mode::WithState, [.., latest]) => (&records[*latest..], Mode::WithState),
             (_, []) => (&[][..], Mode::Fresh),
         };
         // Fence off: a counter that believes the host (whatever it hands back is "fresh"),
         // and a fresh start that does not know it had an earlier life.
-        let counter = match (self.fence, handed.first()) {
-            (true, _) => counter,
-            (false, Some(first)) => first.epoch,
-            (false, None) => 0,
+        let counter = match (self.guard, handed.last()) {
+            (Guard::Full, _) => counter,
+            (Guard::CounterAtImages, _) => images.last().map_or(0, |i| records[*i].index + 1),
+            (Guard::NoFence, Some(last)) => last.index + 1,
+            (Guard::NoFence, None) => 0,
         };
         let enclave = build(secrets, restart.replica, restart.kind, handed, counter)
             .or_else(|_| build(secrets, restart.replica, restart.kind, &[], counter))

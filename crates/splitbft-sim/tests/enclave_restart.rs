@@ -7,12 +7,13 @@
 //! equivocation.
 //!
 //! The sweep (`Scenario::EnclaveRestart`, and `random`, which may draw the same host
-//! action): any correct Preparation or Confirmation restarted fresh, rolled back or with
-//! its state, counted against `f`, under the full checkers. Fence on: safe and live.
-//! Fence off: the named seeds find the equivocation.
+//! action): any correct Preparation or Confirmation restarted fresh, rolled back, with
+//! deltas cut off its state, or with its state, counted against `f`, under the full
+//! checkers. Full guards: safe and live. Fence off, or the previous design's counter
+//! (advanced at images only): the named seeds find the equivocation.
 
 use splitbft_sim::enclave_restart::run_enclave_restart;
-use splitbft_sim::{Protocol, Scenario, draw_of, run_with_fence};
+use splitbft_sim::{Guard, Protocol, Scenario, draw_of, run_with_fence, run_with_guard};
 
 #[test]
 fn with_the_fence_a_restarted_enclave_never_equivocates_and_recovers() {
@@ -40,31 +41,47 @@ fn without_the_fence_seed_1_finds_the_equivocation() {
 /// Seeds of the sweep whose restarts equivocate without the fence: `(scenario, n, seed,
 /// what the host does)`. Each is safe with the fence.
 const UNFENCED_FINDINGS: [(Scenario, usize, u64, &str); 4] = [
-    (Scenario::EnclaveRestart, 4, 3, "r0 preparation fresh"),
-    (Scenario::EnclaveRestart, 4, 5, "r0 preparation rollback"),
+    (Scenario::EnclaveRestart, 4, 23, "r0 preparation fresh"),
+    (Scenario::EnclaveRestart, 4, 11, "r0 preparation rollback"),
     (Scenario::EnclaveRestart, 7, 16, "r0 preparation rollback"),
     (Scenario::Random, 4, 45, "r0 preparation"),
 ];
 
-#[test]
-fn the_sweep_finds_what_the_fence_prevents() {
-    for (scenario, n, seed, host) in UNFENCED_FINDINGS {
+/// Seeds whose restarts equivocate with the fence but the previous design's counter
+/// (advanced at images only, `Guard::CounterAtImages`): the host hands the latest image
+/// back with deltas cut off its end. Each is safe with a counter advanced past every
+/// durable record (SPEC §10).
+const DELTA_CUT_FINDINGS: [(Scenario, usize, u64, &str); 3] = [
+    (Scenario::EnclaveRestart, 4, 28, "r0 preparation delta-cut"),
+    (Scenario::EnclaveRestart, 7, 18, "r0 preparation delta-cut"),
+    (Scenario::Random, 4, 49, "r0 preparation delta-cut"),
+];
+
+fn finds_under_weaker_and_holds_under_full(findings: &[(Scenario, usize, u64, &str)], weaker: Guard) {
+    for &(scenario, n, seed, host) in findings {
         let (draw, _) = draw_of(seed, scenario, Protocol::Splitbft, n);
         assert!(draw.contains(host), "{scenario:?} n={n} seed {seed}: {draw}");
-        let unfenced = run_with_fence(seed, scenario, Protocol::Splitbft, n, false);
+        let weak = run_with_guard(seed, scenario, Protocol::Splitbft, n, weaker);
         assert!(
-            unfenced
-                .safety_violations
-                .iter()
-                .any(|v| v.starts_with("P1: correct r0 Preparation signed two PrePrepares")),
-            "{scenario:?} n={n} seed {seed} without the fence: {:?}",
-            unfenced.safety_violations
+            weak.safety_violations.iter().any(|v| v.starts_with("P1: correct r0 Preparation signed two PrePrepares")),
+            "{scenario:?} n={n} seed {seed} under {weaker:?}: {:?}",
+            weak.safety_violations
         );
-        let fenced = run_with_fence(seed, scenario, Protocol::Splitbft, n, true);
-        assert!(fenced.safety_violations.is_empty(), "{scenario:?} n={n} seed {seed}: {:?}", fenced.safety_violations);
-        assert!(fenced.validity_violations.is_empty(), "{:?}", fenced.validity_violations);
-        assert_eq!(fenced.liveness_failure, None, "{scenario:?} n={n} seed {seed}: {}", fenced.draw);
+        let full = run_with_guard(seed, scenario, Protocol::Splitbft, n, Guard::Full);
+        assert!(full.safety_violations.is_empty(), "{scenario:?} n={n} seed {seed}: {:?}", full.safety_violations);
+        assert!(full.validity_violations.is_empty(), "{:?}", full.validity_violations);
+        assert_eq!(full.liveness_failure, None, "{scenario:?} n={n} seed {seed}: {}", full.draw);
     }
+}
+
+#[test]
+fn the_sweep_finds_what_the_fence_prevents() {
+    finds_under_weaker_and_holds_under_full(&UNFENCED_FINDINGS, Guard::NoFence);
+}
+
+#[test]
+fn the_sweep_finds_what_counting_every_record_prevents() {
+    finds_under_weaker_and_holds_under_full(&DELTA_CUT_FINDINGS, Guard::CounterAtImages);
 }
 
 /// With the fence every restart of the sweep is harmless, at f = 1 and f = 2, and the
@@ -86,7 +103,7 @@ fn with_the_fence_swept_restarts_are_safe_and_live() {
             let (draw, _) = draw_of(seed, Scenario::EnclaveRestart, Protocol::Splitbft, n);
             let restarts = draw.split("restarts [").nth(1).unwrap_or_default();
             for kind in ["preparation", "confirmation"] {
-                for mode in ["fresh", "rollback", "with-state"] {
+                for mode in ["fresh", "rollback", "delta-cut", "with-state"] {
                     if restarts.contains(&format!("{kind} {mode}")) {
                         seen.insert((n, kind, mode));
                     }
@@ -97,7 +114,7 @@ fn with_the_fence_swept_restarts_are_safe_and_live() {
             assert!(per_kind("preparation") >= 1, "{draw}");
         }
     }
-    assert_eq!(seen.len(), 12, "{seen:?}");
+    assert_eq!(seen.len(), 16, "{seen:?}");
 }
 
 /// SPEC §1.1: a restarted enclave counts against `f` of its kind. `random` draws restarts

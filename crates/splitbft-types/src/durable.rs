@@ -15,12 +15,14 @@
 //! it used before: misuse-resistant AEAD keeps that harmless (see `splitbft-execution`'s
 //! `seal.rs` for the same argument on ledger blocks).
 //!
-//! Epoch = the monotonic counter value (SPEC §10 "Monotonic counter") the record is bound
-//! to. Every image starts a new epoch `e + 1`; once the environment has made that image
-//! durable it raises the counter to `e + 1`. A restore with an image of an epoch below the
-//! counter is refused as rolled back. Deltas are not counted (one counter write per round
-//! would cost a hardware counter's ~100 ms): a host can still cut deltas off the end of the
-//! current epoch. This is stated, not hidden: see ARCHITECTURE.md "Durability".
+//! The monotonic counter (SPEC §10 "Monotonic counter") counts this enclave's records made
+//! durable: after each group commit the environment advances it to the index of the last
+//! durable record plus one. A restore whose records end below the counter is refused as
+//! rolled back — an older image with its deltas, or the latest image with deltas cut off
+//! its end: either could make a correct enclave forget something it signed. A fresh start
+//! continues the index sequence at the counter, so the counter stays meaningful across
+//! it. Epoch = the number of images this enclave has sealed (informative, bound by the
+//! AEAD); the counter no longer depends on it.
 
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use serde::{Deserialize, Serialize};
@@ -86,11 +88,12 @@ pub enum RestoreError {
         /// The index found.
         found: u64,
     },
-    /// The image is older than the monotonic counter: the host handed back an old state.
-    #[error("sealed state of epoch {epoch} is older than the monotonic counter ({counter}): rolled back")]
+    /// The records end below the monotonic counter: the host handed back an old state, or
+    /// cut records off its end.
+    #[error("sealed state ends at record {end}, below the monotonic counter ({counter}): rolled back or cut short")]
     RolledBack {
-        /// The image's epoch.
-        epoch: u64,
+        /// The index after the last record handed back.
+        end: u64,
         /// The counter's value.
         counter: u64,
     },
@@ -127,12 +130,13 @@ impl RestoreError {
 
 impl StateSealer {
     /// Derives the key of `enclave` from its secret key. `counter` is the monotonic counter's
-    /// value: the first image will be bound to `counter + 1`.
+    /// value: the records go on from index `counter` (a fresh start after records were made
+    /// durable continues their sequence) and the first image is of epoch `counter + 1`.
     pub fn new(secret: &SecretKey, cluster_id: u64, enclave: EnclaveId, counter: u64) -> Self {
         let context = [enclave.replica.0.to_le_bytes().as_slice(), &[enclave.kind.index() as u8]].concat();
         let bytes = secret.derive_private_key(cluster_id, STATE_SEAL_LABEL, &context);
         let key = UnboundKey::new(&aead::AES_256_GCM_SIV, &bytes).expect("HKDF yields the 32 bytes AES-256 takes");
-        StateSealer { key: LessSafeKey::new(key), cluster_id, enclave, epoch: counter, next_index: 0 }
+        StateSealer { key: LessSafeKey::new(key), cluster_id, enclave, epoch: counter, next_index: counter }
     }
 
     /// Seals `plaintext` as the next record of `kind`; an image starts a new epoch.
@@ -151,9 +155,10 @@ impl StateSealer {
         SealedState { kind, epoch: self.epoch, index, sealed }
     }
 
-    /// Opens the records of a restore: the first must be an image of an epoch at or above
-    /// `counter`, the rest deltas with consecutive indices. Returns the plaintexts in order
-    /// and leaves the sealer ready to continue the sequence.
+    /// Opens the records of a restore: the first must be an image, the rest deltas with
+    /// consecutive indices, and the last must reach `counter` (index `counter - 1` or
+    /// later). Returns the plaintexts in order and leaves the sealer ready to continue the
+    /// sequence.
     pub fn open_all(&mut self, records: &[SealedState], counter: u64) -> Result<Vec<Vec<u8>>, RestoreError> {
         let (first, rest) = records.split_first().ok_or(RestoreError::NoImage)?;
         if first.kind != RecordKind::Image {
@@ -170,10 +175,11 @@ impl StateSealer {
             }
             plain.push(self.open(record)?);
         }
-        // Checked after authentication: the epoch in the clear is only trusted once the AEAD
-        // has bound it.
-        if first.epoch < counter {
-            return Err(RestoreError::RolledBack { epoch: first.epoch, counter });
+        // Checked after authentication: indices in the clear are only trusted once the AEAD
+        // has bound them.
+        let end = first.index.saturating_add(records.len() as u64);
+        if end < counter {
+            return Err(RestoreError::RolledBack { end, counter });
         }
         self.epoch = first.epoch;
         self.next_index = first.index + records.len() as u64;
@@ -246,7 +252,7 @@ mod tests {
         ];
         assert_eq!(records[0].epoch, 1);
         let mut r = sealer(1, CompartmentKind::Preparation, 1);
-        assert_eq!(r.open_all(&records, 1).unwrap(), vec![b"image".to_vec(), b"d1".to_vec(), b"d2".to_vec()]);
+        assert_eq!(r.open_all(&records, 3).unwrap(), vec![b"image".to_vec(), b"d1".to_vec(), b"d2".to_vec()]);
         assert_eq!(r.seal(RecordKind::Delta, b"d3").index, 3);
         assert_eq!(r.seal(RecordKind::Image, b"i2").epoch, 2);
     }
@@ -259,26 +265,32 @@ mod tests {
             s.seal(RecordKind::Delta, b"d1"),
             s.seal(RecordKind::Delta, b"d2"),
         ];
+        // Counter 4: the records are 4, 5 and 6; all three durable: the counter is 7.
+        assert_eq!(records.iter().map(|r| r.index).collect::<Vec<_>>(), vec![4, 5, 6]);
         let fresh = || sealer(1, CompartmentKind::Confirmation, 0);
-        assert_eq!(fresh().open_all(&records, 6), Err(RestoreError::RolledBack { epoch: 5, counter: 6 }));
-        assert!(fresh().open_all(&records, 5).is_ok());
+        assert!(fresh().open_all(&records, 7).is_ok());
+        assert_eq!(fresh().open_all(&records, 8), Err(RestoreError::RolledBack { end: 7, counter: 8 }));
+        // SPEC §10: deltas cut off the end are a rollback too (the enclave would forget
+        // what the cut records say it signed).
+        assert_eq!(fresh().open_all(&records[..2], 7), Err(RestoreError::RolledBack { end: 6, counter: 7 }));
+        assert_eq!(fresh().open_all(&records[..1], 7), Err(RestoreError::RolledBack { end: 5, counter: 7 }));
         assert_eq!(
             fresh().open_all(&[records[0].clone(), records[2].clone()], 5),
-            Err(RestoreError::Gap { expected: 1, found: 2 })
+            Err(RestoreError::Gap { expected: 5, found: 6 })
         );
         assert_eq!(fresh().open_all(&records[1..], 0), Err(RestoreError::NoImage));
         assert_eq!(fresh().open_all(&[], 0), Err(RestoreError::NoImage));
         let mut forged_epoch = records.clone();
         forged_epoch[0].epoch = 9;
-        assert_eq!(fresh().open_all(&forged_epoch, 6), Err(RestoreError::Unauthentic { index: 0 }));
+        assert_eq!(fresh().open_all(&forged_epoch, 6), Err(RestoreError::Unauthentic { index: 4 }));
         let mut flipped = records.clone();
         flipped[1].sealed[0] ^= 1;
-        assert_eq!(fresh().open_all(&flipped, 0), Err(RestoreError::Unauthentic { index: 1 }));
+        assert_eq!(fresh().open_all(&flipped, 0), Err(RestoreError::Unauthentic { index: 5 }));
         let other_kind = sealer(1, CompartmentKind::Execution, 0).open_all(&records, 0);
-        assert_eq!(other_kind, Err(RestoreError::Unauthentic { index: 0 }));
+        assert_eq!(other_kind, Err(RestoreError::Unauthentic { index: 4 }));
         assert_eq!(
             sealer(2, CompartmentKind::Confirmation, 0).open_all(&records, 0),
-            Err(RestoreError::Unauthentic { index: 0 })
+            Err(RestoreError::Unauthentic { index: 4 })
         );
     }
 }

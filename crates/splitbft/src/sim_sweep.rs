@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use splitbft_sim::{Protocol, Scenario};
+use splitbft_sim::{Guard, Protocol, Scenario};
 
 /// Arguments of `splitbft sim`.
 #[derive(clap::Args, Debug)]
@@ -49,6 +49,11 @@ pub struct SimArgs {
     /// show what it prevents (`enclave-restart`, `random`); expect equivocations.
     #[arg(long, hide = true)]
     no_fence: bool,
+    /// Simulator only: the fence stays, but the monotonic counter advances at images only
+    /// (the previous design), to show what counting every durable record prevents
+    /// (restarts with deltas cut off their end); expect equivocations.
+    #[arg(long, hide = true, conflicts_with = "no_fence")]
+    counter_at_images: bool,
     /// Internal: run the seeds in this process and print one JSON line per seed.
     #[arg(long, hide = true)]
     worker: bool,
@@ -65,6 +70,15 @@ struct SeedLine {
     draw: String,
     #[serde(default)]
     start: bool,
+}
+
+/// The rollback guards a sweep runs under (SPEC §10; weaker ones are simulator-only).
+fn guard(args: &SimArgs) -> Guard {
+    match (args.no_fence, args.counter_at_images) {
+        (true, _) => Guard::NoFence,
+        (false, true) => Guard::CounterAtImages,
+        (false, false) => Guard::Full,
+    }
 }
 
 /// Runs `splitbft sim`.
@@ -85,7 +99,7 @@ pub fn sim(args: SimArgs) -> anyhow::Result<()> {
     }
     let seeds = args.seeds.unwrap_or(if args.duration.is_some() { u64::MAX } else { 20 });
     if args.worker {
-        return worker(&scenarios, &protocols, &sizes, args.seed, seeds, args.stride.max(1), !args.no_fence);
+        return worker(&scenarios, &protocols, &sizes, args.seed, seeds, args.stride.max(1), guard(&args));
     }
     let mut summaries = Vec::new();
     let mut failed = false;
@@ -100,7 +114,7 @@ pub fn sim(args: SimArgs) -> anyhow::Result<()> {
                     n,
                     end: args.seed.saturating_add(seeds),
                     duration: args.duration,
-                    fence: !args.no_fence,
+                    guard: guard(&args),
                     stride: args.jobs.max(1),
                     started,
                 };
@@ -192,7 +206,7 @@ struct Sweep {
     n: usize,
     end: u64,
     duration: Option<f64>,
-    fence: bool,
+    guard: Guard,
     stride: u64,
     started: Instant,
 }
@@ -229,7 +243,11 @@ impl Sweep {
                 .args(["sim", "--worker", "--scenario", self.scenario.name(), "--protocol", self.protocol.name()])
                 .args(["--replicas", &self.n.to_string(), "--seed", &next.to_string()])
                 .args(["--seeds", &(self.end - next).to_string(), "--stride", &self.stride.to_string()])
-                .args(if self.fence { &[][..] } else { &["--no-fence"][..] })
+                .args(match self.guard {
+                    Guard::Full => &[][..],
+                    Guard::NoFence => &["--no-fence"][..],
+                    Guard::CounterAtImages => &["--counter-at-images"][..],
+                })
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -288,7 +306,7 @@ fn worker(
     first: u64,
     seeds: u64,
     stride: u64,
-    fence: bool,
+    guard: Guard,
 ) -> anyhow::Result<()> {
     use std::io::Write;
     let (&[scenario], &[protocol], &[n]) = (scenarios, protocols, sizes) else {
@@ -302,7 +320,7 @@ fn worker(
         let start = SeedLine { seed, start: true, draw, faulty_replicas, ..Default::default() };
         writeln!(out, "{}", serde_json::to_string(&start)?)?;
         out.flush()?;
-        let report = splitbft_sim::run_with_fence(seed, scenario, protocol, n, fence);
+        let report = splitbft_sim::run_with_guard(seed, scenario, protocol, n, guard);
         if seeds == 1 {
             eprintln!(
                 "seed {seed}: {} ops completed, max seq {}, max view {}, {} frames delivered\n  draw: {}",
