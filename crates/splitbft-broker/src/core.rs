@@ -1662,6 +1662,15 @@ mod tests {
             // The right bytes under a forged header.
             frame(Signed { body: PrePrepare { view: 0, seq: 1, digest }, sig: Sig([7; 64]) }, &batch),
         ];
+        // Replica 2 asks for the batch.
+        let fetch = |core: &mut BrokerCore, now: u64, out: &mut Vec<Action>| {
+            core.on_peer_frame(
+                ReplicaId(2),
+                Bytes::from(encode_message(&Message::FetchBatch { seq: 1, digest })),
+                now,
+                out,
+            )
+        };
         let mut core = backup(1_000);
         let mut out = Vec::new();
         // Execution misses the batch: a fetch is pending.
@@ -1678,12 +1687,7 @@ mod tests {
         assert_eq!(core.missing_batches(), 1, "junk ended the fetch");
         assert_eq!(core.counters().get(Counter::BatchFramesUnverified), 2);
         out.clear();
-        core.on_peer_frame(
-            ReplicaId(2),
-            Bytes::from(encode_message(&Message::FetchBatch { seq: 1, digest })),
-            2,
-            &mut out,
-        );
+        fetch(&mut core, 2, &mut out);
         assert!(out.is_empty(), "junk was cached and served");
         core.on_peer_frame(ReplicaId(0), genuine.clone(), 3, &mut out);
         assert_eq!(core.missing_batches(), 0);
@@ -1696,12 +1700,7 @@ mod tests {
             core.on_peer_frame(ReplicaId(3), f.clone(), 4, &mut out);
         }
         out.clear();
-        core.on_peer_frame(
-            ReplicaId(2),
-            Bytes::from(encode_message(&Message::FetchBatch { seq: 1, digest })),
-            5,
-            &mut out,
-        );
+        fetch(&mut core, 5, &mut out);
         assert!(matches!(out.as_slice(), [Action::Send(ReplicaId(2), f)] if *f == genuine), "{out:?}");
         assert_eq!(core.counters().get(Counter::BatchesLogged), 1, "junk or a repeat was logged");
         // A restarted broker takes the logged frame back, checked like a peer's: junk from
@@ -1712,12 +1711,7 @@ mod tests {
         assert!(restarted.restore_batch(genuine.clone()));
         assert_eq!(restarted.counters().get(Counter::BatchesRestoredUnverified), 2);
         out.clear();
-        restarted.on_peer_frame(
-            ReplicaId(2),
-            Bytes::from(encode_message(&Message::FetchBatch { seq: 1, digest })),
-            5,
-            &mut out,
-        );
+        fetch(&mut restarted, 5, &mut out);
         assert!(matches!(out.as_slice(), [Action::Send(ReplicaId(2), f)] if *f == genuine), "{out:?}");
     }
 
