@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
@@ -41,8 +41,14 @@ pub const MAX_INPUT_BYTES: usize = 4 * 1024 * 1024;
 /// Most arguments one command may have (bounds the ops a single `MSET`/`MGET` fans out).
 pub const MAX_ARGS: usize = 1024;
 /// Compare-and-swap attempts of one `INCR` before it gives up with an error: a key
-/// incremented so hotly that 64 rounds all lose is better retried by the caller.
-pub const MAX_INCR_ATTEMPTS: usize = 64;
+/// incremented so hotly that this many rounds all lose is better retried by the caller.
+/// (64 was too few: with four connections incrementing one key, a connection whose CAS
+/// kept being ordered after the others' lost 64 rounds in a row in a CI run.)
+pub const MAX_INCR_ATTEMPTS: usize = 512;
+/// Most random wait, in microseconds per lost round, before an `INCR` retries: the
+/// jitter breaks a systematic ordering (one connection always a little behind the
+/// others) that would otherwise make it lose every round.
+pub const INCR_BACKOFF_US_PER_ROUND: u64 = 500;
 /// Redis connections served at once; further ones wait in the kernel's accept queue.
 /// Each may hold [`MAX_INPUT_BYTES`] of input and [`MAX_PIPELINE`] commands, so this
 /// bounds the gateway's memory; Redis client pools rarely open more than a few hundred.
@@ -374,6 +380,11 @@ impl Gateway {
         for attempt in 0..MAX_INCR_ATTEMPTS {
             if attempt > 0 {
                 self.metrics.incr_retries.inc();
+                let mut bytes = [0u8; 8];
+                // Without OS randomness the retry goes at once (no jitter, still correct).
+                let _ = getrandom::fill(&mut bytes);
+                let cap = INCR_BACKOFF_US_PER_ROUND * (attempt as u64).min(16);
+                tokio::time::sleep(Duration::from_micros(u64::from_le_bytes(bytes) % cap.max(1))).await;
             }
             let Some(next) = incremented(current.as_deref()) else {
                 return err("ERR value is not an integer or out of range");
