@@ -5,7 +5,7 @@
 
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -29,7 +29,7 @@ pub trait Storage: Send + Sync + Debug {
 
 /// A file open for appending.
 pub trait AppendFile: Send + Debug {
-    /// Appends `bytes` (buffered: not durable, perhaps not even written, until `sync`).
+    /// Appends `bytes` (not durable until `sync`).
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()>;
     /// Writes everything appended and makes it durable (`fdatasync`).
     fn sync(&mut self) -> io::Result<()>;
@@ -41,9 +41,6 @@ pub type SharedStorage = Arc<dyn Storage>;
 /// The real file system.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DiskStorage;
-
-/// Write buffer of an appended file: a round's records in one `write` syscall.
-const WRITE_BUFFER_BYTES: usize = 1024 * 1024;
 
 impl DiskStorage {
     /// The real file system as a shared handle.
@@ -89,23 +86,24 @@ impl Storage for DiskStorage {
 
     fn append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Box::new(DiskFile { writer: BufWriter::with_capacity(WRITE_BUFFER_BYTES, file) }))
+        Ok(Box::new(DiskFile { file }))
     }
 }
 
+/// An appended file on disk, unbuffered: its one writer, the log, hands it a group
+/// commit's records in one call.
 #[derive(Debug)]
 struct DiskFile {
-    writer: BufWriter<File>,
+    file: File,
 }
 
 impl AppendFile for DiskFile {
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.writer.write_all(bytes)
+        self.file.write_all(bytes)
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        self.writer.flush()?;
-        self.writer.get_ref().sync_data()
+        self.file.sync_data()
     }
 }
 

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
-use splitbft_types::codec::{from_bytes, to_bytes};
+use splitbft_types::codec::{append_bytes, from_bytes};
 use splitbft_types::durable::{RecordKind, SealedState};
 use splitbft_types::{CompartmentKind, Seq};
 
@@ -50,6 +50,8 @@ pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 pub use splitbft_types::limits::MAX_WAL_RECORD_BYTES;
 /// Bytes of a record's header.
 const RECORD_HEADER: usize = 8;
+/// Capacity the buffer of uncommitted records keeps between commits.
+const MAX_IDLE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// Name of the lock file that keeps a second process off a data directory.
 pub const LOCK_FILE: &str = "LOCK";
 
@@ -181,6 +183,10 @@ pub struct Wal {
     latest_image: [Option<u64>; 3],
     /// Records appended since the last commit.
     uncommitted: u64,
+    /// Those records, framed: handed to the file in one write at [`Wal::commit`], each
+    /// encoded once, straight into this buffer (the writer thread's copies were a
+    /// measurable part of the cost of durability).
+    pending: Vec<u8>,
     /// A write or sync failed: what is on disk is unknown (a failed `fsync` may have
     /// dropped the dirty pages while a later one succeeds), so nothing more is accepted.
     poisoned: bool,
@@ -286,6 +292,7 @@ impl Wal {
             segment_bytes,
             latest_image,
             uncommitted: 0,
+            pending: Vec::new(),
             poisoned: false,
             batch_seqs,
             low: 0,
@@ -352,20 +359,24 @@ impl Wal {
 
     fn write_entry(&mut self, entry: &Entry<'_>) -> Result<(), WalError> {
         self.check_usable()?;
-        let payload = to_bytes(entry);
-        let len = u32::try_from(payload.len()).map_err(|_| WalError::Io {
-            path: self.current_path(),
-            source: io::Error::new(io::ErrorKind::InvalidInput, "sealed state record above 4 GiB"),
-        })?;
-        let mut record = Vec::with_capacity(RECORD_HEADER + payload.len());
-        record.extend_from_slice(&len.to_be_bytes());
-        record.extend_from_slice(&crc32fast::hash(&payload).to_be_bytes());
-        record.extend_from_slice(&payload);
-        let path = self.current_path();
-        if let Err(e) = self.writer.write_all(&record) {
-            return Err(self.poison(WalError::Io { path, source: e }));
-        }
-        self.written += record.len() as u64;
+        let start = self.pending.len();
+        let mut buf = std::mem::take(&mut self.pending);
+        buf.extend_from_slice(&[0; RECORD_HEADER]);
+        buf = append_bytes(entry, buf);
+        let payload = start + RECORD_HEADER..buf.len();
+        let Ok(len) = u32::try_from(payload.len()) else {
+            buf.truncate(start);
+            self.pending = buf;
+            return Err(WalError::Io {
+                path: self.current_path(),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "sealed state record above 4 GiB"),
+            });
+        };
+        let crc = crc32fast::hash(&buf[payload.clone()]);
+        buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
+        buf[start + 4..start + RECORD_HEADER].copy_from_slice(&crc.to_be_bytes());
+        self.written += (buf.len() - start) as u64;
+        self.pending = buf;
         self.uncommitted += 1;
         Ok(())
     }
@@ -390,6 +401,12 @@ impl Wal {
 
     fn commit_inner(&mut self) -> Result<(), WalError> {
         let path = self.current_path();
+        self.writer.write_all(&self.pending).map_err(io_err(&path))?;
+        self.pending.clear();
+        if self.pending.capacity() > MAX_IDLE_BUFFER_BYTES {
+            // After a large image: do not hold its size for good.
+            self.pending.shrink_to(MAX_IDLE_BUFFER_BYTES);
+        }
         self.writer.sync().map_err(io_err(&path))?;
         self.uncommitted = 0;
         if self.written >= self.segment_bytes {
@@ -583,6 +600,7 @@ impl MonotonicCounter for SoftwareCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use splitbft_types::codec::to_bytes;
 
     fn record(kind: RecordKind, epoch: u64, index: u64, len: usize) -> SealedState {
         SealedState { kind, epoch, index, sealed: vec![index as u8; len] }

@@ -1,7 +1,10 @@
 //! `splitbft bench`: the paper's §6 experiment matrix (Fig. 3) against SplitBFT and the
 //! PBFT baseline in one run on this machine — apps × {unbatched, batched} × client counts,
 //! each point a fresh local cluster measured over a fixed window after a warm-up — plus
-//! one client with one outstanding request per protocol for latency. Writes
+//! one client with one outstanding request per protocol for latency. SplitBFT runs twice
+//! at every point, with sealed write-ahead state on disk (SPEC §10, the `replica` default)
+//! and in memory (`--no-durable`), so that one run gives both the cost of durability and
+//! the comparison with PBFT (which keeps nothing on disk) on equal terms. Writes
 //! `results.csv`, `summary.json` and PNG plots to `OUT/<UTC timestamp>/`.
 
 use std::path::{Path, PathBuf};
@@ -15,7 +18,7 @@ use splitbft_types::config::{DEFAULT_CLIENT_WINDOW, DEFAULT_MAX_BATCH};
 use splitbft_types::counters::Counter;
 
 use crate::AppKind;
-use crate::demo::{LocalTcpCluster, Protocol};
+use crate::demo::{ClusterSpec, LocalTcpCluster, Protocol};
 use crate::workload::{self, OpMix, Stop, Workload};
 
 /// Most clients one point may run: each is a set of keys and four TCP connections in this
@@ -53,6 +56,48 @@ impl Batching {
     }
 }
 
+/// Where SplitBFT keeps its compartments' safety state (SPEC §10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// In memory only (`--no-durable`): a restarted replica starts from genesis.
+    Memory,
+    /// Sealed write-ahead state in a temporary data directory per replica, group-committed
+    /// with `fdatasync` before a round's outputs leave (the default of `replica` and
+    /// `demo`).
+    Durable,
+}
+
+impl Storage {
+    /// The name used in CSV, JSON and plots.
+    pub fn name(self) -> &'static str {
+        match self {
+            Storage::Memory => "memory",
+            Storage::Durable => "durable",
+        }
+    }
+}
+
+/// One line of the plots: a protocol and where it keeps its state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Series {
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Storage (PBFT: memory only).
+    pub storage: Storage,
+}
+
+impl Series {
+    /// The name used in the table and the plots' legends.
+    pub fn name(self) -> &'static str {
+        match (self.protocol, self.storage) {
+            (Protocol::Splitbft, Storage::Memory) => "splitbft",
+            (Protocol::Splitbft, Storage::Durable) => "splitbft-durable",
+            (Protocol::Pbft, _) => "pbft",
+        }
+    }
+}
+
 /// The `bench` flags. Unset matrix flags take the full or the `--quick` default.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct BenchArgs {
@@ -74,6 +119,11 @@ pub struct BenchArgs {
     /// Batching modes, comma-separated [default: unbatched,batched].
     #[arg(long, value_enum, value_delimiter = ',')]
     pub batching: Option<Vec<Batching>>,
+    /// SplitBFT's storage, comma-separated [default: memory,durable, durable batched only].
+    /// PBFT keeps nothing on disk and runs in memory only. Named explicitly, durable runs
+    /// unbatched points too.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub storage: Option<Vec<Storage>>,
     /// Client counts, comma-separated [default: 1,10,25,50,100,150, unbatched only up to
     /// 50 (beyond, see README "Known gaps"); --quick: 10,50].
     #[arg(long, value_delimiter = ',')]
@@ -122,6 +172,12 @@ pub struct Matrix {
     pub apps: Vec<AppKind>,
     /// Batching modes.
     pub batching: Vec<Batching>,
+    /// SplitBFT's storage modes.
+    pub storage: Vec<Storage>,
+    /// Whether durable SplitBFT runs unbatched points too (only when `--storage` is given:
+    /// one request per batch pays the four group commits of a batch's path per request,
+    /// and 50 × 40 outstanding then time out into view changes).
+    pub durable_unbatched: bool,
     /// Client counts, ascending.
     pub clients: Vec<usize>,
     /// Unbatched points run only up to this many clients (the default list stops at 50).
@@ -170,6 +226,8 @@ impl Matrix {
                     .unwrap_or_else(|| if quick { vec![AppKind::Kv] } else { vec![AppKind::Kv, AppKind::Ledger] }),
             ),
             batching: dedup(args.batching.clone().unwrap_or_else(|| vec![Batching::Unbatched, Batching::Batched])),
+            storage: dedup(args.storage.clone().unwrap_or_else(|| vec![Storage::Memory, Storage::Durable])),
+            durable_unbatched: args.storage.is_some(),
             clients,
             outstanding: args.outstanding.unwrap_or(40),
             warmup_s: args.warmup_s.unwrap_or(or(1.0, 0.5)),
@@ -194,6 +252,7 @@ impl Matrix {
             ("--protocols", self.protocols.is_empty()),
             ("--apps", self.apps.is_empty()),
             ("--batching", self.batching.is_empty()),
+            ("--storage", self.storage.is_empty()),
             ("--clients", self.clients.is_empty()),
         ] {
             if empty {
@@ -220,6 +279,9 @@ impl Matrix {
         if self.batch < 2 && self.batching.contains(&Batching::Batched) {
             bail!("--batch must be at least 2 for the batched mode (unbatched is B = 1), got {}", self.batch);
         }
+        if self.series().is_empty() {
+            bail!("--storage durable applies to SplitBFT only (PBFT keeps nothing on disk): add memory to --storage");
+        }
         if self.backend_kind != Backend::Inline && self.protocols.contains(&Protocol::Pbft) {
             bail!(
                 "--backend {} applies to SplitBFT only; the PBFT baseline runs inline: use --protocols splitbft",
@@ -239,16 +301,31 @@ impl Matrix {
         self.clients.iter().copied().max().unwrap_or(0)
     }
 
+    /// The lines measured at every configuration, in run order: each protocol, SplitBFT
+    /// once per storage mode, PBFT in memory only.
+    pub fn series(&self) -> Vec<Series> {
+        let mut out = Vec::new();
+        for &protocol in &self.protocols {
+            for &storage in &self.storage {
+                if protocol == Protocol::Splitbft || storage == Storage::Memory {
+                    out.push(Series { protocol, storage });
+                }
+            }
+        }
+        out
+    }
+
     /// Every point in run order: the latency points, then each configuration with the
-    /// protocols interleaved, so that a ratio compares runs made seconds apart.
+    /// series interleaved, so that a ratio compares runs made seconds apart.
     pub fn points(&self) -> Vec<PointSpec> {
         let latency_batching =
             if self.batching.contains(&Batching::Batched) { Batching::Batched } else { self.batching[0] };
-        let mut points: Vec<PointSpec> = self
-            .protocols
+        let series = self.series();
+        let mut points: Vec<PointSpec> = series
             .iter()
-            .map(|&protocol| PointSpec {
-                protocol,
+            .map(|s| PointSpec {
+                protocol: s.protocol,
+                storage: s.storage,
                 app: self.headline_app(),
                 batching: latency_batching,
                 clients: 1,
@@ -262,9 +339,19 @@ impl Matrix {
                     if batching == Batching::Unbatched && clients > self.unbatched_max_clients {
                         continue;
                     }
-                    for &protocol in &self.protocols {
-                        let outstanding = self.outstanding;
-                        points.push(PointSpec { protocol, app, batching, clients, outstanding, latency_point: false });
+                    for s in &series {
+                        if s.storage == Storage::Durable && batching == Batching::Unbatched && !self.durable_unbatched {
+                            continue;
+                        }
+                        points.push(PointSpec {
+                            protocol: s.protocol,
+                            storage: s.storage,
+                            app,
+                            batching,
+                            clients,
+                            outstanding: self.outstanding,
+                            latency_point: false,
+                        });
                     }
                 }
             }
@@ -301,6 +388,8 @@ fn dedup<T: PartialEq>(values: Vec<T>) -> Vec<T> {
 pub struct PointSpec {
     /// Protocol.
     pub protocol: Protocol,
+    /// Where it keeps its state.
+    pub storage: Storage,
     /// Application.
     pub app: AppKind,
     /// Batching mode.
@@ -319,6 +408,8 @@ pub struct PointSpec {
 pub struct PointResult {
     /// `splitbft` or `pbft`.
     pub protocol: Protocol,
+    /// `memory` or `durable`.
+    pub storage: Storage,
     /// `kv` or `ledger`.
     pub app: AppKind,
     /// `unbatched` or `batched`.
@@ -349,6 +440,9 @@ pub struct PointResult {
     pub retransmissions: Option<u64>,
     /// Views entered after view 0 (request timers expiring under load start view changes).
     pub view_changes: Option<u64>,
+    /// Durable points: log `fdatasync`s per batch ordered, over all replicas and the whole
+    /// run (warm-up included).
+    pub fsyncs_per_batch: Option<f64>,
     /// Why the point was not measured (empty when it was).
     pub skipped: Option<String>,
     /// The point failed for a reason other than an unavailable application.
@@ -360,6 +454,7 @@ impl PointResult {
     fn unmeasured(m: &Matrix, spec: &PointSpec, reason: String, failed: bool) -> PointResult {
         PointResult {
             protocol: spec.protocol,
+            storage: spec.storage,
             app: spec.app,
             batching: spec.batching,
             clients: spec.clients,
@@ -375,14 +470,20 @@ impl PointResult {
             avg_batch: None,
             retransmissions: None,
             view_changes: None,
+            fsyncs_per_batch: None,
             skipped: Some(reason),
             failed,
         }
     }
 
+    /// The line this row belongs to.
+    pub fn series(&self) -> Series {
+        Series { protocol: self.protocol, storage: self.storage }
+    }
+
     /// Whether this row is `spec`.
-    fn is(&self, protocol: Protocol, app: AppKind, batching: Batching, clients: usize, outstanding: usize) -> bool {
-        self.protocol == protocol
+    fn is(&self, series: Series, app: AppKind, batching: Batching, clients: usize, outstanding: usize) -> bool {
+        self.series() == series
             && self.app == app
             && self.batching == batching
             && self.clients == clients
@@ -390,7 +491,8 @@ impl PointResult {
     }
 }
 
-/// SplitBFT's throughput over PBFT's at one configuration, if both were measured.
+/// SplitBFT's throughput over PBFT's (both in memory), and SplitBFT's durable over its
+/// in-memory throughput, at one configuration, where both were measured.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Ratio {
     /// Application.
@@ -405,6 +507,10 @@ pub struct Ratio {
     pub pbft_ops_s: Option<f64>,
     /// `splitbft_ops_s / pbft_ops_s`.
     pub splitbft_over_pbft: Option<f64>,
+    /// SplitBFT ops/s with durable state.
+    pub splitbft_durable_ops_s: Option<f64>,
+    /// `splitbft_durable_ops_s / splitbft_ops_s`.
+    pub durable_over_memory: Option<f64>,
 }
 
 /// The figures the issue asks for (the `--json` line; also in `summary.json`).
@@ -420,12 +526,21 @@ pub struct Headline {
     pub ratio_app: AppKind,
     /// The client count of the ratios (the highest in the matrix).
     pub ratio_clients: usize,
-    /// SplitBFT's highest measured throughput over all points.
+    /// SplitBFT with durable state / in memory, batched, `ratio_app` at `ratio_clients`.
+    pub durable_over_memory_batched: Option<f64>,
+    /// SplitBFT's highest batched `ratio_app` throughput with durable state over its
+    /// highest in memory (each at the client count where it peaks).
+    pub durable_over_memory_batched_peak: Option<f64>,
+    /// SplitBFT's highest measured throughput in memory over all points.
     pub splitbft_peak_ops_s: Option<f64>,
+    /// SplitBFT's highest measured throughput with durable state over all points.
+    pub splitbft_durable_peak_ops_s: Option<f64>,
     /// PBFT's highest measured throughput over all points.
     pub pbft_peak_ops_s: Option<f64>,
-    /// SplitBFT's median latency with one client and one outstanding request.
+    /// SplitBFT's median latency with one client and one outstanding request (in memory).
     pub splitbft_p50_us_1client: Option<u64>,
+    /// The same with durable state.
+    pub splitbft_durable_p50_us_1client: Option<u64>,
     /// PBFT's median latency with one client and one outstanding request.
     pub pbft_p50_us_1client: Option<u64>,
 }
@@ -436,22 +551,40 @@ pub fn ratios(m: &Matrix, points: &[PointResult]) -> Vec<Ratio> {
     for &app in &m.apps {
         for &batching in &m.batching {
             for &clients in &m.clients {
-                let ops = |protocol| {
+                let ops = |protocol, storage| {
                     points
                         .iter()
-                        .find(|p| p.is(protocol, app, batching, clients, m.outstanding) && p.skipped.is_none())
+                        .find(|p| {
+                            p.is(Series { protocol, storage }, app, batching, clients, m.outstanding)
+                                && p.skipped.is_none()
+                        })
                         .and_then(|p| p.ops_s)
                 };
-                let (s, p) = (ops(Protocol::Splitbft), ops(Protocol::Pbft));
-                let ratio = match (s, p) {
-                    (Some(s), Some(p)) if p > 0.0 => Some(s / p),
-                    _ => None,
-                };
-                out.push(Ratio { app, batching, clients, splitbft_ops_s: s, pbft_ops_s: p, splitbft_over_pbft: ratio });
+                let s = ops(Protocol::Splitbft, Storage::Memory);
+                let p = ops(Protocol::Pbft, Storage::Memory);
+                let d = ops(Protocol::Splitbft, Storage::Durable);
+                out.push(Ratio {
+                    app,
+                    batching,
+                    clients,
+                    splitbft_ops_s: s,
+                    pbft_ops_s: p,
+                    splitbft_over_pbft: quotient(s, p),
+                    splitbft_durable_ops_s: d,
+                    durable_over_memory: quotient(d, s),
+                });
             }
         }
     }
     out
+}
+
+/// `a / b` where both were measured and `b` is positive.
+fn quotient(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
 }
 
 /// The headline figures from the measured points.
@@ -460,30 +593,39 @@ pub fn headline(m: &Matrix, points: &[PointResult]) -> Headline {
     let all = ratios(m, points);
     let unbatched_clients =
         m.clients.iter().copied().filter(|&c| c <= m.unbatched_max_clients).max().unwrap_or(clients);
-    let ratio = |batching, clients| {
-        all.iter()
-            .find(|r| r.app == app && r.batching == batching && r.clients == clients)
-            .and_then(|r| r.splitbft_over_pbft)
-    };
-    let peak = |protocol| {
-        points.iter().filter(|p| p.protocol == protocol).filter_map(|p| p.ops_s).max_by(|a, b| a.total_cmp(b))
-    };
-    let p50 = |protocol| {
+    let at = |batching, clients| all.iter().find(|r| r.app == app && r.batching == batching && r.clients == clients);
+    let ratio = |batching, clients| at(batching, clients).and_then(|r| r.splitbft_over_pbft);
+    let max = |values: &mut dyn Iterator<Item = f64>| values.max_by(|a, b| a.total_cmp(b));
+    let peak = |series: Series| max(&mut points.iter().filter(|p| p.series() == series).filter_map(|p| p.ops_s));
+    let p50 = |series: Series| {
         points
             .iter()
-            .find(|p| p.protocol == protocol && p.app == app && p.clients == 1 && p.outstanding == 1)
+            .find(|p| p.series() == series && p.app == app && p.clients == 1 && p.outstanding == 1)
             .and_then(|p| p.p50_us)
     };
+    let batched_peak = |ops: fn(&Ratio) -> Option<f64>| {
+        max(&mut all.iter().filter(|r| r.app == app && r.batching == Batching::Batched).filter_map(ops))
+    };
+    let splitbft = Series { protocol: Protocol::Splitbft, storage: Storage::Memory };
+    let durable = Series { protocol: Protocol::Splitbft, storage: Storage::Durable };
+    let pbft = Series { protocol: Protocol::Pbft, storage: Storage::Memory };
     Headline {
         splitbft_over_pbft_batched: ratio(Batching::Batched, clients),
         splitbft_over_pbft_unbatched: ratio(Batching::Unbatched, unbatched_clients),
         unbatched_ratio_clients: unbatched_clients,
         ratio_app: app,
         ratio_clients: clients,
-        splitbft_peak_ops_s: peak(Protocol::Splitbft),
-        pbft_peak_ops_s: peak(Protocol::Pbft),
-        splitbft_p50_us_1client: p50(Protocol::Splitbft),
-        pbft_p50_us_1client: p50(Protocol::Pbft),
+        durable_over_memory_batched: at(Batching::Batched, clients).and_then(|r| r.durable_over_memory),
+        durable_over_memory_batched_peak: quotient(
+            batched_peak(|r| r.splitbft_durable_ops_s),
+            batched_peak(|r| r.splitbft_ops_s),
+        ),
+        splitbft_peak_ops_s: peak(splitbft),
+        splitbft_durable_peak_ops_s: peak(durable),
+        pbft_peak_ops_s: peak(pbft),
+        splitbft_p50_us_1client: p50(splitbft),
+        splitbft_durable_p50_us_1client: p50(durable),
+        pbft_p50_us_1client: p50(pbft),
     }
 }
 
@@ -590,15 +732,21 @@ async fn measure(m: &Matrix, spec: &PointSpec) -> anyhow::Result<PointResult> {
         Protocol::Splitbft => m.backend_kind,
         Protocol::Pbft => Backend::Inline,
     };
-    let cluster = LocalTcpCluster::start(
-        spec.protocol,
-        spec.app,
-        m.replicas,
-        spec.clients,
-        m.batch_size(spec.batching),
-        m.batch_timeout_ms,
+    let durable = spec.storage == Storage::Durable;
+    // Removed when the point ends, however it ends.
+    let data_dir = if durable { Some(TempDir::new()?) } else { None };
+    let cluster = LocalTcpCluster::start_spec(&ClusterSpec {
+        protocol: spec.protocol,
+        app: spec.app,
+        replicas: m.replicas,
+        clients: spec.clients,
+        batch: m.batch_size(spec.batching),
+        batch_timeout_ms: m.batch_timeout_ms,
         backend,
-    )
+        data_dir: data_dir.as_ref().map(|d| d.0.clone()),
+        confidential: true,
+        durable,
+    })
     .await?;
     let workload = Workload {
         clients: spec.clients,
@@ -628,10 +776,26 @@ async fn measure(m: &Matrix, spec: &PointSpec) -> anyhow::Result<PointResult> {
         avg_batch: Some(average_batch(&reports)),
         retransmissions: Some(o.retransmissions),
         view_changes: reports.iter().map(|r| r.broker_counter(Counter::ViewsEntered)).max(),
+        fsyncs_per_batch: durable.then(|| crate::demo::fsyncs_per_batch(&reports)),
         skipped: None,
         failed: false,
         ..PointResult::unmeasured(m, spec, String::new(), false)
     })
+}
+
+/// A fresh data directory for one durable point, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> anyhow::Result<TempDir> {
+        crate::demo::fresh_run_dir().map(TempDir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Runs one point: skipped with the reason if its application cannot be built, recorded as
@@ -677,8 +841,8 @@ pub fn write_csv(path: &Path, points: &[PointResult]) -> anyhow::Result<()> {
 /// One line per point, as it finishes.
 fn point_line(i: usize, n: usize, p: &PointResult) -> String {
     let config = format!(
-        "[{i:>2}/{n}] {:<8} {:<6} {:<9} {:>3}x{:<2}",
-        p.protocol.name(),
+        "[{i:>2}/{n}] {:<16} {:<6} {:<9} {:>3}x{:<2}",
+        p.series().name(),
         p.app.name(),
         p.batching.name(),
         p.clients,
@@ -687,12 +851,13 @@ fn point_line(i: usize, n: usize, p: &PointResult) -> String {
     match (&p.skipped, p.ops_s) {
         (Some(reason), _) => format!("{config}  skipped: {reason}"),
         (None, Some(ops)) => format!(
-            "{config}  {ops:>9.0} ops/s  p50 {:>9.3} ms  p99 {:>9.3} ms  batch {:>5.1}  errors {}  views {}",
+            "{config}  {ops:>9.0} ops/s  p50 {:>9.3} ms  p99 {:>9.3} ms  batch {:>5.1}  errors {}  views {}{}",
             p.p50_us.unwrap_or(0) as f64 / 1000.0,
             p.p99_us.unwrap_or(0) as f64 / 1000.0,
             p.avg_batch.unwrap_or(0.0),
             p.errors.unwrap_or(0),
             p.view_changes.unwrap_or(0),
+            p.fsyncs_per_batch.map_or_else(String::new, |f| format!("  fsyncs/batch {f:.2}")),
         ),
         (None, None) => config,
     }
@@ -711,24 +876,29 @@ pub fn print_table(s: &Summary) {
     for (i, p) in s.points.iter().enumerate() {
         println!("{}", point_line(i + 1, n, p));
     }
-    println!("splitbft / pbft throughput:");
+    let fmt = |v: Option<f64>, d: usize| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.d$}"));
+    println!("splitbft / pbft (both in memory) and splitbft durable / in memory:");
     for r in &s.ratios {
-        let fmt = |v: Option<f64>, d: usize| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.d$}"));
         println!(
-            "  {:<6} {:<9} {:>3} clients  {:>9} / {:>9} ops/s = {}",
+            "  {:<6} {:<9} {:>3} clients  {:>9} / {:>9} ops/s = {:>4}   {:>9} / {:>9} ops/s = {:>4}",
             r.app.name(),
             r.batching.name(),
             r.clients,
             fmt(r.splitbft_ops_s, 0),
             fmt(r.pbft_ops_s, 0),
-            fmt(r.splitbft_over_pbft, 2)
+            fmt(r.splitbft_over_pbft, 2),
+            fmt(r.splitbft_durable_ops_s, 0),
+            fmt(r.splitbft_ops_s, 0),
+            fmt(r.durable_over_memory, 2),
         );
     }
     let h = &s.headline;
+    println!("batched peaks: splitbft durable / in memory = {}", fmt(h.durable_over_memory_batched_peak, 2));
     let us = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v} µs"));
     println!(
-        "1 client x 1 request p50: splitbft {}, pbft {}",
+        "1 client x 1 request p50: splitbft {}, splitbft durable {}, pbft {}",
         us(h.splitbft_p50_us_1client),
+        us(h.splitbft_durable_p50_us_1client),
         us(h.pbft_p50_us_1client)
     );
 }
@@ -810,18 +980,25 @@ mod tests {
         assert_eq!(m.clients, vec![10, 50]);
         assert_eq!(m.batching, vec![Batching::Unbatched, Batching::Batched]);
         let points = m.points();
-        // 2 latency points + 2 modes x 2 client counts x 2 protocols.
-        assert_eq!(points.len(), 10);
-        assert!(points[..2].iter().all(|p| p.latency_point && p.clients == 1 && p.outstanding == 1));
-        assert_eq!(points[0].protocol, Protocol::Splitbft);
-        assert_eq!(points[1].protocol, Protocol::Pbft);
-        // Interleaved: every configuration runs splitbft then pbft back to back.
-        for pair in points[2..].chunks(2) {
-            assert_eq!((pair[0].protocol, pair[1].protocol), (Protocol::Splitbft, Protocol::Pbft));
-            assert_eq!((pair[0].clients, pair[0].batching), (pair[1].clients, pair[1].batching));
+        // 3 latency points + 2 modes x 2 client counts x 3 lines (SplitBFT in memory and
+        // durable, PBFT in memory), less durable's unbatched points.
+        assert_eq!(points.len(), 13);
+        assert!(points[..3].iter().all(|p| p.latency_point && p.clients == 1 && p.outstanding == 1));
+        let lines: Vec<&str> =
+            points[..3].iter().map(|p| Series { protocol: p.protocol, storage: p.storage }.name()).collect();
+        assert_eq!(lines, ["splitbft", "splitbft-durable", "pbft"]);
+        let unbatched: Vec<&PointSpec> = points[3..].iter().filter(|p| p.batching == Batching::Unbatched).collect();
+        assert_eq!(unbatched.len(), 4);
+        assert!(unbatched.iter().all(|p| p.storage == Storage::Memory));
+        // Interleaved: every batched configuration runs the three lines back to back.
+        for triple in points[7..].chunks(3) {
+            let names: Vec<&str> =
+                triple.iter().map(|p| Series { protocol: p.protocol, storage: p.storage }.name()).collect();
+            assert_eq!(names, ["splitbft", "splitbft-durable", "pbft"]);
+            assert!(triple.iter().all(|p| (p.clients, p.batching) == (triple[0].clients, triple[0].batching)));
         }
         // Well under the two minutes the issue allows, even with every warm-up at its cap.
-        assert!(m.max_seconds() < 60.0, "{}", m.max_seconds());
+        assert!(m.max_seconds() < 90.0, "{}", m.max_seconds());
         assert_eq!(m.headline_clients(), 50);
     }
 
@@ -833,8 +1010,14 @@ mod tests {
         assert_eq!(m.outstanding, 40);
         assert_eq!(m.batch_size(Batching::Batched), 200);
         assert_eq!(m.batch_size(Batching::Unbatched), 1);
-        // Unbatched stops at 50 clients by default: 4 of the 6 client counts.
-        assert_eq!(m.points().len(), 2 + 2 * (6 + 4) * 2);
+        // Unbatched stops at 50 clients by default: 4 of the 6 client counts; three lines
+        // batched, two unbatched.
+        assert_eq!(m.points().len(), 3 + 2 * (6 * 3 + 4 * 2));
+        // Durable unbatched runs when --storage names it.
+        let named = Matrix::from_args(&BenchArgs { storage: Some(vec![Storage::Durable, Storage::Memory]), ..args() })
+            .expect("valid");
+        assert_eq!(named.storage, vec![Storage::Durable, Storage::Memory]);
+        assert_eq!(named.points().len(), 3 + 2 * (6 + 4) * 3);
         assert!(m.points().iter().all(|p| p.batching == Batching::Batched || p.clients <= 50));
         // Named client counts run as named.
         let explicit = Matrix::from_args(&BenchArgs { clients: Some(vec![100]), ..args() }).expect("valid");
@@ -871,6 +1054,10 @@ mod tests {
         assert!(err(BenchArgs { replicas: 5, ..args() }).contains("--replicas"));
         assert!(err(BenchArgs { batch: 1, ..args() }).contains("--batch"));
         assert!(err(BenchArgs { backend: Backend::Thread, ..args() }).contains("--backend"));
+        assert!(err(BenchArgs { storage: Some(vec![]), ..args() }).contains("--storage"));
+        let pbft_on_disk =
+            BenchArgs { protocols: Some(vec![Protocol::Pbft]), storage: Some(vec![Storage::Durable]), ..args() };
+        assert!(err(pbft_on_disk).contains("--storage"));
         assert!(
             Matrix::from_args(&BenchArgs {
                 backend: Backend::Thread,
@@ -888,14 +1075,22 @@ mod tests {
         let mut points: Vec<PointResult> = specs
             .iter()
             .map(|s| {
+                let durable = s.storage == Storage::Durable;
                 let ops = match (s.protocol, s.batching, s.latency_point) {
                     (_, _, true) => 900.0,
+                    // Durable peaks at 10 clients, in memory at 50.
+                    (Protocol::Splitbft, Batching::Batched, _) if durable => 24_000.0 - s.clients as f64,
                     (Protocol::Splitbft, Batching::Batched, _) => 30_000.0 + s.clients as f64,
                     (Protocol::Pbft, Batching::Batched, _) => 40_000.0,
+                    (Protocol::Splitbft, Batching::Unbatched, _) if durable => 500.0,
                     (Protocol::Splitbft, Batching::Unbatched, _) => 1_000.0,
                     (Protocol::Pbft, Batching::Unbatched, _) => 1_250.0,
                 };
-                let p50 = if s.protocol == Protocol::Splitbft { 880 } else { 820 };
+                let p50 = match (s.protocol, durable) {
+                    (Protocol::Splitbft, false) => 880,
+                    (Protocol::Splitbft, true) => 2_500,
+                    (Protocol::Pbft, _) => 820,
+                };
                 measured(&m, s, ops, p50)
             })
             .collect();
@@ -906,6 +1101,11 @@ mod tests {
         assert_eq!(h.splitbft_peak_ops_s, Some(30_050.0));
         assert_eq!(h.pbft_peak_ops_s, Some(40_000.0));
         assert_eq!((h.splitbft_p50_us_1client, h.pbft_p50_us_1client), (Some(880), Some(820)));
+        assert_eq!(h.splitbft_durable_p50_us_1client, Some(2_500));
+        // Durable against in memory: at the headline's 50 clients, and peak against peak.
+        assert_eq!(h.durable_over_memory_batched, Some(23_950.0 / 30_050.0));
+        assert_eq!(h.durable_over_memory_batched_peak, Some(23_990.0 / 30_050.0));
+        assert_eq!(h.splitbft_durable_peak_ops_s, Some(23_990.0));
         assert_eq!(ratios(&m, &points).len(), 4);
 
         // A skipped PBFT point leaves its ratio empty rather than dividing by nothing.
@@ -913,6 +1113,7 @@ mod tests {
             .iter()
             .position(|p| p.protocol == Protocol::Pbft && p.batching == Batching::Unbatched && p.clients == 50)
             .expect("present");
+        assert_eq!(specs[i].storage, Storage::Memory);
         points[i] = PointResult::unmeasured(&m, &specs[i], "ledger app unavailable".into(), false);
         let h = headline(&m, &points);
         assert_eq!(h.splitbft_over_pbft_unbatched, None);

@@ -414,10 +414,12 @@ fn write_verifier_files(
     Ok(())
 }
 
-/// A fresh directory under the system temporary directory for one demo run.
-fn fresh_run_dir() -> anyhow::Result<PathBuf> {
+/// A fresh directory under the system temporary directory for one demo or bench run.
+pub(crate) fn fresh_run_dir() -> anyhow::Result<PathBuf> {
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
-    let dir = std::env::temp_dir().join(format!("splitbft-demo-{}-{stamp}", std::process::id()));
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("splitbft-demo-{}-{stamp}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
 }
@@ -576,12 +578,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         durable,
         state_commits,
         state_rounds: reports.iter().map(|r| r.broker_counter(Counter::StateRoundsCommitted)).sum(),
-        fsyncs_per_batch: state_commits as f64
-            / reports.iter().map(|r| r.broker_counter(Counter::BatchesOrdered)).sum::<u64>().max(1) as f64,
+        fsyncs_per_batch: fsyncs_per_batch(&reports),
         ledger_blocks_written,
         ledger_common_blocks,
         ledger_head,
     })
+}
+
+/// Log `fdatasync`s per batch ordered, over every replica.
+pub(crate) fn fsyncs_per_batch(reports: &[NodeReport]) -> f64 {
+    let commits: u64 = reports.iter().map(|r| r.broker_counter(Counter::StateCommits)).sum();
+    commits as f64 / reports.iter().map(|r| r.broker_counter(Counter::BatchesOrdered)).sum::<u64>().max(1) as f64
 }
 
 /// Counter names that record refused hostile or broken input — not the stale or duplicate

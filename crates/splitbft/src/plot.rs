@@ -11,7 +11,7 @@ use plotters::prelude::*;
 use plotters::style::FontStyle;
 
 use crate::AppKind;
-use crate::bench::{Batching, Matrix, PointResult, ratios};
+use crate::bench::{Batching, Matrix, PointResult, Series, Storage, ratios};
 use crate::demo::Protocol;
 
 /// DejaVu Sans (Bitstream Vera licence, `assets/DejaVuSans-LICENSE.txt`).
@@ -32,19 +32,21 @@ fn register_font() -> anyhow::Result<()> {
     result
 }
 
-/// Where a point's label goes relative to it: SplitBFT's above, PBFT's below, so close
-/// values of the two protocols stay readable.
-fn label_offset(protocol: Protocol) -> (i32, i32) {
-    match protocol {
-        Protocol::Splitbft => (6, -18),
-        Protocol::Pbft => (6, 6),
+/// Where a point's label goes relative to it: SplitBFT's above, PBFT's below, durable
+/// SplitBFT's to the left, so close values of the lines stay readable.
+fn label_offset(series: Series) -> (i32, i32) {
+    match (series.protocol, series.storage) {
+        (Protocol::Splitbft, Storage::Memory) => (6, -18),
+        (Protocol::Splitbft, Storage::Durable) => (-48, -18),
+        (Protocol::Pbft, _) => (6, 6),
     }
 }
 
-fn colour(protocol: Protocol) -> RGBColor {
-    match protocol {
-        Protocol::Splitbft => RGBColor(0xd6, 0x27, 0x28),
-        Protocol::Pbft => RGBColor(0x1f, 0x77, 0xb4),
+fn colour(series: Series) -> RGBColor {
+    match (series.protocol, series.storage) {
+        (Protocol::Splitbft, Storage::Memory) => RGBColor(0xd6, 0x27, 0x28),
+        (Protocol::Splitbft, Storage::Durable) => RGBColor(0xff, 0x7f, 0x0e),
+        (Protocol::Pbft, _) => RGBColor(0x1f, 0x77, 0xb4),
     }
 }
 
@@ -53,18 +55,12 @@ fn si(v: f64) -> String {
     if v.abs() >= 1000.0 { format!("{:.1}k", v / 1000.0) } else { format!("{v:.0}") }
 }
 
-/// The rows of one panel: one protocol's measured matrix points, by clients.
-fn series(
-    m: &Matrix,
-    points: &[PointResult],
-    app: AppKind,
-    batching: Batching,
-    protocol: Protocol,
-) -> Vec<PointResult> {
+/// The rows of one panel: one line's measured matrix points, by clients.
+fn series(m: &Matrix, points: &[PointResult], app: AppKind, batching: Batching, line: Series) -> Vec<PointResult> {
     let mut rows: Vec<PointResult> = points
         .iter()
         .filter(|p| {
-            p.protocol == protocol
+            p.series() == line
                 && p.app == app
                 && p.batching == batching
                 && p.outstanding == m.outstanding
@@ -79,7 +75,7 @@ fn series(
 
 /// Draws every figure into `dir` and returns their paths: per application,
 /// `throughput_vs_clients_<app>.png` and `latency_vs_throughput_<app>.png`, each with one
-/// panel per batching mode and one line per protocol.
+/// panel per batching mode and one line per protocol and storage.
 pub fn draw(dir: &Path, m: &Matrix, points: &[PointResult], started_utc: &str) -> anyhow::Result<Vec<PathBuf>> {
     register_font()?;
     let mut written = Vec::new();
@@ -134,21 +130,26 @@ fn draw_figure(
     let panels = body.split_evenly((1, m.batching.len()));
     let all_ratios = ratios(m, points);
     for (panel, &batching) in panels.iter().zip(&m.batching) {
-        let top_ratio = all_ratios
-            .iter()
-            .filter(|r| r.app == app && r.batching == batching)
-            .filter_map(|r| r.splitbft_over_pbft.map(|x| (r.clients, x)))
-            .next_back();
+        let last = |ratio: fn(&crate::bench::Ratio) -> Option<f64>| {
+            all_ratios
+                .iter()
+                .filter(|r| r.app == app && r.batching == batching)
+                .filter_map(|r| ratio(r).map(|x| (r.clients, x)))
+                .next_back()
+        };
         let mode = match batching {
             Batching::Unbatched => "unbatched (B = 1)".to_owned(),
             Batching::Batched => format!("batched (B = {}, {} ms)", m.batch, m.batch_timeout_ms),
         };
-        let caption = match top_ratio {
-            Some((clients, r)) => format!("{mode}: splitbft/pbft = {r:.2} at {clients} clients"),
-            None => mode,
-        };
-        let data: Vec<(Protocol, Vec<PointResult>)> =
-            m.protocols.iter().map(|&p| (p, series(m, points, app, batching, p))).collect();
+        let mut caption = mode;
+        if let Some((clients, r)) = last(|r| r.splitbft_over_pbft) {
+            caption.push_str(&format!(" — {clients} clients: splitbft/pbft {r:.2}"));
+        }
+        if let Some((clients, r)) = last(|r| r.durable_over_memory) {
+            caption.push_str(&format!(", durable/memory {r:.2} ({clients})"));
+        }
+        let data: Vec<(Series, Vec<PointResult>)> =
+            m.series().into_iter().map(|line| (line, series(m, points, app, batching, line))).collect();
         if data.iter().all(|(_, rows)| rows.is_empty()) {
             let reason = points
                 .iter()
@@ -191,13 +192,13 @@ fn throughput_panel(
     panel: &DrawingArea<BitMapBackend<'_>, Shift>,
     caption: &str,
     m: &Matrix,
-    data: &[(Protocol, Vec<PointResult>)],
+    data: &[(Series, Vec<PointResult>)],
 ) -> anyhow::Result<()> {
     let rows = || data.iter().flat_map(|(_, r)| r.iter());
     let x_max = rows().map(|p| p.clients).max().unwrap_or(1) as f64;
     let y_max = rows().filter_map(|p| p.ops_s).fold(0.0, f64::max).max(1.0);
     let mut chart = ChartBuilder::on(panel)
-        .caption(caption, (FAMILY, 20))
+        .caption(caption, (FAMILY, 16))
         .margin(14)
         .x_label_area_size(48)
         .y_label_area_size(72)
@@ -212,17 +213,17 @@ fn throughput_panel(
         .label_style((FAMILY, 14))
         .axis_desc_style((FAMILY, 16))
         .draw()?;
-    for (protocol, rows) in data {
-        let style = colour(*protocol).stroke_width(3);
+    for (line, rows) in data {
+        let style = colour(*line).stroke_width(3);
         let xy: Vec<(f64, f64)> = rows.iter().map(|p| (p.clients as f64, p.ops_s.unwrap_or(0.0))).collect();
         chart
             .draw_series(LineSeries::new(xy.clone(), style))?
-            .label(protocol.name())
+            .label(line.name())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], style));
         chart.draw_series(xy.iter().map(|&(x, y)| {
             EmptyElement::at((x, y))
-                + Circle::new((0, 0), 5, colour(*protocol).filled())
-                + Text::new(si(y), label_offset(*protocol), (FAMILY, 12).into_font())
+                + Circle::new((0, 0), 5, colour(*line).filled())
+                + Text::new(si(y), label_offset(*line), (FAMILY, 12).into_font())
         }))?;
     }
     legend(&mut chart)
@@ -231,13 +232,13 @@ fn throughput_panel(
 fn latency_panel(
     panel: &DrawingArea<BitMapBackend<'_>, Shift>,
     caption: &str,
-    data: &[(Protocol, Vec<PointResult>)],
+    data: &[(Series, Vec<PointResult>)],
 ) -> anyhow::Result<()> {
     let rows = || data.iter().flat_map(|(_, r)| r.iter()).filter(|p| p.p50_us.is_some());
     let x_max = rows().filter_map(|p| p.ops_s).fold(0.0, f64::max).max(1.0);
     let y_max = rows().filter_map(|p| p.p50_us).max().unwrap_or(1) as f64 / 1000.0;
     let mut chart = ChartBuilder::on(panel)
-        .caption(caption, (FAMILY, 20))
+        .caption(caption, (FAMILY, 16))
         .margin(14)
         .x_label_area_size(48)
         .y_label_area_size(72)
@@ -252,18 +253,18 @@ fn latency_panel(
         .label_style((FAMILY, 14))
         .axis_desc_style((FAMILY, 16))
         .draw()?;
-    for (protocol, rows) in data {
-        let style = colour(*protocol).stroke_width(3);
+    for (line, rows) in data {
+        let style = colour(*line).stroke_width(3);
         let pts: Vec<(f64, f64, usize)> =
             rows.iter().filter_map(|p| Some((p.ops_s?, p.p50_us? as f64 / 1000.0, p.clients))).collect();
         chart
             .draw_series(LineSeries::new(pts.iter().map(|&(x, y, _)| (x, y)), style))?
-            .label(protocol.name())
+            .label(line.name())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], style));
         chart.draw_series(pts.iter().map(|&(x, y, clients)| {
             EmptyElement::at((x, y))
-                + Circle::new((0, 0), 5, colour(*protocol).filled())
-                + Text::new(clients.to_string(), label_offset(*protocol), (FAMILY, 12).into_font())
+                + Circle::new((0, 0), 5, colour(*line).filled())
+                + Text::new(clients.to_string(), label_offset(*line), (FAMILY, 12).into_font())
         }))?;
     }
     legend(&mut chart)
