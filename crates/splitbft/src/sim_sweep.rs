@@ -20,10 +20,11 @@ pub struct SimArgs {
     /// First seed (seeds S, S+1, ...); replay one run with --seed S --seeds 1.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Only these scenarios, comma-separated (default: every scenario, `Scenario::DEFAULT`).
+    /// Only these scenarios, comma-separated (default: every scenario but `power-failure`,
+    /// `Scenario::DEFAULT`).
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<Scenario>,
-    /// Every scenario, including `random` and the named attacks.
+    /// Every scenario, including `random`, the named attacks and `power-failure`.
     #[arg(long)]
     all_scenarios: bool,
     /// Only this trust model: splitbft or pbft (default: both).
