@@ -618,3 +618,53 @@ impl LocalCluster {
         self.execute(packet.to, actions);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(kind: RecordKind, index: u64) -> SealedState {
+        SealedState { kind, epoch: 1, index, sealed: vec![index as u8] }
+    }
+
+    /// SPEC §10: the simulated disk gives back what `Wal::open` would — per compartment the
+    /// latest image and the deltas after it, the counter past the last durable record, the
+    /// logged batches above the stable checkpoint — and with the batch log off, no batch.
+    #[test]
+    fn the_disk_keeps_the_latest_image_its_deltas_and_batches_above_the_stable_checkpoint() {
+        let (p, c) = (CompartmentKind::Preparation, CompartmentKind::Confirmation);
+        let mut disk = SimDisk::default();
+        let round = |records: Vec<(CompartmentKind, SealedState)>, batches: Vec<(Seq, Bytes)>, low: Seq| Round {
+            records,
+            batches,
+            low,
+            ..Round::default()
+        };
+        // A delta before any image is no state to restore.
+        disk.commit(&round(vec![(c, record(RecordKind::Delta, 0))], vec![], 0), true);
+        assert!(disk.records(c).is_empty());
+        disk.commit(
+            &round(
+                vec![(p, record(RecordKind::Image, 0)), (p, record(RecordKind::Delta, 1))],
+                vec![(1, Bytes::from_static(b"one")), (2, Bytes::from_static(b"two"))],
+                0,
+            ),
+            true,
+        );
+        disk.commit(
+            &round(vec![(p, record(RecordKind::Image, 2)), (p, record(RecordKind::Delta, 3))], vec![], 1),
+            true,
+        );
+        let indices: Vec<u64> = disk.records(p).iter().map(|r| r.index).collect();
+        assert_eq!(indices, [2, 3], "an image compacts what came before it");
+        let start = disk.start();
+        assert_eq!(start[p.index()].counter, 4, "the counter is past the last durable record");
+        assert_eq!(start[c.index()].counter, 1);
+        let kept: Vec<Seq> = disk.batches().map(|(s, _)| *s).collect();
+        assert_eq!(kept, [2], "batch 1 is at the stable checkpoint");
+
+        let mut off = SimDisk::default();
+        off.commit(&round(vec![], vec![(5, Bytes::from_static(b"five"))], 0), false);
+        assert_eq!(off.batches().count(), 0, "the simulator-only switch keeps no batch frame");
+    }
+}
