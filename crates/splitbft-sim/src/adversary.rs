@@ -18,6 +18,7 @@ use splitbft_types::{ClientId, CompartmentKind, ProtocolConfig, ReplicaId, View}
 use crate::Scenario;
 use crate::byzantine::Strategy;
 use crate::byzantine_client::ClientStrategy;
+use crate::power::PowerFailure;
 use crate::restart::{self, Restart};
 
 /// What a hostile environment (the untrusted broker of one host) does beyond relaying.
@@ -64,6 +65,9 @@ pub struct Draw {
     pub client: Option<ClientStrategy>,
     /// Correct enclaves their hosts restart (each counts against `f` of its kind).
     pub restarts: Vec<Restart>,
+    /// Every replica loses power at once and restarts from its own disk (`power.rs`;
+    /// nothing is lost, so it does not count against `f`).
+    pub power_failure: Option<PowerFailure>,
 }
 
 impl Draw {
@@ -125,7 +129,14 @@ impl Draw {
             _ => (vec![], vec![]),
         };
         let network = Scenario::Normal;
-        Draw { faulty, hosts: hosts.into_iter().collect(), network, client: None, restarts: Vec::new() }
+        Draw {
+            faulty,
+            hosts: hosts.into_iter().collect(),
+            network,
+            client: None,
+            restarts: Vec::new(),
+            power_failure: None,
+        }
     }
 
     /// A random draw: up to `f` faulty enclaves of each kind anywhere, a strategy each,
@@ -166,7 +177,7 @@ impl Draw {
         }
         let networks = [Scenario::Normal, Scenario::Lossy, Scenario::Partition, Scenario::CrashRestart];
         let network = networks[rng.random_range(0..networks.len())];
-        Draw { faulty, hosts, network, client: None, restarts: Vec::new() }
+        Draw { faulty, hosts, network, client: None, restarts: Vec::new(), power_failure: None }
     }
 
     /// Restarts of correct Preparation and Confirmation enclaves by their hosts, within what
@@ -237,6 +248,9 @@ impl fmt::Display for Draw {
         if !self.restarts.is_empty() {
             let restarts: Vec<String> = self.restarts.iter().map(|r| r.to_string()).collect();
             write!(f, " restarts [{}]", restarts.join(", "))?;
+        }
+        if let Some(power_failure) = &self.power_failure {
+            write!(f, " {power_failure}")?;
         }
         match self.client {
             Some(c) => write!(f, " byzantine client {}", c.name()),

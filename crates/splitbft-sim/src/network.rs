@@ -143,6 +143,15 @@ impl Network {
         self.queue.remove(&key)
     }
 
+    /// Every replica lost power (`power.rs`): whatever is in flight is lost — frames
+    /// between brokers, requests to replicas, replies to clients (their connections broke
+    /// with the processes) — and the restarted replicas are all up and connected.
+    pub fn power_failure(&mut self) {
+        self.queue.clear();
+        self.reconnecting.clear();
+        self.crashed = None;
+    }
+
     /// Injects the scenario's crashes, restarts and partitions; heals everything once the
     /// fault phase is over.
     pub fn faults(&mut self, now: u64, cluster: &mut LocalCluster, rng: &mut ChaCha8Rng) {

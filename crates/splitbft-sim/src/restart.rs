@@ -43,10 +43,11 @@ use splitbft_types::durable::{RecordKind, SealedState};
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::{CompartmentKind, ReplicaId};
 
-/// What keeps a restarted enclave from equivocating (SPEC §10), as the simulator models it.
+/// What keeps a restarted enclave from equivocating, and a restarted cluster from
+/// stalling (SPEC §10), as the simulator models it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Guard {
-    /// The recovery fence and a counter advanced past every durable record.
+    /// The recovery fence, a counter advanced past every durable record, and the batch log.
     Full,
     /// No fence: a fresh enclave starts unfenced, and the counter believes whatever the
     /// host hands back.
@@ -54,6 +55,10 @@ pub enum Guard {
     /// The fence, with the counter of the previous design: advanced at images only, so
     /// deltas cut off the end of the latest image's epoch go unnoticed.
     CounterAtImages,
+    /// No batch log: the brokers of a durable cluster (`power.rs`) keep no batch frames on
+    /// disk, as before the fix of the whole-cluster restart stall, so after a power
+    /// failure a batch re-proposed by digest may be held by nobody.
+    NoBatchLog,
 }
 
 /// How a restarted enclave comes back.
@@ -230,7 +235,7 @@ impl Restarts {
         // Fence off: a counter that believes the host (whatever it hands back is "fresh"),
         // and a fresh start that does not know it had an earlier life.
         let counter = match (self.guard, handed.last()) {
-            (Guard::Full, _) => counter,
+            (Guard::Full | Guard::NoBatchLog, _) => counter,
             (Guard::CounterAtImages, _) => images.last().map_or(0, |i| records[*i].index + 1),
             (Guard::NoFence, Some(last)) => last.index + 1,
             (Guard::NoFence, None) => 0,

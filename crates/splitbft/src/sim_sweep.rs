@@ -20,10 +20,11 @@ pub struct SimArgs {
     /// First seed (seeds S, S+1, ...); replay one run with --seed S --seeds 1.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Only these scenarios, comma-separated (default: every scenario, `Scenario::DEFAULT`).
+    /// Only these scenarios, comma-separated (default: every scenario but `power-failure`,
+    /// `Scenario::DEFAULT`).
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<Scenario>,
-    /// Every scenario, including `random` and the named attacks.
+    /// Every scenario, including `random`, the named attacks and `power-failure`.
     #[arg(long)]
     all_scenarios: bool,
     /// Only this trust model: splitbft or pbft (default: both).
@@ -54,6 +55,12 @@ pub struct SimArgs {
     /// (restarts with deltas cut off their end); expect equivocations.
     #[arg(long, hide = true, conflicts_with = "no_fence")]
     counter_at_images: bool,
+    /// Simulator only: durable replicas keep no batch frames on disk (the design before
+    /// the batch log), to show what the log prevents (`power-failure`: after a
+    /// whole-cluster restart a batch re-proposed by digest is held by nobody); expect
+    /// liveness failures.
+    #[arg(long, hide = true, conflicts_with_all = ["no_fence", "counter_at_images"])]
+    no_batch_log: bool,
     /// Internal: run the seeds in this process and print one JSON line per seed.
     #[arg(long, hide = true)]
     worker: bool,
@@ -74,10 +81,21 @@ struct SeedLine {
 
 /// The rollback guards a sweep runs under (SPEC §10; weaker ones are simulator-only).
 fn guard(args: &SimArgs) -> Guard {
-    match (args.no_fence, args.counter_at_images) {
-        (true, _) => Guard::NoFence,
-        (false, true) => Guard::CounterAtImages,
-        (false, false) => Guard::Full,
+    match (args.no_fence, args.counter_at_images, args.no_batch_log) {
+        (true, _, _) => Guard::NoFence,
+        (false, true, _) => Guard::CounterAtImages,
+        (false, false, true) => Guard::NoBatchLog,
+        (false, false, false) => Guard::Full,
+    }
+}
+
+/// The hidden switch that selects `guard` (none for the full guards).
+fn guard_flag(guard: Guard) -> Option<&'static str> {
+    match guard {
+        Guard::Full => None,
+        Guard::NoFence => Some("--no-fence"),
+        Guard::CounterAtImages => Some("--counter-at-images"),
+        Guard::NoBatchLog => Some("--no-batch-log"),
     }
 }
 
@@ -144,7 +162,7 @@ pub fn sim(args: SimArgs) -> anyhow::Result<()> {
                             .cloned()
                             .unwrap_or_default();
                         eprintln!(
-                            "{} {} n={n} seed {}{}: {what}\n  draw: {}\n  replay: splitbft sim --protocol {} --scenario {} --replicas {n} --seed {} --seeds 1",
+                            "{} {} n={n} seed {}{}: {what}\n  draw: {}\n  replay: splitbft sim --protocol {} --scenario {} --replicas {n} --seed {} --seeds 1{}",
                             protocol.name(),
                             scenario.name(),
                             line.seed,
@@ -152,7 +170,8 @@ pub fn sim(args: SimArgs) -> anyhow::Result<()> {
                             line.draw,
                             protocol.name(),
                             scenario.name(),
-                            line.seed
+                            line.seed,
+                            guard_flag(guard(&args)).map(|f| format!(" {f}")).unwrap_or_default()
                         );
                     }
                 }
@@ -243,11 +262,7 @@ impl Sweep {
                 .args(["sim", "--worker", "--scenario", self.scenario.name(), "--protocol", self.protocol.name()])
                 .args(["--replicas", &self.n.to_string(), "--seed", &next.to_string()])
                 .args(["--seeds", &(self.end - next).to_string(), "--stride", &self.stride.to_string()])
-                .args(match self.guard {
-                    Guard::Full => &[][..],
-                    Guard::NoFence => &["--no-fence"][..],
-                    Guard::CounterAtImages => &["--counter-at-images"][..],
-                })
+                .args(guard_flag(self.guard))
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
