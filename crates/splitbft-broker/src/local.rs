@@ -234,7 +234,7 @@ impl LocalCluster {
             for i in 0..cluster.protocol.n() {
                 let (node, replay) = cluster.node_from_disk(ReplicaId(i as u32));
                 cluster.nodes.push(node);
-                assert!(replay.is_empty(), "an empty disk replays nothing");
+                assert!(replay.iter().all(Vec::is_empty), "an empty disk replays nothing");
             }
         } else {
             cluster.nodes = (0..cluster.protocol.n()).map(|i| cluster.fresh_node(ReplicaId(i as u32))).collect();
@@ -261,9 +261,9 @@ impl LocalCluster {
     /// (`node.rs`: `open_durable`, then `start_driver`): each compartment restored from its
     /// own records by [`start_replica_durable`] (fresh on an empty disk), and the broker's
     /// batch cache refilled from the logged frames, each checked like a peer's
-    /// ([`BrokerCore::restore_batch`]). Returns Execution's local replay for the caller to
+    /// ([`BrokerCore::restore_batch`]). Returns what each restore said (views, a pending ViewChange, Execution's replay) for the caller to
     /// route. Honest storage: a refused state is a bug in the model, not a finding.
-    fn node_from_disk(&mut self, me: ReplicaId) -> (LocalNode, Vec<Bytes>) {
+    fn node_from_disk(&mut self, me: ReplicaId) -> (LocalNode, [Vec<Bytes>; 3]) {
         let keys = self.keys(me);
         let sink: OutputSink = Arc::new(|_, _| unreachable!("inline enclaves answer synchronously"));
         let durable = &mut self.durable[me.0 as usize];
@@ -313,14 +313,11 @@ impl LocalCluster {
         let nonce_seed = (u64::from(replica.0) << 32) ^ durable.starts;
         let mut actions = Vec::new();
         let now = self.now_us;
-        if !replay.is_empty() {
-            self.show(replica, CompartmentKind::Execution, &replay);
-            self.nodes[replica.0 as usize].core.on_enclave_outputs(
-                CompartmentKind::Execution,
-                replay,
-                now,
-                &mut actions,
-            );
+        for (kind, outputs) in CompartmentKind::ALL.into_iter().zip(replay) {
+            if !outputs.is_empty() {
+                self.show(replica, kind, &outputs);
+                self.nodes[replica.0 as usize].core.on_enclave_outputs(kind, outputs, now, &mut actions);
+            }
         }
         self.nodes[replica.0 as usize].core.begin_recovery(nonce_seed, &mut actions);
         self.execute(replica, actions);

@@ -315,7 +315,7 @@ pub async fn spawn_node(
         let (enclaves, durable, replay) = open_durable(&config, dir, secrets, app, sink)?;
         (enclaves, Some(durable), replay)
     } else {
-        (start_replica(&config.protocol, config.me, secrets, app, config.backend, sink)?, None, Vec::new())
+        (start_replica(&config.protocol, config.me, secrets, app, config.backend, sink)?, None, Default::default())
     };
     start_driver(config, listener, enclaves, durable, replay, out_rx)
 }
@@ -348,10 +348,11 @@ pub async fn spawn_node_processes(
     let notice: splitbft_enclave::process::RestartNotice = Arc::new(move |kind, report| {
         let _ = restart_tx.send(FromEnclave::Restarted(kind, report));
     });
-    // Execution's local replay, if any, is the first crossing out of its process.
+    // What each restore says (Execution's local replay, the views resumed) is the first
+    // crossing out of its process.
     let mut enclaves = start_processes(&launcher, sink, notice, starts)?;
     wait_until_answering(&mut enclaves).await;
-    start_driver(config, listener, enclaves, durable, Vec::new(), out_rx)
+    start_driver(config, listener, enclaves, durable, Default::default(), out_rx)
 }
 
 /// How long [`spawn_node_processes`] waits for its compartment processes to answer.
@@ -414,7 +415,7 @@ fn start_driver(
     listener: TcpListener,
     enclaves: [Box<dyn EnclaveHandle>; 3],
     durable: Option<Durable>,
-    replay: Vec<Bytes>,
+    replay: [Vec<Bytes>; 3],
     out_rx: mpsc::UnboundedReceiver<FromEnclave>,
 ) -> Result<NodeHandle, NodeError> {
     let ledger = match &config.data_dir {
@@ -509,11 +510,15 @@ fn start_driver(
         failed: false,
         resumes: Vec::new(),
     };
-    if !replay.is_empty() {
-        // Execution's local replay: ledger blocks, checkpoints and snapshots it rebuilt.
-        let mut actions = Vec::new();
-        driver.core.on_enclave_outputs(CompartmentKind::Execution, replay, 0, &mut actions);
-        driver.execute(&mut actions);
+    for (kind, outputs) in CompartmentKind::ALL.into_iter().zip(replay) {
+        // What each restore says (SPEC §10): the view it resumed in, a Confirmation's
+        // pending ViewChange, Execution's local replay (ledger blocks, checkpoints and
+        // snapshots it rebuilt).
+        if !outputs.is_empty() {
+            let mut actions = Vec::new();
+            driver.core.on_enclave_outputs(kind, outputs, 0, &mut actions);
+            driver.execute(&mut actions);
+        }
     }
     {
         // SPEC §10 recovery fence: a compartment that started without fresh state asks for
@@ -600,7 +605,7 @@ impl Latest {
     }
 }
 
-type Started = ([Box<dyn EnclaveHandle>; 3], Durable, Vec<Bytes>);
+type Started = ([Box<dyn EnclaveHandle>; 3], Durable, [Vec<Bytes>; 3]);
 
 /// Locks the data directory, reads the log and counters, and starts each compartment from
 /// its own sealed state.

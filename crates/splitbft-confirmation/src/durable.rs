@@ -9,13 +9,13 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use splitbft_types::boundary::Output;
+use splitbft_types::boundary::{Event, Output};
 use splitbft_types::cert::VoteSet;
 use splitbft_types::codec::{from_bytes, to_bytes};
 use splitbft_types::counters::Counter;
 use splitbft_types::crypto::SecretKey;
 use splitbft_types::durable::{RecordKind, RestoreError, SealedState, StateSealer};
-use splitbft_types::msg::{CheckpointCert, Digest, PreparedCert};
+use splitbft_types::msg::{CheckpointCert, Digest, Message, PreparedCert, Signed, ViewChange};
 use splitbft_types::recovery::Fence;
 use splitbft_types::{CompartmentKind, EnclaveId, ProtocolConfig, ReplicaId, Seq, View};
 
@@ -31,6 +31,33 @@ struct Image {
     /// Behind the recovery fence, with `H` once known (SPEC §10): a restart from this
     /// image stays behind it.
     fence: Option<Option<Seq>>,
+    /// The ViewChange sent for `view` while not `active` (an image is sealed at every
+    /// change of view or of `active`, so it is the one sent): a restart sends it again.
+    view_change: Option<Signed<ViewChange>>,
+}
+
+/// [`Image`] as sealed before it carried the ViewChange: still restored (its restart in the
+/// middle of a view change resends nothing; the request timers move the view on).
+#[derive(Deserialize)]
+struct ImageWithoutViewChange {
+    view: View,
+    active: bool,
+    stable: CheckpointCert,
+    prepared: Vec<PreparedCert>,
+    fence: Option<Option<Seq>>,
+}
+
+impl From<ImageWithoutViewChange> for Image {
+    fn from(i: ImageWithoutViewChange) -> Self {
+        Image {
+            view: i.view,
+            active: i.active,
+            stable: i.stable,
+            prepared: i.prepared,
+            fence: i.fence,
+            view_change: None,
+        }
+    }
 }
 
 /// Certificates committed on in one crossing.
@@ -79,6 +106,7 @@ impl Journal {
                 active: c.active,
                 stable: c.checkpoints.stable().clone(),
                 prepared: c.prepared.values().cloned().collect(),
+                view_change: if c.active { None } else { c.view_change.clone() },
             };
             out.push(Output::Sealed(self.sealer.seal(RecordKind::Image, &to_bytes(&image))));
             self.need_image = false;
@@ -131,12 +159,22 @@ impl Confirmation {
         let plain = sealer.open_all(records, counter)?;
         let mut c =
             Confirmation::new(config, me, secret, genesis).map_err(|e| RestoreError::malformed(0, &e.to_string()))?;
-        let image: Image = from_bytes(&plain[0]).map_err(|_| RestoreError::malformed(0, "image does not decode"))?;
+        let image: Image = from_bytes::<Image>(&plain[0])
+            .or_else(|_| from_bytes::<ImageWithoutViewChange>(&plain[0]).map(Image::from))
+            .map_err(|_| RestoreError::malformed(0, "image does not decode"))?;
+        if image
+            .view_change
+            .as_ref()
+            .is_some_and(|vc| image.active || vc.body.view != image.view || vc.body.replica != me)
+        {
+            return Err(RestoreError::malformed(0, "the ViewChange is not this enclave's for its view"));
+        }
         if image.stable.seq > 0 {
             c.checkpoints.adopt(image.stable);
         }
         c.view = image.view;
         c.active = image.active;
+        c.view_change = image.view_change;
         let mut certs = vec![(0, image.prepared)];
         for (i, bytes) in plain.iter().enumerate().skip(1) {
             let delta: Delta = from_bytes(bytes).map_err(|_| RestoreError::malformed(i, "delta does not decode"))?;
@@ -172,5 +210,17 @@ impl Confirmation {
         c.durable = Some(journal);
         c.counters.bump(Counter::RestoredFromSealedState);
         Ok(c)
+    }
+
+    /// What a restored enclave tells its environment, whose memory went with the restart
+    /// (SPEC §10): the view it resumed in and, in the middle of a view change, the
+    /// ViewChange it sent (the same signed message: nothing new is signed).
+    pub fn resumed(&self) -> Vec<Output> {
+        let mut out = Vec::new();
+        if let (false, Some(vc)) = (self.active, &self.view_change) {
+            out.push(Output::Send(Message::ViewChange(vc.clone())));
+        }
+        out.push(Output::Event(Event::Resumed { view: self.view, entered: self.active }));
+        out
     }
 }

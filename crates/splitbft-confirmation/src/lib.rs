@@ -58,6 +58,10 @@ pub struct Confirmation {
     /// Behind the recovery fence (SPEC §10): no Commit or ViewChange is signed while this
     /// is set; cleared once a stable checkpoint at or above `H` is adopted.
     fence: Option<Fence>,
+    /// The ViewChange signed for `view` while it is not entered (`!active`): sealed with
+    /// the state, so that a restart in the middle of a view change sends the same message
+    /// again (the environment's copy is gone with its memory; SPEC §10).
+    view_change: Option<Signed<ViewChange>>,
 }
 
 impl Confirmation {
@@ -72,6 +76,7 @@ impl Confirmation {
             secret,
             view: 0,
             active: true,
+            view_change: None,
             slots: BTreeMap::new(),
             prepared: BTreeMap::new(),
             genesis,
@@ -260,7 +265,9 @@ impl Confirmation {
         };
         let sig = self.secret.sign(self.config.cluster_id, Purpose::ViewChange, &body);
         self.counters.bump(Counter::ViewChangesSent);
-        out.push(Output::Send(Message::ViewChange(Signed { body, sig })));
+        let vc = Signed { body, sig };
+        self.view_change = Some(vc.clone());
+        out.push(Output::Send(Message::ViewChange(vc)));
         out.push(Output::Event(Event::ViewChangeStarted { view: target }));
     }
 
@@ -280,6 +287,7 @@ impl Confirmation {
         }
         self.view = accepted.view;
         self.active = true;
+        self.view_change = None;
         let stable_seq = accepted.stable.seq;
         if self.checkpoints.adopt(accepted.stable) {
             self.slots = self.slots.split_off(&(stable_seq + 1));

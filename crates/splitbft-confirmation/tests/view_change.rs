@@ -427,3 +427,78 @@ fn a_new_view_with_a_wrong_o_is_entered_but_nothing_commits_without_prepares() {
     let s = stats(&mut c);
     assert_eq!((s.view, s.get(Counter::CommitsSent), s.get(Counter::PrepareFromPrimary)), (1, 0, 1));
 }
+
+/// The sealed records among `out`, and those the end of the crossing seals (SPEC §10).
+fn sealed(c: &mut Confirmation, mut out: Vec<Output>) -> Vec<splitbft_types::durable::SealedState> {
+    c.after_crossing(&mut out);
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Sealed(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// SPEC §10: a Confirmation restarted from its sealed state in the middle of a view change
+/// tells its environment (which restarted with it, knowing nothing) the view it asked for
+/// and sends the very ViewChange it signed before, byte for byte: its peers may have lost
+/// theirs too (a whole-cluster restart), and a new signature would be a second message.
+/// Once the view is entered, a restart resends nothing. (Simulator, `power-failure` n = 4
+/// seed 5: without this every restarted broker believed in view 0 and nothing moved.)
+#[test]
+fn a_restart_in_the_middle_of_a_view_change_sends_the_same_view_change_again() {
+    let s = &fixture().secrets;
+    let me = ReplicaId(2);
+    // What the environment hands back: the latest image and the deltas after it.
+    let restore = |records: &[splitbft_types::durable::SealedState], counter: u64| {
+        let image = records.iter().rposition(|r| r.kind == splitbft_types::durable::RecordKind::Image).unwrap();
+        let secret = SecretKey::from_seed(s.enclave(me, Conf).seed());
+        Confirmation::restore(s.config.clone(), me, secret, genesis(), &records[image..], counter).unwrap()
+    };
+    let mut c = confirmation(2);
+    c.enable_durability(0);
+    let certified = certify(&mut c, 2, 0, 1, d("a"));
+    let mut records = sealed(&mut c, certified);
+    let out = run(&mut c, Input::Suspect(0));
+    records.extend(sealed(&mut c, out.clone()));
+    let sent = view_changes(&out);
+    assert_eq!(sent.len(), 1);
+    let counter = records.last().unwrap().index + 1;
+
+    let restored = restore(&records, counter);
+    let told = restored.resumed();
+    assert_eq!(
+        told,
+        vec![
+            Output::Send(Message::ViewChange(sent[0].clone())),
+            Output::Event(Event::Resumed { view: 1, entered: false })
+        ]
+    );
+    assert_eq!(view_changes(&told)[0].body.prepared.len(), 1, "it carries the certificate it had");
+
+    // Entered: a restart now reports the view and resends nothing.
+    let mut c = restore(&records, counter);
+    let entered = feed(&mut c, Message::NewView(new_view_1_with_a()));
+    records.extend(sealed(&mut c, entered));
+    let counter = records.last().unwrap().index + 1;
+    assert_eq!(restore(&records, counter).resumed(), vec![Output::Event(Event::Resumed { view: 1, entered: true })]);
+}
+
+/// An image sealed before images carried the pending ViewChange (the same fields, without
+/// the last one) still restores: a data directory of the previous version keeps working,
+/// and its restart in the middle of a view change reports the view without resending.
+#[test]
+fn an_image_of_the_previous_format_still_restores() {
+    use splitbft_types::durable::{RecordKind, StateSealer};
+    let s = &fixture().secrets;
+    let me = ReplicaId(2);
+    let secret = SecretKey::from_seed(s.enclave(me, Conf).seed());
+    let enclave = splitbft_types::EnclaveId { replica: me, kind: Conf };
+    let mut sealer = StateSealer::new(&secret, s.config.cluster_id, enclave, 0);
+    // (view, active, stable, prepared, fence): the previous `Image`, field by field.
+    let old = (1u64, false, genesis_cert(), Vec::<PreparedCert>::new(), None::<Option<Seq>>);
+    let record = sealer.seal(RecordKind::Image, &splitbft_types::codec::to_bytes(&old));
+    let counter = record.index + 1;
+    let c = Confirmation::restore(s.config.clone(), me, secret, genesis(), &[record], counter).unwrap();
+    assert_eq!(c.resumed(), vec![Output::Event(Event::Resumed { view: 1, entered: false })]);
+}

@@ -24,7 +24,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use splitbft_confirmation::Confirmation;
 use splitbft_execution::Execution;
 use splitbft_preparation::Preparation;
-use splitbft_types::boundary::Compartment;
+use splitbft_types::boundary::{Compartment, Output};
 use splitbft_types::config::ConfigError;
 use splitbft_types::crypto::SecretKey;
 use splitbft_types::durable::RestoreError;
@@ -301,8 +301,10 @@ pub struct DurableStart {
 pub type Enclaves = [Box<dyn EnclaveHandle>; 3];
 
 /// Like [`start_replica`], with sealed write-ahead state on: each compartment restores from
-/// its own records (or starts fresh and emits its first image). Returns the enclaves and
-/// the encoded outputs of Execution's local replay, for the environment to route.
+/// its own records (or starts fresh and emits its first image). Returns the enclaves and,
+/// per compartment ([`CompartmentKind::ALL`] order), the encoded outputs of its restore
+/// for the environment to route: Execution's local replay, and from each restored
+/// compartment its view ([`splitbft_types::boundary::Event::Resumed`]) and a Confirmation's pending ViewChange.
 pub fn start_replica_durable(
     config: &ProtocolConfig,
     me: ReplicaId,
@@ -311,16 +313,16 @@ pub fn start_replica_durable(
     backend: Backend,
     sink: OutputSink,
     start: [DurableStart; 3],
-) -> Result<(Enclaves, Vec<Bytes>), EnclaveError> {
+) -> Result<(Enclaves, [Vec<Bytes>; 3]), EnclaveError> {
     if backend == Backend::Process {
         return Err(EnclaveError::SecretsInBroker);
     }
     let genesis = Execution::genesis_digest(config, app.as_ref());
     let ReplicaSecrets { keys: [prep_key, conf_key, exec_key], execution_group } = secrets;
     let [p, c, e] = start;
-    let (prep, _) = restore_with_genesis(Restoring::Preparation, config, me, prep_key, genesis, &p)?;
-    let (conf, _) = restore_with_genesis(Restoring::Confirmation, config, me, conf_key, genesis, &c)?;
-    let (exec, replay) =
+    let (prep, prep_out) = restore_with_genesis(Restoring::Preparation, config, me, prep_key, genesis, &p)?;
+    let (conf, conf_out) = restore_with_genesis(Restoring::Confirmation, config, me, conf_key, genesis, &c)?;
+    let (exec, exec_out) =
         restore_with_genesis(Restoring::Execution(execution_group, app), config, me, exec_key, genesis, &e)?;
     let wrap = |c: Box<dyn Compartment>| -> Result<Box<dyn EnclaveHandle>, EnclaveError> {
         Ok(match backend {
@@ -328,15 +330,17 @@ pub fn start_replica_durable(
             Backend::Thread | Backend::Process => Box::new(ThreadEnclave::spawn(c, sink.clone())?),
         })
     };
-    Ok(([wrap(prep)?, wrap(conf)?, wrap(exec)?], replay))
+    Ok(([wrap(prep)?, wrap(conf)?, wrap(exec)?], [prep_out, conf_out, exec_out]))
 }
 
 /// One compartment restored from its sealed state (SPEC §10), as a compartment process of
 /// the `process` backend does for itself ([`start_replica_durable`] does the same for all
 /// three in this process). `group` is the Execution group secret (Execution only); `app`
 /// defines the genesis checkpoint and, for Execution, is the application. Returns the
-/// compartment and the encoded outputs of Execution's local replay (ledger blocks,
-/// checkpoints, snapshots it rebuilt), for the environment to route.
+/// compartment and the encoded outputs of its restore, for the environment to route:
+/// Execution's local replay (ledger blocks, checkpoints, snapshots it rebuilt) and, from a
+/// compartment restored from its state, [`splitbft_types::boundary::Event::Resumed`] (and a Confirmation's pending
+/// ViewChange).
 pub fn restore_compartment(
     kind: CompartmentKind,
     config: &ProtocolConfig,
@@ -373,28 +377,32 @@ fn restore_with_genesis(
 ) -> Result<(Box<dyn Compartment>, Vec<Bytes>), EnclaveError> {
     let DurableStart { records, counter } = start;
     let (records, counter) = (&records[..], *counter);
+    let encode =
+        |outputs: Vec<Output>| outputs.iter().map(|o| Bytes::from(splitbft_types::codec::to_bytes(o))).collect();
     Ok(match restoring {
         Restoring::Preparation => {
-            let signer = restore_signer(
+            let (signer, resumed) = restore_signer(
                 CompartmentKind::Preparation,
                 key,
                 records.is_empty(),
                 |k| Preparation::restore(config.clone(), me, k, genesis, records, counter),
                 |k| Preparation::new(config.clone(), me, k, genesis),
                 |p: &mut Preparation| p.enable_durability(counter),
+                Preparation::resumed,
             )?;
-            (signer, Vec::new())
+            (signer, encode(resumed))
         }
         Restoring::Confirmation => {
-            let signer = restore_signer(
+            let (signer, resumed) = restore_signer(
                 CompartmentKind::Confirmation,
                 key,
                 records.is_empty(),
                 |k| Confirmation::restore(config.clone(), me, k, genesis, records, counter),
                 |k| Confirmation::new(config.clone(), me, k, genesis),
                 |c: &mut Confirmation| c.enable_durability(counter),
+                Confirmation::resumed,
             )?;
-            (signer, Vec::new())
+            (signer, encode(resumed))
         }
         Restoring::Execution(group, app) => {
             // An Execution whose state is refused as rolled back starts from no state and
@@ -425,16 +433,17 @@ fn restore_with_genesis(
                 Execution::restore(config.clone(), me, key, group, app, records, counter)
                     .map_err(|err| EnclaveError::Restore(CompartmentKind::Execution, err))?
             };
-            let replay = replay.iter().map(|o| Bytes::from(splitbft_types::codec::to_bytes(o))).collect();
-            (Box::new(exec), replay)
+            (Box::new(exec), encode(replay))
         }
     })
 }
 
-/// A signing compartment (Preparation, Confirmation) from its sealed state. A state older
-/// than the counter cannot be proven fresh, and none at all after the counter moved means it
-/// was lost: the compartment starts without it (`fresh`), behind the recovery fence (SPEC
-/// §10; `enable_durability` with a counter above 0). Any other refusal stops the start.
+/// A signing compartment (Preparation, Confirmation) from its sealed state, with what it
+/// tells the environment on resuming (`resumed`). A state older than the counter cannot be
+/// proven fresh, and none at all after the counter moved means it was lost: the
+/// compartment starts without it (`fresh`, which has nothing to tell), behind the recovery
+/// fence (SPEC §10; `enable_durability` with a counter above 0). Any other refusal stops
+/// the start.
 fn restore_signer<C: Compartment + 'static>(
     kind: CompartmentKind,
     key: SecretKey,
@@ -442,17 +451,21 @@ fn restore_signer<C: Compartment + 'static>(
     restore: impl FnOnce(SecretKey) -> Result<C, RestoreError>,
     fresh: impl FnOnce(SecretKey) -> Result<C, ConfigError>,
     enable_durability: impl FnOnce(&mut C),
-) -> Result<Box<dyn Compartment>, EnclaveError> {
+    resumed: impl FnOnce(&C) -> Vec<Output>,
+) -> Result<(Box<dyn Compartment>, Vec<Output>), EnclaveError> {
     let copy = SecretKey::from_seed(key.seed());
-    Ok(Box::new(match restore(copy) {
-        Ok(c) => c,
+    Ok(match restore(copy) {
+        Ok(c) => {
+            let told = resumed(&c);
+            (Box::new(c), told)
+        }
         Err(e) if records_empty || matches!(e, RestoreError::RolledBack { .. }) => {
             let mut c = fresh(key)?;
             enable_durability(&mut c);
-            c
+            (Box::new(c), Vec::new())
         }
         Err(e) => return Err(EnclaveError::Restore(kind, e)),
-    }))
+    })
 }
 
 /// Starts one replica's three compartment processes (SPEC §5.1 `process` backend), in

@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 use splitbft_types::app::Application;
-use splitbft_types::boundary::Output;
+use splitbft_types::boundary::{Event, Output};
 use splitbft_types::codec::{from_bytes, to_bytes};
 use splitbft_types::counters::Counter;
 use splitbft_types::crypto::SecretKey;
@@ -150,7 +150,6 @@ impl Execution {
             || state.results.len() != clients
             || state.sessions.len() != clients
             || state.results.iter().flat_map(|r| r.values()).any(|b| from_bytes::<ReplyBody>(b).is_err())
-            || image.executed < image.stable.seq
         {
             return Err(RestoreError::malformed(0, "state does not fit the configuration"));
         }
@@ -158,6 +157,9 @@ impl Execution {
         e.windows = state.clients;
         e.results = state.results;
         e.sessions = Sessions::from_records(&state.sessions);
+        // `executed` may be below the stable checkpoint: an Execution that learned a stable
+        // checkpoint before executing up to it waits for state transfer, and seals that
+        // state like any other (it restarts waiting, as it was).
         if image.stable.seq > 0 {
             e.checkpoints.adopt(image.stable);
         }
@@ -183,6 +185,8 @@ impl Execution {
         journal.remember(&e);
         e.durable = Some(journal);
         e.counters.bump(Counter::RestoredFromSealedState);
+        // The environment restarted with it and learns its view (SPEC §10).
+        outputs.push(Output::Event(Event::Resumed { view: e.view, entered: true }));
         Ok((e, outputs))
     }
 }

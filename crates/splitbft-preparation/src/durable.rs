@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use splitbft_types::boundary::Output;
+use splitbft_types::boundary::{Event, Output};
 use splitbft_types::codec::{from_bytes, to_bytes};
 use splitbft_types::counters::Counter;
 use splitbft_types::crypto::SecretKey;
@@ -159,5 +159,11 @@ impl Preparation {
         p.durable = Some(journal);
         p.counters.bump(Counter::RestoredFromSealedState);
         Ok(p)
+    }
+
+    /// What a restored enclave tells its environment, whose memory went with the restart
+    /// (SPEC §10): the view it resumed in.
+    pub fn resumed(&self) -> Vec<Output> {
+        vec![Output::Event(Event::Resumed { view: self.view, entered: true })]
     }
 }

@@ -104,6 +104,15 @@ pub enum Event {
         /// The view.
         view: View,
     },
+    /// This compartment restarted from its sealed state (SPEC §10) in `view`: the
+    /// environment, which restarted with it, learns where it is.
+    Resumed {
+        /// Its view.
+        view: View,
+        /// Whether it has entered `view` (false: a Confirmation between its ViewChange and
+        /// the NewView).
+        entered: bool,
+    },
     /// (Execution) behind a certified checkpoint: fetch its snapshot from peers.
     StateNeeded {
         /// Checkpoint sequence number.
