@@ -9,8 +9,9 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_splitbft");
 
-const COLUMNS: [&str; 17] = [
+const COLUMNS: [&str; 19] = [
     "protocol",
+    "storage",
     "app",
     "batching",
     "clients",
@@ -26,6 +27,7 @@ const COLUMNS: [&str; 17] = [
     "avg_batch",
     "retransmissions",
     "view_changes",
+    "fsyncs_per_batch",
     "skipped",
 ];
 
@@ -49,6 +51,9 @@ fn a_tiny_matrix_writes_csv_summary_and_plots() {
         "splitbft_peak_ops_s",
         "pbft_peak_ops_s",
         "splitbft_p50_us_1client",
+        "durable_over_memory_batched",
+        "durable_over_memory_batched_peak",
+        "splitbft_durable_p50_us_1client",
         "out_dir",
     ] {
         assert!(line.get(key).is_some(), "{key} missing from {line}");
@@ -56,6 +61,8 @@ fn a_tiny_matrix_writes_csv_summary_and_plots() {
     assert!(line["splitbft_over_pbft_batched"].as_f64().unwrap() > 0.0);
     assert!(line["splitbft_over_pbft_unbatched"].is_null(), "the matrix had no unbatched points");
     assert!(line["splitbft_p50_us_1client"].as_u64().unwrap() > 0);
+    assert!(line["durable_over_memory_batched"].as_f64().unwrap() > 0.0);
+    assert!(line["splitbft_durable_p50_us_1client"].as_u64().unwrap() > 0);
     let dir = std::path::PathBuf::from(line["out_dir"].as_str().unwrap());
     assert!(dir.starts_with(out.path()));
     let name = dir.file_name().unwrap().to_string_lossy().into_owned();
@@ -65,8 +72,9 @@ fn a_tiny_matrix_writes_csv_summary_and_plots() {
     let mut csv = csv::Reader::from_path(dir.join("results.csv")).unwrap();
     assert_eq!(csv.headers().unwrap().iter().collect::<Vec<_>>(), COLUMNS);
     let rows: Vec<HashMap<String, String>> = csv.deserialize().map(Result::unwrap).collect();
-    // 2 latency points + 2 apps x 1 mode x 1 client count x 2 protocols.
-    assert_eq!(rows.len(), 6);
+    // 3 latency points + 2 apps x 1 mode x 1 client count x 3 lines (SplitBFT in memory and
+    // durable, PBFT).
+    assert_eq!(rows.len(), 9);
     for row in &rows {
         let measured = row["skipped"].is_empty();
         if row["app"] == "kv" {
@@ -77,20 +85,29 @@ fn a_tiny_matrix_writes_csv_summary_and_plots() {
             assert!(ops > 0.0, "{row:?}");
             assert_eq!(row["errors"], "0", "{row:?}");
             assert!(row["p50_us"].parse::<u64>().unwrap() > 0);
+            // Durable points report their log syncs (at least one per batch over 4 replicas).
+            let fsyncs = &row["fsyncs_per_batch"];
+            match row["storage"].as_str() {
+                "durable" => assert!(fsyncs.parse::<f64>().unwrap() >= 1.0, "{row:?}"),
+                _ => assert!(fsyncs.is_empty(), "{row:?}"),
+            }
         } else {
             assert!(row["skipped"].contains("ledger"), "{row:?}");
             assert!(row["ops_s"].is_empty());
         }
     }
-    assert_eq!((rows[0]["protocol"].as_str(), rows[0]["outstanding"].as_str()), ("splitbft", "1"));
-    assert_eq!((rows[1]["protocol"].as_str(), rows[1]["outstanding"].as_str()), ("pbft", "1"));
+    let line_of = |row: &HashMap<String, String>| (row["protocol"].clone(), row["storage"].clone());
+    assert_eq!(line_of(&rows[0]), ("splitbft".into(), "memory".into()));
+    assert_eq!(line_of(&rows[1]), ("splitbft".into(), "durable".into()));
+    assert_eq!(line_of(&rows[2]), ("pbft".into(), "memory".into()));
+    assert!(rows[..3].iter().all(|r| r["outstanding"] == "1"));
 
     // summary.json: the headline keys, the config, the machine, every point.
     let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
     for key in ["splitbft_over_pbft_batched", "pbft_peak_ops_s", "config", "machine", "ratios", "points", "plots"] {
         assert!(summary.get(key).is_some(), "{key} missing from summary.json");
     }
-    assert_eq!(summary["points"].as_array().unwrap().len(), 6);
+    assert_eq!(summary["points"].as_array().unwrap().len(), 9);
     assert!(summary["machine"]["cores"].as_u64().unwrap() >= 1);
 
     // Four plots (two per app), each a decodable PNG of a sensible size.
