@@ -1060,15 +1060,19 @@ impl BrokerCore {
                 self.timer.restart(now_us);
                 self.enter(Confirmation, view, out);
             }
-            (kind, Output::Event(Event::Resumed { view, entered })) => {
+            (kind, Output::Event(Event::Resumed { view, entered, low })) => {
                 // A compartment restored from its sealed state, and this broker restarted
                 // with it knowing nothing (SPEC §10): take its view, or request timers
                 // would suspect a view it left long ago and nothing would move (simulator,
-                // power-failure n = 4 seed 5). A Confirmation in the middle of a view
-                // change sent its ViewChange again just before this.
-                tracing::debug!(replica = self.me.0, %kind, view, entered, "compartment resumed");
+                // power-failure n = 4 seed 5), and its stable checkpoint, or the primary
+                // would see no room in the window until a new checkpoint (seed 911). A
+                // Confirmation in the middle of a view change sent its ViewChange again
+                // just before this.
+                tracing::debug!(replica = self.me.0, %kind, view, entered, low, "compartment resumed");
                 if kind == Preparation {
                     self.view = self.view.max(view);
+                    self.stable = self.stable.max(low);
+                    self.last_ordered = self.last_ordered.max(low);
                 }
                 self.timer.restart(now_us);
                 self.enter(kind, view, out);
@@ -1158,6 +1162,12 @@ impl BrokerCore {
     fn on_new_primary(&mut self, view: View, now_us: u64, out: &mut Vec<Action>) {
         self.view = self.view.max(view);
         self.window_full = false;
+        // What this replica ordered as an earlier view's primary and nobody prepared is
+        // gone with that view: counted as in flight, it would stop this replica from
+        // cutting a batch when it leads again, and with every replica so (simulator,
+        // `power-failure` n = 4 seed 911) the cluster changes view for ever. Preparation
+        // reports what it orders in this view; the window check is its own.
+        self.last_ordered = self.last_executed.max(self.stable);
         self.pending_set.clear();
         let unverified = std::mem::take(&mut self.unverified).into_iter().map(|(_, body)| body);
         let mut frames: Vec<Bytes> = std::mem::take(&mut self.pending)

@@ -220,7 +220,7 @@ impl Confirmation {
         if let (false, Some(vc)) = (self.active, &self.view_change) {
             out.push(Output::Send(Message::ViewChange(vc.clone())));
         }
-        out.push(Output::Event(Event::Resumed { view: self.view, entered: self.active }));
+        out.push(Output::Event(Event::Resumed { view: self.view, entered: self.active, low: self.checkpoints.low() }));
         out
     }
 }

@@ -471,7 +471,7 @@ fn a_restart_in_the_middle_of_a_view_change_sends_the_same_view_change_again() {
         told,
         vec![
             Output::Send(Message::ViewChange(sent[0].clone())),
-            Output::Event(Event::Resumed { view: 1, entered: false })
+            Output::Event(Event::Resumed { view: 1, entered: false, low: 0 })
         ]
     );
     assert_eq!(view_changes(&told)[0].body.prepared.len(), 1, "it carries the certificate it had");
@@ -481,7 +481,10 @@ fn a_restart_in_the_middle_of_a_view_change_sends_the_same_view_change_again() {
     let entered = feed(&mut c, Message::NewView(new_view_1_with_a()));
     records.extend(sealed(&mut c, entered));
     let counter = records.last().unwrap().index + 1;
-    assert_eq!(restore(&records, counter).resumed(), vec![Output::Event(Event::Resumed { view: 1, entered: true })]);
+    assert_eq!(
+        restore(&records, counter).resumed(),
+        vec![Output::Event(Event::Resumed { view: 1, entered: true, low: 0 })]
+    );
 }
 
 /// An image sealed before images carried the pending ViewChange (the same fields, without
@@ -500,5 +503,5 @@ fn an_image_of_the_previous_format_still_restores() {
     let record = sealer.seal(RecordKind::Image, &splitbft_types::codec::to_bytes(&old));
     let counter = record.index + 1;
     let c = Confirmation::restore(s.config.clone(), me, secret, genesis(), &[record], counter).unwrap();
-    assert_eq!(c.resumed(), vec![Output::Event(Event::Resumed { view: 1, entered: false })]);
+    assert_eq!(c.resumed(), vec![Output::Event(Event::Resumed { view: 1, entered: false, low: 0 })]);
 }

@@ -186,7 +186,7 @@ impl Execution {
         e.durable = Some(journal);
         e.counters.bump(Counter::RestoredFromSealedState);
         // The environment restarted with it and learns its view (SPEC §10).
-        outputs.push(Output::Event(Event::Resumed { view: e.view, entered: true }));
+        outputs.push(Output::Event(Event::Resumed { view: e.view, entered: true, low: e.checkpoints.low() }));
         Ok((e, outputs))
     }
 }

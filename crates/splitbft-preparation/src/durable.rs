@@ -164,6 +164,6 @@ impl Preparation {
     /// What a restored enclave tells its environment, whose memory went with the restart
     /// (SPEC §10): the view it resumed in.
     pub fn resumed(&self) -> Vec<Output> {
-        vec![Output::Event(Event::Resumed { view: self.view, entered: true })]
+        vec![Output::Event(Event::Resumed { view: self.view, entered: true, low: self.checkpoints.low() })]
     }
 }

@@ -178,12 +178,9 @@ impl Scenario {
 
     /// The sweep `splitbft sim` runs without `--scenario`: every scenario, `random` and
     /// the named attacks of "Table 1 for real" included (they fail on the code before its
-    /// fixes, by design: that is how the simulator showed it finds them) — except
-    /// `power-failure`, which still finds two open bugs with the batch log on (a restarted
-    /// broker forgets the view; an Execution seals an image it cannot restore: README
-    /// "Known gaps", `tests/power_failure.rs`). It joins once they are fixed; until then
-    /// `--scenario power-failure` or `--all-scenarios` runs it.
-    pub const DEFAULT: [Scenario; 17] = [
+    /// fixes, by design: that is how the simulator showed it finds them), and
+    /// `power-failure` (whole-cluster restarts from disk).
+    pub const DEFAULT: [Scenario; 18] = [
         Scenario::Normal,
         Scenario::Lossy,
         Scenario::Partition,
@@ -201,6 +198,7 @@ impl Scenario {
         Scenario::EnclaveRestart,
         Scenario::Fork,
         Scenario::ViewChangeFlood,
+        Scenario::PowerFailure,
     ];
 
     /// The CLI name.

@@ -112,6 +112,8 @@ pub enum Event {
         /// Whether it has entered `view` (false: a Confirmation between its ViewChange and
         /// the NewView).
         entered: bool,
+        /// Its stable checkpoint (low watermark `h`).
+        low: crate::ids::Seq,
     },
     /// (Execution) behind a certified checkpoint: fetch its snapshot from peers.
     StateNeeded {

@@ -20,11 +20,10 @@ pub struct SimArgs {
     /// First seed (seeds S, S+1, ...); replay one run with --seed S --seeds 1.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Only these scenarios, comma-separated (default: every scenario but `power-failure`,
-    /// `Scenario::DEFAULT`).
+    /// Only these scenarios, comma-separated (default: every scenario, `Scenario::DEFAULT`).
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<Scenario>,
-    /// Every scenario, including `random`, the named attacks and `power-failure`.
+    /// Every scenario (the default now that `power-failure` joined it; kept for scripts).
     #[arg(long)]
     all_scenarios: bool,
     /// Only this trust model: splitbft or pbft (default: both).
