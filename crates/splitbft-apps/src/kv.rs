@@ -104,6 +104,16 @@ pub enum KvOp {
         /// As in [`KvOp::Scan`].
         limit: u32,
     },
+    /// Adds `by` to the decimal integer under `key` (an absent key counts as 0) and stores
+    /// the sum, atomically (Redis `INCR`/`INCRBY`): executed in the state machine, so
+    /// concurrent increments neither race nor retry.
+    Incr {
+        /// Key to increment.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// Amount to add (may be negative).
+        by: i64,
+    },
 }
 
 /// The outcome of one [`KvOp`]; its postcard encoding is the reply's result bytes.
@@ -143,6 +153,11 @@ pub enum KvResult {
     },
     /// The op was refused; the state is unchanged.
     Error(KvError),
+    /// Answer to Incr: the value stored.
+    Incremented {
+        /// The sum now under the key.
+        value: i64,
+    },
 }
 
 /// Why the store refused an op. Part of the replicated result, hence serialisable.
@@ -179,6 +194,10 @@ pub enum KvError {
         /// The limit.
         max: u64,
     },
+    /// Incr on a value that is not a decimal `i64`, or a sum that overflows one (Redis's
+    /// words for both).
+    #[error("value is not an integer or out of range")]
+    NotAnInteger,
 }
 
 /// Why bytes did not decode as a [`KvOp`] or [`KvResult`].
@@ -350,6 +369,20 @@ impl KvStore {
                 let start = if start < prefix { &prefix } else { &start };
                 self.page(&prefix, start, limit)
             }
+            KvOp::Incr { key, by } => {
+                check_key(&key)?;
+                let current = match self.entries.get(&key) {
+                    None => 0,
+                    Some(v) => {
+                        std::str::from_utf8(v).ok().and_then(|s| s.parse::<i64>().ok()).ok_or(KvError::NotAnInteger)?
+                    }
+                };
+                let value = current.checked_add(by).ok_or(KvError::NotAnInteger)?;
+                let bytes = value.to_string().into_bytes();
+                self.check_room_for(&key, &bytes)?;
+                self.insert(key, bytes);
+                KvResult::Incremented { value }
+            }
         })
     }
 
@@ -515,6 +548,29 @@ mod tests {
         assert_eq!(run(&mut s, del("k")), deleted(Some("2")));
         assert_eq!(run(&mut s, del("k")), deleted(None));
         assert!(s.is_empty());
+    }
+
+    /// Incr adds atomically in the state machine (Redis INCR/INCRBY): an absent key is 0, the
+    /// sum is stored as decimal text, a non-integer or an overflow is refused and changes
+    /// nothing.
+    #[test]
+    fn incr_adds_in_place_and_refuses_what_is_not_an_integer() {
+        let mut s = KvStore::new();
+        let incr = |key: &str, by| KvOp::Incr { key: v(key), by };
+        let value = |value| KvResult::Incremented { value };
+        assert_eq!(run(&mut s, incr("n", 1)), value(1));
+        assert_eq!(run(&mut s, incr("n", 41)), value(42));
+        assert_eq!(run(&mut s, incr("n", -43)), value(-1));
+        assert_eq!(run(&mut s, get("n")), KvResult::Value(o(Some("-1"))));
+        assert_eq!(run(&mut s, put("x", "abc")), stored(None));
+        let refused = KvResult::Error(KvError::NotAnInteger);
+        assert_eq!(run(&mut s, incr("x", 1)), refused);
+        assert_eq!(run(&mut s, get("x")), KvResult::Value(o(Some("abc"))), "unchanged");
+        assert_eq!(run(&mut s, put("m", i64::MAX.to_string())), stored(None));
+        assert_eq!(run(&mut s, incr("m", 1)), refused, "overflow");
+        assert_eq!(run(&mut s, incr("m", -1)), value(i64::MAX - 1));
+        let long = KvOp::Incr { key: vec![b'k'; MAX_KEY_BYTES + 1], by: 1 };
+        assert!(matches!(run(&mut s, long), KvResult::Error(KvError::KeyTooLarge { .. })));
     }
 
     #[test]

@@ -11,12 +11,12 @@
 //! RESP3 is spoken after `HELLO 3` (maps and nulls in their RESP3 forms).
 //!
 //! Multi-key commands (`DEL`, `EXISTS`, `MGET`, `MSET`) run one op per key: each op is
-//! linearizable, the command as a whole is not atomic. `INCR` is a compare-and-swap loop
-//! (the store's CAS op), so concurrent increments never lose an update.
+//! linearizable, the command as a whole is not atomic. `INCR` is one atomic op of the
+//! store (`KvOp::Incr`), so concurrent increments never lose an update.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
@@ -40,15 +40,6 @@ pub const MAX_PIPELINE: usize = 256;
 pub const MAX_INPUT_BYTES: usize = 4 * 1024 * 1024;
 /// Most arguments one command may have (bounds the ops a single `MSET`/`MGET` fans out).
 pub const MAX_ARGS: usize = 1024;
-/// Compare-and-swap attempts of one `INCR` before it gives up with an error: a key
-/// incremented so hotly that this many rounds all lose is better retried by the caller.
-/// (64 was too few: with four connections incrementing one key, a connection whose CAS
-/// kept being ordered after the others' lost 64 rounds in a row in a CI run.)
-pub const MAX_INCR_ATTEMPTS: usize = 512;
-/// Most random wait, in microseconds per lost round, before an `INCR` retries: the
-/// jitter breaks a systematic ordering (one connection always a little behind the
-/// others) that would otherwise make it lose every round.
-pub const INCR_BACKOFF_US_PER_ROUND: u64 = 500;
 /// Redis connections served at once; further ones wait in the kernel's accept queue.
 /// Each may hold [`MAX_INPUT_BYTES`] of input and [`MAX_PIPELINE`] commands, so this
 /// bounds the gateway's memory; Redis client pools rarely open more than a few hundred.
@@ -369,36 +360,14 @@ impl Gateway {
         Reply::Int(count)
     }
 
-    /// INCR as a compare-and-swap loop: a lost race learns the current value from the CAS
-    /// answer and tries again, so no increment is lost or applied twice.
+    /// INCR: one atomic op executed by the state machine (`KvOp::Incr`), so concurrent
+    /// increments neither lose an update nor retry.
     async fn incr(&self, key: Vec<u8>) -> Reply {
-        let mut current = match self.kv(KvOp::Get { key: key.clone() }).await {
-            Ok(KvResult::Value(v)) => v,
-            Ok(_) => return unexpected(),
-            Err(e) => return e,
-        };
-        for attempt in 0..MAX_INCR_ATTEMPTS {
-            if attempt > 0 {
-                self.metrics.incr_retries.inc();
-                let mut bytes = [0u8; 8];
-                // Without OS randomness the retry goes at once (no jitter, still correct).
-                let _ = getrandom::fill(&mut bytes);
-                let cap = INCR_BACKOFF_US_PER_ROUND * (attempt as u64).min(16);
-                tokio::time::sleep(Duration::from_micros(u64::from_le_bytes(bytes) % cap.max(1))).await;
-            }
-            let Some(next) = incremented(current.as_deref()) else {
-                return err("ERR value is not an integer or out of range");
-            };
-            let op =
-                KvOp::Cas { key: key.clone(), expected: current.clone(), new: Some(next.to_string().into_bytes()) };
-            match self.kv(op).await {
-                Ok(KvResult::Cas { swapped: true, .. }) => return Reply::Int(next),
-                Ok(KvResult::Cas { swapped: false, current: now }) => current = now,
-                Ok(_) => return unexpected(),
-                Err(e) => return e,
-            }
+        match self.kv(KvOp::Incr { key, by: 1 }).await {
+            Ok(KvResult::Incremented { value }) => Reply::Int(value),
+            Ok(_) => unexpected(),
+            Err(e) => e,
         }
-        err(format!("ERR INCR gave up after {MAX_INCR_ATTEMPTS} conflicting updates"))
     }
 
     /// SCAN cursor [MATCH pattern] [COUNT n]. The cursor is the number of matching keys
@@ -528,15 +497,6 @@ fn unexpected() -> Reply {
 fn arity_ok(arity: i64, len: usize) -> bool {
     let len = len as i64;
     if arity >= 0 { len == arity } else { len >= -arity }
-}
-
-/// The value after INCR, or `None` if the current one is not a decimal i64 or overflows.
-fn incremented(current: Option<&[u8]>) -> Option<i64> {
-    let n = match current {
-        None => 0,
-        Some(v) => std::str::from_utf8(v).ok()?.parse::<i64>().ok()?,
-    };
-    n.checked_add(1)
 }
 
 /// Refuses, before the decoder sees it, a first frame that is an array holding anything
@@ -798,15 +758,6 @@ mod tests {
         assert_eq!(glob_prefix(b"user:*"), b"user:");
         assert_eq!(glob_prefix(b"a\\*b*"), b"a*b");
         assert_eq!(glob_prefix(b"*"), b"");
-    }
-
-    #[test]
-    fn incr_parses_and_refuses_like_redis() {
-        assert_eq!(incremented(None), Some(1));
-        assert_eq!(incremented(Some(b"41")), Some(42));
-        assert_eq!(incremented(Some(b"-1")), Some(0));
-        assert_eq!(incremented(Some(b"x")), None);
-        assert_eq!(incremented(Some(b"9223372036854775807")), None);
     }
 
     #[test]

@@ -216,6 +216,13 @@ enum ClientOp {
     Get { key: String },
     /// Remove KEY.
     Delete { key: String },
+    /// Add BY (default 1) to the decimal integer under KEY, atomically; print the sum.
+    Incr {
+        key: String,
+        /// The amount to add (may be negative).
+        #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
+        by: i64,
+    },
     /// List keys starting with PREFIX, page by page (SPEC §11: a page is bounded in entries
     /// and bytes; the next page starts at the key the last one names).
     Scan {
@@ -688,6 +695,7 @@ async fn client(config_path: &Path, client_id: u32, timeout_s: u64, op: ClientOp
         ClientOp::Put { key, value } => KvOp::Put { key: key.into_bytes(), value: value.into_bytes() },
         ClientOp::Get { key } => KvOp::Get { key: key.into_bytes() },
         ClientOp::Delete { key } => KvOp::Delete { key: key.into_bytes() },
+        ClientOp::Incr { key, by } => KvOp::Incr { key: key.into_bytes(), by },
         ClientOp::Scan { prefix, limit } => {
             let mut stream = std::pin::pin!(splitbft::scan(&client, prefix.into_bytes(), limit as usize));
             while let Some(page) = futures_util::StreamExt::next(&mut stream).await {
@@ -709,6 +717,7 @@ async fn client(config_path: &Path, client_id: u32, timeout_s: u64, op: ClientOp
         KvResult::Deleted { previous: Some(p) } => println!("deleted (was {})", text(&p)),
         KvResult::Deleted { previous: None } => println!("deleted (was absent)"),
         KvResult::Cas { swapped, .. } => println!("{}", if swapped { "swapped" } else { "not swapped" }),
+        KvResult::Incremented { value } => println!("{value}"),
         KvResult::Page { .. } => bail!("the cluster answered a non-scan op with a scan page"),
         KvResult::Error(e) => bail!("the cluster refused the operation: {e}"),
     }

@@ -305,8 +305,6 @@ pub struct GatewayMetrics {
     pub in_flight: Gauge,
     /// Connections closed for a protocol error (bad framing, oversize input).
     pub protocol_errors: Counter,
-    /// INCR attempts that lost a compare-and-swap race and retried.
-    pub incr_retries: Counter,
     /// Cluster client counters, refreshed at each scrape.
     client_requests: Counter,
     client_retransmissions: Counter,
@@ -333,7 +331,6 @@ impl GatewayMetrics {
         let connections = Gauge::default();
         let in_flight = Gauge::default();
         let protocol_errors = Counter::default();
-        let incr_retries = Counter::default();
         let client_requests = Counter::default();
         let client_retransmissions = Counter::default();
         let client_timeouts = Counter::default();
@@ -344,7 +341,6 @@ impl GatewayMetrics {
         registry.register("connections", "Open client connections", connections.clone());
         registry.register("commands_in_flight", "Commands received, not yet answered", in_flight.clone());
         registry.register("protocol_errors", "Connections closed for bad RESP input", protocol_errors.clone());
-        registry.register("incr_retries", "INCR compare-and-swap retries", incr_retries.clone());
         registry.register("cluster_requests", "Requests sent to the cluster", client_requests.clone());
         registry.register(
             "cluster_retransmissions",
@@ -365,7 +361,6 @@ impl GatewayMetrics {
             connections,
             in_flight,
             protocol_errors,
-            incr_retries,
             client_requests,
             client_retransmissions,
             client_timeouts,
