@@ -261,8 +261,9 @@ impl LocalCluster {
     /// (`node.rs`: `open_durable`, then `start_driver`): each compartment restored from its
     /// own records by [`start_replica_durable`] (fresh on an empty disk), and the broker's
     /// batch cache refilled from the logged frames, each checked like a peer's
-    /// ([`BrokerCore::restore_batch`]). Returns what each restore said (views, a pending ViewChange, Execution's replay) for the caller to
-    /// route. Honest storage: a refused state is a bug in the model, not a finding.
+    /// ([`BrokerCore::restore_batch`]). Returns what each restore said (views, a pending
+    /// ViewChange, Execution's replay) for the caller to route. Honest storage: a refused
+    /// state is a bug in the model, not a finding.
     fn node_from_disk(&mut self, me: ReplicaId) -> (LocalNode, [Vec<Bytes>; 3]) {
         let keys = self.keys(me);
         let sink: OutputSink = Arc::new(|_, _| unreachable!("inline enclaves answer synchronously"));
@@ -300,7 +301,7 @@ impl LocalCluster {
         self.reconnect(replica);
     }
 
-    /// Starts a durable replica from its disk and routes Execution's local replay (SPEC
+    /// Starts a durable replica from its disk and routes what each restore said (SPEC
     /// §10), then asks a compartment that could not prove its state fresh to recover (it
     /// ignores this when it is not recovering; with honest storage none is).
     fn start_from_disk(&mut self, replica: ReplicaId) {

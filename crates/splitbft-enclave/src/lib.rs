@@ -304,7 +304,8 @@ pub type Enclaves = [Box<dyn EnclaveHandle>; 3];
 /// its own records (or starts fresh and emits its first image). Returns the enclaves and,
 /// per compartment ([`CompartmentKind::ALL`] order), the encoded outputs of its restore
 /// for the environment to route: Execution's local replay, and from each restored
-/// compartment its view ([`splitbft_types::boundary::Event::Resumed`]) and a Confirmation's pending ViewChange.
+/// compartment its view ([`splitbft_types::boundary::Event::Resumed`]) and a
+/// Confirmation's pending ViewChange.
 pub fn start_replica_durable(
     config: &ProtocolConfig,
     me: ReplicaId,
@@ -339,8 +340,8 @@ pub fn start_replica_durable(
 /// defines the genesis checkpoint and, for Execution, is the application. Returns the
 /// compartment and the encoded outputs of its restore, for the environment to route:
 /// Execution's local replay (ledger blocks, checkpoints, snapshots it rebuilt) and, from a
-/// compartment restored from its state, [`splitbft_types::boundary::Event::Resumed`] (and a Confirmation's pending
-/// ViewChange).
+/// compartment restored from its state, [`splitbft_types::boundary::Event::Resumed`] (and
+/// a Confirmation's pending ViewChange).
 pub fn restore_compartment(
     kind: CompartmentKind,
     config: &ProtocolConfig,

@@ -4,8 +4,8 @@
 //!
 //! Proves: `redis-cli SET` then `GET` round-trips through the replicated store; a scripted
 //! session of every supported command answers as Redis would; concurrent `INCR`s lose no
-//! update (`INCR` is one atomic op of the store); `redis-benchmark` runs against it; every replica's `/metrics`
-//! parses as Prometheus text and its counters move under load; `status` reports all four
+//! update (`INCR` is one atomic op of the store); `redis-benchmark` runs against it;
+//! every replica's `/metrics` parses as Prometheus text and its counters move under load; `status` reports all four
 //! replicas; `/healthz` answers.
 
 #![allow(clippy::unwrap_used)]
