@@ -7,7 +7,8 @@
 //! stalling the replica. A round's network frames are held ([`Pipeline`]) until the sync
 //! covering its records has completed, and leave in round order: nothing a round produced
 //! is seen outside before the state that records it is on disk. A round without records is
-//! held behind the rounds still syncing (its outputs may depend on their state).
+//! held behind the rounds still syncing (its outputs may depend on their state). Log
+//! compaction runs after a group is reported, off the rounds' path ([`Committer::maintain`]).
 //!
 //! A storage error ends the writer: the rounds after it are never reported durable, so
 //! their frames never leave, and the driver stops the replica.
@@ -148,6 +149,12 @@ impl Committer {
         }
         Ok(report)
     }
+
+    /// Housekeeping after a group is reported durable: rolls and deletes log segments
+    /// ([`Wal::compact`]). Nothing waits on it but the next group.
+    pub fn maintain(&mut self) -> Result<(), WalError> {
+        self.wal.compact()
+    }
 }
 
 /// The writer's answer for one group.
@@ -182,6 +189,10 @@ impl Writer {
                 let result = committer.commit_group(&group);
                 let failed = result.is_err();
                 done(Synced { result });
+                // Compaction only once the group's frames may leave: it can take tens of
+                // milliseconds (see `Wal::compact`).
+                let failed = failed
+                    || committer.maintain().map_err(|e| done(Synced { result: Err(e) })).is_err();
                 if failed {
                     // The log refuses everything from now on; rounds still queued are never
                     // reported durable, so their frames never leave (SPEC §10).

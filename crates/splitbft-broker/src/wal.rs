@@ -386,10 +386,9 @@ impl Wal {
         self.uncommitted > 0
     }
 
-    /// Makes every appended record durable (one write and one `fdatasync`), then compacts:
-    /// rolls to a new segment when the current one is full and deletes segments every
-    /// compartment has a later image for. An error here means the round's outputs must not
-    /// leave the replica, and the log refuses everything after it.
+    /// Makes every appended record durable: one write and one `fdatasync`. An error here
+    /// means the round's outputs must not leave the replica, and the log refuses everything
+    /// after it. Rolling and deleting segments is [`Wal::compact`]'s, off the round's path.
     pub fn commit(&mut self) -> Result<(), WalError> {
         self.check_usable()?;
         if self.uncommitted == 0 {
@@ -409,6 +408,29 @@ impl Wal {
         }
         self.writer.sync().map_err(io_err(&path))?;
         self.uncommitted = 0;
+        Ok(())
+    }
+
+    /// Rolls to a new segment when the current one is full and deletes the segments every
+    /// compartment has a later durable image for (and whose batches are all at or below
+    /// the stable checkpoint). It does nothing while records wait for a commit: an image
+    /// only makes older segments redundant once it is durable itself.
+    ///
+    /// Kept apart from [`Wal::commit`] so the writer runs it after reporting a group
+    /// durable: deleting a 64 MiB segment takes tens of milliseconds on a disk that
+    /// discards freed blocks, and inside the commit it held every frame of the round
+    /// carrying the checkpoint images (measured: rounds of 37–72 ms at checkpoints, 4–8 ms
+    /// of it the write and sync).
+    pub fn compact(&mut self) -> Result<(), WalError> {
+        self.check_usable()?;
+        if self.uncommitted > 0 {
+            return Ok(());
+        }
+        let result = self.compact_inner();
+        result.map_err(|e| self.poison(e))
+    }
+
+    fn compact_inner(&mut self) -> Result<(), WalError> {
         if self.written >= self.segment_bytes {
             let next = self.current() + 1;
             let path = segment_path(&self.dir, next);
@@ -625,6 +647,7 @@ mod tests {
         wal.append(p, &record(RecordKind::Image, 2, 2, 10)).unwrap();
         wal.append(p, &record(RecordKind::Delta, 2, 3, 10)).unwrap();
         wal.commit().unwrap();
+        wal.compact().unwrap();
         drop(wal);
         let (_, recovered) = Wal::open(&dir).unwrap();
         assert_eq!(recovered[0].iter().map(|r| r.index).collect::<Vec<_>>(), vec![2, 3]);
@@ -643,6 +666,7 @@ mod tests {
             wal.append(p, &record(kind, 1, i, 100)).unwrap();
         }
         wal.commit().unwrap();
+        wal.compact().unwrap();
         drop(wal);
         let seg = segment_path(&dir.join(STATE_DIR), 0);
         let full = std::fs::read(&seg).unwrap();
@@ -679,13 +703,16 @@ mod tests {
         wal.append(CompartmentKind::Execution, &record(RecordKind::Delta, 1, 1, big)).unwrap();
         wal.append(CompartmentKind::Execution, &record(RecordKind::Delta, 1, 2, big)).unwrap();
         wal.commit().unwrap();
+        wal.compact().unwrap();
         assert_eq!(wal.segment_count(), 2, "rolled over");
         wal.append(CompartmentKind::Preparation, &record(RecordKind::Image, 2, 1, 16)).unwrap();
         wal.append(CompartmentKind::Confirmation, &record(RecordKind::Image, 2, 1, 16)).unwrap();
         wal.commit().unwrap();
+        wal.compact().unwrap();
         assert_eq!(wal.segment_count(), 2, "Execution's image is still in the first segment");
         wal.append(CompartmentKind::Execution, &record(RecordKind::Image, 2, 3, 16)).unwrap();
         wal.commit().unwrap();
+        wal.compact().unwrap();
         assert_eq!(wal.segment_count(), 1);
         drop(wal);
         let (_, recovered) = Wal::open(&dir).unwrap();
@@ -708,12 +735,14 @@ mod tests {
         wal.append(CompartmentKind::Execution, &record(RecordKind::Delta, 1, 1, big)).unwrap();
         wal.append(CompartmentKind::Execution, &record(RecordKind::Delta, 1, 2, big)).unwrap();
         wal.commit().unwrap();
+        wal.compact().unwrap();
         assert_eq!(wal.segment_count(), 2, "rolled over");
         for kind in CompartmentKind::ALL {
             wal.append(kind, &record(RecordKind::Image, 2, 3, 16)).unwrap();
         }
         wal.set_low(6);
         wal.commit().unwrap();
+        wal.compact().unwrap();
         assert_eq!(wal.segment_count(), 2, "batch 7 is above the stable checkpoint: its segment stays");
         drop(wal);
         let (mut wal, recovered) = Wal::open(&dir).unwrap();
@@ -723,6 +752,7 @@ mod tests {
         wal.set_low(7);
         wal.append(CompartmentKind::Preparation, &record(RecordKind::Delta, 2, 4, 16)).unwrap();
         wal.commit().unwrap();
+        wal.compact().unwrap();
         assert_eq!(wal.segment_count(), 1, "stable at 7: the old segment goes");
         drop(wal);
         let (mut wal, _) = Wal::open(&dir).unwrap();
