@@ -191,8 +191,7 @@ impl Writer {
                 done(Synced { result });
                 // Compaction only once the group's frames may leave: it can take tens of
                 // milliseconds (see `Wal::compact`).
-                let failed = failed
-                    || committer.maintain().map_err(|e| done(Synced { result: Err(e) })).is_err();
+                let failed = failed || committer.maintain().map_err(|e| done(Synced { result: Err(e) })).is_err();
                 if failed {
                     // The log refuses everything from now on; rounds still queued are never
                     // reported durable, so their frames never leave (SPEC §10).

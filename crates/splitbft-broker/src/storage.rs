@@ -5,7 +5,7 @@
 
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -33,7 +33,17 @@ pub trait AppendFile: Send + Debug {
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()>;
     /// Writes everything appended and makes it durable (`fdatasync`).
     fn sync(&mut self) -> io::Result<()>;
+    /// Makes sure at least `room` bytes past the end are zeros on disk, written and
+    /// synced, topping them up once less than half is left: appends into them change
+    /// neither the file's size nor its block map, so their `fdatasync` writes the data
+    /// alone (PostgreSQL's pre-zeroed WAL segments; measured here: 0.14 ms against 0.26–0.29
+    /// ms for a 20 KB append). Readers see the zeros as the file's tail. Nothing in a
+    /// round waits on it: the log calls it between groups.
+    fn preallocate(&mut self, room: u64) -> io::Result<()>;
 }
+
+/// Zeros written per call while preallocating.
+const ZERO_CHUNK: usize = 1024 * 1024;
 
 /// Shared storage handle.
 pub type SharedStorage = Arc<dyn Storage>;
@@ -85,25 +95,53 @@ impl Storage for DiskStorage {
     }
 
     fn append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Box::new(DiskFile { file }))
+        let file = OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+        let end = file.metadata()?.len();
+        Ok(Box::new(DiskFile { file, end, zeroed: end }))
     }
 }
 
 /// An appended file on disk, unbuffered: its one writer, the log, hands it a group
-/// commit's records in one call.
+/// commit's records in one call. Written at `end` rather than in append mode, so that
+/// appends land in the zeros [`AppendFile::preallocate`] put ahead.
 #[derive(Debug)]
 struct DiskFile {
     file: File,
+    /// Where the next append goes.
+    end: u64,
+    /// The file is zeros, durably, from `end` to here.
+    zeroed: u64,
 }
 
 impl AppendFile for DiskFile {
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes)
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(bytes, self.end)?;
+        self.end += bytes.len() as u64;
+        self.zeroed = self.zeroed.max(self.end);
+        Ok(())
     }
 
     fn sync(&mut self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    fn preallocate(&mut self, room: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if self.zeroed - self.end >= room / 2 {
+            return Ok(());
+        }
+        let zeros = [0u8; ZERO_CHUNK];
+        let target = self.end + room;
+        let mut at = self.zeroed;
+        while at < target {
+            let n = (target - at).min(ZERO_CHUNK as u64) as usize;
+            self.file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        self.file.sync_data()?;
+        self.zeroed = target;
+        Ok(())
     }
 }
 
@@ -142,6 +180,19 @@ pub mod faulty {
         /// them clean: "fsyncgate"); a crash then keeps at most this much, whatever later
         /// syncs said.
         lost_after: Option<usize>,
+        /// Preallocated: the file reads as `data` and then zeros up to this length, the
+        /// zeros durable (an append overwrites them; a crash that loses the append
+        /// leaves them).
+        zeroed: usize,
+    }
+
+    impl MemFile {
+        /// What a reader sees: the data and the preallocated zeros after it.
+        fn contents(&self) -> Vec<u8> {
+            let mut bytes = self.data.clone();
+            bytes.resize(self.zeroed.max(self.data.len()), 0);
+            bytes
+        }
     }
 
     #[derive(Debug, Default)]
@@ -267,7 +318,7 @@ pub mod faulty {
         }
 
         fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-            self.disk().files.get(path).map(|f| f.data.clone()).ok_or_else(|| not_found(path))
+            self.disk().files.get(path).map(MemFile::contents).ok_or_else(|| not_found(path))
         }
 
         fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
@@ -275,6 +326,7 @@ pub mod faulty {
             disk.op()?;
             let file = disk.files.get_mut(path).ok_or_else(|| not_found(path))?;
             file.data.truncate(len as usize);
+            file.zeroed = file.zeroed.min(len as usize);
             file.synced = file.synced.min(file.data.len());
             file.lost_after = file.lost_after.map(|l| l.min(file.data.len()));
             Ok(())
@@ -327,6 +379,24 @@ pub mod faulty {
             disk.syncs += 1;
             let file = disk.files.get_mut(&self.path).ok_or_else(|| not_found(&self.path))?;
             file.synced = file.data.len();
+            Ok(())
+        }
+
+        /// Zeros past the end, durable at once; an injected sync failure leaves none.
+        fn preallocate(&mut self, room: u64) -> io::Result<()> {
+            let mut disk = self.storage.disk();
+            let file = disk.files.get(&self.path).ok_or_else(|| not_found(&self.path))?;
+            if file.zeroed.saturating_sub(file.data.len()) as u64 >= room / 2 {
+                return Ok(());
+            }
+            disk.op()?;
+            if disk.fail_sync_at == Some(disk.syncs + 1) {
+                disk.fail_sync_at = None;
+                return Err(io::Error::other("injected fsync error (EIO) while preallocating"));
+            }
+            disk.syncs += 1;
+            let file = disk.files.get_mut(&self.path).ok_or_else(|| not_found(&self.path))?;
+            file.zeroed = file.data.len() + room as usize;
             Ok(())
         }
     }

@@ -17,6 +17,10 @@
 //! segment and every batch it holds is at or below the stable checkpoint ([`Wal::set_low`]);
 //! the log rolls to a new segment once the current one passes [`SEGMENT_BYTES`].
 //!
+//! Preallocation: between groups the log keeps [`PREALLOCATE_BYTES`] of zeros written and
+//! synced past its end, so a commit's `fdatasync` writes the records alone, not also the
+//! file's new size and blocks; zeros to the end of a segment are its unused room.
+//!
 //! Damage: a record that fails its length or checksum at the end of the last segment is a
 //! write torn by a crash (its round was never committed, so nothing of it left the
 //! replica): it is cut. Anything else — a bad record followed by good ones, or in an older
@@ -50,6 +54,9 @@ pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 pub use splitbft_types::limits::MAX_WAL_RECORD_BYTES;
 /// Bytes of a record's header.
 const RECORD_HEADER: usize = 8;
+/// Zeros kept written ahead of the log's end ([`AppendFile::preallocate`]), topped up
+/// between groups once half is used: a record's `fdatasync` then writes its data alone.
+pub const PREALLOCATE_BYTES: u64 = 8 * 1024 * 1024;
 /// Capacity the buffer of uncommitted records keeps between commits.
 const MAX_IDLE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// Name of the lock file that keeps a second process off a data directory.
@@ -240,8 +247,12 @@ impl Wal {
             let bytes = storage.read(&path).map_err(io_err(&path))?;
             let (records, good) = read_segment(&path, &bytes, last)?;
             let len = bytes.len() as u64;
-            if good < len {
-                torn = len - good;
+            if good < len && last {
+                // Preallocated zeros are no damage; anything else after the last good
+                // record is a torn write. Both go: appends resume at the last good record.
+                if bytes[good as usize..].iter().any(|b| *b != 0) {
+                    torn = len - good;
+                }
                 storage.truncate(&path, good).map_err(io_err(&path))?;
             }
             read_bytes += good;
@@ -454,6 +465,11 @@ impl Wal {
                 self.storage.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
             }
         }
+        let room = PREALLOCATE_BYTES.min(self.segment_bytes.saturating_sub(self.written));
+        if room > 0 {
+            let path = self.current_path();
+            self.writer.preallocate(room).map_err(io_err(&path))?;
+        }
         Ok(())
     }
 
@@ -463,8 +479,9 @@ impl Wal {
     }
 }
 
-/// Reads a segment's records. In the last segment a bad record with nothing valid after
-/// it is a torn tail (returns the good prefix length); anywhere else it is corruption.
+/// Reads a segment's records. Zeros to the end of the file are preallocated room, in any
+/// segment. In the last segment a bad record with nothing valid after it is a torn tail
+/// (returns the good prefix length); anywhere else it is corruption.
 fn read_segment(path: &Path, bytes: &[u8], last: bool) -> Result<(Vec<ReadEntry>, u64), WalError> {
     let mut records = Vec::new();
     let mut at = 0usize;
@@ -477,6 +494,10 @@ fn read_segment(path: &Path, bytes: &[u8], last: bool) -> Result<(Vec<ReadEntry>
             }
         };
         let rest = &bytes[at..];
+        if rest.iter().all(|b| *b == 0) {
+            // Preallocated and never written (no record is empty, so no header is zero).
+            return Ok((records, at as u64));
+        }
         if rest.len() < RECORD_HEADER {
             return bad("truncated header").map(|_| (records, at as u64));
         }
@@ -657,6 +678,46 @@ mod tests {
     }
 
     #[test]
+    fn preallocated_zeros_are_room_and_a_write_torn_inside_them_is_cut() {
+        let dir = temp("prealloc");
+        let seg = segment_path(&dir.join(STATE_DIR), 0);
+        let p = CompartmentKind::Preparation;
+        let (mut wal, _) = Wal::open(&dir).unwrap();
+        wal.append(p, &record(RecordKind::Image, 1, 0, 100)).unwrap();
+        wal.commit().unwrap();
+        let logical = std::fs::metadata(&seg).unwrap().len();
+        wal.compact().unwrap();
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), logical + PREALLOCATE_BYTES, "zeros written ahead");
+        // Appends land in the zeros: the file does not grow.
+        wal.append(p, &record(RecordKind::Delta, 1, 1, 100)).unwrap();
+        wal.commit().unwrap();
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), logical + PREALLOCATE_BYTES);
+        drop(wal);
+        let (wal, recovered) = Wal::open(&dir).unwrap();
+        assert_eq!(recovered[0].iter().map(|r| r.index).collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(wal.torn_tail_bytes, 0, "zeros are not damage");
+        let end = std::fs::metadata(&seg).unwrap().len();
+        assert!(end < logical + PREALLOCATE_BYTES, "the zeros are cut on open, appends resume at the end");
+        drop(wal);
+        // A crash inside the room: half a record written over the zeros, then zeros.
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let record_bytes = bytes[logical as usize..].to_vec();
+        bytes.extend_from_slice(&record_bytes[..record_bytes.len() / 2]);
+        bytes.resize(bytes.len() + 4096, 0);
+        std::fs::write(&seg, &bytes).unwrap();
+        let (mut wal, recovered) = Wal::open(&dir).unwrap();
+        assert_eq!(recovered[0].len(), 2);
+        assert_eq!(wal.torn_tail_bytes, (record_bytes.len() / 2 + 4096) as u64, "the torn write is cut");
+        wal.append(p, &record(RecordKind::Delta, 1, 2, 100)).unwrap();
+        wal.commit().unwrap();
+        wal.compact().unwrap();
+        drop(wal);
+        let (_, recovered) = Wal::open(&dir).unwrap();
+        assert_eq!(recovered[0].iter().map(|r| r.index).collect::<Vec<_>>(), vec![0, 1, 2]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_torn_tail_is_cut_and_a_corrupt_middle_is_an_error_naming_the_file() {
         let dir = temp("torn");
         let (mut wal, _) = Wal::open(&dir).unwrap();
@@ -666,7 +727,6 @@ mod tests {
             wal.append(p, &record(kind, 1, i, 100)).unwrap();
         }
         wal.commit().unwrap();
-        wal.compact().unwrap();
         drop(wal);
         let seg = segment_path(&dir.join(STATE_DIR), 0);
         let full = std::fs::read(&seg).unwrap();
