@@ -240,9 +240,10 @@ fn round(id: u64, kind: RecordKind) -> Round {
     Round { id, records: vec![(CompartmentKind::Confirmation, state)], ..Round::default() }
 }
 
-#[test]
-fn an_fsync_error_stops_the_writer_and_no_later_round_is_reported_durable() {
-    let counter_dir = temp("fsync");
+/// A writer over a fresh faulty disk (its counters in a temporary directory), and the
+/// reports it makes.
+fn writer_on_faulty_storage(name: &str) -> (PathBuf, FaultyStorage, Writer, Arc<Mutex<Vec<Synced>>>) {
+    let counter_dir = temp(name);
     let storage = FaultyStorage::new();
     let (wal, _) = open(&storage).unwrap();
     let (counters, paths) = counters(&counter_dir);
@@ -250,6 +251,12 @@ fn an_fsync_error_stops_the_writer_and_no_later_round_is_reported_durable() {
     let sink = Arc::clone(&reports);
     let writer =
         Writer::spawn(Committer::new(wal, counters, paths, None), move |s| sink.lock().unwrap().push(s)).unwrap();
+    (counter_dir, storage, writer, reports)
+}
+
+#[test]
+fn an_fsync_error_stops_the_writer_and_no_later_round_is_reported_durable() {
+    let (counter_dir, storage, writer, reports) = writer_on_faulty_storage("fsync");
     assert!(writer.submit(round(1, RecordKind::Image)));
     // Wait for the first group before arming the fault (groups form by timing).
     while reports.lock().unwrap().is_empty() {
@@ -279,14 +286,7 @@ fn an_fsync_error_stops_the_writer_and_no_later_round_is_reported_durable() {
 
 #[test]
 fn the_writer_compacts_and_preallocates_after_reporting_each_group() {
-    let counter_dir = temp("compact");
-    let storage = FaultyStorage::new();
-    let (wal, _) = open(&storage).unwrap();
-    let (counters, paths) = counters(&counter_dir);
-    let reports: Arc<Mutex<Vec<Synced>>> = Arc::default();
-    let sink = Arc::clone(&reports);
-    let writer =
-        Writer::spawn(Committer::new(wal, counters, paths, None), move |s| sink.lock().unwrap().push(s)).unwrap();
+    let (counter_dir, storage, writer, reports) = writer_on_faulty_storage("compact");
     // Every round an image of each compartment, larger than a segment's half: each group
     // fills a segment and makes every earlier one redundant.
     for id in 1..=30u64 {
