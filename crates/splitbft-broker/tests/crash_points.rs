@@ -235,6 +235,14 @@ fn temp(name: &str) -> PathBuf {
     dir
 }
 
+/// An image of every compartment, each larger than a third of a segment: a round of them
+/// fills one and retires every earlier segment.
+fn images(id: u64) -> Vec<(CompartmentKind, SealedState)> {
+    CompartmentKind::ALL
+        .map(|kind| (kind, SealedState { kind: RecordKind::Image, epoch: 1, index: id, sealed: vec![id as u8; 1500] }))
+        .to_vec()
+}
+
 fn round(id: u64, kind: RecordKind) -> Round {
     let state = SealedState { kind, epoch: 1, index: id, sealed: vec![7; 32] };
     Round { id, records: vec![(CompartmentKind::Confirmation, state)], ..Round::default() }
@@ -290,11 +298,7 @@ fn the_writer_compacts_and_preallocates_after_reporting_each_group() {
     // Every round an image of each compartment, larger than a segment's half: each group
     // fills a segment and makes every earlier one redundant.
     for id in 1..=30u64 {
-        let records = CompartmentKind::ALL
-            .map(|kind| {
-                (kind, SealedState { kind: RecordKind::Image, epoch: 1, index: id, sealed: vec![id as u8; 1500] })
-            })
-            .to_vec();
+        let records = images(id);
         assert!(writer.submit(Round { id, records, ..Round::default() }));
     }
     writer.close();
@@ -313,5 +317,39 @@ fn the_writer_compacts_and_preallocates_after_reporting_each_group() {
     for kind in CompartmentKind::ALL {
         assert_eq!(recovered[kind.index()].iter().map(|s| s.index).collect::<Vec<_>>(), vec![30]);
     }
+    std::fs::remove_dir_all(&counter_dir).unwrap();
+}
+
+/// Compaction waits until the group is reported (`a68e033`): deleting segments took tens of
+/// milliseconds and, inside the commit, held every frame of the checkpoint round. At the
+/// moment a group carrying images is reported, the segments those images make redundant
+/// are still on disk; they go right after.
+#[test]
+fn a_group_is_reported_before_the_segments_its_images_retire_are_deleted() {
+    let counter_dir = temp("report-first");
+    let storage = FaultyStorage::new();
+    let (wal, _) = open(&storage).unwrap();
+    let (counters, paths) = counters(&counter_dir);
+    let seen: Arc<Mutex<Vec<(u64, usize)>>> = Arc::default();
+    let (sink, disk) = (Arc::clone(&seen), storage.clone());
+    let writer = Writer::spawn(Committer::new(wal, counters, paths, None), move |s| {
+        let upto = s.result.as_ref().map(|g| g.upto).unwrap_or(0);
+        sink.lock().unwrap().push((upto, disk.paths().len()));
+    })
+    .unwrap();
+    // One round at a time, so that each is its own group: round 1 fills segment 0, round 2
+    // fills segment 1 and retires segment 0.
+    for id in 1..=2u64 {
+        assert!(writer.submit(Round { id, records: images(id), ..Round::default() }));
+        while seen.lock().unwrap().len() < id as usize {
+            std::thread::yield_now();
+        }
+    }
+    writer.close();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[0], (1, 1), "round 1 reported with segment 0 only");
+    assert_eq!(seen[1], (2, 2), "round 2 reported while segment 0 is still there: {seen:?}");
+    let after = storage.paths();
+    assert!(!after.iter().any(|p| p.ends_with("wal-00000000000000000000.log")), "then segment 0 went: {after:?}");
     std::fs::remove_dir_all(&counter_dir).unwrap();
 }
