@@ -22,7 +22,7 @@ use splitbft_enclave::{
 use splitbft_types::boundary::{Output, Stats};
 use splitbft_types::codec::{decode_message, encode_message, from_bytes, to_bytes};
 use splitbft_types::crypto::SecretKey;
-use splitbft_types::durable::{RecordKind, SealedState};
+use splitbft_types::durable::SealedState;
 use splitbft_types::keys::ClusterSecrets;
 use splitbft_types::limits::{Limits, MAX_FRAME_BYTES};
 use splitbft_types::msg::{Message, Reply, Request};
@@ -104,14 +104,7 @@ impl SimDisk {
             self.batches.pop_front();
         }
         for (kind, state) in &round.records {
-            let records = &mut self.records[kind.index()];
-            if state.kind == RecordKind::Image {
-                records.clear();
-            }
-            // Deltas before a first image are not state to restore (as on reading the log).
-            if !records.is_empty() || state.kind == RecordKind::Image {
-                records.push(state.clone());
-            }
+            crate::wal::keep_restorable(&mut self.records[kind.index()], state.clone());
             let counter = &mut self.counters[kind.index()];
             *counter = (*counter).max(state.index.saturating_add(1));
         }
@@ -620,6 +613,7 @@ impl LocalCluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use splitbft_types::durable::RecordKind;
 
     fn record(kind: RecordKind, index: u64) -> SealedState {
         SealedState { kind, epoch: 1, index, sealed: vec![index as u8] }

@@ -30,7 +30,7 @@ use crate::core::{Action, BrokerCore, BrokerOptions};
 use crate::drive::drive;
 use crate::store::BlockFile;
 use crate::wal::{DirLock, MonotonicCounter, SoftwareCounter, Wal, WalError, lock_dir};
-use splitbft_types::durable::{RecordKind, SealedState};
+use splitbft_types::durable::SealedState;
 
 /// Frames queued per outgoing connection; when full, frames to that peer or client are
 /// dropped (and counted) instead of stalling the replica: a slow or dead peer must not
@@ -589,14 +589,7 @@ struct Latest {
 impl Latest {
     /// Keeps a record appended to the log.
     fn remember(&mut self, kind: CompartmentKind, state: &SealedState) {
-        let records = &mut self.records[kind.index()];
-        if state.kind == RecordKind::Image {
-            records.clear();
-        }
-        // Deltas before a first image are not state to restore (as on reading the log).
-        if !records.is_empty() || state.kind == RecordKind::Image {
-            records.push(state.clone());
-        }
+        crate::wal::keep_restorable(&mut self.records[kind.index()], state.clone());
     }
 
     /// What compartment `kind` resumes from now.

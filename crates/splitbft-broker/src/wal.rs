@@ -171,6 +171,19 @@ impl<'a> Entry<'a> {
     }
 }
 
+/// Adds a compartment's record to what it restores from (SPEC §10): an image starts the
+/// list over, and deltas before a first image are not state to restore. The one rule for
+/// reading the log back, for the copy the `process` backend keeps, and for the
+/// simulator's disk.
+pub fn keep_restorable(records: &mut Vec<SealedState>, state: SealedState) {
+    if state.kind == RecordKind::Image {
+        records.clear();
+    }
+    if !records.is_empty() || state.kind == RecordKind::Image {
+        records.push(state);
+    }
+}
+
 /// A batch frame read back on open, with its sequence number.
 pub type RecoveredBatch = (Seq, Vec<u8>);
 
@@ -274,14 +287,10 @@ impl Wal {
                         continue;
                     }
                 };
-                let k = kind.index();
                 if state.kind == RecordKind::Image {
-                    recovered[k].clear();
-                    latest_image[k] = Some(n);
+                    latest_image[kind.index()] = Some(n);
                 }
-                if !recovered[k].is_empty() || state.kind == RecordKind::Image {
-                    recovered[k].push(state);
-                }
+                keep_restorable(&mut recovered[kind.index()], state);
             }
         }
         let current = match segments.last() {
