@@ -121,6 +121,15 @@ pub enum ClientError {
     /// `f + 1` Execution enclaves refused the request (it executed as a no-op).
     #[error("request refused by the cluster: {0}")]
     Refused(Refusal),
+    /// The request executed (its effects stand), but `f + 1` Execution enclaves no longer
+    /// hold its result: the replies that carried it were lost, and by the time this client
+    /// retransmitted, newer results of the same client had pushed it out of the cache (the
+    /// last `W`, within 256 KiB per client). Read the state again to learn the outcome.
+    #[error("request {timestamp} executed, but its result is no longer cached by the cluster")]
+    ResultEvicted {
+        /// The request's timestamp.
+        timestamp: Timestamp,
+    },
     /// Session cryptography failed locally (e.g. the timestamp left the nonce space).
     #[error("session error: {0}")]
     Session(#[from] SessionError),
@@ -473,12 +482,14 @@ impl Client {
         match self.submit_with(|t| session.seal_op(t, &op)).await? {
             Opened::Result(result) => Ok(result),
             Opened::Refused(r) => Err(ClientError::Refused(r)),
-            Opened::Registered { .. } => Err(ClientError::Refused(Refusal::Malformed)),
+            // `submit_with` turns `Evicted` into `ClientError::ResultEvicted`.
+            Opened::Registered { .. } | Opened::Evicted => Err(ClientError::Refused(Refusal::Malformed)),
         }
     }
 
     /// Sends the op `wrap` builds for the request's timestamp; returns what `f + 1`
-    /// replicas agreed on.
+    /// replicas agreed on, except that an agreed [`Opened::Evicted`] is the error
+    /// [`ClientError::ResultEvicted`].
     async fn submit_with(
         &self,
         wrap: impl FnOnce(Timestamp) -> Result<Vec<u8>, SessionError>,
@@ -524,7 +535,11 @@ impl Client {
                     inner.view.fetch_max(view, Ordering::Relaxed);
                     bump(&shared.counters.completed);
                     // Votes are `Opened` encodings made by `on_frame`.
-                    return from_bytes::<Opened>(&result).map_err(|_| ClientError::Refused(Refusal::Malformed));
+                    return match from_bytes::<Opened>(&result) {
+                        Ok(Opened::Evicted) => Err(ClientError::ResultEvicted { timestamp }),
+                        Ok(opened) => Ok(opened),
+                        Err(_) => Err(ClientError::Refused(Refusal::Malformed)),
+                    };
                 }
                 Ok(Err(_)) => return Err(ClientError::Closed),
                 Err(_) if Instant::now() >= deadline => {

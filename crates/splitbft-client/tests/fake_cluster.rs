@@ -52,6 +52,9 @@ enum Mode {
     Forge(u32),
     /// Sends every kind of junk, then its correct reply twice.
     Junk,
+    /// Answers that the request executed but its result left the cache
+    /// (`ReplyBody::Evicted`, correctly MAC'd).
+    Evicted,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -382,6 +385,9 @@ fn replies(fake: &Fake, sq: &Sequencer, request: &Request, view: u64) -> Vec<Vec
         Mode::Forge(as_replica) => {
             vec![honest, reply_frame(fake, sq, request, view, |r| r.replica = ReplicaId(as_replica))]
         }
+        Mode::Evicted => {
+            vec![reply_frame(fake, sq, request, view, |r| r.result = to_bytes(&ReplyBody::Evicted))]
+        }
         Mode::Junk => vec![
             vec![0xff, 0, 1],
             encode_message(&Message::Request(request.clone())),
@@ -441,6 +447,28 @@ async fn one_matching_reply_against_two_conflicting_ones_is_not_enough() {
     let client = cluster.client(options()).await;
     assert_waits_then_completes(&client, b"x").await;
     assert_eq!(client.stats().rejected_total(), 0);
+}
+
+/// `f + 1` matching `Evicted` answers (the request executed, its result left the replicas'
+/// caches) end the request at once with `ResultEvicted` instead of after its deadline; one
+/// such answer is a vote like any other and does not.
+#[tokio::test]
+async fn f_plus_one_evicted_answers_end_the_request_at_once() {
+    let specs = [spec(Mode::Evicted), spec(Mode::Evicted), late(Mode::Honest, 3_000), late(Mode::Honest, 3_000)];
+    let cluster = Cluster::start(specs, Duration::ZERO, 0).await;
+    let client = cluster.client(options()).await;
+    let started = tokio::time::Instant::now();
+    match client.invoke(b"e".to_vec()).await {
+        Err(ClientError::ResultEvicted { timestamp }) => assert_eq!(cluster.received(0), [timestamp]),
+        other => panic!("expected ResultEvicted, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(1), "waited {:?}", started.elapsed());
+    assert_eq!(client.stats().timeouts, 0);
+
+    let specs = [spec(Mode::Evicted), spec(Mode::Honest), late(Mode::Honest, 400), spec(Mode::Silent)];
+    let cluster = Cluster::start(specs, Duration::ZERO, 0).await;
+    let client = cluster.client(options()).await;
+    assert_waits_then_completes(&client, b"f").await;
 }
 
 #[tokio::test]

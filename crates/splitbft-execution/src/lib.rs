@@ -418,19 +418,26 @@ impl Execution {
         reply
     }
 
-    /// Answers a retransmitted request from the result cache (the last `W` per client).
+    /// Answers a retransmitted request that executed: from the result cache (the last `W`
+    /// per client, within REPLY_CACHE_BYTES_PER_CLIENT bytes), or with
+    /// [`ReplyBody::Evicted`] once its result left the cache. Eviction follows execution
+    /// order, so every correct Execution past the same point says the same, and `f + 1`
+    /// matching answers tell the client at once instead of after its deadline.
     fn resend_reply(&mut self, client: ClientId, timestamp: Timestamp, out: &mut Vec<Output>) {
-        match self.results.get(client.0 as usize).and_then(|cache| cache.get(&timestamp)) {
+        let body = match self.results.get(client.0 as usize).and_then(|cache| cache.get(&timestamp)) {
             Some(cached) => {
                 let Ok(body) = from_bytes::<ReplyBody>(cached) else {
                     unreachable!("the cache holds only encodings made by `execute_request` or restored and checked")
                 };
-                let reply = self.reply(client, timestamp, body);
                 self.counters.bump(Counter::RepliesResent);
-                out.push(Output::Send(Message::Reply(reply)));
+                body
             }
-            None => self.counters.bump(Counter::RetransmissionNotCached),
-        }
+            None => {
+                self.counters.bump(Counter::RetransmissionNotCached);
+                ReplyBody::Evicted
+            }
+        };
+        out.push(Output::Send(Message::Reply(self.reply(client, timestamp, body))));
     }
 
     /// A client retransmitted a request (delivered by the environment): resend the cached

@@ -19,11 +19,11 @@ use splitbft_apps::kv::{KvOp, KvStore};
 use splitbft_apps::ledger::{BLOCK_ENTRIES, Block, Ledger};
 use splitbft_execution::{Execution, RecordSealer};
 use splitbft_types::boundary::{Compartment, Event, Input, Output, Stats};
-use splitbft_types::codec::to_bytes;
+use splitbft_types::codec::{from_bytes, to_bytes};
 use splitbft_types::counters::Counter;
 use splitbft_types::crypto::Purpose;
 use splitbft_types::msg::{BatchMsg, Checkpoint, Commit, Digest, Message, Reply, Request, Signed};
-use splitbft_types::session::Opened;
+use splitbft_types::session::{Opened, ReplyBody};
 use splitbft_types::{Application, ClientId, CompartmentKind, ReplicaId, Seq, Timestamp, View};
 
 const K: u64 = 4;
@@ -689,8 +689,9 @@ proptest! {
 
 /// SPEC §11: a client's cached results are bounded in bytes as well as by `W`, since every
 /// client's cache is in every snapshot: after 20 results of 32 KiB only the newest that fit
-/// REPLY_CACHE_BYTES_PER_CLIENT are kept; a retransmission of one of them is answered, one
-/// of an evicted one is not (its replies went out when it executed).
+/// REPLY_CACHE_BYTES_PER_CLIENT are kept; a retransmission of one of them is answered with
+/// its result, one of an evicted one with `Evicted` (it executed, the result is gone), so that
+/// the client learns it at once instead of waiting out its deadline.
 #[test]
 fn cached_results_are_bounded_in_bytes() {
     use splitbft_apps::kv::MAX_VALUE_BYTES;
@@ -705,7 +706,15 @@ fn cached_results_are_bounded_in_bytes() {
     assert_eq!(kept, 7);
     for t in 2..=21u64 {
         let resent = replies(&feed(&mut e, Message::Request(requests[t as usize - 1].clone())));
+        assert_eq!(resent.len(), 1, "timestamp {t}");
+        let body = from_bytes::<ReplyBody>(&resent[0].result).unwrap();
         let cached = t > 21 - kept as u64;
-        assert_eq!(resent.len(), usize::from(cached), "timestamp {t}");
+        assert_eq!(body == ReplyBody::Evicted, !cached, "timestamp {t}: {body:?}");
+        if cached {
+            assert!(matches!(body, ReplyBody::Sealed(_)), "timestamp {t}: the result again, sealed anew");
+        }
     }
+    let s = stats(&mut e);
+    assert_eq!(s.get(Counter::RepliesResent), kept as u64);
+    assert_eq!(s.get(Counter::RetransmissionNotCached), 20 - kept as u64);
 }

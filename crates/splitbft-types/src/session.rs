@@ -482,6 +482,11 @@ pub enum ReplyBody {
     },
     /// The request executed as a no-op.
     Refused(Refusal),
+    /// The request executed, but its result has left the cache (the last `W` results and
+    /// `REPLY_CACHE_BYTES_PER_CLIENT` bytes per client): the answer to a retransmission of
+    /// it, so that the client learns this at once instead of waiting out its deadline.
+    /// Never cached itself; sent only for a timestamp the client's window shows executed.
+    Evicted,
 }
 
 /// What Execution does with one request ([`Sessions::admit`]).
@@ -669,6 +674,8 @@ pub enum Opened {
     },
     /// The request was a no-op.
     Refused(Refusal),
+    /// The request executed, but its result is no longer cached ([`ReplyBody::Evicted`]).
+    Evicted,
 }
 
 /// A client's side of its session: seals ops and opens results.
@@ -755,6 +762,7 @@ pub fn open_reply_body(
         }
         ReplyBody::Registered { epoch } => Ok(Opened::Registered { epoch }),
         ReplyBody::Refused(r) => Ok(Opened::Refused(r)),
+        ReplyBody::Evicted => Ok(Opened::Evicted),
     }
 }
 
