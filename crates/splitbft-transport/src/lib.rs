@@ -399,20 +399,63 @@ impl Encoder<Bytes> for FrameEncoder {
             let take = rest.len().min(MAX_RECORD_PLAINTEXT - self.plaintext.len());
             self.plaintext.extend_from_slice(&rest[..take]);
             rest = &rest[take..];
-            let sealed = self.plaintext.len() + TAG_BYTES;
-            debug_assert!(sealed <= MAX_NOISE_MESSAGE);
-            dst.put_u16(sealed as u16);
-            let start = dst.len();
-            dst.resize(start + sealed, 0);
-            let written = self
-                .state
-                .write_message(self.nonce, &self.plaintext, &mut dst[start..])
-                .map_err(|_| FrameError::Exhausted)?;
-            assert_eq!(written, sealed, "ChaChaPoly adds exactly one tag");
-            self.nonce += 1;
+            self.seal_record(dst)?;
         }
         Ok(())
     }
+}
+
+impl FrameEncoder {
+    /// Seals the plaintext scratch as one record under the next nonce, onto `dst`.
+    fn seal_record(&mut self, dst: &mut BytesMut) -> Result<(), FrameError> {
+        let sealed = self.plaintext.len() + TAG_BYTES;
+        assert!(sealed <= MAX_NOISE_MESSAGE, "a record's plaintext is at most MAX_RECORD_PLAINTEXT bytes");
+        dst.put_u16(sealed as u16);
+        let start = dst.len();
+        dst.resize(start + sealed, 0);
+        let written = self
+            .state
+            .write_message(self.nonce, &self.plaintext, &mut dst[start..])
+            .map_err(|_| FrameError::Exhausted)?;
+        assert_eq!(written, sealed, "ChaChaPoly adds exactly one tag");
+        self.nonce += 1;
+        Ok(())
+    }
+
+    /// Seals `plaintext` (at most [`MAX_RECORD_PLAINTEXT`] bytes) as one record under the
+    /// next nonce, whatever it says: what a faulty but authenticated peer can send (a
+    /// first record without a frame length, one that runs past its frame). Tests and
+    /// fuzzing only.
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn encode_record(&mut self, plaintext: &[u8], dst: &mut BytesMut) -> Result<(), FrameError> {
+        self.plaintext.clear();
+        self.plaintext.extend_from_slice(&plaintext[..plaintext.len().min(MAX_RECORD_PLAINTEXT)]);
+        self.seal_record(dst)
+    }
+}
+
+/// Both ends of a real handshake run in memory, for tests and fuzzing: replica 1's session
+/// as initiator and replica 0's as responder, under `secrets`.
+#[cfg(any(test, feature = "test-support"))]
+pub fn session_pair(secrets: &splitbft_types::keys::ClusterSecrets) -> (Session, Session) {
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a current-thread runtime starts");
+    runtime.block_on(async {
+        let (a, b) = tokio::io::duplex(4096);
+        let (ar, aw) = tokio::io::split(a);
+        let (br, bw) = tokio::io::split(b);
+        let (mut ar, mut aw) =
+            (FramedRead::new(ar, LengthDelimitedCodec::new()), FramedWrite::new(aw, LengthDelimitedCodec::new()));
+        let (mut br, mut bw) =
+            (FramedRead::new(br, LengthDelimitedCodec::new()), FramedWrite::new(bw, LengthDelimitedCodec::new()));
+        let config = &secrets.config;
+        let me = Identity::Replica(ReplicaId(1), &secrets.transport[1]);
+        let (initiator, responder) = tokio::join!(
+            initiate(&mut ar, &mut aw, config.cluster_id, &config.transport_keys[0], me),
+            respond(&mut br, &mut bw, config, &secrets.transport[0]),
+        );
+        (initiator.expect("the handshake completes"), responder.expect("the handshake completes").1)
+    })
 }
 
 /// Opens records and reassembles frames; any record that does not authenticate, or that
@@ -684,6 +727,31 @@ mod tests {
         // A session from another handshake cannot open them either.
         let (_, other) = sessions().await;
         assert!(matches!(open(&other, 1024, wire.clone()).1, Some(FrameError::Unauthenticated)));
+    }
+
+    /// An authenticated peer that breaks the framing is cut off at that record, with
+    /// nothing of the broken frame delivered: a first record too short for the frame
+    /// length, a record running past its frame, an announced length past the limit; a
+    /// frame of length 0 is a frame.
+    #[test]
+    fn an_authenticated_peer_that_breaks_the_framing_is_cut_off() {
+        let (client, replica) = session_pair(&ClusterSecrets::deterministic(7, 1, 2, 1));
+        let records = |plaintexts: &[&[u8]]| {
+            let mut encoder = client.encoder(usize::MAX);
+            let mut wire = BytesMut::new();
+            encoder.encode(Bytes::from_static(b"ok"), &mut wire).unwrap();
+            for p in plaintexts {
+                encoder.encode_record(p, &mut wire).unwrap();
+            }
+            let (opened, error) = open(&replica, 1024, wire);
+            (opened.iter().map(|f| f.to_vec()).collect::<Vec<_>>(), error.map(|e| e.counter()))
+        };
+        let ok = b"ok".to_vec();
+        assert_eq!(records(&[&[0, 0, 0]]), (vec![ok.clone()], Some(Counter::FramesBadRecords)));
+        assert_eq!(records(&[&[0, 0, 0, 2, 1, 2, 3]]), (vec![ok.clone()], Some(Counter::FramesBadRecords)));
+        assert_eq!(records(&[&[0, 0, 0, 4, 1, 2], &[3, 4, 5]]), (vec![ok.clone()], Some(Counter::FramesBadRecords)));
+        assert_eq!(records(&[&[0, 0, 4, 1]]), (vec![ok.clone()], Some(Counter::FramesOversize)));
+        assert_eq!(records(&[&[0, 0, 0, 0], &[0, 0, 0, 3, 7], &[8, 9]]), (vec![ok, vec![], vec![7, 8, 9]], None));
     }
 
     /// The frame limit holds at the bound and one past it, on both sides, and an announced
