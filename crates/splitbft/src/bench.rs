@@ -443,6 +443,9 @@ pub struct PointResult {
     /// Durable points: log `fdatasync`s per batch ordered, over all replicas and the whole
     /// run (warm-up included).
     pub fsyncs_per_batch: Option<f64>,
+    /// Durable points: log `fdatasync`s per second, over all replicas, from the first
+    /// request of the warm-up to the end of the window.
+    pub fsyncs_per_s: Option<f64>,
     /// Why the point was not measured (empty when it was).
     pub skipped: Option<String>,
     /// The point failed for a reason other than an unavailable application.
@@ -471,6 +474,7 @@ impl PointResult {
             retransmissions: None,
             view_changes: None,
             fsyncs_per_batch: None,
+            fsyncs_per_s: None,
             skipped: Some(reason),
             failed,
         }
@@ -777,6 +781,7 @@ async fn measure(m: &Matrix, spec: &PointSpec) -> anyhow::Result<PointResult> {
         retransmissions: Some(o.retransmissions),
         view_changes: reports.iter().map(|r| r.broker_counter(Counter::ViewsEntered)).max(),
         fsyncs_per_batch: durable.then(|| crate::demo::fsyncs_per_batch(&reports)),
+        fsyncs_per_s: durable.then(|| crate::demo::fsyncs(&reports) as f64 / (o.warmup_seconds + o.seconds)),
         skipped: None,
         failed: false,
         ..PointResult::unmeasured(m, spec, String::new(), false)
@@ -857,7 +862,10 @@ fn point_line(i: usize, n: usize, p: &PointResult) -> String {
             p.avg_batch.unwrap_or(0.0),
             p.errors.unwrap_or(0),
             p.view_changes.unwrap_or(0),
-            p.fsyncs_per_batch.map_or_else(String::new, |f| format!("  fsyncs/batch {f:.2}")),
+            match (p.fsyncs_per_batch, p.fsyncs_per_s) {
+                (Some(b), Some(s)) => format!("  fsyncs/batch {b:.2}  fsyncs/s {s:.0}"),
+                _ => String::new(),
+            },
         ),
         (None, None) => config,
     }

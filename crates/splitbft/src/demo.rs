@@ -585,10 +585,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     })
 }
 
+/// Log `fdatasync`s, over every replica.
+pub(crate) fn fsyncs(reports: &[NodeReport]) -> u64 {
+    reports.iter().map(|r| r.broker_counter(Counter::StateCommits)).sum()
+}
+
 /// Log `fdatasync`s per batch ordered, over every replica.
 pub(crate) fn fsyncs_per_batch(reports: &[NodeReport]) -> f64 {
-    let commits: u64 = reports.iter().map(|r| r.broker_counter(Counter::StateCommits)).sum();
-    commits as f64 / reports.iter().map(|r| r.broker_counter(Counter::BatchesOrdered)).sum::<u64>().max(1) as f64
+    fsyncs(reports) as f64
+        / reports.iter().map(|r| r.broker_counter(Counter::BatchesOrdered)).sum::<u64>().max(1) as f64
 }
 
 /// Counter names that record refused hostile or broken input — not the stale or duplicate

@@ -9,7 +9,7 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_splitbft");
 
-const COLUMNS: [&str; 19] = [
+const COLUMNS: [&str; 20] = [
     "protocol",
     "storage",
     "app",
@@ -28,6 +28,7 @@ const COLUMNS: [&str; 19] = [
     "retransmissions",
     "view_changes",
     "fsyncs_per_batch",
+    "fsyncs_per_s",
     "skipped",
 ];
 
@@ -86,10 +87,13 @@ fn a_tiny_matrix_writes_csv_summary_and_plots() {
             assert_eq!(row["errors"], "0", "{row:?}");
             assert!(row["p50_us"].parse::<u64>().unwrap() > 0);
             // Durable points report their log syncs (at least one per batch over 4 replicas).
-            let fsyncs = &row["fsyncs_per_batch"];
+            let (fsyncs, per_s) = (&row["fsyncs_per_batch"], &row["fsyncs_per_s"]);
             match row["storage"].as_str() {
-                "durable" => assert!(fsyncs.parse::<f64>().unwrap() >= 1.0, "{row:?}"),
-                _ => assert!(fsyncs.is_empty(), "{row:?}"),
+                "durable" => {
+                    assert!(fsyncs.parse::<f64>().unwrap() >= 1.0, "{row:?}");
+                    assert!(per_s.parse::<f64>().unwrap() > 0.0, "{row:?}");
+                }
+                _ => assert!(fsyncs.is_empty() && per_s.is_empty(), "{row:?}"),
             }
         } else {
             assert!(row["skipped"].contains("ledger"), "{row:?}");
