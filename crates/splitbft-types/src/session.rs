@@ -485,7 +485,10 @@ pub enum ReplyBody {
     /// The request executed, but its result has left the cache (the last `W` results and
     /// `REPLY_CACHE_BYTES_PER_CLIENT` bytes per client): the answer to a retransmission of
     /// it, so that the client learns this at once instead of waiting out its deadline.
-    /// Never cached itself; sent only for a timestamp the client's window shows executed.
+    /// Never cached itself; sent only for a timestamp the client's window counts as seen:
+    /// executed, or below the window, which for a client that keeps at most `W` requests
+    /// outstanding (the client library refuses more) means executed or already answered,
+    /// so a client still waiting for it learns that it executed.
     Evicted,
 }
 
