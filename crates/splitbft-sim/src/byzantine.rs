@@ -404,13 +404,20 @@ impl Byzantine {
         for output in outputs.iter_mut() {
             match output {
                 Output::Send(Message::Reply(reply)) => {
-                    // Results are sealed under session keys, so the most damaging lie
-                    // that needs none is a well-formed final refusal: "you have no session"
-                    // for an op that did execute. Registrations are answered truthfully.
+                    // Results are sealed under session keys, so the most damaging lies
+                    // that need none are final answers without a result: "you have no
+                    // session" for an op that did execute, or "its result left the cache"
+                    // for one the cache still holds (colluders pick the same by timestamp).
+                    // Registrations are answered truthfully.
                     if matches!(from_bytes::<ReplyBody>(&reply.result), Ok(ReplyBody::Registered { .. })) {
                         continue;
                     }
-                    reply.result = to_bytes(&ReplyBody::Refused(Refusal::NoSession));
+                    let lie = if reply.timestamp % 2 == 0 {
+                        ReplyBody::Refused(Refusal::NoSession)
+                    } else {
+                        ReplyBody::Evicted
+                    };
+                    reply.result = to_bytes(&lie);
                     if let Some(key) = self.client_macs.get(reply.client.0 as usize) {
                         reply.mac = reply_mac(key, self.config.cluster_id, reply);
                     }
