@@ -434,6 +434,24 @@ impl FrameEncoder {
     }
 }
 
+/// One end of an in-memory connection, framed as a handshake starts.
+#[cfg(any(test, feature = "test-support"))]
+type PipeEnd = (
+    FramedRead<tokio::io::ReadHalf<tokio::io::DuplexStream>, LengthDelimitedCodec>,
+    FramedWrite<tokio::io::WriteHalf<tokio::io::DuplexStream>, LengthDelimitedCodec>,
+);
+
+/// Both ends of an in-memory connection (tests and fuzzing).
+#[cfg(any(test, feature = "test-support"))]
+fn pipe() -> (PipeEnd, PipeEnd) {
+    let (a, b) = tokio::io::duplex(4096);
+    let end = |s: tokio::io::DuplexStream| {
+        let (r, w) = tokio::io::split(s);
+        (FramedRead::new(r, LengthDelimitedCodec::new()), FramedWrite::new(w, LengthDelimitedCodec::new()))
+    };
+    (end(a), end(b))
+}
+
 /// Both ends of a real handshake run in memory, for tests and fuzzing: replica 1's session
 /// as initiator and replica 0's as responder, under `secrets`.
 #[cfg(any(test, feature = "test-support"))]
@@ -441,13 +459,7 @@ pub fn session_pair(secrets: &splitbft_types::keys::ClusterSecrets) -> (Session,
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a current-thread runtime starts");
     runtime.block_on(async {
-        let (a, b) = tokio::io::duplex(4096);
-        let (ar, aw) = tokio::io::split(a);
-        let (br, bw) = tokio::io::split(b);
-        let (mut ar, mut aw) =
-            (FramedRead::new(ar, LengthDelimitedCodec::new()), FramedWrite::new(aw, LengthDelimitedCodec::new()));
-        let (mut br, mut bw) =
-            (FramedRead::new(br, LengthDelimitedCodec::new()), FramedWrite::new(bw, LengthDelimitedCodec::new()));
+        let ((mut ar, mut aw), (mut br, mut bw)) = pipe();
         let config = &secrets.config;
         let me = Identity::Replica(ReplicaId(1), &secrets.transport[1]);
         let (initiator, responder) = tokio::join!(
@@ -531,21 +543,6 @@ mod tests {
 
     use super::*;
     use splitbft_types::keys::ClusterSecrets;
-    use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
-
-    type Ends = (
-        FramedRead<ReadHalf<DuplexStream>, LengthDelimitedCodec>,
-        FramedWrite<WriteHalf<DuplexStream>, LengthDelimitedCodec>,
-    );
-
-    fn pipe() -> (Ends, Ends) {
-        let (a, b) = tokio::io::duplex(4096);
-        let end = |s: DuplexStream| {
-            let (r, w) = tokio::io::split(s);
-            (FramedRead::new(r, LengthDelimitedCodec::new()), FramedWrite::new(w, LengthDelimitedCodec::new()))
-        };
-        (end(a), end(b))
-    }
 
     /// Runs a handshake of `me` against replica 0 of `secrets`; returns both sides' results.
     async fn run(
